@@ -1,0 +1,589 @@
+//! The one place Taskbot talks AMQP: connecting (with back-off), publishing with confirms, and a
+//! consume loop that turns a handler's [`Disposition`] into publishes and acks.
+//!
+//! The at-least-once contract every service relies on: an input is acked only after everything it
+//! produced was confirmed by the broker. If the connection dies in between, the input is redelivered
+//! and the handler runs again, so handlers must be idempotent (ids are derived, stores
+//! deduplicate).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::config::AmqpConfig;
+use crate::shutdown::Shutdown;
+use crate::topology::Topology;
+
+/// Header carrying why a message was dead-lettered.
+pub const REASON_HEADER: &str = "x-taskbot-reason";
+/// Header naming the queue (or source) a dead letter was taken from.
+pub const SOURCE_HEADER: &str = "x-taskbot-source";
+/// Header with the dead letter's original routing key.
+pub const ROUTING_KEY_HEADER: &str = "x-taskbot-routing-key";
+/// Header with the dead letter's original exchange.
+pub const EXCHANGE_HEADER: &str = "x-taskbot-exchange";
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    /// AMQP `message_id`: lets consumers and people correlate redeliveries.
+    pub message_id: Option<String>,
+    pub priority: Option<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Outgoing {
+    pub fn new(exchange: impl Into<String>, routing_key: impl Into<String>, body: Vec<u8>) -> Self {
+        Outgoing {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            body,
+            message_id: None,
+            priority: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    pub fn with_header(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.headers.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// A dead letter: the original body, routed to the dead-letter exchange under the name of the
+    /// queue it came from, with the reason in a header.
+    pub fn dead_letter(
+        topology: &Topology,
+        source: &str,
+        incoming: &Incoming,
+        reason: &str,
+    ) -> Outgoing {
+        Outgoing::new(
+            topology.dead_letter_exchange(),
+            source,
+            incoming.body.clone(),
+        )
+        .with_header(REASON_HEADER, reason)
+        .with_header(SOURCE_HEADER, source)
+        .with_header(ROUTING_KEY_HEADER, incoming.routing_key.clone())
+        .with_header(EXCHANGE_HEADER, incoming.exchange.clone())
+        .with_header("x-taskbot-dead-at", Utc::now().to_rfc3339())
+    }
+}
+
+/// A delivery as handlers see it: plain data, so handlers are testable without a broker.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Incoming {
+    pub body: Vec<u8>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub redelivered: bool,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Incoming {
+    /// A delivery with just a body and routing key (for tests and replays).
+    pub fn new(routing_key: &str, body: Vec<u8>) -> Self {
+        Incoming {
+            body,
+            routing_key: routing_key.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What to do with an input once it has been handled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Publish these (each confirmed by the broker), then ack the input.
+    Done(Vec<Outgoing>),
+    /// The input can never be handled: copy it to its dead-letter queue with this reason, then
+    /// ack it.
+    DeadLetter(String),
+    /// A transient failure (a database or remote service down): hand the input back to the queue
+    /// after a pause, and try again.
+    Retry(String),
+}
+
+/// Why a publish failed. Any of these means: do not ack the input.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("unroutable: no queue is bound for {exchange} / {routing_key}")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// Connect once.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let mut props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(name.into());
+    props.client_properties.insert(
+        "product".into(),
+        AMQPValue::LongString("taskbot".into()),
+    );
+    Connection::connect(url, props).await
+}
+
+/// Connect, retrying with exponential back-off until it works or shutdown is requested.
+pub async fn connect_with_retry(
+    config: &AmqpConfig,
+    name: &str,
+    shutdown: &mut Shutdown,
+) -> Option<Connection> {
+    let mut backoff = Backoff::new(config.reconnect_max_secs);
+    loop {
+        if shutdown.is_triggered() {
+            return None;
+        }
+        match connect(&config.url, name).await {
+            Ok(conn) => return Some(conn),
+            Err(err) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "cannot reach the broker");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Exponential back-off from 0.5 s up to a maximum, with jitter so a fleet of services that lost
+/// the broker together does not reconnect in lock-step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next_ms: u64,
+    max_ms: u64,
+}
+
+impl Backoff {
+    pub fn new(max_secs: u64) -> Self {
+        Backoff {
+            next_ms: 500,
+            max_ms: max_secs.max(1) * 1000,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next_ms;
+        self.next_ms = (self.next_ms * 2).min(self.max_ms);
+        // Up to 25 % jitter, from the clock's nanoseconds (good enough, no RNG crate needed).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+        Duration::from_millis(base + nanos % (base / 4 + 1))
+    }
+
+    pub fn reset(&mut self) {
+        self.next_ms = 500;
+    }
+}
+
+/// A channel in confirm mode. Every publish is persistent and mandatory, and returns only once the
+/// broker has taken responsibility for the message.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    app_id: String,
+}
+
+impl Publisher {
+    pub async fn new(conn: &Connection, app_id: &str) -> lapin::Result<Self> {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            channel,
+            app_id: app_id.to_string(),
+        })
+    }
+
+    pub async fn publish(&self, msg: &Outgoing) -> Result<(), PublishError> {
+        let mut headers = FieldTable::default();
+        for (k, v) in &msg.headers {
+            headers.insert(k.as_str().into(), AMQPValue::LongString(v.clone().into()));
+        }
+        let mut props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_app_id(self.app_id.as_str().into())
+            .with_timestamp(Utc::now().timestamp() as u64)
+            .with_headers(headers);
+        if let Some(id) = &msg.message_id {
+            props = props.with_message_id(id.as_str().into());
+        }
+        if let Some(p) = msg.priority {
+            props = props.with_priority(p);
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                &msg.exchange,
+                &msg.routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &msg.body,
+                props,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            // With `mandatory`, an unroutable message is returned *and* acked.
+            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
+                exchange: msg.exchange.clone(),
+                routing_key: msg.routing_key.clone(),
+            }),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+        }
+    }
+
+    /// Publish several in order; stops at the first failure.
+    pub async fn publish_all(&self, msgs: &[Outgoing]) -> Result<(), PublishError> {
+        for m in msgs {
+            self.publish(m).await?;
+        }
+        Ok(())
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+/// A publisher for services with no AMQP input (the bridge): keeps one connection and re-opens it
+/// whenever a publish fails, so a message is retried until the broker takes it.
+pub struct ReliablePublisher {
+    config: AmqpConfig,
+    topology: Topology,
+    name: String,
+    link: Mutex<Option<(Connection, Publisher)>>,
+}
+
+impl ReliablePublisher {
+    pub fn new(config: AmqpConfig, topology: Topology, name: &str) -> Self {
+        ReliablePublisher {
+            config,
+            topology,
+            name: name.to_string(),
+            link: Mutex::new(None),
+        }
+    }
+
+    /// Publish, reconnecting and retrying until confirmed. Returns `false` only when shutdown was
+    /// requested before the broker took the message. An unroutable message is logged and not
+    /// retried: waiting never makes it routable, and the topology declared at connection binds a
+    /// queue to every key this publisher is used for.
+    pub async fn publish(&self, msg: &Outgoing, shutdown: &mut Shutdown) -> bool {
+        let mut backoff = Backoff::new(self.config.reconnect_max_secs);
+        loop {
+            let mut link = self.link.lock().await;
+            if link.is_none() {
+                let Some(conn) = connect_with_retry(&self.config, &self.name, shutdown).await else {
+                    return false;
+                };
+                let ready = async {
+                    let publisher = Publisher::new(&conn, &self.name).await?;
+                    self.topology.declare(publisher.channel()).await?;
+                    Ok::<_, lapin::Error>(publisher)
+                }
+                .await;
+                match ready {
+                    Ok(publisher) => {
+                        tracing::info!("connected to the broker");
+                        *link = Some((conn, publisher));
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot declare topology");
+                    }
+                }
+            }
+            if let Some((_, publisher)) = link.as_ref() {
+                match publisher.publish(msg).await {
+                    Ok(()) => return true,
+                    Err(PublishError::Unroutable { .. }) => {
+                        tracing::error!(exchange = %msg.exchange, routing_key = %msg.routing_key, "message unroutable; dropped");
+                        return true;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "publish failed; reconnecting");
+                        *link = None;
+                    }
+                }
+            }
+            drop(link);
+            let wait = backoff.next_delay();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => return false,
+            }
+        }
+    }
+
+    /// Close the connection cleanly.
+    pub async fn close(&self) {
+        if let Some((conn, _)) = self.link.lock().await.take() {
+            let _ = conn.close(200, "shutting down").await;
+        }
+    }
+}
+
+/// Handles one delivery. Implementations hold their own state (rules, database pool) and get a
+/// publisher for progress messages they must send before they finish (job statuses).
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition;
+}
+
+/// How a consumer runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Queue to consume.
+    pub queue: String,
+    /// Name shown in the broker's connection list and used as consumer tag prefix.
+    pub name: String,
+    /// Deliveries handled at once (the prefetch is at least this).
+    pub concurrency: usize,
+    /// Pause before handing back a delivery whose handling failed transiently.
+    pub retry_delay: Duration,
+}
+
+/// Consume `spec.queue` until shutdown, surviving broker restarts: on any connection or channel
+/// failure (or the broker cancelling the consumer) it reconnects, re-declares the topology and
+/// consumes again. Unacked deliveries of the lost channel come back from the broker by themselves.
+///
+/// On shutdown it stops taking deliveries and waits for the ones being handled.
+pub async fn consume(
+    config: &AmqpConfig,
+    topology: &Topology,
+    spec: ConsumerSpec,
+    handler: Arc<dyn Handler>,
+    mut shutdown: Shutdown,
+) {
+    let concurrency = spec.concurrency.max(1);
+    let prefetch = config.prefetch.max(concurrency as u16);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut backoff = Backoff::new(config.reconnect_max_secs);
+    while !shutdown.is_triggered() {
+        let Some(conn) = connect_with_retry(config, &spec.name, &mut shutdown).await else {
+            break;
+        };
+        let session = async {
+            let publisher = Publisher::new(&conn, &spec.name).await?;
+            topology.declare(publisher.channel()).await?;
+            let channel = conn.create_channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    &spec.queue,
+                    &format!("{}-{}", spec.name, uuid::Uuid::new_v4().simple()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((publisher, channel, consumer))
+        }
+        .await;
+        let (publisher, channel, mut consumer) = match session {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(queue = %spec.queue, error = %err, "cannot start consuming");
+                let _ = conn.close(200, "retrying").await;
+                let wait = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = shutdown.wait() => break,
+                }
+            }
+        };
+        tracing::info!(queue = %spec.queue, prefetch, concurrency, "consuming");
+        backoff.reset();
+        loop {
+            let next = tokio::select! {
+                next = consumer.next() => next,
+                _ = shutdown.wait() => {
+                    let _ = channel.basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default()).await;
+                    break;
+                }
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(err)) => {
+                    tracing::warn!(queue = %spec.queue, error = %err, "consumer failed; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::warn!(queue = %spec.queue, "consumer cancelled by the broker; reconnecting");
+                    break;
+                }
+            };
+            let permit = match slots.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => break,
+            };
+            let handler = handler.clone();
+            let publisher = publisher.clone();
+            let topology = topology.clone();
+            let spec = spec.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                handle_delivery(delivery, handler.as_ref(), &publisher, &topology, &spec).await;
+            });
+        }
+        // Let deliveries in flight finish (they ack on this connection) before closing it.
+        if let Ok(all) = slots.acquire_many(concurrency as u32).await {
+            drop(all);
+        }
+        let _ = conn.close(200, "closing").await;
+        if !shutdown.is_triggered() {
+            let wait = backoff.next_delay();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => {}
+            }
+        }
+    }
+    tracing::info!(queue = %spec.queue, "consumer stopped");
+}
+
+fn incoming_from(delivery: &lapin::message::Delivery) -> Incoming {
+    let mut headers = Vec::new();
+    if let Some(table) = delivery.properties.headers() {
+        for (k, v) in table.inner() {
+            let value = match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.to_string(),
+                other => format!("{other:?}"),
+            };
+            headers.push((k.to_string(), value));
+        }
+    }
+    Incoming {
+        body: delivery.data.clone(),
+        exchange: delivery.exchange.to_string(),
+        routing_key: delivery.routing_key.to_string(),
+        redelivered: delivery.redelivered,
+        headers,
+    }
+}
+
+async fn handle_delivery(
+    delivery: lapin::message::Delivery,
+    handler: &dyn Handler,
+    publisher: &Publisher,
+    topology: &Topology,
+    spec: &ConsumerSpec,
+) {
+    let incoming = incoming_from(&delivery);
+    let disposition = handler.handle(incoming.clone(), publisher).await;
+    let outputs = match disposition {
+        Disposition::Done(outputs) => outputs,
+        Disposition::DeadLetter(reason) => {
+            tracing::warn!(queue = %spec.queue, routing_key = %incoming.routing_key, %reason, "dead-lettering message");
+            vec![Outgoing::dead_letter(topology, &spec.queue, &incoming, &reason)]
+        }
+        Disposition::Retry(reason) => {
+            tracing::warn!(queue = %spec.queue, %reason, retry_in_ms = spec.retry_delay.as_millis() as u64, "transient failure; will retry");
+            tokio::time::sleep(spec.retry_delay).await;
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+    };
+    if let Err(err) = publisher.publish_all(&outputs).await {
+        // Not acking: the delivery comes back once this channel is gone or nacked.
+        tracing::warn!(queue = %spec.queue, error = %err, "publishing outputs failed; handing the input back");
+        let _ = delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await;
+        return;
+    }
+    if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(queue = %spec.queue, error = %err, "ack failed; the message will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let mut b = Backoff::new(2);
+        let d: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        assert!(d[0] >= 500 && d[0] <= 625, "{d:?}");
+        assert!(d[1] >= 1000 && d[1] <= 1250, "{d:?}");
+        assert!(d[4] >= 2000 && d[4] <= 2500, "{d:?}");
+        b.reset();
+        assert!(b.next_delay().as_millis() <= 625);
+    }
+
+    #[test]
+    fn dead_letter_keeps_body_and_says_why() {
+        let t = Topology::new("tb", &[]);
+        let incoming = Incoming::new("org.x", b"{bad".to_vec());
+        let out = Outgoing::dead_letter(&t, "tb.rules", &incoming, "body is not JSON");
+        assert_eq!(out.exchange, "tb.dead");
+        assert_eq!(out.routing_key, "tb.rules");
+        assert_eq!(out.body, b"{bad");
+        assert!(out
+            .headers
+            .contains(&(REASON_HEADER.to_string(), "body is not JSON".to_string())));
+        assert!(out
+            .headers
+            .contains(&(ROUTING_KEY_HEADER.to_string(), "org.x".to_string())));
+    }
+}

@@ -1,0 +1,371 @@
+//! Configuration shared by every service, layered as: built-in defaults → the TOML file named by
+//! `TASKBOT_CONFIG` (if set) → `TASKBOT_...` environment variables → command-line overrides.
+//!
+//! Environment keys nest with a double underscore, because single underscores are part of field
+//! names: `TASKBOT_AMQP__URL`, `TASKBOT_RUNNER__ALLOWED_REPOS='["file:///srv/tasks/"]'`.
+//!
+//! One file serves all services (each reads its own section and the common ones), so an operator
+//! keeps one `taskbot.toml` per deployment. Unknown keys are refused: a typo must not silently fall
+//! back to a default.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The environment variable naming the config file.
+pub const CONFIG_ENV: &str = "TASKBOT_CONFIG";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Architectures this deployment runs tasks for. A job for any other arch is refused with a
+    /// CRASHED result instead of waiting forever on a queue no runner reads.
+    pub arches: Vec<String>,
+    pub amqp: AmqpConfig,
+    pub log: LogConfig,
+    pub bridge: BridgeConfig,
+    pub rules: RulesConfig,
+    pub provisioner: ProvisionerConfig,
+    pub runner: RunnerConfig,
+    pub reporter: ReporterConfig,
+    pub postgres: PostgresConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            arches: vec!["x86_64".into(), "aarch64".into(), "noarch".into()],
+            amqp: AmqpConfig::default(),
+            log: LogConfig::default(),
+            bridge: BridgeConfig::default(),
+            rules: RulesConfig::default(),
+            provisioner: ProvisionerConfig::default(),
+            runner: RunnerConfig::default(),
+            reporter: ReporterConfig::default(),
+            postgres: PostgresConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Broker URL.
+    pub url: String,
+    /// Prefix of every exchange and queue name. Lets several deployments (or parallel tests) share
+    /// one broker without seeing each other's messages.
+    pub namespace: String,
+    /// Unacknowledged deliveries a consumer may hold. Without a limit the client buffers the whole
+    /// queue in memory.
+    pub prefetch: u16,
+    /// Longest wait between reconnection attempts, in seconds (the wait doubles from 0.5 s).
+    pub reconnect_max_secs: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            namespace: "taskbot".into(),
+            prefetch: 10,
+            reconnect_max_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`; the `LOG_FORMAT` environment variable overrides it.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,taskbot_runner=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// fedmsg endpoints to subscribe to (ZeroMQ PUB sockets).
+    pub endpoints: Vec<String>,
+    /// Topic prefixes to subscribe to; the empty string means everything.
+    pub topic_prefixes: Vec<String>,
+    /// Messages larger than this (both frames together) are refused as malformed.
+    pub max_message_bytes: usize,
+    /// Messages held while the broker is unreachable; ZeroMQ has no acknowledgements, so past this
+    /// the bridge stops reading and ZeroMQ's own high-water mark drops on the publisher side.
+    pub buffer: usize,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            endpoints: vec!["tcp://127.0.0.1:4001".into()],
+            topic_prefixes: vec![String::new()],
+            max_message_bytes: 1024 * 1024,
+            buffer: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesConfig {
+    /// The YAML rules file.
+    pub file: PathBuf,
+    /// Base URL that task repositories given by a relative path in the rules file are resolved
+    /// against, e.g. `file:///srv/taskbot/tasks` or `https://pagure.io/taskbot-tasks`.
+    pub task_base_url: Option<String>,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            file: PathBuf::from("deploy/rules.yaml"),
+            task_base_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvisionerConfig {
+    /// Backend for jobs that ask for `local`: the runner's own host.
+    pub backend: String,
+}
+
+impl Default for ProvisionerConfig {
+    fn default() -> Self {
+        ProvisionerConfig {
+            backend: "local".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// The arch whose queue this runner consumes (also settable with `runner --arch`).
+    pub arch: Option<String>,
+    /// Where jobs' fresh working directories are created (and removed afterwards).
+    pub work_dir: PathBuf,
+    /// Where each job's logs and artifacts are kept, under `<artifacts_dir>/<job id>/`.
+    pub artifacts_dir: PathBuf,
+    /// Public URL of `artifacts_dir`, used for results' log links; without it results carry the
+    /// local path.
+    pub artifacts_url: Option<String>,
+    /// Prefixes of repository URLs the runner may clone. A task's code runs on this host, so
+    /// anything else yields a CRASHED result. Empty means nothing is allowed.
+    pub allowed_repos: Vec<String>,
+    /// Longest a task may run, in seconds; then its whole process group is killed.
+    pub task_timeout_secs: u64,
+    /// Tasks run at once by this runner.
+    pub concurrency: usize,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            arch: None,
+            work_dir: std::env::temp_dir().join("taskbot-work"),
+            artifacts_dir: PathBuf::from("/var/lib/taskbot/artifacts"),
+            artifacts_url: None,
+            allowed_repos: Vec::new(),
+            task_timeout_secs: 3600,
+            concurrency: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReporterConfig {
+    /// ResultsDB base URL (e.g. `http://resultsdb:5001/api/v2.0`); results are also posted there
+    /// when set.
+    pub resultsdb_url: Option<String>,
+    /// Seconds before a ResultsDB request is abandoned and retried.
+    pub resultsdb_timeout_secs: u64,
+}
+
+impl Default for ReporterConfig {
+    fn default() -> Self {
+        ReporterConfig {
+            resultsdb_url: None,
+            resultsdb_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style URL of the results database.
+    pub url: String,
+    /// Connections kept by the pool.
+    pub pool_size: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "postgres://postgres@127.0.0.1:5432/test".into(),
+            pool_size: 4,
+        }
+    }
+}
+
+/// A configuration that could not be loaded; the message names each bad key and where its value
+/// came from.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Load from the process environment (`TASKBOT_CONFIG`, `TASKBOT_*`), with `overrides` (from
+    /// the command line) on top.
+    pub fn load(overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
+        let file = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        Self::figment(file.as_deref(), overrides).extract().map_err(describe)
+    }
+
+    /// The layered figment, separated from extraction so tests can inspect it.
+    pub fn figment(file: Option<&Path>, overrides: &[(&str, String)]) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            // `Toml::file` silently ignores a missing file; an operator who names one means it.
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("TASKBOT_")
+                .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
+                .split("__"),
+        );
+        for (key, value) in overrides {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        figment
+    }
+
+    /// The runner's arch, required by the runner only.
+    pub fn runner_arch(&self) -> Result<&str, ConfigError> {
+        self.runner.arch.as_deref().ok_or_else(|| {
+            ConfigError("runner.arch: not set (use --arch or TASKBOT_RUNNER__ARCH)".into())
+        })
+    }
+}
+
+/// One line per error: key, problem, source.
+fn describe(err: figment::Error) -> ConfigError {
+    let mut out = String::new();
+    for e in err {
+        let key = if e.path.is_empty() {
+            "(top level)".to_string()
+        } else {
+            e.path.join(".")
+        };
+        let source = match &e.metadata {
+            Some(meta) if meta.name.contains("environment") => {
+                format!("environment variable TASKBOT_{}", e.path.join("__").to_uppercase())
+            }
+            Some(meta) => match &meta.source {
+                Some(src) => format!("{} ({src})", meta.name),
+                None => meta.name.to_string(),
+            },
+            None => "unknown source".into(),
+        };
+        let _ = writeln!(out, "  {key}: {} [from {source}]", e.kind);
+    }
+    ConfigError(out.trim_end().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_then_file_then_env_then_overrides() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[amqp]\nprefetch = 3\nnamespace = \"file\"\n[runner]\nconcurrency = 2\n",
+            )?;
+            jail.set_env("TASKBOT_AMQP__NAMESPACE", "env");
+            jail.set_env("TASKBOT_RUNNER__ALLOWED_REPOS", "[\"file:///srv/\"]");
+            jail.set_env("TASKBOT_CONFIG", "t.toml");
+            let cfg: Config = Config::figment(
+                Some(Path::new("t.toml")),
+                &[("runner.arch", "aarch64".into())],
+            )
+            .extract()?;
+            assert_eq!(cfg.amqp.prefetch, 3, "file beats defaults");
+            assert_eq!(cfg.amqp.namespace, "env", "env beats file");
+            assert_eq!(cfg.runner.concurrency, 2);
+            assert_eq!(cfg.runner.allowed_repos, vec!["file:///srv/".to_string()]);
+            assert_eq!(cfg.runner.arch.as_deref(), Some("aarch64"));
+            assert_eq!(cfg.postgres, PostgresConfig::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_value_names_key_and_source() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TASKBOT_AMQP__PREFETCH", "lots");
+            let err = describe(Config::figment(None, &[]).extract::<Config>().unwrap_err());
+            let text = err.to_string();
+            assert!(text.contains("amqp.prefetch"), "{text}");
+            assert!(text.contains("TASKBOT_AMQP__PREFETCH"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_refused_with_file_name() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[amqp]\nprefech = 3\n")?;
+            let err = describe(
+                Config::figment(Some(Path::new("t.toml")), &[])
+                    .extract::<Config>()
+                    .unwrap_err(),
+            );
+            let text = err.to_string();
+            assert!(text.contains("unknown field"), "{text}");
+            assert!(text.contains("prefech"), "{text}");
+            assert!(text.contains("t.toml"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_named_file_is_an_error() {
+        Jail::expect_with(|_| {
+            let err = Config::figment(Some(Path::new("nope.toml")), &[])
+                .extract::<Config>()
+                .unwrap_err();
+            assert!(err.to_string().contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

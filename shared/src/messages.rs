@@ -1,0 +1,480 @@
+//! The messages Taskbot services exchange over RabbitMQ.
+//!
+//! Every message is a JSON object with a `schema` field naming its type and version, e.g.
+//! `"taskbot.event.v1"`. A consumer refuses (dead-letters) a message whose schema it does not know
+//! instead of guessing, so a newer producer never silently confuses an older consumer. Adding an
+//! optional field keeps the version; removing or changing the meaning of one bumps it.
+//!
+//! The flow: [`Event`] → (rules) → [`JobRequest`] → (provisioner) → [`ProvisionedJob`] →
+//! (runner) → [`TaskResult`]s, with [`JobStatus`] published by every stage a job passes.
+//! `docs/messages.md` documents each type for people who bind their own queues.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace for the name-based (v5) UUIDs Taskbot derives, so that the same input always gives the
+/// same id (job ids, result ids, ids of events that arrived without one).
+pub const TASKBOT_NAMESPACE: Uuid = Uuid::from_bytes([
+    0x6b, 0x1d, 0x3a, 0x52, 0x0f, 0x4e, 0x4c, 0x8a, 0x9d, 0x21, 0x5e, 0x77, 0x30, 0x1c, 0x42, 0x9b,
+]);
+
+/// A message type with a fixed schema tag.
+pub trait Message: Serialize + DeserializeOwned {
+    /// The value of the `schema` field, e.g. `taskbot.event.v1`.
+    const SCHEMA: &'static str;
+
+    /// Serialise with the `schema` tag added.
+    fn to_json(&self) -> Vec<u8> {
+        let mut value = serde_json::to_value(self).expect("message types always serialise");
+        if let serde_json::Value::Object(fields) = &mut value {
+            fields.insert("schema".into(), Self::SCHEMA.into());
+        }
+        serde_json::to_vec(&value).expect("JSON values serialise")
+    }
+
+    /// Parse and check the schema tag. The error says what is wrong in words fit for a
+    /// dead-letter reason.
+    fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
+        match value.get("schema").and_then(|s| s.as_str()) {
+            Some(s) if s == Self::SCHEMA => {}
+            Some(other) => {
+                return Err(DecodeError::Schema {
+                    expected: Self::SCHEMA,
+                    found: other.to_string(),
+                })
+            }
+            None => {
+                return Err(DecodeError::Schema {
+                    expected: Self::SCHEMA,
+                    found: "(none)".into(),
+                })
+            }
+        }
+        serde_json::from_value(value).map_err(|e| DecodeError::Fields {
+            schema: Self::SCHEMA,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Why a message body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    #[error("expected schema {expected}, found {found}")]
+    Schema {
+        expected: &'static str,
+        found: String,
+    },
+    #[error("invalid {schema} message: {reason}")]
+    Fields {
+        schema: &'static str,
+        reason: String,
+    },
+}
+
+/// Something that happened in the distribution's infrastructure, as announced on a message bus
+/// (or by a Taskbot task, so that tasks can trigger further tasks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Stable id: the bus's `msg_id`, or one derived from the content when the bus gave none, so a
+    /// message seen twice has the same id twice.
+    pub id: String,
+    /// Full topic, e.g. `org.fedoraproject.prod.buildsys.build.state.change`.
+    pub topic: String,
+    /// Where the event came from, e.g. `fedmsg:tcp://127.0.0.1:4001` or `task:<job id>`.
+    pub source: String,
+    /// When the producer sent it (UNIX seconds; older fedmsg producers send fractions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<f64>,
+    /// When Taskbot received it.
+    pub received_at: DateTime<Utc>,
+    /// The producer's user name, when the bus says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The message body (fedmsg's `msg`).
+    pub msg: serde_json::Value,
+}
+
+impl Message for Event {
+    const SCHEMA: &'static str = "taskbot.event.v1";
+}
+
+/// Which git repository holds a task, and at which ref to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// Short task name, used as the default testcase, e.g. `rpmlint`.
+    pub name: String,
+    /// Clone URL of the task's repository.
+    pub repo: String,
+    /// Branch, tag or commit to run.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+}
+
+/// What a job needs provisioned before it can run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// The runner's own host.
+    #[default]
+    Local,
+    /// A disposable virtual machine.
+    Vm,
+}
+
+/// A request to run one task on one item for one arch: what the rules decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// Ties trigger, execution, logs and results together. Derived from (event, rule, task, item,
+    /// arch, args), so a duplicated event never schedules a job twice under two ids.
+    pub job_id: Uuid,
+    /// The event that triggered the job.
+    pub event_id: String,
+    /// Topic of that event.
+    pub event_topic: String,
+    /// Name of the rule that fired.
+    pub rule: String,
+    pub task: TaskRef,
+    /// What the task checks, e.g. an NVR or an update alias.
+    pub item: String,
+    /// Kind of item: `koji_build`, `bodhi_update`, `compose`, ...
+    pub item_type: String,
+    /// Architecture to run for; selects the runner queue.
+    pub arch: String,
+    /// Extra arguments passed to the task.
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    /// Higher runs first where the queue supports priorities (0–9).
+    #[serde(default)]
+    pub priority: u8,
+    #[serde(default)]
+    pub environment: Environment,
+    /// The task may leave its system unusable: it must get a fresh VM.
+    #[serde(default)]
+    pub destructive: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Message for JobRequest {
+    const SCHEMA: &'static str = "taskbot.job-request.v1";
+}
+
+impl JobRequest {
+    /// The deterministic job id of an (event, rule, task, item, arch, args) combination.
+    pub fn derive_id(
+        event_id: &str,
+        rule: &str,
+        task: &TaskRef,
+        item: &str,
+        arch: &str,
+        args: &BTreeMap<String, String>,
+    ) -> Uuid {
+        let key = serde_json::json!([
+            event_id,
+            rule,
+            task.name,
+            task.repo,
+            task.git_ref,
+            item,
+            arch,
+            args
+        ]);
+        Uuid::new_v5(&TASKBOT_NAMESPACE, key.to_string().as_bytes())
+    }
+}
+
+/// Where a provisioned job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Machine {
+    /// On the runner's own host.
+    Local,
+    /// On a VM reachable over SSH.
+    Vm {
+        host: String,
+        port: u16,
+        user: String,
+        /// Path of the private key on the runner's host.
+        key_path: String,
+    },
+}
+
+/// A job with its machine ready, on the run queue of its arch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionedJob {
+    pub job: JobRequest,
+    pub machine: Machine,
+    /// Which provisioner backend prepared it.
+    pub provisioner: String,
+    pub provisioned_at: DateTime<Utc>,
+}
+
+impl Message for ProvisionedJob {
+    const SCHEMA: &'static str = "taskbot.provisioned-job.v1";
+}
+
+/// The phases a job goes through. `Done` and `Crashed` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Requested by a rule, waiting for a provisioner.
+    Queued,
+    /// A provisioner is preparing its machine.
+    Provisioning,
+    /// On its arch's run queue, waiting for a runner.
+    Provisioned,
+    /// A runner is fetching the task's repository.
+    Cloning,
+    /// The task is running.
+    Running,
+    /// The runner is publishing results.
+    Reporting,
+    /// Finished with results (whatever their outcomes).
+    Done,
+    /// Could not run to the end; a CRASHED result says why.
+    Crashed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Provisioning => "provisioning",
+            JobState::Provisioned => "provisioned",
+            JobState::Cloning => "cloning",
+            JobState::Running => "running",
+            JobState::Reporting => "reporting",
+            JobState::Done => "done",
+            JobState::Crashed => "crashed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Crashed)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One step in a job's life, published by whichever service moved it there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Unique per status message, so a redelivered status is recorded once.
+    pub status_id: Uuid,
+    pub job_id: Uuid,
+    pub state: JobState,
+    pub at: DateTime<Utc>,
+    /// The service that published it, e.g. `runner@host/x86_64`.
+    pub service: String,
+    /// Free text: why it crashed, where its logs are, which machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The job as requested, so a store can build the job's record from any one status.
+    pub job: JobRequest,
+}
+
+impl Message for JobStatus {
+    const SCHEMA: &'static str = "taskbot.job-status.v1";
+}
+
+impl JobStatus {
+    pub fn new(job: &JobRequest, state: JobState, service: &str, detail: Option<String>) -> Self {
+        JobStatus {
+            status_id: Uuid::new_v4(),
+            job_id: job.job_id,
+            state,
+            at: Utc::now(),
+            service: service.to_string(),
+            detail,
+            job: job.clone(),
+        }
+    }
+
+    /// Routing key on the results exchange: `job.<state>`.
+    pub fn routing_key(&self) -> String {
+        format!("job.{}", self.state)
+    }
+}
+
+/// A result's verdict. The first four are ResultsDB's own; ABORTED and CRASHED are the extras Fedora
+/// configures and Taskotron tasks produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    Passed,
+    Info,
+    Failed,
+    NeedsInspection,
+    Aborted,
+    Crashed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "PASSED",
+            Outcome::Info => "INFO",
+            Outcome::Failed => "FAILED",
+            Outcome::NeedsInspection => "NEEDS_INSPECTION",
+            Outcome::Aborted => "ABORTED",
+            Outcome::Crashed => "CRASHED",
+        }
+    }
+
+    /// Parse case-insensitively, as ResultsDB does (it upper-cases what it receives).
+    pub fn parse(s: &str) -> Option<Outcome> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "PASSED" => Some(Outcome::Passed),
+            "INFO" => Some(Outcome::Info),
+            "FAILED" => Some(Outcome::Failed),
+            "NEEDS_INSPECTION" => Some(Outcome::NeedsInspection),
+            "ABORTED" => Some(Outcome::Aborted),
+            "CRASHED" => Some(Outcome::Crashed),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One verdict on one item, as a task (or the runner on its behalf) reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// Derived from the job and the result's identity within it, so a job re-run after a crash
+    /// produces the same ids and stores deduplicate.
+    pub result_id: Uuid,
+    pub job_id: Uuid,
+    /// Dotted testcase name, e.g. `dist.rpmlint`.
+    pub testcase: String,
+    pub outcome: Outcome,
+    pub item: String,
+    pub item_type: String,
+    pub arch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Where the job's logs and artifacts are (URL or path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_url: Option<String>,
+    /// Any further keys the task reported.
+    #[serde(default)]
+    pub data: BTreeMap<String, serde_json::Value>,
+    pub task: TaskRef,
+    pub event_id: String,
+    pub rule: String,
+    /// Which runner produced it.
+    pub runner: String,
+    pub finished_at: DateTime<Utc>,
+}
+
+impl Message for TaskResult {
+    const SCHEMA: &'static str = "taskbot.result.v1";
+}
+
+impl TaskResult {
+    /// The result id for a (job, testcase, item, type, arch) combination.
+    pub fn derive_id(job_id: Uuid, testcase: &str, item: &str, item_type: &str, arch: &str) -> Uuid {
+        let key = serde_json::json!([job_id, testcase, item, item_type, arch]);
+        Uuid::new_v5(&TASKBOT_NAMESPACE, key.to_string().as_bytes())
+    }
+
+    /// Routing key on the results exchange: `result.<outcome>.<testcase>`.
+    pub fn routing_key(&self) -> String {
+        format!("result.{}.{}", self.outcome, self.testcase)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobRequest {
+        let task = TaskRef {
+            name: "rpmlint".into(),
+            repo: "https://example.org/rpmlint.git".into(),
+            git_ref: "main".into(),
+        };
+        JobRequest {
+            job_id: JobRequest::derive_id("e1", "r", &task, "x-1-1", "x86_64", &BTreeMap::new()),
+            event_id: "e1".into(),
+            event_topic: "t".into(),
+            rule: "r".into(),
+            task,
+            item: "x-1-1".into(),
+            item_type: "koji_build".into(),
+            arch: "x86_64".into(),
+            args: BTreeMap::new(),
+            priority: 0,
+            environment: Environment::Local,
+            destructive: false,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field_and_tags_schema() {
+        let j = job();
+        let bytes = j.to_json();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["schema"], "taskbot.job-request.v1");
+        assert_eq!(JobRequest::from_json(&bytes).unwrap(), j);
+    }
+
+    #[test]
+    fn wrong_schema_is_refused_with_both_names() {
+        let bytes = job().to_json();
+        let err = Event::from_json(&bytes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "expected schema taskbot.event.v1, found taskbot.job-request.v1"
+        );
+        assert!(matches!(
+            Event::from_json(b"{\"id\":1}"),
+            Err(DecodeError::Schema { .. })
+        ));
+        assert!(matches!(Event::from_json(b"nope"), Err(DecodeError::Json(_))));
+    }
+
+    #[test]
+    fn missing_field_names_the_field() {
+        let err = Event::from_json(br#"{"schema":"taskbot.event.v1","id":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("missing field `topic`"), "{err}");
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinguish_inputs() {
+        let t = job().task;
+        let a = JobRequest::derive_id("e", "r", &t, "i", "x86_64", &BTreeMap::new());
+        assert_eq!(a, JobRequest::derive_id("e", "r", &t, "i", "x86_64", &BTreeMap::new()));
+        assert_ne!(a, JobRequest::derive_id("e", "r", &t, "i", "aarch64", &BTreeMap::new()));
+        let mut args = BTreeMap::new();
+        args.insert("config".into(), "X".into());
+        assert_ne!(a, JobRequest::derive_id("e", "r", &t, "i", "x86_64", &args));
+    }
+
+    #[test]
+    fn outcomes_parse_like_resultsdb() {
+        assert_eq!(Outcome::parse("passed"), Some(Outcome::Passed));
+        assert_eq!(Outcome::parse(" needs_inspection "), Some(Outcome::NeedsInspection));
+        assert_eq!(Outcome::parse("GREAT"), None);
+        assert_eq!(
+            serde_json::to_string(&Outcome::NeedsInspection).unwrap(),
+            "\"NEEDS_INSPECTION\""
+        );
+    }
+}
