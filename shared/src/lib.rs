@@ -16,3 +16,6 @@ pub use messages::{
 };
 pub use shutdown::Shutdown;
 pub use topology::Topology;
+
+#[cfg(feature = "testing")]
+pub mod testing;

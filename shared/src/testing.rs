@@ -1,0 +1,180 @@
+//! Helpers for integration tests against the real broker (feature `testing`).
+//!
+//! Each test gets its own namespace, so tests run in parallel against one RabbitMQ without seeing
+//! each other's messages, and [`TestBroker::cleanup`] deletes what the test declared.
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+
+use crate::amqp::{self, Incoming, Outgoing, Publisher};
+use crate::config::Config;
+use crate::topology::Topology;
+
+/// Broker URL for tests: `TASKBOT_TEST_AMQP_URL` or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("TASKBOT_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// PostgreSQL URL for tests: `TASKBOT_TEST_POSTGRES_URL` or the local default.
+pub fn postgres_url() -> String {
+    std::env::var("TASKBOT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A unique namespace like `test-3f2a9c1b`.
+pub fn unique_namespace() -> String {
+    format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A config pointing at the test broker and database, in a fresh namespace.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.amqp.url = amqp_url();
+    config.amqp.namespace = unique_namespace();
+    config.amqp.reconnect_max_secs = 2;
+    config.postgres.url = postgres_url();
+    config
+}
+
+/// A connection with the namespace's topology declared, for publishing inputs and reading outputs.
+pub struct TestBroker {
+    pub config: Config,
+    pub topology: Topology,
+    pub publisher: Publisher,
+    conn: lapin::Connection,
+}
+
+impl TestBroker {
+    pub async fn new(config: &Config) -> TestBroker {
+        let conn = amqp::connect(&config.amqp.url, "taskbot-test")
+            .await
+            .expect("RabbitMQ must be running for integration tests (make test starts it)");
+        let topology = Topology::new(&config.amqp.namespace, &config.arches);
+        let publisher = Publisher::new(&conn, "taskbot-test").await.unwrap();
+        topology.declare(publisher.channel()).await.unwrap();
+        TestBroker {
+            config: config.clone(),
+            topology,
+            publisher,
+            conn,
+        }
+    }
+
+    pub async fn publish(&self, exchange: &str, routing_key: &str, body: Vec<u8>) {
+        self.publisher
+            .publish(&Outgoing::new(exchange, routing_key, body))
+            .await
+            .expect("test publish confirmed");
+    }
+
+    /// Take the next message from `queue`, waiting up to `timeout`.
+    pub async fn get(&self, queue: &str, timeout: Duration) -> Option<Incoming> {
+        let deadline = Instant::now() + timeout;
+        let channel = self.publisher.channel();
+        loop {
+            if let Some(msg) = channel
+                .basic_get(queue, BasicGetOptions::default())
+                .await
+                .expect("basic_get")
+            {
+                let delivery = msg.delivery;
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                let mut headers = Vec::new();
+                if let Some(table) = delivery.properties.headers() {
+                    for (k, v) in table.inner() {
+                        let value = match v {
+                            lapin::types::AMQPValue::LongString(s) => {
+                                String::from_utf8_lossy(s.as_bytes()).into_owned()
+                            }
+                            other => format!("{other:?}"),
+                        };
+                        headers.push((k.to_string(), value));
+                    }
+                }
+                return Some(Incoming {
+                    body: delivery.data,
+                    exchange: delivery.exchange.to_string(),
+                    routing_key: delivery.routing_key.to_string(),
+                    redelivered: delivery.redelivered,
+                    headers,
+                });
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages ready in `queue` (not counting unacked ones).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.publisher
+            .channel()
+            .queue_declare(
+                queue,
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0)
+    }
+
+    /// Declare an extra queue bound to `exchange` with `key`, for a test to observe what is
+    /// published there. The broker deletes it ten minutes after its last use.
+    pub async fn tap(&self, exchange: &str, key: &str) -> String {
+        let name = format!("{}.tap.{}", self.topology.namespace, uuid::Uuid::new_v4().simple());
+        let ch = self.publisher.channel();
+        let mut args = lapin::types::FieldTable::default();
+        args.insert("x-expires".into(), lapin::types::AMQPValue::LongUInt(600_000));
+        ch.queue_declare(
+            &name,
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(&name, exchange, key, Default::default(), Default::default())
+            .await
+            .unwrap();
+        name
+    }
+
+    /// Delete every queue and exchange of this namespace.
+    pub async fn cleanup(self) {
+        let ch = match self.conn.create_channel().await {
+            Ok(ch) => ch,
+            Err(_) => return,
+        };
+        let mut queues: Vec<String> = self
+            .topology
+            .work_queues()
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+        for source in self.topology.dead_letter_sources() {
+            queues.push(self.topology.dead_letter_queue(&source));
+        }
+        for q in queues {
+            let _ = ch.queue_delete(&q, QueueDeleteOptions::default()).await;
+        }
+        for e in [
+            self.topology.events_exchange(),
+            self.topology.jobs_exchange(),
+            self.topology.run_exchange(),
+            self.topology.results_exchange(),
+            self.topology.dead_letter_exchange(),
+        ] {
+            let _ = ch.exchange_delete(&e, ExchangeDeleteOptions::default()).await;
+        }
+        let _ = self.conn.close(200, "test done").await;
+    }
+}
