@@ -154,10 +154,9 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
         .with_connection_name(name.into());
-    props.client_properties.insert(
-        "product".into(),
-        AMQPValue::LongString("taskbot".into()),
-    );
+    props
+        .client_properties
+        .insert("product".into(), AMQPValue::LongString("taskbot".into()));
     Connection::connect(url, props).await
 }
 
@@ -321,7 +320,8 @@ impl ReliablePublisher {
         loop {
             let mut link = self.link.lock().await;
             if link.is_none() {
-                let Some(conn) = connect_with_retry(&self.config, &self.name, shutdown).await else {
+                let Some(conn) = connect_with_retry(&self.config, &self.name, shutdown).await
+                else {
                     return false;
                 };
                 let ready = async {
@@ -524,7 +524,12 @@ async fn handle_delivery(
         Disposition::Done(outputs) => outputs,
         Disposition::DeadLetter(reason) => {
             tracing::warn!(queue = %spec.queue, routing_key = %incoming.routing_key, %reason, "dead-lettering message");
-            vec![Outgoing::dead_letter(topology, &spec.queue, &incoming, &reason)]
+            vec![Outgoing::dead_letter(
+                topology,
+                &spec.queue,
+                &incoming,
+                &reason,
+            )]
         }
         Disposition::Retry(reason) => {
             tracing::warn!(queue = %spec.queue, %reason, retry_in_ms = spec.retry_delay.as_millis() as u64, "transient failure; will retry");

@@ -11,11 +11,22 @@ pub mod topology;
 
 pub use config::Config;
 pub use messages::{
-    Environment, Event, JobRequest, JobState, JobStatus, Machine, Message, Outcome,
-    ProvisionedJob, TaskRef, TaskResult,
+    Environment, Event, JobRequest, JobState, JobStatus, Machine, Message, Outcome, ProvisionedJob,
+    TaskRef, TaskResult,
 };
 pub use shutdown::Shutdown;
 pub use topology::Topology;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// `service@host`, to say in job statuses and results which instance did something.
+pub fn instance_name(service: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{service}@{host}")
+}

@@ -189,6 +189,12 @@ impl JobRequest {
         ]);
         Uuid::new_v5(&TASKBOT_NAMESPACE, key.to_string().as_bytes())
     }
+
+    /// The testcase of results that do not name one (the task wrote no results file, or never
+    /// ran): the task's name as the rules call it, e.g. `dist.rpmlint`.
+    pub fn default_testcase(&self) -> String {
+        self.task.name.clone()
+    }
 }
 
 /// Where a provisioned job runs.
@@ -388,9 +394,43 @@ impl Message for TaskResult {
 
 impl TaskResult {
     /// The result id for a (job, testcase, item, type, arch) combination.
-    pub fn derive_id(job_id: Uuid, testcase: &str, item: &str, item_type: &str, arch: &str) -> Uuid {
+    pub fn derive_id(
+        job_id: Uuid,
+        testcase: &str,
+        item: &str,
+        item_type: &str,
+        arch: &str,
+    ) -> Uuid {
         let key = serde_json::json!([job_id, testcase, item, item_type, arch]);
         Uuid::new_v5(&TASKBOT_NAMESPACE, key.to_string().as_bytes())
+    }
+
+    /// The CRASHED result of a job that could not run to the end, with the reason as note.
+    pub fn crashed(job: &JobRequest, reporter: &str, note: &str) -> TaskResult {
+        let testcase = job.default_testcase();
+        TaskResult {
+            result_id: TaskResult::derive_id(
+                job.job_id,
+                &testcase,
+                &job.item,
+                &job.item_type,
+                &job.arch,
+            ),
+            job_id: job.job_id,
+            testcase,
+            outcome: Outcome::Crashed,
+            item: job.item.clone(),
+            item_type: job.item_type.clone(),
+            arch: job.arch.clone(),
+            note: Some(note.to_string()),
+            log_url: None,
+            data: BTreeMap::new(),
+            task: job.task.clone(),
+            event_id: job.event_id.clone(),
+            rule: job.rule.clone(),
+            runner: reporter.to_string(),
+            finished_at: Utc::now(),
+        }
     }
 
     /// Routing key on the results exchange: `result.<outcome>.<testcase>`.
@@ -447,7 +487,10 @@ mod tests {
             Event::from_json(b"{\"id\":1}"),
             Err(DecodeError::Schema { .. })
         ));
-        assert!(matches!(Event::from_json(b"nope"), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            Event::from_json(b"nope"),
+            Err(DecodeError::Json(_))
+        ));
     }
 
     #[test]
@@ -460,8 +503,14 @@ mod tests {
     fn derived_ids_are_stable_and_distinguish_inputs() {
         let t = job().task;
         let a = JobRequest::derive_id("e", "r", &t, "i", "x86_64", &BTreeMap::new());
-        assert_eq!(a, JobRequest::derive_id("e", "r", &t, "i", "x86_64", &BTreeMap::new()));
-        assert_ne!(a, JobRequest::derive_id("e", "r", &t, "i", "aarch64", &BTreeMap::new()));
+        assert_eq!(
+            a,
+            JobRequest::derive_id("e", "r", &t, "i", "x86_64", &BTreeMap::new())
+        );
+        assert_ne!(
+            a,
+            JobRequest::derive_id("e", "r", &t, "i", "aarch64", &BTreeMap::new())
+        );
         let mut args = BTreeMap::new();
         args.insert("config".into(), "X".into());
         assert_ne!(a, JobRequest::derive_id("e", "r", &t, "i", "x86_64", &args));
@@ -470,7 +519,10 @@ mod tests {
     #[test]
     fn outcomes_parse_like_resultsdb() {
         assert_eq!(Outcome::parse("passed"), Some(Outcome::Passed));
-        assert_eq!(Outcome::parse(" needs_inspection "), Some(Outcome::NeedsInspection));
+        assert_eq!(
+            Outcome::parse(" needs_inspection "),
+            Some(Outcome::NeedsInspection)
+        );
         assert_eq!(Outcome::parse("GREAT"), None);
         assert_eq!(
             serde_json::to_string(&Outcome::NeedsInspection).unwrap(),

@@ -128,10 +128,17 @@ impl TestBroker {
     /// Declare an extra queue bound to `exchange` with `key`, for a test to observe what is
     /// published there. The broker deletes it ten minutes after its last use.
     pub async fn tap(&self, exchange: &str, key: &str) -> String {
-        let name = format!("{}.tap.{}", self.topology.namespace, uuid::Uuid::new_v4().simple());
+        let name = format!(
+            "{}.tap.{}",
+            self.topology.namespace,
+            uuid::Uuid::new_v4().simple()
+        );
         let ch = self.publisher.channel();
         let mut args = lapin::types::FieldTable::default();
-        args.insert("x-expires".into(), lapin::types::AMQPValue::LongUInt(600_000));
+        args.insert(
+            "x-expires".into(),
+            lapin::types::AMQPValue::LongUInt(600_000),
+        );
         ch.queue_declare(
             &name,
             lapin::options::QueueDeclareOptions {
@@ -173,7 +180,9 @@ impl TestBroker {
             self.topology.results_exchange(),
             self.topology.dead_letter_exchange(),
         ] {
-            let _ = ch.exchange_delete(&e, ExchangeDeleteOptions::default()).await;
+            let _ = ch
+                .exchange_delete(&e, ExchangeDeleteOptions::default())
+                .await;
         }
         let _ = self.conn.close(200, "test done").await;
     }

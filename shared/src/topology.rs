@@ -158,7 +158,11 @@ impl Topology {
 
     /// Declare one work queue, its dead-letter queue and its bindings (used for arches that were
     /// not known at start).
-    pub async fn declare_work_queue(&self, channel: &Channel, queue: &QueueSpec) -> lapin::Result<()> {
+    pub async fn declare_work_queue(
+        &self,
+        channel: &Channel,
+        queue: &QueueSpec,
+    ) -> lapin::Result<()> {
         let dlq = self.dead_letter_queue(&queue.name);
         declare_queue(channel, &dlq, FieldTable::default()).await?;
         channel
@@ -249,6 +253,8 @@ mod tests {
         assert_eq!(t.dead_letter_queue(&t.rules_queue()), "tb.rules.dead");
         let names: Vec<_> = t.work_queues().into_iter().map(|q| q.name).collect();
         assert!(names.contains(&"tb.run.x86_64".to_string()));
-        assert!(t.dead_letter_sources().contains(&"tb.fedmsg-bridge".to_string()));
+        assert!(t
+            .dead_letter_sources()
+            .contains(&"tb.fedmsg-bridge".to_string()));
     }
 }

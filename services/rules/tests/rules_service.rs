@@ -1,0 +1,129 @@
+//! The rules service against the real broker: events in, job requests and statuses out, bad
+//! messages dead-lettered with their reason.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use taskbot::messages::{Event, JobRequest, JobStatus, Message};
+use taskbot::testing::{test_config, TestBroker};
+use taskbot::Shutdown;
+
+const RULES: &str = r#"
+tasks:
+  example: { repo: example.git, ref: main }
+rules:
+  - name: example-on-koji-build
+    when:
+      topic: org.fedoraproject.*.buildsys.build.state.change
+      match: { msg.new: 1 }
+    do:
+      - task: example
+        item: "{{ msg.name }}-{{ msg.version }}-{{ msg.release }}"
+        item_type: koji_build
+        arches: [x86_64, noarch]
+"#;
+
+#[tokio::test]
+async fn event_becomes_job_requests_and_garbage_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, RULES).unwrap();
+    let mut config = test_config();
+    config.rules.file = rules;
+    config.rules.task_base_url = Some("file:///srv/tasks".into());
+    let broker = TestBroker::new(&config).await;
+    let t = broker.topology.clone();
+    let statuses = broker.tap(&t.results_exchange(), "job.#").await;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(taskbot_rules::run(
+        config.clone(),
+        Shutdown::new(async {
+            let _ = stopped.await;
+        }),
+    ));
+
+    broker
+        .publish(
+            &t.events_exchange(),
+            "org.fedoraproject.prod.x",
+            b"{not json".to_vec(),
+        )
+        .await;
+    let event = Event {
+        id: "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f".into(),
+        topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
+        source: "test".into(),
+        sent_at: Some(1424216566.0),
+        received_at: Utc::now(),
+        username: None,
+        msg: serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7",
+                                "new": 1, "old": 0, "build_id": 612324}),
+    };
+    broker
+        .publish(&t.events_exchange(), &event.topic, event.to_json())
+        .await;
+
+    let mut jobs = Vec::new();
+    for _ in 0..2 {
+        let msg = broker
+            .get(&t.provisioner_queue(), Duration::from_secs(10))
+            .await
+            .expect("a job request");
+        jobs.push(JobRequest::from_json(&msg.body).unwrap());
+    }
+    jobs.sort_by(|a, b| a.arch.cmp(&b.arch));
+    assert_eq!(jobs[0].arch, "noarch");
+    assert_eq!(jobs[1].arch, "x86_64");
+    assert!(jobs.iter().all(|j| j.item == "ansible-1.8.3-1.el7"
+        && j.event_id == event.id
+        && j.task.repo == "file:///srv/tasks/example.git"));
+
+    let queued = broker.get(&statuses, Duration::from_secs(5)).await.unwrap();
+    let queued = JobStatus::from_json(&queued.body).unwrap();
+    assert_eq!(queued.state.as_str(), "queued");
+
+    let dead = broker
+        .get(
+            &t.dead_letter_queue(&t.rules_queue()),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the malformed event is dead-lettered");
+    assert_eq!(dead.body, b"{not json");
+    assert!(dead
+        .header("x-taskbot-reason")
+        .unwrap()
+        .contains("not valid JSON"));
+
+    // Nothing else: the malformed message produced no job.
+    assert!(broker
+        .get(&t.provisioner_queue(), Duration::from_millis(300))
+        .await
+        .is_none());
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), service)
+        .await
+        .expect("rules stops on shutdown")
+        .unwrap()
+        .unwrap();
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn broken_rules_file_refuses_to_start_with_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "rules:\n  - name: x\n    when: {topic: a}\n    do: oops\n",
+    )
+    .unwrap();
+    let mut config = test_config();
+    config.rules.file = rules.clone();
+    let err = taskbot_rules::run(config, Shutdown::new(std::future::pending()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with(&format!("{}:4:", rules.display())), "{err}");
+}
