@@ -110,8 +110,18 @@ impl TestBroker {
 
     /// Messages ready in `queue` (not counting unacked ones).
     pub async fn depth(&self, queue: &str) -> u32 {
-        self.publisher
-            .channel()
+        self.inspect(queue).await.map(|q| q.message_count()).unwrap_or(0)
+    }
+
+    /// Consumers of `queue`.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.map(|q| q.consumer_count()).unwrap_or(0)
+    }
+
+    /// A passive declare on its own channel: a missing queue closes the channel it is asked on.
+    async fn inspect(&self, queue: &str) -> Option<lapin::Queue> {
+        let channel = self.conn.create_channel().await.ok()?;
+        let q = channel
             .queue_declare(
                 queue,
                 lapin::options::QueueDeclareOptions {
@@ -121,8 +131,9 @@ impl TestBroker {
                 Default::default(),
             )
             .await
-            .map(|q| q.message_count())
-            .unwrap_or(0)
+            .ok();
+        let _ = channel.close(200, "done").await;
+        q
     }
 
     /// Declare an extra queue bound to `exchange` with `key`, for a test to observe what is

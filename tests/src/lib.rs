@@ -1,1 +1,372 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: start the real service binaries against the real RabbitMQ
+//! and PostgreSQL, each test in its own broker namespace and its own database, and stop and clean
+//! up afterwards (also when a test fails).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use taskbot::testing::{postgres_url, test_config, TestBroker};
+use taskbot::Config;
+use tokio_postgres::NoTls;
+
+/// The workspace's top directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Path of a service binary, building the binaries once per test run if needed (`make test`
+/// builds them before, so this is normally instant).
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--bins", "--quiet"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --bins failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("debug").join(name)
+}
+
+/// Make `content` (a folder) into a git repository at `dest` with one commit on `main`.
+pub fn make_task_repo(content: &Path, dest: &Path) {
+    copy_dir(content, dest);
+    git(dest, &["init", "-q", "-b", "main"]);
+    git(dest, &["add", "-A"]);
+    git(
+        dest,
+        &[
+            "-c",
+            "user.name=taskbot",
+            "-c",
+            "user.email=taskbot@localhost",
+            "commit",
+            "-qm",
+            "task",
+        ],
+    );
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("git runs");
+    assert!(status.success(), "git {args:?} failed in {}", dir.display());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let name = format!("e2e_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let admin = connect(&postgres_url()).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let base = postgres_url();
+        let url = match base.rfind('/') {
+            Some(i) => format!("{}/{name}", &base[..i]),
+            None => panic!("postgres URL without database: {base}"),
+        };
+        TestDatabase { name, url }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    pub async fn drop_database(self) {
+        let admin = connect(&postgres_url()).await;
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .await;
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} must be running (make test starts it): {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// One running service binary; killed when dropped.
+pub struct Service {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process gets no chance to clean up (a crash, an OOM kill).
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait up to `timeout` for a clean exit; returns whether it exited by itself
+    /// with success.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill_hard();
+        false
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A whole local deployment for one test: config file, task repositories, database, namespace.
+pub struct Deployment {
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    pub config_file: PathBuf,
+    pub database: Option<TestDatabase>,
+    pub broker: TestBroker,
+    pub services: Vec<Service>,
+}
+
+impl Deployment {
+    /// Prepare (but do not start) a deployment. `rules` is the rules file's text; task
+    /// repositories are made from every folder of `tasks`, under `<tmp>/tasks/<name>`, and the
+    /// rules' relative repositories resolve there.
+    pub async fn new(rules: &str, tasks: &[(&str, &Path)], zmq_port: u16) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks_dir = dir.path().join("tasks");
+        for (name, content) in tasks {
+            make_task_repo(content, &tasks_dir.join(name));
+        }
+        let rules_file = dir.path().join("rules.yaml");
+        std::fs::write(&rules_file, rules).unwrap();
+        let database = TestDatabase::create().await;
+
+        let mut config = test_config();
+        config.arches = vec!["x86_64".into(), "noarch".into()];
+        config.bridge.endpoints = vec![format!("tcp://127.0.0.1:{zmq_port}")];
+        config.rules.file = rules_file;
+        config.rules.task_base_url = Some(format!("file://{}", tasks_dir.display()));
+        config.runner.work_dir = dir.path().join("work");
+        config.runner.artifacts_dir = dir.path().join("artifacts");
+        config.runner.allowed_repos = vec![format!("file://{}/", tasks_dir.display())];
+        config.runner.task_timeout_secs = 120;
+        config.postgres.url = database.url.clone();
+        config.log.level = "info".into();
+
+        let config_file = dir.path().join("taskbot.toml");
+        std::fs::write(&config_file, to_toml(&config)).unwrap();
+        let broker = TestBroker::new(&config).await;
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        Deployment {
+            config,
+            dir,
+            config_file,
+            database: Some(database),
+            broker,
+            services: Vec::new(),
+        }
+    }
+
+    /// Start a service binary with this deployment's config; returns its index.
+    pub fn start(&mut self, name: &str, binary_name: &str, args: &[&str]) -> usize {
+        let log = self.dir.path().join("logs").join(format!(
+            "{name}-{}.log",
+            self.services.len()
+        ));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new(binary(binary_name))
+            .args(args)
+            .env("TASKBOT_CONFIG", &self.config_file)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary_name}: {e}"));
+        self.services.push(Service {
+            name: name.to_string(),
+            child,
+            log,
+        });
+        self.services.len() - 1
+    }
+
+    /// Start the five services (one runner per arch).
+    pub fn start_all(&mut self) {
+        self.start("reporter", "reporter", &[]);
+        self.start("provisioner", "provisioner", &[]);
+        for arch in self.config.arches.clone() {
+            self.start(&format!("runner-{arch}"), "runner", &["--arch", &arch]);
+        }
+        self.start("rules", "rules", &[]);
+        self.start("fedmsg-bridge", "fedmsg-bridge", &[]);
+    }
+
+    /// Wait until every work queue has a consumer: the services are connected and consuming.
+    pub async fn wait_until_consuming(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let queues: Vec<String> = self
+            .broker
+            .topology
+            .work_queues()
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+        loop {
+            let mut missing = Vec::new();
+            for q in &queues {
+                if self.broker.consumers(q).await == 0 {
+                    missing.push(q.clone());
+                }
+            }
+            if missing.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "services not consuming {missing:?} after {timeout:?}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every service's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.services
+            .iter()
+            .map(|s| format!("--- {} ---\n{}", s.name, s.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        self.database.as_ref().unwrap().client().await
+    }
+
+    /// Poll `sql` (returning one bigint) until it is at least `want`.
+    pub async fn wait_for_count(&self, sql: &str, want: i64, timeout: Duration) -> i64 {
+        let client = self.db().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n: i64 = match client.query_one(sql, &[]).await {
+                Ok(row) => row.get(0),
+                Err(_) => 0, // the table may not exist until the reporter migrated
+            };
+            if n >= want || Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Stop every service and remove the namespace and database.
+    pub async fn shutdown(mut self) {
+        for s in &mut self.services {
+            s.terminate(Duration::from_secs(10));
+        }
+        if let Some(db) = self.database.take() {
+            db.drop_database().await;
+        }
+        self.broker.cleanup().await;
+    }
+}
+
+/// The config as the TOML file the binaries read.
+fn to_toml(config: &Config) -> String {
+    let value = serde_json::to_value(config).unwrap();
+    let mut out = String::new();
+    let obj = value.as_object().unwrap();
+    for (k, v) in obj {
+        if !v.is_object() {
+            out.push_str(&format!("{k} = {}\n", toml_value(v)));
+        }
+    }
+    for (section, v) in obj {
+        if let Some(fields) = v.as_object() {
+            out.push_str(&format!("[{section}]\n"));
+            for (k, v) in fields {
+                if !v.is_null() {
+                    out.push_str(&format!("{k} = {}\n", toml_value(v)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        // JSON strings, numbers and booleans are valid TOML as written.
+        other => other.to_string(),
+    }
+}

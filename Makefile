@@ -1,0 +1,28 @@
+# Taskbot: the two commands a newcomer needs are `make run` and `make test`.
+.PHONY: run test services build lint fmt bench clean
+
+# Bring up the whole pipeline locally and feed it real sample bus messages.
+run:
+	bash scripts/run-local.sh
+
+# Everything the tests need (system packages, RabbitMQ, PostgreSQL), then every test.
+test: services
+	cargo build --bins
+	cargo test --workspace --no-fail-fast
+
+# Install (if absent) and start RabbitMQ and PostgreSQL, and the build dependencies.
+services:
+	bash scripts/ensure-services.sh
+
+build:
+	cargo build --bins
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	rm -rf .run

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Make sure everything Taskbot needs locally is installed and running: build dependencies,
+# RabbitMQ and PostgreSQL. Safe to run again and again: it only acts on what is missing.
+# Used by `make run` and `make test`; on a fresh Debian machine it installs from the OS packages.
+set -euo pipefail
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+have() { command -v "$1" >/dev/null 2>&1; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+apt_updated=""
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! have apt-get; then
+    log "missing packages ${missing[*]} and no apt-get: install them by hand"; exit 1
+  fi
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+wait_for_port() { # port name seconds
+  for _ in $(seq 1 "$3"); do port_open "$1" && return 0; sleep 1; done
+  log "$2 did not open port $1 within $3 s"; return 1
+}
+
+# Build and runtime dependencies: libzmq for the fedmsg bridge, OpenSSL for git2 and reqwest,
+# git for task repositories, Python 3 for the ResultsDB client checks.
+apt_install build-essential pkg-config libzmq3-dev libssl-dev git ca-certificates curl python3
+
+if ! have cargo; then
+  log "cargo is not installed: install Rust with rustup (https://rustup.rs), then run this again"
+  exit 1
+fi
+
+# RabbitMQ.
+if ! port_open 5672; then
+  if ! have rabbitmq-server; then apt_install rabbitmq-server; fi
+  log "starting RabbitMQ"
+  $SUDO rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_for_port 5672 RabbitMQ 90
+fi
+
+# PostgreSQL, reachable over TCP as postgres without a password (trust), with a database `test`.
+if ! port_open 5432; then
+  if ! have pg_ctlcluster; then apt_install postgresql; fi
+  version=$(ls /etc/postgresql | sort -V | tail -n1)
+  log "starting PostgreSQL $version"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  wait_for_port 5432 PostgreSQL 60
+fi
+if ! psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+  # A fresh Debian install asks for a password over TCP; local development uses trust.
+  version=$(ls /etc/postgresql | sort -V | tail -n1)
+  hba="/etc/postgresql/$version/main/pg_hba.conf"
+  log "allowing trust authentication from 127.0.0.1 in $hba (local development only)"
+  $SUDO sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+  sleep 1
+fi
+for db in test taskbot; do
+  if ! psql -h 127.0.0.1 -U postgres -d postgres -Atqc "select 1 from pg_database where datname='$db'" | grep -q 1; then
+    log "creating database $db"
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "create database $db"
+  fi
+done
+log "RabbitMQ and PostgreSQL are up"

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# `make run`: the whole pipeline on this machine. Starts the five services against the local
+# RabbitMQ and PostgreSQL, feeds them the real sample bus messages through a local ZeroMQ
+# publisher, prints the results stored, and keeps running until Ctrl-C (or, with
+# TASKBOT_RUN_ONCE=1, stops once the results are in).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+state="$top/.run"
+bin="$top/target/debug"
+samples="$top/tests/fixtures/fedmsg-real.jsonl"
+zmq_endpoint="tcp://127.0.0.1:${TASKBOT_DEMO_ZMQ_PORT:-4001}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+bash scripts/ensure-services.sh
+log "building"
+cargo build --quiet --bins
+
+mkdir -p "$state"/{logs,tasks,work,artifacts}
+
+# Every folder of tasks/ is the content of one task repository: make it a real git repository
+# (re-created each run, so edits to tasks/ show up).
+for dir in tasks/*/; do
+  name=$(basename "$dir")
+  repo="$state/tasks/$name"
+  rm -rf "$repo"
+  cp -r "$dir" "$repo"
+  git -C "$repo" init -q -b main
+  git -C "$repo" add -A
+  git -C "$repo" -c user.name=taskbot -c user.email=taskbot@localhost commit -qm "task $name"
+done
+
+cat > "$state/taskbot.toml" <<TOML
+arches = ["x86_64", "aarch64", "noarch"]
+[amqp]
+namespace = "taskbot"
+[bridge]
+endpoints = ["$zmq_endpoint"]
+[rules]
+file = "$top/deploy/rules.yaml"
+task_base_url = "file://$state/tasks"
+[runner]
+work_dir = "$state/work"
+artifacts_dir = "$state/artifacts"
+allowed_repos = ["file://$state/tasks/"]
+task_timeout_secs = 300
+[postgres]
+url = "postgres://postgres@127.0.0.1:5432/taskbot"
+TOML
+export TASKBOT_CONFIG="$state/taskbot.toml"
+
+pids=()
+stop() {
+  log "stopping"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  log "stopped"
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+start() { # name, command...
+  local name=$1; shift
+  "$@" >"$state/logs/$name.log" 2>&1 &
+  pids+=($!)
+  log "started $name (pid $!), log: .run/logs/$name.log"
+}
+start reporter "$bin/reporter"
+start provisioner "$bin/provisioner"
+for arch in x86_64 aarch64 noarch; do start "runner-$arch" "$bin/runner" --arch "$arch"; done
+start rules "$bin/rules"
+start fedmsg-bridge "$bin/fedmsg-bridge"
+
+before=$(psql -h 127.0.0.1 -U postgres -d taskbot -Atqc 'select count(*) from results' 2>/dev/null || echo 0)
+log "feeding $(wc -l <"$samples") real fedmsg messages through $zmq_endpoint"
+"$bin/fedmsg-publish" --bind "$zmq_endpoint" --wait-ms 2000 "$samples"
+
+log "waiting for results"
+expected=4   # ansible (3 arches) and the Bodhi update: see deploy/rules.yaml
+for _ in $(seq 1 120); do
+  n=$(psql -h 127.0.0.1 -U postgres -d taskbot -Atqc "select count(*) from results where stored_at > now() - interval '10 minutes'" 2>/dev/null || echo 0)
+  [ "$n" -ge "$expected" ] && break
+  sleep 1
+done
+
+log "results stored in PostgreSQL (database taskbot, table results):"
+psql -h 127.0.0.1 -U postgres -d taskbot -P pager=off -c \
+  "select testcase, outcome, item, arch, note, log_url from results order by finished_at desc limit 20"
+log "job history (table job_events), latest jobs:"
+psql -h 127.0.0.1 -U postgres -d taskbot -P pager=off -c \
+  "select job_id, state, item, arch, task_name from jobs order by updated_at desc limit 10"
+cat >&2 <<MSG
+
+Where to look:
+  service logs      .run/logs/*.log
+  task logs         .run/artifacts/<job id>/task.log
+  results           psql -h 127.0.0.1 -U postgres taskbot -c 'select * from results'
+  queues            rabbitmqctl list_queues name messages consumers | grep taskbot
+  dead letters      queues ending in .dead (the bridge's hold the malformed bus messages)
+  (results already there from an earlier run are not stored twice: $before before this run)
+MSG
+
+if [ "${TASKBOT_RUN_ONCE:-}" = 1 ]; then exit 0; fi
+log "pipeline running; feed more with: $bin/fedmsg-publish --bind $zmq_endpoint FILE (Ctrl-C to stop)"
+wait

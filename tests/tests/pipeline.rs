@@ -1,0 +1,242 @@
+//! End to end: the five real binaries, the real RabbitMQ and PostgreSQL, fed through a real
+//! ZeroMQ PUB socket as the Fedora bus would.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use taskbot::messages::{Event, Message};
+use taskbot_tests::{free_port, workspace_root, Deployment};
+
+/// The real Koji "build complete" message from the samples (ansible-1.8.3-1.el7).
+fn koji_build_complete() -> serde_json::Value {
+    let samples = std::fs::read_to_string(workspace_root().join("tests/fixtures/fedmsg-real.jsonl"))
+        .expect("sample messages");
+    samples
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| {
+            e["topic"].as_str().unwrap().ends_with("buildsys.build.state.change")
+                && e["msg"]["new"] == 1
+        })
+        .expect("a build-complete sample")
+}
+
+const RULES: &str = r#"
+tasks:
+  example: { repo: example, ref: main }
+  slow: { repo: slow, ref: main }
+rules:
+  - name: example-on-koji-build-complete
+    when:
+      topic: org.fedoraproject.*.buildsys.build.state.change
+      match: { msg.new: 1 }
+    do:
+      - task: example
+        item: "{{ msg.name }}-{{ msg.version }}-{{ msg.release }}"
+        item_type: koji_build
+        arches: [x86_64]
+  - name: slow-on-slowpkg
+    when:
+      topic: org.taskbot.test.slow
+    do:
+      - task: slow
+        item: "{{ msg.name }}"
+        item_type: koji_build
+        arches: [x86_64]
+"#;
+
+fn send(socket: &zmq::Socket, frames: &[&[u8]]) {
+    socket.send_multipart(frames, 0).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn koji_build_message_ends_as_a_stored_result() {
+    let port = free_port();
+    let example = workspace_root().join("tasks/example");
+    let mut d = Deployment::new(RULES, &[("example", example.as_path())], port).await;
+    let context = zmq::Context::new();
+    let bus = context.socket(zmq::PUB).unwrap();
+    bus.bind(&format!("tcp://127.0.0.1:{port}")).unwrap();
+
+    d.start_all();
+    d.wait_until_consuming(Duration::from_secs(60)).await;
+
+    // ZeroMQ drops what is published before a subscriber has joined: send a harmless message
+    // until the bridge shows it has subscribed.
+    let t = d.broker.topology.clone();
+    let tap = d.broker.tap(&t.events_exchange(), "org.taskbot.warmup").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let warmup = br#"{"topic": "org.taskbot.warmup", "msg": {}, "msg_id": "warmup"}"#;
+        send(&bus, &[b"org.taskbot.warmup", warmup]);
+        if d.broker.get(&tap, Duration::from_millis(300)).await.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bridge never subscribed\n{}", d.logs());
+    }
+
+    // Malformed first: they must change nothing and break nothing.
+    bus.send("just-one-frame", 0).unwrap();
+    send(&bus, &[b"org.fedoraproject.prod.buildsys.build.state.change", b"{not json"]);
+
+    let envelope = koji_build_complete();
+    let topic = envelope["topic"].as_str().unwrap().to_string();
+    send(&bus, &[topic.as_bytes(), envelope.to_string().as_bytes()]);
+
+    let n = d
+        .wait_for_count(
+            "select count(*) from results where item = 'ansible-1.8.3-1.el7'",
+            1,
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(n, 1, "no result stored\n{}", d.logs());
+    let db = d.db().await;
+    let row = db
+        .query_one(
+            "select testcase, outcome, arch, item_type, event_id, log_url from results where item = 'ansible-1.8.3-1.el7'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (testcase, outcome, arch): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(testcase, "dist.example");
+    assert_eq!(outcome, "PASSED");
+    assert_eq!(arch, "x86_64");
+    assert_eq!(row.get::<_, String>(3), "koji_build");
+    assert_eq!(row.get::<_, String>(4), envelope["msg_id"].as_str().unwrap());
+    let log_url: String = row.get(5);
+    assert!(Path::new(&log_url).is_file(), "task log {log_url} exists");
+
+    // The job's whole history, in order.
+    d.wait_for_count("select count(*) from jobs where state = 'done'", 1, Duration::from_secs(30))
+        .await;
+    let states: Vec<String> = db
+        .query(
+            "select e.state from job_events e join results r using (job_id) order by e.at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        states,
+        ["queued", "provisioning", "provisioned", "cloning", "running", "reporting", "done"],
+        "{}",
+        d.logs()
+    );
+
+    // The malformed messages are in the bridge's dead-letter queue, with their reasons.
+    let dlq = t.dead_letter_queue(&t.bridge_source());
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        let dead = d
+            .broker
+            .get(&dlq, Duration::from_secs(5))
+            .await
+            .expect("malformed message dead-lettered");
+        reasons.push(dead.header("x-taskbot-reason").unwrap_or("").to_string());
+    }
+    assert!(reasons.iter().any(|r| r.contains("frame")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("JSON")), "{reasons:?}");
+
+    // Every service still runs, and each stops cleanly on SIGTERM.
+    for s in &mut d.services {
+        assert!(
+            s.terminate(Duration::from_secs(15)),
+            "{} did not exit cleanly on SIGTERM:\n{}",
+            s.name,
+            s.log_text()
+        );
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_killed_mid_job_completes_it_once_after_restart() {
+    let tasks = tempfile::tempdir().unwrap();
+    let marker = tasks.path().join("starts.txt");
+    let slow = tasks.path().join("slow");
+    std::fs::create_dir_all(&slow).unwrap();
+    std::fs::write(
+        slow.join("taskbot.yaml"),
+        "name: slow\ndescription: Takes its time, so a test can kill its runner.\nrun: sh run.sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        slow.join("run.sh"),
+        format!("echo start >> {}\nsleep 4\nexit 0\n", marker.display()),
+    )
+    .unwrap();
+
+    let mut d = Deployment::new(RULES, &[("slow", slow.as_path())], free_port()).await;
+    d.start("reporter", "reporter", &[]);
+    d.start("provisioner", "provisioner", &[]);
+    d.start("rules", "rules", &[]);
+    let runner = d.start("runner-x86_64", "runner", &["--arch", "x86_64"]);
+    d.start("runner-noarch", "runner", &["--arch", "noarch"]);
+    d.wait_until_consuming(Duration::from_secs(60)).await;
+
+    let event = Event {
+        id: format!("2026-{}", uuid::Uuid::new_v4()),
+        topic: "org.taskbot.test.slow".into(),
+        source: "test".into(),
+        sent_at: None,
+        received_at: Utc::now(),
+        username: None,
+        msg: serde_json::json!({"name": "slowpkg-1-1"}),
+    };
+    let t = d.broker.topology.clone();
+    d.broker
+        .publish(&t.events_exchange(), &event.topic, event.to_json())
+        .await;
+
+    // Wait until the task is running, then kill its runner without warning.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "task never started\n{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.services[runner].kill_hard();
+    assert_eq!(
+        d.wait_for_count("select count(*) from results", 1, Duration::from_secs(1)).await,
+        0,
+        "no result before the job completed"
+    );
+
+    d.start("runner-x86_64-restarted", "runner", &["--arch", "x86_64"]);
+    let n = d
+        .wait_for_count(
+            "select count(*) from results where item = 'slowpkg-1-1'",
+            1,
+            Duration::from_secs(90),
+        )
+        .await;
+    assert_eq!(n, 1, "job not completed after restart\n{}", d.logs());
+    d.wait_for_count("select count(*) from jobs where state = 'done'", 1, Duration::from_secs(20))
+        .await;
+    // Give any duplicate a chance to show up before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let db = d.db().await;
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("select count(*) from results").await, 1);
+    assert_eq!(
+        count("select count(*) from results where outcome = 'PASSED'").await,
+        1
+    );
+    assert_eq!(
+        count("select count(*) from job_events where state = 'done'").await,
+        1,
+        "completed exactly once"
+    );
+    // It was started twice: the killed run, and the redelivered one.
+    let starts = std::fs::read_to_string(&marker).unwrap().lines().count();
+    assert_eq!(starts, 2, "the killed job ran again after the restart");
+    d.shutdown().await;
+}
