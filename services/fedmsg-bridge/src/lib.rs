@@ -1,0 +1,310 @@
+//! The `fedmsg-bridge` service: subscribes to fedmsg (ZeroMQ PUB/SUB) and republishes every bus
+//! message as a Taskbot [`Event`](taskbot::Event) on the events exchange, routing key = topic.
+//! Messages that cannot be events are dead-lettered raw, with the reason, under
+//! `<namespace>.fedmsg-bridge`. The bridge never stops on bad input.
+//!
+//! ZeroMQ has no acknowledgements: whatever is not read is lost. The `zmq` crate is synchronous,
+//! so the SUB sockets live in one dedicated thread that hands messages to the async publisher over
+//! a bounded channel (`bridge.buffer`). While the broker is unreachable the channel fills, the
+//! thread stops reading, and ZeroMQ's own high-water mark drops messages at the publisher. That
+//! loss is explicit and bounded instead of the bridge's memory growing without limit.
+
+mod parse;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use taskbot::amqp::ReliablePublisher;
+use taskbot::{Config, Shutdown, Topology};
+use tokio::sync::mpsc;
+
+pub use parse::{
+    dead_letter, parse_fedmsg, route, Malformed, Routed, FEDMSG_SOURCE_HEADER,
+    MAX_AMQP_SHORT_STRING, TRUNCATED_FROM_HEADER,
+};
+
+/// How long the receiving thread waits for a message before looking at the stop flag again:
+/// the longest shutdown waits for it.
+const POLL_TIMEOUT_MS: i64 = 200;
+/// How often the counters are logged.
+const STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest shutdown spends publishing what was already buffered. Bounded because a broker
+/// that is up but blocking publishers (memory alarm) would otherwise hold shutdown forever.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One message as read from one endpoint.
+struct Received {
+    /// `fedmsg:<endpoint>`: a socket per endpoint, so every event says where it came from.
+    source: Arc<str>,
+    frames: Vec<Vec<u8>>,
+}
+
+/// What the bridge has done since it started; logged every minute and at shutdown.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Messages read from ZeroMQ.
+    received: AtomicU64,
+    /// Events the broker confirmed.
+    published: AtomicU64,
+    /// Messages refused (and dead-lettered, unless shutdown came first).
+    malformed: AtomicU64,
+    /// Messages read but not confirmed by the broker before shutdown.
+    dropped: AtomicU64,
+}
+
+impl Counters {
+    fn log(&self, what: &str) {
+        tracing::info!(
+            received = self.received.load(Ordering::Relaxed),
+            published = self.published.load(Ordering::Relaxed),
+            malformed = self.malformed.load(Ordering::Relaxed),
+            dropped = self.dropped.load(Ordering::Relaxed),
+            "{what}"
+        );
+    }
+}
+
+/// Run until `shutdown`: subscribe to every `bridge.endpoints` with every `bridge.topic_prefixes`
+/// and publish what arrives. On shutdown the receiving thread stops, what is already buffered is
+/// published (for at most [`DRAIN_TIMEOUT`], and only while the broker takes it), then the
+/// connection is closed.
+///
+/// Fails only at start, on a configuration ZeroMQ refuses (no endpoint, a malformed endpoint).
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let bridge = &config.bridge;
+    if bridge.endpoints.is_empty() {
+        bail!("bridge.endpoints is empty: there is nothing to subscribe to");
+    }
+    if bridge.topic_prefixes.is_empty() {
+        bail!("bridge.topic_prefixes is empty: nothing would be received (use [\"\"] for all)");
+    }
+    let topology = Topology::new(&config.amqp.namespace, &config.arches);
+    let context = zmq::Context::new();
+    let mut sockets = Vec::new();
+    for endpoint in &bridge.endpoints {
+        let socket = subscribe(&context, endpoint, &bridge.topic_prefixes)
+            .with_context(|| format!("cannot subscribe to fedmsg endpoint {endpoint:?}"))?;
+        tracing::info!(endpoint = %endpoint, prefixes = ?bridge.topic_prefixes, "subscribed");
+        sockets.push((Arc::<str>::from(format!("fedmsg:{endpoint}")), socket));
+    }
+
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = mpsc::channel(bridge.buffer.max(1));
+    let receiver = {
+        let (stop, counters) = (stop.clone(), counters.clone());
+        std::thread::Builder::new()
+            .name("fedmsg-receive".into())
+            .spawn(move || receive(sockets, tx, &stop, &counters))
+            .context("cannot start the receiving thread")?
+    };
+
+    let publisher = ReliablePublisher::new(
+        config.amqp.clone(),
+        topology.clone(),
+        &taskbot::instance_name("fedmsg-bridge"),
+    );
+    let bridge = Bridge {
+        topology,
+        publisher,
+        counters: counters.clone(),
+        max_bytes: bridge.max_message_bytes,
+    };
+
+    let mut stats = tokio::time::interval(STATS_INTERVAL);
+    stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    stats.tick().await;
+    let mut stopping = shutdown.clone();
+    // The message being published when shutdown came: it goes first when draining.
+    let mut interrupted = None;
+    loop {
+        let received = tokio::select! {
+            _ = stopping.wait() => break,
+            _ = stats.tick() => { counters.log("bridge counters"); continue; }
+            received = rx.recv() => received,
+        };
+        let Some(received) = received else {
+            tracing::error!("the receiving thread stopped; shutting down");
+            break;
+        };
+        let routed = bridge.route(&received);
+        let mut attempt = shutdown.clone();
+        tokio::select! {
+            confirmed = bridge.publisher.publish(routed.outgoing(), &mut attempt) => {
+                bridge.count(&routed, confirmed);
+            }
+            _ = stopping.wait() => {
+                interrupted = Some(routed);
+                break;
+            }
+        }
+    }
+
+    // Refuse further messages (this also wakes the thread if it waits for room), stop reading,
+    // and publish what is already buffered.
+    rx.close();
+    stop.store(true, Ordering::Relaxed);
+    // Stops at the first message the broker does not take: with shutdown requested, the
+    // publisher no longer reconnects, so the rest would fail the same way.
+    let drain = async {
+        let mut attempt = shutdown.clone();
+        if let Some(routed) = interrupted.take() {
+            let confirmed = bridge
+                .publisher
+                .publish(routed.outgoing(), &mut attempt)
+                .await;
+            bridge.count(&routed, confirmed);
+            if !confirmed {
+                return;
+            }
+        }
+        while let Some(received) = rx.recv().await {
+            let routed = bridge.route(&received);
+            let confirmed = bridge
+                .publisher
+                .publish(routed.outgoing(), &mut attempt)
+                .await;
+            bridge.count(&routed, confirmed);
+            if !confirmed {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        tracing::warn!("the broker did not take the buffered messages in time");
+    }
+    let mut left = 0;
+    while rx.try_recv().is_ok() {
+        left += 1;
+    }
+    if left > 0 {
+        tracing::warn!(count = left, "buffered messages dropped at shutdown");
+        counters.dropped.fetch_add(left, Ordering::Relaxed);
+    }
+    bridge.publisher.close().await;
+    let joined = tokio::task::spawn_blocking(move || receiver.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("the receiving thread panicked");
+    }
+    counters.log("bridge stopped");
+    Ok(())
+}
+
+/// The async half: decides and publishes.
+struct Bridge {
+    topology: Topology,
+    publisher: ReliablePublisher,
+    counters: Arc<Counters>,
+    max_bytes: usize,
+}
+
+impl Bridge {
+    fn route(&self, received: &Received) -> Routed {
+        let routed = route(
+            &self.topology,
+            &received.frames,
+            self.max_bytes,
+            &received.source,
+        );
+        match &routed {
+            Routed::Event { id, outgoing } => {
+                tracing::debug!(event_id = %id, topic = %outgoing.routing_key, source = %received.source, "event received");
+            }
+            Routed::DeadLetter { reason, .. } => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                let topic = received
+                    .frames
+                    .first()
+                    .map(|f| String::from_utf8_lossy(&f[..f.len().min(MAX_AMQP_SHORT_STRING)]))
+                    .unwrap_or_default();
+                tracing::warn!(source = %received.source, %topic, %reason, "malformed fedmsg message; dead-lettering it");
+            }
+        }
+        routed
+    }
+
+    /// Count the outcome of one publish; `confirmed` is false when shutdown came first.
+    fn count(&self, routed: &Routed, confirmed: bool) {
+        match (routed, confirmed) {
+            (Routed::Event { .. }, true) => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+            }
+            (Routed::DeadLetter { .. }, true) => {}
+            (_, false) => {
+                let routing_key = &routed.outgoing().routing_key;
+                tracing::warn!(%routing_key, "shutting down before the broker took a message; dropped");
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A SUB socket connected to `endpoint` with every prefix subscribed. ZeroMQ connects in the
+/// background (and reconnects by itself), so an endpoint that is down is not an error here.
+fn subscribe(
+    context: &zmq::Context,
+    endpoint: &str,
+    prefixes: &[String],
+) -> zmq::Result<zmq::Socket> {
+    let socket = context.socket(zmq::SUB)?;
+    // Nothing is ever sent on a SUB socket: closing it must not wait.
+    socket.set_linger(0)?;
+    for prefix in prefixes {
+        socket.set_subscribe(prefix.as_bytes())?;
+    }
+    socket.connect(endpoint)?;
+    Ok(socket)
+}
+
+/// The receiving thread: poll every socket, read, hand over, until `stop` is set or the channel is
+/// closed. Blocks (and so stops reading) while the channel is full.
+fn receive(
+    sockets: Vec<(Arc<str>, zmq::Socket)>,
+    tx: mpsc::Sender<Received>,
+    stop: &AtomicBool,
+    counters: &Counters,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut items: Vec<zmq::PollItem> = sockets
+            .iter()
+            .map(|(_, s)| s.as_poll_item(zmq::POLLIN))
+            .collect();
+        match zmq::poll(&mut items, POLL_TIMEOUT_MS) {
+            Ok(0) | Err(zmq::Error::EINTR) => continue,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(error = %err, "polling the fedmsg sockets failed");
+                std::thread::sleep(Duration::from_millis(POLL_TIMEOUT_MS as u64));
+                continue;
+            }
+        }
+        let readable: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+        drop(items);
+        for ((source, socket), readable) in sockets.iter().zip(readable) {
+            if !readable {
+                continue;
+            }
+            let frames = match socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => frames,
+                Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => continue,
+                Err(err) => {
+                    tracing::warn!(%source, error = %err, "reading a fedmsg message failed");
+                    continue;
+                }
+            };
+            counters.received.fetch_add(1, Ordering::Relaxed);
+            let received = Received {
+                source: source.clone(),
+                frames,
+            };
+            if tx.blocking_send(received).is_err() {
+                // Shutting down: the channel was closed; this one message is not counted as
+                // buffered, so it is dropped like anything still queued inside ZeroMQ.
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}

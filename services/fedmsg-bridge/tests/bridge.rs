@@ -1,0 +1,227 @@
+//! The bridge against the real broker and a real ZeroMQ publisher: bus messages in, events out,
+//! malformed messages dead-lettered with their reason, prompt shutdown.
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use taskbot::amqp::{REASON_HEADER, ROUTING_KEY_HEADER};
+use taskbot::messages::{Event, Message};
+use taskbot::testing::{test_config, TestBroker};
+use taskbot::Shutdown;
+use taskbot_fedmsg_bridge::FEDMSG_SOURCE_HEADER;
+
+const SAMPLES: &str = include_str!("../../../tests/fixtures/fedmsg-real.jsonl");
+const KOJI_MSG_ID: &str = "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f";
+const KOJI_TOPIC: &str = "org.fedoraproject.prod.buildsys.build.state.change";
+const PROBE_TOPIC: &str = "taskbot.test.probe";
+
+/// The recorded Koji "build completed" message (ansible, state 1).
+fn koji_build_completed() -> String {
+    SAMPLES
+        .lines()
+        .find(|l| l.contains(KOJI_MSG_ID))
+        .expect("the Koji sample is in the fixture")
+        .to_string()
+}
+
+/// A PUB socket on a free port of 127.0.0.1, and its endpoint.
+fn publisher() -> (zmq::Socket, String) {
+    let socket = zmq::Context::new().socket(zmq::PUB).unwrap();
+    socket.set_linger(0).unwrap();
+    socket.bind("tcp://127.0.0.1:*").unwrap();
+    let endpoint = socket.get_last_endpoint().unwrap().unwrap();
+    (socket, endpoint)
+}
+
+fn send(socket: &zmq::Socket, frames: &[&[u8]]) {
+    socket.send_multipart(frames, 0).unwrap();
+}
+
+/// ZeroMQ drops what a PUB socket sends before the subscription reached it (the "slow joiner"),
+/// so send probes until one comes out of the bridge: from then on nothing is lost.
+async fn wait_until_subscribed(socket: &zmq::Socket, broker: &TestBroker, probes: &str) {
+    let probe = format!(r#"{{"topic": "{PROBE_TOPIC}", "msg": {{}}}}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        send(socket, &[PROBE_TOPIC.as_bytes(), probe.as_bytes()]);
+        if broker
+            .get(probes, Duration::from_millis(200))
+            .await
+            .is_some()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the bridge never subscribed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_messages_become_events_and_malformed_ones_are_dead_lettered() {
+    let (socket, endpoint) = publisher();
+    let mut config = test_config();
+    config.bridge.endpoints = vec![endpoint.clone()];
+    // Koji messages and the probes only: a Pagure message must be filtered out.
+    config.bridge.topic_prefixes = vec![
+        "org.fedoraproject.prod.buildsys.".into(),
+        PROBE_TOPIC.into(),
+    ];
+    let broker = TestBroker::new(&config).await;
+    let t = broker.topology.clone();
+    let probes = broker.tap(&t.events_exchange(), PROBE_TOPIC).await;
+    let koji = broker.tap(&t.events_exchange(), KOJI_TOPIC).await;
+    let everything = broker.tap(&t.events_exchange(), "#").await;
+    let dead = t.dead_letter_queue(&t.bridge_source());
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(taskbot_fedmsg_bridge::run(
+        config.clone(),
+        Shutdown::new(async {
+            let _ = stopped.await;
+        }),
+    ));
+    wait_until_subscribed(&socket, &broker, &probes).await;
+
+    send(&socket, &[b"org.fedoraproject.prod.buildsys.single-frame"]);
+    send(
+        &socket,
+        &[b"org.fedoraproject.prod.buildsys.garbage", b"{not json"],
+    );
+    let pagure = SAMPLES
+        .lines()
+        .find(|l| l.contains("\"io.pagure.prod.pagure.git.receive\""))
+        .unwrap();
+    send(
+        &socket,
+        &[b"io.pagure.prod.pagure.git.receive", pagure.as_bytes()],
+    );
+    let sample = koji_build_completed();
+    send(&socket, &[KOJI_TOPIC.as_bytes(), sample.as_bytes()]);
+
+    // The real message, after two bad ones: the bridge kept going.
+    let channel = broker.publisher.channel();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let delivery = loop {
+        if let Some(msg) = channel
+            .basic_get(&koji, BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+            break msg.delivery;
+        }
+        assert!(Instant::now() < deadline, "the Koji event never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivery.routing_key.as_str(), KOJI_TOPIC);
+    assert_eq!(
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some(KOJI_MSG_ID)
+    );
+    let event = Event::from_json(&delivery.data).unwrap();
+    assert_eq!(event.id, KOJI_MSG_ID);
+    assert_eq!(event.topic, KOJI_TOPIC);
+    assert_eq!(event.source, format!("fedmsg:{endpoint}"));
+    assert_eq!(event.sent_at, Some(1424216566.0));
+    assert_eq!(event.msg["name"], "ansible");
+    assert_eq!(event.msg["new"], 1);
+
+    // On the catch-all tap, after the probes, the Koji event comes next: the Pagure message sent
+    // before it was filtered out by the topic prefixes.
+    let mut topics = Vec::new();
+    while let Some(msg) = broker.get(&everything, Duration::from_millis(500)).await {
+        topics.push(msg.routing_key);
+    }
+    topics.retain(|t| t != PROBE_TOPIC);
+    assert_eq!(topics, vec![KOJI_TOPIC.to_string()]);
+
+    let first = broker
+        .get(&dead, Duration::from_secs(5))
+        .await
+        .expect("the one-frame message is dead-lettered");
+    assert_eq!(first.body, b"org.fedoraproject.prod.buildsys.single-frame");
+    let reason = first.header(REASON_HEADER).unwrap();
+    assert!(reason.starts_with("expected 2 frames"), "{reason}");
+    assert_eq!(
+        first.header(FEDMSG_SOURCE_HEADER),
+        Some(format!("fedmsg:{endpoint}").as_str())
+    );
+
+    let second = broker
+        .get(&dead, Duration::from_secs(5))
+        .await
+        .expect("the non-JSON message is dead-lettered");
+    assert_eq!(second.body, b"{not json");
+    let reason = second.header(REASON_HEADER).unwrap();
+    assert!(reason.starts_with("envelope is not valid JSON"), "{reason}");
+    assert_eq!(
+        second.header(ROUTING_KEY_HEADER),
+        Some("org.fedoraproject.prod.buildsys.garbage")
+    );
+    assert_eq!(broker.depth(&dead).await, 0, "nothing else was refused");
+
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(10), service)
+        .await
+        .expect("run() returns promptly after shutdown")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_prompt_even_when_the_broker_is_unreachable() {
+    let (socket, endpoint) = publisher();
+    let mut config = test_config();
+    config.bridge.endpoints = vec![endpoint];
+    // Nothing listens on port 1: every publish waits for a broker that never comes.
+    config.amqp.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(taskbot_fedmsg_bridge::run(
+        config,
+        Shutdown::new(async {
+            let _ = stopped.await;
+        }),
+    ));
+    let sample = koji_build_completed();
+    for _ in 0..20 {
+        send(&socket, &[KOJI_TOPIC.as_bytes(), sample.as_bytes()]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(5), service)
+        .await
+        .expect("run() returns within 5 s")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_malformed_endpoint_is_refused_at_start() {
+    let mut config = test_config();
+    config.bridge.endpoints = vec!["not-an-endpoint".into()];
+    let shutdown = Shutdown::new(std::future::pending());
+    let err = taskbot_fedmsg_bridge::run(config, shutdown)
+        .await
+        .expect_err("ZeroMQ refuses the endpoint");
+    assert!(
+        format!("{err:#}").contains("cannot subscribe to fedmsg endpoint \"not-an-endpoint\""),
+        "{err:#}"
+    );
+
+    let mut config = test_config();
+    config.bridge.topic_prefixes.clear();
+    let err = taskbot_fedmsg_bridge::run(config, Shutdown::new(std::future::pending()))
+        .await
+        .expect_err("no prefix means nothing would be received");
+    assert!(err.to_string().contains("bridge.topic_prefixes"), "{err}");
+}

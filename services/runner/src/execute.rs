@@ -1,0 +1,387 @@
+//! Running a task's command: `sh -c "<run>"` in the clone, in a process group of its own, with its
+//! output in the job's log and a time limit.
+//!
+//! The process group matters: a task's shell starts children (test suites, `sleep`, daemons), and
+//! killing only the shell would leave them running on the runner's host after the job is over. So
+//! when the time is up, when the runner shuts down, and also after a normal exit (leftover
+//! background processes), the whole group gets SIGKILL.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use taskbot::Shutdown;
+
+/// Everything needed to start one task.
+#[derive(Debug, Clone)]
+pub struct TaskCommand {
+    /// The `run` line of `taskbot.yaml`.
+    pub script: String,
+    /// The clone, where the command starts.
+    pub cwd: PathBuf,
+    /// Variables added to the runner's environment (see [`task_env`]).
+    pub env: Vec<(String, String)>,
+    /// Where stdout and stderr go, together.
+    pub log_path: PathBuf,
+    pub timeout: Duration,
+}
+
+/// How a task process ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskExit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// How running a task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    Exited(TaskExit),
+    /// The time limit passed; the process group was killed.
+    TimedOut(Duration),
+    /// The command could not be started (the reason).
+    FailedToStart(String),
+    /// The runner is shutting down; the process group was killed and the job should be handed
+    /// back to the queue for another runner.
+    Interrupted,
+}
+
+/// The variables a task gets on top of the runner's environment. Job arguments become
+/// `TASKBOT_ARG_<KEY>` with the key upper-cased and anything but letters and digits turned into
+/// `_` (`koji-tag` → `TASKBOT_ARG_KOJI_TAG`), because shells cannot read other names.
+pub fn task_env(
+    job: &taskbot::JobRequest,
+    workdir: &Path,
+    artifacts: &Path,
+    results: &Path,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("TASKBOT_ITEM".to_string(), job.item.clone()),
+        ("TASKBOT_ITEM_TYPE".to_string(), job.item_type.clone()),
+        ("TASKBOT_ARCH".to_string(), job.arch.clone()),
+        ("TASKBOT_JOB_ID".to_string(), job.job_id.to_string()),
+        ("TASKBOT_WORKDIR".to_string(), workdir.display().to_string()),
+        (
+            "TASKBOT_ARTIFACTS".to_string(),
+            // With the trailing slash, so `$TASKBOT_ARTIFACTS/x` and `${TASKBOT_ARTIFACTS}x`
+            // both work.
+            format!("{}/", artifacts.display()),
+        ),
+        ("TASKBOT_RESULTS".to_string(), results.display().to_string()),
+    ];
+    let args: &BTreeMap<String, String> = &job.args;
+    for (key, value) in args {
+        env.push((format!("TASKBOT_ARG_{}", env_key(key)), value.clone()));
+    }
+    env
+}
+
+fn env_key(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Run the task to its end, its time limit, or shutdown.
+pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
+    let log = match open_log(task) {
+        Ok(log) => log,
+        Err(e) => {
+            return RunEnd::FailedToStart(format!(
+                "cannot create the log {}: {e}",
+                task.log_path.display()
+            ))
+        }
+    };
+    let (stdout, stderr) = match (log.try_clone(), log.try_clone()) {
+        (Ok(out), Ok(err)) => (out, err),
+        (Err(e), _) | (_, Err(e)) => {
+            return RunEnd::FailedToStart(format!("cannot share the log with the task: {e}"))
+        }
+    };
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(&task.script)
+        .current_dir(&task.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        .kill_on_drop(true);
+    // The runner's own TASKBOT_* settings may hold secrets (the broker URL with its password);
+    // task code is not the operator's code and must not see them.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TASKBOT_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(task.env.iter().map(|(k, v)| (k, v)));
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return RunEnd::FailedToStart(format!("cannot start sh: {e}")),
+    };
+    // With process_group(0) the group id is the child's pid.
+    let pgid = child.id();
+    let end = tokio::select! {
+        status = child.wait() => match status {
+            Ok(status) => RunEnd::Exited(exit_of(status)),
+            Err(e) => RunEnd::FailedToStart(format!("cannot wait for the task: {e}")),
+        },
+        _ = tokio::time::sleep(task.timeout) => RunEnd::TimedOut(task.timeout),
+        _ = shutdown.wait() => RunEnd::Interrupted,
+    };
+    if let Some(pgid) = pgid {
+        kill_group(pgid);
+    }
+    if !matches!(end, RunEnd::Exited(_)) {
+        // Reap the shell so it does not linger as a zombie.
+        let _ = child.wait().await;
+    }
+    end
+}
+
+fn open_log(task: &TaskCommand) -> std::io::Result<File> {
+    let mut log = File::create(&task.log_path)?;
+    writeln!(log, "$ sh -c {:?}", task.script)?;
+    Ok(log)
+}
+
+fn exit_of(status: std::process::ExitStatus) -> TaskExit {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => TaskExit::Code(code),
+        (None, Some(signal)) => TaskExit::Signal(signal),
+        // Neither happens on Unix; report something a person can recognise as odd.
+        (None, None) => TaskExit::Code(-1),
+    }
+}
+
+/// SIGKILL every process of the group. Errors are ignored: ESRCH means nothing was left.
+fn kill_group(pgid: u32) {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
+    // Never signal group 0 (our own) or 1 (init): a negative of those would hit far too much.
+    if pgid > 1 {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// The last `lines` lines of a log (from at most its last 64 KiB), for CRASHED notes.
+pub fn log_tail(path: &Path, lines: usize) -> Option<String> {
+    const WINDOW: u64 = 64 * 1024;
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let start = len.saturating_sub(WINDOW);
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    Some(last_lines(&String::from_utf8_lossy(&bytes), lines))
+}
+
+/// The last `n` lines of `text`, without a trailing newline.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let trimmed = text.trim_end_matches('\n');
+    let lines: Vec<&str> = trimmed.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use taskbot::messages::{JobRequest, TaskRef};
+
+    fn never() -> Shutdown {
+        Shutdown::new(std::future::pending())
+    }
+
+    fn command(dir: &Path, script: &str, timeout: Duration) -> TaskCommand {
+        TaskCommand {
+            script: script.into(),
+            cwd: dir.to_path_buf(),
+            env: vec![("TASKBOT_ITEM".into(), "xchat-1-1".into())],
+            log_path: dir.join("task.log"),
+            timeout,
+        }
+    }
+
+    #[tokio::test]
+    async fn output_and_exit_code_are_captured() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = command(
+            dir.path(),
+            "echo out $TASKBOT_ITEM; echo err >&2; exit 3",
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            run(&task, &mut never()).await,
+            RunEnd::Exited(TaskExit::Code(3))
+        );
+        let log = std::fs::read_to_string(dir.path().join("task.log")).unwrap();
+        assert!(log.contains("out xchat-1-1\n"), "{log}");
+        assert!(log.contains("err\n"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn runner_secrets_are_not_passed_on() {
+        // Set for this test process only; no other test reads it.
+        std::env::set_var("TASKBOT_AMQP__URL", "amqp://secret@broker");
+        let dir = tempfile::tempdir().unwrap();
+        let task = command(
+            dir.path(),
+            "echo \"url=${TASKBOT_AMQP__URL:-unset}\"",
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            run(&task, &mut never()).await,
+            RunEnd::Exited(TaskExit::Code(0))
+        );
+        let log = std::fs::read_to_string(dir.path().join("task.log")).unwrap();
+        assert!(log.contains("url=unset"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn signal_death_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = command(dir.path(), "kill -TERM $$", Duration::from_secs(10));
+        assert_eq!(
+            run(&task, &mut never()).await,
+            RunEnd::Exited(TaskExit::Signal(libc::SIGTERM))
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("bg.pid");
+        let task = command(
+            dir.path(),
+            &format!("sleep 30 & echo $! > {}; wait", pid_file.display()),
+            Duration::from_millis(500),
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(
+            run(&task, &mut never()).await,
+            RunEnd::TimedOut(Duration::from_millis(500))
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SIGKILL is delivered asynchronously; give the kernel a moment to finish the process.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !process_gone(pid) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(process_gone(pid), "background sleep {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn shutdown_interrupts_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = command(dir.path(), "sleep 30", Duration::from_secs(60));
+        let mut shutdown = Shutdown::new(tokio::time::sleep(Duration::from_millis(300)));
+        let started = std::time::Instant::now();
+        assert_eq!(run(&task, &mut shutdown).await, RunEnd::Interrupted);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn missing_directory_fails_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = command(dir.path(), "true", Duration::from_secs(10));
+        task.cwd = dir.path().join("nope");
+        assert!(matches!(
+            run(&task, &mut never()).await,
+            RunEnd::FailedToStart(reason) if reason.contains("cannot start sh")
+        ));
+    }
+
+    /// Dead, or a zombie waiting for a parent that is not us (in a container PID 1 may never
+    /// reap): either way it no longer runs.
+    fn process_gone(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                .unwrap_or(false),
+        }
+    }
+
+    #[test]
+    fn env_has_job_fields_and_sanitised_args() {
+        let task = TaskRef {
+            name: "t".into(),
+            repo: "file:///r".into(),
+            git_ref: "main".into(),
+        };
+        let mut args = BTreeMap::new();
+        args.insert("koji-tag".to_string(), "f40".to_string());
+        let job = JobRequest {
+            job_id: uuid::Uuid::nil(),
+            event_id: "e".into(),
+            event_topic: "t".into(),
+            rule: "r".into(),
+            task,
+            item: "xchat-1-1".into(),
+            item_type: "koji_build".into(),
+            arch: "x86_64".into(),
+            args,
+            priority: 0,
+            environment: Default::default(),
+            destructive: false,
+            created_at: Utc::now(),
+        };
+        let env: BTreeMap<String, String> = task_env(
+            &job,
+            Path::new("/w/c"),
+            Path::new("/a/j"),
+            Path::new("/w/c/results.yml"),
+        )
+        .into_iter()
+        .collect();
+        assert_eq!(env["TASKBOT_ITEM"], "xchat-1-1");
+        assert_eq!(env["TASKBOT_ITEM_TYPE"], "koji_build");
+        assert_eq!(env["TASKBOT_ARCH"], "x86_64");
+        assert_eq!(env["TASKBOT_JOB_ID"], uuid::Uuid::nil().to_string());
+        assert_eq!(env["TASKBOT_WORKDIR"], "/w/c");
+        assert_eq!(env["TASKBOT_ARTIFACTS"], "/a/j/");
+        assert_eq!(env["TASKBOT_RESULTS"], "/w/c/results.yml");
+        assert_eq!(env["TASKBOT_ARG_KOJI_TAG"], "f40");
+        assert_eq!(env.len(), 8);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("a\n", 5), "a");
+        assert_eq!(last_lines("", 5), "");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let text: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let tail = log_tail(&path, 20).unwrap();
+        assert!(
+            tail.starts_with("line 81\n") && tail.ends_with("line 100"),
+            "{tail}"
+        );
+        assert_eq!(log_tail(&dir.path().join("none"), 20), None);
+    }
+}

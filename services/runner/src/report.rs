@@ -1,0 +1,502 @@
+//! Turning what happened to a job into results and a final status. Pure: no broker, no files, so
+//! every rule here is unit-tested.
+//!
+//! The rules:
+//! - The task wrote a results file → its entries are the results, whatever the exit code (checks
+//!   commonly exit non-zero after reporting FAILED). An invalid file → one CRASHED result with the
+//!   parse error.
+//! - No results file → one result from the exit code: 0 → PASSED, else FAILED ("exit code N", or
+//!   "killed by signal N (SIGx)").
+//! - Timed out → ABORTED ("timed out after Ns"), whatever the task wrote.
+//! - Anything that kept the task from running or reporting → CRASHED with the reason, plus the end
+//!   of the log when there is one; the job's final state is then `crashed`, else `done`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::Utc;
+use taskbot::amqp::{Disposition, Outgoing};
+use taskbot::messages::{JobRequest, JobState, JobStatus, Message, Outcome, TaskResult};
+use taskbot::Topology;
+
+use crate::execute::{RunEnd, TaskExit};
+use crate::results::ReportedResult;
+
+/// Lines of the task's log quoted in a CRASHED note.
+pub const LOG_TAIL_LINES: usize = 20;
+
+/// What the runner knows about a job when it writes its results.
+#[derive(Debug, Clone)]
+pub struct ResultFactory {
+    pub job: JobRequest,
+    /// `runner/<arch>@<host>`.
+    pub runner: String,
+    /// Testcase of results that do not name one: `taskbot.yaml`'s `testcase` once it has been
+    /// read, the job's default testcase until then.
+    pub testcase: String,
+    /// URL (or local path) of the job's artifacts directory, without a trailing slash.
+    pub artifacts_location: String,
+    /// Where the task's log is, once there is one.
+    pub log_url: Option<String>,
+}
+
+/// The results of a job and how it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub results: Vec<TaskResult>,
+    pub state: JobState,
+    /// For the final status: a summary, or why it crashed.
+    pub detail: String,
+}
+
+impl ResultFactory {
+    pub fn new(job: &JobRequest, runner: &str, artifacts_location: String) -> Self {
+        ResultFactory {
+            job: job.clone(),
+            runner: runner.to_string(),
+            testcase: job.default_testcase(),
+            artifacts_location,
+            log_url: None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn result(
+        &self,
+        testcase: String,
+        outcome: Outcome,
+        item: String,
+        item_type: String,
+        arch: String,
+        note: Option<String>,
+        data: BTreeMap<String, serde_json::Value>,
+    ) -> TaskResult {
+        TaskResult {
+            result_id: TaskResult::derive_id(self.job.job_id, &testcase, &item, &item_type, &arch),
+            job_id: self.job.job_id,
+            testcase,
+            outcome,
+            item,
+            item_type,
+            arch,
+            note,
+            log_url: self.log_url.clone(),
+            data,
+            task: self.job.task.clone(),
+            event_id: self.job.event_id.clone(),
+            rule: self.job.rule.clone(),
+            runner: self.runner.clone(),
+            finished_at: Utc::now(),
+        }
+    }
+
+    /// A result about the job's own item.
+    fn job_result(&self, outcome: Outcome, note: String) -> TaskResult {
+        self.result(
+            self.testcase.clone(),
+            outcome,
+            self.job.item.clone(),
+            self.job.item_type.clone(),
+            self.job.arch.clone(),
+            Some(note),
+            BTreeMap::new(),
+        )
+    }
+
+    /// The job could not run to the end. `log_tail` is the end of the task's log, if it has one.
+    pub fn crashed(&self, reason: &str, log_tail: Option<&str>) -> Verdict {
+        let note = match log_tail.filter(|t| !t.trim().is_empty()) {
+            Some(tail) => format!("{reason}\n--- end of task.log ---\n{tail}"),
+            None => reason.to_string(),
+        };
+        Verdict {
+            results: vec![self.job_result(Outcome::Crashed, note)],
+            state: JobState::Crashed,
+            detail: reason.to_string(),
+        }
+    }
+
+    /// The results of a task that ran. `results_file` is the results file's parse outcome when
+    /// the task wrote one; `log_tail` is read only by the caller when a crash needs it, so it is
+    /// passed as a closure.
+    pub fn finished(
+        &self,
+        end: &RunEnd,
+        results_file: Option<Result<Vec<ReportedResult>, String>>,
+        log_tail: impl FnOnce() -> Option<String>,
+    ) -> Verdict {
+        match end {
+            RunEnd::TimedOut(limit) => {
+                let note = format!("timed out after {}s", limit.as_secs());
+                Verdict {
+                    results: vec![self.job_result(Outcome::Aborted, note.clone())],
+                    state: JobState::Done,
+                    detail: note,
+                }
+            }
+            RunEnd::FailedToStart(reason) => self.crashed(
+                &format!("the task could not start: {reason}"),
+                log_tail().as_deref(),
+            ),
+            RunEnd::Interrupted => {
+                // Never published: the job goes back to the queue. Kept total for callers.
+                self.crashed(
+                    "the runner shut down while the task ran",
+                    log_tail().as_deref(),
+                )
+            }
+            RunEnd::Exited(exit) => match results_file {
+                None => {
+                    let (outcome, note) = outcome_of_exit(*exit);
+                    self.done(vec![self.job_result(outcome, note)])
+                }
+                Some(Err(reason)) => self.crashed(
+                    &format!("invalid results file: {reason}"),
+                    log_tail().as_deref(),
+                ),
+                Some(Ok(reported)) => match self.task_results(reported) {
+                    Ok(results) => self.done(results),
+                    Err(reason) => self.crashed(
+                        &format!("invalid results file: {reason}"),
+                        log_tail().as_deref(),
+                    ),
+                },
+            },
+        }
+    }
+
+    fn done(&self, results: Vec<TaskResult>) -> Verdict {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &results {
+            *counts.entry(r.outcome.as_str()).or_default() += 1;
+        }
+        let summary: Vec<String> = counts.iter().map(|(o, n)| format!("{n} {o}")).collect();
+        Verdict {
+            detail: format!("{} result(s): {}", results.len(), summary.join(", ")),
+            results,
+            state: JobState::Done,
+        }
+    }
+
+    /// The task's own results, with the job's defaults filled in. Two entries about the same
+    /// (testcase, item, type, arch) would get the same result id and one would silently replace
+    /// the other in the stores, so that is refused.
+    fn task_results(&self, reported: Vec<ReportedResult>) -> Result<Vec<TaskResult>, String> {
+        let mut seen = HashSet::new();
+        let mut results = Vec::with_capacity(reported.len());
+        for (i, r) in reported.into_iter().enumerate() {
+            let testcase = r.testcase.unwrap_or_else(|| self.testcase.clone());
+            let arch = r.arch.unwrap_or_else(|| self.job.arch.clone());
+            let mut data = r.data;
+            if let Some(artifact) = r.artifact {
+                data.insert(
+                    "artifact".into(),
+                    format!("{}/{}", self.artifacts_location, artifact).into(),
+                );
+            }
+            let result = self.result(testcase, r.outcome, r.item, r.item_type, arch, r.note, data);
+            if !seen.insert(result.result_id) {
+                return Err(format!(
+                    "results[{i}]: a second result for testcase {}, item {}, type {}, arch {}",
+                    result.testcase, result.item, result.item_type, result.arch
+                ));
+            }
+            results.push(result);
+        }
+        Ok(results)
+    }
+}
+
+/// The verdict of a task that wrote no results file.
+pub fn outcome_of_exit(exit: TaskExit) -> (Outcome, String) {
+    match exit {
+        TaskExit::Code(0) => (Outcome::Passed, "exit code 0".into()),
+        TaskExit::Code(code) => (Outcome::Failed, format!("exit code {code}")),
+        TaskExit::Signal(signal) => (
+            Outcome::Failed,
+            format!("killed by signal {signal} ({})", signal_name(signal)),
+        ),
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "unknown signal",
+    }
+}
+
+/// What the consume loop publishes for a finished job, results first: each result (its id as
+/// message id, so people can correlate redeliveries), then the final status. The input is acked
+/// only once all of them are confirmed.
+pub fn disposition(
+    topology: &Topology,
+    job: &JobRequest,
+    verdict: &Verdict,
+    runner: &str,
+) -> Disposition {
+    let mut out: Vec<Outgoing> = verdict
+        .results
+        .iter()
+        .map(|r| {
+            Outgoing::new(topology.results_exchange(), r.routing_key(), r.to_json())
+                .with_message_id(r.result_id.to_string())
+        })
+        .collect();
+    let status = JobStatus::new(job, verdict.state, runner, Some(verdict.detail.clone()));
+    out.push(status_message(topology, &status));
+    Disposition::Done(out)
+}
+
+/// A job status as an outgoing message.
+pub fn status_message(topology: &Topology, status: &JobStatus) -> Outgoing {
+    Outgoing::new(
+        topology.results_exchange(),
+        status.routing_key(),
+        status.to_json(),
+    )
+    .with_message_id(status.status_id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use taskbot::messages::TaskRef;
+    use uuid::Uuid;
+
+    fn job() -> JobRequest {
+        let task = TaskRef {
+            name: "example".into(),
+            repo: "file:///srv/tasks/example".into(),
+            git_ref: "main".into(),
+        };
+        JobRequest {
+            job_id: Uuid::from_u128(7),
+            event_id: "e1".into(),
+            event_topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
+            rule: "example-on-koji-build".into(),
+            task,
+            item: "xchat-0.5-1.fc20".into(),
+            item_type: "koji_build".into(),
+            arch: "x86_64".into(),
+            args: BTreeMap::new(),
+            priority: 0,
+            environment: Default::default(),
+            destructive: false,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn factory() -> ResultFactory {
+        let mut f = ResultFactory::new(&job(), "runner/x86_64@h", "https://a.example/7".into());
+        f.log_url = Some("https://a.example/7/task.log".into());
+        f
+    }
+
+    fn no_log() -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn exit_codes_and_signals_map_to_outcomes() {
+        assert_eq!(outcome_of_exit(TaskExit::Code(0)).0, Outcome::Passed);
+        assert_eq!(
+            outcome_of_exit(TaskExit::Code(1)),
+            (Outcome::Failed, "exit code 1".to_string())
+        );
+        assert_eq!(
+            outcome_of_exit(TaskExit::Signal(libc::SIGSEGV)),
+            (
+                Outcome::Failed,
+                format!("killed by signal {} (SIGSEGV)", libc::SIGSEGV)
+            )
+        );
+    }
+
+    #[test]
+    fn exit_without_results_file_gives_one_result_on_the_job_item() {
+        let v = factory().finished(&RunEnd::Exited(TaskExit::Code(2)), None, no_log);
+        assert_eq!(v.state, JobState::Done);
+        assert_eq!(v.results.len(), 1);
+        let r = &v.results[0];
+        assert_eq!(r.outcome, Outcome::Failed);
+        assert_eq!(r.note.as_deref(), Some("exit code 2"));
+        assert_eq!(r.testcase, "example", "the job's default testcase");
+        assert_eq!(
+            (r.item.as_str(), r.item_type.as_str(), r.arch.as_str()),
+            ("xchat-0.5-1.fc20", "koji_build", "x86_64")
+        );
+        assert_eq!(
+            r.result_id,
+            TaskResult::derive_id(
+                r.job_id,
+                "example",
+                "xchat-0.5-1.fc20",
+                "koji_build",
+                "x86_64"
+            )
+        );
+        assert_eq!(r.log_url.as_deref(), Some("https://a.example/7/task.log"));
+        assert_eq!(
+            (r.rule.as_str(), r.event_id.as_str()),
+            ("example-on-koji-build", "e1")
+        );
+        assert_eq!(r.runner, "runner/x86_64@h");
+        assert_eq!(v.detail, "1 result(s): 1 FAILED");
+    }
+
+    #[test]
+    fn task_testcase_replaces_the_default() {
+        let mut f = factory();
+        f.testcase = "dist.example".into();
+        let v = f.finished(&RunEnd::Exited(TaskExit::Code(0)), None, no_log);
+        assert_eq!(v.results[0].testcase, "dist.example");
+        assert_eq!(v.results[0].outcome, Outcome::Passed);
+    }
+
+    #[test]
+    fn reported_results_win_over_the_exit_code() {
+        let reported = crate::results::parse(
+            "results:\n  - {item: a-1-1, type: koji_build, checkname: dist.a, outcome: FAILED, artifact: out/a.log, arch: noarch, errors: 3}\n  - {item: b-1-1, type: koji_build}\n",
+        );
+        let v = factory().finished(&RunEnd::Exited(TaskExit::Code(1)), Some(reported), no_log);
+        assert_eq!(v.state, JobState::Done);
+        assert_eq!(v.results.len(), 2);
+        let (a, b) = (&v.results[0], &v.results[1]);
+        assert_eq!(
+            (a.testcase.as_str(), a.outcome, a.arch.as_str()),
+            ("dist.a", Outcome::Failed, "noarch")
+        );
+        assert_eq!(a.data["artifact"], "https://a.example/7/out/a.log");
+        assert_eq!(a.data["errors"], 3);
+        assert_eq!(
+            (b.testcase.as_str(), b.outcome, b.arch.as_str()),
+            ("example", Outcome::NeedsInspection, "x86_64")
+        );
+        assert_ne!(a.result_id, b.result_id);
+        assert_eq!(v.detail, "2 result(s): 1 FAILED, 1 NEEDS_INSPECTION");
+    }
+
+    #[test]
+    fn duplicate_result_identity_crashes_the_job() {
+        let reported = crate::results::parse(
+            "results:\n  - {item: a, type: t, outcome: PASSED}\n  - {item: a, type: t, outcome: FAILED}\n",
+        );
+        let v = factory().finished(&RunEnd::Exited(TaskExit::Code(0)), Some(reported), no_log);
+        assert_eq!(v.state, JobState::Crashed);
+        assert_eq!(v.results[0].outcome, Outcome::Crashed);
+        assert!(
+            v.detail
+                .contains("results[1]: a second result for testcase example"),
+            "{}",
+            v.detail
+        );
+    }
+
+    #[test]
+    fn invalid_results_file_crashes_with_reason_and_log_tail() {
+        let v = factory().finished(
+            &RunEnd::Exited(TaskExit::Code(0)),
+            Some(Err(
+                "results[0]: missing field `item` at line 2 column 5".into()
+            )),
+            || Some("checking...\nboom".into()),
+        );
+        assert_eq!(v.state, JobState::Crashed);
+        let r = &v.results[0];
+        assert_eq!(r.outcome, Outcome::Crashed);
+        assert_eq!(
+            r.note.as_deref(),
+            Some("invalid results file: results[0]: missing field `item` at line 2 column 5\n--- end of task.log ---\nchecking...\nboom")
+        );
+        assert_eq!(
+            v.detail,
+            "invalid results file: results[0]: missing field `item` at line 2 column 5"
+        );
+    }
+
+    #[test]
+    fn timeout_is_aborted_whatever_was_written() {
+        let reported = crate::results::parse("results:\n  - {item: a, type: t, outcome: PASSED}\n");
+        let v = factory().finished(
+            &RunEnd::TimedOut(Duration::from_secs(2)),
+            Some(reported),
+            || panic!("the log is not needed"),
+        );
+        assert_eq!(v.state, JobState::Done);
+        assert_eq!(v.results.len(), 1);
+        assert_eq!(v.results[0].outcome, Outcome::Aborted);
+        assert_eq!(v.results[0].note.as_deref(), Some("timed out after 2s"));
+    }
+
+    #[test]
+    fn failure_to_start_crashes_and_empty_log_is_not_quoted() {
+        let v = factory().finished(
+            &RunEnd::FailedToStart("No such file or directory".into()),
+            None,
+            || Some("\n".into()),
+        );
+        assert_eq!(v.state, JobState::Crashed);
+        assert_eq!(
+            v.results[0].note.as_deref(),
+            Some("the task could not start: No such file or directory")
+        );
+    }
+
+    #[test]
+    fn disposition_publishes_results_then_final_status() {
+        let topology = Topology::new("tb", &[]);
+        let reported = crate::results::parse(
+            "results:\n  - {item: a, type: t, checkname: dist.a, outcome: PASSED}\n  - {item: b, type: t, checkname: dist.b, outcome: FAILED}\n",
+        );
+        let v = factory().finished(&RunEnd::Exited(TaskExit::Code(0)), Some(reported), no_log);
+        let Disposition::Done(out) = disposition(&topology, &job(), &v, "runner/x86_64@h") else {
+            panic!("expected Done");
+        };
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|o| o.exchange == "tb.results"));
+        assert_eq!(out[0].routing_key, "result.PASSED.dist.a");
+        assert_eq!(out[1].routing_key, "result.FAILED.dist.b");
+        assert_eq!(out[0].message_id, Some(v.results[0].result_id.to_string()));
+        assert_eq!(TaskResult::from_json(&out[1].body).unwrap(), v.results[1]);
+        assert_eq!(out[2].routing_key, "job.done");
+        let status = JobStatus::from_json(&out[2].body).unwrap();
+        assert_eq!(status.state, JobState::Done);
+        assert_eq!(status.job, job_without_clock_drift(&status.job));
+        assert_eq!(
+            status.detail.as_deref(),
+            Some("2 result(s): 1 FAILED, 1 PASSED")
+        );
+
+        let crashed = factory().crashed("repository x is not in runner.allowed_repos", None);
+        let Disposition::Done(out) = disposition(&topology, &job(), &crashed, "r") else {
+            panic!("expected Done");
+        };
+        assert_eq!(out[0].routing_key, "result.CRASHED.example");
+        assert_eq!(out[1].routing_key, "job.crashed");
+    }
+
+    /// `job()` stamps `created_at` with the clock; compare everything else.
+    fn job_without_clock_drift(seen: &JobRequest) -> JobRequest {
+        JobRequest {
+            created_at: seen.created_at,
+            ..job()
+        }
+    }
+}
