@@ -1,0 +1,399 @@
+//! Posting results to ResultsDB (API v2.0): building the request body from a result, sending it,
+//! and deciding from the answer whether the result is posted, should be retried, or can never be
+//! posted.
+//!
+//! The request body follows ResultsDB's `POST /results`: the testcase as `{name, ref_url}`, the
+//! job as a group, and the item, type and arch as the conventional data keys that Fedora's
+//! consumers (Bodhi, Greenwave) query by.
+
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use serde_json::{json, Map, Value};
+use taskbot::messages::TaskResult;
+
+use crate::error_chain;
+
+/// The most of a server's error message quoted in a dead-letter reason.
+const MAX_MESSAGE_CHARS: usize = 500;
+
+/// The `POST /results` body for a result.
+pub fn payload(result: &TaskResult) -> Value {
+    json!({
+        "testcase": {
+            "name": result.testcase,
+            "ref_url": result.task.repo,
+        },
+        "outcome": result.outcome.as_str(),
+        "note": result.note,
+        "ref_url": result.log_url,
+        "groups": [{
+            "uuid": result.job_id.to_string(),
+            "description": format!(
+                "Taskbot job {}: {} on {} ({})",
+                result.job_id, result.task.name, result.item, result.arch
+            ),
+            "ref_url": result.log_url,
+        }],
+        "data": data(result),
+        // ResultsDB parses `%Y-%m-%dT%H:%M:%S.%f` plus an optional `Z`: the fraction is
+        // mandatory, so always give microseconds.
+        "submit_time": result.finished_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+    })
+}
+
+/// The result's `data` in the form ResultsDB accepts: string or list-of-strings values, no `:` in
+/// keys (ResultsDB uses `key:like` in queries and refuses such keys with HTTP 400, so `a:b`
+/// becomes `a_b`; if that name is taken too, the values are merged into one list rather than one
+/// silently replacing the other). `item`, `type` and `arch` always come from the result itself,
+/// overriding same-named task data, because consumers filter on them.
+pub fn data(result: &TaskResult) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (key, value) in &result.data {
+        let key = key.replace(':', "_");
+        let value = data_value(value);
+        let merged = match out.remove(&key) {
+            None => value,
+            Some(existing) => {
+                let mut list = into_list(existing);
+                list.extend(into_list(value));
+                Value::Array(list)
+            }
+        };
+        out.insert(key, merged);
+    }
+    out.insert("item".into(), json!([result.item]));
+    out.insert("type".into(), json!([result.item_type]));
+    out.insert("arch".into(), json!([result.arch]));
+    out
+}
+
+/// A data value as ResultsDB stores it: strings stay strings, lists become lists of strings, and
+/// anything else (numbers, booleans, null, objects) becomes its JSON text, which keeps it
+/// readable and unambiguous.
+pub fn data_value(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(s.clone()),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => Value::String(s.clone()),
+                    other => Value::String(other.to_string()),
+                })
+                .collect(),
+        ),
+        other => Value::String(other.to_string()),
+    }
+}
+
+fn into_list(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    }
+}
+
+/// What a `POST /results` attempt means for the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostOutcome {
+    /// ResultsDB stored it, under this id when the answer carried one.
+    Posted { id: Option<i64> },
+    /// A failure that may pass (server down or overloaded, network trouble): try again later.
+    Retry(String),
+    /// ResultsDB refused this result; sending it again will not change that. The text is the
+    /// server's own explanation.
+    Refused { status: u16, message: String },
+}
+
+/// Classify ResultsDB's answer.
+///
+/// 2xx: posted (ResultsDB answers 201). 5xx, and 408/429 (timeouts and rate limits, which are 4xx
+/// but pass): retry. Other 4xx: refused, with the server's message. 3xx also counts as refused:
+/// redirects are not followed (a redirected POST turns into a GET that would look like success),
+/// and a redirect means `reporter.resultsdb_url` is wrong, which retrying does not fix.
+pub fn classify_response(status: u16, body: &[u8]) -> PostOutcome {
+    match status {
+        200..=299 => {
+            let id = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("id").and_then(Value::as_i64));
+            PostOutcome::Posted { id }
+        }
+        408 | 429 => PostOutcome::Retry(format!(
+            "ResultsDB answered HTTP {status}: {}",
+            server_message(body)
+        )),
+        300..=499 => PostOutcome::Refused {
+            status,
+            message: server_message(body),
+        },
+        _ => PostOutcome::Retry(format!(
+            "ResultsDB answered HTTP {status}: {}",
+            server_message(body)
+        )),
+    }
+}
+
+/// The explanation in an error answer: ResultsDB's `{"message": ...}`, else the whole body
+/// (JSON validation reports, proxy error pages), shortened.
+pub fn server_message(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => match fields.get("message") {
+            Some(Value::String(message)) => message.clone(),
+            Some(other) => other.to_string(),
+            None => Value::Object(fields).to_string(),
+        },
+        Ok(other) => other.to_string(),
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    };
+    if text.is_empty() {
+        return "(empty body)".into();
+    }
+    if text.chars().count() > MAX_MESSAGE_CHARS {
+        let short: String = text.chars().take(MAX_MESSAGE_CHARS).collect();
+        format!("{short}…")
+    } else {
+        text
+    }
+}
+
+/// A ResultsDB server.
+#[derive(Debug, Clone)]
+pub struct ResultsDb {
+    client: reqwest::Client,
+    results_url: String,
+    timeout: Duration,
+}
+
+impl ResultsDb {
+    /// `base_url` is the API root, ending in `/api/v2.0`.
+    pub fn new(base_url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let results_url = format!("{}/results", base_url.trim_end_matches('/'));
+        reqwest::Url::parse(&results_url).map_err(|e| {
+            anyhow::anyhow!("reporter.resultsdb_url {base_url:?} is not a URL: {e}")
+        })?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("taskbot-reporter/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+        Ok(ResultsDb {
+            client,
+            results_url,
+            timeout,
+        })
+    }
+
+    /// Where results are posted.
+    pub fn results_url(&self) -> &str {
+        &self.results_url
+    }
+
+    /// Post one result body.
+    pub async fn post(&self, payload: &Value) -> PostOutcome {
+        let response = match self
+            .client
+            .post(&self.results_url)
+            .json(payload)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(err) if err.is_timeout() => {
+                return PostOutcome::Retry(format!(
+                    "ResultsDB did not answer within {} s",
+                    self.timeout.as_secs()
+                ))
+            }
+            Err(err) => {
+                return PostOutcome::Retry(format!("cannot reach ResultsDB: {}", error_chain(&err)))
+            }
+        };
+        let status = response.status().as_u16();
+        let body = match response.bytes().await {
+            Ok(bytes) => bytes.to_vec(),
+            Err(err) => {
+                // The status line has been received, and it is what counts: a 201 whose body got
+                // lost is still stored on the server.
+                tracing::warn!(status, error = %error_chain(&err), "cannot read ResultsDB's answer");
+                Vec::new()
+            }
+        };
+        classify_response(status, &body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use std::collections::BTreeMap;
+    use taskbot::messages::{Outcome, TaskRef};
+    use uuid::Uuid;
+
+    fn result() -> TaskResult {
+        let mut data = BTreeMap::new();
+        data.insert("errors".to_string(), json!(5));
+        data.insert("tags".to_string(), json!(["a", 2, true]));
+        data.insert("koji:task".to_string(), json!("12345"));
+        data.insert("details".to_string(), json!({"w": 10}));
+        data.insert("arch".to_string(), json!("ppc64le"));
+        TaskResult {
+            result_id: Uuid::from_u128(1),
+            job_id: Uuid::from_u128(0xabc),
+            testcase: "dist.rpmlint".into(),
+            outcome: Outcome::NeedsInspection,
+            item: "xchat-0.5-1.fc20".into(),
+            item_type: "koji_build".into(),
+            arch: "x86_64".into(),
+            note: Some("5 errors".into()),
+            log_url: Some("https://logs.example/abc/".into()),
+            data,
+            task: TaskRef {
+                name: "rpmlint".into(),
+                repo: "https://git.example/rpmlint.git".into(),
+                git_ref: "main".into(),
+            },
+            event_id: "e1".into(),
+            rule: "r1".into(),
+            runner: "runner@h/x86_64".into(),
+            finished_at: Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap(),
+        }
+    }
+
+    #[test]
+    fn payload_has_resultsdb_shape() {
+        let r = result();
+        assert_eq!(
+            payload(&r),
+            json!({
+                "testcase": {"name": "dist.rpmlint", "ref_url": "https://git.example/rpmlint.git"},
+                "outcome": "NEEDS_INSPECTION",
+                "note": "5 errors",
+                "ref_url": "https://logs.example/abc/",
+                "groups": [{
+                    "uuid": "00000000-0000-0000-0000-000000000abc",
+                    "description": "Taskbot job 00000000-0000-0000-0000-000000000abc: rpmlint on xchat-0.5-1.fc20 (x86_64)",
+                    "ref_url": "https://logs.example/abc/",
+                }],
+                "data": {
+                    "item": ["xchat-0.5-1.fc20"],
+                    "type": ["koji_build"],
+                    "arch": ["x86_64"],
+                    "errors": "5",
+                    "tags": ["a", "2", "true"],
+                    "koji_task": "12345",
+                    "details": "{\"w\":10}",
+                },
+                "submit_time": "2024-05-06T07:08:09.000000Z",
+            })
+        );
+    }
+
+    #[test]
+    fn missing_note_and_log_are_null() {
+        let mut r = result();
+        r.note = None;
+        r.log_url = None;
+        let p = payload(&r);
+        assert_eq!(p["note"], Value::Null);
+        assert_eq!(p["ref_url"], Value::Null);
+        assert_eq!(p["groups"][0]["ref_url"], Value::Null);
+    }
+
+    #[test]
+    fn renamed_key_colliding_with_an_existing_one_keeps_both_values() {
+        let mut r = result();
+        r.data.clear();
+        r.data.insert("a:b".into(), json!("from-colon"));
+        r.data.insert("a_b".into(), json!(["x", "y"]));
+        let d = data(&r);
+        assert_eq!(d["a_b"], json!(["from-colon", "x", "y"]));
+        assert!(d.keys().all(|k| !k.contains(':')));
+    }
+
+    #[test]
+    fn data_values_become_strings_or_lists_of_strings() {
+        assert_eq!(data_value(&json!("s")), json!("s"));
+        assert_eq!(data_value(&json!(1.5)), json!("1.5"));
+        assert_eq!(data_value(&Value::Null), json!("null"));
+        assert_eq!(
+            data_value(&json!([{"k": 1}, "x"])),
+            json!(["{\"k\":1}", "x"])
+        );
+    }
+
+    #[test]
+    fn created_is_posted_with_the_returned_id() {
+        assert_eq!(
+            classify_response(201, br#"{"id": 42, "outcome": "PASSED"}"#),
+            PostOutcome::Posted { id: Some(42) }
+        );
+        assert_eq!(
+            classify_response(201, b"not json"),
+            PostOutcome::Posted { id: None }
+        );
+    }
+
+    #[test]
+    fn client_errors_are_refused_with_the_servers_message() {
+        assert_eq!(
+            classify_response(
+                400,
+                br#"{"message": "outcome must be one of ['PASSED', 'FAILED']"}"#
+            ),
+            PostOutcome::Refused {
+                status: 400,
+                message: "outcome must be one of ['PASSED', 'FAILED']".into()
+            }
+        );
+        // Newer ResultsDB reports validation errors without a `message` key.
+        match classify_response(400, br#"{"validation_error": {"body_params": []}}"#) {
+            PostOutcome::Refused { message, .. } => {
+                assert!(message.contains("validation_error"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            classify_response(404, b"<html>Not Found</html>\n"),
+            PostOutcome::Refused {
+                status: 404,
+                message: "<html>Not Found</html>".into()
+            }
+        );
+        assert!(matches!(
+            classify_response(302, b""),
+            PostOutcome::Refused { status: 302, .. }
+        ));
+    }
+
+    #[test]
+    fn server_errors_timeouts_and_rate_limits_are_retried() {
+        for status in [500, 502, 503, 504, 408, 429] {
+            match classify_response(status, br#"{"message": "busy"}"#) {
+                PostOutcome::Retry(reason) => {
+                    assert!(reason.contains(&status.to_string()), "{reason}");
+                    assert!(reason.contains("busy"), "{reason}");
+                }
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn long_messages_are_shortened() {
+        let body = format!("{{\"message\": \"{}\"}}", "x".repeat(2000));
+        let message = server_message(body.as_bytes());
+        assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert_eq!(server_message(b""), "(empty body)");
+    }
+
+    #[test]
+    fn results_url_is_under_the_api_root() {
+        let rdb = ResultsDb::new("http://rdb:5001/api/v2.0/", Duration::from_secs(1)).unwrap();
+        assert_eq!(rdb.results_url(), "http://rdb:5001/api/v2.0/results");
+        assert!(ResultsDb::new("not a url", Duration::from_secs(1)).is_err());
+    }
+}

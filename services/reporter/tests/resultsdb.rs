@@ -1,0 +1,226 @@
+//! Posting results to ResultsDB, against a test double that validates like ResultsDB 2.x, with
+//! the real broker and a real PostgreSQL database per test.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use taskbot::amqp::REASON_HEADER;
+use taskbot::messages::{Message, Outcome, TaskResult};
+use taskbot::testing::{test_config, TestBroker};
+use taskbot::Config;
+use uuid::Uuid;
+
+use support::fake_resultsdb::{FakeResultsDb, Fault, ALL_OUTCOMES};
+use support::{job, result, wait_until, RunningReporter, TestDb};
+
+struct Setup {
+    test_db: TestDb,
+    config: Config,
+    broker: TestBroker,
+    client: tokio_postgres::Client,
+}
+
+async fn setup(resultsdb: &FakeResultsDb) -> Setup {
+    let test_db = TestDb::create().await;
+    let mut config = test_config();
+    config.postgres.url = test_db.url.clone();
+    config.reporter.resultsdb_url = Some(resultsdb.api_url.clone());
+    config.reporter.resultsdb_timeout_secs = 1;
+    let broker = TestBroker::new(&config).await;
+    let client = test_db.client().await;
+    Setup {
+        test_db,
+        config,
+        broker,
+        client,
+    }
+}
+
+impl Setup {
+    async fn publish(&self, result: &TaskResult) {
+        let t = &self.broker.topology;
+        self.broker
+            .publish(
+                &t.results_exchange(),
+                &result.routing_key(),
+                result.to_json(),
+            )
+            .await;
+    }
+
+    /// `(resultsdb_posted_at, resultsdb_id)` of a stored result; `None` if there is no row.
+    async fn posted(&self, id: Uuid) -> Option<(Option<DateTime<Utc>>, Option<i64>)> {
+        self.client
+            .query_opt(
+                "SELECT resultsdb_posted_at, resultsdb_id FROM results WHERE result_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+    }
+
+    async fn wait_posted(&self, id: Uuid) -> i64 {
+        wait_until(
+            "the result marked as posted",
+            Duration::from_secs(20),
+            || async { matches!(self.posted(id).await, Some((Some(_), _))) },
+        )
+        .await;
+        self.posted(id)
+            .await
+            .unwrap()
+            .1
+            .expect("ResultsDB's id recorded")
+    }
+
+    /// Queues of the results consumer are empty (call after the reporter stopped: every delivery
+    /// was then acked, not merely in flight).
+    async fn assert_drained(&self, dead_letters: u32) {
+        let t = &self.broker.topology;
+        let queue = t.reporter_results_queue();
+        assert_eq!(self.broker.depth(&queue).await, 0);
+        assert_eq!(
+            self.broker.depth(&t.dead_letter_queue(&queue)).await,
+            dead_letters
+        );
+    }
+}
+
+#[tokio::test]
+async fn result_is_posted_in_resultsdb_format_once_even_when_delivered_again() {
+    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    let s = setup(&resultsdb).await;
+    let reporter = RunningReporter::start_ready(&s.config, &s.test_db).await;
+    let job = job("xchat-0.5-1.fc20");
+    let res = result(&job, "dist.rpmlint", Outcome::NeedsInspection);
+
+    // Two copies at once (a publisher that retried): handled concurrently, posted once.
+    s.publish(&res).await;
+    s.publish(&res).await;
+    let id = s.wait_posted(res.result_id).await;
+    // A redelivery long after it was posted.
+    s.publish(&res).await;
+    reporter.stop().await;
+    s.assert_drained(0).await;
+
+    let requests = resultsdb.requests();
+    assert_eq!(requests.len(), 1, "posted exactly once: {requests:#?}");
+    let req = &requests[0];
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, "/api/v2.0/results");
+    assert_eq!(req.content_type.as_deref(), Some("application/json"));
+    assert_eq!(req.status, 201);
+    let log_url = format!("https://taskbot.example/artifacts/{}/", job.job_id);
+    assert_eq!(
+        req.body,
+        json!({
+            "testcase": {
+                "name": "dist.rpmlint",
+                "ref_url": "https://git.example/taskbot/rpmlint.git",
+            },
+            "outcome": "NEEDS_INSPECTION",
+            "note": "5 errors, 10 warnings",
+            "ref_url": log_url,
+            "groups": [{
+                "uuid": job.job_id.to_string(),
+                "description": format!(
+                    "Taskbot job {}: rpmlint on xchat-0.5-1.fc20 (x86_64)", job.job_id
+                ),
+                "ref_url": log_url,
+            }],
+            "data": {
+                "item": ["xchat-0.5-1.fc20"],
+                "type": ["koji_build"],
+                "arch": ["x86_64"],
+                "errors": "5",
+                "koji_task_id": "1234567",
+                "checked": ["spec", "rpm"],
+            },
+            "submit_time": res.finished_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        })
+    );
+    let stored = resultsdb.stored();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0]["id"].as_i64(),
+        Some(id),
+        "the returned id is recorded"
+    );
+    broker_cleanup(s).await;
+}
+
+#[tokio::test]
+async fn unavailable_resultsdb_is_retried_and_the_result_posted_once() {
+    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    // First a server that hangs past the reporter's 1 s timeout, then one answering 503.
+    resultsdb.fail_next(Fault::Hang(Duration::from_secs(5)));
+    resultsdb.fail_next(Fault::Status(503));
+    let s = setup(&resultsdb).await;
+    let reporter = RunningReporter::start_ready(&s.config, &s.test_db).await;
+    let res = result(&job("ansible-1.8.3-1.el7"), "dist.rpmlint", Outcome::Passed);
+    s.publish(&res).await;
+    let id = s.wait_posted(res.result_id).await;
+    reporter.stop().await;
+    s.assert_drained(0).await;
+
+    let statuses: Vec<u16> = resultsdb.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [0, 503, 201], "hung, unavailable, then accepted");
+    let stored = resultsdb.stored();
+    assert_eq!(stored.len(), 1, "stored exactly once");
+    assert_eq!(stored[0]["id"].as_i64(), Some(id));
+    assert_eq!(stored[0]["outcome"], "PASSED");
+    broker_cleanup(s).await;
+}
+
+#[tokio::test]
+async fn refused_result_is_dead_lettered_with_the_servers_message_and_kept_in_postgres() {
+    // A deployment without the ABORTED extra outcome refuses ABORTED results with HTTP 400.
+    let resultsdb =
+        FakeResultsDb::start(&["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION", "CRASHED"]).await;
+    let s = setup(&resultsdb).await;
+    let reporter = RunningReporter::start_ready(&s.config, &s.test_db).await;
+    let res = result(&job("xchat-0.5-1.fc20"), "dist.abicheck", Outcome::Aborted);
+    s.publish(&res).await;
+
+    let t = &s.broker.topology;
+    let dead = s
+        .broker
+        .get(
+            &t.dead_letter_queue(&t.reporter_results_queue()),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the refused result dead-lettered");
+    assert_eq!(dead.body, res.to_json(), "the original message is kept");
+    let reason = dead.header(REASON_HEADER).expect("reason header");
+    assert!(
+        reason.contains(
+            "HTTP 400): outcome must be one of [\"PASSED\", \"INFO\", \"FAILED\", \
+             \"NEEDS_INSPECTION\", \"CRASHED\"]"
+        ),
+        "{reason}"
+    );
+    assert!(reason.contains("stored in PostgreSQL"), "{reason}");
+    assert_eq!(
+        s.posted(res.result_id).await,
+        Some((None, None)),
+        "the row exists, not marked as posted"
+    );
+    reporter.stop().await;
+    s.assert_drained(0).await;
+    assert_eq!(resultsdb.requests().len(), 1, "not retried");
+    assert!(resultsdb.stored().is_empty());
+    broker_cleanup(s).await;
+}
+
+async fn broker_cleanup(s: Setup) {
+    let Setup {
+        test_db, broker, ..
+    } = s;
+    broker.cleanup().await;
+    drop(test_db);
+}

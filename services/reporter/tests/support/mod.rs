@@ -1,0 +1,251 @@
+//! Shared by the reporter's integration tests: a database per test, the reporter running
+//! in-process, message builders, and (in `fake_resultsdb`) a ResultsDB test double.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+pub mod fake_resultsdb;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use taskbot::messages::{
+    Environment, JobRequest, JobState, JobStatus, Outcome, TaskRef, TaskResult,
+};
+use taskbot::{Config, Shutdown};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// A database of its own for one test, created on the test server and dropped (even when the
+/// test panics) when this goes out of scope.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL must be running for integration tests ({url}): {e}")
+        });
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let admin_url = taskbot::testing::postgres_url();
+        let name = format!("reporter_test_{}", Uuid::new_v4().simple());
+        connect(&admin_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDb {
+            url: with_database(&admin_url, &name),
+            name,
+            admin_url,
+        }
+    }
+
+    /// A fresh connection to this test's database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs outside async context (and possibly while panicking), so use a thread with
+        // its own runtime.
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The reporter running in-process.
+pub struct RunningReporter {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningReporter {
+    pub fn start(config: &Config) -> RunningReporter {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(taskbot_reporter::run(
+            config.clone(),
+            Shutdown::new(async {
+                let _ = stopped.await;
+            }),
+        ));
+        RunningReporter {
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    /// Start, and wait until it has migrated `db` (so a test may query the tables).
+    pub async fn start_ready(config: &Config, db: &TestDb) -> RunningReporter {
+        let reporter = RunningReporter::start(config);
+        let client = db.client().await;
+        wait_until("the schema migrated", Duration::from_secs(20), || async {
+            client
+                .query_one("SELECT count(*) FROM taskbot_schema_migrations", &[])
+                .await
+                .is_ok_and(|row| {
+                    row.get::<_, i64>(0) == taskbot_reporter::db::MIGRATIONS.len() as i64
+                })
+        })
+        .await;
+        reporter
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Request shutdown and wait for `run` to return (deliveries in flight finish first, so
+    /// afterwards every message is either acked or back in its queue).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("reporter stops within 30 s of shutdown")
+            .expect("reporter task did not panic")
+            .expect("run returned Ok");
+    }
+}
+
+/// Poll `check` until it is true; panic naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A time PostgreSQL stores exactly (it keeps microseconds), `offset_secs` from now.
+pub fn time(offset_secs: i64) -> DateTime<Utc> {
+    let t = Utc::now() + chrono::Duration::seconds(offset_secs);
+    DateTime::from_timestamp_micros(t.timestamp_micros()).expect("valid time")
+}
+
+pub fn job(item: &str) -> JobRequest {
+    let task = TaskRef {
+        name: "rpmlint".into(),
+        repo: "https://git.example/taskbot/rpmlint.git".into(),
+        git_ref: "main".into(),
+    };
+    let event_id = format!("event-{}", Uuid::new_v4());
+    JobRequest {
+        job_id: JobRequest::derive_id(
+            &event_id,
+            "rpmlint-on-builds",
+            &task,
+            item,
+            "x86_64",
+            &BTreeMap::new(),
+        ),
+        event_id,
+        event_topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
+        rule: "rpmlint-on-builds".into(),
+        task,
+        item: item.into(),
+        item_type: "koji_build".into(),
+        arch: "x86_64".into(),
+        args: BTreeMap::new(),
+        priority: 0,
+        environment: Environment::Local,
+        destructive: false,
+        created_at: time(-60),
+    }
+}
+
+pub fn result(job: &JobRequest, testcase: &str, outcome: Outcome) -> TaskResult {
+    let mut data = BTreeMap::new();
+    data.insert("errors".to_string(), serde_json::json!(5));
+    data.insert("koji:task_id".to_string(), serde_json::json!("1234567"));
+    data.insert("checked".to_string(), serde_json::json!(["spec", "rpm"]));
+    TaskResult {
+        result_id: TaskResult::derive_id(
+            job.job_id,
+            testcase,
+            &job.item,
+            &job.item_type,
+            &job.arch,
+        ),
+        job_id: job.job_id,
+        testcase: testcase.into(),
+        outcome,
+        item: job.item.clone(),
+        item_type: job.item_type.clone(),
+        arch: job.arch.clone(),
+        note: Some("5 errors, 10 warnings".into()),
+        log_url: Some(format!("https://taskbot.example/artifacts/{}/", job.job_id)),
+        data,
+        task: job.task.clone(),
+        event_id: job.event_id.clone(),
+        rule: job.rule.clone(),
+        runner: "runner@test/x86_64".into(),
+        finished_at: time(-1),
+    }
+}
+
+pub fn status(job: &JobRequest, state: JobState, at: DateTime<Utc>) -> JobStatus {
+    let mut status = JobStatus::new(job, state, "test@host", Some(format!("now {state}")));
+    status.at = at;
+    status
+}
