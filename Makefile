@@ -9,6 +9,8 @@ run:
 test: services
 	cargo build --bins
 	cargo test --workspace --no-fail-fast
+	# Tests that restart the shared RabbitMQ and PostgreSQL run alone, after the others.
+	cargo test -p taskbot-tests --test restarts -- --ignored --test-threads=1
 
 # Install (if absent) and start RabbitMQ and PostgreSQL, and the build dependencies.
 services:

@@ -18,6 +18,22 @@ use serde::{Deserialize, Serialize};
 /// The environment variable naming the config file.
 pub const CONFIG_ENV: &str = "TASKBOT_CONFIG";
 
+/// Top-level keys of [`Config`]. Only `TASKBOT_` variables starting with one of these are read as
+/// configuration, so unrelated variables sharing the prefix (`TASKBOT_CONFIG`,
+/// `TASKBOT_TEST_AMQP_URL`, a script's own `TASKBOT_RUN_ONCE`) neither configure nor break a
+/// service. A misspelt key *inside* a section (`TASKBOT_AMQP__URLL`) is still refused.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "arches",
+    "amqp",
+    "log",
+    "bridge",
+    "rules",
+    "provisioner",
+    "runner",
+    "reporter",
+    "postgres",
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -260,7 +276,10 @@ impl Config {
         }
         figment = figment.merge(
             Env::prefixed("TASKBOT_")
-                .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
+                .filter(|key| {
+                    let first = key.as_str().split("__").next().unwrap_or_default();
+                    TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(first))
+                })
                 .split("__"),
         );
         for (key, value) in overrides {
@@ -332,6 +351,35 @@ mod tests {
             assert_eq!(cfg.runner.allowed_repos, vec!["file:///srv/".to_string()]);
             assert_eq!(cfg.runner.arch.as_deref(), Some("aarch64"));
             assert_eq!(cfg.postgres, PostgresConfig::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn top_level_keys_are_the_config_sections() {
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut listed = TOP_LEVEL_KEYS.to_vec();
+        keys.sort();
+        listed.sort();
+        assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn unrelated_prefixed_variables_are_ignored_but_typos_in_a_section_are_not() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TASKBOT_RUN_ONCE", "1");
+            jail.set_env("TASKBOT_TEST_AMQP_URL", "amqp://elsewhere");
+            jail.set_env("TASKBOT_CONFIG", "whatever.toml");
+            let cfg: Config = Config::figment(None, &[]).extract()?;
+            assert_eq!(cfg, Config::default());
+            jail.set_env("TASKBOT_AMQP__URLL", "amqp://typo");
+            assert!(Config::figment(None, &[]).extract::<Config>().is_err());
             Ok(())
         });
     }

@@ -110,12 +110,18 @@ impl TestBroker {
 
     /// Messages ready in `queue` (not counting unacked ones).
     pub async fn depth(&self, queue: &str) -> u32 {
-        self.inspect(queue).await.map(|q| q.message_count()).unwrap_or(0)
+        self.inspect(queue)
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0)
     }
 
     /// Consumers of `queue`.
     pub async fn consumers(&self, queue: &str) -> u32 {
-        self.inspect(queue).await.map(|q| q.consumer_count()).unwrap_or(0)
+        self.inspect(queue)
+            .await
+            .map(|q| q.consumer_count())
+            .unwrap_or(0)
     }
 
     /// A passive declare on its own channel: a missing queue closes the channel it is asked on.

@@ -13,7 +13,10 @@ use tokio_postgres::NoTls;
 
 /// The workspace's top directory.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Path of a service binary, building the binaries once per test run if needed (`make test`
@@ -114,7 +117,10 @@ impl TestDatabase {
     pub async fn drop_database(self) {
         let admin = connect(&postgres_url()).await;
         let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
             .await;
     }
 }
@@ -122,7 +128,9 @@ impl TestDatabase {
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {url} must be running (make test starts it): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL at {url} must be running (make test starts it): {e}")
+        });
     tokio::spawn(connection);
     client
 }
@@ -232,10 +240,11 @@ impl Deployment {
 
     /// Start a service binary with this deployment's config; returns its index.
     pub fn start(&mut self, name: &str, binary_name: &str, args: &[&str]) -> usize {
-        let log = self.dir.path().join("logs").join(format!(
-            "{name}-{}.log",
-            self.services.len()
-        ));
+        let log = self
+            .dir
+            .path()
+            .join("logs")
+            .join(format!("{name}-{}.log", self.services.len()));
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(binary(binary_name))

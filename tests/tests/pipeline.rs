@@ -10,13 +10,17 @@ use taskbot_tests::{free_port, workspace_root, Deployment};
 
 /// The real Koji "build complete" message from the samples (ansible-1.8.3-1.el7).
 fn koji_build_complete() -> serde_json::Value {
-    let samples = std::fs::read_to_string(workspace_root().join("tests/fixtures/fedmsg-real.jsonl"))
-        .expect("sample messages");
+    let samples =
+        std::fs::read_to_string(workspace_root().join("tests/fixtures/fedmsg-real.jsonl"))
+            .expect("sample messages");
     samples
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .find(|e| {
-            e["topic"].as_str().unwrap().ends_with("buildsys.build.state.change")
+            e["topic"]
+                .as_str()
+                .unwrap()
+                .ends_with("buildsys.build.state.change")
                 && e["msg"]["new"] == 1
         })
         .expect("a build-complete sample")
@@ -65,20 +69,37 @@ async fn koji_build_message_ends_as_a_stored_result() {
     // ZeroMQ drops what is published before a subscriber has joined: send a harmless message
     // until the bridge shows it has subscribed.
     let t = d.broker.topology.clone();
-    let tap = d.broker.tap(&t.events_exchange(), "org.taskbot.warmup").await;
+    let tap = d
+        .broker
+        .tap(&t.events_exchange(), "org.taskbot.warmup")
+        .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let warmup = br#"{"topic": "org.taskbot.warmup", "msg": {}, "msg_id": "warmup"}"#;
         send(&bus, &[b"org.taskbot.warmup", warmup]);
-        if d.broker.get(&tap, Duration::from_millis(300)).await.is_some() {
+        if d.broker
+            .get(&tap, Duration::from_millis(300))
+            .await
+            .is_some()
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "bridge never subscribed\n{}", d.logs());
+        assert!(
+            Instant::now() < deadline,
+            "bridge never subscribed\n{}",
+            d.logs()
+        );
     }
 
     // Malformed first: they must change nothing and break nothing.
     bus.send("just-one-frame", 0).unwrap();
-    send(&bus, &[b"org.fedoraproject.prod.buildsys.build.state.change", b"{not json"]);
+    send(
+        &bus,
+        &[
+            b"org.fedoraproject.prod.buildsys.build.state.change",
+            b"{not json",
+        ],
+    );
 
     let envelope = koji_build_complete();
     let topic = envelope["topic"].as_str().unwrap().to_string();
@@ -105,13 +126,20 @@ async fn koji_build_message_ends_as_a_stored_result() {
     assert_eq!(outcome, "PASSED");
     assert_eq!(arch, "x86_64");
     assert_eq!(row.get::<_, String>(3), "koji_build");
-    assert_eq!(row.get::<_, String>(4), envelope["msg_id"].as_str().unwrap());
+    assert_eq!(
+        row.get::<_, String>(4),
+        envelope["msg_id"].as_str().unwrap()
+    );
     let log_url: String = row.get(5);
     assert!(Path::new(&log_url).is_file(), "task log {log_url} exists");
 
     // The job's whole history, in order.
-    d.wait_for_count("select count(*) from jobs where state = 'done'", 1, Duration::from_secs(30))
-        .await;
+    d.wait_for_count(
+        "select count(*) from jobs where state = 'done'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
     let states: Vec<String> = db
         .query(
             "select e.state from job_events e join results r using (job_id) order by e.at",
@@ -124,7 +152,15 @@ async fn koji_build_message_ends_as_a_stored_result() {
         .collect();
     assert_eq!(
         states,
-        ["queued", "provisioning", "provisioned", "cloning", "running", "reporting", "done"],
+        [
+            "queued",
+            "provisioning",
+            "provisioned",
+            "cloning",
+            "running",
+            "reporting",
+            "done"
+        ],
         "{}",
         d.logs()
     );
@@ -197,12 +233,17 @@ async fn runner_killed_mid_job_completes_it_once_after_restart() {
     // Wait until the task is running, then kill its runner without warning.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !marker.exists() {
-        assert!(Instant::now() < deadline, "task never started\n{}", d.logs());
+        assert!(
+            Instant::now() < deadline,
+            "task never started\n{}",
+            d.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     d.services[runner].kill_hard();
     assert_eq!(
-        d.wait_for_count("select count(*) from results", 1, Duration::from_secs(1)).await,
+        d.wait_for_count("select count(*) from results", 1, Duration::from_secs(1))
+            .await,
         0,
         "no result before the job completed"
     );
@@ -216,8 +257,12 @@ async fn runner_killed_mid_job_completes_it_once_after_restart() {
         )
         .await;
     assert_eq!(n, 1, "job not completed after restart\n{}", d.logs());
-    d.wait_for_count("select count(*) from jobs where state = 'done'", 1, Duration::from_secs(20))
-        .await;
+    d.wait_for_count(
+        "select count(*) from jobs where state = 'done'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
     // Give any duplicate a chance to show up before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let db = d.db().await;
