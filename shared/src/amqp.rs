@@ -490,7 +490,20 @@ pub async fn consume(
     tracing::info!(queue = %spec.queue, "consumer stopped");
 }
 
-fn incoming_from(delivery: &lapin::message::Delivery) -> Incoming {
+/// Return a delivery to its queue to be handled again. If the channel is already gone this fails,
+/// and the broker returns the delivery by itself.
+async fn hand_back(delivery: &lapin::message::Delivery) {
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+}
+
+/// The plain-data view of a delivery that handlers get.
+pub(crate) fn incoming_from(delivery: &lapin::message::Delivery) -> Incoming {
     let mut headers = Vec::new();
     if let Some(table) = delivery.properties.headers() {
         for (k, v) in table.inner() {
@@ -534,26 +547,14 @@ async fn handle_delivery(
         Disposition::Retry(reason) => {
             tracing::warn!(queue = %spec.queue, %reason, retry_in_ms = spec.retry_delay.as_millis() as u64, "transient failure; will retry");
             tokio::time::sleep(spec.retry_delay).await;
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            hand_back(&delivery).await;
             return;
         }
     };
     if let Err(err) = publisher.publish_all(&outputs).await {
         // Not acking: the delivery comes back once this channel is gone or nacked.
         tracing::warn!(queue = %spec.queue, error = %err, "publishing outputs failed; handing the input back");
-        let _ = delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await;
+        hand_back(&delivery).await;
         return;
     }
     if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {

@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod config;
 pub mod messages;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -79,27 +79,8 @@ impl TestBroker {
                 .await
                 .expect("basic_get")
             {
-                let delivery = msg.delivery;
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                let mut headers = Vec::new();
-                if let Some(table) = delivery.properties.headers() {
-                    for (k, v) in table.inner() {
-                        let value = match v {
-                            lapin::types::AMQPValue::LongString(s) => {
-                                String::from_utf8_lossy(s.as_bytes()).into_owned()
-                            }
-                            other => format!("{other:?}"),
-                        };
-                        headers.push((k.to_string(), value));
-                    }
-                }
-                return Some(Incoming {
-                    body: delivery.data,
-                    exchange: delivery.exchange.to_string(),
-                    routing_key: delivery.routing_key.to_string(),
-                    redelivered: delivery.redelivered,
-                    headers,
-                });
+                let _ = msg.delivery.acker.ack(BasicAckOptions::default()).await;
+                return Some(amqp::incoming_from(&msg.delivery));
             }
             if Instant::now() >= deadline {
                 return None;
@@ -202,5 +183,28 @@ impl TestBroker {
                 .await;
         }
         let _ = self.conn.close(200, "test done").await;
+    }
+}
+
+/// A job request for tests: `task` on `item` for `arch`, triggered by a fresh event of a Koji
+/// build-state topic, with its id derived as the rules service would. Adjust fields with struct
+/// update syntax: `JobRequest { priority: 3, ..job_request(...) }`.
+pub fn job_request(task: crate::messages::TaskRef, item: &str, arch: &str) -> crate::JobRequest {
+    let event_id = format!("test-event-{}", uuid::Uuid::new_v4());
+    let args = std::collections::BTreeMap::new();
+    crate::JobRequest {
+        job_id: crate::JobRequest::derive_id(&event_id, "test-rule", &task, item, arch, &args),
+        event_id,
+        event_topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
+        rule: "test-rule".into(),
+        task,
+        item: item.into(),
+        item_type: "koji_build".into(),
+        arch: arch.into(),
+        args,
+        priority: 0,
+        environment: Default::default(),
+        destructive: false,
+        created_at: chrono::Utc::now(),
     }
 }

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskbot::{shutdown, telemetry, Config, Shutdown};
+use taskbot::{service, Config};
 
 /// Subscribes to fedmsg (ZeroMQ) and republishes every bus message as a Taskbot event.
 #[derive(Parser)]
@@ -16,24 +16,12 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut config = match Config::load(&[]) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("fedmsg-bridge: {e}");
-            return ExitCode::from(2);
+    let config = Config::load(&[]).map(|mut config| {
+        // Set after loading: `Config::load` overrides are single strings, this is a list.
+        if !cli.endpoints.is_empty() {
+            config.bridge.endpoints = cli.endpoints;
         }
-    };
-    // Set after loading: `Config::load` overrides are single strings, this is a list.
-    if !cli.endpoints.is_empty() {
-        config.bridge.endpoints = cli.endpoints;
-    }
-    telemetry::init(&config.log);
-    match taskbot_fedmsg_bridge::run(config, Shutdown::new(shutdown::signal())).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("fedmsg-bridge: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        config
+    });
+    service::main("fedmsg-bridge", config, taskbot_fedmsg_bridge::run).await
 }

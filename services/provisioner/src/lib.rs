@@ -139,7 +139,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use taskbot::messages::{Outcome, TaskRef};
 
     fn handler() -> ProvisionerHandler {
@@ -157,19 +156,8 @@ mod tests {
             git_ref: "main".into(),
         };
         JobRequest {
-            job_id: JobRequest::derive_id("e", "r", &task, "i", arch, &BTreeMap::new()),
-            event_id: "e".into(),
-            event_topic: "t".into(),
-            rule: "r".into(),
-            task,
-            item: "foo-1-1".into(),
-            item_type: "koji_build".into(),
-            arch: arch.into(),
-            args: BTreeMap::new(),
             priority: 3,
-            environment: Environment::Local,
-            destructive: false,
-            created_at: Utc::now(),
+            ..taskbot::testing::job_request(task, "foo-1-1", arch)
         }
     }
 

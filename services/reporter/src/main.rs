@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskbot::{shutdown, telemetry, Config, Shutdown};
+use taskbot::{service, Config};
 
 /// Stores results and job histories in PostgreSQL and forwards results to ResultsDB.
 #[derive(Parser)]
@@ -26,20 +26,5 @@ async fn main() -> ExitCode {
     if let Some(url) = cli.postgres_url {
         overrides.push(("postgres.url", url));
     }
-    let config = match Config::load(&overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("reporter: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    telemetry::init(&config.log);
-    match taskbot_reporter::run(config, Shutdown::new(shutdown::signal())).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("reporter: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service::main("reporter", Config::load(&overrides), taskbot_reporter::run).await
 }

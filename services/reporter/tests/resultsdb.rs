@@ -104,6 +104,14 @@ async fn result_is_posted_in_resultsdb_format_once_even_when_delivered_again() {
     let id = s.wait_posted(res.result_id).await;
     // A redelivery long after it was posted.
     s.publish(&res).await;
+    // Stop only once the reporter has taken the copy (stopping lets a delivery in hand finish).
+    let queue = s.broker.topology.reporter_results_queue();
+    wait_until("the third copy taken", Duration::from_secs(10), || async {
+        s.broker.depth(&queue).await == 0
+    })
+    .await;
+    // Taken is not yet handled: give the handler (a lookup, no POST) time to finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     reporter.stop().await;
     s.assert_drained(0).await;
 

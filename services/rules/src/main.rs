@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskbot::{shutdown, telemetry, Config, Shutdown};
+use taskbot::{service, Config};
 
 /// Turns bus events into job requests, following the rules file.
 #[derive(Parser)]
@@ -20,20 +20,5 @@ async fn main() -> ExitCode {
     if let Some(rules) = cli.rules {
         overrides.push(("rules.file", rules.display().to_string()));
     }
-    let config = match Config::load(&overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("rules: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    telemetry::init(&config.log);
-    match taskbot_rules::run(config, Shutdown::new(shutdown::signal())).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("rules: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service::main("rules", Config::load(&overrides), taskbot_rules::run).await
 }

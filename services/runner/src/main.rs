@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskbot::{shutdown, telemetry, Config, Shutdown};
+use taskbot::{service, Config};
 
 /// Runs the provisioned jobs of one arch: clones each task, runs it, publishes its results.
 #[derive(Parser)]
@@ -20,24 +20,9 @@ async fn main() -> ExitCode {
         .into_iter()
         .map(|arch| ("runner.arch", arch))
         .collect();
-    let config = match Config::load(&overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("runner: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = config.runner_arch() {
-        eprintln!("runner: {e}");
-        return ExitCode::from(2);
-    }
-    telemetry::init(&config.log);
-    match taskbot_runner::run(config, Shutdown::new(shutdown::signal())).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("runner: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let config = Config::load(&overrides).and_then(|config| {
+        config.runner_arch()?;
+        Ok(config)
+    });
+    service::main("runner", config, taskbot_runner::run).await
 }

@@ -278,23 +278,11 @@ fn job_with_args(
         repo: repo.into(),
         git_ref: git_ref.into(),
     };
-    let event_id = uuid::Uuid::new_v4().to_string();
+    let mut job = taskbot::testing::job_request(task, item, arch);
+    job.job_id = JobRequest::derive_id(&job.event_id, &job.rule, &job.task, item, arch, &args);
+    job.args = args;
     ProvisionedJob {
-        job: JobRequest {
-            job_id: JobRequest::derive_id(&event_id, "test-rule", &task, item, arch, &args),
-            event_id,
-            event_topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
-            rule: "test-rule".into(),
-            task,
-            item: item.into(),
-            item_type: "koji_build".into(),
-            arch: arch.into(),
-            args,
-            priority: 0,
-            environment: Default::default(),
-            destructive: false,
-            created_at: Utc::now(),
-        },
+        job,
         machine: Machine::Local,
         provisioner: "local".into(),
         provisioned_at: Utc::now(),

@@ -10,9 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use taskbot::messages::{
-    Environment, JobRequest, JobState, JobStatus, Outcome, TaskRef, TaskResult,
-};
+use taskbot::messages::{JobRequest, JobState, JobStatus, Outcome, TaskRef, TaskResult};
 use taskbot::{Config, Shutdown};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -189,28 +187,10 @@ pub fn job(item: &str) -> JobRequest {
         repo: "https://git.example/taskbot/rpmlint.git".into(),
         git_ref: "main".into(),
     };
-    let event_id = format!("event-{}", Uuid::new_v4());
     JobRequest {
-        job_id: JobRequest::derive_id(
-            &event_id,
-            "rpmlint-on-builds",
-            &task,
-            item,
-            "x86_64",
-            &BTreeMap::new(),
-        ),
-        event_id,
-        event_topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
         rule: "rpmlint-on-builds".into(),
-        task,
-        item: item.into(),
-        item_type: "koji_build".into(),
-        arch: "x86_64".into(),
-        args: BTreeMap::new(),
-        priority: 0,
-        environment: Environment::Local,
-        destructive: false,
         created_at: time(-60),
+        ..taskbot::testing::job_request(task, item, "x86_64")
     }
 }
 
