@@ -1,14 +1,33 @@
 //! Compiled rules and their evaluation: an event in, job requests out. Pure: no I/O, so it is
 //! tested without a broker and can be benchmarked on its own.
+//!
+//! Everything a rule needs is prepared by [`Engine::compile`] (paths split, regexes compiled,
+//! sets hashed, templates parsed), so evaluating an event never parses anything and never fails
+//! on a message's shape: a path that does not fit the message simply addresses nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod condition;
+mod path;
+#[cfg(test)]
+mod rule_tests;
+mod template;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::Value;
 use taskbot::messages::{Environment, Event, JobRequest, TaskRef};
 use taskbot::topology::MAX_PRIORITY;
 
-use crate::rules_file::{locate, RulesError, RulesFile};
+use crate::rules_file::{find_between, locate, OneOrMany, RulesError, RulesFile};
+#[cfg(test)]
+use condition::loosely_equal;
+use condition::{CompileContext, Condition, Problem, ValueSet};
+use path::{Path, Scope, EVENT_ROOTS};
+use template::Template;
+
+/// The element name of a `for_each` without `as:`.
+pub const DEFAULT_ELEMENT_NAME: &str = "each";
 
 /// Rules ready to evaluate.
 #[derive(Debug, Clone)]
@@ -20,13 +39,17 @@ pub struct Engine {
 struct Rule {
     name: String,
     topics: Vec<TopicPattern>,
-    equals: Vec<(Path, Value)>,
+    /// `match:` entries (as equality tests) and the `where:` tree; all must hold.
+    conditions: Vec<Condition>,
     actions: Vec<Action>,
 }
 
 #[derive(Debug, Clone)]
 struct Action {
     task: TaskRef,
+    for_each: Option<ForEach>,
+    /// Checked per element with `for_each`, once otherwise.
+    condition: Option<Condition>,
     item: Template,
     item_type: String,
     arches: Vec<String>,
@@ -36,12 +59,20 @@ struct Action {
     destructive: bool,
 }
 
+/// `for_each: <path with [*]>` and the name (`as:`) its elements get in templates.
+#[derive(Debug, Clone)]
+struct ForEach {
+    path: Path,
+    name: String,
+}
+
 /// What one event produced, and why rules that matched produced nothing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Evaluation {
     pub jobs: Vec<JobRequest>,
     /// (rule, reason) for rules whose conditions matched but which could not be applied to this
-    /// message (a template field missing): the rule is skipped, the message is not lost.
+    /// message (a template field missing, a `for_each` that addresses nothing): the rule is
+    /// skipped, the message is not lost.
     pub skipped: Vec<(String, String)>,
 }
 
@@ -64,6 +95,12 @@ impl Engine {
                 message,
             }
         };
+        // Hashed once, shared by every `in:` / `not_in:` that names them.
+        let sets: BTreeMap<String, Arc<ValueSet>> = file
+            .sets
+            .iter()
+            .map(|(name, values)| (name.clone(), Arc::new(ValueSet::new(values))))
+            .collect();
         let mut names = BTreeSet::new();
         let mut rules = Vec::new();
         for spec in &file.rules {
@@ -74,6 +111,42 @@ impl Engine {
                 ));
             }
             let in_rule = |m: String| error(&format!("name: {}", spec.name), m);
+            // serde cannot place errors found after parsing; they are searched for as text, from
+            // the rule's first line on, and within the action they belong to.
+            let rule_line = find_between(
+                text,
+                1,
+                usize::MAX,
+                &[
+                    &format!("name: {}", spec.name),
+                    &format!("name: \"{}\"", spec.name),
+                    &format!("name: '{}'", spec.name),
+                ],
+            )
+            .map_or(1, |(line, _)| line);
+            // Each action has exactly one `task:` key: its line marks where the action is.
+            let task_lines: Vec<usize> = text
+                .lines()
+                .enumerate()
+                .skip(rule_line.saturating_sub(1))
+                .filter(|(_, line)| line.contains("task:"))
+                .map(|(i, _)| i + 1)
+                .take(spec.actions.len())
+                .collect();
+            let place_within = |problem: Problem, spans: &[(usize, usize)]| {
+                let needles: Vec<&str> = problem.needles.iter().map(String::as_str).collect();
+                let (line, column) = spans
+                    .iter()
+                    .find_map(|(from, to)| find_between(text, *from, *to, &needles))
+                    .unwrap_or((spans[0].0, 1));
+                RulesError {
+                    file: file_name.to_string(),
+                    line,
+                    column,
+                    message: format!("rule {:?}: {}", spec.name, problem.message),
+                }
+            };
+            let place = |problem: Problem| place_within(problem, &[(rule_line, usize::MAX)]);
             let topics = spec
                 .when
                 .topic
@@ -81,14 +154,40 @@ impl Engine {
                 .iter()
                 .map(|t| TopicPattern::new(t))
                 .collect();
-            let equals = spec
+            let mut conditions = spec
                 .when
                 .equals
                 .iter()
-                .map(|(p, v)| Ok((Path::parse(p).map_err(&in_rule)?, v.clone())))
+                .map(|(p, v)| {
+                    Ok(Condition::equals(
+                        Path::parse(p).map_err(&in_rule)?,
+                        v.clone(),
+                    ))
+                })
                 .collect::<Result<Vec<_>, RulesError>>()?;
+            if let Some(tree) = &spec.when.condition {
+                let context = CompileContext {
+                    sets: &sets,
+                    roots: &EVENT_ROOTS,
+                };
+                conditions.push(context.compile(tree).map_err(place)?);
+            }
             let mut actions = Vec::new();
-            for a in &spec.actions {
+            for (index, a) in spec.actions.iter().enumerate() {
+                // The action's own lines (from its `task:` to the next one's), then the lines
+                // before its `task:` (keys written before it), then the whole rule.
+                let own_start = task_lines.get(index).copied().unwrap_or(rule_line);
+                let own_end = task_lines.get(index + 1).copied().unwrap_or(usize::MAX);
+                let before = match index {
+                    0 => rule_line,
+                    _ => task_lines.get(index - 1).map_or(rule_line, |l| l + 1),
+                };
+                let spans = [
+                    (own_start, own_end),
+                    (before, own_start),
+                    (rule_line, usize::MAX),
+                ];
+                let place = |problem: Problem| place_within(problem, &spans);
                 let task = file.tasks.get(&a.task).ok_or_else(|| {
                     error(
                         &format!("task: {}", a.task),
@@ -99,8 +198,8 @@ impl Engine {
                     )
                 })?;
                 let arch_list = match &a.arches {
-                    crate::rules_file::OneOrMany::One(s) if s == "all" => arches.to_vec(),
-                    crate::rules_file::OneOrMany::One(set) => file
+                    OneOrMany::One(s) if s == "all" => arches.to_vec(),
+                    OneOrMany::One(set) => file
                         .sets
                         .get(set)
                         .ok_or_else(|| {
@@ -116,7 +215,7 @@ impl Engine {
                                 .unwrap_or_else(|| v.to_string())
                         })
                         .collect(),
-                    crate::rules_file::OneOrMany::Many(list) => list.clone(),
+                    OneOrMany::Many(list) => list.clone(),
                 };
                 for arch in &arch_list {
                     if !arches.contains(arch) {
@@ -132,10 +231,31 @@ impl Engine {
                         spec.name, a.priority
                     )));
                 }
+                let for_each = compile_for_each(a.for_each.as_deref(), a.element_name.as_deref())
+                    .map_err(place)?;
+                let element_name = for_each.as_ref().map(|fe| fe.name.clone());
+                let mut roots = EVENT_ROOTS.to_vec();
+                if let Some(name) = &element_name {
+                    roots.push(name);
+                }
+                let condition = match &a.condition {
+                    Some(tree) => {
+                        let context = CompileContext {
+                            sets: &sets,
+                            roots: &roots,
+                        };
+                        Some(context.compile(tree).map_err(place)?)
+                    }
+                    None => None,
+                };
+                let template = |text: &str, key: &str| {
+                    Template::parse(text, &roots)
+                        .map_err(|e| place(Problem::new(e, &[text, &format!("{key}:")])))
+                };
                 let args = a
                     .args
                     .iter()
-                    .map(|(k, v)| Ok((k.clone(), Template::parse(v).map_err(&in_rule)?)))
+                    .map(|(k, v)| Ok((k.clone(), template(v, k)?)))
                     .collect::<Result<Vec<_>, RulesError>>()?;
                 actions.push(Action {
                     task: TaskRef {
@@ -143,7 +263,9 @@ impl Engine {
                         repo: resolve_repo(&task.repo, task_base_url),
                         git_ref: task.git_ref.clone(),
                     },
-                    item: Template::parse(&a.item).map_err(&in_rule)?,
+                    for_each,
+                    condition,
+                    item: template(&a.item, "item")?,
                     item_type: a.item_type.clone(),
                     arches: arch_list,
                     args,
@@ -155,7 +277,7 @@ impl Engine {
             rules.push(Rule {
                 name: spec.name.clone(),
                 topics,
-                equals,
+                conditions,
                 actions,
             });
         }
@@ -169,74 +291,158 @@ impl Engine {
     /// Every job the event asks for. Job ids are derived, so evaluating the same event twice gives
     /// the same jobs.
     pub fn evaluate(&self, event: &Event) -> Evaluation {
-        let context = serde_json::json!({
-            "id": event.id,
-            "topic": event.topic,
-            "msg": event.msg,
-        });
+        // Only the two strings are copied; the message body is borrowed, not cloned.
+        let id = Value::String(event.id.clone());
+        let topic = Value::String(event.topic.clone());
+        let scope = Scope {
+            id: &id,
+            topic: &topic,
+            msg: &event.msg,
+            element: None,
+        };
         let mut out = Evaluation::default();
         for rule in &self.rules {
             if !rule.topics.iter().any(|t| t.matches(&event.topic)) {
                 continue;
             }
-            if !rule.equals.iter().all(|(path, want)| {
-                path.lookup(&context)
-                    .is_some_and(|v| loosely_equal(v, want))
-            }) {
+            if !rule.conditions.iter().all(|c| c.holds(&scope)) {
                 continue;
             }
             for action in &rule.actions {
-                match expand(rule, action, event, &context) {
-                    Ok(jobs) => out.jobs.extend(jobs),
-                    Err(reason) => out.skipped.push((rule.name.clone(), reason)),
-                }
+                action.expand(&rule.name, event, &scope, &mut out);
             }
         }
         out
     }
 }
 
-fn expand(
-    rule: &Rule,
-    action: &Action,
-    event: &Event,
-    context: &Value,
-) -> Result<Vec<JobRequest>, String> {
-    let item = action.item.render(context)?;
-    let mut args = BTreeMap::new();
-    for (k, t) in &action.args {
-        args.insert(k.clone(), t.render(context)?);
+/// Check `for_each:` / `as:` at load.
+fn compile_for_each(
+    path_text: Option<&str>,
+    name: Option<&str>,
+) -> Result<Option<ForEach>, Problem> {
+    let Some(path_text) = path_text else {
+        return match name {
+            Some(name) => Err(Problem::new(
+                format!("as: {name} needs a for_each: to name the elements of"),
+                &[&format!("as: {name}"), "as:"],
+            )),
+            None => Ok(None),
+        };
+    };
+    let specific = format!("for_each: {}", path_text.trim());
+    let at_path = [specific.as_str(), path_text.trim(), "for_each:"];
+    let path = Path::parse(path_text).map_err(|e| Problem::new(e, &at_path))?;
+    path.check_root(&EVENT_ROOTS)
+        .map_err(|e| Problem::new(e, &at_path))?;
+    if !path.has_wildcard() {
+        return Err(Problem::new(
+            format!(
+                "for_each: {} must contain [*] to say which list to go through, \
+                 like msg.update.builds[*]",
+                path.text()
+            ),
+            &at_path,
+        ));
     }
-    let now = Utc::now();
-    Ok(action
-        .arches
-        .iter()
-        .map(|arch| JobRequest {
-            job_id: JobRequest::derive_id(&event.id, &rule.name, &action.task, &item, arch, &args),
-            event_id: event.id.clone(),
-            event_topic: event.topic.clone(),
-            rule: rule.name.clone(),
-            task: action.task.clone(),
-            item: item.clone(),
-            item_type: action.item_type.clone(),
-            arch: arch.clone(),
-            args: args.clone(),
-            priority: action.priority,
-            environment: action.environment,
-            destructive: action.destructive,
-            created_at: now,
-        })
-        .collect())
+    let name = name.unwrap_or(DEFAULT_ELEMENT_NAME).trim();
+    let simple = Path::parse(name).is_ok_and(|p| p.text() == p.root());
+    if !simple || EVENT_ROOTS.contains(&name) {
+        return Err(Problem::new(
+            format!(
+                "as: {name:?} must be a plain name (letters, digits, _ or -) \
+                 other than {}",
+                EVENT_ROOTS.join(", ")
+            ),
+            &[&format!("as: {name}"), "as:"],
+        ));
+    }
+    Ok(Some(ForEach {
+        path,
+        name: name.to_string(),
+    }))
 }
 
-/// YAML `1` and JSON `1.0`, or `"1"` and `1`, should not make a rule silently never fire.
-fn loosely_equal(actual: &Value, want: &Value) -> bool {
-    match (actual, want) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (Value::String(a), Value::Number(b)) | (Value::Number(b), Value::String(a)) => {
-            a.parse::<f64>().ok() == b.as_f64()
+impl Action {
+    /// Add this action's jobs for the event to `out` (or the reason it could not be applied).
+    fn expand(&self, rule: &str, event: &Event, scope: &Scope<'_>, out: &mut Evaluation) {
+        let Some(for_each) = &self.for_each else {
+            if self.condition.as_ref().is_some_and(|c| !c.holds(scope)) {
+                return;
+            }
+            match self.jobs(rule, event, scope) {
+                Ok(jobs) => out.jobs.extend(jobs),
+                Err(reason) => out.skipped.push((rule.to_string(), reason)),
+            }
+            return;
+        };
+        let mut elements = Vec::new();
+        for_each.path.any(scope, &mut |element| {
+            elements.push(element);
+            false
+        });
+        if elements.is_empty() {
+            out.skipped.push((
+                rule.to_string(),
+                format!(
+                    "for_each {} addresses nothing in this message",
+                    for_each.path.text()
+                ),
+            ));
+            return;
         }
-        _ => actual == want,
+        // Two elements that render the same item and args (the same build listed twice, or
+        // templates that do not use the element) are one job, not two with the same id.
+        let mut seen = HashSet::new();
+        for (index, element) in elements.into_iter().enumerate() {
+            let scope = scope.with_element(&for_each.name, element);
+            if self.condition.as_ref().is_some_and(|c| !c.holds(&scope)) {
+                continue;
+            }
+            match self.jobs(rule, event, &scope) {
+                Ok(jobs) => out
+                    .jobs
+                    .extend(jobs.into_iter().filter(|job| seen.insert(job.job_id))),
+                Err(reason) => out.skipped.push((
+                    rule.to_string(),
+                    format!("element {index} of {}: {reason}", for_each.path.text()),
+                )),
+            }
+        }
+    }
+
+    /// One job per arch, with the templates rendered in `scope`.
+    fn jobs(
+        &self,
+        rule: &str,
+        event: &Event,
+        scope: &Scope<'_>,
+    ) -> Result<Vec<JobRequest>, String> {
+        let item = self.item.render(scope)?;
+        let mut args = BTreeMap::new();
+        for (k, t) in &self.args {
+            args.insert(k.clone(), t.render(scope)?);
+        }
+        let now = Utc::now();
+        Ok(self
+            .arches
+            .iter()
+            .map(|arch| JobRequest {
+                job_id: JobRequest::derive_id(&event.id, rule, &self.task, &item, arch, &args),
+                event_id: event.id.clone(),
+                event_topic: event.topic.clone(),
+                rule: rule.to_string(),
+                task: self.task.clone(),
+                item: item.clone(),
+                item_type: self.item_type.clone(),
+                arch: arch.clone(),
+                args: args.clone(),
+                priority: self.priority,
+                environment: self.environment,
+                destructive: self.destructive,
+                created_at: now,
+            })
+            .collect())
     }
 }
 
@@ -301,88 +507,6 @@ fn glob(pattern: &str, text: &str) -> bool {
         }
     }
     true
-}
-
-/// A path into the event: `msg.update.builds.0.nvr`.
-#[derive(Debug, Clone, PartialEq)]
-struct Path(Vec<String>);
-
-impl Path {
-    fn parse(text: &str) -> Result<Path, String> {
-        let parts: Vec<String> = text.trim().split('.').map(str::to_string).collect();
-        let valid = |p: &String| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        };
-        if !parts.iter().all(valid) {
-            return Err(format!(
-                "invalid field path {text:?} (expected names separated by dots, like msg.name)"
-            ));
-        }
-        Ok(Path(parts))
-    }
-
-    fn lookup<'a>(&self, root: &'a Value) -> Option<&'a Value> {
-        self.0.iter().try_fold(root, |v, key| match v {
-            Value::Object(map) => map.get(key),
-            Value::Array(list) => key.parse::<usize>().ok().and_then(|i| list.get(i)),
-            _ => None,
-        })
-    }
-}
-
-/// Text with `{{ path }}` placeholders.
-#[derive(Debug, Clone)]
-struct Template(Vec<Piece>);
-
-#[derive(Debug, Clone)]
-enum Piece {
-    Text(String),
-    Field(Path, String),
-}
-
-impl Template {
-    fn parse(text: &str) -> Result<Template, String> {
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                pieces.push(Piece::Text(rest[..start].to_string()));
-            }
-            let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| format!("template {text:?}: '{{{{' without '}}}}'"))?;
-            let inner = after[..end].trim();
-            let path = Path::parse(inner).map_err(|e| format!("template {text:?}: {e}"))?;
-            pieces.push(Piece::Field(path, inner.to_string()));
-            rest = &after[end + 2..];
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_string()));
-        }
-        Ok(Template(pieces))
-    }
-
-    fn render(&self, context: &Value) -> Result<String, String> {
-        let mut out = String::new();
-        for piece in &self.0 {
-            match piece {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Field(path, name) => match path.lookup(context) {
-                    Some(Value::String(s)) => out.push_str(s),
-                    Some(Value::Number(n)) => out.push_str(&n.to_string()),
-                    Some(Value::Bool(b)) => out.push_str(&b.to_string()),
-                    Some(Value::Null) | None => {
-                        return Err(format!("field {name} is missing from the message"))
-                    }
-                    Some(_) => return Err(format!("field {name} is not a single value")),
-                },
-            }
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]

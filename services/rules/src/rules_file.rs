@@ -4,6 +4,7 @@
 //! ```yaml
 //! sets:
 //!   primary_arches: [x86_64, aarch64]
+//!   critpath: [kernel, glibc]
 //! tasks:
 //!   example: { repo: example, ref: main }      # relative repo → rules.task_base_url
 //! rules:
@@ -11,11 +12,21 @@
 //!     when:
 //!       topic: org.fedoraproject.*.buildsys.build.state.change
 //!       match: { msg.new: 1, msg.instance: primary }
+//!       where: { path: msg.name, in: critpath } # all / any / not / field tests
 //!     do:
 //!       - task: example
 //!         item: "{{ msg.name }}-{{ msg.version }}-{{ msg.release }}"
 //!         item_type: koji_build
 //!         arches: primary_arches               # a set name, a list, or "all"
+//!   - name: example-per-build-of-update
+//!     when: { topic: org.fedoraproject.*.bodhi.update.request.testing }
+//!     do:
+//!       - task: example
+//!         for_each: msg.update.builds[*]       # one job per build (and arch)
+//!         as: build
+//!         item: "{{ build.nvr }}"
+//!         item_type: koji_build
+//!         arches: [noarch]
 //! ```
 //!
 //! `docs/rules.md` is the user documentation of this format.
@@ -75,6 +86,91 @@ pub struct WhenSpec {
     /// `msg.update.release.version`).
     #[serde(default, rename = "match")]
     pub equals: BTreeMap<String, serde_json::Value>,
+    /// A condition tree (`all` / `any` / `not` / field tests) that must also hold. `match` stays
+    /// for the common "these fields equal these values" case; `where` is for everything else.
+    #[serde(default, rename = "where")]
+    pub condition: Option<ConditionSpec>,
+}
+
+/// One node of a `where` tree, as written. Exactly one kind per node: a combinator (`all`,
+/// `any` or `not`) or a field test (`path` with one or more operators). This is one struct with
+/// optional fields rather than an untagged enum so that serde can report unknown keys and wrong
+/// value types with their line and column; the engine checks the "one kind per node" rule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionSpec {
+    /// Every sub-condition holds.
+    pub all: Option<Vec<ConditionSpec>>,
+    /// At least one sub-condition holds.
+    pub any: Option<Vec<ConditionSpec>>,
+    /// The sub-condition does not hold.
+    pub not: Option<Box<ConditionSpec>>,
+    /// The field the operators below test, e.g. `msg.update.builds[*].nvr`.
+    pub path: Option<String>,
+    /// The field equals this value (numbers compare by value, as in `match`). `equals: null` is
+    /// kept as a value (the field is present and null), hence the custom deserializer.
+    #[serde(default, deserialize_with = "present_value")]
+    pub equals: Option<serde_json::Value>,
+    /// The field's value is one of these (a list, or the name of a set).
+    #[serde(rename = "in")]
+    pub one_of: Option<ValuesOrSet>,
+    /// The field's value is none of these (a list, or the name of a set).
+    pub not_in: Option<ValuesOrSet>,
+    /// The field is a string (or number, as text) matching this regular expression (unanchored).
+    pub regex: Option<String>,
+    /// `true`: the field is present and not null; `false`: it is absent or null.
+    pub exists: Option<bool>,
+    /// Numeric comparisons; the field must be a number or a numeric string.
+    pub gt: Option<f64>,
+    pub gte: Option<f64>,
+    pub lt: Option<f64>,
+    pub lte: Option<f64>,
+}
+
+/// `Option<Value>` would turn `equals: null` into "no equals operator"; this keeps it as
+/// `Some(Value::Null)` (serde only calls it when the key is present).
+fn present_value<'de, D>(deserializer: D) -> Result<Option<serde_json::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    serde_json::Value::deserialize(deserializer).map(Some)
+}
+
+/// The operand of `in` / `not_in`: a literal list, or the name of a set from `sets:`.
+/// Deserialized by hand: an untagged enum would only say "did not match any variant".
+#[derive(Debug, Clone)]
+pub enum ValuesOrSet {
+    Set(String),
+    Values(Vec<serde_json::Value>),
+}
+
+impl<'de> Deserialize<'de> for ValuesOrSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ValuesOrSet;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the name of a set or a list of values")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<ValuesOrSet, E> {
+                Ok(ValuesOrSet::Set(name.to_string()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ValuesOrSet, A::Error> {
+                let mut values = Vec::new();
+                while let Some(value) = seq.next_element()? {
+                    values.push(value);
+                }
+                Ok(ValuesOrSet::Values(values))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A single string or a list of strings.
@@ -100,6 +196,18 @@ impl OneOrMany {
 pub struct ActionSpec {
     /// A name from `tasks:`.
     pub task: String,
+    /// Create one job per element this path addresses (it must contain `[*]`), e.g.
+    /// `msg.update.builds[*]`: a Bodhi update with three builds gives three jobs per arch.
+    #[serde(default)]
+    pub for_each: Option<String>,
+    /// The name under which templates and `where` see the current element (default `each`):
+    /// with `as: build`, `{{ build.nvr }}`.
+    #[serde(default, rename = "as")]
+    pub element_name: Option<String>,
+    /// A condition on the current element (and the message): elements for which it does not
+    /// hold get no job. Without `for_each` it is a plain extra condition for this action.
+    #[serde(default, rename = "where")]
+    pub condition: Option<ConditionSpec>,
     /// Template of the item, e.g. `{{ msg.name }}-{{ msg.version }}-{{ msg.release }}`.
     pub item: String,
     /// Item type: `koji_build`, `bodhi_update`, `compose`, ...
@@ -162,6 +270,27 @@ impl RulesFile {
         })?;
         Self::parse(&text, &path.display().to_string())
     }
+}
+
+/// The first of `needles` (tried in turn) found on lines `from_line..to_line` (1-based, end
+/// excluded), as (line, column). Errors inside a rule or an action are searched for within it,
+/// not at an identical text in an earlier one.
+pub fn find_between(
+    text: &str,
+    from_line: usize,
+    to_line: usize,
+    needles: &[&str],
+) -> Option<(usize, usize)> {
+    let start = from_line.saturating_sub(1);
+    let count = to_line.saturating_sub(from_line.max(1));
+    for needle in needles.iter().filter(|n| !n.is_empty()) {
+        for (i, line) in text.lines().enumerate().skip(start).take(count) {
+            if let Some(col) = line.find(needle) {
+                return Some((i + 1, col + 1));
+            }
+        }
+    }
+    None
 }
 
 /// Find the line of the first occurrence of `needle` in the text, for errors found after parsing

@@ -1,0 +1,69 @@
+//! `{{ path }}` templates for items and arguments, parsed and checked at load.
+
+use serde_json::Value;
+
+use super::path::{Path, Scope};
+
+/// Text with `{{ path }}` placeholders.
+#[derive(Debug, Clone)]
+pub struct Template(Vec<Piece>);
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Text(String),
+    Field(Path),
+}
+
+impl Template {
+    /// Parse, and check every placeholder names a single field under one of `roots`.
+    pub fn parse(text: &str, roots: &[&str]) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                pieces.push(Piece::Text(rest[..start].to_string()));
+            }
+            let after = &rest[start + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| format!("template {text:?}: '{{{{' without '}}}}'"))?;
+            let path = Path::parse(&after[..end])
+                .and_then(|p| p.check_root(roots).map(|()| p))
+                .map_err(|e| format!("template {text:?}: {e}"))?;
+            if path.has_wildcard() {
+                // A template yields one string; several values would need a join rule nobody
+                // asked for. One job per element is what for_each is for.
+                return Err(format!(
+                    "template {text:?}: {} has [*], which addresses several values; \
+                     use for_each: to get one job per element",
+                    path.text()
+                ));
+            }
+            pieces.push(Piece::Field(path));
+            rest = &after[end + 2..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        Ok(Template(pieces))
+    }
+
+    pub fn render(&self, scope: &Scope<'_>) -> Result<String, String> {
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Field(path) => match path.first(scope) {
+                    Some(Value::String(s)) => out.push_str(s),
+                    Some(Value::Number(n)) => out.push_str(&n.to_string()),
+                    Some(Value::Bool(b)) => out.push_str(&b.to_string()),
+                    Some(Value::Null) | None => {
+                        return Err(format!("field {} is missing from the message", path.text()))
+                    }
+                    Some(_) => return Err(format!("field {} is not a single value", path.text())),
+                },
+            }
+        }
+        Ok(out)
+    }
+}
