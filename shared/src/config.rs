@@ -153,6 +153,10 @@ pub struct RulesConfig {
     /// Base URL that task repositories given by a relative path in the rules file are resolved
     /// against, e.g. `file:///srv/taskbot/tasks` or `https://pagure.io/taskbot-tasks`.
     pub task_base_url: Option<String>,
+    /// How often the rules file is checked for changes, in milliseconds. A changed file is
+    /// reloaded (so is any file on SIGHUP); one that does not load is refused and the rules in
+    /// force stay.
+    pub reload_interval_ms: u64,
 }
 
 impl Default for RulesConfig {
@@ -160,6 +164,7 @@ impl Default for RulesConfig {
         RulesConfig {
             file: PathBuf::from("deploy/rules.yaml"),
             task_base_url: None,
+            reload_interval_ms: 2000,
         }
     }
 }

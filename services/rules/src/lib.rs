@@ -5,7 +5,7 @@ pub mod engine;
 pub mod rules_file;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use taskbot::amqp::{self, ConsumerSpec, Disposition, Handler, Incoming, Outgoing, Publisher};
@@ -34,21 +34,56 @@ pub fn load_rules(path: &Path, config: &Config) -> Result<Engine, RulesError> {
     )
 }
 
+/// The rules in force. A reload swaps the whole engine, so each message is evaluated against one
+/// consistent set of rules, never half an old file and half a new one.
+#[derive(Clone)]
+pub struct LiveRules(Arc<RwLock<Arc<Engine>>>);
+
+impl LiveRules {
+    pub fn new(engine: Engine) -> Self {
+        LiveRules(Arc::new(RwLock::new(Arc::new(engine))))
+    }
+
+    pub fn current(&self) -> Arc<Engine> {
+        // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is whole.
+        match self.0.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, engine: Engine) {
+        let engine = Arc::new(engine);
+        match self.0.write() {
+            Ok(mut guard) => *guard = engine,
+            Err(poisoned) => *poisoned.into_inner() = engine,
+        }
+    }
+}
+
 /// Handles events: pure apart from logging.
 pub struct RulesHandler {
-    pub engine: Engine,
+    pub rules: LiveRules,
     pub topology: Topology,
     pub instance: String,
 }
 
 impl RulesHandler {
+    pub fn new(engine: Engine, topology: Topology, instance: String) -> Self {
+        RulesHandler {
+            rules: LiveRules::new(engine),
+            topology,
+            instance,
+        }
+    }
+
     /// What to publish for one delivery.
     pub fn decide(&self, incoming: &Incoming) -> Disposition {
         let event = match Event::from_json(&incoming.body) {
             Ok(e) => e,
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
-        let evaluation = self.engine.evaluate(&event);
+        let evaluation = self.rules.current().evaluate(&event);
         for (rule, reason) in &evaluation.skipped {
             tracing::warn!(event_id = %event.id, rule, %reason, "rule skipped for this message");
         }
@@ -84,11 +119,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let engine = load_rules(&config.rules.file, &config)?;
     tracing::info!(file = %config.rules.file.display(), rules = engine.rule_count(), "rules loaded");
     let topology = Topology::new(&config.amqp.namespace, &config.arches);
-    let handler = Arc::new(RulesHandler {
+    let handler = Arc::new(RulesHandler::new(
         engine,
-        topology: topology.clone(),
-        instance: taskbot::instance_name("rules"),
-    });
+        topology.clone(),
+        taskbot::instance_name("rules"),
+    ));
+    let watcher = tokio::spawn(watch_rules(
+        config.clone(),
+        handler.rules.clone(),
+        shutdown.clone(),
+    ));
     let spec = ConsumerSpec {
         queue: topology.rules_queue(),
         name: "taskbot-rules".into(),
@@ -96,5 +136,46 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         retry_delay: Duration::from_secs(2),
     };
     amqp::consume(&config.amqp, &topology, spec, handler, shutdown).await;
+    watcher.abort();
     Ok(())
+}
+
+/// Reload the rules when the file changes (checked every `rules.reload_interval_ms`) or on
+/// SIGHUP. A file that does not load is refused with its position, and the rules in force stay:
+/// a typo saved by an editor must not stop Taskbot from scheduling jobs.
+async fn watch_rules(config: Config, rules: LiveRules, mut shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let path = config.rules.file.clone();
+    let mut loaded = std::fs::read(&path).ok();
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        config.rules.reload_interval_ms.max(50),
+    ));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let asked = tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let now = std::fs::read(&path).ok();
+        if !asked && now == loaded {
+            continue;
+        }
+        loaded = now;
+        match load_rules(&path, &config) {
+            Ok(engine) => {
+                tracing::info!(file = %path.display(), rules = engine.rule_count(), "rules reloaded");
+                rules.replace(engine);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "rules file refused; the rules in force stay");
+            }
+        }
+    }
 }

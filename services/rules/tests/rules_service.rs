@@ -127,3 +127,117 @@ async fn broken_rules_file_refuses_to_start_with_position() {
         .to_string();
     assert!(err.starts_with(&format!("{}:4:", rules.display())), "{err}");
 }
+
+fn reload_rules(task: &str) -> String {
+    format!(
+        r#"
+tasks:
+  {task}: {{ repo: {task}, ref: main }}
+rules:
+  - name: on-reload-test
+    when: {{ topic: org.taskbot.test.reload }}
+    do:
+      - task: {task}
+        item: "{{{{ msg.n }}}}"
+        item_type: koji_build
+        arches: [x86_64]
+"#
+    )
+}
+
+/// Publish a test event and return the task name of the job it produced.
+async fn task_for(broker: &TestBroker, n: u32) -> String {
+    let t = &broker.topology;
+    let event = Event {
+        id: format!("reload-{n}-{}", uuid::Uuid::new_v4()),
+        topic: "org.taskbot.test.reload".into(),
+        source: "test".into(),
+        sent_at: None,
+        received_at: Utc::now(),
+        username: None,
+        msg: serde_json::json!({ "n": n }),
+    };
+    broker
+        .publish(&t.events_exchange(), &event.topic, event.to_json())
+        .await;
+    let msg = broker
+        .get(&t.provisioner_queue(), Duration::from_secs(10))
+        .await
+        .expect("a job request");
+    let job = JobRequest::from_json(&msg.body).unwrap();
+    assert_eq!(job.item, n.to_string());
+    job.task.name
+}
+
+async fn start_rules(
+    config: &taskbot::Config,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(taskbot_rules::run(
+        config.clone(),
+        Shutdown::new(async {
+            let _ = stopped.await;
+        }),
+    ));
+    (stop, service)
+}
+
+#[tokio::test]
+async fn changed_rules_file_is_reloaded_and_a_broken_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, reload_rules("first")).unwrap();
+    let mut config = test_config();
+    config.rules.file = rules.clone();
+    config.rules.reload_interval_ms = 100;
+    let broker = TestBroker::new(&config).await;
+    let (stop, service) = start_rules(&config).await;
+
+    assert_eq!(task_for(&broker, 1).await, "first");
+
+    // A broken file is refused: the rules in force stay.
+    std::fs::write(&rules, "rules: [\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(task_for(&broker, 2).await, "first");
+
+    // A good file replaces them.
+    std::fs::write(&rules, reload_rules("second")).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(task_for(&broker, 3).await, "second");
+
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_rules_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, reload_rules("first")).unwrap();
+    let mut config = test_config();
+    config.rules.file = rules.clone();
+    // Never by polling within this test: only the signal can reload.
+    config.rules.reload_interval_ms = 3_600_000;
+    let broker = TestBroker::new(&config).await;
+    let (stop, service) = start_rules(&config).await;
+
+    // A job proves the service (and its signal handler) is up.
+    assert_eq!(task_for(&broker, 1).await, "first");
+    std::fs::write(&rules, reload_rules("second")).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(task_for(&broker, 2).await, "first", "no reload without the signal");
+
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGHUP);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(task_for(&broker, 3).await, "second");
+
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    broker.cleanup().await;
+}
