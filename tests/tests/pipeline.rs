@@ -30,6 +30,7 @@ const RULES: &str = r#"
 tasks:
   example: { repo: example, ref: main }
   slow: { repo: slow, ref: main }
+  announcer: { repo: announcer, ref: main }
 rules:
   - name: example-on-koji-build-complete
     when:
@@ -46,6 +47,20 @@ rules:
     do:
       - task: slow
         item: "{{ msg.name }}"
+        item_type: koji_build
+        arches: [x86_64]
+  - name: announcer-on-test
+    when: { topic: org.taskbot.test.announce }
+    do:
+      - task: announcer
+        item: "{{ msg.name }}"
+        item_type: koji_build
+        arches: [noarch]
+  - name: example-on-announced-build
+    when: { topic: taskbot.task.test.built }
+    do:
+      - task: example
+        item: "{{ msg.item }}"
         item_type: koji_build
         arches: [x86_64]
 "#;
@@ -283,5 +298,79 @@ async fn runner_killed_mid_job_completes_it_once_after_restart() {
     // It was started twice: the killed run, and the redelivered one.
     let starts = std::fs::read_to_string(&marker).unwrap().lines().count();
     assert_eq!(starts, 2, "the killed job ran again after the restart");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_a_task_announces_triggers_the_next_task() {
+    let tasks = tempfile::tempdir().unwrap();
+    let announcer = tasks.path().join("announcer");
+    std::fs::create_dir_all(&announcer).unwrap();
+    std::fs::write(
+        announcer.join("taskbot.yaml"),
+        "name: announcer\ndescription: Announces a build, as the ISO task announces an ISO.\nrun: sh run.sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        announcer.join("run.sh"),
+        "printf '%s\\n' '{\"topic\": \"taskbot.task.test.built\", \"msg\": {\"item\": \"chained-1.0-1.fc40\"}}' > \"$TASKBOT_EVENTS\"\n",
+    )
+    .unwrap();
+    let example = workspace_root().join("tasks/example");
+    let mut d = Deployment::new(
+        RULES,
+        &[
+            ("announcer", announcer.as_path()),
+            ("example", example.as_path()),
+        ],
+        free_port(),
+    )
+    .await;
+    d.start("reporter", "reporter", &[]);
+    d.start("provisioner", "provisioner", &[]);
+    d.start("rules", "rules", &[]);
+    d.start("runner-x86_64", "runner", &["--arch", "x86_64"]);
+    d.start("runner-noarch", "runner", &["--arch", "noarch"]);
+    d.wait_until_consuming(Duration::from_secs(60)).await;
+
+    let event = Event {
+        id: format!("2026-{}", uuid::Uuid::new_v4()),
+        topic: "org.taskbot.test.announce".into(),
+        source: "test".into(),
+        sent_at: None,
+        received_at: Utc::now(),
+        username: None,
+        msg: serde_json::json!({"name": "announcer-input"}),
+    };
+    let t = d.broker.topology.clone();
+    d.broker
+        .publish(&t.events_exchange(), &event.topic, event.to_json())
+        .await;
+
+    let n = d
+        .wait_for_count(
+            "select count(*) from results where item = 'chained-1.0-1.fc40'",
+            1,
+            Duration::from_secs(90),
+        )
+        .await;
+    assert_eq!(
+        n,
+        1,
+        "the announced event did not trigger the next task\n{}",
+        d.logs()
+    );
+    let db = d.db().await;
+    let row = db
+        .query_one(
+            "select r.testcase, r.outcome, j.event_topic, j.event_id from results r join jobs j using (job_id) where r.item = 'chained-1.0-1.fc40'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "dist.example");
+    assert_eq!(row.get::<_, String>(1), "PASSED");
+    assert_eq!(row.get::<_, String>(2), "taskbot.task.test.built");
+    assert!(row.get::<_, String>(3).starts_with("task-"));
     d.shutdown().await;
 }

@@ -58,6 +58,7 @@ pub fn task_env(
     workdir: &Path,
     artifacts: &Path,
     results: &Path,
+    events: &Path,
 ) -> Vec<(String, String)> {
     let mut env = vec![
         ("TASKBOT_ITEM".to_string(), job.item.clone()),
@@ -72,6 +73,7 @@ pub fn task_env(
             format!("{}/", artifacts.display()),
         ),
         ("TASKBOT_RESULTS".to_string(), results.display().to_string()),
+        ("TASKBOT_EVENTS".to_string(), events.display().to_string()),
     ];
     let args: &BTreeMap<String, String> = &job.args;
     for (key, value) in args {
@@ -354,6 +356,7 @@ mod tests {
             Path::new("/w/c"),
             Path::new("/a/j"),
             Path::new("/w/c/results.yml"),
+            Path::new("/a/j/events.jsonl"),
         )
         .into_iter()
         .collect();
@@ -364,8 +367,9 @@ mod tests {
         assert_eq!(env["TASKBOT_WORKDIR"], "/w/c");
         assert_eq!(env["TASKBOT_ARTIFACTS"], "/a/j/");
         assert_eq!(env["TASKBOT_RESULTS"], "/w/c/results.yml");
+        assert_eq!(env["TASKBOT_EVENTS"], "/a/j/events.jsonl");
         assert_eq!(env["TASKBOT_ARG_KOJI_TAG"], "f40");
-        assert_eq!(env.len(), 8);
+        assert_eq!(env.len(), 9);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! The decisions live in pure modules ([`task`], [`results`], [`report`], [`git::repo_allowed`]);
 //! [`git`] and [`execute`] hold the I/O.
 
+pub mod events;
 pub mod execute;
 pub mod git;
 pub mod report;
@@ -34,6 +35,8 @@ use crate::task::TaskFile;
 
 /// The log file of every job, in its artifacts directory.
 pub const LOG_FILE: &str = "task.log";
+/// Where a task writes the events it announces (`$TASKBOT_EVENTS`), in its artifacts directory.
+pub const EVENTS_FILE: &str = "events.jsonl";
 
 /// Handles the deliveries of one arch's run queue.
 pub struct RunnerHandler {
@@ -203,12 +206,14 @@ impl RunnerHandler {
         }
         let log_path = artifacts.join(LOG_FILE);
         let results_path = clone_dir.join(task.results_path());
+        // In the artifacts, so what a task announced can be looked at afterwards.
+        let events_path = artifacts.join(EVENTS_FILE);
         let timeout =
             Duration::from_secs(task.effective_timeout_secs(self.settings.task_timeout_secs));
         let command = TaskCommand {
             script: task.run.clone(),
             cwd: clone_dir.to_path_buf(),
-            env: execute::task_env(job, clone_dir, &artifacts, &results_path),
+            env: execute::task_env(job, clone_dir, &artifacts, &results_path, &events_path),
             log_path: log_path.clone(),
             timeout,
         };
@@ -230,9 +235,22 @@ impl RunnerHandler {
             RunEnd::Exited(_) => read_results(&results_path).await,
             _ => None,
         };
-        Ok(factory.finished(&end, results_file, || {
+        let mut verdict = factory.finished(&end, results_file, || {
             execute::log_tail(&log_path, report::LOG_TAIL_LINES)
-        }))
+        });
+        if verdict.state == JobState::Done && matches!(end, RunEnd::Exited(_)) {
+            match read_events(&events_path, job).await {
+                Ok(events) => verdict.events = events,
+                Err(reason) => {
+                    let tail = execute::log_tail(&log_path, report::LOG_TAIL_LINES);
+                    verdict = factory.crashed(
+                        &format!("invalid events file {EVENTS_FILE}: {reason}"),
+                        tail.as_deref(),
+                    );
+                }
+            }
+        }
+        Ok(verdict)
     }
 
     async fn publish_status(
@@ -247,6 +265,18 @@ impl RunnerHandler {
             .publish(&report::status_message(&self.topology, &status))
             .await
             .map_err(|e| HandBack(format!("cannot publish the {state} status: {e}")))
+    }
+}
+
+/// The events the task announced; none when it wrote no events file.
+async fn read_events(path: &Path, job: &JobRequest) -> Result<Vec<taskbot::Event>, String> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => events::parse(&text, job),
+            Err(_) => Err("the file is not UTF-8 text".into()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::Utc;
 use taskbot::amqp::{Disposition, Outgoing};
-use taskbot::messages::{JobRequest, JobState, JobStatus, Message, Outcome, TaskResult};
+use taskbot::messages::{Event, JobRequest, JobState, JobStatus, Message, Outcome, TaskResult};
 use taskbot::Topology;
 
 use crate::execute::{RunEnd, TaskExit};
@@ -43,6 +43,8 @@ pub struct ResultFactory {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub results: Vec<TaskResult>,
+    /// Events the task announced (published only when the job is done, not crashed).
+    pub events: Vec<Event>,
     pub state: JobState,
     /// For the final status: a summary, or why it crashed.
     pub detail: String,
@@ -109,6 +111,7 @@ impl ResultFactory {
             None => reason.to_string(),
         };
         Verdict {
+            events: Vec::new(),
             results: vec![self.job_result(Outcome::Crashed, note)],
             state: JobState::Crashed,
             detail: reason.to_string(),
@@ -128,6 +131,7 @@ impl ResultFactory {
             RunEnd::TimedOut(limit) => {
                 let note = format!("timed out after {}s", limit.as_secs());
                 Verdict {
+                    events: Vec::new(),
                     results: vec![self.job_result(Outcome::Aborted, note.clone())],
                     state: JobState::Done,
                     detail: note,
@@ -173,6 +177,7 @@ impl ResultFactory {
         Verdict {
             detail: format!("{} result(s): {}", results.len(), summary.join(", ")),
             results,
+            events: Vec::new(),
             state: JobState::Done,
         }
     }
@@ -258,6 +263,11 @@ pub fn disposition(
                 .with_message_id(r.result_id.to_string())
         })
         .collect();
+    if verdict.state == JobState::Done {
+        out.extend(verdict.events.iter().map(|e| {
+            Outgoing::new(topology.events_exchange(), &e.topic, e.to_json()).with_message_id(&e.id)
+        }));
+    }
     let status = JobStatus::new(job, verdict.state, runner, Some(verdict.detail.clone()));
     out.push(status_message(topology, &status));
     Disposition::Done(out)
@@ -490,6 +500,41 @@ mod tests {
         };
         assert_eq!(out[0].routing_key, "result.CRASHED.example");
         assert_eq!(out[1].routing_key, "job.crashed");
+    }
+
+    #[test]
+    fn announced_events_are_published_between_results_and_status_only_when_done() {
+        let topology = Topology::new("tb", &[]);
+        let events = crate::events::parse(
+            "{\"topic\": \"taskbot.task.iso.built\", \"msg\": {\"iso_url\": \"file:///x.iso\"}}",
+            &job(),
+        )
+        .unwrap();
+        let mut v = factory().finished(&RunEnd::Exited(TaskExit::Code(0)), None, no_log);
+        v.events = events.clone();
+        let Disposition::Done(out) = disposition(&topology, &job(), &v, "r") else {
+            panic!("expected Done");
+        };
+        let keys: Vec<_> = out
+            .iter()
+            .map(|o| (o.exchange.as_str(), o.routing_key.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("tb.results", "result.PASSED.example"),
+                ("tb.events", "taskbot.task.iso.built"),
+                ("tb.results", "job.done")
+            ]
+        );
+        assert_eq!(taskbot::Event::from_json(&out[1].body).unwrap(), events[0]);
+
+        let mut crashed = factory().crashed("boom", None);
+        crashed.events = events;
+        let Disposition::Done(out) = disposition(&topology, &job(), &crashed, "r") else {
+            panic!("expected Done");
+        };
+        assert!(out.iter().all(|o| o.exchange != "tb.events"));
     }
 
     /// `job()` stamps `created_at` with the clock; compare everything else.
