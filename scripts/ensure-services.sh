@@ -36,8 +36,9 @@ wait_for_port() { # port name seconds
 }
 
 # Build and runtime dependencies: libzmq for the fedmsg bridge, OpenSSL for git2 and reqwest,
-# git for task repositories, Python 3 for the ResultsDB client checks.
-apt_install build-essential pkg-config libzmq3-dev libssl-dev git ca-certificates curl python3
+# git for task repositories, Python 3 for the ResultsDB client checks, docker-compose to validate
+# compose.yaml (no Docker engine needed for that).
+apt_install build-essential pkg-config libzmq3-dev libssl-dev git ca-certificates curl python3 docker-compose
 
 if ! have cargo; then
   log "cargo is not installed: install Rust with rustup (https://rustup.rs), then run this again"

@@ -375,6 +375,11 @@ impl ReliablePublisher {
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition;
+
+    /// Called once everything `handle` asked to publish for `incoming` was confirmed by the
+    /// broker (just before the ack). A handler that remembers what it has done remembers it here,
+    /// never in `handle`: a publish that then failed would otherwise be remembered as done.
+    async fn confirmed(&self, _incoming: &Incoming) {}
 }
 
 /// How a consumer runs.
@@ -557,6 +562,7 @@ async fn handle_delivery(
         hand_back(&delivery).await;
         return;
     }
+    handler.confirmed(&incoming).await;
     if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(queue = %spec.queue, error = %err, "ack failed; the message will be redelivered");
     }

@@ -6,6 +6,7 @@
 //! on a message's shape: a path that does not fit the message simply addresses nothing.
 
 mod condition;
+mod explain;
 mod path;
 #[cfg(test)]
 mod rule_tests;
@@ -26,6 +27,8 @@ use condition::{CompileContext, Condition, Problem, ValueSet};
 use path::{Path, Scope, EVENT_ROOTS};
 use template::Template;
 
+pub use explain::{ConditionFailure, RuleExplanation};
+
 /// The element name of a `for_each` without `as:`.
 pub const DEFAULT_ELEMENT_NAME: &str = "each";
 
@@ -41,6 +44,9 @@ struct Rule {
     topics: Vec<TopicPattern>,
     /// `match:` entries (as equality tests) and the `where:` tree; all must hold.
     conditions: Vec<Condition>,
+    /// How many of `conditions` come from `match:` (the rest is the `where:` tree), so that
+    /// explanations can say which clause failed.
+    match_count: usize,
     actions: Vec<Action>,
 }
 
@@ -99,7 +105,7 @@ impl Engine {
         let sets: BTreeMap<String, Arc<ValueSet>> = file
             .sets
             .iter()
-            .map(|(name, values)| (name.clone(), Arc::new(ValueSet::new(values))))
+            .map(|(name, values)| (name.clone(), Arc::new(ValueSet::named(name, values))))
             .collect();
         let mut names = BTreeSet::new();
         let mut rules = Vec::new();
@@ -277,6 +283,7 @@ impl Engine {
             rules.push(Rule {
                 name: spec.name.clone(),
                 topics,
+                match_count: spec.when.equals.len(),
                 conditions,
                 actions,
             });
@@ -291,28 +298,59 @@ impl Engine {
     /// Every job the event asks for. Job ids are derived, so evaluating the same event twice gives
     /// the same jobs.
     pub fn evaluate(&self, event: &Event) -> Evaluation {
-        // Only the two strings are copied; the message body is borrowed, not cloned.
-        let id = Value::String(event.id.clone());
-        let topic = Value::String(event.topic.clone());
-        let scope = Scope {
-            id: &id,
-            topic: &topic,
-            msg: &event.msg,
-            element: None,
-        };
-        let mut out = Evaluation::default();
-        for rule in &self.rules {
-            if !rule.topics.iter().any(|t| t.matches(&event.topic)) {
-                continue;
+        with_scope(event, |scope| {
+            let mut out = Evaluation::default();
+            for rule in &self.rules {
+                if rule.fires(&event.topic, scope) {
+                    rule.apply(event, scope, &mut out, None);
+                }
             }
-            if !rule.conditions.iter().all(|c| c.holds(&scope)) {
-                continue;
-            }
-            for action in &rule.actions {
-                action.expand(&rule.name, event, &scope, &mut out);
-            }
+            out
+        })
+    }
+}
+
+/// Call `f` with the scope paths are evaluated in for `event`. Only the two strings are copied;
+/// the message body is borrowed, not cloned.
+fn with_scope<R>(event: &Event, f: impl FnOnce(&Scope<'_>) -> R) -> R {
+    let id = Value::String(event.id.clone());
+    let topic = Value::String(event.topic.clone());
+    f(&Scope {
+        id: &id,
+        topic: &topic,
+        msg: &event.msg,
+        element: None,
+    })
+}
+
+impl Rule {
+    /// Whether the topic and every `match:` / `where:` condition hold.
+    fn fires(&self, topic: &str, scope: &Scope<'_>) -> bool {
+        self.topics.iter().any(|t| t.matches(topic))
+            && self.conditions.iter().all(|c| c.holds(scope))
+    }
+
+    /// Add the jobs of every action of a rule that fires (or why they could not be made) to
+    /// `out`. Both [`Engine::evaluate`] and [`Engine::explain`] come here, so a dry run cannot
+    /// disagree with the service. `filtered` collects, for explanations only, the action-level
+    /// `where:` conditions that did not hold.
+    fn apply(
+        &self,
+        event: &Event,
+        scope: &Scope<'_>,
+        out: &mut Evaluation,
+        mut filtered: Option<&mut Vec<ConditionFailure>>,
+    ) {
+        for (index, action) in self.actions.iter().enumerate() {
+            action.expand(
+                index,
+                &self.name,
+                event,
+                scope,
+                out,
+                filtered.as_deref_mut(),
+            );
         }
-        out
     }
 }
 
@@ -365,10 +403,26 @@ fn compile_for_each(
 
 impl Action {
     /// Add this action's jobs for the event to `out` (or the reason it could not be applied).
-    fn expand(&self, rule: &str, event: &Event, scope: &Scope<'_>, out: &mut Evaluation) {
+    /// `index` is the action's position in the rule's `do:`, for explanations; `filtered`, when
+    /// given, collects why the action's `where:` did not hold.
+    fn expand(
+        &self,
+        index: usize,
+        rule: &str,
+        event: &Event,
+        scope: &Scope<'_>,
+        out: &mut Evaluation,
+        mut filtered: Option<&mut Vec<ConditionFailure>>,
+    ) {
         let Some(for_each) = &self.for_each else {
-            if self.condition.as_ref().is_some_and(|c| !c.holds(scope)) {
-                return;
+            if let Some(condition) = &self.condition {
+                if !condition.holds(scope) {
+                    if let Some(filtered) = filtered {
+                        let at = format!("do[{index}].where");
+                        filtered.push(explain::failure_of(condition, scope, &at));
+                    }
+                    return;
+                }
             }
             match self.jobs(rule, event, scope) {
                 Ok(jobs) => out.jobs.extend(jobs),
@@ -394,10 +448,19 @@ impl Action {
         // Two elements that render the same item and args (the same build listed twice, or
         // templates that do not use the element) are one job, not two with the same id.
         let mut seen = HashSet::new();
-        for (index, element) in elements.into_iter().enumerate() {
+        for (element_index, element) in elements.into_iter().enumerate() {
             let scope = scope.with_element(&for_each.name, element);
-            if self.condition.as_ref().is_some_and(|c| !c.holds(&scope)) {
-                continue;
+            if let Some(condition) = &self.condition {
+                if !condition.holds(&scope) {
+                    if let Some(filtered) = filtered.as_deref_mut() {
+                        let at = format!(
+                            "do[{index}].where (element {element_index} of {})",
+                            for_each.path.text()
+                        );
+                        filtered.push(explain::failure_of(condition, &scope, &at));
+                    }
+                    continue;
+                }
             }
             match self.jobs(rule, event, &scope) {
                 Ok(jobs) => out
@@ -405,7 +468,10 @@ impl Action {
                     .extend(jobs.into_iter().filter(|job| seen.insert(job.job_id))),
                 Err(reason) => out.skipped.push((
                     rule.to_string(),
-                    format!("element {index} of {}: {reason}", for_each.path.text()),
+                    format!(
+                        "element {element_index} of {}: {reason}",
+                        for_each.path.text()
+                    ),
                 )),
             }
         }
@@ -468,6 +534,11 @@ impl TopicPattern {
         TopicPattern {
             segments: pattern.split('.').map(str::to_string).collect(),
         }
+    }
+
+    /// The pattern as written.
+    fn text(&self) -> String {
+        self.segments.join(".")
     }
 
     fn matches(&self, topic: &str) -> bool {

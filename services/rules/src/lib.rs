@@ -61,11 +61,51 @@ impl LiveRules {
     }
 }
 
-/// Handles events: pure apart from logging.
+/// Job ids requested recently, so that an event arriving twice (the bus delivered it from two
+/// endpoints, or our ack was lost after the job requests were confirmed) does not request its jobs
+/// twice. Bounded: the oldest ids are forgotten first. It lives in memory, so a rules service that
+/// crashed between publishing and acking requests the jobs again after its restart; the job ids
+/// are the same then, so stores still keep one job and one set of results.
+pub struct RecentJobs {
+    capacity: usize,
+    ids: std::collections::HashSet<uuid::Uuid>,
+    order: std::collections::VecDeque<uuid::Uuid>,
+}
+
+impl RecentJobs {
+    pub fn new(capacity: usize) -> Self {
+        RecentJobs {
+            capacity: capacity.max(1),
+            ids: Default::default(),
+            order: Default::default(),
+        }
+    }
+
+    pub fn contains(&self, id: &uuid::Uuid) -> bool {
+        self.ids.contains(id)
+    }
+
+    pub fn remember(&mut self, id: uuid::Uuid) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// How many recent job ids the rules service remembers.
+pub const RECENT_JOBS: usize = 100_000;
+
+/// Handles events: pure apart from logging and the memory of recent jobs.
 pub struct RulesHandler {
     pub rules: LiveRules,
     pub topology: Topology,
     pub instance: String,
+    recent: std::sync::Mutex<RecentJobs>,
 }
 
 impl RulesHandler {
@@ -74,6 +114,22 @@ impl RulesHandler {
             rules: LiveRules::new(engine),
             topology,
             instance,
+            recent: std::sync::Mutex::new(RecentJobs::new(RECENT_JOBS)),
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentJobs> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remember the jobs `incoming` requested, once their requests were confirmed.
+    pub fn remember(&self, incoming: &Incoming) {
+        if let Ok(event) = Event::from_json(&incoming.body) {
+            let jobs = self.rules.current().evaluate(&event).jobs;
+            let mut recent = self.recent();
+            for job in jobs {
+                recent.remember(job.job_id);
+            }
         }
     }
 
@@ -88,7 +144,12 @@ impl RulesHandler {
             tracing::warn!(event_id = %event.id, rule, %reason, "rule skipped for this message");
         }
         let mut out = Vec::new();
+        let recent = self.recent();
         for job in &evaluation.jobs {
+            if recent.contains(&job.job_id) {
+                tracing::info!(event_id = %event.id, job_id = %job.job_id, "job already requested; not again");
+                continue;
+            }
             tracing::info!(event_id = %event.id, job_id = %job.job_id, rule = %job.rule,
                 task = %job.task.name, item = %job.item, arch = %job.arch, "job requested");
             out.push(
@@ -111,6 +172,10 @@ impl RulesHandler {
 impl Handler for RulesHandler {
     async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
         self.decide(&incoming)
+    }
+
+    async fn confirmed(&self, incoming: &Incoming) {
+        self.remember(incoming);
     }
 }
 
@@ -177,5 +242,23 @@ async fn watch_rules(config: Config, rules: LiveRules, mut shutdown: Shutdown) {
                 tracing::error!(error = %err, "rules file refused; the rules in force stay");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_jobs_forget_the_oldest_first() {
+        let mut recent = RecentJobs::new(2);
+        let ids: Vec<uuid::Uuid> = (1..=3).map(uuid::Uuid::from_u128).collect();
+        recent.remember(ids[0]);
+        recent.remember(ids[1]);
+        recent.remember(ids[1]);
+        assert!(recent.contains(&ids[0]) && recent.contains(&ids[1]));
+        recent.remember(ids[2]);
+        assert!(!recent.contains(&ids[0]));
+        assert!(recent.contains(&ids[1]) && recent.contains(&ids[2]));
     }
 }

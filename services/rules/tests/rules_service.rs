@@ -229,13 +229,57 @@ async fn sighup_reloads_the_rules_file() {
     assert_eq!(task_for(&broker, 1).await, "first");
     std::fs::write(&rules, reload_rules("second")).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(task_for(&broker, 2).await, "first", "no reload without the signal");
+    assert_eq!(
+        task_for(&broker, 2).await,
+        "first",
+        "no reload without the signal"
+    );
 
     unsafe {
         libc::kill(libc::getpid(), libc::SIGHUP);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(task_for(&broker, 3).await, "second");
+
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_same_event_twice_requests_its_jobs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, RULES).unwrap();
+    let mut config = test_config();
+    config.rules.file = rules;
+    let broker = TestBroker::new(&config).await;
+    let t = broker.topology.clone();
+    let (stop, service) = start_rules(&config).await;
+
+    let event = Event {
+        id: "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f".into(),
+        topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
+        source: "test".into(),
+        sent_at: None,
+        received_at: Utc::now(),
+        username: None,
+        msg: serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7", "new": 1}),
+    };
+    for _ in 0..2 {
+        broker
+            .publish(&t.events_exchange(), &event.topic, event.to_json())
+            .await;
+    }
+    let mut arches = Vec::new();
+    while let Some(msg) = broker
+        .get(&t.provisioner_queue(), Duration::from_secs(2))
+        .await
+    {
+        arches.push(JobRequest::from_json(&msg.body).unwrap().arch);
+    }
+    arches.sort();
+    assert_eq!(arches, ["noarch", "x86_64"], "one job per arch, not two");
 
     stop.send(()).unwrap();
     service.await.unwrap().unwrap();

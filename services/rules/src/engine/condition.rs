@@ -30,6 +30,10 @@ impl Problem {
 /// compare by value, and a string that reads as a number equals that number.
 #[derive(Debug, Clone, Default)]
 pub struct ValueSet {
+    /// The set's name in `sets:`, when it has one (for explanations).
+    name: Option<String>,
+    /// The values as written, for explanations (`taskbot rules test`); lookups use the hashes.
+    listed: Vec<Value>,
     strings: HashSet<String>,
     /// Numbers of the list, as normalised f64 bits.
     numbers: HashSet<u64>,
@@ -50,7 +54,10 @@ fn number_key(f: f64) -> u64 {
 
 impl ValueSet {
     pub fn new(values: &[Value]) -> ValueSet {
-        let mut set = ValueSet::default();
+        let mut set = ValueSet {
+            listed: values.to_vec(),
+            ..ValueSet::default()
+        };
         for value in values {
             match value {
                 Value::String(s) => {
@@ -68,6 +75,33 @@ impl ValueSet {
             }
         }
         set
+    }
+
+    /// A set defined under `sets:`, which explanations name.
+    pub fn named(name: &str, values: &[Value]) -> ValueSet {
+        ValueSet {
+            name: Some(name.to_string()),
+            ..ValueSet::new(values)
+        }
+    }
+
+    /// The values as written in the rules file.
+    pub fn listed(&self) -> &[Value] {
+        &self.listed
+    }
+
+    /// `set critpath ([kernel, glibc, ...])` or `[kernel, glibc]`: short enough for one line.
+    pub fn describe(&self) -> String {
+        const SHOWN: usize = 8;
+        let mut shown: Vec<String> = self.listed.iter().take(SHOWN).map(short_json).collect();
+        if self.listed.len() > SHOWN {
+            shown.push(format!("... {} more", self.listed.len() - SHOWN));
+        }
+        let list = format!("[{}]", shown.join(", "));
+        match &self.name {
+            Some(name) => format!("set {name} {list}"),
+            None => list,
+        }
     }
 
     pub fn contains(&self, value: &Value) -> bool {
@@ -106,6 +140,20 @@ fn as_number(value: &Value) -> Option<f64> {
     }
 }
 
+/// A value as JSON, cut to a length that fits in one line of an explanation.
+pub fn short_json(value: &Value) -> String {
+    const MAX: usize = 80;
+    let text = value.to_string();
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
 /// One operator of a field test.
 #[derive(Debug, Clone)]
 pub enum Test {
@@ -120,7 +168,44 @@ pub enum Test {
 }
 
 impl Test {
-    fn holds(&self, value: &Value) -> bool {
+    /// The operator's name as written in a rules file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Test::Equals(_) => "equals",
+            Test::In(_) => "in",
+            Test::NotIn(_) => "not_in",
+            Test::Regex(_) => "regex",
+            Test::Gt(_) => "gt",
+            Test::Gte(_) => "gte",
+            Test::Lt(_) => "lt",
+            Test::Lte(_) => "lte",
+        }
+    }
+
+    /// The operand as a JSON value (a set gives its listed values), for machine-readable
+    /// explanations.
+    pub fn operand(&self) -> Value {
+        match self {
+            Test::Equals(v) => v.clone(),
+            Test::In(set) | Test::NotIn(set) => Value::Array(set.listed().to_vec()),
+            Test::Regex(re) => Value::String(re.as_str().to_string()),
+            Test::Gt(x) | Test::Gte(x) | Test::Lt(x) | Test::Lte(x) => serde_json::json!(x),
+        }
+    }
+
+    /// `in set critpath [kernel, glibc]`, `regex "^kernel-"`, `gte 39`: the test as a reader
+    /// of the rules file would write it.
+    pub fn describe(&self) -> String {
+        let operand = match self {
+            Test::Equals(v) => short_json(v),
+            Test::In(set) | Test::NotIn(set) => set.describe(),
+            Test::Regex(re) => format!("{:?}", re.as_str()),
+            Test::Gt(x) | Test::Gte(x) | Test::Lt(x) | Test::Lte(x) => x.to_string(),
+        };
+        format!("{} {operand}", self.name())
+    }
+
+    pub fn holds(&self, value: &Value) -> bool {
         match self {
             Test::Equals(want) => loosely_equal(value, want),
             Test::In(set) => set.contains(value),

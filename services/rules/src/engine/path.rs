@@ -154,6 +154,16 @@ impl Path {
         }
     }
 
+    /// Every value the path addresses (none when the field is missing), for explanations.
+    pub fn values<'a>(&self, scope: &Scope<'a>) -> Vec<&'a Value> {
+        let mut values = Vec::new();
+        self.any(scope, &mut |v| {
+            values.push(v);
+            false
+        });
+        values
+    }
+
     /// The single value of a path without wildcards (the first one otherwise).
     pub fn first<'a>(&self, scope: &Scope<'a>) -> Option<&'a Value> {
         let mut first = None;

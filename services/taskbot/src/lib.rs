@@ -1,0 +1,62 @@
+//! The `taskbot` command line. One module per command group (`rules_cmd` for `taskbot rules …`);
+//! [`cli`] holds the clap definitions of all of them, and [`run`] dispatches.
+//!
+//! Conventions every command follows, so scripts can rely on them: results go to stdout (with
+//! `--json` where a machine reads them), errors to stderr; exit status 0 on success, 1 when the
+//! input (a rules file, a message) is broken or unreadable, 2 for a bad configuration or bad
+//! command-line usage (as the services do).
+
+pub mod cli;
+pub mod message_input;
+pub mod rules_cmd;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use cli::{Cli, Command, RulesCommand};
+
+/// Why a command failed: the text for stderr and the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub status: u8,
+    /// One or more lines, printed as they are (a rules error keeps its `file:line:column:` start
+    /// so that editors can jump to it).
+    pub message: String,
+}
+
+impl Failure {
+    /// Broken or unreadable input: exit status 1.
+    pub fn input(message: impl Into<String>) -> Failure {
+        Failure {
+            status: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Bad configuration: exit status 2.
+    pub fn config(message: impl Into<String>) -> Failure {
+        Failure {
+            status: 2,
+            message: message.into(),
+        }
+    }
+}
+
+/// Run a parsed command line; prints its output and returns the exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Rules(RulesCommand::Check(args)) => rules_cmd::check(&args),
+        Command::Rules(RulesCommand::Test(args)) => rules_cmd::test(&args),
+    };
+    match result {
+        Ok(output) => {
+            // A closed pipe (`taskbot rules test ... | head`) is not worth a panic or an error.
+            let _ = std::io::stdout().lock().write_all(output.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("{}", failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
+}
