@@ -127,6 +127,33 @@ fn main() {
         "{:<44} {:>7} {:>14.0} {:>10.0}",
         "parse only (Event::from_json)", "-", parse_only.per_second, parse_only.ns_per_event
     );
+    // The floor of any parsing that builds a serde_json::Value: one pass over the bytes.
+    // Event::from_json makes two (bytes → Value, then Value → Event).
+    let value_only = measure(bodies.len(), || {
+        bodies
+            .iter()
+            .map(|b| {
+                serde_json::from_slice::<Value>(black_box(b))
+                    .map(|v| v.as_object().map_or(0, |o| o.len()))
+                    .unwrap_or(0)
+            })
+            .sum()
+    });
+    println!(
+        "{:<44} {:>7} {:>14.0} {:>10.0}",
+        "parse floor (bytes → serde_json::Value)",
+        "-",
+        value_only.per_second,
+        value_only.ns_per_event
+    );
+    // Other processes compete for the 2 cores of a shared machine: say how busy it was.
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!();
+        println!(
+            "load average during the run (1, 5, 15 min): {}",
+            load.trim()
+        );
+    }
 }
 
 /// Events per second and nanoseconds per event of one measurement.
