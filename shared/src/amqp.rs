@@ -43,6 +43,11 @@ pub struct Outgoing {
     pub message_id: Option<String>,
     pub priority: Option<u8>,
     pub headers: Vec<(String, String)>,
+    /// Integer-valued headers (sent as AMQP long-long integers), for consumers that check header
+    /// types, such as fedora-messaging's `fedora_messaging_severity`.
+    pub int_headers: Vec<(String, i64)>,
+    /// AMQP `content_encoding` (fedora-messaging consumers expect `utf-8`).
+    pub content_encoding: Option<String>,
 }
 
 impl Outgoing {
@@ -54,7 +59,19 @@ impl Outgoing {
             message_id: None,
             priority: None,
             headers: Vec::new(),
+            int_headers: Vec::new(),
+            content_encoding: None,
         }
+    }
+
+    pub fn with_int_header(mut self, key: &str, value: i64) -> Self {
+        self.int_headers.push((key.to_string(), value));
+        self
+    }
+
+    pub fn with_content_encoding(mut self, encoding: impl Into<String>) -> Self {
+        self.content_encoding = Some(encoding.into());
+        self
     }
 
     pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
@@ -242,6 +259,9 @@ impl Publisher {
         for (k, v) in &msg.headers {
             headers.insert(k.as_str().into(), AMQPValue::LongString(v.clone().into()));
         }
+        for (k, v) in &msg.int_headers {
+            headers.insert(k.as_str().into(), AMQPValue::LongLongInt(*v));
+        }
         let mut props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -253,6 +273,9 @@ impl Publisher {
         }
         if let Some(p) = msg.priority {
             props = props.with_priority(p);
+        }
+        if let Some(encoding) = &msg.content_encoding {
+            props = props.with_content_encoding(encoding.as_str().into());
         }
         let confirm = self
             .channel

@@ -32,6 +32,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "runner",
     "reporter",
     "postgres",
+    "api",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +49,7 @@ pub struct Config {
     pub runner: RunnerConfig,
     pub reporter: ReporterConfig,
     pub postgres: PostgresConfig,
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             runner: RunnerConfig::default(),
             reporter: ReporterConfig::default(),
             postgres: PostgresConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -201,8 +204,22 @@ pub struct RunnerConfig {
     pub allowed_repos: Vec<String>,
     /// Longest a task may run, in seconds; then its whole process group is killed.
     pub task_timeout_secs: u64,
-    /// Tasks run at once by this runner.
+    /// Tasks run at once by this runner. The runner also limits its prefetch to this, so no job
+    /// waits unacked in its buffer (where RabbitMQ's consumer timeout would run out).
     pub concurrency: usize,
+    /// Bare git mirrors of task repositories, one per URL: a job fetches only what changed, then
+    /// clones locally from the mirror.
+    pub mirror_dir: PathBuf,
+    /// Largest file a task's `downloads` may fetch, in bytes; a task's own `max_bytes` may only
+    /// lower it.
+    pub download_max_bytes: u64,
+    /// Attempts per download when the server is unreachable or answers 5xx (with back-off).
+    pub download_attempts: u32,
+    /// The broker's `consumer_timeout` in seconds (RabbitMQ's default: 1800; 0 = none). A job's
+    /// delivery stays unacked while it runs, so the runner ends a task (ABORTED) before this runs
+    /// out rather than lose the job to a closed channel. Raise it in rabbitmq.conf and here for
+    /// longer tasks.
+    pub consumer_timeout_secs: u64,
 }
 
 impl Default for RunnerConfig {
@@ -215,6 +232,10 @@ impl Default for RunnerConfig {
             allowed_repos: Vec::new(),
             task_timeout_secs: 3600,
             concurrency: 1,
+            mirror_dir: std::env::temp_dir().join("taskbot-mirrors"),
+            download_max_bytes: 1024 * 1024 * 1024,
+            download_attempts: 4,
+            consumer_timeout_secs: 1800,
         }
     }
 }
@@ -222,18 +243,58 @@ impl Default for RunnerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReporterConfig {
+    /// The sinks the reporter feeds, e.g. `["postgres", "resultsdb", "jsonl",
+    /// "fedora-messaging"]`. Unset: `postgres`, plus `resultsdb` when `resultsdb_url` is set and
+    /// `jsonl` when `jsonl_path` is set (fedora-messaging only when listed). Each sink has its own
+    /// queue, declared only while it is enabled (see docs/results.md).
+    pub sinks: Option<Vec<crate::topology::Sink>>,
     /// ResultsDB base URL (e.g. `http://resultsdb:5001/api/v2.0`); results are also posted there
     /// when set.
     pub resultsdb_url: Option<String>,
     /// Seconds before a ResultsDB request is abandoned and retried.
     pub resultsdb_timeout_secs: u64,
+    /// An extra header sent with every ResultsDB request, as `Name: value` (e.g.
+    /// `Authorization: Bearer s3cret`), for a ResultsDB behind an authenticating proxy.
+    pub resultsdb_auth_header: Option<String>,
+    /// Longest pause, in seconds, between two attempts to post one result (the pause doubles from
+    /// 0.5 s, with jitter).
+    pub resultsdb_retry_max_secs: u64,
+    /// Results posted to ResultsDB at once; a result waiting to be retried holds one of these.
+    pub resultsdb_concurrency: usize,
+    /// Link to a job's page, given to ResultsDB as the job group's `ref_url`; `{job_id}` is
+    /// replaced (e.g. `https://taskbot.example/jobs/{job_id}`). Unset: the job's log URL.
+    pub job_url_template: Option<String>,
+    /// File that results and job statuses are appended to, one JSON object per line.
+    pub jsonl_path: Option<PathBuf>,
+    /// Size at which the JSON-lines file is rotated (`<path>.1`, `<path>.2`, ...).
+    pub jsonl_max_bytes: u64,
+    /// Rotated JSON-lines files kept; older ones are deleted.
+    pub jsonl_keep: usize,
+    /// Exchange the fedora-messaging sink publishes to (on the Taskbot broker).
+    pub fedora_messaging_exchange: String,
+    /// Topic (routing key) of the fedora-messaging messages; `{testcase}`, `{outcome}`
+    /// (lower case), `{arch}` and `{item_type}` are replaced.
+    pub fedora_messaging_topic: String,
+    /// The `fedora_messaging_schema` header of those messages.
+    pub fedora_messaging_schema: String,
 }
 
 impl Default for ReporterConfig {
     fn default() -> Self {
         ReporterConfig {
+            sinks: None,
             resultsdb_url: None,
             resultsdb_timeout_secs: 30,
+            resultsdb_auth_header: None,
+            resultsdb_retry_max_secs: 60,
+            resultsdb_concurrency: 4,
+            job_url_template: None,
+            jsonl_path: None,
+            jsonl_max_bytes: 100 * 1024 * 1024,
+            jsonl_keep: 5,
+            fedora_messaging_exchange: "amq.topic".into(),
+            fedora_messaging_topic: "org.fedoraproject.prod.taskbot.result.new".into(),
+            fedora_messaging_schema: "taskbot.result.v1".into(),
         }
     }
 }
@@ -252,6 +313,30 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: "postgres://postgres@127.0.0.1:5432/test".into(),
             pool_size: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the `api` service listens on (`host:port`).
+    pub listen: String,
+    /// The URL clients reach the api at (e.g. `https://taskbot.example`), used for the absolute
+    /// links in answers (`href`, `next`, `prev`) and as the `taskbot` command's default api.
+    /// Without it, links are built from the request's `Host` header.
+    pub public_url: Option<String>,
+    /// Where the job artifacts served by the api are; without it, `runner.artifacts_dir` (the
+    /// usual case: the api runs where the runner keeps them, or on a shared volume).
+    pub artifacts_dir: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            artifacts_dir: None,
         }
     }
 }

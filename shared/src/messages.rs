@@ -38,28 +38,37 @@ pub trait Message: Serialize + DeserializeOwned {
 
     /// Parse and check the schema tag. The error says what is wrong in words fit for a
     /// dead-letter reason.
+    ///
+    /// Two passes over the bytes, neither building an intermediate `serde_json::Value`: the first
+    /// reads only the tag (skipping the rest without allocating), so a wrong type is reported as
+    /// such before any field error; the second decodes the fields.
     fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
-        match value.get("schema").and_then(|s| s.as_str()) {
-            Some(s) if s == Self::SCHEMA => {}
-            Some(other) => {
-                return Err(DecodeError::Schema {
-                    expected: Self::SCHEMA,
-                    found: other.to_string(),
-                })
-            }
-            None => {
-                return Err(DecodeError::Schema {
-                    expected: Self::SCHEMA,
-                    found: "(none)".into(),
-                })
-            }
-        }
-        serde_json::from_value(value).map_err(|e| DecodeError::Fields {
+        check_schema(bytes, Self::SCHEMA)?;
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Fields {
             schema: Self::SCHEMA,
             reason: e.to_string(),
         })
+    }
+}
+
+/// Check that `bytes` is a JSON object whose `schema` is `expected`.
+pub fn check_schema(bytes: &[u8], expected: &'static str) -> Result<(), DecodeError> {
+    #[derive(Deserialize)]
+    struct Tag<'a> {
+        #[serde(borrow, default)]
+        schema: Option<std::borrow::Cow<'a, str>>,
+    }
+    let tag: Tag = serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
+    match tag.schema.as_deref() {
+        Some(s) if s == expected => Ok(()),
+        Some(other) => Err(DecodeError::Schema {
+            expected,
+            found: other.to_string(),
+        }),
+        None => Err(DecodeError::Schema {
+            expected,
+            found: "(none)".into(),
+        }),
     }
 }
 

@@ -168,6 +168,12 @@ impl TestBroker {
         for source in self.topology.dead_letter_sources() {
             queues.push(self.topology.dead_letter_queue(&source));
         }
+        // Sink queues exist only where a test ran the reporter (or declared them); deleting a
+        // missing queue is harmless.
+        for sink in self.topology.sink_queues(&crate::topology::Sink::ALL) {
+            queues.push(self.topology.dead_letter_queue(&sink.name));
+            queues.push(sink.name);
+        }
         for q in queues {
             let _ = ch.queue_delete(&q, QueueDeleteOptions::default()).await;
         }

@@ -4,12 +4,17 @@
 //! can start in any order and a message published before its consumer first ran is kept, not
 //! dropped as unroutable. `docs/architecture.md` draws the same picture.
 //!
+//! The reporter's sink queues are the exception: only the reporter declares them, and only those
+//! of the sinks its configuration enables ([`Topology::with_sinks`]). A queue declared for a sink
+//! nobody consumes would fill forever.
+//!
 //! All names start with the configured namespace (default `taskbot`), so several deployments or
 //! parallel test runs can share a broker.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
+use serde::{Deserialize, Serialize};
 
 /// Highest job priority; run and provisioner queues are priority queues up to this.
 pub const MAX_PRIORITY: u8 = 9;
@@ -20,6 +25,49 @@ pub struct Topology {
     pub namespace: String,
     /// Arches with a run queue declared up front.
     pub arches: Vec<String>,
+    /// Reporter sinks whose queues [`Topology::declare`] declares too (empty except in the
+    /// reporter, which sets the sinks it consumes).
+    pub sinks: Vec<Sink>,
+}
+
+/// One of the reporter's result sinks. Each has its own queue(s) on the results exchange, so a
+/// slow or broken store never holds back the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sink {
+    /// Results and job histories in PostgreSQL (two queues: results and statuses).
+    Postgres,
+    /// Results posted to ResultsDB.
+    Resultsdb,
+    /// Results and statuses appended to a JSON-lines file.
+    Jsonl,
+    /// Results republished as fedora-messaging messages.
+    FedoraMessaging,
+}
+
+impl Sink {
+    pub const ALL: [Sink; 4] = [
+        Sink::Postgres,
+        Sink::Resultsdb,
+        Sink::Jsonl,
+        Sink::FedoraMessaging,
+    ];
+
+    /// The name used in configuration (`reporter.sinks`) and in queue names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sink::Postgres => "postgres",
+            Sink::Resultsdb => "resultsdb",
+            Sink::Jsonl => "jsonl",
+            Sink::FedoraMessaging => "fedora-messaging",
+        }
+    }
+}
+
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Topology {
@@ -27,7 +75,14 @@ impl Topology {
         Topology {
             namespace: namespace.to_string(),
             arches: arches.to_vec(),
+            sinks: Vec::new(),
         }
+    }
+
+    /// The same topology, also declaring the queues of `sinks` (for the reporter).
+    pub fn with_sinks(mut self, sinks: &[Sink]) -> Self {
+        self.sinks = sinks.to_vec();
+        self
     }
 
     fn name(&self, suffix: &str) -> String {
@@ -68,13 +123,25 @@ impl Topology {
     pub fn run_queue(&self, arch: &str) -> String {
         self.name(&format!("run.{arch}"))
     }
-    /// Results for the reporter.
-    pub fn reporter_results_queue(&self) -> String {
-        self.name("reporter.results")
+    /// Results for the PostgreSQL sink.
+    pub fn postgres_results_queue(&self) -> String {
+        self.name("sink.postgres.results")
     }
-    /// Job statuses for the reporter.
-    pub fn reporter_status_queue(&self) -> String {
-        self.name("reporter.status")
+    /// Job statuses for the PostgreSQL sink.
+    pub fn postgres_status_queue(&self) -> String {
+        self.name("sink.postgres.status")
+    }
+    /// Results for the ResultsDB sink.
+    pub fn resultsdb_queue(&self) -> String {
+        self.name("sink.resultsdb")
+    }
+    /// Results and statuses for the JSON-lines sink.
+    pub fn jsonl_queue(&self) -> String {
+        self.name("sink.jsonl")
+    }
+    /// Results for the fedora-messaging sink.
+    pub fn fedora_messaging_queue(&self) -> String {
+        self.name("sink.fedora-messaging")
     }
     /// Pseudo-queue name under which the bridge dead-letters malformed bus messages.
     pub fn bridge_source(&self) -> String {
@@ -85,26 +152,59 @@ impl Topology {
         format!("{source}.dead")
     }
 
-    /// Every work queue with its exchange, binding keys and whether it is a priority queue.
+    /// Every always-consumed work queue with its exchange, binding keys and whether it is a
+    /// priority queue. The reporter's sink queues are not among them (see [`Self::sink_queues`]):
+    /// which of them exist depends on the reporter's configuration.
     pub fn work_queues(&self) -> Vec<QueueSpec> {
         let mut queues = vec![
             QueueSpec::new(self.rules_queue(), self.events_exchange(), &["#"], false),
             QueueSpec::new(self.provisioner_queue(), self.jobs_exchange(), &["#"], true),
-            QueueSpec::new(
-                self.reporter_results_queue(),
-                self.results_exchange(),
-                &["result.#"],
-                false,
-            ),
-            QueueSpec::new(
-                self.reporter_status_queue(),
-                self.results_exchange(),
-                &["job.#"],
-                false,
-            ),
         ];
         for arch in &self.arches {
             queues.push(self.run_queue_spec(arch));
+        }
+        queues
+    }
+
+    /// The queues of `sinks` on the results exchange, in the order given.
+    pub fn sink_queues(&self, sinks: &[Sink]) -> Vec<QueueSpec> {
+        let results = self.results_exchange();
+        let mut queues = Vec::new();
+        for sink in sinks {
+            match sink {
+                Sink::Postgres => {
+                    queues.push(QueueSpec::new(
+                        self.postgres_results_queue(),
+                        results.clone(),
+                        &["result.#"],
+                        false,
+                    ));
+                    queues.push(QueueSpec::new(
+                        self.postgres_status_queue(),
+                        results.clone(),
+                        &["job.#"],
+                        false,
+                    ));
+                }
+                Sink::Resultsdb => queues.push(QueueSpec::new(
+                    self.resultsdb_queue(),
+                    results.clone(),
+                    &["result.#"],
+                    false,
+                )),
+                Sink::Jsonl => queues.push(QueueSpec::new(
+                    self.jsonl_queue(),
+                    results.clone(),
+                    &["result.#", "job.#"],
+                    false,
+                )),
+                Sink::FedoraMessaging => queues.push(QueueSpec::new(
+                    self.fedora_messaging_queue(),
+                    results.clone(),
+                    &["result.#"],
+                    false,
+                )),
+            }
         }
         queues
     }
@@ -151,6 +251,9 @@ impl Topology {
                 .await?;
         }
         for queue in self.work_queues() {
+            self.declare_work_queue(channel, &queue).await?;
+        }
+        for queue in self.sink_queues(&self.sinks) {
             self.declare_work_queue(channel, &queue).await?;
         }
         Ok(())
@@ -256,5 +359,33 @@ mod tests {
         assert!(t
             .dead_letter_sources()
             .contains(&"tb.fedmsg-bridge".to_string()));
+    }
+
+    #[test]
+    fn sink_queues_are_separate_from_work_queues() {
+        let t = Topology::new("tb", &[]);
+        let work: Vec<_> = t.work_queues().into_iter().map(|q| q.name).collect();
+        assert!(work.iter().all(|q| !q.contains(".sink.")), "{work:?}");
+        let sinks: Vec<_> = t
+            .sink_queues(&Sink::ALL)
+            .into_iter()
+            .map(|q| (q.name, q.binding_keys))
+            .collect();
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            sinks,
+            [
+                ("tb.sink.postgres.results".to_string(), keys(&["result.#"])),
+                ("tb.sink.postgres.status".to_string(), keys(&["job.#"])),
+                ("tb.sink.resultsdb".to_string(), keys(&["result.#"])),
+                ("tb.sink.jsonl".to_string(), keys(&["result.#", "job.#"])),
+                ("tb.sink.fedora-messaging".to_string(), keys(&["result.#"])),
+            ]
+        );
+        assert!(t.sink_queues(&[]).is_empty());
+        assert_eq!(
+            serde_json::from_str::<Vec<Sink>>(r#"["postgres","fedora-messaging"]"#).unwrap(),
+            [Sink::Postgres, Sink::FedoraMessaging]
+        );
     }
 }

@@ -278,11 +278,12 @@ impl Deployment {
     /// Wait until every work queue has a consumer: the services are connected and consuming.
     pub async fn wait_until_consuming(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let queues: Vec<String> = self
-            .broker
-            .topology
+        // The pipeline's queues, and the PostgreSQL sink's, which the reporter consumes.
+        let topology = &self.broker.topology;
+        let queues: Vec<String> = topology
             .work_queues()
             .into_iter()
+            .chain(topology.sink_queues(&[taskbot::topology::Sink::Postgres]))
             .map(|q| q.name)
             .collect();
         loop {

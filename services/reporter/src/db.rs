@@ -13,7 +13,7 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
 };
 use taskbot::config::PostgresConfig;
-use taskbot::messages::{JobState, JobStatus, Outcome, TaskRef, TaskResult};
+use taskbot::messages::{JobState, JobStatus, TaskResult};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -79,6 +79,19 @@ pub const MIGRATIONS: &[&str] = &[
         detail    text
     );
     CREATE INDEX job_events_job_id_idx ON job_events (job_id, at);
+    "#,
+    // v2: the ResultsDB sink records its deliveries in its own table, so it works (and dedupes
+    // redeliveries) whether or not the PostgreSQL sink stored the result, or stored it yet. What
+    // v1 recorded in `results` is carried over; those columns are no longer written.
+    r#"
+    CREATE TABLE resultsdb_deliveries (
+        result_id    uuid PRIMARY KEY,
+        resultsdb_id bigint,
+        posted_at    timestamptz NOT NULL DEFAULT now()
+    );
+    INSERT INTO resultsdb_deliveries (result_id, resultsdb_id, posted_at)
+        SELECT result_id, resultsdb_id, resultsdb_posted_at FROM results
+        WHERE resultsdb_posted_at IS NOT NULL;
     "#,
 ];
 
@@ -271,82 +284,50 @@ pub async fn insert_result(client: &Object, result: &TaskResult) -> Result<bool,
     Ok(written == 1)
 }
 
-/// A result as stored, with whether ResultsDB already has it.
+/// A result already delivered to ResultsDB.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredResult {
-    pub result: TaskResult,
-    pub resultsdb_posted_at: Option<DateTime<Utc>>,
+pub struct Delivery {
     pub resultsdb_id: Option<i64>,
+    pub posted_at: DateTime<Utc>,
 }
 
-/// Read a result back and lock its row until `tx` ends, so two reporters (or two copies of one
-/// message handled at once) cannot both post it to ResultsDB: the second waits, then sees it
-/// posted.
-pub async fn lock_result(
+/// Take a lock on a result's ResultsDB delivery until `tx` ends, then say whether it was already
+/// delivered. Two reporters (or two copies of one message handled at once) thus cannot both post
+/// it: the second waits, then finds the delivery recorded. An advisory lock, because the result
+/// may have no row anywhere yet.
+pub async fn lock_delivery(
     tx: &Transaction<'_>,
     result_id: Uuid,
-) -> Result<Option<StoredResult>, StoreError> {
-    let statement = tx
-        .prepare_cached(
-            "SELECT result_id, job_id, testcase, outcome, item, item_type, arch, note, log_url, \
-             data, task_name, task_repo, task_ref, event_id, rule, runner, finished_at, \
-             resultsdb_posted_at, resultsdb_id \
-             FROM results WHERE result_id = $1 FOR UPDATE",
+) -> Result<Option<Delivery>, StoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
+        &[&result_id.to_string()],
+    )
+    .await?;
+    let row = tx
+        .query_opt(
+            "SELECT resultsdb_id, posted_at FROM resultsdb_deliveries WHERE result_id = $1",
+            &[&result_id],
         )
         .await?;
-    let Some(row) = tx.query_opt(&statement, &[&result_id]).await? else {
-        return Ok(None);
-    };
-    let outcome_text: String = row.try_get("outcome")?;
-    let outcome = Outcome::parse(&outcome_text).ok_or_else(|| {
-        StoreError::Corrupt(format!(
-            "result {result_id} has unknown outcome {outcome_text:?}"
-        ))
-    })?;
-    let data = match row.try_get::<_, serde_json::Value>("data")? {
-        serde_json::Value::Object(map) => map.into_iter().collect(),
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "result {result_id} has data that is not an object: {other}"
-            )))
-        }
-    };
-    Ok(Some(StoredResult {
-        result: TaskResult {
-            result_id: row.try_get("result_id")?,
-            job_id: row.try_get("job_id")?,
-            testcase: row.try_get("testcase")?,
-            outcome,
-            item: row.try_get("item")?,
-            item_type: row.try_get("item_type")?,
-            arch: row.try_get("arch")?,
-            note: row.try_get("note")?,
-            log_url: row.try_get("log_url")?,
-            data,
-            task: TaskRef {
-                name: row.try_get("task_name")?,
-                repo: row.try_get("task_repo")?,
-                git_ref: row.try_get("task_ref")?,
-            },
-            event_id: row.try_get("event_id")?,
-            rule: row.try_get("rule")?,
-            runner: row.try_get("runner")?,
-            finished_at: row.try_get("finished_at")?,
-        },
-        resultsdb_posted_at: row.try_get("resultsdb_posted_at")?,
-        resultsdb_id: row.try_get("resultsdb_id")?,
-    }))
+    Ok(match row {
+        Some(row) => Some(Delivery {
+            resultsdb_id: row.try_get(0)?,
+            posted_at: row.try_get(1)?,
+        }),
+        None => None,
+    })
 }
 
 /// Record that ResultsDB accepted a result (under `resultsdb_id`, when its answer said).
-pub async fn mark_posted(
+pub async fn record_delivery(
     tx: &Transaction<'_>,
     result_id: Uuid,
     resultsdb_id: Option<i64>,
 ) -> Result<(), StoreError> {
     tx.execute(
-        "UPDATE results SET resultsdb_posted_at = now(), resultsdb_id = $2 \
-         WHERE result_id = $1 AND resultsdb_posted_at IS NULL",
+        "INSERT INTO resultsdb_deliveries (result_id, resultsdb_id) VALUES ($1, $2) \
+         ON CONFLICT (result_id) DO NOTHING",
         &[&result_id, &resultsdb_id],
     )
     .await?;

@@ -1,25 +1,40 @@
-//! The `reporter` service: the end of the pipeline. It keeps every result and every job status
-//! in PostgreSQL (results, each job's current state, each job's full history) and forwards results
-//! to ResultsDB, where Fedora's tools look for them.
+//! The `reporter` service: the end of the pipeline. It feeds every result and job status to
+//! independent sinks, each consuming its own queue bound to the results exchange, so a slow or
+//! broken store never holds back the others (docs/results.md):
 //!
-//! Two consumers run in one process: results (`<ns>.reporter.results`) and job statuses
-//! (`<ns>.reporter.status`). Both acknowledge a message only once what it says is committed to
-//! PostgreSQL (and, for results, accepted by ResultsDB when one is configured), so nothing is
-//! lost when the database or ResultsDB is down: the message waits in its queue.
+//! - `postgres`: results, each job's current state and its full history (`<ns>.sink.postgres.results`,
+//!   `<ns>.sink.postgres.status`);
+//! - `resultsdb`: results posted to ResultsDB (`<ns>.sink.resultsdb`);
+//! - `jsonl`: results and statuses appended to a rotating JSON-lines file (`<ns>.sink.jsonl`);
+//! - `fedora-messaging`: results republished as fedora-messaging messages
+//!   (`<ns>.sink.fedora-messaging`).
+//!
+//! Each sink acknowledges a message only once what it says is committed (row, HTTP 201 and its
+//! record, fsynced line, confirmed publish), so nothing is lost while a store is down: the
+//! message waits in that sink's queue.
 
 pub mod db;
+pub mod fedora_messaging;
+pub mod jsonl;
+pub mod postgres;
 pub mod resultsdb;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use taskbot::amqp::{self, Backoff, ConsumerSpec, Disposition, Handler, Incoming, Publisher};
+use taskbot::amqp::{self, Backoff, ConsumerSpec, Disposition, Handler};
+use taskbot::config::ReporterConfig;
 use taskbot::messages::{JobStatus, Message, TaskResult};
+use taskbot::topology::Sink;
 use taskbot::{Config, Shutdown, Topology};
 
 use crate::db::StoreError;
-use crate::resultsdb::{PostOutcome, ResultsDb};
+use crate::fedora_messaging::FedoraMessagingSink;
+use crate::jsonl::{JsonlSink, JsonlWriter};
+use crate::resultsdb::{ResultsDb, ResultsDbSink};
 
 /// Pause before a delivery that failed transiently (database or ResultsDB down) is handed back
 /// to its queue and tried again. Short enough that an outage ending is noticed quickly, long
@@ -77,147 +92,6 @@ pub fn store_failure(what: &str, err: &StoreError) -> Disposition {
     }
 }
 
-/// The dead-letter reason for a result ResultsDB refused. Says that the row exists, so whoever
-/// reads the dead-letter queue knows only the ResultsDB copy is missing, and that replaying the
-/// message (once the cause is fixed) posts it.
-pub fn refused_reason(result: &TaskResult, status: u16, message: &str) -> String {
-    format!(
-        "ResultsDB refused result {} (HTTP {status}): {message} [the result is stored in \
-         PostgreSQL as results row {}, not marked as posted; replay this message once the cause \
-         is fixed to post it]",
-        result.result_id, result.result_id
-    )
-}
-
-/// Stores results and forwards them to ResultsDB.
-pub struct ResultsHandler {
-    pub pool: Pool,
-    /// `None` when no ResultsDB is configured: results are only stored.
-    pub resultsdb: Option<ResultsDb>,
-}
-
-impl ResultsHandler {
-    /// Handle one delivery: decode, store, post if not posted yet.
-    pub async fn process(&self, body: &[u8]) -> Disposition {
-        let result = match decode_result(body) {
-            Ok(r) => r,
-            Err(reason) => return Disposition::DeadLetter(reason),
-        };
-        let what = format!("result {}", result.result_id);
-        let mut client = match self.pool.get().await {
-            Ok(c) => c,
-            Err(err) => return store_failure(&what, &StoreError::from(err)),
-        };
-        match db::insert_result(&client, &result).await {
-            Ok(true) => tracing::info!(result_id = %result.result_id, job_id = %result.job_id,
-                testcase = %result.testcase, outcome = %result.outcome, item = %result.item,
-                arch = %result.arch, "result stored"),
-            Ok(false) => {
-                tracing::info!(result_id = %result.result_id, "result already stored (redelivery)")
-            }
-            Err(err) => return store_failure(&what, &err),
-        }
-        let Some(resultsdb) = &self.resultsdb else {
-            return Disposition::Done(Vec::new());
-        };
-        // The row stays locked until the post is recorded, so a concurrent copy of this message
-        // (here or in another reporter) waits and then finds it posted, instead of posting twice.
-        let tx = match client.transaction().await {
-            Ok(tx) => tx,
-            Err(err) => return store_failure(&what, &StoreError::from(err)),
-        };
-        let stored = match db::lock_result(&tx, result.result_id).await {
-            Ok(Some(stored)) => stored,
-            Ok(None) => {
-                return Disposition::Retry(format!(
-                    "{what} vanished from the database after it was stored"
-                ))
-            }
-            Err(err) => return store_failure(&what, &err),
-        };
-        if let Some(posted_at) = stored.resultsdb_posted_at {
-            tracing::info!(result_id = %result.result_id, resultsdb_id = ?stored.resultsdb_id,
-                %posted_at, "result already in ResultsDB");
-            return Disposition::Done(Vec::new());
-        }
-        // Post the stored version: if an earlier copy with other content was stored first, it is
-        // the one PostgreSQL keeps, and ResultsDB must agree with it.
-        let payload = resultsdb::payload(&stored.result);
-        match resultsdb.post(&payload).await {
-            PostOutcome::Posted { id } => {
-                if id.is_none() {
-                    tracing::warn!(result_id = %result.result_id, "ResultsDB accepted the result but its answer had no id");
-                }
-                let recorded = async {
-                    db::mark_posted(&tx, result.result_id, id).await?;
-                    tx.commit().await.map_err(StoreError::from)
-                }
-                .await;
-                match recorded {
-                    Ok(()) => {
-                        tracing::info!(result_id = %result.result_id, resultsdb_id = ?id, "result posted to ResultsDB");
-                        Disposition::Done(Vec::new())
-                    }
-                    // ResultsDB has no idempotency key, so the retry will post a second copy;
-                    // the alternative, acking, could lose the record that the result was posted.
-                    Err(err) => {
-                        tracing::error!(result_id = %result.result_id, error = %err,
-                            "result posted to ResultsDB but recording that failed; it will be posted again");
-                        Disposition::Retry(format!(
-                            "{what} was posted to ResultsDB but recording that failed: {err}"
-                        ))
-                    }
-                }
-            }
-            PostOutcome::Retry(reason) => Disposition::Retry(format!("{what}: {reason}")),
-            PostOutcome::Refused { status, message } => {
-                Disposition::DeadLetter(refused_reason(&stored.result, status, &message))
-            }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Handler for ResultsHandler {
-    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
-        self.process(&incoming.body).await
-    }
-}
-
-/// Records job statuses: each job's current state and its full history.
-pub struct StatusHandler {
-    pub pool: Pool,
-}
-
-impl StatusHandler {
-    pub async fn process(&self, body: &[u8]) -> Disposition {
-        let status = match decode_status(body) {
-            Ok(s) => s,
-            Err(reason) => return Disposition::DeadLetter(reason),
-        };
-        let what = format!("status {} of job {}", status.status_id, status.job_id);
-        let mut client = match self.pool.get().await {
-            Ok(c) => c,
-            Err(err) => return store_failure(&what, &StoreError::from(err)),
-        };
-        match db::record_status(&mut client, &status).await {
-            Ok(write) => {
-                tracing::info!(job_id = %status.job_id, state = %status.state, service = %status.service,
-                    new_event = write.new_event, job_updated = write.job_updated, "job status recorded");
-                Disposition::Done(Vec::new())
-            }
-            Err(err) => store_failure(&what, &err),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Handler for StatusHandler {
-    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
-        self.process(&incoming.body).await
-    }
-}
-
 /// Migrate the schema, waiting (with back-off) for the database to be reachable. Returns
 /// `Ok(false)` if shutdown came first, and an error only for failures waiting cannot fix (a
 /// migration script PostgreSQL refuses, a schema newer than this reporter).
@@ -258,75 +132,292 @@ pub async fn prepare_database(
     }
 }
 
-/// Run until `shutdown`: prepare the database, then consume results and statuses.
+/// The sinks `config` enables: `reporter.sinks` when set, else PostgreSQL plus ResultsDB when
+/// `resultsdb_url` is set and the JSON-lines file when `jsonl_path` is set. Refuses a listed sink
+/// that lacks what it needs, so a typo fails the start instead of a queue filling up.
+pub fn enabled_sinks(config: &ReporterConfig) -> anyhow::Result<Vec<Sink>> {
+    let mut sinks = match &config.sinks {
+        Some(listed) => listed.clone(),
+        None => {
+            let mut sinks = vec![Sink::Postgres];
+            if config.resultsdb_url.is_some() {
+                sinks.push(Sink::Resultsdb);
+            }
+            if config.jsonl_path.is_some() {
+                sinks.push(Sink::Jsonl);
+            }
+            sinks
+        }
+    };
+    sinks.sort();
+    sinks.dedup();
+    if sinks.contains(&Sink::Resultsdb) && config.resultsdb_url.is_none() {
+        anyhow::bail!("reporter.sinks lists resultsdb but reporter.resultsdb_url is not set");
+    }
+    if sinks.contains(&Sink::Jsonl) && config.jsonl_path.is_none() {
+        anyhow::bail!("reporter.sinks lists jsonl but reporter.jsonl_path is not set");
+    }
+    if sinks.is_empty() {
+        anyhow::bail!("reporter.sinks is empty: the reporter would have nothing to do");
+    }
+    Ok(sinks)
+}
+
+/// Declare the enabled sinks' queues (with the rest of the topology) as soon as the broker is
+/// reachable, before waiting for anything else, so results published meanwhile wait in them.
+/// Also checks that the fedora-messaging exchange exists: publishing to a missing exchange would
+/// close the publishing channel and stall the sink. Returns `Ok(false)` if shutdown came first.
+async fn declare_queues(
+    config: &Config,
+    topology: &Topology,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<bool> {
+    let mut backoff = Backoff::new(config.amqp.reconnect_max_secs);
+    loop {
+        let Some(conn) =
+            amqp::connect_with_retry(&config.amqp, "taskbot-reporter-setup", shutdown).await
+        else {
+            return Ok(false);
+        };
+        let declared = async {
+            let channel = conn.create_channel().await?;
+            topology.declare(&channel).await?;
+            Ok::<_, lapin::Error>(())
+        }
+        .await;
+        if topology.sinks.contains(&Sink::FedoraMessaging) && declared.is_ok() {
+            let exchange = &config.reporter.fedora_messaging_exchange;
+            let found = async {
+                let channel = conn.create_channel().await?;
+                channel
+                    .exchange_declare(
+                        exchange,
+                        lapin::ExchangeKind::Topic,
+                        lapin::options::ExchangeDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await
+            }
+            .await;
+            if let Err(err) = found {
+                let _ = conn.close(200, "done").await;
+                anyhow::bail!(
+                    "reporter.fedora_messaging_exchange {exchange:?} cannot be used: {err}"
+                );
+            }
+        }
+        let _ = conn.close(200, "declared").await;
+        match declared {
+            Ok(()) => return Ok(true),
+            Err(err) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "cannot declare the sink queues");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => return Ok(false),
+                }
+            }
+        }
+    }
+}
+
+type Consumer<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// How one sink consumes its queue.
+fn spec(queue: String, sink: &str, concurrency: usize, retry_delay: Duration) -> ConsumerSpec {
+    ConsumerSpec {
+        queue,
+        name: format!("taskbot-reporter-{sink}"),
+        concurrency,
+        retry_delay,
+    }
+}
+
+fn consumer<'a>(
+    config: &'a Config,
+    topology: &'a Topology,
+    spec: ConsumerSpec,
+    handler: Arc<dyn Handler>,
+    shutdown: &Shutdown,
+) -> Consumer<'a> {
+    Box::pin(amqp::consume(
+        &config.amqp,
+        topology,
+        spec,
+        handler,
+        shutdown.clone(),
+    ))
+}
+
+/// Run until `shutdown`: declare the enabled sinks' queues, start the sinks that need no
+/// database at once, prepare the database (when a sink needs it) and start the others.
 pub async fn run(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
-    let pool = db::connect_pool(&config.postgres)?;
-    let database = db::database_name(&config.postgres.url);
-    // Parse the ResultsDB URL before waiting for anything, so a typo fails the start at once.
-    let resultsdb = match &config.reporter.resultsdb_url {
-        Some(url) => {
+    let sinks = enabled_sinks(&config.reporter)?;
+    let enabled = |sink| sinks.contains(&sink);
+    let names: Vec<&str> = sinks.iter().map(|s| s.as_str()).collect();
+    tracing::info!(sinks = ?names, "reporter sinks enabled");
+    let rc = &config.reporter;
+    // Check everything that can be wrong in the configuration before waiting for anything.
+    let resultsdb = match (&rc.resultsdb_url, enabled(Sink::Resultsdb)) {
+        (Some(url), true) => {
             let rdb = ResultsDb::new(
                 url,
-                Duration::from_secs(config.reporter.resultsdb_timeout_secs.max(1)),
+                Duration::from_secs(rc.resultsdb_timeout_secs.max(1)),
+                rc.resultsdb_auth_header.as_deref(),
             )?;
             tracing::info!(url = %rdb.results_url(), "results will be posted to ResultsDB");
             Some(rdb)
         }
-        None => {
-            tracing::info!("no reporter.resultsdb_url: results are stored in PostgreSQL only");
-            None
-        }
+        _ => None,
     };
-    if !prepare_database(
-        &pool,
-        &database,
-        config.amqp.reconnect_max_secs,
-        &mut shutdown,
-    )
-    .await?
-    {
-        tracing::info!("shutdown requested before the database was ready");
+    let jsonl = match (&rc.jsonl_path, enabled(Sink::Jsonl)) {
+        (Some(path), true) => Some(
+            JsonlWriter::open(path, rc.jsonl_max_bytes, rc.jsonl_keep).map_err(|e| {
+                anyhow::anyhow!("cannot open reporter.jsonl_path {}: {e}", path.display())
+            })?,
+        ),
+        _ => None,
+    };
+    let needs_db = enabled(Sink::Postgres) || enabled(Sink::Resultsdb);
+    // The ResultsDB sink has a pool of its own: while ResultsDB hangs, its handlers hold
+    // connections, and those must not be the ones the PostgreSQL sink needs.
+    let pool = db::connect_pool(&config.postgres)?;
+    let mut resultsdb_pg = config.postgres.clone();
+    resultsdb_pg.pool_size = rc.resultsdb_concurrency.max(1);
+    let resultsdb_pool = db::connect_pool(&resultsdb_pg)?;
+    let database = db::database_name(&config.postgres.url);
+
+    let topology = Topology::new(&config.amqp.namespace, &config.arches).with_sinks(&sinks);
+    if !declare_queues(&config, &topology, &mut shutdown).await? {
+        tracing::info!("shutdown requested before the sink queues were declared");
         return Ok(());
     }
 
-    let topology = Topology::new(&config.amqp.namespace, &config.arches);
-    // Both consumers share the pool and each handler holds one connection at a time, so half the
-    // pool each keeps them from waiting on each other.
-    let concurrency = (config.postgres.pool_size / 2).max(1);
-    let results = ConsumerSpec {
-        queue: topology.reporter_results_queue(),
-        name: "taskbot-reporter-results".into(),
-        concurrency,
-        retry_delay: RETRY_DELAY,
-    };
-    let statuses = ConsumerSpec {
-        queue: topology.reporter_status_queue(),
-        name: "taskbot-reporter-status".into(),
-        concurrency,
-        retry_delay: RETRY_DELAY,
-    };
-    let results_handler = Arc::new(ResultsHandler {
-        pool: pool.clone(),
-        resultsdb,
-    });
-    let status_handler = Arc::new(StatusHandler { pool: pool.clone() });
-    tokio::join!(
-        amqp::consume(
-            &config.amqp,
+    let mut without_db: Vec<Consumer> = Vec::new();
+    if let Some(writer) = jsonl {
+        without_db.push(consumer(
+            &config,
             &topology,
-            results,
-            results_handler,
-            shutdown.clone()
-        ),
-        amqp::consume(
-            &config.amqp,
+            spec(topology.jsonl_queue(), "jsonl", 1, RETRY_DELAY),
+            Arc::new(JsonlSink::new(writer)),
+            &shutdown,
+        ));
+    }
+    if enabled(Sink::FedoraMessaging) {
+        without_db.push(consumer(
+            &config,
             &topology,
-            statuses,
-            status_handler,
-            shutdown.clone()
-        ),
-    );
-    pool.close();
+            spec(
+                topology.fedora_messaging_queue(),
+                "fedora-messaging",
+                1,
+                RETRY_DELAY,
+            ),
+            Arc::new(FedoraMessagingSink {
+                exchange: rc.fedora_messaging_exchange.clone(),
+                topic: rc.fedora_messaging_topic.clone(),
+                schema: rc.fedora_messaging_schema.clone(),
+            }),
+            &shutdown,
+        ));
+    }
+    let without_db = futures::future::join_all(without_db);
+
+    let mut db_shutdown = shutdown.clone();
+    let (config_ref, topology_ref) = (&config, &topology);
+    let with_db = async move {
+        if !needs_db {
+            return Ok(());
+        }
+        let migrate_pool = if enabled(Sink::Postgres) {
+            &pool
+        } else {
+            &resultsdb_pool
+        };
+        if !prepare_database(
+            migrate_pool,
+            &database,
+            config_ref.amqp.reconnect_max_secs,
+            &mut db_shutdown,
+        )
+        .await?
+        {
+            tracing::info!("shutdown requested before the database was ready");
+            return Ok(());
+        }
+        let mut consumers: Vec<Consumer> = Vec::new();
+        if enabled(Sink::Postgres) {
+            // Results and statuses share the pool; each handler holds one connection at a time,
+            // so half the pool each keeps them from waiting on each other.
+            let concurrency = (config_ref.postgres.pool_size / 2).max(1);
+            consumers.push(consumer(
+                config_ref,
+                topology_ref,
+                spec(
+                    topology_ref.postgres_results_queue(),
+                    "postgres-results",
+                    concurrency,
+                    RETRY_DELAY,
+                ),
+                Arc::new(postgres::ResultsHandler { pool: pool.clone() }),
+                &db_shutdown,
+            ));
+            consumers.push(consumer(
+                config_ref,
+                topology_ref,
+                spec(
+                    topology_ref.postgres_status_queue(),
+                    "postgres-status",
+                    concurrency,
+                    RETRY_DELAY,
+                ),
+                Arc::new(postgres::StatusHandler { pool: pool.clone() }),
+                &db_shutdown,
+            ));
+        }
+        if let Some(rdb) = resultsdb {
+            // The handler waits each result's own back-off before handing it back, so the
+            // consume loop adds no pause of its own.
+            consumers.push(consumer(
+                config_ref,
+                topology_ref,
+                spec(
+                    topology_ref.resultsdb_queue(),
+                    "resultsdb",
+                    config_ref.reporter.resultsdb_concurrency.max(1),
+                    Duration::ZERO,
+                ),
+                Arc::new(ResultsDbSink::new(
+                    resultsdb_pool.clone(),
+                    rdb,
+                    config_ref.reporter.job_url_template.clone(),
+                    config_ref.reporter.resultsdb_retry_max_secs,
+                    db_shutdown.clone(),
+                )),
+                &db_shutdown,
+            ));
+        }
+        futures::future::join_all(consumers).await;
+        pool.close();
+        resultsdb_pool.close();
+        Ok::<_, anyhow::Error>(())
+    };
+    // A database that can never be prepared ends the reporter (the sinks without a database stop
+    // with it; their deliveries in hand are not acked and come back).
+    let mut without_db = std::pin::pin!(without_db);
+    let mut with_db = std::pin::pin!(with_db);
+    tokio::select! {
+        result = &mut with_db => {
+            result?;
+            without_db.await;
+        }
+        _ = &mut without_db => {
+            with_db.await?;
+        }
+    }
     tracing::info!("reporter stopped");
     Ok(())
 }
@@ -336,7 +427,7 @@ mod tests {
     use super::*;
     use chrono::Utc;
     use std::collections::BTreeMap;
-    use taskbot::messages::{Environment, JobRequest, JobState, Outcome, TaskRef};
+    use taskbot::messages::{Environment, JobRequest, JobState, TaskRef};
 
     fn job() -> JobRequest {
         let task = TaskRef {
@@ -387,16 +478,36 @@ mod tests {
     }
 
     #[test]
-    fn refusal_reason_quotes_the_server_and_says_the_row_exists() {
-        let mut result = TaskResult::crashed(&job(), "runner", "boom");
-        result.outcome = Outcome::Aborted;
-        let reason = refused_reason(&result, 400, "outcome must be one of ...");
-        assert!(
-            reason.contains("(HTTP 400): outcome must be one of ..."),
-            "{reason}"
+    fn default_sinks_follow_what_is_configured() {
+        let mut rc = ReporterConfig::default();
+        assert_eq!(enabled_sinks(&rc).unwrap(), [Sink::Postgres]);
+        rc.resultsdb_url = Some("http://rdb/api/v2.0".into());
+        rc.jsonl_path = Some("/tmp/r.jsonl".into());
+        assert_eq!(
+            enabled_sinks(&rc).unwrap(),
+            [Sink::Postgres, Sink::Resultsdb, Sink::Jsonl]
         );
-        assert!(reason.contains("stored in PostgreSQL"), "{reason}");
-        assert!(reason.contains(&result.result_id.to_string()), "{reason}");
+        rc.sinks = Some(vec![Sink::FedoraMessaging, Sink::Jsonl, Sink::Jsonl]);
+        assert_eq!(
+            enabled_sinks(&rc).unwrap(),
+            [Sink::Jsonl, Sink::FedoraMessaging],
+            "an explicit list is exactly the sinks"
+        );
+    }
+
+    #[test]
+    fn a_listed_sink_without_its_settings_is_refused() {
+        let mut rc = ReporterConfig {
+            sinks: Some(vec![Sink::Resultsdb]),
+            ..Default::default()
+        };
+        let err = enabled_sinks(&rc).unwrap_err().to_string();
+        assert!(err.contains("resultsdb_url is not set"), "{err}");
+        rc.sinks = Some(vec![Sink::Jsonl]);
+        let err = enabled_sinks(&rc).unwrap_err().to_string();
+        assert!(err.contains("jsonl_path is not set"), "{err}");
+        rc.sinks = Some(vec![]);
+        assert!(enabled_sinks(&rc).is_err());
     }
 
     #[test]

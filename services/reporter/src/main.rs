@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use taskbot::{service, Config};
 
-/// Stores results and job histories in PostgreSQL and forwards results to ResultsDB.
+/// Feeds results and job statuses to its enabled sinks (`reporter.sinks`): PostgreSQL,
+/// ResultsDB, a JSON-lines file, fedora-messaging. See docs/results.md.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {

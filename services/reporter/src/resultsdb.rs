@@ -6,19 +6,34 @@
 //! job as a group, and the item, type and arch as the conventional data keys that Fedora's
 //! consumers (Bodhi, Greenwave) query by.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::SecondsFormat;
+use deadpool_postgres::Pool;
 use serde_json::{json, Map, Value};
+use taskbot::amqp::{Backoff, Disposition, Handler, Incoming, Publisher};
 use taskbot::messages::TaskResult;
+use taskbot::Shutdown;
+use uuid::Uuid;
 
-use crate::error_chain;
+use crate::db::{self, StoreError};
+use crate::{decode_result, error_chain, store_failure};
 
 /// The most of a server's error message quoted in a dead-letter reason.
 const MAX_MESSAGE_CHARS: usize = 500;
 
-/// The `POST /results` body for a result.
-pub fn payload(result: &TaskResult) -> Value {
+/// The link to a job's page from `reporter.job_url_template` (`{job_id}` replaced).
+pub fn job_url(template: &str, job_id: Uuid) -> String {
+    template.replace("{job_id}", &job_id.to_string())
+}
+
+/// The `POST /results` body for a result. The job is the result's group; its `ref_url` is the
+/// job's page when one is configured (`job_url`), else its logs.
+pub fn payload(result: &TaskResult, job_url: Option<&str>) -> Value {
+    let group_ref = job_url
+        .map(str::to_string)
+        .or_else(|| result.log_url.clone());
     json!({
         "testcase": {
             "name": result.testcase,
@@ -33,7 +48,7 @@ pub fn payload(result: &TaskResult) -> Value {
                 "Taskbot job {}: {} on {} ({})",
                 result.job_id, result.task.name, result.item, result.arch
             ),
-            "ref_url": result.log_url,
+            "ref_url": group_ref,
         }],
         "data": data(result),
         // ResultsDB parses `%Y-%m-%dT%H:%M:%S.%f` plus an optional `Z`: the fraction is
@@ -158,6 +173,30 @@ pub fn server_message(body: &[u8]) -> String {
     }
 }
 
+/// Parse `reporter.resultsdb_auth_header` (`Name: value`). The value is marked sensitive so it
+/// never appears in debug output.
+pub fn parse_auth_header(
+    text: &str,
+) -> anyhow::Result<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
+    let (name, value) = text.split_once(':').ok_or_else(|| {
+        anyhow::anyhow!(
+            "reporter.resultsdb_auth_header must look like `Name: value` (e.g. \
+             `Authorization: Bearer ...`), and has no `:`"
+        )
+    })?;
+    let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| {
+        anyhow::anyhow!(
+            "reporter.resultsdb_auth_header: {:?} is not a header name: {e}",
+            name.trim()
+        )
+    })?;
+    let mut value = reqwest::header::HeaderValue::from_str(value.trim()).map_err(|_| {
+        anyhow::anyhow!("reporter.resultsdb_auth_header: the value is not a valid header value")
+    })?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
 /// A ResultsDB server.
 #[derive(Debug, Clone)]
 pub struct ResultsDb {
@@ -167,13 +206,24 @@ pub struct ResultsDb {
 }
 
 impl ResultsDb {
-    /// `base_url` is the API root, ending in `/api/v2.0`.
-    pub fn new(base_url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// `base_url` is the API root, ending in `/api/v2.0`; `auth_header` is sent with every
+    /// request (`Name: value`).
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        auth_header: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let results_url = format!("{}/results", base_url.trim_end_matches('/'));
         reqwest::Url::parse(&results_url).map_err(|e| {
             anyhow::anyhow!("reporter.resultsdb_url {base_url:?} is not a URL: {e}")
         })?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(text) = auth_header {
+            let (name, value) = parse_auth_header(text)?;
+            headers.insert(name, value);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("taskbot-reporter/", env!("CARGO_PKG_VERSION")))
@@ -225,6 +275,169 @@ impl ResultsDb {
     }
 }
 
+/// The dead-letter reason for a result ResultsDB refused. Says that only ResultsDB lacks it (the
+/// other sinks have their own queues) and that replaying the message, once the cause is fixed,
+/// posts it.
+pub fn refused_reason(result: &TaskResult, status: u16, message: &str) -> String {
+    format!(
+        "ResultsDB refused result {} (HTTP {status}): {message} [only the ResultsDB copy is \
+         missing: the other sinks have their own queues; replay this message once the cause is \
+         fixed to post it]",
+        result.result_id
+    )
+}
+
+/// Most results whose retry pauses are remembered; beyond it the memory starts afresh (the
+/// pauses merely restart from 0.5 s).
+const MAX_TRACKED_RETRIES: usize = 10_000;
+
+/// The ResultsDB sink: posts each result of its queue once, recording the delivery in
+/// PostgreSQL (`resultsdb_deliveries`) before the message is acked.
+///
+/// Retrying without blocking other results: a transient failure (timeout, connection error, 5xx,
+/// 408, 429) makes the handler wait this result's own back-off (doubling from 0.5 s up to
+/// `reporter.resultsdb_retry_max_secs`, with jitter) and then hand the message back to the queue
+/// (`Disposition::Retry`, requeued by the broker). Only the slot handling that result waits; the
+/// database connection and the delivery lock are released first, and the other slots
+/// (`reporter.resultsdb_concurrency`) go on with other results.
+pub struct ResultsDbSink {
+    /// Its own pool, so a hanging ResultsDB cannot take the connections the PostgreSQL sink needs.
+    pub pool: Pool,
+    pub resultsdb: ResultsDb,
+    pub job_url_template: Option<String>,
+    pub retry_max_secs: u64,
+    /// Ends a retry pause early on shutdown.
+    pub shutdown: Shutdown,
+    backoffs: std::sync::Mutex<HashMap<Uuid, Backoff>>,
+}
+
+impl ResultsDbSink {
+    pub fn new(
+        pool: Pool,
+        resultsdb: ResultsDb,
+        job_url_template: Option<String>,
+        retry_max_secs: u64,
+        shutdown: Shutdown,
+    ) -> Self {
+        ResultsDbSink {
+            pool,
+            resultsdb,
+            job_url_template,
+            retry_max_secs,
+            shutdown,
+            backoffs: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pause before `result_id` is tried again; grows with each failure of that result.
+    pub fn next_delay(&self, result_id: Uuid) -> Duration {
+        let mut backoffs = self.backoffs.lock().unwrap_or_else(|e| e.into_inner());
+        if backoffs.len() >= MAX_TRACKED_RETRIES && !backoffs.contains_key(&result_id) {
+            backoffs.clear();
+        }
+        backoffs
+            .entry(result_id)
+            .or_insert_with(|| Backoff::new(self.retry_max_secs))
+            .next_delay()
+    }
+
+    fn forget(&self, result_id: Uuid) {
+        self.backoffs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&result_id);
+    }
+
+    /// Handle one delivery, pausing before a retry.
+    pub async fn process(&self, body: &[u8]) -> Disposition {
+        let result = match decode_result(body) {
+            Ok(r) => r,
+            Err(reason) => return Disposition::DeadLetter(reason),
+        };
+        match self.deliver(&result).await {
+            Disposition::Retry(reason) => {
+                let wait = self.next_delay(result.result_id);
+                tracing::warn!(result_id = %result.result_id, %reason,
+                    retry_in_ms = wait.as_millis() as u64, "ResultsDB delivery failed; will retry");
+                let mut shutdown = self.shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => {}
+                }
+                Disposition::Retry(reason)
+            }
+            other => {
+                self.forget(result.result_id);
+                other
+            }
+        }
+    }
+
+    async fn deliver(&self, result: &TaskResult) -> Disposition {
+        let what = format!("result {}", result.result_id);
+        let mut client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(err) => return store_failure(&what, &StoreError::from(err)),
+        };
+        let tx = match client.transaction().await {
+            Ok(tx) => tx,
+            Err(err) => return store_failure(&what, &StoreError::from(err)),
+        };
+        match db::lock_delivery(&tx, result.result_id).await {
+            Ok(Some(delivery)) => {
+                tracing::info!(result_id = %result.result_id, resultsdb_id = ?delivery.resultsdb_id,
+                    posted_at = %delivery.posted_at, "result already in ResultsDB");
+                return Disposition::Done(Vec::new());
+            }
+            Ok(None) => {}
+            Err(err) => return store_failure(&what, &err),
+        }
+        let job_url = self
+            .job_url_template
+            .as_deref()
+            .map(|t| job_url(t, result.job_id));
+        let body = payload(result, job_url.as_deref());
+        match self.resultsdb.post(&body).await {
+            PostOutcome::Posted { id } => {
+                if id.is_none() {
+                    tracing::warn!(result_id = %result.result_id, "ResultsDB accepted the result but its answer had no id");
+                }
+                let recorded = async {
+                    db::record_delivery(&tx, result.result_id, id).await?;
+                    tx.commit().await.map_err(StoreError::from)
+                }
+                .await;
+                match recorded {
+                    Ok(()) => {
+                        tracing::info!(result_id = %result.result_id, resultsdb_id = ?id, "result posted to ResultsDB");
+                        Disposition::Done(Vec::new())
+                    }
+                    // ResultsDB has no idempotency key, so the retry will post a second copy;
+                    // the alternative, acking, could lose the record that the result was posted.
+                    Err(err) => {
+                        tracing::error!(result_id = %result.result_id, error = %err,
+                            "result posted to ResultsDB but recording that failed; it will be posted again");
+                        Disposition::Retry(format!(
+                            "{what} was posted to ResultsDB but recording that failed: {err}"
+                        ))
+                    }
+                }
+            }
+            PostOutcome::Retry(reason) => Disposition::Retry(format!("{what}: {reason}")),
+            PostOutcome::Refused { status, message } => {
+                Disposition::DeadLetter(refused_reason(result, status, &message))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for ResultsDbSink {
+    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
+        self.process(&incoming.body).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +480,7 @@ mod tests {
     fn payload_has_resultsdb_shape() {
         let r = result();
         assert_eq!(
-            payload(&r),
+            payload(&r, None),
             json!({
                 "testcase": {"name": "dist.rpmlint", "ref_url": "https://git.example/rpmlint.git"},
                 "outcome": "NEEDS_INSPECTION",
@@ -297,10 +510,60 @@ mod tests {
         let mut r = result();
         r.note = None;
         r.log_url = None;
-        let p = payload(&r);
+        let p = payload(&r, None);
         assert_eq!(p["note"], Value::Null);
         assert_eq!(p["ref_url"], Value::Null);
         assert_eq!(p["groups"][0]["ref_url"], Value::Null);
+    }
+
+    #[test]
+    fn job_group_links_to_the_job_page_when_configured() {
+        let r = result();
+        let url = job_url("https://taskbot.example/jobs/{job_id}", r.job_id);
+        assert_eq!(
+            url,
+            "https://taskbot.example/jobs/00000000-0000-0000-0000-000000000abc"
+        );
+        let p = payload(&r, Some(&url));
+        assert_eq!(p["groups"][0]["ref_url"], json!(url));
+        assert_eq!(
+            p["ref_url"],
+            json!("https://logs.example/abc/"),
+            "logs stay the result's link"
+        );
+    }
+
+    #[test]
+    fn auth_header_is_name_and_value() {
+        let (name, value) = parse_auth_header("Authorization: Bearer s3cret").unwrap();
+        assert_eq!(name.as_str(), "authorization");
+        assert_eq!(value.to_str().unwrap(), "Bearer s3cret");
+        assert!(value.is_sensitive());
+        let err = parse_auth_header("Bearer s3cret").unwrap_err().to_string();
+        assert!(err.contains("Name: value"), "{err}");
+        assert!(parse_auth_header("Bad Name: x").is_err());
+        assert!(ResultsDb::new(
+            "http://rdb/api/v2.0",
+            Duration::from_secs(1),
+            Some("nocolon")
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn refusal_reason_quotes_the_server_and_says_only_resultsdb_lacks_it() {
+        let mut r = result();
+        r.outcome = Outcome::Aborted;
+        let reason = refused_reason(&r, 400, "outcome must be one of ...");
+        assert!(
+            reason.contains("(HTTP 400): outcome must be one of ..."),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("only the ResultsDB copy is missing"),
+            "{reason}"
+        );
+        assert!(reason.contains(&r.result_id.to_string()), "{reason}");
     }
 
     #[test]
@@ -392,8 +655,9 @@ mod tests {
 
     #[test]
     fn results_url_is_under_the_api_root() {
-        let rdb = ResultsDb::new("http://rdb:5001/api/v2.0/", Duration::from_secs(1)).unwrap();
+        let rdb =
+            ResultsDb::new("http://rdb:5001/api/v2.0/", Duration::from_secs(1), None).unwrap();
         assert_eq!(rdb.results_url(), "http://rdb:5001/api/v2.0/results");
-        assert!(ResultsDb::new("not a url", Duration::from_secs(1)).is_err());
+        assert!(ResultsDb::new("not a url", Duration::from_secs(1), None).is_err());
     }
 }

@@ -51,11 +51,12 @@ impl Setup {
             .await;
     }
 
-    /// `(resultsdb_posted_at, resultsdb_id)` of a stored result; `None` if there is no row.
-    async fn posted(&self, id: Uuid) -> Option<(Option<DateTime<Utc>>, Option<i64>)> {
+    /// `(posted_at, resultsdb_id)` of a result's recorded ResultsDB delivery; `None` if there
+    /// is none.
+    async fn posted(&self, id: Uuid) -> Option<(DateTime<Utc>, Option<i64>)> {
         self.client
             .query_opt(
-                "SELECT resultsdb_posted_at, resultsdb_id FROM results WHERE result_id = $1",
+                "SELECT posted_at, resultsdb_id FROM resultsdb_deliveries WHERE result_id = $1",
                 &[&id],
             )
             .await
@@ -64,11 +65,9 @@ impl Setup {
     }
 
     async fn wait_posted(&self, id: Uuid) -> i64 {
-        wait_until(
-            "the result marked as posted",
-            Duration::from_secs(20),
-            || async { matches!(self.posted(id).await, Some((Some(_), _))) },
-        )
+        wait_until("the delivery recorded", Duration::from_secs(20), || async {
+            self.posted(id).await.is_some()
+        })
         .await;
         self.posted(id)
             .await
@@ -77,11 +76,19 @@ impl Setup {
             .expect("ResultsDB's id recorded")
     }
 
+    async fn stored_in_postgres(&self, id: Uuid) -> bool {
+        self.client
+            .query_opt("SELECT 1 FROM results WHERE result_id = $1", &[&id])
+            .await
+            .unwrap()
+            .is_some()
+    }
+
     /// Queues of the results consumer are empty (call after the reporter stopped: every delivery
     /// was then acked, not merely in flight).
     async fn assert_drained(&self, dead_letters: u32) {
         let t = &self.broker.topology;
-        let queue = t.reporter_results_queue();
+        let queue = t.resultsdb_queue();
         assert_eq!(self.broker.depth(&queue).await, 0);
         assert_eq!(
             self.broker.depth(&t.dead_letter_queue(&queue)).await,
@@ -105,7 +112,7 @@ async fn result_is_posted_in_resultsdb_format_once_even_when_delivered_again() {
     // A redelivery long after it was posted.
     s.publish(&res).await;
     // Stop only once the reporter has taken the copy (stopping lets a delivery in hand finish).
-    let queue = s.broker.topology.reporter_results_queue();
+    let queue = s.broker.topology.resultsdb_queue();
     wait_until("the third copy taken", Duration::from_secs(10), || async {
         s.broker.depth(&queue).await == 0
     })
@@ -198,7 +205,7 @@ async fn refused_result_is_dead_lettered_with_the_servers_message_and_kept_in_po
     let dead = s
         .broker
         .get(
-            &t.dead_letter_queue(&t.reporter_results_queue()),
+            &t.dead_letter_queue(&t.resultsdb_queue()),
             Duration::from_secs(20),
         )
         .await
@@ -212,12 +219,17 @@ async fn refused_result_is_dead_lettered_with_the_servers_message_and_kept_in_po
         ),
         "{reason}"
     );
-    assert!(reason.contains("stored in PostgreSQL"), "{reason}");
-    assert_eq!(
-        s.posted(res.result_id).await,
-        Some((None, None)),
-        "the row exists, not marked as posted"
+    assert!(
+        reason.contains("only the ResultsDB copy is missing"),
+        "{reason}"
     );
+    assert_eq!(s.posted(res.result_id).await, None, "no delivery recorded");
+    wait_until(
+        "the PostgreSQL sink stored it all the same",
+        Duration::from_secs(10),
+        || async { s.stored_in_postgres(res.result_id).await },
+    )
+    .await;
     reporter.stop().await;
     s.assert_drained(0).await;
     assert_eq!(resultsdb.requests().len(), 1, "not retried");

@@ -13,7 +13,8 @@ use taskbot::testing::{test_config, TestBroker};
 use taskbot_reporter::db;
 use uuid::Uuid;
 
-use support::{job, result, status, time, wait_until, RunningReporter, TestDb};
+use support::{declare_sinks, job, result, status, time, wait_until, RunningReporter, TestDb};
+use taskbot::topology::Sink;
 
 /// A `job_events` row: status id, state, at, service, detail.
 type HistoryRow = (Uuid, String, DateTime<Utc>, String, Option<String>);
@@ -62,7 +63,13 @@ async fn migrating_twice_is_a_no_op_and_concurrent_migrations_do_not_fail() {
         .collect();
     assert_eq!(
         tables,
-        ["job_events", "jobs", "results", "taskbot_schema_migrations"]
+        [
+            "job_events",
+            "jobs",
+            "results",
+            "resultsdb_deliveries",
+            "taskbot_schema_migrations"
+        ]
     );
     pool.close();
 
@@ -163,7 +170,7 @@ async fn results_and_statuses_are_stored_once_and_a_finished_job_stays_finished(
     // After shutdown every delivery is acked or back in its queue: empty queues mean the
     // duplicates were all handled, so the counts below are final.
     reporter.stop().await;
-    for queue in [t.reporter_results_queue(), t.reporter_status_queue()] {
+    for queue in [t.postgres_results_queue(), t.postgres_status_queue()] {
         assert_eq!(broker.depth(&queue).await, 0, "{queue}");
         assert_eq!(
             broker.depth(&t.dead_letter_queue(&queue)).await,
@@ -282,7 +289,7 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_the_reporter_keeps_goi
         .publish(&t.results_exchange(), &good.routing_key(), good.to_json())
         .await;
 
-    let dlq = t.dead_letter_queue(&t.reporter_results_queue());
+    let dlq = t.dead_letter_queue(&t.postgres_results_queue());
     let mut reasons = Vec::new();
     for _ in 0..3 {
         let msg = broker
@@ -314,7 +321,7 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_the_reporter_keeps_goi
 
     let status_dead = broker
         .get(
-            &t.dead_letter_queue(&t.reporter_status_queue()),
+            &t.dead_letter_queue(&t.postgres_status_queue()),
             Duration::from_secs(15),
         )
         .await
@@ -340,7 +347,7 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_the_reporter_keeps_goi
     )
     .await;
     reporter.stop().await;
-    assert_eq!(broker.depth(&t.reporter_results_queue()).await, 0);
+    assert_eq!(broker.depth(&t.postgres_results_queue()).await, 0);
     assert_eq!(broker.depth(&dlq).await, 0, "exactly three dead letters");
     broker.cleanup().await;
 }
@@ -352,6 +359,8 @@ async fn unreachable_database_holds_consumption_until_shutdown() {
     config.postgres.url = "postgres://postgres@127.0.0.1:1/nowhere".into();
     let broker = TestBroker::new(&config).await;
     let t = broker.topology.clone();
+    // As if the reporter had run before: its queue exists and holds a result.
+    declare_sinks(&broker, &[Sink::Postgres]).await;
     let job = job("x-1-1");
     let res: TaskResult = result(&job, "dist.rpmlint", Outcome::Passed);
     broker
@@ -361,10 +370,122 @@ async fn unreachable_database_holds_consumption_until_shutdown() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!reporter.is_finished(), "keeps waiting for the database");
     assert_eq!(
-        broker.depth(&t.reporter_results_queue()).await,
+        broker.depth(&t.postgres_results_queue()).await,
         1,
         "nothing is consumed before the database is ready"
     );
+    assert_eq!(broker.consumers(&t.postgres_results_queue()).await, 0);
     reporter.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_crashed_job_has_its_whole_history_and_its_crashed_result() {
+    let test_db = TestDb::create().await;
+    let mut config = test_config();
+    config.postgres.url = test_db.url.clone();
+    let broker = TestBroker::new(&config).await;
+    let t = broker.topology.clone();
+    let reporter = RunningReporter::start_ready(&config, &test_db).await;
+    let client = test_db.client().await;
+
+    let job = job("xchat-0.5-1.fc20");
+    let states = [
+        JobState::Queued,
+        JobState::Provisioning,
+        JobState::Provisioned,
+        JobState::Cloning,
+        JobState::Running,
+        JobState::Crashed,
+    ];
+    let statuses: Vec<_> = states
+        .iter()
+        .enumerate()
+        .map(|(i, state)| status(&job, *state, time(i as i64 - 10)))
+        .collect();
+    // Published out of order, the crash first, and one twice: the history is complete and the
+    // job ends crashed all the same.
+    for s in statuses.iter().rev().chain(std::iter::once(&statuses[2])) {
+        broker
+            .publish(&t.results_exchange(), &s.routing_key(), s.to_json())
+            .await;
+    }
+    let crashed = TaskResult::crashed(&job, "runner@test/x86_64", "the task's clone failed");
+    broker
+        .publish(
+            &t.results_exchange(),
+            &crashed.routing_key(),
+            crashed.to_json(),
+        )
+        .await;
+    wait_until(
+        "six events and the result",
+        Duration::from_secs(15),
+        || async {
+            count(
+                &client,
+                "SELECT count(*) FROM job_events WHERE job_id = $1",
+                &job.job_id,
+            )
+            .await
+                == 6
+                && count(
+                    &client,
+                    "SELECT count(*) FROM results WHERE job_id = $1 AND outcome = 'CRASHED'",
+                    &job.job_id,
+                )
+                .await
+                    == 1
+        },
+    )
+    .await;
+    reporter.stop().await;
+    let history: Vec<(String, DateTime<Utc>, String, Option<String>)> = client
+        .query(
+            "SELECT state, at, service, detail FROM job_events WHERE job_id = $1 ORDER BY at",
+            &[&job.job_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let expected: Vec<_> = statuses
+        .iter()
+        .map(|s| {
+            (
+                s.state.to_string(),
+                s.at,
+                s.service.clone(),
+                s.detail.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(history, expected);
+    let row = client
+        .query_one(
+            "SELECT state, event_id, rule, task_repo, task_ref, arch FROM jobs WHERE job_id = $1",
+            &[&job.job_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "crashed");
+    assert_eq!(row.get::<_, String>(1), job.event_id);
+    assert_eq!(row.get::<_, String>(2), job.rule);
+    assert_eq!(row.get::<_, String>(3), job.task.repo);
+    assert_eq!(row.get::<_, String>(4), job.task.git_ref);
+    assert_eq!(row.get::<_, String>(5), job.arch);
+    let note: Option<String> = client
+        .query_one(
+            "SELECT note FROM results WHERE result_id = $1",
+            &[&crashed.result_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        note.is_some_and(|n| n.contains("the task's clone failed")),
+        "the crash reason is kept"
+    );
     broker.cleanup().await;
 }

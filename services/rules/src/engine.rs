@@ -12,12 +12,14 @@ mod path;
 mod rule_tests;
 mod template;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use serde_json::Value;
-use taskbot::messages::{Environment, Event, JobRequest, TaskRef};
+use taskbot::messages::{
+    check_schema, DecodeError, Environment, Event, JobRequest, Message, TaskRef,
+};
 use taskbot::topology::MAX_PRIORITY;
 
 use crate::rules_file::{find_between, locate, OneOrMany, RulesError, RulesFile};
@@ -36,6 +38,66 @@ pub const DEFAULT_ELEMENT_NAME: &str = "each";
 #[derive(Debug, Clone)]
 pub struct Engine {
     rules: Vec<Rule>,
+    /// Which rules a topic can fire, by topic. The bus carries a few hundred distinct topics, so
+    /// after the first event of each, finding the candidate rules is one hash lookup instead of
+    /// matching every pattern of every rule. Shared by clones (the rules are the same).
+    by_topic: Arc<Mutex<HashMap<String, Arc<Plan>>>>,
+    /// For each rule, an exact requirement on the message that can be looked up in a hash table
+    /// (`msg.name` is `kernel`, or one of a set of names), when it has one: with a thousand
+    /// per-package rules, an event is then checked against the few rules for its package, not
+    /// against all of them. `(slot in index_paths, keys)`.
+    requirements: Vec<Option<Requirement>>,
+    index_paths: Vec<Path>,
+}
+
+/// A rule's indexed requirement: the slot of its path in `Engine::index_paths`, and the keys
+/// (see `condition::index_key`) one of which the message's value there must have.
+type Requirement = (usize, Vec<String>);
+
+/// The rules a topic can fire, split into the rules indexed by an exact requirement (grouped by
+/// the path they look at) and the rest, which are checked one by one.
+#[derive(Debug, Default)]
+struct Plan {
+    unindexed: Vec<usize>,
+    indexed: Vec<(usize, HashMap<String, Vec<usize>>)>,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.unindexed.is_empty() && self.indexed.is_empty()
+    }
+}
+
+/// Distinct topics remembered by [`Engine::candidates`] before the memory is cleared (a bound
+/// against a producer inventing topics).
+const TOPIC_CACHE_LIMIT: usize = 10_000;
+
+/// The fields of an event message, with its body left as raw JSON: enough to check the message
+/// and find the candidate rules without building the body's tree, which most events (whose topic
+/// no rule names) never need.
+#[derive(serde::Deserialize)]
+struct EventView<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    topic: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    sent_at: Option<f64>,
+    received_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(borrow)]
+    msg: &'a serde_json::value::RawValue,
+}
+
+/// An event message decoded and evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub event_id: String,
+    pub topic: String,
+    pub evaluation: Evaluation,
 }
 
 #[derive(Debug, Clone)]
@@ -118,27 +180,31 @@ impl Engine {
             }
             let in_rule = |m: String| error(&format!("name: {}", spec.name), m);
             // serde cannot place errors found after parsing; they are searched for as text, from
-            // the rule's first line on, and within the action they belong to.
-            let rule_line = find_between(
-                text,
-                1,
-                usize::MAX,
-                &[
-                    &format!("name: {}", spec.name),
-                    &format!("name: \"{}\"", spec.name),
-                    &format!("name: '{}'", spec.name),
-                ],
-            )
-            .map_or(1, |(line, _)| line);
+            // the rule's first line on, and within the action they belong to. Only when there is
+            // an error: searching the text for every rule would make loading a large file slow.
+            let rule_line = || {
+                find_between(
+                    text,
+                    1,
+                    usize::MAX,
+                    &[
+                        &format!("name: {}", spec.name),
+                        &format!("name: \"{}\"", spec.name),
+                        &format!("name: '{}'", spec.name),
+                    ],
+                )
+                .map_or(1, |(line, _)| line)
+            };
             // Each action has exactly one `task:` key: its line marks where the action is.
-            let task_lines: Vec<usize> = text
-                .lines()
-                .enumerate()
-                .skip(rule_line.saturating_sub(1))
-                .filter(|(_, line)| line.contains("task:"))
-                .map(|(i, _)| i + 1)
-                .take(spec.actions.len())
-                .collect();
+            let task_lines = |rule_line: usize| -> Vec<usize> {
+                text.lines()
+                    .enumerate()
+                    .skip(rule_line.saturating_sub(1))
+                    .filter(|(_, line)| line.contains("task:"))
+                    .map(|(i, _)| i + 1)
+                    .take(spec.actions.len())
+                    .collect()
+            };
             let place_within = |problem: Problem, spans: &[(usize, usize)]| {
                 let needles: Vec<&str> = problem.needles.iter().map(String::as_str).collect();
                 let (line, column) = spans
@@ -152,7 +218,7 @@ impl Engine {
                     message: format!("rule {:?}: {}", spec.name, problem.message),
                 }
             };
-            let place = |problem: Problem| place_within(problem, &[(rule_line, usize::MAX)]);
+            let place = |problem: Problem| place_within(problem, &[(rule_line(), usize::MAX)]);
             let topics = spec
                 .when
                 .topic
@@ -182,18 +248,22 @@ impl Engine {
             for (index, a) in spec.actions.iter().enumerate() {
                 // The action's own lines (from its `task:` to the next one's), then the lines
                 // before its `task:` (keys written before it), then the whole rule.
-                let own_start = task_lines.get(index).copied().unwrap_or(rule_line);
-                let own_end = task_lines.get(index + 1).copied().unwrap_or(usize::MAX);
-                let before = match index {
-                    0 => rule_line,
-                    _ => task_lines.get(index - 1).map_or(rule_line, |l| l + 1),
+                let spans = || {
+                    let rule_line = rule_line();
+                    let task_lines = task_lines(rule_line);
+                    let own_start = task_lines.get(index).copied().unwrap_or(rule_line);
+                    let own_end = task_lines.get(index + 1).copied().unwrap_or(usize::MAX);
+                    let before = match index {
+                        0 => rule_line,
+                        _ => task_lines.get(index - 1).map_or(rule_line, |l| l + 1),
+                    };
+                    [
+                        (own_start, own_end),
+                        (before, own_start),
+                        (rule_line, usize::MAX),
+                    ]
                 };
-                let spans = [
-                    (own_start, own_end),
-                    (before, own_start),
-                    (rule_line, usize::MAX),
-                ];
-                let place = |problem: Problem| place_within(problem, &spans);
+                let place = |problem: Problem| place_within(problem, &spans());
                 let task = file.tasks.get(&a.task).ok_or_else(|| {
                     error(
                         &format!("task: {}", a.task),
@@ -288,26 +358,169 @@ impl Engine {
                 actions,
             });
         }
-        Ok(Engine { rules })
+        let (requirements, index_paths) = index_requirements(&rules);
+        Ok(Engine {
+            rules,
+            by_topic: Default::default(),
+            requirements,
+            index_paths,
+        })
     }
 
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }
 
+    /// The plan for a topic: which rules its events can fire.
+    fn candidates(&self, topic: &str) -> Arc<Plan> {
+        let mut cache = self.by_topic.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = cache.get(topic) {
+            return found.clone();
+        }
+        let segments: Vec<&str> = topic.split('.').collect();
+        let mut plan = Plan::default();
+        let mut groups: BTreeMap<usize, HashMap<String, Vec<usize>>> = BTreeMap::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.topics.iter().any(|t| t.matches_segments(&segments)) {
+                continue;
+            }
+            match &self.requirements[i] {
+                Some((slot, keys)) => {
+                    let group = groups.entry(*slot).or_default();
+                    for key in keys {
+                        group.entry(key.clone()).or_default().push(i);
+                    }
+                }
+                None => plan.unindexed.push(i),
+            }
+        }
+        plan.indexed = groups.into_iter().collect();
+        let plan = Arc::new(plan);
+        if cache.len() >= TOPIC_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(topic.to_string(), plan.clone());
+        plan
+    }
+
     /// Every job the event asks for. Job ids are derived, so evaluating the same event twice gives
     /// the same jobs.
     pub fn evaluate(&self, event: &Event) -> Evaluation {
+        let plan = self.candidates(&event.topic);
+        self.evaluate_plan(event, &plan)
+    }
+
+    fn evaluate_plan(&self, event: &Event, plan: &Plan) -> Evaluation {
         with_scope(event, |scope| {
+            let mut selected = plan.unindexed.clone();
+            for (slot, by_key) in &plan.indexed {
+                let values = self.index_paths[*slot].values(scope);
+                if let Some(rules) = values
+                    .first()
+                    .and_then(|v| condition::index_key(v))
+                    .and_then(|key| by_key.get(&key))
+                {
+                    selected.extend_from_slice(rules);
+                }
+            }
+            if !plan.indexed.is_empty() {
+                // File order, as without the index; a rule listed under several keys once.
+                selected.sort_unstable();
+                selected.dedup();
+            }
             let mut out = Evaluation::default();
-            for rule in &self.rules {
-                if rule.fires(&event.topic, scope) {
+            for i in selected {
+                let rule = &self.rules[i];
+                if rule.conditions.iter().all(|c| c.holds(scope)) {
                     rule.apply(event, scope, &mut out, None);
                 }
             }
             out
         })
     }
+
+    /// Decode a `taskbot.event.v1` message and evaluate it: what the rules service does with
+    /// every delivery. A message is checked whole (a malformed one is refused whatever its
+    /// topic), but its body is only turned into a tree when some rule's topic matches.
+    pub fn evaluate_message(&self, body: &[u8]) -> Result<Decision, DecodeError> {
+        check_schema(body, Event::SCHEMA)?;
+        let view: EventView = serde_json::from_slice(body).map_err(|e| DecodeError::Fields {
+            schema: Event::SCHEMA,
+            reason: e.to_string(),
+        })?;
+        let plan = self.candidates(&view.topic);
+        let evaluation = if plan.is_empty() {
+            Evaluation::default()
+        } else {
+            let msg = serde_json::from_str(view.msg.get()).map_err(|e| DecodeError::Fields {
+                schema: Event::SCHEMA,
+                reason: e.to_string(),
+            })?;
+            let event = Event {
+                id: view.id.to_string(),
+                topic: view.topic.to_string(),
+                source: view.source.to_string(),
+                sent_at: view.sent_at,
+                received_at: view.received_at,
+                username: view.username,
+                msg,
+            };
+            self.evaluate_plan(&event, &plan)
+        };
+        Ok(Decision {
+            event_id: view.id.into_owned(),
+            topic: view.topic.into_owned(),
+            evaluation,
+        })
+    }
+}
+
+/// Pick, for each rule, one exact requirement to index it by: among its top-level conditions (its
+/// `match:` entries and the direct parts of a `where: all:`), the one on the path that tells the
+/// most rules apart. Rules without one are checked one by one.
+fn index_requirements(rules: &[Rule]) -> (Vec<Option<Requirement>>, Vec<Path>) {
+    let top_level = |rule: &Rule| -> Vec<(Path, Vec<String>)> {
+        let mut found = Vec::new();
+        for c in &rule.conditions {
+            let parts: Vec<&Condition> = match c {
+                Condition::All(list) => list.iter().collect(),
+                other => vec![other],
+            };
+            for part in parts {
+                if let Some((path, keys)) = part.required_values() {
+                    found.push((path.clone(), keys));
+                }
+            }
+        }
+        found
+    };
+    // How many distinct keys each path has across all rules: the more, the more selective.
+    let mut distinct: HashMap<String, HashSet<String>> = HashMap::new();
+    let per_rule: Vec<Vec<(Path, Vec<String>)>> = rules.iter().map(top_level).collect();
+    for (path, keys) in per_rule.iter().flatten() {
+        distinct
+            .entry(path.text().to_string())
+            .or_default()
+            .extend(keys.iter().cloned());
+    }
+    let mut paths: Vec<Path> = Vec::new();
+    let requirements = per_rule
+        .into_iter()
+        .map(|candidates| {
+            let (path, keys) = candidates.into_iter().max_by_key(|(path, keys)| {
+                (distinct[path.text()].len(), usize::MAX - keys.len())
+            })?;
+            let slot = match paths.iter().position(|p| p.text() == path.text()) {
+                Some(slot) => slot,
+                None => {
+                    paths.push(path);
+                    paths.len() - 1
+                }
+            };
+            Some((slot, keys))
+        })
+        .collect();
+    (requirements, paths)
 }
 
 /// Call `f` with the scope paths are evaluated in for `event`. Only the two strings are copied;
@@ -324,12 +537,6 @@ fn with_scope<R>(event: &Event, f: impl FnOnce(&Scope<'_>) -> R) -> R {
 }
 
 impl Rule {
-    /// Whether the topic and every `match:` / `where:` condition hold.
-    fn fires(&self, topic: &str, scope: &Scope<'_>) -> bool {
-        self.topics.iter().any(|t| t.matches(topic))
-            && self.conditions.iter().all(|c| c.holds(scope))
-    }
-
     /// Add the jobs of every action of a rule that fires (or why they could not be made) to
     /// `out`. Both [`Engine::evaluate`] and [`Engine::explain`] come here, so a dry run cannot
     /// disagree with the service. `filtered` collects, for explanations only, the action-level
@@ -543,7 +750,12 @@ impl TopicPattern {
 
     fn matches(&self, topic: &str) -> bool {
         let topic: Vec<&str> = topic.split('.').collect();
-        match_segments(&self.segments, &topic)
+        self.matches_segments(&topic)
+    }
+
+    /// Match a topic already split at its dots.
+    fn matches_segments(&self, topic: &[&str]) -> bool {
+        match_segments(&self.segments, topic)
     }
 }
 
@@ -693,6 +905,103 @@ rules:
 
         let err = engine("rules: [").unwrap_err();
         assert!(err.line >= 1, "{err}");
+    }
+
+    #[test]
+    fn evaluate_message_agrees_with_evaluate_and_still_checks_every_message() {
+        let e = engine(RULES).unwrap();
+        let event = koji_event(1);
+        let decision = e.evaluate_message(&event.to_json()).unwrap();
+        assert_eq!(decision.event_id, event.id);
+        let ids = |jobs: &[JobRequest]| jobs.iter().map(|j| j.job_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&decision.evaluation.jobs),
+            ids(&e.evaluate(&event).jobs)
+        );
+        assert_eq!(decision.evaluation.jobs.len(), 2);
+
+        // No rule names this topic: nothing to do, but the message is still checked whole.
+        let mut other = koji_event(1);
+        other.topic = "org.fedoraproject.prod.pagure.issue.new".into();
+        let decision = e.evaluate_message(&other.to_json()).unwrap();
+        assert!(decision.evaluation.jobs.is_empty());
+        let mut broken: serde_json::Value = serde_json::from_slice(&other.to_json()).unwrap();
+        broken.as_object_mut().unwrap().remove("received_at");
+        let err = e
+            .evaluate_message(&serde_json::to_vec(&broken).unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("received_at"), "{err}");
+        assert!(matches!(
+            e.evaluate_message(b"[1, 2]"),
+            Err(DecodeError::Json(_))
+        ));
+        // The topic cache gives the same answer the second time.
+        assert_eq!(
+            ids(&e
+                .evaluate_message(&event.to_json())
+                .unwrap()
+                .evaluation
+                .jobs),
+            ids(&e.evaluate(&event).jobs)
+        );
+    }
+
+    #[test]
+    fn the_index_never_loses_a_match_explain_finds() {
+        let text = r#"
+sets:
+  names: [foo, bar]
+  mixed: [foo, "1"]
+tasks:
+  t: { repo: t }
+rules:
+  - { name: by-name, when: { topic: "a.#", match: { msg.name: foo } }, do: [{ task: t, item: x, item_type: k, arches: [noarch] }] }
+  - { name: by-flag, when: { topic: "a.#", match: { msg.flag: true } }, do: [{ task: t, item: x, item_type: k, arches: [noarch] }] }
+  - { name: by-number, when: { topic: "a.#", match: { msg.name: 1 } }, do: [{ task: t, item: x, item_type: k, arches: [noarch] }] }
+  - { name: by-numeric-string, when: { topic: "a.#", match: { msg.name: "1.0" } }, do: [{ task: t, item: x, item_type: k, arches: [noarch] }] }
+  - name: by-set
+    when: { topic: "a.#", where: { all: [ { path: msg.name, in: names }, { path: msg.n, gte: 2 } ] } }
+    do: [{ task: t, item: x, item_type: k, arches: [noarch] }]
+  - name: by-mixed-set
+    when: { topic: "a.#", where: { path: msg.name, in: mixed } }
+    do: [{ task: t, item: x, item_type: k, arches: [noarch] }]
+  - { name: by-other-topic, when: { topic: b, match: { msg.name: foo } }, do: [{ task: t, item: x, item_type: k, arches: [noarch] }] }
+"#;
+        let e = engine(text).unwrap();
+        let bodies = [
+            serde_json::json!({"name": "foo", "n": 3}),
+            serde_json::json!({"name": "bar", "n": 1, "flag": true}),
+            serde_json::json!({"name": "1"}),
+            serde_json::json!({"name": 1}),
+            serde_json::json!({"name": 1.0, "flag": "true"}),
+            serde_json::json!({"name": ["foo"]}),
+            serde_json::json!({"other": "foo"}),
+        ];
+        let mut fired = Vec::new();
+        for (i, msg) in bodies.into_iter().enumerate() {
+            let mut ev = koji_event(1);
+            ev.topic = "a.x".into();
+            ev.msg = msg;
+            let by_index: Vec<String> = e
+                .evaluate(&ev)
+                .jobs
+                .iter()
+                .map(|j| j.rule.clone())
+                .collect();
+            let one_by_one: Vec<String> = e
+                .explain(&ev)
+                .into_iter()
+                .flat_map(|r| r.jobs.into_iter().map(|j| j.rule))
+                .collect();
+            assert_eq!(by_index, one_by_one, "message {i}");
+            fired.push(by_index);
+        }
+        assert_eq!(fired[0], ["by-name", "by-set", "by-mixed-set"]);
+        assert_eq!(fired[1], ["by-flag"]);
+        // Strings compare as strings: "1" is not "1.0", but each equals the number 1.
+        assert_eq!(fired[2], ["by-number", "by-mixed-set"]);
+        assert_eq!(fired[3], ["by-number", "by-numeric-string", "by-mixed-set"]);
+        assert!(fired[5].is_empty() && fired[6].is_empty());
     }
 
     #[test]

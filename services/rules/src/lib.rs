@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use taskbot::amqp::{self, ConsumerSpec, Disposition, Handler, Incoming, Outgoing, Publisher};
-use taskbot::messages::{Event, JobState, JobStatus, Message};
+use taskbot::messages::{JobState, JobStatus, Message};
 use taskbot::{Config, Shutdown, Topology};
 
 pub use engine::{Engine, Evaluation};
@@ -124,10 +124,9 @@ impl RulesHandler {
 
     /// Remember the jobs `incoming` requested, once their requests were confirmed.
     pub fn remember(&self, incoming: &Incoming) {
-        if let Ok(event) = Event::from_json(&incoming.body) {
-            let jobs = self.rules.current().evaluate(&event).jobs;
+        if let Ok(decision) = self.rules.current().evaluate_message(&incoming.body) {
             let mut recent = self.recent();
-            for job in jobs {
+            for job in decision.evaluation.jobs {
                 recent.remember(job.job_id);
             }
         }
@@ -135,22 +134,22 @@ impl RulesHandler {
 
     /// What to publish for one delivery.
     pub fn decide(&self, incoming: &Incoming) -> Disposition {
-        let event = match Event::from_json(&incoming.body) {
-            Ok(e) => e,
+        let decision = match self.rules.current().evaluate_message(&incoming.body) {
+            Ok(d) => d,
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
-        let evaluation = self.rules.current().evaluate(&event);
+        let (event_id, evaluation) = (&decision.event_id, &decision.evaluation);
         for (rule, reason) in &evaluation.skipped {
-            tracing::warn!(event_id = %event.id, rule, %reason, "rule skipped for this message");
+            tracing::warn!(%event_id, rule, %reason, "rule skipped for this message");
         }
         let mut out = Vec::new();
         let recent = self.recent();
         for job in &evaluation.jobs {
             if recent.contains(&job.job_id) {
-                tracing::info!(event_id = %event.id, job_id = %job.job_id, "job already requested; not again");
+                tracing::info!(%event_id, job_id = %job.job_id, "job already requested; not again");
                 continue;
             }
-            tracing::info!(event_id = %event.id, job_id = %job.job_id, rule = %job.rule,
+            tracing::info!(%event_id, job_id = %job.job_id, rule = %job.rule,
                 task = %job.task.name, item = %job.item, arch = %job.arch, "job requested");
             out.push(
                 Outgoing::new(self.topology.jobs_exchange(), &job.arch, job.to_json())

@@ -1,5 +1,5 @@
-//! Running a task's command: `sh -c "<run>"` in the clone, in a process group of its own, with its
-//! output in the job's log and a time limit.
+//! Running one step of a task: `sh -c "<command>"` in the clone, in a process group of its own,
+//! with its output in the step's log and a time limit.
 //!
 //! The process group matters: a task's shell starts children (test suites, `sleep`, daemons), and
 //! killing only the shell would leave them running on the runner's host after the job is over. So
@@ -16,16 +16,16 @@ use std::time::Duration;
 
 use taskbot::Shutdown;
 
-/// Everything needed to start one task.
+/// Everything needed to start one step of a task.
 #[derive(Debug, Clone)]
 pub struct TaskCommand {
-    /// The `run` line of `taskbot.yaml`.
+    /// The step's command, templates already rendered.
     pub script: String,
     /// The clone, where the command starts.
     pub cwd: PathBuf,
     /// Variables added to the runner's environment (see [`task_env`]).
     pub env: Vec<(String, String)>,
-    /// Where stdout and stderr go, together.
+    /// Where stdout and stderr go, together (the step's own log).
     pub log_path: PathBuf,
     pub timeout: Duration,
 }

@@ -1,10 +1,20 @@
-//! Fetching a task: which repositories may be cloned, and cloning one at a branch, tag or commit.
+//! Fetching a task: which repositories may be cloned, and cloning one at a branch, tag or commit
+//! through a local mirror cache.
 //!
-//! Cloning is blocking (libgit2); callers run [`clone_at`] in `spawn_blocking`.
+//! Every repository URL gets a bare mirror under `runner.mirror_dir` (named by a hash of the URL).
+//! A job fetches into the mirror, which transfers only the objects that changed since the last
+//! job, then clones from the mirror into its fresh work directory, which is a local copy. Jobs
+//! running at once on the same repository take turns through an exclusive `flock` on the mirror's
+//! lock file, so a fetch never runs while another job fetches or clones from the same mirror.
+//!
+//! All of this is blocking (libgit2); callers run it in `spawn_blocking`.
 
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
 
-use git2::{build::CheckoutBuilder, ErrorCode, Oid, Repository};
+use git2::{build::CheckoutBuilder, ErrorCode, FetchOptions, FetchPrune, Oid, Repository};
+use sha2::{Digest, Sha256};
 
 /// Whether `url` starts with one of the allowed prefixes. A task's code runs on the runner's
 /// host, so only repositories the operator listed may be cloned; an empty list allows nothing.
@@ -40,10 +50,130 @@ pub enum FetchError {
     },
 }
 
+/// What fetching a task through the mirror did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The commit checked out.
+    pub commit: String,
+    /// Objects the fetch into the mirror transferred (0 when nothing changed).
+    pub received_objects: usize,
+    /// Whether this fetch created the mirror.
+    pub new_mirror: bool,
+}
+
+/// The mirror directory of `url` under `mirror_root`: a hash, so any URL makes a safe name.
+pub fn mirror_path(mirror_root: &Path, url: &str) -> PathBuf {
+    let digest = Sha256::digest(url.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    mirror_root.join(format!("{hex}.git"))
+}
+
+/// An exclusive lock on one mirror, released when dropped (closing the file releases `flock`).
+struct MirrorLock {
+    _file: File,
+}
+
+fn lock_mirror(mirror: &Path) -> std::io::Result<MirrorLock> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(mirror.with_extension("lock"))?;
+    loop {
+        // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(MirrorLock { _file: file });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Update the mirror of `url` under `mirror_root` (creating it on first use), then clone from it
+/// into `dest` (an empty directory) and check out `git_ref`.
+pub fn clone_through_mirror(
+    url: &str,
+    git_ref: &str,
+    mirror_root: &Path,
+    dest: &Path,
+) -> Result<Fetched, FetchError> {
+    let repository_error = |reason: String| FetchError::Repository {
+        url: url.to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(mirror_root).map_err(|e| {
+        repository_error(format!(
+            "cannot create the mirror directory {}: {e}",
+            mirror_root.display()
+        ))
+    })?;
+    let mirror = mirror_path(mirror_root, url);
+    let _lock = lock_mirror(&mirror).map_err(|e| {
+        repository_error(format!("cannot lock the mirror {}: {e}", mirror.display()))
+    })?;
+    // A mirror that cannot be opened (an interrupted first fetch, disk trouble) is rebuilt: it is
+    // only a cache.
+    let existing = Repository::open_bare(&mirror).ok();
+    let new_mirror = existing.is_none();
+    let repo = match existing {
+        Some(repo) => repo,
+        None => {
+            let _ = std::fs::remove_dir_all(&mirror);
+            Repository::init_bare(&mirror).map_err(|e| {
+                repository_error(format!("cannot create the mirror: {}", e.message()))
+            })?
+        }
+    };
+    let received_objects = match fetch_all(&repo, url) {
+        Ok(n) => n,
+        Err(e) => {
+            if new_mirror {
+                // Do not keep an empty mirror of a repository that does not exist.
+                let _ = std::fs::remove_dir_all(&mirror);
+            }
+            return Err(repository_error(e.message().to_string()));
+        }
+    };
+    let mirror_url = mirror.display().to_string();
+    let commit = checkout_clone(&mirror_url, url, git_ref, dest)?;
+    Ok(Fetched {
+        commit,
+        received_objects,
+        new_mirror,
+    })
+}
+
+/// Fetch every branch and tag of `url` into the bare mirror, dropping those deleted upstream.
+fn fetch_all(repo: &Repository, url: &str) -> Result<usize, git2::Error> {
+    let mut remote = repo.remote_anonymous(url)?;
+    let mut options = FetchOptions::new();
+    options.prune(FetchPrune::On);
+    remote.fetch(
+        &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+        Some(&mut options),
+        None,
+    )?;
+    Ok(remote.stats().received_objects())
+}
+
 /// Clone `url` into `dest` (an empty directory) and check out `git_ref`, which may be a branch, a
 /// tag or a commit id (full or abbreviated). Returns the commit id checked out, for the log.
 pub fn clone_at(url: &str, git_ref: &str, dest: &Path) -> Result<String, FetchError> {
-    let repo = Repository::clone(url, dest).map_err(|e| FetchError::Repository {
+    checkout_clone(url, url, git_ref, dest)
+}
+
+/// Clone `source` (the repository itself, or its mirror) into `dest` and check out `git_ref`;
+/// errors name `url`, the repository people know.
+fn checkout_clone(
+    source: &str,
+    url: &str,
+    git_ref: &str,
+    dest: &Path,
+) -> Result<String, FetchError> {
+    let repo = Repository::clone(source, dest).map_err(|e| FetchError::Repository {
         url: url.to_string(),
         reason: e.message().to_string(),
     })?;
@@ -189,5 +319,104 @@ mod tests {
                 .starts_with("cannot clone repository file:///nonexistent/taskbot-repo:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn mirror_sees_updates_and_fetches_only_what_changed() {
+        let src = tempfile::tempdir().unwrap();
+        let mirrors = tempfile::tempdir().unwrap();
+        let mut opts = git2::RepositoryInitOptions::new();
+        opts.initial_head("main");
+        let repo = Repository::init_opts(src.path(), &opts).unwrap();
+        for i in 0..20 {
+            commit_file(&repo, &format!("f{i}"), &format!("content {i}"), "bulk");
+        }
+        let first = commit_file(&repo, "f", "one", "first");
+        let url = format!("file://{}", src.path().display());
+
+        let dest = tempfile::tempdir().unwrap();
+        let fetched = clone_through_mirror(&url, "main", mirrors.path(), dest.path()).unwrap();
+        assert_eq!(fetched.commit, first.to_string());
+        assert!(fetched.new_mirror);
+        assert!(fetched.received_objects > 20, "{fetched:?}");
+        assert!(mirror_path(mirrors.path(), &url).join("HEAD").exists());
+
+        // Nothing changed: nothing transferred.
+        let dest = tempfile::tempdir().unwrap();
+        let again = clone_through_mirror(&url, "main", mirrors.path(), dest.path()).unwrap();
+        assert_eq!((again.new_mirror, again.received_objects), (false, 0));
+
+        // One new commit: its commit, tree and blob only, and the updated branch is seen.
+        let second = commit_file(&repo, "f", "two", "second");
+        repo.tag_lightweight("v2", &repo.find_object(second, None).unwrap(), false)
+            .unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let updated = clone_through_mirror(&url, "main", mirrors.path(), dest.path()).unwrap();
+        assert_eq!(updated.commit, second.to_string());
+        assert!(updated.received_objects <= 3, "{updated:?}");
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("f")).unwrap(),
+            "two"
+        );
+        let dest = tempfile::tempdir().unwrap();
+        let tagged = clone_through_mirror(&url, "v2", mirrors.path(), dest.path()).unwrap();
+        assert_eq!(tagged.commit, second.to_string());
+        let dest = tempfile::tempdir().unwrap();
+        let old = clone_through_mirror(&url, &first.to_string(), mirrors.path(), dest.path());
+        assert_eq!(old.unwrap().commit, first.to_string());
+        let dest = tempfile::tempdir().unwrap();
+        let err = clone_through_mirror(&url, "nope", mirrors.path(), dest.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("ref nope not found in repository {url} (tried branch, tag and commit)")
+        );
+    }
+
+    #[test]
+    fn concurrent_jobs_share_one_mirror_safely() {
+        let src = tempfile::tempdir().unwrap();
+        let mirrors = tempfile::tempdir().unwrap();
+        let mut opts = git2::RepositoryInitOptions::new();
+        opts.initial_head("main");
+        let repo = Repository::init_opts(src.path(), &opts).unwrap();
+        let head = commit_file(&repo, "f", "one", "first");
+        let url = format!("file://{}", src.path().display());
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let (url, root) = (url.clone(), mirrors.path().to_path_buf());
+                std::thread::spawn(move || {
+                    let dest = tempfile::tempdir().unwrap();
+                    clone_through_mirror(&url, "main", &root, dest.path()).map(|f| f.commit)
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap().unwrap(), head.to_string());
+        }
+        let created: usize = std::fs::read_dir(mirrors.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "git")
+            })
+            .count();
+        assert_eq!(created, 1, "one mirror per URL");
+    }
+
+    #[test]
+    fn missing_repository_leaves_no_mirror() {
+        let mirrors = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let url = "file:///nonexistent/taskbot-repo";
+        let err = clone_through_mirror(url, "main", mirrors.path(), dest.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot clone repository {url}:")),
+            "{err}"
+        );
+        assert!(!mirror_path(mirrors.path(), url).exists());
     }
 }

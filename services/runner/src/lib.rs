@@ -1,16 +1,24 @@
 //! The `runner` service: takes provisioned jobs from the run queue of one arch, clones each task's
 //! repository, runs it, and publishes its results.
 //!
-//! A job's life here, each step announced as a job status on the results exchange:
-//! `cloning` → (allowlist check, clone, read `taskbot.yaml`) → `running` → (the task runs with a
-//! time limit) → `reporting` → results and the final `done` or `crashed` status, published with
-//! confirms before the input is acked. Whatever goes wrong with the task itself ends as a result
-//! (CRASHED, ABORTED, FAILED) so the job never silently disappears; only broker trouble hands the
-//! job back to the queue.
+//! A job's life here, each phase announced as a job status on the results exchange:
+//! `cloning` → (allowlist check, fetch into the repository's mirror and clone from it, read
+//! `taskbot.yaml`, check the item type, arch and environment the task accepts) → `running` →
+//! (downloads, `prepare` steps, `run` steps, each step in its own process group with its own log
+//! and time limit; then `cleanup` steps whatever happened, and the `artifacts` globs copied) →
+//! `reporting` → results and the final `done` or `crashed` status, published with confirms before
+//! the input is acked. Whatever goes wrong with the task itself ends as a result (CRASHED,
+//! ABORTED, FAILED) so the job never silently disappears; only broker trouble and shutdown hand
+//! the job back to the queue.
 //!
-//! The decisions live in pure modules ([`task`], [`results`], [`report`], [`git::repo_allowed`]);
-//! [`git`] and [`execute`] hold the I/O.
+//! The delivery stays unacked while the task runs (at-least-once), so the task's time is capped
+//! below the broker's consumer timeout ([`task_budget`], `runner.consumer_timeout_secs`).
+//!
+//! The decisions live in pure modules ([`task`], [`results`], [`report`], [`git::repo_allowed`],
+//! [`artifacts::glob_matches`]); [`git`], [`download`] and [`execute`] hold the I/O.
 
+pub mod artifacts;
+pub mod download;
 pub mod events;
 pub mod execute;
 pub mod git;
@@ -18,9 +26,10 @@ pub mod report;
 pub mod results;
 pub mod task;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use taskbot::amqp::{self, ConsumerSpec, Disposition, Handler, Incoming, Publisher};
@@ -29,9 +38,10 @@ use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, Message, Provi
 use taskbot::{Config, Shutdown, Topology};
 use uuid::Uuid;
 
-use crate::execute::{RunEnd, TaskCommand};
+use crate::download::{DownloadSpec, RetryPolicy};
+use crate::execute::{RunEnd, TaskCommand, TaskExit};
 use crate::report::{ResultFactory, Verdict};
-use crate::task::TaskFile;
+use crate::task::{Escape, NamedStep, Phase, TaskFile, TemplateVars};
 
 /// The log file of every job, in its artifacts directory.
 pub const LOG_FILE: &str = "task.log";
@@ -50,6 +60,10 @@ pub struct RunnerHandler {
     pub instance: String,
     /// Stops a running task so the job can go back to the queue when the runner shuts down.
     pub shutdown: Shutdown,
+    /// For tasks' `downloads`.
+    pub http: reqwest::Client,
+    /// When each job in hand was received (for the consumer timeout).
+    pub received: ReceivedAt,
 }
 
 /// Why a job was abandoned without a verdict: it goes back to the queue.
@@ -174,18 +188,19 @@ impl RunnerHandler {
         factory: &mut ResultFactory,
         publisher: &Publisher,
     ) -> Result<Verdict, HandBack> {
-        let (url, git_ref, dest) = (
+        let (url, git_ref, dest, mirrors) = (
             job.task.repo.clone(),
             job.task.git_ref.clone(),
             clone_dir.to_path_buf(),
+            self.settings.mirror_dir.clone(),
         );
         let fetched = tokio::task::spawn_blocking(move || {
-            let commit = git::clone_at(&url, &git_ref, &dest)?;
-            Ok::<_, git::FetchError>((commit, TaskFile::load(&dest)))
+            let fetched = git::clone_through_mirror(&url, &git_ref, &mirrors, &dest)?;
+            Ok::<_, git::FetchError>((fetched, TaskFile::load(&dest)))
         })
         .await;
-        let (commit, task) = match fetched {
-            Ok(Ok((commit, Ok(task)))) => (commit, task),
+        let (fetched, task) = match fetched {
+            Ok(Ok((fetched, Ok(task)))) => (fetched, task),
             Ok(Ok((_, Err(e)))) => return Ok(factory.crashed(&e.to_string(), None)),
             Ok(Err(e)) => return Ok(factory.crashed(&e.to_string(), None)),
             Err(e) => {
@@ -195,9 +210,13 @@ impl RunnerHandler {
         if let Some(testcase) = &task.testcase {
             factory.testcase = testcase.clone();
         }
+        // This runner runs every task on its own host (VM machines are refused earlier).
+        if let Some(reason) = task.refusal(&job.item_type, &job.arch, true) {
+            return Ok(factory.crashed(&reason, None));
+        }
 
         let artifacts = self.artifacts_dir(job.job_id);
-        if let Err(e) = tokio::fs::create_dir_all(&artifacts).await {
+        if let Err(e) = tokio::fs::create_dir_all(artifacts.join(STEPS_DIR)).await {
             let reason = format!(
                 "cannot create the artifacts directory {}: {e}",
                 artifacts.display()
@@ -205,52 +224,291 @@ impl RunnerHandler {
             return Ok(factory.crashed(&reason, None));
         }
         let log_path = artifacts.join(LOG_FILE);
+        let mut log = match std::fs::File::create(&log_path) {
+            Ok(log) => log,
+            Err(e) => {
+                let reason = format!("cannot create the log {}: {e}", log_path.display());
+                return Ok(factory.crashed(&reason, None));
+            }
+        };
         let results_path = clone_dir.join(task.results_path());
         // In the artifacts, so what a task announced can be looked at afterwards.
         let events_path = artifacts.join(EVENTS_FILE);
-        let timeout =
-            Duration::from_secs(task.effective_timeout_secs(self.settings.task_timeout_secs));
-        let command = TaskCommand {
-            script: task.run.clone(),
-            cwd: clone_dir.to_path_buf(),
+        let budget = task_budget(
+            task.effective_timeout_secs(self.settings.task_timeout_secs),
+            self.settings.consumer_timeout_secs,
+            self.received.elapsed_for(job.job_id),
+        );
+        let mut steps = StepRunner {
+            vars: TemplateVars {
+                item: job.item.clone(),
+                item_type: job.item_type.clone(),
+                arch: job.arch.clone(),
+                job_id: job.job_id.to_string(),
+                workdir: clone_dir.display().to_string(),
+                artifacts: format!("{}/", artifacts.display()),
+                args: job.args.clone(),
+            },
             env: execute::task_env(job, clone_dir, &artifacts, &results_path, &events_path),
-            log_path: log_path.clone(),
-            timeout,
+            cwd: clone_dir.to_path_buf(),
+            artifacts: artifacts.clone(),
+            artifacts_location: factory.artifacts_location.clone(),
+            counter: 0,
+            shutdown: self.shutdown.clone(),
         };
-        let detail = format!("commit {commit}, time limit {}s", timeout.as_secs());
+        let _ = writeln!(
+            log,
+            "task {} ({}) at commit {} ({} objects fetched into the mirror{})\nitem {} ({}), arch {}, job {}\ntime limit {}s{}",
+            task.name,
+            job.task.repo,
+            fetched.commit,
+            fetched.received_objects,
+            if fetched.new_mirror { ", new mirror" } else { "" },
+            job.item,
+            job.item_type,
+            job.arch,
+            job.job_id,
+            budget.limit.as_secs(),
+            if budget.capped { " (capped below runner.consumer_timeout_secs)" } else { "" },
+        );
+        if !task.environment.packages.is_empty() {
+            let _ = writeln!(
+                log,
+                "environment: needs packages {} (not installed by the runner)",
+                task.environment.packages.join(" ")
+            );
+        }
+        let detail = format!(
+            "commit {}, time limit {}s",
+            fetched.commit,
+            budget.limit.as_secs()
+        );
         self.publish_status(publisher, job, JobState::Running, Some(detail))
             .await?;
         factory.log_url = Some(format!("{}/{LOG_FILE}", factory.artifacts_location));
-        tracing::info!(job_id = %job.job_id, task = %task.name, %commit, item = %job.item, arch = %job.arch, "task started");
+        tracing::info!(job_id = %job.job_id, task = %task.name, commit = %fetched.commit, item = %job.item, arch = %job.arch, "task started");
 
-        let mut shutdown = self.shutdown.clone();
-        let end = execute::run(&command, &mut shutdown).await;
-        tracing::info!(job_id = %job.job_id, end = ?end, "task ended");
-        if end == RunEnd::Interrupted {
+        let started = Instant::now();
+        let deadline = started + budget.limit;
+        let limit_note = |step: &str| {
+            let why = if budget.capped {
+                " (the job's time is capped below the broker's consumer timeout, runner.consumer_timeout_secs)"
+            } else {
+                ""
+            };
+            format!(
+                "step {step} timed out: the task's time limit of {}s passed{why}",
+                budget.limit.as_secs()
+            )
+        };
+        let ended = self
+            .run_phases(&task, &mut steps, &mut log, deadline, &limit_note)
+            .await;
+        if matches!(ended, Ended::Interrupted) {
             return Err(HandBack(
                 "the runner is shutting down; the job goes back to the queue".into(),
             ));
         }
-        let results_file = match end {
-            RunEnd::Exited(_) => read_results(&results_path).await,
-            _ => None,
+        // Cleanup whatever happened, each step with its own limit (default CLEANUP_TIMEOUT),
+        // within what is left before the broker would give up on the delivery.
+        let cleanup_end = cleanup_deadline(
+            self.settings.consumer_timeout_secs,
+            self.received.elapsed_for(job.job_id),
+        );
+        for step in task.steps(Phase::Cleanup) {
+            let limit = Duration::from_secs(step.timeout.unwrap_or(CLEANUP_TIMEOUT_SECS));
+            let step_deadline = cleanup_end.map_or(Instant::now() + limit, |end| {
+                end.min(Instant::now() + limit)
+            });
+            let (end, _) = steps.run(&step, &mut log, step_deadline).await;
+            if end == RunEnd::Interrupted {
+                return Err(HandBack(
+                    "the runner is shutting down; the job goes back to the queue".into(),
+                ));
+            }
+        }
+        let copied = steps.copy_artifacts(&task.artifacts, &mut log).await;
+        drop(log);
+        tracing::info!(job_id = %job.job_id, ended = ?ended, artifacts = copied, "task ended");
+
+        let tail = || execute::log_tail(&log_path, report::LOG_TAIL_LINES);
+        // Events count only from a task whose run steps all ran to their end.
+        let mut ran_to_end = false;
+        let mut verdict = match ended {
+            Ended::Interrupted => {
+                return Err(HandBack(
+                    "the runner is shutting down; the job goes back to the queue".into(),
+                ))
+            }
+            Ended::Crashed { reason, step_log } => {
+                factory.step_log_url = step_log;
+                factory.crashed(&reason, tail().as_deref())
+            }
+            Ended::Aborted { note, step_log } => {
+                factory.step_log_url = step_log;
+                factory.aborted(&note)
+            }
+            Ended::Ran { end, step_log } => {
+                if !matches!(end, RunEnd::Exited(TaskExit::Code(0))) {
+                    factory.step_log_url = step_log;
+                }
+                let results_file = match end {
+                    RunEnd::Exited(_) => read_results(&results_path).await,
+                    _ => None,
+                };
+                ran_to_end = matches!(end, RunEnd::Exited(_));
+                factory.finished(&end, results_file, tail)
+            }
         };
-        let mut verdict = factory.finished(&end, results_file, || {
-            execute::log_tail(&log_path, report::LOG_TAIL_LINES)
-        });
-        if verdict.state == JobState::Done && matches!(end, RunEnd::Exited(_)) {
+        if verdict.state == JobState::Done && ran_to_end {
             match read_events(&events_path, job).await {
                 Ok(events) => verdict.events = events,
                 Err(reason) => {
-                    let tail = execute::log_tail(&log_path, report::LOG_TAIL_LINES);
                     verdict = factory.crashed(
                         &format!("invalid events file {EVENTS_FILE}: {reason}"),
-                        tail.as_deref(),
+                        tail().as_deref(),
                     );
                 }
             }
         }
         Ok(verdict)
+    }
+
+    /// Downloads, then `prepare`, then `run`, each bounded by `deadline`.
+    async fn run_phases(
+        &self,
+        task: &TaskFile,
+        steps: &mut StepRunner,
+        log: &mut std::fs::File,
+        deadline: Instant,
+        limit_note: &(dyn Fn(&str) -> String + Sync),
+    ) -> Ended {
+        if let Err(ended) = self
+            .download_all(task, steps, log, deadline, limit_note)
+            .await
+        {
+            return ended;
+        }
+        for step in task.steps(Phase::Prepare) {
+            let (end, step_log) = steps.run(&step, log, deadline).await;
+            match end {
+                RunEnd::Exited(TaskExit::Code(0)) => {}
+                RunEnd::Interrupted => return Ended::Interrupted,
+                RunEnd::TimedOut(limit) => {
+                    return Ended::Aborted {
+                        note: timeout_note(&step, limit, deadline, limit_note),
+                        step_log: Some(step_log),
+                    }
+                }
+                RunEnd::Exited(exit) => {
+                    return Ended::Crashed {
+                        reason: format!(
+                            "prepare step {} failed: {}",
+                            step.name,
+                            report::outcome_of_exit(exit).1
+                        ),
+                        step_log: Some(step_log),
+                    }
+                }
+                RunEnd::FailedToStart(reason) => {
+                    return Ended::Crashed {
+                        reason: format!("prepare step {} could not start: {reason}", step.name),
+                        step_log: Some(step_log),
+                    }
+                }
+            }
+        }
+        let mut last = Ended::Ran {
+            end: RunEnd::Exited(TaskExit::Code(0)),
+            step_log: None,
+        };
+        for step in task.steps(Phase::Run) {
+            let (end, step_log) = steps.run(&step, log, deadline).await;
+            match end {
+                RunEnd::Exited(TaskExit::Code(0)) => {
+                    last = Ended::Ran {
+                        end,
+                        step_log: Some(step_log),
+                    }
+                }
+                RunEnd::Interrupted => return Ended::Interrupted,
+                RunEnd::TimedOut(limit) => {
+                    return Ended::Aborted {
+                        note: timeout_note(&step, limit, deadline, limit_note),
+                        step_log: Some(step_log),
+                    }
+                }
+                // A failing step ends the run: its exit code is the task's.
+                other => {
+                    return Ended::Ran {
+                        end: other,
+                        step_log: Some(step_log),
+                    }
+                }
+            }
+        }
+        last
+    }
+
+    /// Fetch `downloads` into the clone. Any failure crashes the job naming the URL.
+    async fn download_all(
+        &self,
+        task: &TaskFile,
+        steps: &mut StepRunner,
+        log: &mut std::fs::File,
+        deadline: Instant,
+        limit_note: &(dyn Fn(&str) -> String + Sync),
+    ) -> Result<(), Ended> {
+        let crashed = |reason: String| Ended::Crashed {
+            reason,
+            step_log: None,
+        };
+        for (i, d) in task.downloads.iter().enumerate() {
+            let url = steps
+                .vars
+                .render(&d.url, Escape::Url)
+                .map_err(|e| crashed(format!("downloads[{i}].url: {e}")))?;
+            let dest = match &d.dest {
+                Some(dest) => steps
+                    .vars
+                    .render(dest, Escape::Raw)
+                    .map_err(|e| crashed(format!("downloads[{i}].dest: {e}")))?,
+                None => download::default_dest(&url).ok_or_else(|| {
+                    crashed(format!("downloads[{i}]: {url} names no file; give a dest"))
+                })?,
+            };
+            task::relative_inside(&dest)
+                .map_err(|e| crashed(format!("downloads[{i}].dest: {e}")))?;
+            let spec = DownloadSpec {
+                url: url.clone(),
+                sha256: d.sha256.clone(),
+                max_bytes: d
+                    .max_bytes
+                    .unwrap_or(u64::MAX)
+                    .min(self.settings.download_max_bytes),
+                dest: download::dest_in(&steps.cwd, &dest),
+            };
+            let policy = RetryPolicy {
+                attempts: self.settings.download_attempts,
+                first_pause: Duration::from_secs(1),
+            };
+            let mut shutdown = self.shutdown.clone();
+            let result = tokio::select! {
+                r = tokio::time::timeout_at(deadline.into(), download::download(&self.http, &spec, policy, log)) => r,
+                _ = shutdown.wait() => return Err(Ended::Interrupted),
+            };
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(crashed(format!("download {url} failed: {e}"))),
+                Err(_) => {
+                    return Err(Ended::Aborted {
+                        note: limit_note(&format!("downloads ({url})")),
+                        step_log: None,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn publish_status(
@@ -265,6 +523,227 @@ impl RunnerHandler {
             .publish(&report::status_message(&self.topology, &status))
             .await
             .map_err(|e| HandBack(format!("cannot publish the {state} status: {e}")))
+    }
+}
+
+/// Default limit of each cleanup step, in seconds.
+pub const CLEANUP_TIMEOUT_SECS: u64 = 60;
+/// Where each step's own log is kept, in the job's artifacts directory.
+pub const STEPS_DIR: &str = "steps";
+
+/// How the task's phases ended, before results are read.
+#[derive(Debug)]
+enum Ended {
+    /// The run steps ran; the last one's end (the first that failed, or the last that passed).
+    Ran {
+        end: RunEnd,
+        step_log: Option<String>,
+    },
+    /// A download or prepare step failed: the check itself never ran.
+    Crashed {
+        reason: String,
+        step_log: Option<String>,
+    },
+    /// Time ran out.
+    Aborted {
+        note: String,
+        step_log: Option<String>,
+    },
+    /// The runner is shutting down.
+    Interrupted,
+}
+
+/// The ABORTED note of a step that timed out: its own limit, or the task's.
+fn timeout_note(
+    step: &NamedStep,
+    limit: Duration,
+    deadline: Instant,
+    limit_note: &(dyn Fn(&str) -> String + Sync),
+) -> String {
+    match step.timeout {
+        // Its own limit was the shorter one.
+        Some(own) if Instant::now() + Duration::from_millis(500) < deadline => format!(
+            "step {} timed out after {}s (its own timeout: {own}s)",
+            step.name,
+            limit.as_secs()
+        ),
+        _ => limit_note(&step.name),
+    }
+}
+
+/// How long a task may take, and whether the broker's consumer timeout made it shorter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub limit: Duration,
+    pub capped: bool,
+}
+
+/// Part of the consumer timeout kept for cleanup and publishing results: a quarter, at most 60 s.
+fn consumer_margin(consumer: Duration) -> Duration {
+    (consumer / 4).min(Duration::from_secs(60))
+}
+
+/// The task's time: its own limit, but never so long that its delivery (unacked while it runs,
+/// received `elapsed` ago) would outlive RabbitMQ's consumer timeout, which closes the channel
+/// and takes the job away. `consumer_timeout_secs` 0 means the broker has none.
+pub fn task_budget(task_secs: u64, consumer_timeout_secs: u64, elapsed: Duration) -> Budget {
+    let limit = Duration::from_secs(task_secs.max(1));
+    if consumer_timeout_secs == 0 {
+        return Budget {
+            limit,
+            capped: false,
+        };
+    }
+    let consumer = Duration::from_secs(consumer_timeout_secs);
+    let left = consumer
+        .saturating_sub(consumer_margin(consumer))
+        .saturating_sub(elapsed);
+    if left < limit {
+        Budget {
+            limit: left,
+            capped: true,
+        }
+    } else {
+        Budget {
+            limit,
+            capped: false,
+        }
+    }
+}
+
+/// Until when cleanup steps may run: half the margin before the consumer timeout, leaving the
+/// other half for publishing. `None` when the broker has no consumer timeout.
+fn cleanup_deadline(consumer_timeout_secs: u64, elapsed: Duration) -> Option<Instant> {
+    if consumer_timeout_secs == 0 {
+        return None;
+    }
+    let consumer = Duration::from_secs(consumer_timeout_secs);
+    let left = consumer
+        .saturating_sub(consumer_margin(consumer) / 2)
+        .saturating_sub(elapsed);
+    Some(Instant::now() + left)
+}
+
+/// When each job's delivery arrived, so the time left before the consumer timeout is known.
+#[derive(Debug, Default)]
+pub struct ReceivedAt(std::sync::Mutex<std::collections::HashMap<Uuid, Instant>>);
+
+impl ReceivedAt {
+    fn start(&self, job_id: Uuid) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(job_id, Instant::now());
+        }
+    }
+
+    fn finish(&self, job_id: Uuid) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&job_id);
+        }
+    }
+
+    fn elapsed_for(&self, job_id: Uuid) -> Duration {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&job_id).map(|t| t.elapsed()))
+            .unwrap_or_default()
+    }
+}
+
+/// Runs a task's steps one by one: each in its own process group, with its output in
+/// `steps/NN-name.log` and then appended to the combined `task.log`.
+struct StepRunner {
+    vars: TemplateVars,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    artifacts: PathBuf,
+    artifacts_location: String,
+    counter: usize,
+    shutdown: Shutdown,
+}
+
+impl StepRunner {
+    /// Run one step until it ends, its own timeout or `deadline`. Returns how it ended and the
+    /// location (URL or path) of its log.
+    async fn run(
+        &mut self,
+        step: &NamedStep,
+        log: &mut std::fs::File,
+        deadline: Instant,
+    ) -> (RunEnd, String) {
+        self.counter += 1;
+        let file_name = format!("{:02}-{}.log", self.counter, step.name);
+        let step_log = self.artifacts.join(STEPS_DIR).join(&file_name);
+        let location = format!("{}/{STEPS_DIR}/{file_name}", self.artifacts_location);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = step
+            .timeout
+            .map_or(remaining, |own| Duration::from_secs(own).min(remaining));
+        let _ = writeln!(log, "== step {file_name}: {}", step.run);
+        let end = match self.vars.render(&step.run, Escape::Shell) {
+            Err(e) => RunEnd::FailedToStart(e),
+            Ok(_) if timeout.is_zero() => RunEnd::TimedOut(timeout),
+            Ok(script) => {
+                let command = TaskCommand {
+                    script,
+                    cwd: self.cwd.clone(),
+                    env: self.env.clone(),
+                    log_path: step_log.clone(),
+                    timeout,
+                };
+                let started = Instant::now();
+                let end = execute::run(&command, &mut self.shutdown).await;
+                // The step's own log, then the combined one.
+                if let Ok(mut own) = std::fs::File::open(&step_log) {
+                    let _ = std::io::copy(&mut own, log);
+                }
+                let _ = writeln!(
+                    log,
+                    "== step {file_name}: {} after {:.1}s",
+                    describe_end(&end),
+                    started.elapsed().as_secs_f64()
+                );
+                return (end, location);
+            }
+        };
+        let _ = writeln!(log, "== step {file_name}: {}", describe_end(&end));
+        (end, location)
+    }
+
+    /// Copy the files matching `globs` (relative to the clone) into the artifacts directory,
+    /// keeping their relative paths. Only regular files (a symlink could point anywhere on the
+    /// host), never over a file already there (the runner's own logs).
+    async fn copy_artifacts(&self, globs: &[String], log: &mut std::fs::File) -> usize {
+        if globs.is_empty() {
+            return 0;
+        }
+        let (root, dest, globs) = (self.cwd.clone(), self.artifacts.clone(), globs.to_vec());
+        let copied =
+            tokio::task::spawn_blocking(move || artifacts::copy_matching(&root, &dest, &globs))
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("runner failure: {e}"))]);
+        let mut count = 0;
+        for line in copied {
+            match line {
+                Ok(path) => {
+                    count += 1;
+                    let _ = writeln!(log, "artifact kept: {path}");
+                }
+                Err(e) => {
+                    let _ = writeln!(log, "artifact not kept: {e}");
+                }
+            }
+        }
+        count
+    }
+}
+
+fn describe_end(end: &RunEnd) -> String {
+    match end {
+        RunEnd::Exited(exit) => report::outcome_of_exit(*exit).1,
+        RunEnd::TimedOut(limit) => format!("timed out after {}s", limit.as_secs()),
+        RunEnd::FailedToStart(reason) => format!("could not start: {reason}"),
+        RunEnd::Interrupted => "interrupted: the runner is shutting down".into(),
     }
 }
 
@@ -296,7 +775,13 @@ async fn read_results(path: &Path) -> Option<Result<Vec<results::ReportedResult>
 impl Handler for RunnerHandler {
     async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition {
         match ProvisionedJob::from_json(&incoming.body) {
-            Ok(provisioned) => self.run_job(&provisioned, publisher).await,
+            Ok(provisioned) => {
+                let job_id = provisioned.job.job_id;
+                self.received.start(job_id);
+                let disposition = self.run_job(&provisioned, publisher).await;
+                self.received.finish(job_id);
+                disposition
+            }
             Err(e) => Disposition::DeadLetter(e.to_string()),
         }
     }
@@ -314,10 +799,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .with_context(|| format!("runner.work_dir: {}", settings.work_dir.display()))?;
     settings.artifacts_dir = std::path::absolute(&settings.artifacts_dir)
         .with_context(|| format!("runner.artifacts_dir: {}", settings.artifacts_dir.display()))?;
+    settings.mirror_dir = std::path::absolute(&settings.mirror_dir)
+        .with_context(|| format!("runner.mirror_dir: {}", settings.mirror_dir.display()))?;
     // Fail at start, not on the first job, when the directories cannot be made.
     for (key, dir) in [
         ("runner.work_dir", &settings.work_dir),
         ("runner.artifacts_dir", &settings.artifacts_dir),
+        ("runner.mirror_dir", &settings.mirror_dir),
     ] {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{key}: cannot create {}", dir.display()))?;
@@ -333,12 +821,32 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         arches.push(arch.clone());
     }
     let topology = Topology::new(&config.amqp.namespace, &arches);
+    let consumer_cap = task_budget(
+        settings.task_timeout_secs,
+        settings.consumer_timeout_secs,
+        Duration::ZERO,
+    );
+    if consumer_cap.capped {
+        tracing::warn!(
+            task_timeout_secs = settings.task_timeout_secs,
+            consumer_timeout_secs = settings.consumer_timeout_secs,
+            effective_secs = consumer_cap.limit.as_secs(),
+            "tasks are cut short below the broker's consumer timeout; raise consumer_timeout in rabbitmq.conf and runner.consumer_timeout_secs to let them run longer"
+        );
+    }
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .user_agent(concat!("taskbot-runner/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot set up the HTTP client for downloads")?;
     let handler = Arc::new(RunnerHandler {
         topology: topology.clone(),
         arch: arch.clone(),
         instance: taskbot::instance_name(&format!("runner/{arch}")),
         settings: settings.clone(),
         shutdown: shutdown.clone(),
+        http,
+        received: ReceivedAt::default(),
     });
     let spec = ConsumerSpec {
         queue: topology.run_queue(&arch),
@@ -347,7 +855,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         retry_delay: Duration::from_secs(2),
     };
     tracing::info!(arch = %arch, queue = %spec.queue, concurrency = settings.concurrency, "runner starting");
-    amqp::consume(&config.amqp, &topology, spec, handler, shutdown).await;
+    // Prefetch = concurrency: a job waiting in the client's buffer behind running ones would be
+    // unacked all that time, and RabbitMQ's consumer timeout counts from delivery.
+    let mut amqp_config = config.amqp.clone();
+    amqp_config.prefetch = u16::try_from(settings.concurrency.max(1)).unwrap_or(u16::MAX);
+    amqp::consume(&amqp_config, &topology, spec, handler, shutdown).await;
     Ok(())
 }
 
@@ -368,6 +880,8 @@ mod tests {
             },
             instance: "runner/x86_64@test".into(),
             shutdown: Shutdown::new(std::future::pending()),
+            http: reqwest::Client::new(),
+            received: ReceivedAt::default(),
         }
     }
 
@@ -438,6 +952,43 @@ mod tests {
             .refusal(&provisioned("file:///srv/tasks/example", "x86_64", vm))
             .unwrap()
             .contains("VM vm1"));
+    }
+
+    #[test]
+    fn task_time_is_capped_below_the_consumer_timeout() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            task_budget(600, 1800, secs(10)),
+            Budget {
+                limit: secs(600),
+                capped: false
+            }
+        );
+        // 1800 s minus the 60 s margin minus the 100 s already spent cloning.
+        assert_eq!(
+            task_budget(3600, 1800, secs(100)),
+            Budget {
+                limit: secs(1640),
+                capped: true
+            }
+        );
+        // Short timeouts keep a quarter as margin.
+        assert_eq!(
+            task_budget(30, 8, Duration::ZERO),
+            Budget {
+                limit: secs(6),
+                capped: true
+            }
+        );
+        assert_eq!(
+            task_budget(3600, 0, secs(5000)),
+            Budget {
+                limit: secs(3600),
+                capped: false
+            },
+            "0: the broker has no consumer timeout"
+        );
+        assert_eq!(task_budget(30, 8, secs(20)).limit, Duration::ZERO);
     }
 
     #[tokio::test]

@@ -5,8 +5,10 @@
 //! - The task wrote a results file → its entries are the results, whatever the exit code (checks
 //!   commonly exit non-zero after reporting FAILED). An invalid file → one CRASHED result with the
 //!   parse error.
-//! - No results file → one result from the exit code: 0 → PASSED, else FAILED ("exit code N", or
-//!   "killed by signal N (SIGx)").
+//! - No results file → one result from the exit code: 0 → PASSED, else FAILED ("exit code N").
+//! - Killed by a signal (a segfault, the OOM killer) → CRASHED ("the task was killed by signal N
+//!   (SIGx)"), whatever it wrote: the check did not finish, so neither its exit code nor a
+//!   results file it may have half written is a verdict on the item.
 //! - Timed out → ABORTED ("timed out after Ns"), whatever the task wrote.
 //! - Anything that kept the task from running or reporting → CRASHED with the reason, plus the end
 //!   of the log when there is one; the job's final state is then `crashed`, else `done`.
@@ -37,6 +39,9 @@ pub struct ResultFactory {
     pub artifacts_location: String,
     /// Where the task's log is, once there is one.
     pub log_url: Option<String>,
+    /// The log of the step that failed or timed out, linked as `step_log` in the data of the
+    /// runner's own result.
+    pub step_log_url: Option<String>,
 }
 
 /// The results of a job and how it ended.
@@ -58,6 +63,7 @@ impl ResultFactory {
             testcase: job.default_testcase(),
             artifacts_location,
             log_url: None,
+            step_log_url: None,
         }
     }
 
@@ -93,6 +99,10 @@ impl ResultFactory {
 
     /// A result about the job's own item.
     fn job_result(&self, outcome: Outcome, note: String) -> TaskResult {
+        let mut data = BTreeMap::new();
+        if let Some(url) = &self.step_log_url {
+            data.insert("step_log".to_string(), url.clone().into());
+        }
         self.result(
             self.testcase.clone(),
             outcome,
@@ -100,8 +110,19 @@ impl ResultFactory {
             self.job.item_type.clone(),
             self.job.arch.clone(),
             Some(note),
-            BTreeMap::new(),
+            data,
         )
+    }
+
+    /// The task ran out of time: one ABORTED result saying where. The job itself is `done`: the
+    /// runner did its part, and the verdict says what happened.
+    pub fn aborted(&self, note: &str) -> Verdict {
+        Verdict {
+            events: Vec::new(),
+            results: vec![self.job_result(Outcome::Aborted, note.to_string())],
+            state: JobState::Done,
+            detail: note.to_string(),
+        }
     }
 
     /// The job could not run to the end. `log_tail` is the end of the task's log, if it has one.
@@ -148,6 +169,13 @@ impl ResultFactory {
                     log_tail().as_deref(),
                 )
             }
+            RunEnd::Exited(TaskExit::Signal(signal)) => self.crashed(
+                &format!(
+                    "the task was killed by signal {signal} ({})",
+                    signal_name(*signal)
+                ),
+                log_tail().as_deref(),
+            ),
             RunEnd::Exited(exit) => match results_file {
                 None => {
                     let (outcome, note) = outcome_of_exit(*exit);
@@ -369,6 +397,50 @@ mod tests {
         );
         assert_eq!(r.runner, "runner/x86_64@h");
         assert_eq!(v.detail, "1 result(s): 1 FAILED");
+    }
+
+    #[test]
+    fn death_by_signal_crashes_whatever_was_written() {
+        let reported = crate::results::parse("results:\n  - {item: a, type: t, outcome: PASSED}\n");
+        let v = factory().finished(
+            &RunEnd::Exited(TaskExit::Signal(libc::SIGSEGV)),
+            Some(reported),
+            || Some("working\nSegmentation fault".into()),
+        );
+        assert_eq!(v.state, JobState::Crashed);
+        assert_eq!(v.results.len(), 1);
+        assert_eq!(v.results[0].outcome, Outcome::Crashed);
+        assert_eq!(
+            v.results[0].note.as_deref(),
+            Some(
+                format!(
+                    "the task was killed by signal {} (SIGSEGV)\n--- end of task.log ---\nworking\nSegmentation fault",
+                    libc::SIGSEGV
+                )
+                .as_str()
+            )
+        );
+    }
+
+    #[test]
+    fn aborted_and_crashed_link_the_step_log() {
+        let mut f = factory();
+        f.step_log_url = Some("https://a.example/7/steps/02-slow.log".into());
+        let v = f.aborted("step slow timed out after 1s (its own timeout: 1s)");
+        assert_eq!(v.state, JobState::Done);
+        assert_eq!(v.results[0].outcome, Outcome::Aborted);
+        assert_eq!(
+            v.results[0].data["step_log"],
+            "https://a.example/7/steps/02-slow.log"
+        );
+        assert_eq!(
+            v.results[0].log_url.as_deref(),
+            Some("https://a.example/7/task.log")
+        );
+        assert_eq!(
+            v.detail,
+            "step slow timed out after 1s (its own timeout: 1s)"
+        );
     }
 
     #[test]

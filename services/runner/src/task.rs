@@ -1,21 +1,33 @@
-//! `taskbot.yaml`: what a task repository tells the runner about itself.
+//! `taskbot.yaml`: what a task repository tells the runner about itself (format v1).
 //!
 //! ```yaml
 //! name: example
 //! description: Checks that the item is a well-formed NVR.
-//! run: sh ./check.sh          # run with `sh -c` in the clone, as an ordinary user would
-//! results: results.yml        # where the task writes its ResultYAML (default)
-//! timeout: 300                # seconds; capped by the runner's runner.task_timeout_secs
-//! testcase: dist.example      # testcase of results that do not name one
+//! maintainer: qa@example.org
+//! item_types: [koji_build]          # empty or absent: any
+//! arches: [x86_64, noarch]          # empty or absent: any
+//! environment: {packages: [rpmlint], provision: local, destructive: false}
+//! timeout: 300                      # seconds; capped by the runner's runner.task_timeout_secs
+//! downloads:
+//!   - {url: "https://kojipkgs.example/{{ item }}.rpm", sha256: "…", max_bytes: 1000000, dest: a.rpm}
+//! prepare: [make]                   # steps: a shell string or {run, timeout, name}
+//! run: sh ./check.sh                # a string, or a list of steps
+//! results: results.yml              # where the task writes its ResultYAML (default)
+//! artifacts: ["out/*.log"]          # globs, relative to the clone, copied into the artifacts
+//! cleanup: [rm -rf /tmp/mine]       # steps run whatever happened
+//! testcase: dist.example            # testcase of results that do not name one
 //! ```
 //!
-//! The format is deliberately small and strict (unknown keys are refused): earlier systems changed
-//! their task format twice and every change forced task authors to rewrite, so each key added
-//! later must be an addition, and a misspelt key must fail loudly instead of being ignored.
-//! `tasks/README.md` documents it for task authors.
+//! The format is deliberately strict (unknown keys are refused): earlier systems changed their task
+//! format twice and every change forced task authors to rewrite, so each key added later must be an
+//! addition, and a misspelt key must fail loudly instead of being ignored. `docs/tasks.md`
+//! documents it for task authors.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 /// The file name the runner looks for at the root of a task repository.
@@ -34,17 +46,43 @@ pub struct TaskFile {
     /// What the task checks, for people browsing task repositories.
     #[serde(default)]
     pub description: Option<String>,
-    /// The shell command to run (with `sh -c`, in the root of the clone). A string rather than an
-    /// argument list so tasks can use pipes and `&&` like in a CI file.
-    pub run: String,
+    /// Who to ask about the task (a name, an address).
+    #[serde(default)]
+    pub maintainer: Option<String>,
+    /// Item types the task can check; a job for another type crashes before anything runs.
+    /// Empty: any.
+    #[serde(default)]
+    pub item_types: Vec<String>,
+    /// Arches the task can run for; empty: any.
+    #[serde(default)]
+    pub arches: Vec<String>,
+    /// What the task needs from the machine it runs on.
+    #[serde(default)]
+    pub environment: Environment,
+    /// Longest the task may run (downloads, prepare and run steps together), in seconds. The
+    /// runner's `task_timeout_secs` caps it, so a task cannot hold a runner longer than its
+    /// operator allows.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    /// Files fetched into the clone before `prepare`.
+    #[serde(default)]
+    pub downloads: Vec<Download>,
+    /// Steps run before `run`; one failing crashes the job (the check itself never ran).
+    #[serde(default)]
+    pub prepare: Vec<Step>,
+    /// The check: a shell command (run with `sh -c`, in the root of the clone), or a list of
+    /// steps run in order until one fails.
+    pub run: RunSpec,
     /// Path of the ResultYAML file the task writes, relative to the clone. Default `results.yml`.
     /// When the task writes none, the runner makes one result from the exit code.
     #[serde(default)]
     pub results: Option<String>,
-    /// Longest the task may run, in seconds. The runner's `task_timeout_secs` caps it, so a task
-    /// cannot hold a runner longer than its operator allows.
+    /// Globs (relative to the clone) of files copied into the job's artifacts when the task ends.
     #[serde(default)]
-    pub timeout: Option<u64>,
+    pub artifacts: Vec<String>,
+    /// Steps run after the task whatever happened (also after a timeout or a failed step).
+    #[serde(default)]
+    pub cleanup: Vec<Step>,
     /// Testcase of the results the runner writes for the task (from the exit code, or CRASHED)
     /// and of ResultYAML entries without `checkname`. Default: the task's name in the rules
     /// (`JobRequest::default_testcase`), the name the runner already knows before it has cloned
@@ -52,6 +90,144 @@ pub struct TaskFile {
     /// otherwise.
     #[serde(default)]
     pub testcase: Option<String>,
+}
+
+/// `environment:` — what the task needs. The runner checks and records it; it does not install
+/// packages or start machines itself (that is the provisioner's part).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// OS packages the task expects to be installed.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Where the task must run.
+    #[serde(default)]
+    pub provision: Provision,
+    /// The task may leave its machine unusable, so it must never run on the runner's own host.
+    #[serde(default)]
+    pub destructive: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provision {
+    /// On the runner's host.
+    #[default]
+    Local,
+    /// On a virtual machine of its own.
+    Vm,
+}
+
+/// One entry of `downloads:`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Download {
+    /// URL template (`{{ item }}` etc.; values are percent-encoded).
+    pub url: String,
+    /// Expected SHA-256 of the file, in hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Largest size accepted, in bytes (never more than `runner.download_max_bytes`).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Path in the clone to save to; default: the URL's last path segment.
+    #[serde(default)]
+    pub dest: Option<String>,
+}
+
+/// One step: a shell command, with an optional time limit and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub run: String,
+    /// Seconds; default: what is left of the task's time.
+    pub timeout: Option<u64>,
+    /// For logs and notes; default: the phase and position (`prepare-1`).
+    pub name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepMap {
+    run: String,
+    #[serde(default)]
+    timeout: Option<u64>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StepVisitor;
+        impl<'de> Visitor<'de> for StepVisitor {
+            type Value = Step;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a shell command or a map with run, timeout and name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Step, E> {
+                Ok(Step {
+                    run: v.to_string(),
+                    timeout: None,
+                    name: None,
+                })
+            }
+            // YAML reads `run: true` as a boolean; as a command it is the word.
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Step, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Step, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Step, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Step, A::Error> {
+                let m = StepMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Step {
+                    run: m.run,
+                    timeout: m.timeout,
+                    name: m.name,
+                })
+            }
+        }
+        deserializer.deserialize_any(StepVisitor)
+    }
+}
+
+/// `run:` — one command (the original form) or a list of steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunSpec {
+    Command(String),
+    Steps(Vec<Step>),
+}
+
+impl<'de> Deserialize<'de> for RunSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RunVisitor;
+        impl<'de> Visitor<'de> for RunVisitor {
+            type Value = RunSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a shell command or a list of steps")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RunSpec, E> {
+                Ok(RunSpec::Command(v.to_string()))
+            }
+            // YAML reads `run: true` as a boolean; as a command it is the word.
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RunSpec, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RunSpec, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RunSpec, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RunSpec, A::Error> {
+                let steps = Vec::<Step>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(RunSpec::Steps(steps))
+            }
+        }
+        deserializer.deserialize_any(RunVisitor)
+    }
 }
 
 /// Why `taskbot.yaml` cannot be used; the text goes into a CRASHED result's note.
@@ -62,6 +238,14 @@ pub enum TaskFileError {
     /// The YAML parser's message, which carries the line and column where it could tell.
     #[error("invalid {TASK_FILE}: {0}")]
     Invalid(String),
+}
+
+/// A step ready to run: its phase-qualified name and its command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedStep {
+    pub name: String,
+    pub run: String,
+    pub timeout: Option<u64>,
 }
 
 impl TaskFile {
@@ -87,11 +271,63 @@ impl TaskFile {
         if self.name.trim().is_empty() {
             return Err("name: must not be empty".into());
         }
-        if self.run.trim().is_empty() {
-            return Err("run: must not be empty".into());
-        }
         if self.timeout == Some(0) {
             return Err("timeout: must be at least 1 second".into());
+        }
+        if let RunSpec::Steps(steps) = &self.run {
+            if steps.is_empty() {
+                return Err("run: must not be empty".into());
+            }
+        }
+        for (phase, steps) in [
+            ("prepare", self.prepare.clone()),
+            ("run", self.run_steps_raw()),
+            ("cleanup", self.cleanup.clone()),
+        ] {
+            for (i, step) in steps.iter().enumerate() {
+                let at = if phase == "run" && matches!(self.run, RunSpec::Command(_)) {
+                    "run".to_string()
+                } else {
+                    format!("{phase}[{i}]")
+                };
+                if step.run.trim().is_empty() {
+                    return Err(format!("{at}: must not be empty"));
+                }
+                if step.timeout == Some(0) {
+                    return Err(format!("{at}.timeout: must be at least 1 second"));
+                }
+                if let Some(name) = &step.name {
+                    check_step_name(name).map_err(|e| format!("{at}.name: {e}"))?;
+                }
+                check_template(&step.run).map_err(|e| format!("{at}: {e}"))?;
+            }
+        }
+        for (i, d) in self.downloads.iter().enumerate() {
+            let at = format!("downloads[{i}]");
+            if !(d.url.starts_with("http://") || d.url.starts_with("https://")) {
+                return Err(format!("{at}.url: {:?} must be an http(s) URL", d.url));
+            }
+            check_template(&d.url).map_err(|e| format!("{at}.url: {e}"))?;
+            if let Some(sum) = &d.sha256 {
+                if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(format!("{at}.sha256: must be 64 hex digits"));
+                }
+            }
+            if d.max_bytes == Some(0) {
+                return Err(format!("{at}.max_bytes: must be at least 1"));
+            }
+            if let Some(dest) = &d.dest {
+                check_template(dest).map_err(|e| format!("{at}.dest: {e}"))?;
+                relative_inside(dest).map_err(|e| format!("{at}.dest: {e}"))?;
+            }
+        }
+        for (key, list) in [("item_types", &self.item_types), ("arches", &self.arches)] {
+            if list.iter().any(|v| v.trim().is_empty()) {
+                return Err(format!("{key}: entries must not be empty"));
+            }
+        }
+        for (i, glob) in self.artifacts.iter().enumerate() {
+            relative_inside(glob).map_err(|e| format!("artifacts[{i}]: {e}"))?;
         }
         if let Some(testcase) = &self.testcase {
             check_testcase(testcase).map_err(|e| format!("testcase: {e}"))?;
@@ -100,6 +336,75 @@ impl TaskFile {
             relative_inside(results).map_err(|e| format!("results: {e}"))?;
         }
         Ok(())
+    }
+
+    fn run_steps_raw(&self) -> Vec<Step> {
+        match &self.run {
+            RunSpec::Command(run) => vec![Step {
+                run: run.clone(),
+                timeout: None,
+                name: None,
+            }],
+            RunSpec::Steps(steps) => steps.clone(),
+        }
+    }
+
+    /// Steps of a phase with their names: the given one, else `run` for the single-command form,
+    /// else `<phase>-<n>` (from 1).
+    pub fn steps(&self, phase: Phase) -> Vec<NamedStep> {
+        let steps = match phase {
+            Phase::Prepare => self.prepare.clone(),
+            Phase::Run => self.run_steps_raw(),
+            Phase::Cleanup => self.cleanup.clone(),
+        };
+        let single_command = phase == Phase::Run && matches!(self.run, RunSpec::Command(_));
+        steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| NamedStep {
+                name: s.name.unwrap_or_else(|| {
+                    if single_command {
+                        "run".into()
+                    } else {
+                        format!("{}-{}", phase.as_str(), i + 1)
+                    }
+                }),
+                run: s.run,
+                timeout: s.timeout,
+            })
+            .collect()
+    }
+
+    /// Why this task must not run this job here, if so: the item type or arch is not one the
+    /// task accepts, or the task needs a VM or is destructive and this runner runs locally.
+    pub fn refusal(&self, item_type: &str, arch: &str, runs_locally: bool) -> Option<String> {
+        if !self.item_types.is_empty() && !self.item_types.iter().any(|t| t == item_type) {
+            return Some(format!(
+                "task {} does not accept item type {item_type} (item_types: {})",
+                self.name,
+                self.item_types.join(", ")
+            ));
+        }
+        if !self.arches.is_empty() && !self.arches.iter().any(|a| a == arch) {
+            return Some(format!(
+                "task {} does not accept arch {arch} (arches: {})",
+                self.name,
+                self.arches.join(", ")
+            ));
+        }
+        if runs_locally && self.environment.provision == Provision::Vm {
+            return Some(format!(
+                "task {} needs a VM (environment.provision: vm) and this runner runs tasks locally only",
+                self.name
+            ));
+        }
+        if runs_locally && self.environment.destructive {
+            return Some(format!(
+                "task {} is destructive (environment.destructive: true) and must not run on the runner's own host",
+                self.name
+            ));
+        }
+        None
     }
 
     /// The results file's path relative to the clone.
@@ -113,6 +418,161 @@ impl TaskFile {
         let cap = runner_cap_secs.max(1);
         self.timeout.map_or(cap, |t| t.min(cap))
     }
+}
+
+/// The phases of a task that run steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Prepare,
+    Run,
+    Cleanup,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Prepare => "prepare",
+            Phase::Run => "run",
+            Phase::Cleanup => "cleanup",
+        }
+    }
+}
+
+/// Step names become log file names.
+fn check_step_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}; use letters, digits, '.', '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+/// The values templates and steps may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateVars {
+    pub item: String,
+    pub item_type: String,
+    pub arch: String,
+    pub job_id: String,
+    pub workdir: String,
+    pub artifacts: String,
+    pub args: BTreeMap<String, String>,
+}
+
+/// The names a template may use, besides `args.KEY`.
+pub const TEMPLATE_NAMES: [&str; 6] = [
+    "item",
+    "item_type",
+    "arch",
+    "job_id",
+    "workdir",
+    "artifacts",
+];
+
+/// How a value is inserted into the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// Inside a shell command: single-quoted, so an item cannot inject commands.
+    Shell,
+    /// Inside a URL: percent-encoded (except unreserved characters and `/`).
+    Url,
+    /// As is (file names, checked afterwards).
+    Raw,
+}
+
+impl TemplateVars {
+    fn get(&self, name: &str) -> Option<&str> {
+        Some(match name {
+            "item" => &self.item,
+            "item_type" => &self.item_type,
+            "arch" => &self.arch,
+            "job_id" => &self.job_id,
+            "workdir" => &self.workdir,
+            "artifacts" => &self.artifacts,
+            _ => {
+                return self
+                    .args
+                    .get(name.strip_prefix("args.")?)
+                    .map(|s| s.as_str())
+            }
+        })
+    }
+
+    /// Replace every `{{ name }}` in `text`. A name the job has no value for (an argument the
+    /// job was not given) is an error naming it.
+    pub fn render(&self, text: &str, escape: Escape) -> Result<String, String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| "a '{{' is not closed by '}}'".to_string())?;
+            let name = after[..end].trim();
+            let value = self
+                .get(name)
+                .ok_or_else(|| match name.strip_prefix("args.") {
+                    Some(key) => format!("{{{{ {name} }}}}: the job has no argument {key}"),
+                    None => format!("{{{{ {name} }}}}: unknown variable"),
+                })?;
+            match escape {
+                Escape::Shell => out.push_str(&shell_quote(value)),
+                Escape::Url => out.push_str(&percent_encode(value)),
+                Escape::Raw => out.push_str(value),
+            }
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// Template syntax, checked when `taskbot.yaml` is read: each `{{ … }}` closed and naming a
+/// known variable or `args.KEY`.
+pub fn check_template(text: &str) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| "a '{{' is not closed by '}}'".to_string())?;
+        let name = after[..end].trim();
+        let is_arg = name
+            .strip_prefix("args.")
+            .is_some_and(|k| !k.is_empty() && !k.contains(char::is_whitespace));
+        if !is_arg && !TEMPLATE_NAMES.contains(&name) {
+            return Err(format!(
+                "{{{{ {name} }}}} is not a variable (use {}, or args.KEY)",
+                TEMPLATE_NAMES.join(", ")
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(())
+}
+
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A testcase becomes part of routing keys and ResultsDB names: dotted words, no spaces.
@@ -155,10 +615,21 @@ mod tests {
     fn minimal_file_gets_defaults() {
         let task = TaskFile::parse("name: example\nrun: ./check.sh\n").unwrap();
         assert_eq!(task.name, "example");
-        assert_eq!(task.run, "./check.sh");
+        assert_eq!(task.run, RunSpec::Command("./check.sh".into()));
         assert_eq!(task.results_path(), PathBuf::from("results.yml"));
         assert_eq!(task.testcase, None);
         assert_eq!(task.effective_timeout_secs(3600), 3600);
+        assert_eq!(task.environment, Environment::default());
+        assert_eq!(
+            task.steps(Phase::Run),
+            [NamedStep {
+                name: "run".into(),
+                run: "./check.sh".into(),
+                timeout: None
+            }]
+        );
+        assert!(task.steps(Phase::Prepare).is_empty());
+        assert_eq!(task.refusal("anything", "any", true), None);
     }
 
     #[test]
@@ -171,6 +642,97 @@ mod tests {
         assert_eq!(task.results_path(), PathBuf::from("out/r.yml"));
         assert_eq!(task.testcase.as_deref(), Some("dist.example"));
         assert_eq!(task.effective_timeout_secs(3600), 30);
+    }
+
+    const V1_FULL: &str = r#"
+name: rpmcheck
+description: Checks RPMs.
+maintainer: QA <qa@example.org>
+item_types: [koji_build, bodhi_update]
+arches: [x86_64, noarch]
+environment:
+  packages: [rpmlint, cppcheck]
+  provision: local
+  destructive: false
+timeout: 600
+downloads:
+  - url: "https://koji.example/{{ item }}/{{ arch }}.rpm"
+    sha256: "0000000000000000000000000000000000000000000000000000000000000000"
+    max_bytes: 1000
+    dest: rpms/{{ arch }}.rpm
+  - url: https://example.org/list.txt
+prepare:
+  - make
+  - {run: "./setup {{ args.tag }}", timeout: 20, name: setup}
+run:
+  - ./check {{ item }}
+  - {run: ./summarise, name: summary}
+results: out/results.yml
+artifacts: ["out/*.log", "report.html"]
+cleanup: [rm -rf /tmp/rpmcheck]
+testcase: dist.rpmcheck
+"#;
+
+    #[test]
+    fn every_v1_key_is_read() {
+        let task = TaskFile::parse(V1_FULL).unwrap();
+        assert_eq!(task.maintainer.as_deref(), Some("QA <qa@example.org>"));
+        assert_eq!(task.item_types, ["koji_build", "bodhi_update"]);
+        assert_eq!(task.arches, ["x86_64", "noarch"]);
+        assert_eq!(task.environment.packages, ["rpmlint", "cppcheck"]);
+        assert_eq!(task.environment.provision, Provision::Local);
+        assert_eq!(task.downloads.len(), 2);
+        assert_eq!(task.downloads[0].max_bytes, Some(1000));
+        assert_eq!(
+            task.downloads[0].dest.as_deref(),
+            Some("rpms/{{ arch }}.rpm")
+        );
+        assert_eq!(task.downloads[1].sha256, None);
+        let names = |phase| -> Vec<(String, Option<u64>)> {
+            task.steps(phase)
+                .into_iter()
+                .map(|s| (s.name, s.timeout))
+                .collect()
+        };
+        assert_eq!(
+            names(Phase::Prepare),
+            [
+                ("prepare-1".to_string(), None),
+                ("setup".to_string(), Some(20))
+            ]
+        );
+        assert_eq!(
+            names(Phase::Run),
+            [("run-1".to_string(), None), ("summary".to_string(), None)]
+        );
+        assert_eq!(names(Phase::Cleanup), [("cleanup-1".to_string(), None)]);
+        assert_eq!(task.artifacts, ["out/*.log", "report.html"]);
+    }
+
+    #[test]
+    fn item_type_arch_and_environment_are_enforced() {
+        let task = TaskFile::parse(V1_FULL).unwrap();
+        assert_eq!(task.refusal("koji_build", "x86_64", true), None);
+        assert_eq!(
+            task.refusal("compose", "x86_64", true).as_deref(),
+            Some("task rpmcheck does not accept item type compose (item_types: koji_build, bodhi_update)")
+        );
+        assert_eq!(
+            task.refusal("koji_build", "s390x", true).as_deref(),
+            Some("task rpmcheck does not accept arch s390x (arches: x86_64, noarch)")
+        );
+        let vm = TaskFile::parse("name: v\nrun: x\nenvironment: {provision: vm}\n").unwrap();
+        assert!(vm
+            .refusal("t", "a", true)
+            .unwrap()
+            .contains("needs a VM (environment.provision: vm)"));
+        assert_eq!(vm.refusal("t", "a", false), None);
+        let destructive =
+            TaskFile::parse("name: d\nrun: x\nenvironment: {destructive: true}\n").unwrap();
+        assert!(destructive
+            .refusal("t", "a", true)
+            .unwrap()
+            .contains("is destructive"));
     }
 
     #[test]
@@ -190,6 +752,14 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("unknown field `comand`"), "{text}");
         assert!(text.contains("line 2"), "{text}");
+        let text = TaskFile::parse("name: t\nrun: [{run: x, timout: 3}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("unknown field `timout`"), "{text}");
+        let text = TaskFile::parse("name: t\nrun: x\nenvironment: {provision: cloud}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("unknown variant `cloud`"), "{text}");
     }
 
     #[test]
@@ -211,6 +781,7 @@ mod tests {
     fn values_serde_cannot_check_are_refused_by_key() {
         let cases = [
             ("name: t\nrun: '  '\n", "run: must not be empty"),
+            ("name: t\nrun: []\n", "run: must not be empty"),
             (
                 "name: t\nrun: x\ntimeout: 0\n",
                 "timeout: must be at least 1",
@@ -227,6 +798,38 @@ mod tests {
                 "name: t\nrun: x\ntestcase: my test\n",
                 "testcase: \"my test\" contains ' '",
             ),
+            (
+                "name: t\nrun: x\nprepare: [{run: y, timeout: 0}]\n",
+                "prepare[0].timeout: must be at least 1",
+            ),
+            (
+                "name: t\nrun: [x, {run: y, name: 'a b'}]\n",
+                "run[1].name: \"a b\" contains ' '",
+            ),
+            (
+                "name: t\nrun: echo {{ itme }}\n",
+                "run: {{ itme }} is not a variable",
+            ),
+            (
+                "name: t\nrun: x\ndownloads: [{url: 'ftp://x/y'}]\n",
+                "downloads[0].url: \"ftp://x/y\" must be an http(s) URL",
+            ),
+            (
+                "name: t\nrun: x\ndownloads: [{url: 'http://x/y', sha256: abc}]\n",
+                "downloads[0].sha256: must be 64 hex digits",
+            ),
+            (
+                "name: t\nrun: x\ndownloads: [{url: 'http://x/y', dest: ../y}]\n",
+                "downloads[0].dest: \"../y\" must not contain '..'",
+            ),
+            (
+                "name: t\nrun: x\nartifacts: [/etc/*]\n",
+                "artifacts[0]: \"/etc/*\" must be a relative path",
+            ),
+            (
+                "name: t\nrun: x\ncleanup: ['echo {{ args.x']\n",
+                "cleanup[0]: a '{{' is not closed",
+            ),
         ];
         for (text, expected) in cases {
             let err = TaskFile::parse(text).unwrap_err().to_string();
@@ -235,10 +838,60 @@ mod tests {
     }
 
     #[test]
+    fn templates_render_with_the_right_escaping() {
+        let vars = TemplateVars {
+            item: "it's-1.0-1".into(),
+            item_type: "koji_build".into(),
+            arch: "x86_64".into(),
+            job_id: "j".into(),
+            workdir: "/w".into(),
+            artifacts: "/a/".into(),
+            args: [("tag".to_string(), "f40 updates".to_string())].into(),
+        };
+        assert_eq!(
+            vars.render(
+                "echo {{ item }} {{args.tag}} in {{ workdir }}",
+                Escape::Shell
+            )
+            .unwrap(),
+            "echo 'it'\\''s-1.0-1' 'f40 updates' in '/w'"
+        );
+        assert_eq!(
+            vars.render(
+                "https://k/{{ item }}/{{ arch }}?t={{ args.tag }}",
+                Escape::Url
+            )
+            .unwrap(),
+            "https://k/it%27s-1.0-1/x86_64?t=f40%20updates"
+        );
+        assert_eq!(
+            vars.render("{{ item_type }}.rpm", Escape::Raw).unwrap(),
+            "koji_build.rpm"
+        );
+        assert_eq!(
+            vars.render("{{ args.missing }}", Escape::Raw).unwrap_err(),
+            "{{ args.missing }}: the job has no argument missing"
+        );
+        assert_eq!(
+            vars.render("no templates", Escape::Shell).unwrap(),
+            "no templates"
+        );
+    }
+
+    #[test]
     fn missing_file_says_so() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(TaskFile::load(dir.path()), Err(TaskFileError::Missing));
         std::fs::write(dir.path().join(TASK_FILE), "name: t\nrun: true\n").unwrap();
-        assert_eq!(TaskFile::load(dir.path()).unwrap().run, "true");
+        assert_eq!(
+            TaskFile::load(dir.path()).unwrap().run,
+            RunSpec::Command("true".into())
+        );
+        std::fs::write(dir.path().join(TASK_FILE), "name: t\nrun: [true, 7]\n").unwrap();
+        let steps = TaskFile::load(dir.path()).unwrap().steps(Phase::Run);
+        assert_eq!(
+            (steps[0].run.as_str(), steps[1].run.as_str()),
+            ("true", "7")
+        );
     }
 }

@@ -28,6 +28,10 @@ struct World {
     dirs: TempDir,
     results_tap: String,
     status_tap: String,
+    /// Messages read from the taps that belong to another job than the one being waited for:
+    /// jobs run at once interleave their messages.
+    other_results: std::sync::Mutex<Vec<TaskResult>>,
+    other_statuses: std::sync::Mutex<Vec<JobStatus>>,
 }
 
 impl World {
@@ -39,6 +43,7 @@ impl World {
             vec![format!("file://{}", dirs.path().join("repos").display())];
         config.runner.work_dir = dirs.path().join("work");
         config.runner.artifacts_dir = dirs.path().join("artifacts");
+        config.runner.mirror_dir = dirs.path().join("mirrors");
         config.runner.task_timeout_secs = 30;
         let broker = TestBroker::new(&config).await;
         let results_tap = broker
@@ -53,6 +58,8 @@ impl World {
             dirs,
             results_tap,
             status_tap,
+            other_results: Default::default(),
+            other_statuses: Default::default(),
         }
     }
 
@@ -97,7 +104,12 @@ impl World {
 
     /// The job's results, once its final status arrived.
     async fn results(&self, job: &ProvisionedJob, count: usize) -> Vec<TaskResult> {
-        let mut results = Vec::new();
+        let mut results: Vec<TaskResult> = {
+            let mut others = self.other_results.lock().unwrap();
+            let (mine, rest) = others.drain(..).partition(|r| r.job_id == job.job.job_id);
+            *others = rest;
+            mine
+        };
         let deadline = Instant::now() + WAIT;
         while results.len() < count && Instant::now() < deadline {
             if let Some(msg) = self
@@ -109,6 +121,8 @@ impl World {
                 assert_eq!(msg.routing_key, result.routing_key());
                 if result.job_id == job.job.job_id {
                     results.push(result);
+                } else {
+                    self.other_results.lock().unwrap().push(result);
                 }
             }
         }
@@ -118,7 +132,12 @@ impl World {
 
     /// The job's statuses up to and including its final one.
     async fn statuses(&self, job: &ProvisionedJob) -> Vec<JobStatus> {
-        let mut statuses: Vec<JobStatus> = Vec::new();
+        let mut statuses: Vec<JobStatus> = {
+            let mut others = self.other_statuses.lock().unwrap();
+            let (mine, rest) = others.drain(..).partition(|s| s.job_id == job.job.job_id);
+            *others = rest;
+            mine
+        };
         let deadline = Instant::now() + WAIT;
         while !statuses.last().is_some_and(|s| s.state.is_final()) {
             assert!(
@@ -136,6 +155,8 @@ impl World {
                 assert_eq!(msg.routing_key, status.routing_key());
                 if status.job_id == job.job.job_id {
                     statuses.push(status);
+                } else {
+                    self.other_statuses.lock().unwrap().push(status);
                 }
             }
         }
@@ -417,7 +438,10 @@ async fn task_past_its_timeout_is_aborted_and_its_process_group_killed() {
     );
     assert_eq!(states, FULL_LIFE);
     assert_eq!(results[0].outcome, Outcome::Aborted);
-    assert_eq!(results[0].note.as_deref(), Some("timed out after 2s"));
+    assert_eq!(
+        results[0].note.as_deref(),
+        Some("step run timed out: the task's time limit of 2s passed")
+    );
     let pid: i32 = std::fs::read_to_string(world.job_artifacts(&sleeper).join("bg.pid"))
         .unwrap()
         .trim()
@@ -592,7 +616,10 @@ async fn invalid_results_file_crashes_quoting_the_log() {
     let (_, tail) = note
         .split_once("\n--- end of task.log ---\n")
         .expect("log quoted");
-    assert!(tail.ends_with("\nstep one done"), "{tail}");
+    assert!(
+        tail.contains("\nstep one done\n== step 01-run.log: exit code 0 after"),
+        "{tail}"
+    );
     assert!(r.log_url.is_some());
     world.finish(vec![runner]).await;
 }
@@ -764,4 +791,465 @@ async fn shutdown_kills_the_task_and_hands_the_job_back() {
     );
     assert_eq!(std::fs::read_dir(world.work_dir()).unwrap().count(), 0);
     world.finish(vec![]).await;
+}
+
+/// A minimal HTTP/1.1 server for downloads: `answer(path, n)` gives the status and body of the
+/// n-th request (from 0). Returns the base URL.
+async fn http_server(
+    answer: impl Fn(&str, usize) -> (u16, Vec<u8>) + Send + Sync + 'static,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (answer, count) = (answer.clone(), n);
+            n += 1;
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => seen.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&seen).into_owned();
+                let path = request.split(' ').nth(1).unwrap_or("/").to_string();
+                let (status, body) = answer(&path, count);
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn v1_task_downloads_prepares_runs_steps_keeps_artifacts_and_cleans_up() {
+    let world = World::new("x86_64").await;
+    let rpm = b"pretend this is an rpm\n".to_vec();
+    let served = rpm.clone();
+    // The first request fails with 503: downloads retry server errors.
+    let base = http_server(move |path, n| match (path, n) {
+        (_, 0) => (503, b"busy".to_vec()),
+        ("/builds/pkg-1.0-1.fc40/x86_64.rpm", _) => (200, served.clone()),
+        _ => (404, Vec::new()),
+    })
+    .await;
+    let yaml = format!(
+        r#"name: v1
+maintainer: QA <qa@example.org>
+item_types: [koji_build]
+arches: [x86_64]
+environment: {{packages: [coreutils], provision: local, destructive: false}}
+timeout: 60
+downloads:
+  - url: "{base}/builds/{{{{ item }}}}/{{{{ arch }}}}.rpm"
+    sha256: "{sum}"
+    max_bytes: 1000
+    dest: "rpms/{{{{ item }}}}.rpm"
+prepare:
+  - mkdir -p out
+  - {{run: "echo tag={{{{ args.tag }}}} > out/prepared.txt", name: setup, timeout: 10}}
+run:
+  - {{run: "cat rpms/*.rpm > out/copy.log; echo checked {{{{ item }}}}", name: check}}
+  - test -s out/copy.log
+artifacts: ["out/*.log", "out/prepared.txt", "missing/*"]
+cleanup:
+  - "echo cleaned > \"${{TASKBOT_ARTIFACTS}}cleaned.txt\""
+testcase: dist.v1
+"#,
+        sum = sha256_hex(&rpm)
+    );
+    let repo = task_repo(&world, "v1", &[("taskbot.yaml", &yaml)]);
+    let runner = world.start_runner("x86_64");
+    let args: BTreeMap<String, String> = [("tag".to_string(), "f40".to_string())].into();
+    let v1 = job_with_args("v1", &repo, "main", "pkg-1.0-1.fc40", "x86_64", args);
+    world.submit(&v1).await;
+
+    let (states, results) = world.outcome_of(&v1, 1).await;
+    assert_eq!(states, FULL_LIFE);
+    let r = &results[0];
+    assert_eq!(
+        (r.outcome, r.testcase.as_str(), r.note.as_deref()),
+        (Outcome::Passed, "dist.v1", Some("exit code 0"))
+    );
+    let artifacts = world.job_artifacts(&v1);
+    let read = |p: &str| std::fs::read_to_string(artifacts.join(p)).unwrap();
+    assert_eq!(read("out/copy.log").as_bytes(), rpm.as_slice());
+    assert_eq!(read("out/prepared.txt"), "tag=f40\n");
+    assert_eq!(read("cleaned.txt"), "cleaned\n");
+    assert_eq!(
+        read("steps/03-check.log").lines().last(),
+        Some("checked pkg-1.0-1.fc40")
+    );
+    let steps: Vec<String> = {
+        let mut v: Vec<String> = std::fs::read_dir(artifacts.join("steps"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        steps,
+        [
+            "01-prepare-1.log",
+            "02-setup.log",
+            "03-check.log",
+            "04-run-2.log",
+            "05-cleanup-1.log"
+        ]
+    );
+    let log = read("task.log");
+    for expected in [
+        "HTTP status 503",
+        "attempt 2/",
+        "23 bytes saved as",
+        "environment: needs packages coreutils",
+        "== step 02-setup.log: exit code 0 after",
+        "checked pkg-1.0-1.fc40",
+        "artifact kept: out/copy.log",
+        "== step 05-cleanup-1.log: exit code 0",
+    ] {
+        assert!(log.contains(expected), "{expected:?} missing from:\n{log}");
+    }
+    world.finish(vec![runner]).await;
+}
+
+#[tokio::test]
+async fn download_failures_crash_naming_the_url_and_reason() {
+    let world = World::new("x86_64").await;
+    let base = http_server(|path, _| match path {
+        "/big" => (200, vec![0u8; 5000]),
+        "/ok" => (200, b"ok".to_vec()),
+        _ => (404, Vec::new()),
+    })
+    .await;
+    let repo_for = |name: &str, download: &str| {
+        task_repo(
+            &world,
+            name,
+            &[(
+                "taskbot.yaml",
+                &format!("name: {name}\ndownloads: [{download}]\nrun: 'true'\n"),
+            )],
+        )
+    };
+    let cases = [
+        (
+            "missing",
+            format!("{{url: '{base}/nope.rpm'}}"),
+            format!("download {base}/nope.rpm failed: HTTP status 404"),
+        ),
+        (
+            "big",
+            format!("{{url: '{base}/big', max_bytes: 4096}}"),
+            format!("download {base}/big failed: larger than the limit of 4096 bytes"),
+        ),
+        (
+            "badsum",
+            format!("{{url: '{base}/ok', sha256: '{}'}}", "a".repeat(64)),
+            format!(
+                "download {base}/ok failed: SHA-256 mismatch: expected {}, got {}",
+                "a".repeat(64),
+                sha256_hex(b"ok")
+            ),
+        ),
+    ];
+    let runner = world.start_runner("x86_64");
+    let mut jobs = Vec::new();
+    for (name, download, _) in &cases {
+        let j = job(name, &repo_for(name, download), "main", "pkg-1-1", "x86_64");
+        world.submit(&j).await;
+        jobs.push(j);
+    }
+    for (j, (_, _, expected)) in jobs.iter().zip(&cases) {
+        let (states, results) = world.outcome_of(j, 1).await;
+        assert_eq!(
+            states,
+            [
+                JobState::Cloning,
+                JobState::Running,
+                JobState::Reporting,
+                JobState::Crashed
+            ]
+        );
+        assert_eq!(results[0].outcome, Outcome::Crashed);
+        let note = results[0].note.clone().unwrap();
+        assert!(note.starts_with(expected.as_str()), "{note}");
+        assert!(note.contains("--- end of task.log ---"), "{note}");
+        assert!(results[0].log_url.is_some());
+    }
+    world.finish(vec![runner]).await;
+}
+
+#[tokio::test]
+async fn tasks_refuse_item_types_arches_and_machines_they_do_not_accept() {
+    let world = World::new("x86_64").await;
+    let picky = task_repo(
+        &world,
+        "picky",
+        &[(
+            "taskbot.yaml",
+            "name: picky\nitem_types: [koji_build]\narches: [aarch64]\nrun: 'true'\n",
+        )],
+    );
+    let vm = task_repo(
+        &world,
+        "vm",
+        &[(
+            "taskbot.yaml",
+            "name: vm\nenvironment: {provision: vm}\nrun: 'true'\n",
+        )],
+    );
+    let destructive = task_repo(
+        &world,
+        "destructive",
+        &[(
+            "taskbot.yaml",
+            "name: destructive\nenvironment: {destructive: true}\nrun: touch \"${TASKBOT_ARTIFACTS}ran\"\n",
+        )],
+    );
+    let runner = world.start_runner("x86_64");
+    let mut wrong_type = job("picky", &picky, "main", "FEDORA-2024-1", "x86_64");
+    wrong_type.job.item_type = "bodhi_update".into();
+    let wrong_arch = job("picky", &picky, "main", "pkg-1-1", "x86_64");
+    let on_vm = job("vm", &vm, "main", "pkg-1-1", "x86_64");
+    let wrecker = job("destructive", &destructive, "main", "pkg-1-1", "x86_64");
+    let cases = [
+        (&wrong_type, "task picky does not accept item type bodhi_update (item_types: koji_build)".to_string()),
+        (&wrong_arch, "task picky does not accept arch x86_64 (arches: aarch64)".to_string()),
+        (&on_vm, "task vm needs a VM (environment.provision: vm) and this runner runs tasks locally only".to_string()),
+        (&wrecker, "task destructive is destructive (environment.destructive: true) and must not run on the runner's own host".to_string()),
+    ];
+    for (j, _) in &cases {
+        world.submit(j).await;
+    }
+    for (j, expected) in &cases {
+        let (states, results) = world.outcome_of(j, 1).await;
+        assert_eq!(
+            states,
+            [JobState::Cloning, JobState::Reporting, JobState::Crashed]
+        );
+        assert_eq!(results[0].outcome, Outcome::Crashed);
+        assert_eq!(results[0].note.as_deref(), Some(expected.as_str()));
+    }
+    assert!(!world.job_artifacts(&wrecker).join("ran").exists());
+    world.finish(vec![runner]).await;
+}
+
+#[tokio::test]
+async fn step_timeout_aborts_naming_the_step_and_cleanup_still_runs() {
+    let world = World::new("x86_64").await;
+    let repo = task_repo(
+        &world,
+        "slow",
+        &[(
+            "taskbot.yaml",
+            "name: slow\nrun:\n  - echo first\n  - {run: 'echo sleeping; sleep 30', timeout: 1, name: slow}\ncleanup: ['echo done > \"${TASKBOT_ARTIFACTS}cleanup.txt\"']\n",
+        )],
+    );
+    let runner = world.start_runner("x86_64");
+    let slow = job("slow", &repo, "main", "pkg-1-1", "x86_64");
+    let started = Instant::now();
+    world.submit(&slow).await;
+    let (states, results) = world.outcome_of(&slow, 1).await;
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(states, FULL_LIFE);
+    let r = &results[0];
+    assert_eq!(r.outcome, Outcome::Aborted);
+    assert_eq!(
+        r.note.as_deref(),
+        Some("step slow timed out after 1s (its own timeout: 1s)")
+    );
+    let step_log = world.job_artifacts(&slow).join("steps/02-slow.log");
+    assert_eq!(r.data["step_log"], step_log.display().to_string());
+    assert!(std::fs::read_to_string(&step_log)
+        .unwrap()
+        .contains("sleeping"));
+    assert_eq!(
+        std::fs::read_to_string(world.job_artifacts(&slow).join("cleanup.txt")).unwrap(),
+        "done\n"
+    );
+    world.finish(vec![runner]).await;
+}
+
+#[tokio::test]
+async fn task_killed_by_a_signal_crashes_and_a_failing_prepare_step_crashes() {
+    let world = World::new("x86_64").await;
+    let segv = task_repo(
+        &world,
+        "segv",
+        &[(
+            "taskbot.yaml",
+            "name: segv\nrun: 'echo about to crash; kill -SEGV $$'\n",
+        )],
+    );
+    let prep = task_repo(
+        &world,
+        "prep",
+        &[(
+            "taskbot.yaml",
+            "name: prep\nprepare: [{run: 'echo no make here; exit 2', name: build}]\nrun: touch \"${TASKBOT_ARTIFACTS}ran\"\n",
+        )],
+    );
+    let runner = world.start_runner("x86_64");
+    let crash = job("segv", &segv, "main", "pkg-1-1", "x86_64");
+    let failing = job("prep", &prep, "main", "pkg-1-1", "x86_64");
+    world.submit(&crash).await;
+    world.submit(&failing).await;
+
+    let (states, results) = world.outcome_of(&crash, 1).await;
+    assert_eq!(states.last(), Some(&JobState::Crashed));
+    assert_eq!(results[0].outcome, Outcome::Crashed);
+    let note = results[0].note.clone().unwrap();
+    assert!(
+        note.starts_with(&format!(
+            "the task was killed by signal {} (SIGSEGV)\n--- end of task.log ---\n",
+            libc::SIGSEGV
+        )),
+        "{note}"
+    );
+    assert!(note.contains("about to crash"), "{note}");
+
+    let (states, results) = world.outcome_of(&failing, 1).await;
+    assert_eq!(states.last(), Some(&JobState::Crashed));
+    let note = results[0].note.clone().unwrap();
+    assert!(
+        note.starts_with("prepare step build failed: exit code 2\n--- end of task.log ---\n"),
+        "{note}"
+    );
+    assert!(note.contains("no make here"), "{note}");
+    assert!(!world.job_artifacts(&failing).join("ran").exists());
+    world.finish(vec![runner]).await;
+}
+
+#[tokio::test]
+async fn second_job_fetches_the_new_commit_through_the_mirror() {
+    let world = World::new("x86_64").await;
+    let path = world.repos().join("evolving");
+    commit(&path, &[("taskbot.yaml", "name: evolving\nrun: exit 0\n")]);
+    let repo = format!("file://{}", path.display());
+    let runner = world.start_runner("x86_64");
+    let first = job("evolving", &repo, "main", "pkg-1-1", "x86_64");
+    world.submit(&first).await;
+    let (_, results) = world.outcome_of(&first, 1).await;
+    assert_eq!(results[0].outcome, Outcome::Passed);
+    let mirrors: Vec<_> = std::fs::read_dir(&world.config.runner.mirror_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "git"))
+        .collect();
+    assert_eq!(mirrors.len(), 1, "{mirrors:?}");
+
+    commit(&path, &[("taskbot.yaml", "name: evolving\nrun: exit 4\n")]);
+    let second = job("evolving", &repo, "main", "pkg-2-1", "x86_64");
+    world.submit(&second).await;
+    let (_, results) = world.outcome_of(&second, 1).await;
+    assert_eq!(
+        (results[0].outcome, results[0].note.as_deref()),
+        (Outcome::Failed, Some("exit code 4"))
+    );
+    let log = std::fs::read_to_string(world.job_artifacts(&second).join("task.log")).unwrap();
+    let fetched: usize = log
+        .split(" objects fetched into the mirror")
+        .next()
+        .and_then(|head| head.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fetch count in:\n{log}"));
+    assert!((1..=3).contains(&fetched), "only the new commit: {log}");
+    world.finish(vec![runner]).await;
+}
+
+#[tokio::test]
+async fn runner_runs_as_many_tasks_at_once_as_its_concurrency() {
+    let mut world = World::new("x86_64").await;
+    world.config.runner.concurrency = 2;
+    let rendezvous = tempfile::tempdir().unwrap();
+    // Each task waits (up to 10 s) until both have started: only true concurrency passes.
+    let repo = task_repo(
+        &world,
+        "together",
+        &[(
+            "taskbot.yaml",
+            "name: together\nrun: |\n  touch {{ args.dir }}/$TASKBOT_JOB_ID\n  for i in $(seq 50); do [ $(ls {{ args.dir }} | wc -l) -ge 2 ] && exit 0; sleep 0.2; done\n  exit 1\n",
+        )],
+    );
+    let runner = world.start_runner("x86_64");
+    let dir = rendezvous.path().display().to_string();
+    let jobs: Vec<_> = ["a-1-1", "b-1-1"]
+        .iter()
+        .map(|item| {
+            let args: BTreeMap<String, String> = [("dir".to_string(), dir.clone())].into();
+            job_with_args("together", &repo, "main", item, "x86_64", args)
+        })
+        .collect();
+    for j in &jobs {
+        world.submit(j).await;
+    }
+    for j in &jobs {
+        let (_, results) = world.outcome_of(j, 1).await;
+        assert_eq!(results[0].outcome, Outcome::Passed, "{:?}", results[0].note);
+    }
+    world.finish(vec![runner]).await;
+}
+
+/// RabbitMQ closes the channel of a delivery left unacked past its consumer timeout, and the job
+/// would run again, forever. The runner ends the task first (ABORTED, saying why) so the job is
+/// reported and acked. A short `consumer_timeout_secs` stands in for the broker's 30 minutes.
+#[tokio::test]
+async fn task_is_cut_short_before_the_consumer_timeout_and_the_job_is_reported() {
+    let mut world = World::new("x86_64").await;
+    world.config.runner.consumer_timeout_secs = 8;
+    world.config.runner.task_timeout_secs = 60;
+    let repo = task_repo(
+        &world,
+        "endless",
+        &[("taskbot.yaml", "name: endless\nrun: sleep 60\n")],
+    );
+    let runner = world.start_runner("x86_64");
+    let endless = job("endless", &repo, "main", "pkg-1-1", "x86_64");
+    let started = Instant::now();
+    world.submit(&endless).await;
+    let (states, results) = world.outcome_of(&endless, 1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(states, FULL_LIFE);
+    assert_eq!(results[0].outcome, Outcome::Aborted);
+    let note = results[0].note.clone().unwrap();
+    assert!(
+        note.starts_with("step run timed out: the task's time limit of "),
+        "{note}"
+    );
+    assert!(note.ends_with("(the job's time is capped below the broker's consumer timeout, runner.consumer_timeout_secs)"), "{note}");
+    let run_queue = world.broker.topology.run_queue("x86_64");
+    assert_eq!(
+        world.broker.depth(&run_queue).await,
+        0,
+        "acked, not handed back"
+    );
+    world.finish(vec![runner]).await;
 }

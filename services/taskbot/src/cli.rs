@@ -1,6 +1,6 @@
 //! The command line, as clap reads it. Commands are grouped by what they act on
-//! (`taskbot rules check`), so later groups (`status`, `submit`, `replay`, `dlq`, `results`,
-//! `job`) are new variants of [`Command`] with their own module.
+//! (`taskbot rules check`, `taskbot results`), so later groups (`status`, `submit`, `replay`,
+//! `dlq`) are new variants of [`Command`] with their own module.
 
 use std::path::PathBuf;
 
@@ -22,6 +22,52 @@ pub enum Command {
     /// Check a rules file, or try it on bus messages without publishing anything.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// List results from the api (newest first): its ResultsDB-compatible `/api/v2.0/results`.
+    Results(ResultsArgs),
+    /// Show one job from the api: its state history, results and log links.
+    Job(JobArgs),
+}
+
+/// Where the `api` service is.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ApiArgs {
+    /// Base URL of the api (default: `api.public_url` from the configuration, else
+    /// http://127.0.0.1:8080).
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResultsArgs {
+    /// Only results for this item (an NVR, an update alias, ...).
+    #[arg(long)]
+    pub item: Option<String>,
+    /// Only this testcase; `*` is a wildcard (`dist.*`).
+    #[arg(long)]
+    pub testcase: Option<String>,
+    /// Only these outcomes, comma-separated (PASSED, INFO, FAILED, NEEDS_INSPECTION, ABORTED,
+    /// CRASHED).
+    #[arg(long, value_name = "OUTCOME,...")]
+    pub outcome: Option<String>,
+    /// How many results to show at most.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Print the api's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// The job id (a UUID, as shown by `taskbot results` and in results' groups).
+    pub id: String,
+    /// Print the api's JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,4 +1,5 @@
-//! The `taskbot` command line. One module per command group (`rules_cmd` for `taskbot rules …`);
+//! The `taskbot` command line. One module per command group (`rules_cmd` for `taskbot rules …`,
+//! `api_cmd` for `taskbot results` and `taskbot job`, which read the api service);
 //! [`cli`] holds the clap definitions of all of them, and [`run`] dispatches.
 //!
 //! Conventions every command follows, so scripts can rely on them: results go to stdout (with
@@ -6,6 +7,7 @@
 //! input (a rules file, a message) is broken or unreadable, 2 for a bad configuration or bad
 //! command-line usage (as the services do).
 
+pub mod api_cmd;
 pub mod cli;
 pub mod message_input;
 pub mod rules_cmd;
@@ -47,6 +49,8 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Rules(RulesCommand::Check(args)) => rules_cmd::check(&args),
         Command::Rules(RulesCommand::Test(args)) => rules_cmd::test(&args),
+        Command::Results(args) => api_cmd::results(&args),
+        Command::Job(args) => api_cmd::job(&args),
     };
     match result {
         Ok(output) => {

@@ -34,6 +34,7 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub content_type: Option<String>,
+    pub authorization: Option<String>,
     /// The body as JSON (`Value::Null` if it was not JSON).
     pub body: Value,
     /// The status answered (0 when the connection was dropped without an answer).
@@ -83,6 +84,11 @@ impl FakeResultsDb {
         self.state.lock().unwrap().faults.push_back(fault);
     }
 
+    /// Forget the faults not used yet: the server works again.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -97,6 +103,7 @@ struct Parsed {
     method: String,
     path: String,
     content_type: Option<String>,
+    authorization: Option<String>,
     body: Vec<u8>,
 }
 
@@ -120,6 +127,7 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Parsed>>
     let path = request_line.next().unwrap_or("").to_string();
     let mut content_length = 0usize;
     let mut content_type = None;
+    let mut authorization = None;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
@@ -127,6 +135,8 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Parsed>>
                 content_length = value.parse().unwrap_or(0);
             } else if name.eq_ignore_ascii_case("content-type") {
                 content_type = Some(value.to_string());
+            } else if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.to_string());
             }
         }
     }
@@ -143,6 +153,7 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Parsed>>
         method,
         path,
         content_type,
+        authorization,
         body,
     }))
 }
@@ -189,6 +200,7 @@ fn record(state: &Mutex<State>, req: &Parsed, body: Value, status: u16) {
         method: req.method.clone(),
         path: req.path.clone(),
         content_type: req.content_type.clone(),
+        authorization: req.authorization.clone(),
         body,
         status,
     });

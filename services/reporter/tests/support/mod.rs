@@ -157,6 +157,43 @@ impl RunningReporter {
     }
 }
 
+/// Declare the queues of `sinks` (as the reporter does at start), e.g. so a test can publish
+/// results before the reporter runs.
+pub async fn declare_sinks(
+    broker: &taskbot::testing::TestBroker,
+    sinks: &[taskbot::topology::Sink],
+) {
+    broker
+        .topology
+        .clone()
+        .with_sinks(sinks)
+        .declare(broker.publisher.channel())
+        .await
+        .expect("declare sink queues");
+}
+
+/// Whether `queue` exists, asked on a connection of its own (a passive declare of a missing
+/// queue closes the channel it is asked on).
+pub async fn queue_exists(queue: &str) -> bool {
+    let conn = taskbot::amqp::connect(&taskbot::testing::amqp_url(), "taskbot-test-inspect")
+        .await
+        .expect("connect");
+    let channel = conn.create_channel().await.expect("channel");
+    let exists = channel
+        .queue_declare(
+            queue,
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .is_ok();
+    let _ = conn.close(200, "done").await;
+    exists
+}
+
 /// Poll `check` until it is true; panic naming `what` after `timeout`.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

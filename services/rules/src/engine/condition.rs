@@ -131,6 +131,18 @@ pub fn loosely_equal(actual: &Value, want: &Value) -> bool {
     }
 }
 
+/// The key under which a value can be looked up exactly, or `None` for a value that compares
+/// loosely (a number, or a string that reads as one: `1`, `1.0` and `"1"` are all equal here).
+/// Two values with keys are loosely equal exactly when their keys are equal, which is what lets
+/// the engine index rules by these keys without ever missing a match.
+pub fn index_key(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if s.parse::<f64>().is_err() => Some(format!("s:{s}")),
+        Value::Bool(b) => Some(format!("b:{b}")),
+        _ => None,
+    }
+}
+
 /// A number, or a string that reads as one (message producers are not consistent).
 fn as_number(value: &Value) -> Option<f64> {
     match value {
@@ -253,6 +265,28 @@ impl Condition {
                 path.any(scope, &mut |v| tests.iter().all(|t| t.holds(v)))
             }
         }
+    }
+
+    /// The exact values a message must have at a plain (wildcard-free) path for this condition to
+    /// hold, when that can be said as a short list of index keys (see [`index_key`]): an equality
+    /// with a non-numeric string or a boolean, or `in:` a list made only of such values. `None`
+    /// when it cannot, e.g. numbers (which compare loosely), regexes, negations.
+    pub fn required_values(&self) -> Option<(&Path, Vec<String>)> {
+        let Condition::Field { path, tests } = self else {
+            return None;
+        };
+        if path.has_wildcard() {
+            return None;
+        }
+        // Any one test narrows the values; the others are checked when the rule is evaluated.
+        tests.iter().find_map(|test| {
+            let keys: Option<Vec<String>> = match test {
+                Test::Equals(v) => index_key(v).map(|k| vec![k]),
+                Test::In(set) => set.listed.iter().map(index_key).collect(),
+                _ => None,
+            };
+            keys.map(|k| (path, k))
+        })
     }
 
     /// The `match:` form: `path` equals `value`.

@@ -1,0 +1,175 @@
+//! `/api/v1/jobs`: jobs (the reporter's `jobs` table) with their state history (`job_events`),
+//! their results and links to their logs: the one place that ties a job's trigger, execution,
+//! logs and results together.
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::links::{self, list, Paging};
+use crate::resultsdb::{result_json, RESULT_COLUMNS};
+use crate::store::{ApiError, Conditions};
+use crate::{AppState, SharedState};
+
+const JOB_COLUMNS: &str = "j.job_id, j.state, j.item, j.item_type, j.arch, j.task_name, \
+    j.task_repo, j.task_ref, j.rule, j.event_id, j.event_topic, j.created_at, j.updated_at";
+
+/// The conditions of `GET /jobs`: `state`, `item`, `task`, `arch` (comma = OR, different keys =
+/// AND) and `since=START[,END]` on the job's creation time.
+pub fn job_conditions(query: &[(String, String)]) -> Result<Conditions, ApiError> {
+    let mut c = Conditions::default();
+    for (key, column) in [
+        ("state", "j.state"),
+        ("item", "j.item"),
+        ("task", "j.task_name"),
+        ("arch", "j.arch"),
+        ("type", "j.item_type"),
+    ] {
+        if let Some(values) = list(query, key).filter(|v| !v.is_empty()) {
+            let values: Vec<String> = if key == "state" {
+                values.iter().map(|v| v.to_ascii_lowercase()).collect()
+            } else {
+                values
+            };
+            let p = c.param(values);
+            c.push(format!("{column} = ANY({p})"));
+        }
+    }
+    let (since, until) = links::parse_since(query)?;
+    if let Some(since) = since {
+        let p = c.param(since);
+        c.push(format!("j.created_at >= {p}"));
+    }
+    if let Some(until) = until {
+        let p = c.param(until);
+        c.push(format!("j.created_at <= {p}"));
+    }
+    Ok(c)
+}
+
+/// Where a job's logs are: through this api, and (when `runner.artifacts_url` is set) where the
+/// runner publishes them.
+fn logs_json(state: &AppState, base: &str, job_id: Uuid) -> Value {
+    let artifacts = format!("{base}/api/v1/jobs/{job_id}/artifacts/");
+    json!({
+        "artifacts": artifacts,
+        "task_log": format!("{artifacts}task.log"),
+        "published": state.artifacts_url.as_ref().map(|u| format!("{u}/{job_id}/")),
+    })
+}
+
+fn job_json(row: &Row, state: &AppState, base: &str) -> Result<Value, ApiError> {
+    let id: Uuid = row.try_get("job_id")?;
+    Ok(json!({
+        "id": id.to_string(),
+        "state": row.try_get::<_, String>("state")?,
+        "item": row.try_get::<_, String>("item")?,
+        "type": row.try_get::<_, String>("item_type")?,
+        "arch": row.try_get::<_, String>("arch")?,
+        "task": {
+            "name": row.try_get::<_, String>("task_name")?,
+            "repo": row.try_get::<_, String>("task_repo")?,
+            "ref": row.try_get::<_, String>("task_ref")?,
+        },
+        "rule": row.try_get::<_, String>("rule")?,
+        "event": {
+            "id": row.try_get::<_, String>("event_id")?,
+            "topic": row.try_get::<_, String>("event_topic")?,
+        },
+        "created_at": row.try_get::<_, DateTime<Utc>>("created_at")?.to_rfc3339(),
+        "updated_at": row.try_get::<_, DateTime<Utc>>("updated_at")?.to_rfc3339(),
+        "logs": logs_json(state, base, id),
+        "results_href": format!("{base}/api/v2.0/results?groups={id}"),
+        "href": format!("{base}/api/v1/jobs/{id}"),
+    }))
+}
+
+/// `GET /api/v1/jobs`: newest first, paged like the ResultsDB endpoints.
+pub async fn list_jobs(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let paging = Paging::parse(&query)?;
+    let base = links::base_url(&state, &headers);
+    let mut c = job_conditions(&query)?;
+    let limit = c.param(paging.fetch());
+    let offset = c.param(paging.offset());
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs j {} ORDER BY j.created_at DESC, j.job_id DESC \
+         LIMIT {limit} OFFSET {offset}",
+        c.where_sql()
+    );
+    let client = state.pool.get().await?;
+    let mut rows = client.query(&sql, &c.refs()).await?;
+    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v1/jobs"), &query);
+    let data = rows
+        .iter()
+        .map(|row| job_json(row, &state, &base))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+}
+
+/// `GET /api/v1/jobs/<id>`: the job, every state it went through (oldest first), its results
+/// (ResultsDB-shaped) and its log links.
+pub async fn get_job(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Ok(id) = Uuid::parse_str(id.trim()) else {
+        return Err(ApiError::not_found("Job not found"));
+    };
+    let base = links::base_url(&state, &headers);
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.job_id = $1"),
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("Job not found"))?;
+    let mut job = job_json(&row, &state, &base)?;
+    let history = client
+        .query(
+            "SELECT state, at, service, detail FROM job_events WHERE job_id = $1 \
+             ORDER BY at, status_id",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|e| {
+            Ok(json!({
+                "state": e.try_get::<_, String>("state")?,
+                "at": e.try_get::<_, DateTime<Utc>>("at")?.to_rfc3339(),
+                "service": e.try_get::<_, String>("service")?,
+                "detail": e.try_get::<_, Option<String>>("detail")?,
+            }))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let results = client
+        .query(
+            &format!(
+                "SELECT {RESULT_COLUMNS}, r.runner FROM results r WHERE r.job_id = $1 \
+                 ORDER BY r.finished_at, r.testcase"
+            ),
+            &[&id],
+        )
+        .await?;
+    let runner: Option<String> = match results.first() {
+        Some(r) => Some(r.try_get("runner")?),
+        None => None,
+    };
+    let results = results
+        .iter()
+        .map(|r| result_json(r, &base))
+        .collect::<Result<Vec<_>, _>>()?;
+    job["history"] = Value::Array(history);
+    job["results"] = Value::Array(results);
+    job["runner"] = json!(runner);
+    Ok(Json(job))
+}

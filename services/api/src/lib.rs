@@ -1,0 +1,207 @@
+//! The `api` service: Taskbot's results store (the PostgreSQL tables the reporter writes) over
+//! HTTP, read-only.
+//!
+//! - `/api/v2.0/...`: ResultsDB v2.0-compatible reads ([`resultsdb`]), so existing ResultsDB
+//!   clients and gating tools can read Taskbot's store directly;
+//! - `/api/v1/jobs...`: jobs with their state history, results and logs ([`jobs`]), and each job's
+//!   artifact files served without path traversal ([`artifacts`]);
+//! - `/healthz` (the process answers), `/readyz` (the database answers and has the tables),
+//!   `/openapi.json` (the description of all of this).
+//!
+//! The api creates nothing: the reporter owns the schema. Until the reporter has created the
+//! tables, store endpoints answer 503 "store not ready" instead of failing.
+
+pub mod artifacts;
+pub mod jobs;
+pub mod links;
+pub mod resultsdb;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use deadpool_postgres::Pool;
+use serde_json::json;
+use taskbot::{Config, Shutdown};
+use tokio::net::TcpListener;
+
+pub use store::ApiError;
+
+/// The OpenAPI 3 description served at `/openapi.json` (hand-written; a test checks it lists
+/// every route in [`ROUTES`]).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route the api serves, in axum's syntax (which OpenAPI shares: `{id}`; the artifact path
+/// is `{*path}` in axum and `{path}` in OpenAPI).
+pub const ROUTES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/api/v2.0/healthcheck",
+    "/api/v2.0/results",
+    "/api/v2.0/results/latest",
+    "/api/v2.0/results/{id}",
+    "/api/v2.0/testcases",
+    "/api/v2.0/testcases/{name}",
+    "/api/v2.0/groups",
+    "/api/v2.0/groups/{uuid}",
+    "/api/v1/jobs",
+    "/api/v1/jobs/{id}",
+    "/api/v1/jobs/{id}/artifacts",
+    "/api/v1/jobs/{id}/artifacts/{*path}",
+];
+
+/// What every handler needs.
+pub struct AppState {
+    pub pool: Pool,
+    /// `api.public_url` without its trailing slash; `None` means "from the request's Host".
+    pub public_url: Option<String>,
+    /// Root of the job artifact directories (`<artifacts_dir>/<job id>/`).
+    pub artifacts_dir: PathBuf,
+    /// `runner.artifacts_url`: where the same files are published elsewhere, if anywhere.
+    pub artifacts_url: Option<String>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub fn new(config: &Config) -> anyhow::Result<AppState> {
+        Ok(AppState {
+            pool: store::connect_pool(&config.postgres)?,
+            public_url: config
+                .api
+                .public_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_string()),
+            artifacts_dir: config
+                .api
+                .artifacts_dir
+                .clone()
+                .unwrap_or_else(|| config.runner.artifacts_dir.clone()),
+            artifacts_url: config
+                .runner
+                .artifacts_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_string()),
+        })
+    }
+}
+
+/// All routes over `state`.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .route("/api/v2.0/healthcheck", get(resultsdb::healthcheck))
+        .route("/api/v2.0/results", get(resultsdb::get_results))
+        .route(
+            "/api/v2.0/results/latest",
+            get(resultsdb::get_results_latest),
+        )
+        .route("/api/v2.0/results/{id}", get(resultsdb::get_result))
+        .route("/api/v2.0/testcases", get(resultsdb::get_testcases))
+        .route("/api/v2.0/testcases/{name}", get(resultsdb::get_testcase))
+        .route("/api/v2.0/groups", get(resultsdb::get_groups))
+        .route("/api/v2.0/groups/{uuid}", get(resultsdb::get_group))
+        .route("/api/v1/jobs", get(jobs::list_jobs))
+        .route("/api/v1/jobs/{id}", get(jobs::get_job))
+        .route("/api/v1/jobs/{id}/artifacts", get(artifacts::get_root))
+        .route("/api/v1/jobs/{id}/artifacts/", get(artifacts::get_root))
+        .route(
+            "/api/v1/jobs/{id}/artifacts/{*path}",
+            get(artifacts::get_path),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serve on `config.api.listen` until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.api.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.api.listen))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serve on an already bound listener (tests bind port 0 and read the address first).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let state = Arc::new(AppState::new(&config)?);
+    let address: SocketAddr = listener.local_addr()?;
+    tracing::info!(
+        %address,
+        database = %store::database_name(&config.postgres.url),
+        artifacts_dir = %state.artifacts_dir.display(),
+        "api listening"
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await?;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the database answers and the reporter has created the tables: before that, every
+/// store endpoint would answer 503.
+async fn readyz(State(state): State<SharedState>) -> Response {
+    match store::check_ready(&state.pool).await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "message": e.message})),
+        )
+            .into_response(),
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Unknown routes answer like ResultsDB does (`{"message": "Not found"}`), so clients that read
+/// `message` from errors keep working.
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_parses_and_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."));
+        let paths = doc["paths"].as_object().expect("paths");
+        for route in ROUTES {
+            let openapi_path = route.replace("{*path}", "{path}");
+            assert!(
+                paths.contains_key(&openapi_path),
+                "{openapi_path} missing from openapi.json"
+            );
+            assert!(
+                paths[&openapi_path].get("get").is_some(),
+                "{openapi_path} has no GET"
+            );
+        }
+        assert_eq!(
+            paths.len(),
+            ROUTES.len(),
+            "openapi.json lists a route the api lacks"
+        );
+    }
+}

@@ -1,0 +1,623 @@
+//! ResultsDB v2.0-compatible reads (`/api/v2.0/...`) over the reporter's `results` table, so
+//! ResultsDB clients (its Python client, Greenwave, Bodhi) can read Taskbot's store directly.
+//!
+//! Each result is shown as the reporter's ResultsDB sink posts it: the testcase with the task's
+//! repository as `ref_url`, the job as the only group, the log URL as `ref_url`, and `data` holding
+//! the task's keys (`:` replaced by `_`) plus `item`, `type` and `arch`, every value a list of
+//! strings. `submit_time` is when the task finished.
+//!
+//! Deviation: ResultsDB's result ids are integers; Taskbot's are the results' UUIDs (the table has
+//! no integer id). Clients treat the id as opaque (`GET /results/<id>` takes it back as is).
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::links::{self, list, Paging};
+use crate::store::{ApiError, Conditions};
+use crate::{AppState, SharedState};
+
+/// Outcomes a filter may name: ResultsDB's four, plus the extras Taskbot (like Fedora's
+/// ResultsDB) stores. Any other is a 400, as in ResultsDB.
+pub const OUTCOMES: &[&str] = &[
+    "PASSED",
+    "INFO",
+    "FAILED",
+    "NEEDS_INSPECTION",
+    "ABORTED",
+    "CRASHED",
+];
+
+/// Query keys with a meaning of their own; every other key filters `data`.
+const RESERVED_KEYS: &[&str] = &[
+    "page",
+    "limit",
+    "since",
+    "outcome",
+    "groups",
+    "_sort",
+    "testcases",
+    "testcases:like",
+    "_distinct_on",
+    // JSONP leftovers ResultsDB ignores.
+    "callback",
+    "_",
+];
+
+/// Data keys that are columns of `results` (the sink posts them from the result itself).
+fn column_for_data_key(key: &str) -> Option<&'static str> {
+    match key {
+        "item" => Some("r.item"),
+        "type" => Some("r.item_type"),
+        "arch" => Some("r.arch"),
+        _ => None,
+    }
+}
+
+/// The columns every result query selects (read by [`result_json`]).
+pub const RESULT_COLUMNS: &str = "r.result_id, r.job_id, r.testcase, r.outcome, r.item, \
+    r.item_type, r.arch, r.note, r.log_url, r.data, r.task_repo, r.finished_at";
+
+/// A filter on `data` (or on item/type/arch): `key=v1,v2` or `key:like=p1,p2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFilter {
+    pub key: String,
+    pub like: bool,
+    pub values: Vec<String>,
+}
+
+/// The filters of `GET /results` and `/results/latest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResultFilter {
+    pub outcomes: Vec<String>,
+    pub testcases: Vec<String>,
+    pub testcases_like: Vec<String>,
+    pub groups: Vec<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub data: Vec<DataFilter>,
+    pub ascending: bool,
+    pub distinct_on: Vec<String>,
+}
+
+impl ResultFilter {
+    pub fn parse(query: &[(String, String)]) -> Result<ResultFilter, ApiError> {
+        let mut filter = ResultFilter::default();
+        if let Some(outcomes) = list(query, "outcome") {
+            for outcome in outcomes {
+                let outcome = outcome.to_ascii_uppercase();
+                if !OUTCOMES.contains(&outcome.as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "outcome {outcome:?} not one of {OUTCOMES:?}"
+                    )));
+                }
+                filter.outcomes.push(outcome);
+            }
+        }
+        filter.testcases = list(query, "testcases").unwrap_or_default();
+        filter.testcases_like = list(query, "testcases:like").unwrap_or_default();
+        filter.groups = list(query, "groups")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| g.to_ascii_lowercase())
+            .collect();
+        (filter.since, filter.until) = links::parse_since(query)?;
+        // ResultsDB sorts by submit time, newest first, unless asked `asc:submit_time`; any other
+        // value falls back to the default rather than failing.
+        filter.ascending = links::last(query, "_sort") == Some("asc:submit_time");
+        filter.distinct_on = list(query, "_distinct_on").unwrap_or_default();
+        let mut keys: Vec<&str> = Vec::new();
+        for (key, _) in query {
+            if !RESERVED_KEYS.contains(&key.as_str()) && !keys.contains(&key.as_str()) {
+                keys.push(key);
+            }
+        }
+        for key in keys {
+            let values = list(query, key).unwrap_or_default();
+            let (name, like) = match key.split_once(':') {
+                Some((name, "like")) => (name, true),
+                Some((_, modifier)) => {
+                    return Err(ApiError::bad_request(format!(
+                        "{key}: unknown modifier {modifier:?} (only :like)"
+                    )))
+                }
+                None => (key, false),
+            };
+            filter.data.push(DataFilter {
+                key: name.to_string(),
+                like,
+                values,
+            });
+        }
+        Ok(filter)
+    }
+
+    /// The conditions on `results r`. `with_testcases` is false for the subquery ResultsDB's
+    /// `latest` groups by (it does not exist here, but jobs reuse this without the testcase).
+    pub fn conditions(&self) -> Conditions {
+        let mut c = Conditions::default();
+        if !self.outcomes.is_empty() {
+            let p = c.param(self.outcomes.clone());
+            c.push(format!("r.outcome = ANY({p})"));
+        }
+        let mut testcase_any = Vec::new();
+        if !self.testcases.is_empty() {
+            let p = c.param(self.testcases.clone());
+            testcase_any.push(format!("r.testcase = ANY({p})"));
+        }
+        if !self.testcases_like.is_empty() {
+            let patterns: Vec<String> = self
+                .testcases_like
+                .iter()
+                .map(|t| links::like_pattern(t))
+                .collect();
+            let p = c.param(patterns);
+            testcase_any.push(format!("r.testcase LIKE ANY({p})"));
+        }
+        if !testcase_any.is_empty() {
+            c.push(format!("({})", testcase_any.join(" OR ")));
+        }
+        if !self.groups.is_empty() {
+            let p = c.param(self.groups.clone());
+            c.push(format!("r.job_id::text = ANY({p})"));
+        }
+        if let Some(since) = self.since {
+            let p = c.param(since);
+            c.push(format!("r.finished_at >= {p}"));
+        }
+        if let Some(until) = self.until {
+            let p = c.param(until);
+            c.push(format!("r.finished_at <= {p}"));
+        }
+        for filter in &self.data {
+            let values: Vec<String> = if filter.like {
+                filter
+                    .values
+                    .iter()
+                    .map(|v| links::like_pattern(v))
+                    .collect()
+            } else {
+                filter.values.clone()
+            };
+            let op = if filter.like { "LIKE" } else { "=" };
+            let vp = c.param(values);
+            match column_for_data_key(&filter.key) {
+                Some(column) => c.push(format!("{column} {op} ANY({vp})")),
+                None => {
+                    // A task's key as the sink posts it: `:` became `_`, and a value is a string
+                    // or a list whose elements each count.
+                    let kp = c.param(filter.key.clone());
+                    c.push(format!(
+                        "EXISTS (SELECT 1 FROM jsonb_each(r.data) AS d(key, value), \
+                         jsonb_array_elements_text(CASE jsonb_typeof(d.value) \
+                           WHEN 'array' THEN d.value ELSE jsonb_build_array(d.value) END) \
+                           AS e(x) \
+                         WHERE replace(d.key, ':', '_') = {kp} \
+                           AND COALESCE(e.x, 'null') {op} ANY({vp}))"
+                    ));
+                }
+            }
+        }
+        c
+    }
+
+    fn order(&self) -> &'static str {
+        if self.ascending {
+            "ORDER BY r.finished_at ASC, r.result_id ASC"
+        } else {
+            "ORDER BY r.finished_at DESC, r.result_id DESC"
+        }
+    }
+}
+
+/// A data value as the ResultsDB sink posts it, always as a list of strings (ResultsDB answers
+/// with lists): strings stay, list elements become strings, anything else its JSON text.
+fn data_values(value: &Value) -> Vec<Value> {
+    let text = |v: &Value| match v {
+        Value::String(s) => Value::String(s.clone()),
+        other => Value::String(other.to_string()),
+    };
+    match value {
+        Value::Array(items) => items.iter().map(text).collect(),
+        other => vec![text(other)],
+    }
+}
+
+/// `data` in ResultsDB's answer form.
+pub fn resultsdb_data(task_data: &Value, item: &str, item_type: &str, arch: &str) -> Value {
+    let mut out: Map<String, Value> = Map::new();
+    if let Value::Object(map) = task_data {
+        for (key, value) in map {
+            let key = key.replace(':', "_");
+            let values = data_values(value);
+            match out.get_mut(&key) {
+                Some(Value::Array(existing)) => existing.extend(values),
+                _ => {
+                    out.insert(key, Value::Array(values));
+                }
+            }
+        }
+    }
+    out.insert("item".into(), json!([item]));
+    out.insert("type".into(), json!([item_type]));
+    out.insert("arch".into(), json!([arch]));
+    Value::Object(out)
+}
+
+/// A result row (selected with [`RESULT_COLUMNS`]) as ResultsDB shows it.
+pub fn result_json(row: &Row, base: &str) -> Result<Value, ApiError> {
+    let id: Uuid = row.try_get("result_id")?;
+    let job_id: Uuid = row.try_get("job_id")?;
+    let testcase: String = row.try_get("testcase")?;
+    let finished_at: DateTime<Utc> = row.try_get("finished_at")?;
+    let item: String = row.try_get("item")?;
+    let item_type: String = row.try_get("item_type")?;
+    let arch: String = row.try_get("arch")?;
+    let data: Value = row.try_get("data")?;
+    Ok(json!({
+        "id": id.to_string(),
+        "testcase": testcase_json(&testcase, row.try_get::<_, Option<String>>("task_repo")?, base),
+        "groups": [job_id.to_string()],
+        "submit_time": links::resultsdb_time(&finished_at),
+        "outcome": row.try_get::<_, String>("outcome")?,
+        "note": row.try_get::<_, Option<String>>("note")?,
+        "ref_url": row.try_get::<_, Option<String>>("log_url")?,
+        "data": resultsdb_data(&data, &item, &item_type, &arch),
+        "href": format!("{base}/api/v2.0/results/{id}"),
+    }))
+}
+
+fn testcase_json(name: &str, ref_url: Option<String>, base: &str) -> Value {
+    json!({
+        "name": name,
+        "ref_url": ref_url,
+        "href": format!("{base}/api/v2.0/testcases/{}", links::encode_segment(name)),
+    })
+}
+
+/// `GET /results`.
+pub async fn get_results(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = ResultFilter::parse(&query)?;
+    let paging = Paging::parse(&query)?;
+    let base = links::base_url(&state, &headers);
+    let mut c = filter.conditions();
+    let limit = c.param(paging.fetch());
+    let offset = c.param(paging.offset());
+    let sql = format!(
+        "SELECT {RESULT_COLUMNS} FROM results r {} {} LIMIT {limit} OFFSET {offset}",
+        c.where_sql(),
+        filter.order()
+    );
+    let client = state.pool.get().await?;
+    let mut rows = client.query(&sql, &c.refs()).await?;
+    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v2.0/results"), &query);
+    let data = rows
+        .iter()
+        .map(|row| result_json(row, &base))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+}
+
+/// `GET /results/latest`: the newest result of each testcase among those the filters select
+/// (with `_distinct_on=k1,k2`, of each testcase and combination of those data keys' values).
+pub async fn get_results_latest(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = ResultFilter::parse(&query)?;
+    let base = links::base_url(&state, &headers);
+    let mut c = filter.conditions();
+    let mut partition = vec!["r.testcase".to_string()];
+    for key in &filter.distinct_on {
+        match column_for_data_key(key) {
+            Some(column) => partition.push(column.to_string()),
+            None => {
+                let kp = c.param(key.clone());
+                partition.push(format!(
+                    "(SELECT jsonb_agg(d.value ORDER BY d.key) FROM jsonb_each(r.data) AS d(key, value) \
+                     WHERE replace(d.key, ':', '_') = {kp})"
+                ));
+            }
+        }
+    }
+    let direction = if filter.ascending { "ASC" } else { "DESC" };
+    let sql = format!(
+        "SELECT * FROM (SELECT {RESULT_COLUMNS}, row_number() OVER (PARTITION BY {} \
+           ORDER BY r.finished_at DESC, r.result_id DESC) AS newest \
+         FROM results r {}) AS r WHERE newest = 1 \
+         ORDER BY r.finished_at {direction}, r.result_id {direction}",
+        partition.join(", "),
+        c.where_sql()
+    );
+    let client = state.pool.get().await?;
+    let rows = client.query(&sql, &c.refs()).await?;
+    let data = rows
+        .iter()
+        .map(|row| result_json(row, &base))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({"data": data})))
+}
+
+/// `GET /results/<id>`: a result by its UUID.
+pub async fn get_result(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Ok(id) = Uuid::parse_str(id.trim()) else {
+        return Err(ApiError::not_found("Result not found"));
+    };
+    let base = links::base_url(&state, &headers);
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {RESULT_COLUMNS} FROM results r WHERE r.result_id = $1"),
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("Result not found"))?;
+    Ok(Json(result_json(&row, &base)?))
+}
+
+/// Each testcase with the repository of the task that last reported it (the sink's `ref_url`).
+const TESTCASES_SQL: &str = "SELECT DISTINCT ON (r.testcase) r.testcase, r.task_repo \
+     FROM results r ORDER BY r.testcase, r.finished_at DESC";
+
+/// `GET /testcases` (filters `name=a,b` or `name:like=dist.*`), by name.
+pub async fn get_testcases(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let paging = Paging::parse(&query)?;
+    let base = links::base_url(&state, &headers);
+    let mut c = Conditions::default();
+    if let Some(names) = list(&query, "name").filter(|n| !n.is_empty()) {
+        let p = c.param(names);
+        c.push(format!("t.testcase = ANY({p})"));
+    } else if let Some(patterns) = list(&query, "name:like").filter(|n| !n.is_empty()) {
+        let patterns: Vec<String> = patterns.iter().map(|p| links::like_pattern(p)).collect();
+        let p = c.param(patterns);
+        c.push(format!("t.testcase LIKE ANY({p})"));
+    }
+    let limit = c.param(paging.fetch());
+    let offset = c.param(paging.offset());
+    let sql = format!(
+        "SELECT t.testcase, t.task_repo FROM ({TESTCASES_SQL}) AS t {} \
+         ORDER BY t.testcase LIMIT {limit} OFFSET {offset}",
+        c.where_sql()
+    );
+    let client = state.pool.get().await?;
+    let mut rows = client.query(&sql, &c.refs()).await?;
+    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v2.0/testcases"), &query);
+    let data = rows
+        .iter()
+        .map(|row| {
+            Ok(testcase_json(
+                &row.try_get::<_, String>(0)?,
+                row.try_get(1)?,
+                &base,
+            ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+}
+
+/// `GET /testcases/<name>`.
+pub async fn get_testcase(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let base = links::base_url(&state, &headers);
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT r.testcase, r.task_repo FROM results r WHERE r.testcase = $1 \
+             ORDER BY r.finished_at DESC LIMIT 1",
+            &[&name],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("Testcase not found"))?;
+    Ok(Json(testcase_json(
+        &row.try_get::<_, String>(0)?,
+        row.try_get(1)?,
+        &base,
+    )))
+}
+
+/// Each job with results, as the group the sink posts (same description and `ref_url`), newest
+/// first (ResultsDB lists groups newest first).
+const GROUPS_SQL: &str = "SELECT r.job_id, \
+       'Taskbot job ' || r.job_id || ': ' || min(r.task_name) || ' on ' || min(r.item) \
+         || ' (' || min(r.arch) || ')' AS description, \
+       max(r.log_url) AS ref_url, count(*) AS results_count, min(r.stored_at) AS first_stored \
+     FROM results r GROUP BY r.job_id";
+
+fn group_json(row: &Row, base: &str) -> Result<Value, ApiError> {
+    let uuid: Uuid = row.try_get("job_id")?;
+    Ok(json!({
+        "uuid": uuid.to_string(),
+        "description": row.try_get::<_, Option<String>>("description")?,
+        "ref_url": row.try_get::<_, Option<String>>("ref_url")?,
+        "results": format!("{base}/api/v2.0/results?groups={uuid}"),
+        "results_count": row.try_get::<_, i64>("results_count")?,
+        "href": format!("{base}/api/v2.0/groups/{uuid}"),
+    }))
+}
+
+/// `GET /groups` (filters `uuid=a,b`, `description=...` or `description:like=...`).
+pub async fn get_groups(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let paging = Paging::parse(&query)?;
+    let base = links::base_url(&state, &headers);
+    let mut c = Conditions::default();
+    if let Some(descriptions) = list(&query, "description").filter(|d| !d.is_empty()) {
+        let p = c.param(descriptions);
+        c.push(format!("g.description = ANY({p})"));
+    } else if let Some(patterns) = list(&query, "description:like").filter(|d| !d.is_empty()) {
+        let patterns: Vec<String> = patterns.iter().map(|p| links::like_pattern(p)).collect();
+        let p = c.param(patterns);
+        c.push(format!("g.description LIKE ANY({p})"));
+    }
+    if let Some(uuids) = list(&query, "uuid").filter(|u| !u.is_empty()) {
+        let uuids: Vec<String> = uuids.iter().map(|u| u.to_ascii_lowercase()).collect();
+        let p = c.param(uuids);
+        c.push(format!("g.job_id::text = ANY({p})"));
+    }
+    let limit = c.param(paging.fetch());
+    let offset = c.param(paging.offset());
+    let sql = format!(
+        "SELECT * FROM ({GROUPS_SQL}) AS g {} ORDER BY g.first_stored DESC, g.job_id DESC \
+         LIMIT {limit} OFFSET {offset}",
+        c.where_sql()
+    );
+    let client = state.pool.get().await?;
+    let mut rows = client.query(&sql, &c.refs()).await?;
+    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v2.0/groups"), &query);
+    let data = rows
+        .iter()
+        .map(|row| group_json(row, &base))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+}
+
+/// `GET /groups/<uuid>`.
+pub async fn get_group(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(uuid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Ok(uuid) = Uuid::parse_str(uuid.trim()) else {
+        return Err(ApiError::not_found("Group not found"));
+    };
+    let base = links::base_url(&state, &headers);
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT * FROM ({GROUPS_SQL} HAVING r.job_id = $1) AS g"),
+            &[&uuid],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("Group not found"))?;
+    Ok(Json(group_json(&row, &base)?))
+}
+
+/// `GET /healthcheck`: as ResultsDB, OK only when the database answers.
+pub async fn healthcheck(State(state): State<SharedState>) -> Response {
+    match health(&state).await {
+        Ok(()) => Json(json!({"message": "Health check OK"})).into_response(),
+        Err(e) => ApiError::new(
+            e.status,
+            format!("Unable to communicate with database: {}", e.message),
+        )
+        .into_response(),
+    }
+}
+
+async fn health(state: &AppState) -> Result<(), ApiError> {
+    let client = state.pool.get().await?;
+    client.query_one("SELECT 1", &[]).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn filters_split_reserved_keys_from_data_keys() {
+        let f = ResultFilter::parse(&q(&[
+            ("outcome", "passed,FAILED"),
+            ("testcases:like", "dist.*"),
+            ("item", "a,b"),
+            ("koji_task_id:like", "12*"),
+            ("page", "2"),
+            ("_sort", "asc:submit_time"),
+        ]))
+        .unwrap();
+        assert_eq!(f.outcomes, ["PASSED", "FAILED"]);
+        assert_eq!(f.testcases_like, ["dist.*"]);
+        assert!(f.ascending);
+        assert_eq!(
+            f.data,
+            [
+                DataFilter {
+                    key: "item".into(),
+                    like: false,
+                    values: vec!["a".into(), "b".into()]
+                },
+                DataFilter {
+                    key: "koji_task_id".into(),
+                    like: true,
+                    values: vec!["12*".into()]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_outcome_and_modifier_are_bad_requests() {
+        let err = ResultFilter::parse(&q(&[("outcome", "GREAT")])).unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("GREAT"), "{}", err.message);
+        assert!(ResultFilter::parse(&q(&[("item:regex", "x")])).is_err());
+    }
+
+    #[test]
+    fn data_is_shown_as_the_sink_posts_it() {
+        let task = json!({
+            "errors": 5,
+            "koji:task_id": "123",
+            "koji_task_id": ["456"],
+            "checked": ["spec", 2],
+            "item": "overridden",
+        });
+        let data = resultsdb_data(&task, "xchat-1-1.fc40", "koji_build", "x86_64");
+        assert_eq!(data["errors"], json!(["5"]));
+        assert_eq!(data["checked"], json!(["spec", "2"]));
+        let mut ids: Vec<&str> = data["koji_task_id"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["123", "456"]);
+        assert_eq!(data["item"], json!(["xchat-1-1.fc40"]));
+        assert_eq!(data["type"], json!(["koji_build"]));
+        assert_eq!(data["arch"], json!(["x86_64"]));
+    }
+
+    #[test]
+    fn conditions_number_their_parameters() {
+        let f = ResultFilter::parse(&q(&[("outcome", "PASSED"), ("arch", "x86_64"), ("k", "v")]))
+            .unwrap();
+        let c = f.conditions();
+        assert_eq!(c.params.len(), 4);
+        let sql = c.where_sql();
+        assert!(sql.contains("r.outcome = ANY($1)"), "{sql}");
+        assert!(sql.contains("r.arch = ANY($2)"), "{sql}");
+        assert!(sql.contains("= $4"), "{sql}");
+    }
+}

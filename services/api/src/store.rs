@@ -1,0 +1,209 @@
+//! The PostgreSQL side: a read-only pool, the errors handlers answer with, and a small builder for
+//! the filtered queries the endpoints make.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use taskbot::config::PostgresConfig;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+/// The tables the api reads, all created by the reporter's migrations.
+pub const TABLES: &[&str] = &["results", "jobs", "job_events"];
+
+/// A pool for `config.url`; connecting is lazy, so this fails only on an invalid URL.
+///
+/// Every session is read-only (`default_transaction_read_only`): the api must never change the
+/// store, and a bug in a query builder then fails instead of writing.
+pub fn connect_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
+    let mut pg: tokio_postgres::Config = config
+        .url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("postgres.url is not a valid PostgreSQL URL: {e}"))?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(5));
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name("taskbot-api");
+    }
+    let options = match pg.get_options() {
+        Some(existing) => format!("{existing} -c default_transaction_read_only=on"),
+        None => "-c default_transaction_read_only=on".to_string(),
+    };
+    pg.options(&options);
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        // Bounded waits: a request facing a dead database gets a 503 quickly, not a hang.
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot build the PostgreSQL pool: {e}"))
+}
+
+/// Name of the database a URL points at (for logs: the URL itself may hold a password).
+pub fn database_name(url: &str) -> String {
+    url.parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|c| c.get_dbname().map(str::to_string))
+        .unwrap_or_else(|| "(default)".into())
+}
+
+/// An error answer: the status and `{"message": ...}`, the shape ResultsDB uses (its Python
+/// client reads `message` from every failed answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({"message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+/// An error with its causes on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl From<PoolError> for ApiError {
+    fn from(err: PoolError) -> ApiError {
+        tracing::warn!(error = %error_chain(&err), "database unavailable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable: {}", error_chain(&err)),
+        )
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(err: tokio_postgres::Error) -> ApiError {
+        let code = err.code().map(|c| c.code().to_string());
+        match code.as_deref() {
+            // undefined_table: the reporter has not migrated this database yet.
+            Some("42P01") => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store not ready: the reporter has not created the tables yet",
+            ),
+            // Connection trouble, server shutting down, too many connections: it may pass.
+            Some(c) if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
+                tracing::warn!(error = %error_chain(&err), "database unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("database unavailable: {}", error_chain(&err)),
+                )
+            }
+            None if err.is_closed() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database unavailable: {}", error_chain(&err)),
+            ),
+            _ => {
+                tracing::error!(error = %error_chain(&err), "query failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "database error")
+            }
+        }
+    }
+}
+
+/// Ok when the database answers and holds every table the api reads.
+pub async fn check_ready(pool: &Pool) -> Result<(), ApiError> {
+    let client = pool.get().await?;
+    let names: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM unnest($1::text[]) AS t(name) WHERE to_regclass(t.name) IS NOT NULL",
+            &[&names],
+        )
+        .await?;
+    let present: i64 = row.try_get(0)?;
+    if present as usize == TABLES.len() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store not ready: the reporter has not created the tables yet",
+        ))
+    }
+}
+
+/// A parameter of a dynamically built query.
+pub type Param = Box<dyn ToSql + Sync + Send>;
+
+/// The `WHERE` conditions of a query and their parameters, numbered as they are added.
+#[derive(Default)]
+pub struct Conditions {
+    pub clauses: Vec<String>,
+    pub params: Vec<Param>,
+}
+
+impl Conditions {
+    /// Add a parameter; returns its placeholder (`$3`).
+    pub fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
+    pub fn push(&mut self, clause: String) {
+        self.clauses.push(clause);
+    }
+
+    /// `WHERE a AND b`, or nothing.
+    pub fn where_sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    pub fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}

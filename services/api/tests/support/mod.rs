@@ -1,0 +1,252 @@
+//! Shared by the api's integration tests: a database of its own per test (migrated by the
+//! reporter's own migrations, filled with the reporter's own writes), the api running in-process
+//! on a free port, and row builders.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use taskbot::messages::{JobRequest, JobState, JobStatus, Outcome, TaskRef, TaskResult};
+use taskbot::{Config, Shutdown};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// A database of its own for one test, dropped (even when the test panics) afterwards.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL must be running for integration tests ({url}): {e}")
+        });
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+impl TestDb {
+    /// An empty database (no tables: the reporter has not run).
+    pub async fn create_empty() -> TestDb {
+        let admin_url = taskbot::testing::postgres_url();
+        let name = format!("api_test_{}", Uuid::new_v4().simple());
+        connect(&admin_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDb {
+            url: with_database(&admin_url, &name),
+            name,
+            admin_url,
+        }
+    }
+
+    /// A database with the reporter's schema.
+    pub async fn create() -> TestDb {
+        let db = TestDb::create_empty().await;
+        let pool = db.reporter_pool();
+        taskbot_reporter::db::migrate(&pool)
+            .await
+            .expect("reporter migrations");
+        db
+    }
+
+    pub fn reporter_pool(&self) -> deadpool_postgres::Pool {
+        taskbot_reporter::db::connect_pool(&taskbot::config::PostgresConfig {
+            url: self.url.clone(),
+            pool_size: 2,
+        })
+        .expect("pool")
+    }
+
+    /// Store a result as the reporter does.
+    pub async fn insert_result(&self, result: &TaskResult) {
+        let pool = self.reporter_pool();
+        let client = pool.get().await.unwrap();
+        assert!(taskbot_reporter::db::insert_result(&client, result)
+            .await
+            .unwrap());
+    }
+
+    /// Store a job status as the reporter does.
+    pub async fn record_status(&self, status: &JobStatus) {
+        let pool = self.reporter_pool();
+        let mut client = pool.get().await.unwrap();
+        taskbot_reporter::db::record_status(&mut client, status)
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The api running in-process on a free port.
+pub struct RunningApi {
+    pub addr: SocketAddr,
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningApi {
+    pub async fn start(postgres_url: &str, artifacts_dir: &Path) -> RunningApi {
+        let mut config = taskbot::testing::test_config();
+        config.postgres.url = postgres_url.to_string();
+        config.api.artifacts_dir = Some(artifacts_dir.to_path_buf());
+        RunningApi::start_with(config).await
+    }
+
+    pub async fn start_with(config: Config) -> RunningApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(taskbot_api::serve(
+            config,
+            listener,
+            Shutdown::new(async {
+                let _ = stopped.await;
+            }),
+        ));
+        RunningApi {
+            addr,
+            url: format!("http://{addr}"),
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    /// GET `path` (with query); the status and the body as JSON (Null when it is not JSON).
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        get_json(&format!("{}{path}", self.url)).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("api stops within 10 s")
+            .expect("api task did not panic")
+            .expect("serve returned Ok");
+    }
+}
+
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(url).await.expect("request");
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A time PostgreSQL stores exactly (microseconds), `offset_secs` from a fixed moment, so tests
+/// can order results and know their `submit_time` text.
+pub fn time(offset_secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_750_000_000 + offset_secs, 250_000).expect("valid time")
+}
+
+pub fn job(task: &str, item: &str, arch: &str, created_offset: i64) -> JobRequest {
+    let task = TaskRef {
+        name: task.into(),
+        repo: format!("https://git.example/taskbot/{task}.git"),
+        git_ref: "main".into(),
+    };
+    JobRequest {
+        rule: "builds".into(),
+        created_at: time(created_offset),
+        ..taskbot::testing::job_request(task, item, arch)
+    }
+}
+
+pub fn result(job: &JobRequest, testcase: &str, outcome: Outcome, finished: i64) -> TaskResult {
+    let mut data = BTreeMap::new();
+    data.insert("errors".to_string(), serde_json::json!(finished));
+    data.insert(
+        "koji:task_id".to_string(),
+        serde_json::json!(format!("{}", 1000 + finished)),
+    );
+    data.insert("checked".to_string(), serde_json::json!(["spec", "rpm"]));
+    TaskResult {
+        result_id: TaskResult::derive_id(
+            job.job_id,
+            testcase,
+            &job.item,
+            &job.item_type,
+            &job.arch,
+        ),
+        job_id: job.job_id,
+        testcase: testcase.into(),
+        outcome,
+        item: job.item.clone(),
+        item_type: job.item_type.clone(),
+        arch: job.arch.clone(),
+        note: Some(format!("{testcase} on {}", job.item)),
+        log_url: Some(format!("https://taskbot.example/artifacts/{}/", job.job_id)),
+        data,
+        task: job.task.clone(),
+        event_id: job.event_id.clone(),
+        rule: job.rule.clone(),
+        runner: format!("runner@test/{}", job.arch),
+        finished_at: time(finished),
+    }
+}
+
+pub fn status(job: &JobRequest, state: JobState, at: i64) -> JobStatus {
+    let mut status = JobStatus::new(job, state, "test@host", Some(format!("now {state}")));
+    status.at = time(at);
+    status
+}

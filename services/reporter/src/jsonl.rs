@@ -1,0 +1,224 @@
+//! The JSON-lines sink: every result and job status appended to a file as one JSON object per
+//! line (the message itself, with its `schema` tag), for people who just want a log to `tail`,
+//! `grep` or `jq`.
+//!
+//! A line is written and fsynced before its message is acked. Delivery is at-least-once: a
+//! message redelivered after a crash between the fsync and the ack appears twice; every line
+//! carries its `result_id` or `status_id`, so readers dedupe by that.
+//!
+//! Rotation by size: before a line would take the file past `jsonl_max_bytes`, `<path>` becomes
+//! `<path>.1` (`.1` becomes `.2`, ...), keeping `jsonl_keep` old files.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use taskbot::amqp::{Disposition, Handler, Incoming, Publisher};
+use taskbot::messages::Message;
+
+use crate::{decode_result, decode_status};
+
+/// Appends lines to a size-rotated file.
+#[derive(Debug)]
+pub struct JsonlWriter {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    file: Option<File>,
+    size: u64,
+}
+
+/// `<path>.<n>`.
+pub fn rotated_path(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+impl JsonlWriter {
+    /// Open (creating it and its directory if needed) `path` for appending.
+    pub fn open(path: &Path, max_bytes: u64, keep: usize) -> std::io::Result<JsonlWriter> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut writer = JsonlWriter {
+            path: path.to_path_buf(),
+            max_bytes: max_bytes.max(1),
+            keep,
+            file: None,
+            size: 0,
+        };
+        writer.reopen()?;
+        Ok(writer)
+    }
+
+    fn reopen(&mut self) -> std::io::Result<()> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Append `line` and a newline, rotating first if the file would grow past the limit, and
+    /// fsync. On failure the file is cut back to where it was, so a retry does not leave half a
+    /// line before the whole one.
+    pub fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let needed = line.len() as u64 + 1;
+        if self.size > 0 && self.size + needed > self.max_bytes {
+            self.rotate()?;
+        }
+        if self.file.is_none() {
+            self.reopen()?;
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(std::io::Error::other("the JSON-lines file is not open"));
+        };
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        let written = file.write_all(&buf).and_then(|()| file.sync_data());
+        match written {
+            Ok(()) => {
+                self.size += needed;
+                Ok(())
+            }
+            Err(err) => {
+                let _ = file.set_len(self.size);
+                Err(err)
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            for n in (1..self.keep).rev() {
+                let from = rotated_path(&self.path, n);
+                if from.exists() {
+                    std::fs::rename(&from, rotated_path(&self.path, n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
+        }
+        // Make the renames durable before lines go to the new file.
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        tracing::info!(path = %self.path.display(), keep = self.keep, "JSON-lines file rotated");
+        self.reopen()
+    }
+}
+
+/// The sink's handler: decode (refusing what the other sinks refuse too), then append.
+pub struct JsonlSink {
+    pub writer: Arc<Mutex<JsonlWriter>>,
+}
+
+impl JsonlSink {
+    pub fn new(writer: JsonlWriter) -> Self {
+        JsonlSink {
+            writer: Arc::new(Mutex::new(writer)),
+        }
+    }
+
+    /// The line for a delivery: the decoded message re-encoded (one line, compact), chosen by
+    /// routing key (`job.*` are statuses, everything else on the sink's queue is a result).
+    pub fn line(routing_key: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        if routing_key.starts_with("job.") {
+            decode_status(body).map(|s| s.to_json())
+        } else {
+            decode_result(body).map(|r| r.to_json())
+        }
+    }
+
+    pub async fn process(&self, incoming: &Incoming) -> Disposition {
+        let line = match Self::line(&incoming.routing_key, &incoming.body) {
+            Ok(line) => line,
+            Err(reason) => return Disposition::DeadLetter(reason),
+        };
+        let writer = self.writer.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut writer = writer.lock().unwrap_or_else(|e| e.into_inner());
+            writer.append(&line)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Disposition::Done(Vec::new()),
+            Ok(Err(err)) => {
+                Disposition::Retry(format!("cannot append to the JSON-lines file: {err}"))
+            }
+            Err(err) => Disposition::Retry(format!("JSON-lines writer failed: {err}")),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for JsonlSink {
+    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
+        self.process(&incoming).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn appends_lines_and_rotates_keeping_n_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/results.jsonl");
+        // Each line is 9 bytes with its newline: two fit in 20 bytes, a third rotates.
+        let mut w = JsonlWriter::open(&path, 20, 2).unwrap();
+        for i in 0..7 {
+            w.append(format!("{{\"n\":{i}}}").as_bytes()).unwrap();
+        }
+        assert_eq!(lines(&path), [r#"{"n":6}"#]);
+        assert_eq!(lines(&rotated_path(&path, 1)), [r#"{"n":4}"#, r#"{"n":5}"#]);
+        assert_eq!(lines(&rotated_path(&path, 2)), [r#"{"n":2}"#, r#"{"n":3}"#]);
+        assert!(!rotated_path(&path, 3).exists(), "only two old files kept");
+        // Reopening continues the file and its size.
+        drop(w);
+        let mut w = JsonlWriter::open(&path, 20, 2).unwrap();
+        w.append(br#"{"n":7}"#).unwrap();
+        assert_eq!(lines(&path), [r#"{"n":6}"#, r#"{"n":7}"#]);
+        w.append(br#"{"n":8}"#).unwrap();
+        assert_eq!(lines(&path), [r#"{"n":8}"#]);
+        assert_eq!(lines(&rotated_path(&path, 1)), [r#"{"n":6}"#, r#"{"n":7}"#]);
+    }
+
+    #[test]
+    fn keep_zero_discards_the_full_file_and_a_long_line_still_goes_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let mut w = JsonlWriter::open(&path, 10, 0).unwrap();
+        w.append(b"aaaa").unwrap();
+        w.append(b"a line longer than the limit").unwrap();
+        assert_eq!(lines(&path), ["a line longer than the limit"]);
+        assert!(!rotated_path(&path, 1).exists());
+    }
+
+    #[test]
+    fn lines_are_the_decoded_messages_and_bad_ones_are_refused() {
+        let err = JsonlSink::line("result.PASSED.x", b"{nope").unwrap_err();
+        assert!(err.contains("not valid JSON"), "{err}");
+        let err = JsonlSink::line("job.running", br#"{"schema":"taskbot.result.v1"}"#).unwrap_err();
+        assert!(
+            err.contains("expected schema taskbot.job-status.v1"),
+            "{err}"
+        );
+    }
+}

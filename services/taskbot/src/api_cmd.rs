@@ -1,0 +1,377 @@
+//! `taskbot results` and `taskbot job ID`: read results and jobs from the `api` service (so they
+//! work from any machine that reaches it, without database credentials).
+//!
+//! The api is `--api URL`, else `api.public_url` from the configuration, else
+//! `http://127.0.0.1:8080` (the api's default address). Text by default, the api's own JSON with
+//! `--json`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::Value;
+use taskbot::Config;
+
+use crate::cli::{ApiArgs, JobArgs, ResultsArgs};
+use crate::Failure;
+
+/// Where the api is when neither `--api` nor `api.public_url` says.
+pub const DEFAULT_API: &str = "http://127.0.0.1:8080";
+
+/// The api's base URL, without a trailing slash.
+pub fn api_url(args: &ApiArgs) -> Result<String, Failure> {
+    let url = match &args.api {
+        Some(url) => url.clone(),
+        None => {
+            let config =
+                Config::load(&[]).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
+            config
+                .api
+                .public_url
+                .unwrap_or_else(|| DEFAULT_API.to_string())
+        }
+    };
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Percent-encode a query value.
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' | b'*' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+/// GET `url` and decode the JSON answer. `what` names the thing for a 404 ("job X").
+fn get(url: &str, what: &str) -> Result<Value, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::input(format!("taskbot: cannot start the HTTP client: {e}")))?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Failure::input(format!("taskbot: cannot start the HTTP client: {e}")))?;
+        let response = client.get(url).send().await.map_err(|e| {
+            Failure::input(format!(
+                "taskbot: cannot reach the api at {url}: {}\n\
+                 (is the api service running? point --api or api.public_url at it)",
+                error_chain(&e)
+            ))
+        })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| {
+            Failure::input(format!("taskbot: the api's answer was cut off: {e}"))
+        })?;
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        if status.as_u16() == 404 {
+            return Err(Failure::input(format!("taskbot: no {what} (api answered 404 for {url})")));
+        }
+        if !status.is_success() {
+            let message = json
+                .as_ref()
+                .and_then(|j| j["message"].as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
+            return Err(Failure::input(format!(
+                "taskbot: the api answered {status} for {url}: {message}"
+            )));
+        }
+        json.ok_or_else(|| {
+            Failure::input(format!("taskbot: the api's answer for {url} is not JSON"))
+        })
+    })
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The `/api/v2.0/results` URL for the command's filters.
+pub fn results_url(base: &str, args: &ResultsArgs) -> String {
+    let mut query = vec![format!("limit={}", args.limit)];
+    if let Some(item) = &args.item {
+        query.push(format!("item={}", encode(item)));
+    }
+    if let Some(testcase) = &args.testcase {
+        // A `*` makes it a pattern, as in ResultsDB's `testcases:like`.
+        let key = if testcase.contains('*') {
+            "testcases:like"
+        } else {
+            "testcases"
+        };
+        query.push(format!("{key}={}", encode(testcase)));
+    }
+    if let Some(outcome) = &args.outcome {
+        query.push(format!("outcome={}", encode(outcome)));
+    }
+    format!("{base}/api/v2.0/results?{}", query.join("&"))
+}
+
+/// `taskbot results`.
+pub fn results(args: &ResultsArgs) -> Result<String, Failure> {
+    let base = api_url(&args.api)?;
+    let page = get(&results_url(&base, args), "results")?;
+    if args.json {
+        return Ok(format!("{}\n", pretty(&page)));
+    }
+    Ok(results_table(&page))
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn first_data(result: &Value, key: &str) -> String {
+    result["data"][key][0].as_str().unwrap_or("").to_string()
+}
+
+/// Rows as aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// A time without its fraction: `2025-06-15T15:06:50.250000` → `2025-06-15 15:06:50`.
+fn short_time(text: &str) -> String {
+    let text = text.split('.').next().unwrap_or(text);
+    let text = text.split('+').next().unwrap_or(text);
+    text.replace('T', " ")
+}
+
+/// The text form of a `/results` page.
+pub fn results_table(page: &Value) -> String {
+    let results = page["data"].as_array().cloned().unwrap_or_default();
+    if results.is_empty() {
+        return "no results\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                short_time(r["submit_time"].as_str().unwrap_or("")),
+                r["outcome"].as_str().unwrap_or("").to_string(),
+                r["testcase"]["name"].as_str().unwrap_or("").to_string(),
+                first_data(r, "item"),
+                first_data(r, "arch"),
+                r["groups"][0].as_str().unwrap_or("").to_string(),
+                r["note"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["SUBMITTED", "OUTCOME", "TESTCASE", "ITEM", "ARCH", "JOB", "NOTE"],
+        &rows,
+    );
+    if page["next"].is_string() {
+        let _ = writeln!(
+            out,
+            "(first {} shown; more match: raise --limit or narrow the filters)",
+            results.len()
+        );
+    }
+    out
+}
+
+/// `taskbot job ID`.
+pub fn job(args: &JobArgs) -> Result<String, Failure> {
+    let base = api_url(&args.api)?;
+    let id = args.id.trim();
+    let job = get(
+        &format!("{base}/api/v1/jobs/{}", encode(id)),
+        &format!("job {id}"),
+    )?;
+    if args.json {
+        return Ok(format!("{}\n", pretty(&job)));
+    }
+    Ok(job_text(&job))
+}
+
+/// The text form of a job.
+pub fn job_text(job: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let mut out = String::new();
+    let _ = writeln!(out, "job      {}", s(&job["id"]));
+    let _ = writeln!(out, "state    {}", s(&job["state"]));
+    let _ = writeln!(
+        out,
+        "task     {} ({}@{})",
+        s(&job["task"]["name"]),
+        s(&job["task"]["repo"]),
+        s(&job["task"]["ref"])
+    );
+    let _ = writeln!(
+        out,
+        "item     {} ({}) on {}",
+        s(&job["item"]),
+        s(&job["type"]),
+        s(&job["arch"])
+    );
+    let _ = writeln!(
+        out,
+        "trigger  rule {}, event {} ({})",
+        s(&job["rule"]),
+        s(&job["event"]["id"]),
+        s(&job["event"]["topic"])
+    );
+    if let Some(runner) = job["runner"].as_str() {
+        let _ = writeln!(out, "runner   {runner}");
+    }
+    let _ = writeln!(out, "created  {}", short_time(&s(&job["created_at"])));
+    let _ = writeln!(out, "logs     {}", s(&job["logs"]["task_log"]));
+    let _ = writeln!(out, "         {}", s(&job["logs"]["artifacts"]));
+    if let Some(published) = job["logs"]["published"].as_str() {
+        let _ = writeln!(out, "         {published}");
+    }
+    out.push_str("\nhistory:\n");
+    let history: Vec<Vec<String>> = job["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            vec![
+                short_time(&s(&e["at"])),
+                s(&e["state"]),
+                s(&e["service"]),
+                s(&e["detail"]),
+            ]
+        })
+        .collect();
+    out.push_str(&indent(&table(&["AT", "STATE", "BY", "DETAIL"], &history)));
+    let results = job["results"].as_array().cloned().unwrap_or_default();
+    if results.is_empty() {
+        out.push_str("\nno results\n");
+    } else {
+        out.push_str("\nresults:\n");
+        let rows: Vec<Vec<String>> = results
+            .iter()
+            .map(|r| {
+                vec![
+                    s(&r["outcome"]),
+                    s(&r["testcase"]["name"]),
+                    s(&r["note"]),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&table(&["OUTCOME", "TESTCASE", "NOTE"], &rows)));
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args() -> ResultsArgs {
+        ResultsArgs {
+            item: Some("xchat 1".into()),
+            testcase: Some("dist.*".into()),
+            outcome: Some("FAILED,CRASHED".into()),
+            limit: 5,
+            json: false,
+            api: ApiArgs { api: None },
+        }
+    }
+
+    #[test]
+    fn results_url_carries_the_filters() {
+        assert_eq!(
+            results_url("http://h:8080", &args()),
+            "http://h:8080/api/v2.0/results?limit=5&item=xchat%201&testcases:like=dist.*\
+             &outcome=FAILED,CRASHED"
+        );
+        let plain = ResultsArgs {
+            testcase: Some("dist.rpmlint".into()),
+            item: None,
+            outcome: None,
+            ..args()
+        };
+        assert_eq!(
+            results_url("u", &plain),
+            "u/api/v2.0/results?limit=5&testcases=dist.rpmlint"
+        );
+    }
+
+    #[test]
+    fn results_table_aligns_and_says_when_there_is_more() {
+        let page = json!({
+            "prev": null,
+            "next": "http://h/api/v2.0/results?page=1",
+            "data": [{
+                "submit_time": "2025-06-15T15:06:50.250000",
+                "outcome": "PASSED",
+                "testcase": {"name": "dist.rpmlint"},
+                "data": {"item": ["xchat-0.5-1.fc40"], "arch": ["x86_64"]},
+                "groups": ["0e7c"],
+                "note": "fine",
+            }, {
+                "submit_time": "2025-06-15T15:06:49",
+                "outcome": "FAILED",
+                "testcase": {"name": "abi"},
+                "data": {"item": ["glibc"], "arch": ["aarch64"]},
+                "groups": ["1f2a"],
+                "note": null,
+            }],
+        });
+        let text = results_table(&page);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "SUBMITTED            OUTCOME  TESTCASE      ITEM              ARCH     JOB   NOTE"
+        );
+        assert_eq!(
+            lines[1],
+            "2025-06-15 15:06:50  PASSED   dist.rpmlint  xchat-0.5-1.fc40  x86_64   0e7c  fine"
+        );
+        assert_eq!(
+            lines[2],
+            "2025-06-15 15:06:49  FAILED   abi           glibc             aarch64  1f2a"
+        );
+        assert!(lines[3].contains("more match"), "{text}");
+        assert_eq!(results_table(&json!({"data": []})), "no results\n");
+    }
+}
