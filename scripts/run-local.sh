@@ -37,6 +37,8 @@ work_dir = "$state/work"
 artifacts_dir = "$state/artifacts"
 allowed_repos = ["file://$state/tasks/"]
 task_timeout_secs = 300
+[reporter]
+jsonl_path = "$state/results.jsonl"
 [postgres]
 url = "postgres://postgres@127.0.0.1:5432/taskbot"
 TOML
@@ -90,6 +92,7 @@ cat >&2 <<MSG
 Where to look:
   service logs      .run/logs/*.log
   task logs         .run/artifacts/<job id>/task.log
+  JSON-lines log    .run/results.jsonl (every result and job status, one JSON object a line)
   results           psql -h 127.0.0.1 -U postgres taskbot -c 'select * from results'
   queues            rabbitmqctl list_queues name messages consumers | grep taskbot
   dead letters      queues ending in .dead (the bridge's hold the malformed bus messages)
