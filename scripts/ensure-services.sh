@@ -40,6 +40,15 @@ wait_for_port() { # port name seconds
 # compose.yaml (no Docker engine needed for that).
 apt_install build-essential pkg-config libzmq3-dev libssl-dev git ca-certificates curl python3 docker-compose
 
+# The ResultsDB Python client from PyPI: the api's tests read the api with it
+# (services/api/tests/resultsdb_client.rs). It brings `requests` and `simplejson`.
+if ! python3 -c 'import resultsdb_api' >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi
+  log "installing the resultsdb_api Python client"
+  python3 -m pip install --quiet resultsdb_api 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages resultsdb_api
+fi
+
 if ! have cargo; then
   log "cargo is not installed: install Rust with rustup (https://rustup.rs), then run this again"
   exit 1

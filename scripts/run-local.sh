@@ -65,6 +65,7 @@ start provisioner "$bin/provisioner"
 for arch in x86_64 aarch64 noarch; do start "runner-$arch" "$bin/runner" --arch "$arch"; done
 start rules "$bin/rules"
 start fedmsg-bridge "$bin/fedmsg-bridge"
+start api "$bin/api"
 
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 log "feeding $(wc -l <"$samples") real fedmsg messages through $zmq_endpoint"
@@ -94,6 +95,8 @@ Where to look:
   task logs         .run/artifacts/<job id>/task.log
   JSON-lines log    .run/results.jsonl (every result and job status, one JSON object a line)
   results           psql -h 127.0.0.1 -U postgres taskbot -c 'select * from results'
+  api               http://127.0.0.1:8080/api/v2.0/results (ResultsDB-compatible), /api/v1/jobs,
+                    /openapi.json; or: target/debug/taskbot results, target/debug/taskbot job <id>
   queues            rabbitmqctl list_queues name messages consumers | grep taskbot
   dead letters      queues ending in .dead (the bridge's hold the malformed bus messages)
   (results are stored once: running this again re-runs the same jobs, and the table keeps one row each)

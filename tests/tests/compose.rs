@@ -29,6 +29,7 @@ fn compose_file_is_valid_and_has_every_service() {
     assert_eq!(
         services,
         [
+            "api",
             "fedmsg-bridge",
             "postgres",
             "provisioner",

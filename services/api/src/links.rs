@@ -182,10 +182,11 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// A time range's start and end, either open.
+pub type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// `since=START[,END]`: the range, both ends included.
-pub fn parse_since(
-    query: &[(String, String)],
-) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+pub fn parse_since(query: &[(String, String)]) -> Result<TimeRange, ApiError> {
     let Some(text) = last(query, "since").filter(|s| !s.trim().is_empty()) else {
         return Ok((None, None));
     };

@@ -6,8 +6,10 @@
 //! the task's keys (`:` replaced by `_`) plus `item`, `type` and `arch`, every value a list of
 //! strings. `submit_time` is when the task finished.
 //!
-//! Deviation: ResultsDB's result ids are integers; Taskbot's are the results' UUIDs (the table has
-//! no integer id). Clients treat the id as opaque (`GET /results/<id>` takes it back as is).
+//! Deviation: ResultsDB's result ids are integers; the reporter's `results` table has none, so
+//! ids are the results' UUIDs (clients treat the id as opaque: `GET /results/<id>` takes it back
+//! as is). Once the table has an integer `id` column (a `bigserial`), that becomes the id, and
+//! `GET /results/<id>` accepts both.
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -60,8 +62,13 @@ fn column_for_data_key(key: &str) -> Option<&'static str> {
 }
 
 /// The columns every result query selects (read by [`result_json`]).
+///
+/// `integer_id` is the row's `id` column when the schema has one (a `bigserial` the reporter may
+/// add so results get ResultsDB's integer ids), else NULL: reading it through `to_jsonb(r)`
+/// works with and without the column, so the api needs no schema knowledge.
 pub const RESULT_COLUMNS: &str = "r.result_id, r.job_id, r.testcase, r.outcome, r.item, \
-    r.item_type, r.arch, r.note, r.log_url, r.data, r.task_repo, r.finished_at";
+    r.item_type, r.arch, r.note, r.log_url, r.data, r.task_repo, r.finished_at, \
+    (to_jsonb(r) -> 'id') AS integer_id";
 
 /// A filter on `data` (or on item/type/arch): `key=v1,v2` or `key:like=p1,p2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,8 +266,17 @@ pub fn result_json(row: &Row, base: &str) -> Result<Value, ApiError> {
     let item_type: String = row.try_get("item_type")?;
     let arch: String = row.try_get("arch")?;
     let data: Value = row.try_get("data")?;
+    // ResultsDB's integer id when the store has one, else the UUID (see the module docs).
+    let id = match row.try_get::<_, Option<Value>>("integer_id")? {
+        Some(Value::Number(n)) => Value::Number(n),
+        _ => Value::String(id.to_string()),
+    };
+    let id_text = match &id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
     Ok(json!({
-        "id": id.to_string(),
+        "id": id,
         "testcase": testcase_json(&testcase, row.try_get::<_, Option<String>>("task_repo")?, base),
         "groups": [job_id.to_string()],
         "submit_time": links::resultsdb_time(&finished_at),
@@ -268,7 +284,7 @@ pub fn result_json(row: &Row, base: &str) -> Result<Value, ApiError> {
         "note": row.try_get::<_, Option<String>>("note")?,
         "ref_url": row.try_get::<_, Option<String>>("log_url")?,
         "data": resultsdb_data(&data, &item, &item_type, &arch),
-        "href": format!("{base}/api/v2.0/results/{id}"),
+        "href": format!("{base}/api/v2.0/results/{id_text}"),
     }))
 }
 
@@ -348,25 +364,40 @@ pub async fn get_results_latest(
     Ok(Json(json!({"data": data})))
 }
 
-/// `GET /results/<id>`: a result by its UUID.
+/// `GET /results/<id>`: a result by its UUID, or by its integer id when the store has an `id`
+/// column (without one, an integer is simply not found).
 pub async fn get_result(
     State(state): State<SharedState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Ok(id) = Uuid::parse_str(id.trim()) else {
-        return Err(ApiError::not_found("Result not found"));
-    };
+    let not_found = || ApiError::not_found("Result not found");
     let base = links::base_url(&state, &headers);
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!("SELECT {RESULT_COLUMNS} FROM results r WHERE r.result_id = $1"),
-            &[&id],
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("Result not found"))?;
-    Ok(Json(result_json(&row, &base)?))
+    let row = if let Ok(uuid) = Uuid::parse_str(id.trim()) {
+        client
+            .query_opt(
+                &format!("SELECT {RESULT_COLUMNS} FROM results r WHERE r.result_id = $1"),
+                &[&uuid],
+            )
+            .await?
+    } else if let Ok(number) = id.trim().parse::<i64>() {
+        match client
+            .query_opt(
+                &format!("SELECT {RESULT_COLUMNS} FROM results r WHERE r.id = $1"),
+                &[&number],
+            )
+            .await
+        {
+            Ok(row) => row,
+            // undefined_column: this store has no integer ids.
+            Err(e) if e.code().is_some_and(|c| c.code() == "42703") => None,
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    Ok(Json(result_json(&row.ok_or_else(not_found)?, &base)?))
 }
 
 /// Each testcase with the repository of the task that last reported it (the sink's `ref_url`).

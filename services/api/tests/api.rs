@@ -71,7 +71,8 @@ async fn results_have_the_resultsdb_shape_newest_first() {
     assert_eq!(body["next"], Value::Null);
     let r = &body["data"][3];
     let expected = result(&f.xchat_x86, "dist.rpmlint", Outcome::Passed, 10);
-    assert_eq!(r["id"], expected.result_id.to_string());
+    // The oldest of four results stored in order: ResultsDB-style integer id 1.
+    assert_eq!(r["id"], 1);
     assert_eq!(r["outcome"], "PASSED");
     assert_eq!(r["note"], "dist.rpmlint on xchat-0.5-1.fc40");
     assert_eq!(r["ref_url"], expected.log_url.clone().unwrap());
@@ -99,10 +100,7 @@ async fn results_have_the_resultsdb_shape_newest_first() {
             "checked": ["spec", "rpm"],
         })
     );
-    assert_eq!(
-        r["href"],
-        format!("{}/api/v2.0/results/{}", f.api.url, expected.result_id)
-    );
+    assert_eq!(r["href"], format!("{}/api/v2.0/results/1", f.api.url));
     // The href leads to the same result.
     let (status, one) = support::get_json(r["href"].as_str().unwrap()).await;
     assert_eq!(status, 200);
@@ -405,8 +403,7 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await
         .unwrap();
@@ -457,7 +454,8 @@ async fn artifacts_are_served_and_traversal_is_refused() {
     let (status, body) = raw_get(
         f.api.addr,
         &format!("/api/v1/jobs/{id}/artifacts/logs/rpmlint.log"),
-    ).await;
+    )
+    .await;
     assert_eq!((status, body.as_str()), (200, "0 errors"));
 
     let (status, listing) = f.api.get(&format!("/api/v1/jobs/{id}/artifacts/")).await;
@@ -508,12 +506,14 @@ async fn artifacts_are_served_and_traversal_is_refused() {
     let (status, _) = raw_get(
         f.api.addr,
         &format!("/api/v1/jobs/{id}/artifacts/%2e%2e/secret.txt"),
-    ).await;
+    )
+    .await;
     assert_eq!(status, 403);
     let (status, _) = raw_get(
         f.api.addr,
         &format!("/api/v1/jobs/{id}/artifacts/nothing.log"),
-    ).await;
+    )
+    .await;
     assert_eq!(status, 404);
     f.api.stop().await;
 }
@@ -589,5 +589,44 @@ async fn openapi_is_served_and_every_route_answers() {
         assert_eq!(status, 200, "{path}");
     }
     let _ = &f.db;
+    f.api.stop().await;
+}
+
+#[tokio::test]
+async fn results_have_integer_ids_and_are_found_by_uuid_too() {
+    let f = fixture().await;
+    let uuid = result(&f.glibc, "abi.check", Outcome::NeedsInspection, 13).result_id;
+    // The reporter's schema gives every result an integer id, as ResultsDB clients expect.
+    let (client, connection) = tokio_postgres::connect(&f.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let number: i64 = client
+        .query_one("SELECT id FROM results WHERE result_id = $1", &[&uuid])
+        .await
+        .unwrap()
+        .get(0);
+
+    let (_, page) = f.api.get("/api/v2.0/results").await;
+    assert!(
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["id"].is_i64()),
+        "{page}"
+    );
+    let (status, by_number) = f.api.get(&format!("/api/v2.0/results/{number}")).await;
+    assert_eq!(status, 200, "{by_number}");
+    assert_eq!(by_number["id"], number);
+    assert_eq!(by_number["testcase"]["name"], "abi.check");
+    assert_eq!(
+        by_number["href"],
+        format!("{}/api/v2.0/results/{number}", f.api.url)
+    );
+    // The UUID still finds it.
+    let (_, by_uuid) = f.api.get(&format!("/api/v2.0/results/{uuid}")).await;
+    assert_eq!(by_uuid, by_number);
+    assert_eq!(f.api.get("/api/v2.0/results/999999").await.0, 404);
     f.api.stop().await;
 }

@@ -93,6 +93,13 @@ pub const MIGRATIONS: &[&str] = &[
         SELECT result_id, resultsdb_id, resultsdb_posted_at FROM results
         WHERE resultsdb_posted_at IS NOT NULL;
     "#,
+    // v3: an integer id per result, as ResultsDB clients expect (`GET /results/<id>`); existing
+    // rows are numbered by the ALTER. Indexes for the api's newest-first listings.
+    r#"
+    ALTER TABLE results ADD COLUMN id bigserial UNIQUE;
+    CREATE INDEX results_finished_at_idx ON results (finished_at);
+    CREATE INDEX jobs_created_at_idx ON jobs (created_at);
+    "#,
 ];
 
 /// Key of the advisory lock serialising migrations, so reporters started together do not race

@@ -22,8 +22,7 @@ pub fn api_url(args: &ApiArgs) -> Result<String, Failure> {
     let url = match &args.api {
         Some(url) => url.clone(),
         None => {
-            let config =
-                Config::load(&[]).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
+            let config = Config::load(&[]).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
             config
                 .api
                 .public_url
@@ -66,12 +65,15 @@ fn get(url: &str, what: &str) -> Result<Value, Failure> {
             ))
         })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            Failure::input(format!("taskbot: the api's answer was cut off: {e}"))
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::input(format!("taskbot: the api's answer was cut off: {e}")))?;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         if status.as_u16() == 404 {
-            return Err(Failure::input(format!("taskbot: no {what} (api answered 404 for {url})")));
+            return Err(Failure::input(format!(
+                "taskbot: no {what} (api answered 404 for {url})"
+            )));
         }
         if !status.is_success() {
             let message = json
@@ -198,7 +200,15 @@ pub fn results_table(page: &Value) -> String {
         })
         .collect();
     let mut out = table(
-        &["SUBMITTED", "OUTCOME", "TESTCASE", "ITEM", "ARCH", "JOB", "NOTE"],
+        &[
+            "SUBMITTED",
+            "OUTCOME",
+            "TESTCASE",
+            "ITEM",
+            "ARCH",
+            "JOB",
+            "NOTE",
+        ],
         &rows,
     );
     if page["next"].is_string() {
@@ -284,13 +294,7 @@ pub fn job_text(job: &Value) -> String {
         out.push_str("\nresults:\n");
         let rows: Vec<Vec<String>> = results
             .iter()
-            .map(|r| {
-                vec![
-                    s(&r["outcome"]),
-                    s(&r["testcase"]["name"]),
-                    s(&r["note"]),
-                ]
-            })
+            .map(|r| vec![s(&r["outcome"]), s(&r["testcase"]["name"]), s(&r["note"])])
             .collect();
         out.push_str(&indent(&table(&["OUTCOME", "TESTCASE", "NOTE"], &rows)));
     }

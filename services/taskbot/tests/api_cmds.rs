@@ -48,7 +48,8 @@ async fn results_and_job_read_the_api() {
     db.insert_result(&result(&glibc, "abi.check", Outcome::Crashed, 12))
         .await;
     db.record_status(&status(&xchat, JobState::Queued, 0)).await;
-    db.record_status(&status(&xchat, JobState::Running, 3)).await;
+    db.record_status(&status(&xchat, JobState::Running, 3))
+        .await;
     db.record_status(&status(&xchat, JobState::Done, 12)).await;
     let artifacts = tempfile::tempdir().unwrap();
     let api = RunningApi::start(&db.url, artifacts.path()).await;
@@ -59,7 +60,10 @@ async fn results_and_job_read_the_api() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     assert!(lines[0].starts_with("SUBMITTED"), "{text}");
-    assert!(lines[1].contains("CRASHED") && lines[1].contains("abi.check"), "{text}");
+    assert!(
+        lines[1].contains("CRASHED") && lines[1].contains("abi.check"),
+        "{text}"
+    );
     assert!(
         lines[3].starts_with("2025-06-15 15:06:50  PASSED   dist.rpmlint")
             && lines[3].contains(&xchat.job_id.to_string()),
@@ -67,7 +71,13 @@ async fn results_and_job_read_the_api() {
     );
 
     let out = taskbot(&[
-        "results", "--api", &api.url, "--item", "xchat-0.5-1.fc40", "--outcome", "FAILED",
+        "results",
+        "--api",
+        &api.url,
+        "--item",
+        "xchat-0.5-1.fc40",
+        "--outcome",
+        "FAILED",
     ])
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -75,26 +85,59 @@ async fn results_and_job_read_the_api() {
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.contains("dist.rpmgrill"), "{text}");
 
-    let out = taskbot(&["results", "--api", &api.url, "--testcase", "dist.*", "--limit", "1"]).await;
+    let out = taskbot(&[
+        "results",
+        "--api",
+        &api.url,
+        "--testcase",
+        "dist.*",
+        "--limit",
+        "1",
+    ])
+    .await;
     let text = stdout(&out);
-    assert!(text.contains("dist.rpmgrill") && text.contains("more match"), "{text}");
+    assert!(
+        text.contains("dist.rpmgrill") && text.contains("more match"),
+        "{text}"
+    );
 
-    let out = taskbot(&["results", "--api", &api.url, "--json", "--testcase", "abi.check"]).await;
+    let out = taskbot(&[
+        "results",
+        "--api",
+        &api.url,
+        "--json",
+        "--testcase",
+        "abi.check",
+    ])
+    .await;
     assert!(out.status.success());
     let page: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(page["data"][0]["outcome"], "CRASHED");
 
     let out = taskbot(&["results", "--api", &api.url, "--outcome", "GREAT"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("400") && stderr(&out).contains("GREAT"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("400") && stderr(&out).contains("GREAT"),
+        "{}",
+        stderr(&out)
+    );
 
     let id = xchat.job_id.to_string();
     let out = taskbot(&["job", &id, "--api", &api.url]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with(&format!("job      {id}\nstate    done\n")), "{text}");
-    assert!(text.contains("task     rpmlint (https://git.example/taskbot/rpmlint.git@main)"), "{text}");
-    assert!(text.contains(&format!("{}/api/v1/jobs/{id}/artifacts/task.log", api.url)), "{text}");
+    assert!(
+        text.starts_with(&format!("job      {id}\nstate    done\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains("task     rpmlint (https://git.example/taskbot/rpmlint.git@main)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{}/api/v1/jobs/{id}/artifacts/task.log", api.url)),
+        "{text}"
+    );
     let history: Vec<&str> = text
         .lines()
         .skip_while(|l| *l != "history:")
@@ -102,7 +145,10 @@ async fn results_and_job_read_the_api() {
         .take_while(|l| !l.is_empty())
         .collect();
     assert_eq!(history.len(), 3, "{text}");
-    assert!(history[0].contains("queued") && history[2].contains("done"), "{text}");
+    assert!(
+        history[0].contains("queued") && history[2].contains("done"),
+        "{text}"
+    );
     assert!(text.contains("PASSED   dist.rpmlint"), "{text}");
 
     let out = taskbot(&["job", &id, "--json", "--api", &api.url]).await;
@@ -112,7 +158,11 @@ async fn results_and_job_read_the_api() {
     let missing = uuid::Uuid::new_v4().to_string();
     let out = taskbot(&["job", &missing, "--api", &api.url]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains(&format!("no job {missing}")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("no job {missing}")),
+        "{}",
+        stderr(&out)
+    );
     api.stop().await;
 }
 
@@ -121,12 +171,20 @@ async fn unreachable_api_is_a_clear_error() {
     // Nothing listens on port 1.
     for args in [
         vec!["results", "--api", "http://127.0.0.1:1"],
-        vec!["job", "0e7c1b7e-0000-4000-8000-000000000000", "--api", "http://127.0.0.1:1/"],
+        vec![
+            "job",
+            "0e7c1b7e-0000-4000-8000-000000000000",
+            "--api",
+            "http://127.0.0.1:1/",
+        ],
     ] {
         let out = taskbot(&args).await;
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = stderr(&out);
-        assert!(err.contains("cannot reach the api at http://127.0.0.1:1/api/"), "{err}");
+        assert!(
+            err.contains("cannot reach the api at http://127.0.0.1:1/api/"),
+            "{err}"
+        );
         assert!(err.contains("is the api service running?"), "{err}");
         assert!(stdout(&out).is_empty());
     }

@@ -51,11 +51,12 @@ def main():
     newest = api.get_results(limit=1)
     assert oldest["data"][0]["submit_time"] <= newest["data"][0]["submit_time"]
 
-    # One result by the id a listing gave.
+    # One result: found by Taskbot's result UUID, and by the integer id ResultsDB clients use.
     one = api.get_result(expected["result_id"])
-    assert one["id"] == expected["result_id"], one
+    assert isinstance(one["id"], int), one
+    assert api.get_result(one["id"]) == one
     assert one["outcome"] == expected["result_outcome"], one
-    assert one["href"].endswith("/results/" + expected["result_id"]), one
+    assert one["href"].endswith("/results/%d" % one["id"]), one
 
     # Testcases and groups.
     testcases = api.get_testcases()

@@ -196,7 +196,7 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
 /// A time PostgreSQL stores exactly (microseconds), `offset_secs` from a fixed moment, so tests
 /// can order results and know their `submit_time` text.
 pub fn time(offset_secs: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(1_750_000_000 + offset_secs, 250_000).expect("valid time")
+    DateTime::from_timestamp(1_750_000_000 + offset_secs, 250_000_000).expect("valid time")
 }
 
 pub fn job(task: &str, item: &str, arch: &str, created_offset: i64) -> JobRequest {
