@@ -279,6 +279,33 @@ pub struct ReporterConfig {
     pub fedora_messaging_schema: String,
 }
 
+impl ReporterConfig {
+    /// The sinks this configuration feeds: `sinks` when set, else PostgreSQL, plus ResultsDB when
+    /// `resultsdb_url` is set and the JSON-lines file when `jsonl_path` is set. Every service
+    /// declares these sinks' queues (they all read the same configuration), so a result or status
+    /// published before the reporter first ran is kept, not returned as unroutable. The reporter
+    /// also checks that each listed sink has what it needs.
+    pub fn sinks_in_use(&self) -> Vec<crate::topology::Sink> {
+        use crate::topology::Sink;
+        let mut sinks = match &self.sinks {
+            Some(listed) => listed.clone(),
+            None => {
+                let mut sinks = vec![Sink::Postgres];
+                if self.resultsdb_url.is_some() {
+                    sinks.push(Sink::Resultsdb);
+                }
+                if self.jsonl_path.is_some() {
+                    sinks.push(Sink::Jsonl);
+                }
+                sinks
+            }
+        };
+        sinks.sort();
+        sinks.dedup();
+        sinks
+    }
+}
+
 impl Default for ReporterConfig {
     fn default() -> Self {
         ReporterConfig {

@@ -51,7 +51,7 @@ impl TestBroker {
         let conn = amqp::connect(&config.amqp.url, "taskbot-test")
             .await
             .expect("RabbitMQ must be running for integration tests (make test starts it)");
-        let topology = Topology::new(&config.amqp.namespace, &config.arches);
+        let topology = Topology::for_config(config);
         let publisher = Publisher::new(&conn, "taskbot-test").await.unwrap();
         topology.declare(publisher.channel()).await.unwrap();
         TestBroker {

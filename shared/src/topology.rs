@@ -4,9 +4,10 @@
 //! can start in any order and a message published before its consumer first ran is kept, not
 //! dropped as unroutable. `docs/architecture.md` draws the same picture.
 //!
-//! The reporter's sink queues are the exception: only the reporter declares them, and only those
-//! of the sinks its configuration enables ([`Topology::with_sinks`]). A queue declared for a sink
-//! nobody consumes would fill forever.
+//! The reporter's sink queues are declared for the sinks the configuration enables
+//! ([`Topology::for_config`]); every service reads the same configuration, so every service
+//! declares the same sink queues, and a result published before the reporter first ran waits in
+//! them. A sink the configuration does not enable has no queue (it would fill forever).
 //!
 //! All names start with the configured namespace (default `taskbot`), so several deployments or
 //! parallel test runs can share a broker.
@@ -79,7 +80,14 @@ impl Topology {
         }
     }
 
-    /// The same topology, also declaring the queues of `sinks` (for the reporter).
+    /// The topology of a deployment: its namespace, arches, and the sinks its reporter feeds.
+    /// Every service uses this, so the results exchange always has the sinks' queues bound.
+    pub fn for_config(config: &crate::Config) -> Self {
+        Topology::new(&config.amqp.namespace, &config.arches)
+            .with_sinks(&config.reporter.sinks_in_use())
+    }
+
+    /// The same topology, also declaring the queues of `sinks`.
     pub fn with_sinks(mut self, sinks: &[Sink]) -> Self {
         self.sinks = sinks.to_vec();
         self

@@ -80,7 +80,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if bridge.topic_prefixes.is_empty() {
         bail!("bridge.topic_prefixes is empty: nothing would be received (use [\"\"] for all)");
     }
-    let topology = Topology::new(&config.amqp.namespace, &config.arches);
+    let topology = Topology::for_config(&config);
     let context = zmq::Context::new();
     let mut sockets = Vec::new();
     for endpoint in &bridge.endpoints {

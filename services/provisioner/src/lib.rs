@@ -120,7 +120,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             config.provisioner.backend
         );
     }
-    let topology = Topology::new(&config.amqp.namespace, &config.arches);
+    let topology = Topology::for_config(&config);
     let handler = Arc::new(ProvisionerHandler {
         topology: topology.clone(),
         arches: config.arches.clone(),

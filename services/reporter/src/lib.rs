@@ -136,21 +136,7 @@ pub async fn prepare_database(
 /// `resultsdb_url` is set and the JSON-lines file when `jsonl_path` is set. Refuses a listed sink
 /// that lacks what it needs, so a typo fails the start instead of a queue filling up.
 pub fn enabled_sinks(config: &ReporterConfig) -> anyhow::Result<Vec<Sink>> {
-    let mut sinks = match &config.sinks {
-        Some(listed) => listed.clone(),
-        None => {
-            let mut sinks = vec![Sink::Postgres];
-            if config.resultsdb_url.is_some() {
-                sinks.push(Sink::Resultsdb);
-            }
-            if config.jsonl_path.is_some() {
-                sinks.push(Sink::Jsonl);
-            }
-            sinks
-        }
-    };
-    sinks.sort();
-    sinks.dedup();
+    let sinks = config.sinks_in_use();
     if sinks.contains(&Sink::Resultsdb) && config.resultsdb_url.is_none() {
         anyhow::bail!("reporter.sinks lists resultsdb but reporter.resultsdb_url is not set");
     }

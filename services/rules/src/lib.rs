@@ -182,7 +182,7 @@ impl Handler for RulesHandler {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let engine = load_rules(&config.rules.file, &config)?;
     tracing::info!(file = %config.rules.file.display(), rules = engine.rule_count(), "rules loaded");
-    let topology = Topology::new(&config.amqp.namespace, &config.arches);
+    let topology = Topology::for_config(&config);
     let handler = Arc::new(RulesHandler::new(
         engine,
         topology.clone(),
