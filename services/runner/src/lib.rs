@@ -820,8 +820,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if !arches.contains(&arch) {
         arches.push(arch.clone());
     }
-    let topology = Topology::new(&config.amqp.namespace, &arches)
-        .with_sinks(&config.reporter.sinks_in_use());
+    let topology =
+        Topology::new(&config.amqp.namespace, &arches).with_sinks(&config.reporter.sinks_in_use());
     let consumer_cap = task_budget(
         settings.task_timeout_secs,
         settings.consumer_timeout_secs,
