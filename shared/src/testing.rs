@@ -214,3 +214,90 @@ pub fn job_request(task: crate::messages::TaskRef, item: &str, arch: &str) -> cr
         created_at: chrono::Utc::now(),
     }
 }
+
+/// A PostgreSQL database of its own for one test, created on the test server
+/// ([`postgres_url`]) and dropped when this goes out of scope, even when the test panics.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+/// A client for `url`, its connection driven in the background.
+pub async fn connect_postgres(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL must be running for integration tests ({url}; make test starts it): {e}")
+        });
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// `url` with its database name replaced (query parameters kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let admin_url = postgres_url();
+        let name = format!("taskbot_test_{}", uuid::Uuid::new_v4().simple());
+        connect_postgres(&admin_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDb {
+            url: with_database(&admin_url, &name),
+            name,
+            admin_url,
+        }
+    }
+
+    /// A fresh connection to this test's database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect_postgres(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs outside async context (and possibly while panicking), so use a thread with
+        // its own runtime.
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}

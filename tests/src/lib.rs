@@ -7,9 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use taskbot::testing::{postgres_url, test_config, TestBroker};
+use taskbot::testing::{test_config, TestBroker};
 use taskbot::Config;
-use tokio_postgres::NoTls;
 
 /// The workspace's top directory.
 pub fn workspace_root() -> PathBuf {
@@ -88,52 +87,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A database of its own for one test, dropped at the end.
-pub struct TestDatabase {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDatabase {
-    pub async fn create() -> TestDatabase {
-        let name = format!("e2e_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let admin = connect(&postgres_url()).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        let base = postgres_url();
-        let url = match base.rfind('/') {
-            Some(i) => format!("{}/{name}", &base[..i]),
-            None => panic!("postgres URL without database: {base}"),
-        };
-        TestDatabase { name, url }
-    }
-
-    pub async fn client(&self) -> tokio_postgres::Client {
-        connect(&self.url).await
-    }
-
-    pub async fn drop_database(self) {
-        let admin = connect(&postgres_url()).await;
-        let _ = admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await;
-    }
-}
-
-pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL at {url} must be running (make test starts it): {e}")
-        });
-    tokio::spawn(connection);
-    client
-}
+pub use taskbot::testing::TestDb;
 
 /// One running service binary; killed when dropped.
 pub struct Service {
@@ -193,7 +147,7 @@ pub struct Deployment {
     pub config: Config,
     pub dir: tempfile::TempDir,
     pub config_file: PathBuf,
-    pub database: Option<TestDatabase>,
+    pub database: Option<TestDb>,
     pub broker: TestBroker,
     pub services: Vec<Service>,
 }
@@ -210,7 +164,7 @@ impl Deployment {
         }
         let rules_file = dir.path().join("rules.yaml");
         std::fs::write(&rules_file, rules).unwrap();
-        let database = TestDatabase::create().await;
+        let database = TestDb::create().await;
 
         let mut config = test_config();
         config.arches = vec!["x86_64".into(), "noarch".into()];
@@ -340,9 +294,8 @@ impl Deployment {
         for s in &mut self.services {
             s.terminate(Duration::from_secs(10));
         }
-        if let Some(db) = self.database.take() {
-            db.drop_database().await;
-        }
+        // Dropping the database handle drops the database.
+        self.database.take();
         self.broker.cleanup().await;
     }
 }

@@ -14,56 +14,26 @@ use taskbot::messages::{JobRequest, JobState, JobStatus, Outcome, TaskRef, TaskR
 use taskbot::{Config, Shutdown};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
-/// A database of its own for one test, dropped (even when the test panics) afterwards.
+/// A database of its own for one test (see [`taskbot::testing::TestDb`]), with the reporter's
+/// schema and writes at hand.
 pub struct TestDb {
-    pub name: String,
     pub url: String,
-    admin_url: String,
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL must be running for integration tests ({url}): {e}")
-        });
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    format!("{base}/{name}{query}")
+    inner: taskbot::testing::TestDb,
 }
 
 impl TestDb {
     /// An empty database (no tables: the reporter has not run).
     pub async fn create_empty() -> TestDb {
-        let admin_url = taskbot::testing::postgres_url();
-        let name = format!("api_test_{}", Uuid::new_v4().simple());
-        connect(&admin_url)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
+        let inner = taskbot::testing::TestDb::create().await;
         TestDb {
-            url: with_database(&admin_url, &name),
-            name,
-            admin_url,
+            url: inner.url.clone(),
+            inner,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
     }
 
     /// A database with the reporter's schema.
@@ -100,34 +70,6 @@ impl TestDb {
         taskbot_reporter::db::record_status(&mut client, status)
             .await
             .unwrap();
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }
 
