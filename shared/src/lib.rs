@@ -5,6 +5,8 @@
 pub mod amqp;
 pub mod config;
 pub mod messages;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -6,59 +6,31 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{Pool, PoolError};
 use taskbot::config::PostgresConfig;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::NoTls;
 
 /// The tables the api reads, all created by the reporter's migrations.
 pub const TABLES: &[&str] = &["results", "jobs", "job_events"];
 
 /// A pool for `config.url`; connecting is lazy, so this fails only on an invalid URL.
 ///
-/// Every session is read-only (`default_transaction_read_only`): the api must never change the
-/// store, and a bug in a query builder then fails instead of writing.
+/// Every session is read-only: the api must never change the store.
 pub fn connect_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
-    let mut pg: tokio_postgres::Config = config
-        .url
-        .parse()
-        .map_err(|e| anyhow::anyhow!("postgres.url is not a valid PostgreSQL URL: {e}"))?;
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(5));
-    }
-    if pg.get_application_name().is_none() {
-        pg.application_name("taskbot-api");
-    }
-    let options = match pg.get_options() {
-        Some(existing) => format!("{existing} -c default_transaction_read_only=on"),
-        None => "-c default_transaction_read_only=on".to_string(),
-    };
-    pg.options(&options);
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+    taskbot::postgres::connect_pool(
+        config,
+        &taskbot::postgres::PoolOptions {
+            application_name: "taskbot-api",
+            read_only: true,
+            connect_timeout: Duration::from_secs(5),
+            // A request facing a dead database gets a 503 quickly, not a hang.
+            wait_timeout: Duration::from_secs(10),
+            create_timeout: Duration::from_secs(5),
         },
-    );
-    Pool::builder(manager)
-        .max_size(config.pool_size.max(1))
-        .runtime(Runtime::Tokio1)
-        // Bounded waits: a request facing a dead database gets a 503 quickly, not a hang.
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot build the PostgreSQL pool: {e}"))
+    )
 }
 
-/// Name of the database a URL points at (for logs: the URL itself may hold a password).
-pub fn database_name(url: &str) -> String {
-    url.parse::<tokio_postgres::Config>()
-        .ok()
-        .and_then(|c| c.get_dbname().map(str::to_string))
-        .unwrap_or_else(|| "(default)".into())
-}
+pub use taskbot::postgres::database_name;
 
 /// An error answer: the status and `{"message": ...}`, the shape ResultsDB uses (its Python
 /// client reads `message` from every failed answer).

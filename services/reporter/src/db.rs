@@ -9,12 +9,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
-};
+use deadpool_postgres::{Object, Pool, PoolError, Transaction};
 use taskbot::config::PostgresConfig;
 use taskbot::messages::{JobState, JobStatus, TaskResult};
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 /// The schema, one SQL script per version, applied in order. Never edit a script once released:
@@ -154,45 +151,21 @@ fn sql_state(err: &tokio_postgres::Error) -> Option<&str> {
 }
 
 /// A pool for `config.url`. Connecting is lazy: this fails only on an invalid URL.
-///
-/// TLS is not supported (plain connections only); a URL with `sslmode=require` fails to connect.
 pub fn connect_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
-    let mut pg: tokio_postgres::Config = config
-        .url
-        .parse()
-        .map_err(|e| anyhow::anyhow!("postgres.url is not a valid PostgreSQL URL: {e}"))?;
-    if pg.get_connect_timeout().is_none() {
-        // Without it, a host that drops packets blocks a handler for minutes (TCP's own timeout).
-        pg.connect_timeout(Duration::from_secs(10));
-    }
-    if pg.get_application_name().is_none() {
-        pg.application_name("taskbot-reporter");
-    }
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+    taskbot::postgres::connect_pool(
+        config,
+        &taskbot::postgres::PoolOptions {
+            application_name: "taskbot-reporter",
+            read_only: false,
+            connect_timeout: Duration::from_secs(10),
+            // A handler facing a dead database returns Retry instead of hanging.
+            wait_timeout: Duration::from_secs(30),
+            create_timeout: Duration::from_secs(15),
         },
-    );
-    Pool::builder(manager)
-        .max_size(config.pool_size.max(1))
-        .runtime(Runtime::Tokio1)
-        // Bounded waits, so a handler facing a dead database returns Retry instead of hanging.
-        .wait_timeout(Some(Duration::from_secs(30)))
-        .create_timeout(Some(Duration::from_secs(15)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot build the PostgreSQL pool: {e}"))
+    )
 }
 
-/// Name of the database a URL points at (for logs: the URL itself may hold a password).
-pub fn database_name(url: &str) -> String {
-    url.parse::<tokio_postgres::Config>()
-        .ok()
-        .and_then(|c| c.get_dbname().map(str::to_string))
-        .unwrap_or_else(|| "(default)".into())
-}
+pub use taskbot::postgres::database_name;
 
 /// Bring the schema up to date; returns how many migrations this call applied (0 when another
 /// process, or an earlier start, already did).

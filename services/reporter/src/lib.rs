@@ -411,9 +411,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
-    use std::collections::BTreeMap;
-    use taskbot::messages::{Environment, JobRequest, JobState, TaskRef};
+    use taskbot::messages::{JobRequest, JobState, TaskRef};
 
     fn job() -> JobRequest {
         let task = TaskRef {
@@ -421,21 +419,7 @@ mod tests {
             repo: "https://git.example/rpmlint.git".into(),
             git_ref: "main".into(),
         };
-        JobRequest {
-            job_id: JobRequest::derive_id("e", "r", &task, "x-1-1", "x86_64", &BTreeMap::new()),
-            event_id: "e".into(),
-            event_topic: "t".into(),
-            rule: "r".into(),
-            task,
-            item: "x-1-1".into(),
-            item_type: "koji_build".into(),
-            arch: "x86_64".into(),
-            args: BTreeMap::new(),
-            priority: 0,
-            environment: Environment::Local,
-            destructive: false,
-            created_at: Utc::now(),
-        }
+        taskbot::testing::job_request(task, "x-1-1", "x86_64")
     }
 
     #[test]
