@@ -7,7 +7,7 @@ use std::fmt;
 use chrono::Utc;
 use serde_json::{Map, Value};
 use taskbot::amqp::{Incoming, Outgoing};
-use taskbot::messages::{Event, Message, TASKBOT_NAMESPACE};
+use taskbot::messages::{derive_uuid, Event, Message};
 use taskbot::Topology;
 
 /// Longest topic and `msg_id` the bridge accepts: they become the AMQP routing key and
@@ -220,10 +220,7 @@ fn derived_id(topic: &str, msg: &Value, envelope: &Map<String, Value>) -> String
         field("username"),
     ]));
     let bytes = serde_json::to_vec(&key).unwrap_or_default();
-    format!(
-        "derived-{}",
-        uuid::Uuid::new_v5(&TASKBOT_NAMESPACE, &bytes).hyphenated()
-    )
+    format!("derived-{}", derive_uuid(&bytes).hyphenated())
 }
 
 /// The same value with every object's keys in sorted order.

@@ -7,11 +7,13 @@
 
 mod condition;
 mod explain;
+mod needs;
 mod path;
 #[cfg(test)]
 mod rule_tests;
 mod template;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +28,7 @@ use crate::rules_file::{find_between, locate, OneOrMany, RulesError, RulesFile};
 #[cfg(test)]
 use condition::loosely_equal;
 use condition::{CompileContext, Condition, Problem, ValueSet};
+use needs::Needs;
 use path::{Path, Scope, EVENT_ROOTS};
 use template::Template;
 
@@ -55,11 +58,13 @@ pub struct Engine {
 type Requirement = (usize, Vec<String>);
 
 /// The rules a topic can fire, split into the rules indexed by an exact requirement (grouped by
-/// the path they look at) and the rest, which are checked one by one.
+/// the path they look at) and the rest, which are checked one by one; and the parts of the
+/// message body these rules read, the only parts of it that are parsed.
 #[derive(Debug, Default)]
 struct Plan {
     unindexed: Vec<usize>,
     indexed: Vec<(usize, HashMap<String, Vec<usize>>)>,
+    needs: Needs,
 }
 
 impl Plan {
@@ -77,6 +82,8 @@ const TOPIC_CACHE_LIMIT: usize = 10_000;
 /// no rule names) never need.
 #[derive(serde::Deserialize)]
 struct EventView<'a> {
+    #[serde(borrow, default)]
+    schema: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     id: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
@@ -384,6 +391,7 @@ impl Engine {
             if !rule.topics.iter().any(|t| t.matches_segments(&segments)) {
                 continue;
             }
+            rule.add_needs(&mut plan.needs);
             match &self.requirements[i] {
                 Some((slot, keys)) => {
                     let group = groups.entry(*slot).or_default();
@@ -395,6 +403,7 @@ impl Engine {
             }
         }
         plan.indexed = groups.into_iter().collect();
+        plan.needs.finish();
         let plan = Arc::new(plan);
         if cache.len() >= TOPIC_CACHE_LIMIT {
             cache.clear();
@@ -440,36 +449,50 @@ impl Engine {
     }
 
     /// Decode a `taskbot.event.v1` message and evaluate it: what the rules service does with
-    /// every delivery. A message is checked whole (a malformed one is refused whatever its
-    /// topic), but its body is only turned into a tree when some rule's topic matches.
+    /// every delivery. A message is checked whole in one pass (a malformed one is refused
+    /// whatever its topic), but of its body only the parts that the rules its topic can fire
+    /// read are built, and only when there are such rules.
     pub fn evaluate_message(&self, body: &[u8]) -> Result<Decision, DecodeError> {
-        check_schema(body, Event::SCHEMA)?;
-        let view: EventView = serde_json::from_slice(body).map_err(|e| DecodeError::Fields {
+        let fields_error = |e: serde_json::Error| DecodeError::Fields {
             schema: Event::SCHEMA,
             reason: e.to_string(),
-        })?;
-        let plan = self.candidates(&view.topic);
-        let evaluation = if plan.is_empty() {
-            Evaluation::default()
-        } else {
-            let msg = serde_json::from_str(view.msg.get()).map_err(|e| DecodeError::Fields {
-                schema: Event::SCHEMA,
-                reason: e.to_string(),
-            })?;
-            let event = Event {
-                id: view.id.to_string(),
-                topic: view.topic.to_string(),
-                source: view.source.to_string(),
-                sent_at: view.sent_at,
-                received_at: view.received_at,
-                username: view.username,
-                msg,
-            };
-            self.evaluate_plan(&event, &plan)
         };
-        Ok(Decision {
-            event_id: view.id.into_owned(),
+        let view: EventView = match serde_json::from_slice(body) {
+            Ok(view) => view,
+            Err(e) => {
+                // Not JSON, or another kind of message, is said before any field error, as
+                // `Event::from_json` does.
+                check_schema(body, Event::SCHEMA)?;
+                return Err(fields_error(e));
+            }
+        };
+        if view.schema.as_deref() != Some(Event::SCHEMA) {
+            return Err(DecodeError::Schema {
+                expected: Event::SCHEMA,
+                found: view.schema.map_or_else(|| "(none)".into(), Cow::into_owned),
+            });
+        }
+        let plan = self.candidates(&view.topic);
+        if plan.is_empty() {
+            return Ok(Decision {
+                event_id: view.id.into_owned(),
+                topic: view.topic.into_owned(),
+                evaluation: Evaluation::default(),
+            });
+        }
+        let event = Event {
+            id: view.id.into_owned(),
             topic: view.topic.into_owned(),
+            source: view.source.into_owned(),
+            sent_at: view.sent_at,
+            received_at: view.received_at,
+            username: view.username,
+            msg: plan.needs.parse(view.msg.get()).map_err(fields_error)?,
+        };
+        let evaluation = self.evaluate_plan(&event, &plan);
+        Ok(Decision {
+            event_id: event.id,
+            topic: event.topic,
             evaluation,
         })
     }
@@ -537,6 +560,34 @@ fn with_scope<R>(event: &Event, f: impl FnOnce(&Scope<'_>) -> R) -> R {
 }
 
 impl Rule {
+    /// Add the parts of the message body this rule reads (in its conditions, `for_each`,
+    /// action conditions and templates) to `needs`.
+    fn add_needs(&self, needs: &mut Needs) {
+        let mut paths = Vec::new();
+        for condition in &self.conditions {
+            condition.paths(&mut paths);
+        }
+        for path in paths {
+            add_body_path(needs, path, None);
+        }
+        for action in &self.actions {
+            let for_each = action.for_each.as_ref();
+            if let Some(for_each) = for_each {
+                add_body_path(needs, &for_each.path, None);
+            }
+            let mut paths: Vec<&Path> = action.item.paths().collect();
+            if let Some(condition) = &action.condition {
+                condition.paths(&mut paths);
+            }
+            for (_, template) in &action.args {
+                paths.extend(template.paths());
+            }
+            for path in paths {
+                add_body_path(needs, path, for_each);
+            }
+        }
+    }
+
     /// Add the jobs of every action of a rule that fires (or why they could not be made) to
     /// `out`. Both [`Engine::evaluate`] and [`Engine::explain`] come here, so a dry run cannot
     /// disagree with the service. `filtered` collects, for explanations only, the action-level
@@ -558,6 +609,21 @@ impl Rule {
                 filtered.as_deref_mut(),
             );
         }
+    }
+}
+
+/// Add a path to `needs` when it reads the message body: one under `msg`, or one under a
+/// `for_each` element name, which reads below the elements of its `for_each` path.
+fn add_body_path(needs: &mut Needs, path: &Path, for_each: Option<&ForEach>) {
+    match for_each {
+        Some(for_each) if path.root() == for_each.name && for_each.path.root() == "msg" => {
+            let mut segments = for_each.path.segments().to_vec();
+            segments.extend_from_slice(path.segments());
+            needs.add(&segments);
+        }
+        _ if path.root() == "msg" => needs.add(path.segments()),
+        // `topic` and `id` are not in the body (nor the elements of a `for_each` over them).
+        _ => {}
     }
 }
 

@@ -6,8 +6,7 @@
 //! The runner publishes each, after the task finished well, to the events exchange under its
 //! topic, where they go through the same rules as bus events.
 
-use taskbot::messages::{Event, JobRequest, TASKBOT_NAMESPACE};
-use uuid::Uuid;
+use taskbot::messages::{derive_uuid, Event, JobRequest};
 
 /// Topics tasks may use. A task cannot pass itself off as the build system or Bodhi: its events
 /// are always recognisably Taskbot's.
@@ -51,7 +50,7 @@ pub fn parse(text: &str, job: &JobRequest) -> Result<Vec<Event>, String> {
         // Derived from the job and the position, so a job re-run after a crash announces the
         // same events under the same ids, and the rules derive the same job ids from them.
         let key = serde_json::json!([job.job_id, events.len()]);
-        let id = Uuid::new_v5(&TASKBOT_NAMESPACE, key.to_string().as_bytes());
+        let id = derive_uuid(key.to_string().as_bytes());
         events.push(Event {
             id: format!("task-{id}"),
             topic: topic.to_string(),

@@ -267,6 +267,17 @@ impl Condition {
         }
     }
 
+    /// Every path the condition reads, for [`super::needs::Needs`].
+    pub fn paths<'a>(&'a self, out: &mut Vec<&'a Path>) {
+        match self {
+            Condition::All(list) | Condition::Any(list) => {
+                list.iter().for_each(|c| c.paths(out));
+            }
+            Condition::Not(inner) => inner.paths(out),
+            Condition::Exists { path, .. } | Condition::Field { path, .. } => out.push(path),
+        }
+    }
+
     /// The exact values a message must have at a plain (wildcard-free) path for this condition to
     /// hold, when that can be said as a short list of index keys (see [`index_key`]): an equality
     /// with a non-numeric string or a boolean, or `in:` a list made only of such values. `None`

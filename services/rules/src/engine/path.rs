@@ -5,7 +5,7 @@ use serde_json::Value;
 
 /// One step of a path after its root name.
 #[derive(Debug, Clone, PartialEq)]
-enum Segment {
+pub enum Segment {
     /// `.name`: a key of an object. `index` is set when the name is a number (`builds.0`), so
     /// that the older `a.0.b` form keeps indexing lists as it always did.
     Key { name: String, index: Option<usize> },
@@ -124,6 +124,11 @@ impl Path {
 
     pub fn root(&self) -> &str {
         &self.root
+    }
+
+    /// The steps after the root name.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
     }
 
     pub fn has_wildcard(&self) -> bool {

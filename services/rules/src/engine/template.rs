@@ -48,6 +48,14 @@ impl Template {
         Ok(Template(pieces))
     }
 
+    /// The paths of the placeholders.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.0.iter().filter_map(|piece| match piece {
+            Piece::Field(path) => Some(path),
+            Piece::Text(_) => None,
+        })
+    }
+
     pub fn render(&self, scope: &Scope<'_>) -> Result<String, String> {
         let mut out = String::new();
         for piece in &self.0 {
