@@ -27,9 +27,11 @@ fmt:
 	cargo fmt --all
 
 # Events per second the rules engine evaluates on one core, parsing included, with the shipped
-# rules and with 1,000 rules (optimised build; figures and method: docs/benchmarks.md).
-bench:
+# rules and with 1,000 rules; the runner's own cost per job against cloning and running a task by
+# hand (against the real RabbitMQ). Optimised builds; figures and method: docs/benchmarks.md.
+bench: services
 	cargo bench -p rules --bench rules
+	cargo bench -p runner --bench overhead
 
 clean:
 	rm -rf .run
