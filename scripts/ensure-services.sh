@@ -39,6 +39,9 @@ wait_for_port() { # port name seconds
 # git for task repositories, Python 3 for the ResultsDB client checks, docker-compose to validate
 # compose.yaml (no Docker engine needed for that).
 apt_install build-essential pkg-config libzmq3-dev libssl-dev git ca-certificates curl python3 docker-compose
+# promtool (Debian package prometheus; its server is not started) checks the services' /metrics
+# in tests/tests/ops.rs.
+have promtool || apt_install prometheus
 
 # The ResultsDB Python client from PyPI: the api's tests read the api with it
 # (services/api/tests/resultsdb_client.rs). It brings `requests` and `simplejson`.

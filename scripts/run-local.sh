@@ -62,7 +62,12 @@ start() { # name, command...
 }
 start reporter "$bin/reporter"
 start provisioner "$bin/provisioner"
-for arch in x86_64 aarch64 noarch; do start "runner-$arch" "$bin/runner" --arch "$arch"; done
+# Each runner on this host needs its own ops port (/healthz, /readyz, /metrics): 9190, 9191, ...
+ops_port=9190
+for arch in x86_64 aarch64 noarch; do
+  start "runner-$arch" "$bin/runner" --arch "$arch" --ops-listen "127.0.0.1:$ops_port"
+  ops_port=$((ops_port + 1))
+done
 start rules "$bin/rules"
 start fedmsg-bridge "$bin/fedmsg-bridge"
 start api "$bin/api"
@@ -107,6 +112,8 @@ Where to look:
   api               http://127.0.0.1:8080/api/v2.0/results (ResultsDB-compatible), /api/v1/jobs,
                     /openapi.json; or: target/debug/taskbot results, target/debug/taskbot job <id>
   queues            rabbitmqctl list_queues name messages consumers | grep taskbot
+  health, metrics   http://127.0.0.1:PORT/healthz, /readyz, /metrics with PORT 9181 (bridge),
+                    9182 (rules), 9183 (provisioner), 9184 (reporter), 9190-9192 (runners)
   dead letters      queues ending in .dead (the bridge's hold the malformed bus messages)
   (results are stored once: running this again re-runs the same jobs, and the table keeps one row each)
 MSG

@@ -7,7 +7,7 @@
 //! deduplicate).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -21,6 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::AmqpConfig;
+use crate::ops::{self, Ending, ReadyFlag};
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
@@ -254,7 +255,20 @@ impl Publisher {
         })
     }
 
+    /// Publish one message and wait for the broker's confirm. Counted in
+    /// `taskbot_messages_published_total` or `taskbot_messages_publish_failed_total` by exchange.
     pub async fn publish(&self, msg: &Outgoing) -> Result<(), PublishError> {
+        let result = self.publish_once(msg).await;
+        let metrics = &ops::global().amqp;
+        let family = match result {
+            Ok(()) => &metrics.published,
+            Err(_) => &metrics.publish_failed,
+        };
+        family.with(&[&msg.exchange]).inc();
+        result
+    }
+
+    async fn publish_once(&self, msg: &Outgoing) -> Result<(), PublishError> {
         let mut headers = FieldTable::default();
         for (k, v) in &msg.headers {
             headers.insert(k.as_str().into(), AMQPValue::LongString(v.clone().into()));
@@ -322,6 +336,8 @@ pub struct ReliablePublisher {
     topology: Topology,
     name: String,
     link: Mutex<Option<(Connection, Publisher)>>,
+    /// Its part of the service's readiness (`/readyz`).
+    ready: ReadyFlag,
 }
 
 impl ReliablePublisher {
@@ -331,7 +347,64 @@ impl ReliablePublisher {
             topology,
             name: name.to_string(),
             link: Mutex::new(None),
+            ready: ops::global().readiness.part(&format!("publisher {name}")),
         }
+    }
+
+    /// Connect and declare the topology now rather than at the first publish, so the service is
+    /// ready (`/readyz`) before it has anything to publish. Returns `false` only when shutdown
+    /// was requested first.
+    pub async fn connect(&self, shutdown: &mut Shutdown) -> bool {
+        let mut backoff = Backoff::new(self.config.reconnect_max_secs);
+        loop {
+            let mut link = self.link.lock().await;
+            if link.is_some() {
+                return true;
+            }
+            if !self.open_link(&mut link, shutdown).await {
+                return false;
+            }
+            if link.is_some() {
+                return true;
+            }
+            drop(link);
+            let wait = backoff.next_delay();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => return false,
+            }
+        }
+    }
+
+    /// Open the connection and declare the topology into `link` (left empty when declaring
+    /// failed). Returns `false` only when shutdown was requested before the broker answered.
+    async fn open_link(
+        &self,
+        link: &mut Option<(Connection, Publisher)>,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        let Some(conn) = connect_with_retry(&self.config, &self.name, shutdown).await else {
+            return false;
+        };
+        let ready = async {
+            let publisher = Publisher::new(&conn, &self.name).await?;
+            self.topology.declare(publisher.channel()).await?;
+            Ok::<_, lapin::Error>(publisher)
+        }
+        .await;
+        match ready {
+            Ok(publisher) => {
+                tracing::info!("connected to the broker");
+                let flag = self.ready.clone();
+                conn.on_error(move |_| flag.set(false));
+                self.ready.set(true);
+                *link = Some((conn, publisher));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot declare topology");
+            }
+        }
+        true
     }
 
     /// Publish, reconnecting and retrying until confirmed. Returns `false` only when shutdown was
@@ -342,26 +415,8 @@ impl ReliablePublisher {
         let mut backoff = Backoff::new(self.config.reconnect_max_secs);
         loop {
             let mut link = self.link.lock().await;
-            if link.is_none() {
-                let Some(conn) = connect_with_retry(&self.config, &self.name, shutdown).await
-                else {
-                    return false;
-                };
-                let ready = async {
-                    let publisher = Publisher::new(&conn, &self.name).await?;
-                    self.topology.declare(publisher.channel()).await?;
-                    Ok::<_, lapin::Error>(publisher)
-                }
-                .await;
-                match ready {
-                    Ok(publisher) => {
-                        tracing::info!("connected to the broker");
-                        *link = Some((conn, publisher));
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot declare topology");
-                    }
-                }
+            if link.is_none() && !self.open_link(&mut link, shutdown).await {
+                return false;
             }
             if let Some((_, publisher)) = link.as_ref() {
                 match publisher.publish(msg).await {
@@ -372,6 +427,7 @@ impl ReliablePublisher {
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "publish failed; reconnecting");
+                        self.ready.set(false);
                         *link = None;
                     }
                 }
@@ -387,6 +443,7 @@ impl ReliablePublisher {
 
     /// Close the connection cleanly.
     pub async fn close(&self) {
+        self.ready.set(false);
         if let Some((conn, _)) = self.link.lock().await.take() {
             let _ = conn.close(200, "shutting down").await;
         }
@@ -434,6 +491,11 @@ pub async fn consume(
     let prefetch = config.prefetch.max(concurrency as u16);
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut backoff = Backoff::new(config.reconnect_max_secs);
+    // Ready (`/readyz`) from the moment the queue is consumed with the topology declared until the
+    // connection fails, the broker cancels the consumer, or shutdown.
+    let ready = ops::global().readiness.part(&spec.queue);
+    ready.set(false);
+    ops::global().amqp.declare_queue(&spec.queue);
     while !shutdown.is_triggered() {
         let Some(conn) = connect_with_retry(config, &spec.name, &mut shutdown).await else {
             break;
@@ -469,6 +531,11 @@ pub async fn consume(
             }
         };
         tracing::info!(queue = %spec.queue, prefetch, concurrency, "consuming");
+        {
+            let flag = ready.clone();
+            conn.on_error(move |_| flag.set(false));
+        }
+        ready.set(true);
         backoff.reset();
         loop {
             let next = tokio::select! {
@@ -502,6 +569,7 @@ pub async fn consume(
                 handle_delivery(delivery, handler.as_ref(), &publisher, &topology, &spec).await;
             });
         }
+        ready.set(false);
         // Let deliveries in flight finish (they ack on this connection) before closing it.
         if let Ok(all) = slots.acquire_many(concurrency as u32).await {
             drop(all);
@@ -559,11 +627,28 @@ async fn handle_delivery(
     topology: &Topology,
     spec: &ConsumerSpec,
 ) {
+    let metrics = &ops::global().amqp;
+    let started = Instant::now();
+    let _in_flight = metrics.started(&spec.queue);
+    let ending = handle_and_settle(delivery, handler, publisher, topology, spec).await;
+    metrics.finished(&spec.queue, ending, started.elapsed());
+}
+
+/// Handle one delivery and ack or hand it back; says which, for the metrics.
+async fn handle_and_settle(
+    delivery: lapin::message::Delivery,
+    handler: &dyn Handler,
+    publisher: &Publisher,
+    topology: &Topology,
+    spec: &ConsumerSpec,
+) -> Ending {
     let incoming = incoming_from(&delivery);
     let disposition = handler.handle(incoming.clone(), publisher).await;
+    let mut dead_lettered = false;
     let outputs = match disposition {
         Disposition::Done(outputs) => outputs,
         Disposition::DeadLetter(reason) => {
+            dead_lettered = true;
             tracing::warn!(queue = %spec.queue, routing_key = %incoming.routing_key, %reason, "dead-lettering message");
             vec![Outgoing::dead_letter(
                 topology,
@@ -576,18 +661,24 @@ async fn handle_delivery(
             tracing::warn!(queue = %spec.queue, %reason, retry_in_ms = spec.retry_delay.as_millis() as u64, "transient failure; will retry");
             tokio::time::sleep(spec.retry_delay).await;
             hand_back(&delivery).await;
-            return;
+            return Ending::Rejected;
         }
     };
     if let Err(err) = publisher.publish_all(&outputs).await {
         // Not acking: the delivery comes back once this channel is gone or nacked.
         tracing::warn!(queue = %spec.queue, error = %err, "publishing outputs failed; handing the input back");
         hand_back(&delivery).await;
-        return;
+        return Ending::Rejected;
     }
     handler.confirmed(&incoming).await;
     if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(queue = %spec.queue, error = %err, "ack failed; the message will be redelivered");
+        return Ending::AckFailed;
+    }
+    if dead_lettered {
+        Ending::DeadLettered
+    } else {
+        Ending::Acked
     }
 }
 

@@ -35,6 +35,27 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "api",
 ];
 
+/// Default addresses of the services' `/healthz`, `/readyz` and `/metrics` (`ops_listen` in each
+/// service's section): one port per service so they can share a host; local only by default
+/// (containers set `0.0.0.0:<port>`). The ports stay clear of Prometheus (9090) and its node
+/// exporter (9100).
+pub const OPS_DEFAULT_BRIDGE: &str = "127.0.0.1:9181";
+pub const OPS_DEFAULT_RULES: &str = "127.0.0.1:9182";
+pub const OPS_DEFAULT_PROVISIONER: &str = "127.0.0.1:9183";
+pub const OPS_DEFAULT_REPORTER: &str = "127.0.0.1:9184";
+/// The first runner's; further runners on the same host take 9191, 9192, ... (`--ops-listen`).
+pub const OPS_DEFAULT_RUNNER: &str = "127.0.0.1:9190";
+
+/// The config key of each service's ops address, by the name its binary gives
+/// [`crate::service::main`]. The api serves `/healthz` and `/readyz` on its own address.
+pub const OPS_LISTEN_KEYS: &[(&str, &str)] = &[
+    ("fedmsg-bridge", "bridge.ops_listen"),
+    ("rules", "rules.ops_listen"),
+    ("provisioner", "provisioner.ops_listen"),
+    ("runner", "runner.ops_listen"),
+    ("reporter", "reporter.ops_listen"),
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -135,6 +156,9 @@ pub struct BridgeConfig {
     /// Messages held while the broker is unreachable; ZeroMQ has no acknowledgements, so past this
     /// the bridge stops reading and ZeroMQ's own high-water mark drops on the publisher side.
     pub buffer: usize,
+    /// Address of the bridge's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
+    /// free one, logged). Also `--ops-listen`.
+    pub ops_listen: String,
 }
 
 impl Default for BridgeConfig {
@@ -144,6 +168,7 @@ impl Default for BridgeConfig {
             topic_prefixes: vec![String::new()],
             max_message_bytes: 1024 * 1024,
             buffer: 10_000,
+            ops_listen: OPS_DEFAULT_BRIDGE.into(),
         }
     }
 }
@@ -160,6 +185,9 @@ pub struct RulesConfig {
     /// reloaded (so is any file on SIGHUP); one that does not load is refused and the rules in
     /// force stay.
     pub reload_interval_ms: u64,
+    /// Address of the rules service's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
+    /// free one, logged). Also `--ops-listen`.
+    pub ops_listen: String,
 }
 
 impl Default for RulesConfig {
@@ -168,6 +196,7 @@ impl Default for RulesConfig {
             file: PathBuf::from("deploy/rules.yaml"),
             task_base_url: None,
             reload_interval_ms: 2000,
+            ops_listen: OPS_DEFAULT_RULES.into(),
         }
     }
 }
@@ -177,12 +206,16 @@ impl Default for RulesConfig {
 pub struct ProvisionerConfig {
     /// Backend for jobs that ask for `local`: the runner's own host.
     pub backend: String,
+    /// Address of the provisioner's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
+    /// free one, logged). Also `--ops-listen`.
+    pub ops_listen: String,
 }
 
 impl Default for ProvisionerConfig {
     fn default() -> Self {
         ProvisionerConfig {
             backend: "local".into(),
+            ops_listen: OPS_DEFAULT_PROVISIONER.into(),
         }
     }
 }
@@ -220,6 +253,9 @@ pub struct RunnerConfig {
     /// out rather than lose the job to a closed channel. Raise it in rabbitmq.conf and here for
     /// longer tasks.
     pub consumer_timeout_secs: u64,
+    /// Address of the runner's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
+    /// free one, logged). Several runners on one host each need their own: `--ops-listen`.
+    pub ops_listen: String,
 }
 
 impl Default for RunnerConfig {
@@ -236,6 +272,7 @@ impl Default for RunnerConfig {
             download_max_bytes: 1024 * 1024 * 1024,
             download_attempts: 4,
             consumer_timeout_secs: 1800,
+            ops_listen: OPS_DEFAULT_RUNNER.into(),
         }
     }
 }
@@ -277,6 +314,9 @@ pub struct ReporterConfig {
     pub fedora_messaging_topic: String,
     /// The `fedora_messaging_schema` header of those messages.
     pub fedora_messaging_schema: String,
+    /// Address of the reporter's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
+    /// free one, logged). Also `--ops-listen`.
+    pub ops_listen: String,
 }
 
 impl ReporterConfig {
@@ -322,6 +362,7 @@ impl Default for ReporterConfig {
             fedora_messaging_exchange: "amq.topic".into(),
             fedora_messaging_topic: "org.fedoraproject.prod.taskbot.result.new".into(),
             fedora_messaging_schema: "taskbot.result.v1".into(),
+            ops_listen: OPS_DEFAULT_REPORTER.into(),
         }
     }
 }
@@ -405,6 +446,32 @@ impl Config {
         figment
     }
 
+    /// Where `service` serves `/healthz`, `/readyz` and `/metrics` (see [`OPS_LISTEN_KEYS`]);
+    /// `None` for a service without them (the api has its own).
+    pub fn ops_listen(&self, service: &str) -> Option<&str> {
+        Some(match service {
+            "fedmsg-bridge" => &self.bridge.ops_listen,
+            "rules" => &self.rules.ops_listen,
+            "provisioner" => &self.provisioner.ops_listen,
+            "runner" => &self.runner.ops_listen,
+            "reporter" => &self.reporter.ops_listen,
+            _ => return None,
+        })
+    }
+
+    /// Set every service's ops address (tests use `127.0.0.1:0`, so services never collide).
+    pub fn set_all_ops_listen(&mut self, address: &str) {
+        for field in [
+            &mut self.bridge.ops_listen,
+            &mut self.rules.ops_listen,
+            &mut self.provisioner.ops_listen,
+            &mut self.runner.ops_listen,
+            &mut self.reporter.ops_listen,
+        ] {
+            *field = address.to_string();
+        }
+    }
+
     /// The runner's arch, required by the runner only.
     pub fn runner_arch(&self) -> Result<&str, ConfigError> {
         self.runner.arch.as_deref().ok_or_else(|| {
@@ -470,6 +537,36 @@ mod tests {
             assert_eq!(cfg.postgres, PostgresConfig::default());
             Ok(())
         });
+    }
+
+    #[test]
+    fn every_service_has_its_own_default_ops_port_and_a_settable_key() {
+        let defaults = Config::default();
+        let mut ports = Vec::new();
+        for (service, key) in OPS_LISTEN_KEYS {
+            let address = defaults
+                .ops_listen(service)
+                .expect("a service with ops endpoints");
+            let addr: std::net::SocketAddr = address.parse().expect("a host:port");
+            ports.push(addr.port());
+            let cfg: Config = Config::figment(None, &[(key, "0.0.0.0:1234".into())])
+                .extract()
+                .unwrap();
+            assert_eq!(cfg.ops_listen(service), Some("0.0.0.0:1234"), "{key}");
+        }
+        ports.sort();
+        ports.dedup();
+        assert_eq!(
+            ports.len(),
+            OPS_LISTEN_KEYS.len(),
+            "ports collide: {ports:?}"
+        );
+        assert_eq!(defaults.ops_listen("api"), None);
+        let mut all = Config::default();
+        all.set_all_ops_listen("127.0.0.1:0");
+        for (service, _) in OPS_LISTEN_KEYS {
+            assert_eq!(all.ops_listen(service), Some("127.0.0.1:0"));
+        }
     }
 
     #[test]

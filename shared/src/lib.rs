@@ -1,10 +1,11 @@
 //! The library every Taskbot service uses: message types, the AMQP topology and plumbing, config,
-//! telemetry and shutdown. Services depend on this crate only for these concerns, so there is one
-//! place to change each.
+//! telemetry, the health and metrics endpoints ([`ops`]) and shutdown. Services depend on this
+//! crate only for these concerns, so there is one place to change each.
 
 pub mod amqp;
 pub mod config;
 pub mod messages;
+pub mod ops;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod service;

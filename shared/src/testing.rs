@@ -35,8 +35,13 @@ pub fn test_config() -> Config {
     config.amqp.namespace = unique_namespace();
     config.amqp.reconnect_max_secs = 2;
     config.postgres.url = postgres_url();
+    // Any free port for each service's /healthz, /readyz and /metrics, so services (and tests run
+    // in parallel) never collide; the harness reads the port from the service's log.
+    config.set_all_ops_listen("127.0.0.1:0");
     config
 }
+
+pub use crate::ops::http_get;
 
 /// A connection with the namespace's topology declared, for publishing inputs and reading outputs.
 pub struct TestBroker {

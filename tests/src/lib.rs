@@ -127,6 +127,34 @@ impl Service {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Where the service serves /healthz, /readyz and /metrics: the address it logs at start
+    /// (tests configure port 0, see `taskbot::testing::test_config`). Waits up to `timeout`.
+    pub fn ops_address(&self, timeout: Duration) -> std::net::SocketAddr {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(address) = logged_ops_address(&self.log_text()) {
+                return address;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} logged no ops address within {timeout:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The address in the `ops endpoints on http://HOST:PORT/` line a service logs at start.
+pub fn logged_ops_address(log: &str) -> Option<std::net::SocketAddr> {
+    const MARK: &str = "ops endpoints on http://";
+    log.lines().find_map(|line| {
+        let rest = &line[line.find(MARK)? + MARK.len()..];
+        rest[..rest.find('/')?].parse().ok()
+    })
 }
 
 impl Drop for Service {
@@ -194,6 +222,18 @@ impl Deployment {
 
     /// Start a service binary with this deployment's config; returns its index.
     pub fn start(&mut self, name: &str, binary_name: &str, args: &[&str]) -> usize {
+        self.start_with_env(name, binary_name, args, &[])
+    }
+
+    /// [`Deployment::start`] with extra environment variables (e.g. one `TASKBOT_...` override
+    /// for this service only).
+    pub fn start_with_env(
+        &mut self,
+        name: &str,
+        binary_name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> usize {
         let log = self
             .dir
             .path()
@@ -204,6 +244,7 @@ impl Deployment {
         let child = Command::new(binary(binary_name))
             .args(args)
             .env("TASKBOT_CONFIG", &self.config_file)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(out)

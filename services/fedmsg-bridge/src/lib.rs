@@ -113,6 +113,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         max_bytes: bridge.max_message_bytes,
     };
 
+    // Connect now rather than at the first message, so the bridge is ready (/readyz) while the
+    // bus is quiet. Messages arriving meanwhile wait in the buffer. Only shutdown ends the wait,
+    // and then the loop below ends at once.
+    bridge.publisher.connect(&mut shutdown.clone()).await;
+
     let mut stats = tokio::time::interval(STATS_INTERVAL);
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     stats.tick().await;

@@ -11,12 +11,21 @@ struct Cli {
     /// `bridge.endpoints`.
     #[arg(long = "endpoint", value_name = "URL")]
     endpoints: Vec<String>,
+    /// Address of /healthz, /readyz and /metrics, as HOST:PORT; port 0 picks a free one (overrides
+    /// `bridge.ops_listen`).
+    #[arg(long, value_name = "HOST:PORT")]
+    ops_listen: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = Config::load(&[]).map(|mut config| {
+    let overrides: Vec<(&str, String)> = cli
+        .ops_listen
+        .into_iter()
+        .map(|address| ("bridge.ops_listen", address))
+        .collect();
+    let config = Config::load(&overrides).map(|mut config| {
         // Set after loading: `Config::load` overrides are single strings, this is a list.
         if !cli.endpoints.is_empty() {
             config.bridge.endpoints = cli.endpoints;

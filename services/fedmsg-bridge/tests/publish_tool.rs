@@ -55,7 +55,10 @@ fn sends_json_lines_and_fixture_files_in_order_and_skips_what_is_not_an_envelope
         let frames = sub.recv_multipart(0).expect("three envelopes arrive");
         assert_eq!(frames.len(), 2);
         let envelope: serde_json::Value = serde_json::from_slice(&frames[1]).unwrap();
-        assert_eq!(envelope["topic"].as_str().unwrap().as_bytes(), &frames[0][..]);
+        assert_eq!(
+            envelope["topic"].as_str().unwrap().as_bytes(),
+            &frames[0][..]
+        );
         // Each envelope is one line on the bus, even when its file was pretty-printed.
         assert!(!frames[1].contains(&b'\n'));
         received.push(String::from_utf8(frames[0].clone()).unwrap());
@@ -66,6 +69,12 @@ fn sends_json_lines_and_fixture_files_in_order_and_skips_what_is_not_an_envelope
     let stderr = String::from_utf8_lossy(&output.stderr);
     // The bad line is named and makes the exit status 1, after the rest was sent.
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("feed.jsonl:3: skipped: not valid JSON"), "{stderr}");
-    assert!(stderr.contains("sent 3 messages, skipped 1 lines"), "{stderr}");
+    assert!(
+        stderr.contains("feed.jsonl:3: skipped: not valid JSON"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sent 3 messages, skipped 1 lines"),
+        "{stderr}"
+    );
 }

@@ -15,6 +15,10 @@ struct Cli {
     /// PostgreSQL URL (overrides `postgres.url`).
     #[arg(long)]
     postgres_url: Option<String>,
+    /// Address of /healthz, /readyz and /metrics, as HOST:PORT; port 0 picks a free one (overrides
+    /// `reporter.ops_listen`).
+    #[arg(long, value_name = "HOST:PORT")]
+    ops_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -26,6 +30,9 @@ async fn main() -> ExitCode {
     }
     if let Some(url) = cli.postgres_url {
         overrides.push(("postgres.url", url));
+    }
+    if let Some(address) = cli.ops_listen {
+        overrides.push(("reporter.ops_listen", address));
     }
     service::main("reporter", Config::load(&overrides), taskbot_reporter::run).await
 }

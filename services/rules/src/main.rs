@@ -11,6 +11,10 @@ struct Cli {
     /// Rules file (overrides `rules.file`).
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Address of /healthz, /readyz and /metrics, as HOST:PORT; port 0 picks a free one (overrides
+    /// `rules.ops_listen`).
+    #[arg(long, value_name = "HOST:PORT")]
+    ops_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -19,6 +23,9 @@ async fn main() -> ExitCode {
     let mut overrides = Vec::new();
     if let Some(rules) = cli.rules {
         overrides.push(("rules.file", rules.display().to_string()));
+    }
+    if let Some(address) = cli.ops_listen {
+        overrides.push(("rules.ops_listen", address));
     }
     service::main("rules", Config::load(&overrides), taskbot_rules::run).await
 }

@@ -66,6 +66,22 @@ pub struct RunnerHandler {
     pub received: ReceivedAt,
 }
 
+/// `/metrics`: the runner's task slots (`runner.concurrency`) per arch.
+pub const SLOTS_METRIC: &str = "taskbot_runner_slots";
+/// `/metrics`: the slots running a job now, per arch (the jobs in flight on this runner).
+pub const SLOTS_BUSY_METRIC: &str = "taskbot_runner_slots_busy";
+
+fn slots_busy(arch: &str) -> taskbot::ops::Gauge {
+    taskbot::ops::global()
+        .registry
+        .gauge(
+            SLOTS_BUSY_METRIC,
+            "Task slots of the runner running a job now (the jobs in flight).",
+            &["arch"],
+        )
+        .with(&[arch])
+}
+
 /// Why a job was abandoned without a verdict: it goes back to the queue.
 struct HandBack(String);
 
@@ -776,6 +792,7 @@ impl Handler for RunnerHandler {
     async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition {
         match ProvisionedJob::from_json(&incoming.body) {
             Ok(provisioned) => {
+                let _busy = slots_busy(&self.arch).track();
                 let job_id = provisioned.job.job_id;
                 self.received.start(job_id);
                 let disposition = self.run_job(&provisioned, publisher).await;
@@ -856,6 +873,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         retry_delay: Duration::from_secs(2),
     };
     tracing::info!(arch = %arch, queue = %spec.queue, concurrency = settings.concurrency, "runner starting");
+    taskbot::ops::global()
+        .registry
+        .gauge(
+            SLOTS_METRIC,
+            "Task slots of the runner (runner.concurrency).",
+            &["arch"],
+        )
+        .with(&[&arch])
+        .set(i64::try_from(settings.concurrency.max(1)).unwrap_or(i64::MAX));
+    // Exposed (as 0) before the first job.
+    slots_busy(&arch);
     // Prefetch = concurrency: a job waiting in the client's buffer behind running ones would be
     // unacked all that time, and RabbitMQ's consumer timeout counts from delivery.
     let mut amqp_config = config.amqp.clone();
