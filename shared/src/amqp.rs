@@ -456,10 +456,11 @@ impl ReliablePublisher {
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition;
 
-    /// Called once everything `handle` asked to publish for `incoming` was confirmed by the
-    /// broker (just before the ack). A handler that remembers what it has done remembers it here,
-    /// never in `handle`: a publish that then failed would otherwise be remembered as done.
-    async fn confirmed(&self, _incoming: &Incoming) {}
+    /// Called once everything `handle` asked to publish for `incoming` (`published`) was
+    /// confirmed by the broker (just before the ack). A handler that remembers what it has done
+    /// remembers it here, never in `handle`: a publish that then failed would otherwise be
+    /// remembered as done.
+    async fn confirmed(&self, _incoming: &Incoming, _published: &[Outgoing]) {}
 }
 
 /// How a consumer runs.
@@ -670,7 +671,7 @@ async fn handle_and_settle(
         hand_back(&delivery).await;
         return Ending::Rejected;
     }
-    handler.confirmed(&incoming).await;
+    handler.confirmed(&incoming, &outputs).await;
     if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(queue = %spec.queue, error = %err, "ack failed; the message will be redelivered");
         return Ending::AckFailed;

@@ -122,12 +122,14 @@ impl RulesHandler {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Remember the jobs `incoming` requested, once their requests were confirmed.
-    pub fn remember(&self, incoming: &Incoming) {
-        if let Ok(decision) = self.rules.current().evaluate_message(&incoming.body) {
-            let mut recent = self.recent();
-            for job in decision.evaluation.jobs {
-                recent.remember(job.job_id);
+    /// Remember the jobs requested by `published` (the job requests `decide` made, carrying
+    /// their job ids as AMQP message ids), once the broker confirmed them.
+    pub fn remember(&self, published: &[Outgoing]) {
+        let jobs_exchange = self.topology.jobs_exchange();
+        let mut recent = self.recent();
+        for msg in published.iter().filter(|m| m.exchange == jobs_exchange) {
+            if let Some(id) = msg.message_id.as_deref().and_then(|id| id.parse().ok()) {
+                recent.remember(id);
             }
         }
     }
@@ -173,8 +175,8 @@ impl Handler for RulesHandler {
         self.decide(&incoming)
     }
 
-    async fn confirmed(&self, incoming: &Incoming) {
-        self.remember(incoming);
+    async fn confirmed(&self, _incoming: &Incoming, published: &[Outgoing]) {
+        self.remember(published);
     }
 }
 
