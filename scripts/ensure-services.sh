@@ -42,6 +42,10 @@ apt_install build-essential pkg-config libzmq3-dev libssl-dev git ca-certificate
 # promtool (Debian package prometheus; its server is not started) checks the services' /metrics
 # in tests/tests/ops.rs.
 have promtool || apt_install prometheus
+# The shipped RPM tasks (tasks/rpmlint, tasks/static-analysis, tasks/depcheck) and their tests:
+# rpmbuild, rpmlint, cppcheck, rpm2cpio/cpio, createrepo_c, and librpm's Python module for the
+# system Python (/usr/bin/python3), which the tasks run with.
+apt_install rpm rpm2cpio cpio rpmlint cppcheck createrepo-c python3-rpm
 
 # The ResultsDB Python client from PyPI: the api's tests read the api with it
 # (services/api/tests/resultsdb_client.rs). It brings `requests` and `simplejson`.

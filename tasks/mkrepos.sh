@@ -22,6 +22,11 @@ for dir in "$here"/*/; do
     # Replace the content with the folder's, keeping the history.
     git -C "$repo" rm -rq --ignore-unmatch . >/dev/null
     cp -R "$dir". "$repo/"
+    # Tasks written with the shared helper (tasks/common/tasklib.py) get a copy of it as common/,
+    # so each repository stays self-contained.
+    if grep -qs tasklib "$dir"*.py; then
+        cp -R "$here/common" "$repo/common"
+    fi
     git -C "$repo" add -A
     if ! git -C "$repo" diff --cached --quiet 2>/dev/null \
         || ! git -C "$repo" rev-parse -q --verify HEAD >/dev/null; then

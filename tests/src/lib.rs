@@ -56,6 +56,23 @@ pub fn make_task_repo(content: &Path, dest: &Path) {
     );
 }
 
+/// The content of the shipped task `tasks/<name>`, as `tasks/mkrepos.sh` puts it in its
+/// repository (with `tasks/common/` as `common/` when the task uses it), staged under `staging`.
+pub fn shipped_task(name: &str, staging: &Path) -> PathBuf {
+    let tasks = workspace_root().join("tasks");
+    let dest = staging.join(name);
+    copy_dir(&tasks.join(name), &dest);
+    let uses_common = std::fs::read_dir(&dest).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        path.extension().is_some_and(|e| e == "py")
+            && std::fs::read_to_string(&path).is_ok_and(|text| text.contains("tasklib"))
+    });
+    if uses_common {
+        copy_dir(&tasks.join("common"), &dest.join("common"));
+    }
+    dest
+}
+
 fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
         .args(args)
@@ -220,6 +237,12 @@ impl Deployment {
         }
     }
 
+    /// Use these arches (the config file is rewritten; call before starting services).
+    pub fn set_arches(&mut self, arches: &[&str]) {
+        self.config.arches = arches.iter().map(|a| a.to_string()).collect();
+        std::fs::write(&self.config_file, to_toml(&self.config)).unwrap();
+    }
+
     /// Start a service binary with this deployment's config; returns its index.
     pub fn start(&mut self, name: &str, binary_name: &str, args: &[&str]) -> usize {
         self.start_with_env(name, binary_name, args, &[])
@@ -272,7 +295,6 @@ impl Deployment {
 
     /// Wait until every work queue has a consumer: the services are connected and consuming.
     pub async fn wait_until_consuming(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
         // The pipeline's queues, and the PostgreSQL sink's, which the reporter consumes.
         let topology = &self.broker.topology;
         let queues: Vec<String> = topology
@@ -281,9 +303,15 @@ impl Deployment {
             .chain(topology.sink_queues(&[taskbot::topology::Sink::Postgres]))
             .map(|q| q.name)
             .collect();
+        self.wait_for_consumers(&queues, timeout).await;
+    }
+
+    /// Wait until each of `queues` has a consumer (for tests that start only some services).
+    pub async fn wait_for_consumers(&self, queues: &[String], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         loop {
             let mut missing = Vec::new();
-            for q in &queues {
+            for q in queues {
                 if self.broker.consumers(q).await == 0 {
                     missing.push(q.clone());
                 }
