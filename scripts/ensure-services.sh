@@ -69,6 +69,14 @@ if ! port_open 5672; then
   wait_for_port 5672 RabbitMQ 90
 fi
 
+# RabbitMQ's management plugin: `taskbot status` reads queue depths, consumers, rates and dead
+# letters from its HTTP API (port 15672; guest/guest works from localhost).
+if ! port_open 15672; then
+  log "enabling RabbitMQ's management plugin"
+  $SUDO rabbitmq-plugins enable rabbitmq_management >/dev/null
+  wait_for_port 15672 "RabbitMQ management" 60
+fi
+
 # PostgreSQL, reachable over TCP as postgres without a password (trust), with a database `test`.
 if ! port_open 5432; then
   if ! have pg_ctlcluster; then apt_install postgresql; fi

@@ -103,6 +103,9 @@ pub struct AmqpConfig {
     pub prefetch: u16,
     /// Longest wait between reconnection attempts, in seconds (the wait doubles from 0.5 s).
     pub reconnect_max_secs: u64,
+    /// RabbitMQ's management HTTP API (its management plugin), with credentials, read by
+    /// `taskbot status` for queue depths, consumers and rates. The services never use it.
+    pub management_url: String,
 }
 
 impl Default for AmqpConfig {
@@ -112,6 +115,7 @@ impl Default for AmqpConfig {
             namespace: "taskbot".into(),
             prefetch: 10,
             reconnect_max_secs: 30,
+            management_url: "http://guest:guest@127.0.0.1:15672".into(),
         }
     }
 }

@@ -114,6 +114,26 @@ pub async fn list_jobs(
     Ok(Json(json!({"prev": prev, "next": next, "data": data})))
 }
 
+/// `GET /api/v1/job-states`: how many jobs are in each state now (their latest state), for
+/// `taskbot status`. States no job is in are left out.
+pub async fn job_states(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state",
+            &[],
+        )
+        .await?;
+    let mut states = serde_json::Map::new();
+    for row in &rows {
+        states.insert(
+            row.try_get::<_, String>(0)?,
+            json!(row.try_get::<_, i64>(1)?),
+        );
+    }
+    Ok(Json(json!({ "states": states })))
+}
+
 /// `GET /api/v1/jobs/<id>`: the job, every state it went through (oldest first), its results
 /// (ResultsDB-shaped) and its log links.
 pub async fn get_job(

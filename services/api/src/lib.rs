@@ -52,6 +52,7 @@ pub const ROUTES: &[&str] = &[
     "/api/v2.0/groups",
     "/api/v2.0/groups/{uuid}",
     "/api/v1/jobs",
+    "/api/v1/job-states",
     "/api/v1/jobs/{id}",
     "/api/v1/jobs/{id}/artifacts",
     "/api/v1/jobs/{id}/artifacts/{*path}",
@@ -111,6 +112,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v2.0/groups", get(resultsdb::get_groups))
         .route("/api/v2.0/groups/{uuid}", get(resultsdb::get_group))
         .route("/api/v1/jobs", get(jobs::list_jobs))
+        .route("/api/v1/job-states", get(jobs::job_states))
         .route("/api/v1/jobs/{id}", get(jobs::get_job))
         .route("/api/v1/jobs/{id}/artifacts", get(artifacts::get_root))
         .route("/api/v1/jobs/{id}/artifacts/", get(artifacts::get_root))

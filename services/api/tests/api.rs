@@ -361,6 +361,10 @@ async fn jobs_list_filters_and_detail_has_history_results_and_logs() {
         assert_eq!(status, 200, "{query}");
         assert_eq!(body["data"].as_array().unwrap().len(), expected, "{query}");
     }
+    // What `taskbot status` shows as jobs by state: the three jobs are done.
+    let (status, body) = f.api.get("/api/v1/job-states").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, serde_json::json!({"states": {"done": 3}}));
     let (_, body) = f.api.get("/api/v1/jobs?limit=2").await;
     assert!(body["next"]
         .as_str()

@@ -26,6 +26,106 @@ pub enum Command {
     Results(ResultsArgs),
     /// Show one job from the api: its state history, results and log links.
     Job(JobArgs),
+    /// One screen of the deployment's state: every stage's queue (waiting, being worked on,
+    /// consumers, rates, dead letters) from RabbitMQ's management API, runners per arch, and jobs
+    /// per state from the api.
+    Status(StatusArgs),
+    /// `status`, redrawn every few seconds until Ctrl-C.
+    Watch(WatchArgs),
+    /// Schedule a task for an item by hand (as a rule would, with the rule name `manual`).
+    Submit(SubmitArgs),
+    /// Feed recorded bus messages (fedmsg envelopes as JSON lines or a JSON array, or a
+    /// datagrepper dump {"raw_messages": [...]}) into the events exchange, as the bridge would.
+    Replay(ReplayArgs),
+    /// Inspect dead letters, put them back where they came from, or delete them.
+    Dlq(DlqArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Seconds between two refreshes.
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// The task's name (also the default testcase of its results), e.g. `rpmlint`.
+    #[arg(long)]
+    pub task: String,
+    /// Clone URL of the task's repository (it must be in the runners' `allowed_repos`).
+    #[arg(long)]
+    pub repo: String,
+    /// Branch, tag or commit of the task to run.
+    #[arg(long = "ref", default_value = "main")]
+    pub git_ref: String,
+    /// What to check, e.g. an NVR.
+    #[arg(long)]
+    pub item: String,
+    /// The item's type.
+    #[arg(long, default_value = "koji_build")]
+    pub item_type: String,
+    /// Arches to run on (one job each), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "noarch")]
+    pub arch: Vec<String>,
+    /// A job argument KEY=VALUE (repeatable); tasks see it as TASKBOT_ARG_KEY.
+    #[arg(long)]
+    pub arg: Vec<String>,
+    /// Priority 0 (default) to 9.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub priority: u8,
+    /// Print the job requests as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The recorded messages: a file, or `-` for stdin.
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+    /// Only this queue's dead letters (`rules`, `run.x86_64`, `fedmsg-bridge`, ... or the full
+    /// queue name).
+    #[arg(long, global = true)]
+    pub queue: Option<String>,
+    /// How many messages `show` prints and `retry` moves, per queue.
+    #[arg(long, global = true, default_value_t = 10)]
+    pub limit: usize,
+    /// `purge`: yes, delete them.
+    #[arg(long, global = true)]
+    pub yes: bool,
+    /// Print JSON (`list` and `show`).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// How many dead letters each queue holds.
+    List,
+    /// The dead letters themselves (left in place): reason, routing key, start of the body.
+    Show,
+    /// Put dead letters back on the queue that refused them (each removed from the dead-letter
+    /// queue only once the broker confirmed it back): after fixing what made them fail.
+    Retry,
+    /// Delete dead letters for good (needs --yes).
+    Purge,
 }
 
 /// Where the `api` service is.

@@ -1,5 +1,6 @@
 //! The `taskbot` command line. One module per command group (`rules_cmd` for `taskbot rules …`,
-//! `api_cmd` for `taskbot results` and `taskbot job`, which read the api service);
+//! `api_cmd` for `taskbot results` and `taskbot job`, which read the api service; `ops_cmd` for
+//! `status`, `watch`, `submit`, `replay` and `dlq`, which work on the broker);
 //! [`cli`] holds the clap definitions of all of them, and [`run`] dispatches.
 //!
 //! Conventions every command follows, so scripts can rely on them: results go to stdout (with
@@ -10,6 +11,7 @@
 pub mod api_cmd;
 pub mod cli;
 pub mod message_input;
+pub mod ops_cmd;
 pub mod rules_cmd;
 
 use std::io::Write as _;
@@ -51,6 +53,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Rules(RulesCommand::Test(args)) => rules_cmd::test(&args),
         Command::Results(args) => api_cmd::results(&args),
         Command::Job(args) => api_cmd::job(&args),
+        Command::Status(args) => ops_cmd::status(&args),
+        Command::Watch(args) => ops_cmd::watch(&args),
+        Command::Submit(args) => ops_cmd::submit(&args),
+        Command::Replay(args) => ops_cmd::replay(&args),
+        Command::Dlq(args) => ops_cmd::dlq(&args),
     };
     match result {
         Ok(output) => {

@@ -1,0 +1,762 @@
+//! Operating a running deployment: `taskbot status` and `watch` (queues read from RabbitMQ's
+//! management API), `submit` (schedule a task by hand), `replay` (feed recorded bus messages),
+//! and `dlq list|show|retry|purge` (dead letters, losing none).
+//!
+//! Broker work goes through the shared AMQP code (`taskbot::amqp`): publishes are confirmed,
+//! dead letters are moved with [`taskbot::amqp::dead_letters`]. What is shown is computed by
+//! pure functions ([`classify`], [`status_text`]), tested without a broker.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use taskbot::amqp::{self, dead_letters, Outgoing, Publisher, REASON_HEADER, SOURCE_HEADER};
+use taskbot::messages::{JobRequest, JobState, JobStatus, Message, TaskRef};
+use taskbot::{Config, Topology};
+
+use crate::cli::{DlqArgs, DlqCommand, ReplayArgs, StatusArgs, SubmitArgs, WatchArgs};
+use crate::{message_input, Failure};
+
+/// One queue as RabbitMQ's management API reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QueueStats {
+    pub name: String,
+    /// Messages waiting to be delivered.
+    pub ready: u64,
+    /// Messages delivered and not yet acknowledged (being worked on).
+    pub unacked: u64,
+    pub consumers: u64,
+    /// Messages per second published into the queue, and delivered from it (the broker's
+    /// averages over its last sampling interval).
+    pub publish_rate: f64,
+    pub deliver_rate: f64,
+}
+
+impl QueueStats {
+    fn from_api(queue: &Value) -> Option<QueueStats> {
+        let number = |v: &Value| v.as_u64().unwrap_or(0);
+        let rate = |key: &str| queue["message_stats"][key]["rate"].as_f64().unwrap_or(0.0);
+        Some(QueueStats {
+            name: queue["name"].as_str()?.to_string(),
+            ready: number(&queue["messages_ready"]),
+            unacked: number(&queue["messages_unacknowledged"]),
+            consumers: number(&queue["consumers"]),
+            publish_rate: rate("publish_details"),
+            deliver_rate: rate("deliver_get_details"),
+        })
+    }
+}
+
+/// One stage of the pipeline: its work queue and its dead letters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stage {
+    /// `rules`, `provisioner`, `runner x86_64`, `reporter postgres.results`, `fedmsg-bridge`.
+    pub stage: String,
+    pub queue: Option<QueueStats>,
+    /// Messages in the stage's dead-letter queue.
+    pub dead_letters: u64,
+}
+
+/// What `taskbot status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub namespace: String,
+    pub stages: Vec<Stage>,
+    /// Runners consuming each arch's queue.
+    pub runners: BTreeMap<String, u64>,
+    /// Jobs by their latest state, from the api (absent when the api cannot be reached).
+    pub jobs: Option<BTreeMap<String, u64>>,
+    /// Why `jobs` is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs_error: Option<String>,
+}
+
+/// Sort the namespace's queues into stages (pipeline order) and dead letters.
+pub fn classify(namespace: &str, queues: &[QueueStats]) -> Status {
+    let prefix = format!("{namespace}.");
+    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
+    let mut work: Vec<(u8, String, QueueStats)> = Vec::new();
+    for q in queues {
+        let Some(rest) = q.name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if let Some(source) = rest.strip_suffix(".dead") {
+            dead.insert(source.to_string(), q.ready + q.unacked);
+            continue;
+        }
+        let (order, stage) = if rest == "rules" {
+            (1, "rules".to_string())
+        } else if rest == "provisioner" {
+            (2, "provisioner".to_string())
+        } else if let Some(arch) = rest.strip_prefix("run.") {
+            (3, format!("runner {arch}"))
+        } else if let Some(sink) = rest.strip_prefix("sink.") {
+            (4, format!("reporter {sink}"))
+        } else {
+            continue; // not a Taskbot work queue (a test's tap, say)
+        };
+        work.push((order, stage, q.clone()));
+    }
+    work.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut stages = Vec::new();
+    // The bridge has no work queue (it reads the bus), only dead letters.
+    if let Some(n) = dead.remove("fedmsg-bridge") {
+        stages.push(Stage {
+            stage: "fedmsg-bridge".into(),
+            queue: None,
+            dead_letters: n,
+        });
+    }
+    let mut runners = BTreeMap::new();
+    for (_, stage, queue) in work {
+        let source = queue.name[prefix.len()..].to_string();
+        if let Some(arch) = source.strip_prefix("run.") {
+            runners.insert(arch.to_string(), queue.consumers);
+        }
+        stages.push(Stage {
+            stage,
+            dead_letters: dead.remove(&source).unwrap_or(0),
+            queue: Some(queue),
+        });
+    }
+    for (source, n) in dead {
+        stages.push(Stage {
+            stage: source,
+            queue: None,
+            dead_letters: n,
+        });
+    }
+    Status {
+        namespace: namespace.to_string(),
+        stages,
+        runners,
+        jobs: None,
+        jobs_error: None,
+    }
+}
+
+/// The status as a table for people.
+pub fn status_text(status: &Status, colour: bool) -> String {
+    let paint = |text: String, code: &str| {
+        if colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "Taskbot deployment {:?}", status.namespace);
+    let _ = writeln!(
+        out,
+        "{:<28} {:>7} {:>8} {:>9} {:>8} {:>8} {:>6}",
+        "stage", "waiting", "working", "consumers", "in/s", "out/s", "dead"
+    );
+    for stage in &status.stages {
+        let dead = format!("{:>6}", stage.dead_letters);
+        let dead = if stage.dead_letters > 0 {
+            paint(dead, "31")
+        } else {
+            dead
+        };
+        match &stage.queue {
+            Some(q) => {
+                let consumers = format!("{:>9}", q.consumers);
+                let consumers = if q.consumers == 0 {
+                    paint(consumers, "33")
+                } else {
+                    consumers
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:>7} {:>8} {} {:>8.1} {:>8.1} {}",
+                    stage.stage,
+                    q.ready,
+                    q.unacked,
+                    consumers,
+                    q.publish_rate,
+                    q.deliver_rate,
+                    dead
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:>7} {:>8} {:>9} {:>8} {:>8} {}",
+                    stage.stage, "-", "-", "-", "-", "-", dead
+                );
+            }
+        }
+    }
+    if status.stages.is_empty() {
+        let _ = writeln!(
+            out,
+            "(no queues: nothing of this deployment has run on this broker)"
+        );
+    }
+    let runners: Vec<String> = status
+        .runners
+        .iter()
+        .map(|(arch, n)| format!("{arch}: {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "runners per arch: {}",
+        if runners.is_empty() {
+            "none".into()
+        } else {
+            runners.join(", ")
+        }
+    );
+    match (&status.jobs, &status.jobs_error) {
+        (Some(jobs), _) => {
+            let states: Vec<String> = jobs.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+            let _ = writeln!(
+                out,
+                "jobs by state: {}",
+                if states.is_empty() {
+                    "none".into()
+                } else {
+                    states.join(", ")
+                }
+            );
+        }
+        (None, Some(err)) => {
+            let _ = writeln!(out, "jobs by state: unknown ({err})");
+        }
+        (None, None) => {}
+    }
+    out
+}
+
+/// The management API's address and credentials, from `amqp.management_url`.
+struct Management {
+    client: reqwest::Client,
+    base: String,
+    user: String,
+    password: String,
+    vhost: String,
+}
+
+impl Management {
+    fn new(config: &Config) -> Result<Management, Failure> {
+        let url = reqwest::Url::parse(&config.amqp.management_url).map_err(|e| {
+            Failure::config(format!(
+                "taskbot: amqp.management_url {:?} is not a URL: {e}",
+                config.amqp.management_url
+            ))
+        })?;
+        let user = url.username().to_string();
+        let password = url.password().unwrap_or("").to_string();
+        let mut base = url.clone();
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        // The vhost is the AMQP URL's path (`/%2f` is `/`).
+        let vhost = reqwest::Url::parse(&config.amqp.url)
+            .ok()
+            .map(|u| u.path().trim_start_matches('/').to_string())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "%2F".into());
+        Ok(Management {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .map_err(|e| {
+                    Failure::input(format!("taskbot: cannot start the HTTP client: {e}"))
+                })?,
+            base: base.as_str().trim_end_matches('/').to_string(),
+            user: if user.is_empty() {
+                "guest".into()
+            } else {
+                user
+            },
+            password,
+            vhost,
+        })
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueStats>, Failure> {
+        let url = format!(
+            "{}/api/queues/{}?columns=name,messages_ready,messages_unacknowledged,consumers,message_stats",
+            self.base, self.vhost
+        );
+        let unreachable = |e: String| {
+            Failure::input(format!(
+                "taskbot: cannot read RabbitMQ's management API at {}: {e} (is the \
+                 rabbitmq_management plugin enabled? see amqp.management_url)",
+                self.base
+            ))
+        };
+        let response = self
+            .client
+            .get(&url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(unreachable(format!("HTTP status {}", response.status())));
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(body
+            .as_array()
+            .map(|list| list.iter().filter_map(QueueStats::from_api).collect())
+            .unwrap_or_default())
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::input(format!("taskbot: cannot start: {e}")))
+}
+
+fn load_config() -> Result<Config, Failure> {
+    Config::load(&[]).map_err(|e| Failure::config(format!("taskbot: {e}")))
+}
+
+/// Jobs by their latest state, from the api (`/api/v1/job-states`).
+async fn jobs_by_state(api: &str) -> Result<BTreeMap<String, u64>, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("{api}/api/v1/job-states");
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("the api at {api} cannot be reached: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("the api answered {} to {url}", response.status()));
+    }
+    let body: Value = response.json().await.map_err(|e| e.to_string())?;
+    let states = body["states"]
+        .as_object()
+        .ok_or_else(|| format!("the api's answer to {url} has no states"))?;
+    Ok(states
+        .iter()
+        .map(|(state, n)| (state.clone(), n.as_u64().unwrap_or(0)))
+        .collect())
+}
+
+async fn read_status(config: &Config, api: Option<&str>) -> Result<Status, Failure> {
+    let management = Management::new(config)?;
+    let queues = management.queues().await?;
+    let mut status = classify(&config.amqp.namespace, &queues);
+    let api = api
+        .map(str::to_string)
+        .or_else(|| config.api.public_url.clone())
+        .unwrap_or_else(|| crate::api_cmd::DEFAULT_API.to_string());
+    match jobs_by_state(api.trim_end_matches('/')).await {
+        Ok(jobs) => status.jobs = Some(jobs),
+        Err(err) => status.jobs_error = Some(err),
+    }
+    Ok(status)
+}
+
+pub fn status(args: &StatusArgs) -> Result<String, Failure> {
+    let config = load_config()?;
+    let status = runtime()?.block_on(read_status(&config, args.api.api.as_deref()))?;
+    if args.json {
+        Ok(serde_json::to_string_pretty(&status).expect("status serialises") + "\n")
+    } else {
+        Ok(status_text(&status, std::io::stdout().is_terminal()))
+    }
+}
+
+/// `taskbot watch`: the status, redrawn every `--interval` seconds until Ctrl-C.
+pub fn watch(args: &WatchArgs) -> Result<String, Failure> {
+    let config = load_config()?;
+    let runtime = runtime()?;
+    loop {
+        let status = runtime.block_on(read_status(&config, args.api.api.as_deref()))?;
+        let colour = std::io::stdout().is_terminal();
+        // Clear the screen and go home, then draw.
+        print!(
+            "\x1b[2J\x1b[H{}\n(every {}s; Ctrl-C to stop) {}\n",
+            status_text(&status, colour),
+            args.interval,
+            chrono::Utc::now().format("%H:%M:%S UTC")
+        );
+        std::thread::sleep(Duration::from_secs(args.interval.max(1)));
+    }
+}
+
+async fn publisher(config: &Config) -> Result<(lapin::Connection, Publisher, Topology), Failure> {
+    let conn = amqp::connect(&config.amqp.url, "taskbot-cli")
+        .await
+        .map_err(|e| {
+            Failure::input(format!(
+                "taskbot: cannot reach the broker at {}: {e}",
+                redact(&config.amqp.url)
+            ))
+        })?;
+    let publisher = Publisher::new(&conn, "taskbot-cli")
+        .await
+        .map_err(|e| Failure::input(format!("taskbot: cannot open a channel: {e}")))?;
+    let topology = Topology::for_config(config);
+    topology
+        .declare(publisher.channel())
+        .await
+        .map_err(|e| Failure::input(format!("taskbot: cannot declare the topology: {e}")))?;
+    Ok((conn, publisher, topology))
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The job request `taskbot submit` publishes: like one from the rules, with the rule
+/// `manual` and an event id of its own, so its job id is new.
+pub fn manual_job(args: &SubmitArgs, arch: &str, event_id: &str) -> Result<JobRequest, Failure> {
+    let mut job_args = BTreeMap::new();
+    for pair in &args.arg {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| Failure::input(format!("taskbot: --arg {pair:?} is not KEY=VALUE")))?;
+        job_args.insert(k.to_string(), v.to_string());
+    }
+    let task = TaskRef {
+        name: args.task.clone(),
+        repo: args.repo.clone(),
+        git_ref: args.git_ref.clone(),
+    };
+    let rule = "manual";
+    Ok(JobRequest {
+        job_id: JobRequest::derive_id(event_id, rule, &task, &args.item, arch, &job_args),
+        event_id: event_id.to_string(),
+        event_topic: "taskbot.manual".into(),
+        rule: rule.into(),
+        task,
+        item: args.item.clone(),
+        item_type: args.item_type.clone(),
+        arch: arch.to_string(),
+        args: job_args,
+        priority: args.priority,
+        environment: Default::default(),
+        destructive: false,
+        created_at: chrono::Utc::now(),
+    })
+}
+
+pub fn submit(args: &SubmitArgs) -> Result<String, Failure> {
+    let config = load_config()?;
+    let event_id = format!("manual-{}", uuid::Uuid::new_v4());
+    let jobs = args
+        .arch
+        .iter()
+        .map(|arch| manual_job(args, arch, &event_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    runtime()?.block_on(async {
+        let (conn, publisher, topology) = publisher(&config).await?;
+        for job in &jobs {
+            let status = JobStatus::new(job, JobState::Queued, "taskbot-cli", None);
+            let messages = [
+                Outgoing::new(topology.jobs_exchange(), &job.arch, job.to_json())
+                    .with_message_id(job.job_id.to_string())
+                    .with_priority(job.priority),
+                Outgoing::new(
+                    topology.results_exchange(),
+                    status.routing_key(),
+                    status.to_json(),
+                ),
+            ];
+            publisher.publish_all(&messages).await.map_err(|e| {
+                Failure::input(format!("taskbot: the broker did not take the job: {e}"))
+            })?;
+        }
+        let _ = conn.close(0, "done").await;
+        Ok::<_, Failure>(())
+    })?;
+    let mut out = String::new();
+    for job in &jobs {
+        if args.json {
+            let _ = writeln!(out, "{}", String::from_utf8_lossy(&job.to_json()));
+        } else {
+            let _ = writeln!(
+                out,
+                "submitted job {} ({} on {} {}, {})",
+                job.job_id, job.task.name, job.item_type, job.item, job.arch
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
+    let config = load_config()?;
+    let (name, text) = message_input::read(&args.file).map_err(Failure::input)?;
+    // A datagrepper dump: {"raw_messages": [...]}; otherwise what `rules test` reads.
+    let text = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(dump)) if dump.contains_key("raw_messages") => {
+            serde_json::to_string(&dump["raw_messages"]).expect("JSON serialises")
+        }
+        _ => text,
+    };
+    let messages = message_input::parse(&name, &text, config.bridge.max_message_bytes)
+        .map_err(|problems| Failure::input(problems.join("\n")))?;
+    let total = messages.len();
+    let progress = std::io::stderr().is_terminal();
+    runtime()?.block_on(async {
+        let (conn, publisher, topology) = publisher(&config).await?;
+        for (n, message) in messages.iter().enumerate() {
+            let event = &message.event;
+            publisher
+                .publish(
+                    &Outgoing::new(topology.events_exchange(), &event.topic, event.to_json())
+                        .with_message_id(event.id.clone()),
+                )
+                .await
+                .map_err(|e| {
+                    Failure::input(format!(
+                        "taskbot: the broker did not take message {} of {total} ({}): {e}; \
+                         the {n} before it were published",
+                        n + 1,
+                        event.id
+                    ))
+                })?;
+            if progress {
+                let width = 30;
+                let done = (n + 1) * width / total.max(1);
+                eprint!(
+                    "\r[{}{}] {}/{total}",
+                    "#".repeat(done),
+                    " ".repeat(width - done),
+                    n + 1
+                );
+            }
+        }
+        if progress {
+            eprintln!();
+        }
+        let _ = conn.close(0, "done").await;
+        Ok::<_, Failure>(())
+    })?;
+    Ok(format!(
+        "replayed {total} messages from {name} into {}\n",
+        Topology::for_config(&config).events_exchange()
+    ))
+}
+
+/// One dead letter, as `dlq list` and `dlq show` print it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    pub queue: String,
+    pub reason: Option<String>,
+    pub source: Option<String>,
+    pub routing_key: String,
+    pub body: String,
+}
+
+pub fn dlq(args: &DlqArgs) -> Result<String, Failure> {
+    let config = load_config()?;
+    let namespace = config.amqp.namespace.clone();
+    runtime()?.block_on(async {
+        let (conn, publisher, topology) = publisher(&config).await?;
+        let channel = publisher.channel().clone();
+        let broker = |e: String| Failure::input(format!("taskbot: {e}"));
+        // The dead-letter queues of this namespace: every work and sink queue's `.dead`, and
+        // the bridge's.
+        let mut sources: Vec<String> = topology
+            .work_queues()
+            .into_iter()
+            .chain(topology.sink_queues(&taskbot::topology::Sink::ALL))
+            .map(|q| q.name)
+            .collect();
+        sources.insert(0, format!("{namespace}.fedmsg-bridge"));
+        let wanted = |source: &str| match &args.queue {
+            Some(q) => source == q || source == format!("{namespace}.{q}"),
+            None => true,
+        };
+        let mut out = String::new();
+        match &args.command {
+            DlqCommand::List | DlqCommand::Show => {
+                let limit = if matches!(args.command, DlqCommand::List) { 0 } else { args.limit };
+                let mut listed = Vec::new();
+                for source in sources.iter().filter(|s| wanted(s)) {
+                    let dead = topology.dead_letter_queue(source);
+                    let count = dead_letters::count(&conn, &dead).await.map_err(|e| broker(e.to_string()))?;
+                    let Some(count) = count else { continue };
+                    let letters = if limit > 0 {
+                        dead_letters::peek(&channel, &dead, limit)
+                            .await
+                            .map_err(|e| broker(e.to_string()))?
+                    } else {
+                        Vec::new()
+                    };
+                    listed.push((dead, count, letters));
+                }
+                if args.json {
+                    let json: Vec<Value> = listed
+                        .iter()
+                        .map(|(queue, count, letters)| {
+                            serde_json::json!({
+                                "queue": queue,
+                                "count": count,
+                                "messages": letters.iter().map(|l| letter(queue, l)).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    out = serde_json::to_string_pretty(&json).expect("JSON serialises") + "\n";
+                } else {
+                    for (queue, count, letters) in &listed {
+                        let _ = writeln!(out, "{queue}: {count} dead letters");
+                        for l in letters {
+                            let l = letter(queue, l);
+                            let _ = writeln!(
+                                out,
+                                "  - reason: {}\n    routing key: {}\n    body: {}",
+                                l.reason.as_deref().unwrap_or("(none given)"),
+                                l.routing_key,
+                                l.body
+                            );
+                        }
+                    }
+                }
+            }
+            DlqCommand::Retry => {
+                let mut total = 0;
+                for source in sources.iter().filter(|s| wanted(s)) {
+                    if source.ends_with(".fedmsg-bridge") {
+                        continue; // the bridge has no queue to retry into: replay the bus message
+                    }
+                    let dead = topology.dead_letter_queue(source);
+                    if dead_letters::count(&conn, &dead).await.map_err(|e| broker(e.to_string()))?.unwrap_or(0) == 0 {
+                        continue;
+                    }
+                    let moved = dead_letters::move_to(&channel, &publisher, &dead, source, args.limit)
+                        .await
+                        .map_err(|e| broker(format!("moving {dead} back to {source} stopped: {e}")))?;
+                    total += moved;
+                    let _ = writeln!(out, "{dead} → {source}: {moved} re-queued");
+                }
+                let _ = writeln!(out, "{total} dead letters re-queued");
+            }
+            DlqCommand::Purge => {
+                if !args.yes {
+                    return Err(Failure::input(
+                        "taskbot: dlq purge deletes dead letters for good; add --yes to confirm",
+                    ));
+                }
+                for source in sources.iter().filter(|s| wanted(s)) {
+                    let dead = topology.dead_letter_queue(source);
+                    if dead_letters::count(&conn, &dead).await.map_err(|e| broker(e.to_string()))?.is_none() {
+                        continue;
+                    }
+                    let n = dead_letters::purge(&channel, &dead)
+                        .await
+                        .map_err(|e| broker(e.to_string()))?;
+                    let _ = writeln!(out, "{dead}: {n} purged");
+                }
+            }
+        }
+        let _ = conn.close(0, "done").await;
+        Ok(out)
+    })
+}
+
+fn letter(queue: &str, l: &amqp::Incoming) -> DeadLetter {
+    const SHOWN: usize = 300;
+    let body = String::from_utf8_lossy(&l.body);
+    let body = if body.len() > SHOWN {
+        let mut end = SHOWN;
+        while !body.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}... ({} bytes)", &body[..end], l.body.len())
+    } else {
+        body.into_owned()
+    };
+    DeadLetter {
+        queue: queue.to_string(),
+        reason: l.header(REASON_HEADER).map(str::to_string),
+        source: l.header(SOURCE_HEADER).map(str::to_string),
+        routing_key: l.routing_key.clone(),
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(name: &str, ready: u64, consumers: u64) -> QueueStats {
+        QueueStats {
+            name: name.into(),
+            ready,
+            consumers,
+            ..QueueStats::default()
+        }
+    }
+
+    #[test]
+    fn queues_are_sorted_into_stages_in_pipeline_order() {
+        let queues = [
+            q("tb.sink.postgres.results", 0, 1),
+            q("tb.run.x86_64", 4, 2),
+            q("tb.run.x86_64.dead", 1, 0),
+            q("tb.rules", 7, 1),
+            q("tb.provisioner", 0, 1),
+            q("tb.fedmsg-bridge.dead", 2, 0),
+            q("tb.run.aarch64", 0, 0),
+            q("other.rules", 100, 1),
+            q("tb.tap-123", 5, 0),
+        ];
+        let status = classify("tb", &queues);
+        let names: Vec<&str> = status.stages.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "fedmsg-bridge",
+                "rules",
+                "provisioner",
+                "runner aarch64",
+                "runner x86_64",
+                "reporter postgres.results"
+            ]
+        );
+        assert_eq!(status.stages[0].dead_letters, 2);
+        assert_eq!(status.stages[1].queue.as_ref().unwrap().ready, 7);
+        assert_eq!(status.stages[4].dead_letters, 1);
+        assert_eq!(
+            status.runners,
+            BTreeMap::from([("aarch64".to_string(), 0), ("x86_64".to_string(), 2)])
+        );
+        let text = status_text(&status, false);
+        assert!(
+            text.contains("runners per arch: aarch64: 0, x86_64: 2"),
+            "{text}"
+        );
+        assert!(!text.contains("other"), "{text}");
+        assert!(!text.contains('\x1b'), "no colour unless asked");
+        assert!(
+            status_text(&status, true).contains("\x1b[31m"),
+            "dead letters in red"
+        );
+    }
+
+    #[test]
+    fn management_api_queues_are_read_with_missing_stats_as_zero() {
+        let api = serde_json::json!({"name": "tb.rules", "messages_ready": 3,
+            "messages_unacknowledged": 1, "consumers": 2,
+            "message_stats": {"publish_details": {"rate": 1.5}}});
+        let stats = QueueStats::from_api(&api).unwrap();
+        assert_eq!((stats.ready, stats.unacked, stats.consumers), (3, 1, 2));
+        assert_eq!((stats.publish_rate, stats.deliver_rate), (1.5, 0.0));
+        assert!(QueueStats::from_api(&serde_json::json!({"messages_ready": 1})).is_none());
+    }
+}
