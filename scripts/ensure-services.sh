@@ -46,6 +46,8 @@ have promtool || apt_install prometheus
 # rpmbuild, rpmlint, cppcheck, rpm2cpio/cpio, createrepo_c, and librpm's Python module for the
 # system Python (/usr/bin/python3), which the tasks run with.
 apt_install rpm rpm2cpio cpio rpmlint cppcheck createrepo-c python3-rpm
+# Headless Chromium: the api's dashboard is tested in a real browser (services/api/tests/dashboard.rs).
+have chromium || apt_install chromium
 
 # The ResultsDB Python client from PyPI: the api's tests read the api with it
 # (services/api/tests/resultsdb_client.rs). It brings `requests` and `simplejson`.

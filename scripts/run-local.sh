@@ -111,7 +111,8 @@ Where to look:
   results           psql -h 127.0.0.1 -U postgres taskbot -c 'select * from results'
   api               http://127.0.0.1:8080/api/v2.0/results (ResultsDB-compatible), /api/v1/jobs,
                     /openapi.json; or: target/debug/taskbot results, target/debug/taskbot job <id>
-  queues            rabbitmqctl list_queues name messages consumers | grep taskbot
+  dashboard         http://127.0.0.1:8080/dashboard (queues, runners, jobs; a job's page shows its log)
+  queues            target/debug/taskbot status (or watch); dead letters: target/debug/taskbot dlq list
   health, metrics   http://127.0.0.1:PORT/healthz, /readyz, /metrics with PORT 9181 (bridge),
                     9182 (rules), 9183 (provisioner), 9184 (reporter), 9190-9192 (runners)
   dead letters      queues ending in .dead (the bridge's hold the malformed bus messages)

@@ -4,6 +4,8 @@
 
 pub mod amqp;
 pub mod config;
+#[cfg(feature = "management")]
+pub mod management;
 pub mod messages;
 pub mod ops;
 #[cfg(feature = "postgres")]

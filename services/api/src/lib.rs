@@ -12,6 +12,7 @@
 //! tables, store endpoints answer 503 "store not ready" instead of failing.
 
 pub mod artifacts;
+pub mod dashboard;
 pub mod jobs;
 pub mod links;
 pub mod resultsdb;
@@ -56,6 +57,8 @@ pub const ROUTES: &[&str] = &[
     "/api/v1/jobs/{id}",
     "/api/v1/jobs/{id}/artifacts",
     "/api/v1/jobs/{id}/artifacts/{*path}",
+    "/dashboard",
+    "/dashboard/jobs/{id}",
 ];
 
 /// What every handler needs.
@@ -67,6 +70,10 @@ pub struct AppState {
     pub artifacts_dir: PathBuf,
     /// `runner.artifacts_url`: where the same files are published elsewhere, if anywhere.
     pub artifacts_url: Option<String>,
+    /// RabbitMQ's management API (for the dashboard's queues), or why it cannot be used.
+    pub management: Result<taskbot::management::Management, String>,
+    /// `amqp.namespace`: whose queues the dashboard shows.
+    pub namespace: String,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -90,6 +97,8 @@ impl AppState {
                 .artifacts_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
+            management: taskbot::management::Management::new(config),
+            namespace: config.amqp.namespace.clone(),
         })
     }
 }
@@ -120,6 +129,8 @@ pub fn router(state: SharedState) -> Router {
             "/api/v1/jobs/{id}/artifacts/{*path}",
             get(artifacts::get_path),
         )
+        .route("/dashboard", get(dashboard::dashboard))
+        .route("/dashboard/jobs/{id}", get(dashboard::job))
         .fallback(not_found)
         .with_state(state)
 }

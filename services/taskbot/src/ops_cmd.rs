@@ -14,129 +14,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 use taskbot::amqp::{self, dead_letters, Outgoing, Publisher, REASON_HEADER, SOURCE_HEADER};
+use taskbot::management::{classify, Management, Status};
 use taskbot::messages::{JobRequest, JobState, JobStatus, Message, TaskRef};
 use taskbot::{Config, Topology};
 
 use crate::cli::{DlqArgs, DlqCommand, ReplayArgs, StatusArgs, SubmitArgs, WatchArgs};
 use crate::{message_input, Failure};
-
-/// One queue as RabbitMQ's management API reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct QueueStats {
-    pub name: String,
-    /// Messages waiting to be delivered.
-    pub ready: u64,
-    /// Messages delivered and not yet acknowledged (being worked on).
-    pub unacked: u64,
-    pub consumers: u64,
-    /// Messages per second published into the queue, and delivered from it (the broker's
-    /// averages over its last sampling interval).
-    pub publish_rate: f64,
-    pub deliver_rate: f64,
-}
-
-impl QueueStats {
-    fn from_api(queue: &Value) -> Option<QueueStats> {
-        let number = |v: &Value| v.as_u64().unwrap_or(0);
-        let rate = |key: &str| queue["message_stats"][key]["rate"].as_f64().unwrap_or(0.0);
-        Some(QueueStats {
-            name: queue["name"].as_str()?.to_string(),
-            ready: number(&queue["messages_ready"]),
-            unacked: number(&queue["messages_unacknowledged"]),
-            consumers: number(&queue["consumers"]),
-            publish_rate: rate("publish_details"),
-            deliver_rate: rate("deliver_get_details"),
-        })
-    }
-}
-
-/// One stage of the pipeline: its work queue and its dead letters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Stage {
-    /// `rules`, `provisioner`, `runner x86_64`, `reporter postgres.results`, `fedmsg-bridge`.
-    pub stage: String,
-    pub queue: Option<QueueStats>,
-    /// Messages in the stage's dead-letter queue.
-    pub dead_letters: u64,
-}
-
-/// What `taskbot status` shows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Status {
-    pub namespace: String,
-    pub stages: Vec<Stage>,
-    /// Runners consuming each arch's queue.
-    pub runners: BTreeMap<String, u64>,
-    /// Jobs by their latest state, from the api (absent when the api cannot be reached).
-    pub jobs: Option<BTreeMap<String, u64>>,
-    /// Why `jobs` is absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jobs_error: Option<String>,
-}
-
-/// Sort the namespace's queues into stages (pipeline order) and dead letters.
-pub fn classify(namespace: &str, queues: &[QueueStats]) -> Status {
-    let prefix = format!("{namespace}.");
-    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
-    let mut work: Vec<(u8, String, QueueStats)> = Vec::new();
-    for q in queues {
-        let Some(rest) = q.name.strip_prefix(&prefix) else {
-            continue;
-        };
-        if let Some(source) = rest.strip_suffix(".dead") {
-            dead.insert(source.to_string(), q.ready + q.unacked);
-            continue;
-        }
-        let (order, stage) = if rest == "rules" {
-            (1, "rules".to_string())
-        } else if rest == "provisioner" {
-            (2, "provisioner".to_string())
-        } else if let Some(arch) = rest.strip_prefix("run.") {
-            (3, format!("runner {arch}"))
-        } else if let Some(sink) = rest.strip_prefix("sink.") {
-            (4, format!("reporter {sink}"))
-        } else {
-            continue; // not a Taskbot work queue (a test's tap, say)
-        };
-        work.push((order, stage, q.clone()));
-    }
-    work.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    let mut stages = Vec::new();
-    // The bridge has no work queue (it reads the bus), only dead letters.
-    if let Some(n) = dead.remove("fedmsg-bridge") {
-        stages.push(Stage {
-            stage: "fedmsg-bridge".into(),
-            queue: None,
-            dead_letters: n,
-        });
-    }
-    let mut runners = BTreeMap::new();
-    for (_, stage, queue) in work {
-        let source = queue.name[prefix.len()..].to_string();
-        if let Some(arch) = source.strip_prefix("run.") {
-            runners.insert(arch.to_string(), queue.consumers);
-        }
-        stages.push(Stage {
-            stage,
-            dead_letters: dead.remove(&source).unwrap_or(0),
-            queue: Some(queue),
-        });
-    }
-    for (source, n) in dead {
-        stages.push(Stage {
-            stage: source,
-            queue: None,
-            dead_letters: n,
-        });
-    }
-    Status {
-        namespace: namespace.to_string(),
-        stages,
-        runners,
-        jobs: None,
-        jobs_error: None,
-    }
-}
 
 /// The status as a table for people.
 pub fn status_text(status: &Status, colour: bool) -> String {
@@ -231,85 +114,6 @@ pub fn status_text(status: &Status, colour: bool) -> String {
     out
 }
 
-/// The management API's address and credentials, from `amqp.management_url`.
-struct Management {
-    client: reqwest::Client,
-    base: String,
-    user: String,
-    password: String,
-    vhost: String,
-}
-
-impl Management {
-    fn new(config: &Config) -> Result<Management, Failure> {
-        let url = reqwest::Url::parse(&config.amqp.management_url).map_err(|e| {
-            Failure::config(format!(
-                "taskbot: amqp.management_url {:?} is not a URL: {e}",
-                config.amqp.management_url
-            ))
-        })?;
-        let user = url.username().to_string();
-        let password = url.password().unwrap_or("").to_string();
-        let mut base = url.clone();
-        let _ = base.set_username("");
-        let _ = base.set_password(None);
-        // The vhost is the AMQP URL's path (`/%2f` is `/`).
-        let vhost = reqwest::Url::parse(&config.amqp.url)
-            .ok()
-            .map(|u| u.path().trim_start_matches('/').to_string())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "%2F".into());
-        Ok(Management {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .map_err(|e| {
-                    Failure::input(format!("taskbot: cannot start the HTTP client: {e}"))
-                })?,
-            base: base.as_str().trim_end_matches('/').to_string(),
-            user: if user.is_empty() {
-                "guest".into()
-            } else {
-                user
-            },
-            password,
-            vhost,
-        })
-    }
-
-    async fn queues(&self) -> Result<Vec<QueueStats>, Failure> {
-        let url = format!(
-            "{}/api/queues/{}?columns=name,messages_ready,messages_unacknowledged,consumers,message_stats",
-            self.base, self.vhost
-        );
-        let unreachable = |e: String| {
-            Failure::input(format!(
-                "taskbot: cannot read RabbitMQ's management API at {}: {e} (is the \
-                 rabbitmq_management plugin enabled? see amqp.management_url)",
-                self.base
-            ))
-        };
-        let response = self
-            .client
-            .get(&url)
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(unreachable(format!("HTTP status {}", response.status())));
-        }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        Ok(body
-            .as_array()
-            .map(|list| list.iter().filter_map(QueueStats::from_api).collect())
-            .unwrap_or_default())
-    }
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -346,15 +150,24 @@ async fn jobs_by_state(api: &str) -> Result<BTreeMap<String, u64>, String> {
         .collect())
 }
 
-async fn read_status(config: &Config, api: Option<&str>) -> Result<Status, Failure> {
-    let management = Management::new(config)?;
-    let queues = management.queues().await?;
-    let mut status = classify(&config.amqp.namespace, &queues);
-    let api = api
-        .map(str::to_string)
+/// The api's base URL: `--api`, else `api.public_url`, else the default.
+fn api_base(config: &Config, api: Option<&str>) -> String {
+    api.map(str::to_string)
         .or_else(|| config.api.public_url.clone())
-        .unwrap_or_else(|| crate::api_cmd::DEFAULT_API.to_string());
-    match jobs_by_state(api.trim_end_matches('/')).await {
+        .unwrap_or_else(|| crate::api_cmd::DEFAULT_API.to_string())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+async fn read_status(config: &Config, api: Option<&str>) -> Result<Status, Failure> {
+    let management =
+        Management::new(config).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
+    let queues = management
+        .queues()
+        .await
+        .map_err(|e| Failure::input(format!("taskbot: {e}")))?;
+    let mut status = classify(&config.amqp.namespace, &queues);
+    match jobs_by_state(&api_base(config, api)).await {
         Ok(jobs) => status.jobs = Some(jobs),
         Err(err) => status.jobs_error = Some(err),
     }
@@ -371,16 +184,85 @@ pub fn status(args: &StatusArgs) -> Result<String, Failure> {
     }
 }
 
+/// Jobs not finished yet (from the api), as watch lines: state, task, item, arch, and how long
+/// since the job was requested, oldest first.
+async fn active_jobs(api: &str) -> Result<Vec<String>, String> {
+    let url = format!(
+        "{api}/api/v1/jobs?state=queued,provisioning,provisioned,cloning,running,reporting&limit=20"
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body: Value = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("the api at {api} cannot be reached: {e}"))?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = chrono::Utc::now();
+    let mut lines: Vec<(i64, String)> = body["data"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|job| {
+            let since = job["created_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or(0, |t| {
+                    (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0)
+                });
+            (
+                since,
+                format!(
+                    "{:<12} {:>6}  {} {} ({}) {}",
+                    job["state"].as_str().unwrap_or("?"),
+                    elapsed(since),
+                    job["task"]["name"].as_str().unwrap_or("?"),
+                    job["item"].as_str().unwrap_or("?"),
+                    job["arch"].as_str().unwrap_or("?"),
+                    job["id"].as_str().unwrap_or("?"),
+                ),
+            )
+        })
+        .collect();
+    lines.sort_by_key(|line| std::cmp::Reverse(line.0));
+    Ok(lines.into_iter().map(|(_, line)| line).collect())
+}
+
+/// `75` → `1m15s`.
+pub fn elapsed(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// `taskbot watch`: the status, redrawn every `--interval` seconds until Ctrl-C.
 pub fn watch(args: &WatchArgs) -> Result<String, Failure> {
     let config = load_config()?;
     let runtime = runtime()?;
     loop {
         let status = runtime.block_on(read_status(&config, args.api.api.as_deref()))?;
+        let api = api_base(&config, args.api.api.as_deref());
+        let active = match runtime.block_on(active_jobs(&api)) {
+            Ok(lines) if lines.is_empty() => "jobs in progress: none\n".to_string(),
+            Ok(lines) => format!(
+                "jobs in progress (oldest first):\n{:<12} {:>6}  task item (arch) job\n{}\n",
+                "state",
+                "since",
+                lines.join("\n")
+            ),
+            Err(err) => format!("jobs in progress: unknown ({err})\n"),
+        };
         let colour = std::io::stdout().is_terminal();
         // Clear the screen and go home, then draw.
         print!(
-            "\x1b[2J\x1b[H{}\n(every {}s; Ctrl-C to stop) {}\n",
+            "\x1b[2J\x1b[H{}\n{active}\n(every {}s; Ctrl-C to stop) {}\n",
             status_text(&status, colour),
             args.interval,
             chrono::Utc::now().format("%H:%M:%S UTC")
@@ -693,6 +575,7 @@ fn letter(queue: &str, l: &amqp::Incoming) -> DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taskbot::management::QueueStats;
 
     fn q(name: &str, ready: u64, consumers: u64) -> QueueStats {
         QueueStats {
@@ -704,59 +587,41 @@ mod tests {
     }
 
     #[test]
-    fn queues_are_sorted_into_stages_in_pipeline_order() {
+    fn elapsed_times_read_well() {
+        assert_eq!(elapsed(5), "5s");
+        assert_eq!(elapsed(75), "1m15s");
+        assert_eq!(elapsed(7260), "2h01m");
+    }
+
+    #[test]
+    fn the_status_table_shows_every_stage_runners_and_jobs() {
         let queues = [
-            q("tb.sink.postgres.results", 0, 1),
             q("tb.run.x86_64", 4, 2),
             q("tb.run.x86_64.dead", 1, 0),
             q("tb.rules", 7, 1),
-            q("tb.provisioner", 0, 1),
-            q("tb.fedmsg-bridge.dead", 2, 0),
             q("tb.run.aarch64", 0, 0),
-            q("other.rules", 100, 1),
-            q("tb.tap-123", 5, 0),
         ];
-        let status = classify("tb", &queues);
-        let names: Vec<&str> = status.stages.iter().map(|s| s.stage.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "fedmsg-bridge",
-                "rules",
-                "provisioner",
-                "runner aarch64",
-                "runner x86_64",
-                "reporter postgres.results"
-            ]
-        );
-        assert_eq!(status.stages[0].dead_letters, 2);
-        assert_eq!(status.stages[1].queue.as_ref().unwrap().ready, 7);
-        assert_eq!(status.stages[4].dead_letters, 1);
-        assert_eq!(
-            status.runners,
-            BTreeMap::from([("aarch64".to_string(), 0), ("x86_64".to_string(), 2)])
-        );
+        let mut status = classify("tb", &queues);
+        status.jobs = Some(BTreeMap::from([("done".to_string(), 3)]));
         let text = status_text(&status, false);
         assert!(
             text.contains("runners per arch: aarch64: 0, x86_64: 2"),
             "{text}"
         );
-        assert!(!text.contains("other"), "{text}");
+        assert!(text.contains("jobs by state: done: 3"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("rules ") && l.split_whitespace().nth(1) == Some("7")),
+            "{text}"
+        );
         assert!(!text.contains('\x1b'), "no colour unless asked");
         assert!(
             status_text(&status, true).contains("\x1b[31m"),
             "dead letters in red"
         );
-    }
-
-    #[test]
-    fn management_api_queues_are_read_with_missing_stats_as_zero() {
-        let api = serde_json::json!({"name": "tb.rules", "messages_ready": 3,
-            "messages_unacknowledged": 1, "consumers": 2,
-            "message_stats": {"publish_details": {"rate": 1.5}}});
-        let stats = QueueStats::from_api(&api).unwrap();
-        assert_eq!((stats.ready, stats.unacked, stats.consumers), (3, 1, 2));
-        assert_eq!((stats.publish_rate, stats.deliver_rate), (1.5, 0.0));
-        assert!(QueueStats::from_api(&serde_json::json!({"messages_ready": 1})).is_none());
+        assert!(
+            status_text(&status, true).contains("\x1b[33m"),
+            "no consumers in yellow"
+        );
     }
 }
