@@ -27,6 +27,16 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
+    /// A queue with these figures and no traffic (for tests and examples).
+    pub fn named(name: &str, ready: u64, consumers: u64) -> QueueStats {
+        QueueStats {
+            name: name.into(),
+            ready,
+            consumers,
+            ..QueueStats::default()
+        }
+    }
+
     fn from_api(queue: &Value) -> Option<QueueStats> {
         let number = |v: &Value| v.as_u64().unwrap_or(0);
         let rate = |key: &str| queue["message_stats"][key]["rate"].as_f64().unwrap_or(0.0);
@@ -217,12 +227,7 @@ mod tests {
     use super::*;
 
     fn q(name: &str, ready: u64, consumers: u64) -> QueueStats {
-        QueueStats {
-            name: name.into(),
-            ready,
-            consumers,
-            ..QueueStats::default()
-        }
+        QueueStats::named(name, ready, consumers)
     }
 
     #[test]

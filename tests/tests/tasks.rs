@@ -144,6 +144,18 @@ fn fixture_event(name: &str) -> Event {
     }
 }
 
+/// Publish a fixture's event on the deployment's events exchange, as the bridge would.
+async fn send_fixture(d: &Deployment, name: &str) {
+    let event = fixture_event(name);
+    d.broker
+        .publish(
+            &d.broker.topology.events_exchange(),
+            &event.topic,
+            event.to_json(),
+        )
+        .await;
+}
+
 /// A deployment with the shipped rules and the shipped tasks, the runners of `arches` started
 /// with `env` (where Koji and the repositories are).
 async fn deployment(staging: &Path, runner_arches: &[&str], env: &[(&str, &str)]) -> Deployment {
@@ -260,14 +272,7 @@ async fn rpmlint_reports_the_real_findings_of_each_build_of_an_update() {
         &[("KOJI_PKGS_URL", &server.url)],
     )
     .await;
-    let event = fixture_event("bodhi-request-testing-two-builds.json");
-    d.broker
-        .publish(
-            &d.broker.topology.events_exchange(),
-            &event.topic,
-            event.to_json(),
-        )
-        .await;
+    send_fixture(&d, "bodhi-request-testing-two-builds.json").await;
 
     for (nvr, rpms) in [
         ("xdg-desktop-portal-1.4.2-1.fc30", &portal),
@@ -372,14 +377,7 @@ async fn static_analysis_finds_the_real_bugs_in_a_c_package() {
         &[("KOJI_PKGS_URL", &server.url)],
     )
     .await;
-    let event = fixture_event("koji-build-complete-openssl.json");
-    d.broker
-        .publish(
-            &d.broker.topology.events_exchange(),
-            &event.topic,
-            event.to_json(),
-        )
-        .await;
+    send_fixture(&d, "koji-build-complete-openssl.json").await;
     let found = results(&d, "dist.static-analysis", "openssl-1.1.1c-2.fc30", 1).await;
     let (outcome, note, _) = &found[0];
     assert_eq!(outcome, "FAILED", "{note}");
@@ -467,14 +465,7 @@ async fn depcheck_names_requirements_nothing_provides_and_passes_satisfied_build
         ],
     )
     .await;
-    let event = fixture_event("bodhi-request-stable.json");
-    d.broker
-        .publish(
-            &d.broker.topology.events_exchange(),
-            &event.topic,
-            event.to_json(),
-        )
-        .await;
+    send_fixture(&d, "bodhi-request-stable.json").await;
 
     // Only the x86_64 runner runs here; the aarch64 jobs wait in their queue.
     let found = results(&d, "dist.depcheck", "xdg-desktop-portal-1.4.2-1.fc30", 1).await;
@@ -518,14 +509,7 @@ async fn a_build_missing_from_koji_crashes_naming_the_url() {
         &[("KOJI_PKGS_URL", &server.url)],
     )
     .await;
-    let event = fixture_event("koji-build-complete-openssl.json");
-    d.broker
-        .publish(
-            &d.broker.topology.events_exchange(),
-            &event.topic,
-            event.to_json(),
-        )
-        .await;
+    send_fixture(&d, "koji-build-complete-openssl.json").await;
     let found = results(&d, "dist.static-analysis", "openssl-1.1.1c-2.fc30", 1).await;
     let (outcome, note, _) = &found[0];
     assert_eq!(outcome, "CRASHED", "{note}");

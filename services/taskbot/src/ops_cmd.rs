@@ -578,12 +578,7 @@ mod tests {
     use taskbot::management::QueueStats;
 
     fn q(name: &str, ready: u64, consumers: u64) -> QueueStats {
-        QueueStats {
-            name: name.into(),
-            ready,
-            consumers,
-            ..QueueStats::default()
-        }
+        QueueStats::named(name, ready, consumers)
     }
 
     #[test]
