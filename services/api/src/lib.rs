@@ -59,6 +59,7 @@ pub const ROUTES: &[&str] = &[
     "/api/v1/jobs/{id}/artifacts/{*path}",
     "/dashboard",
     "/dashboard/jobs/{id}",
+    "/metrics",
 ];
 
 /// What every handler needs.
@@ -129,9 +130,11 @@ pub fn router(state: SharedState) -> Router {
             "/api/v1/jobs/{id}/artifacts/{*path}",
             get(artifacts::get_path),
         )
+        .route("/metrics", get(metrics))
         .route("/dashboard", get(dashboard::dashboard))
         .route("/dashboard/jobs/{id}", get(dashboard::job))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
 }
 
@@ -179,6 +182,52 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Prometheus metrics: requests by route and status, and their durations (the same text format
+/// as every service's `/metrics`).
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        taskbot::ops::global().render(),
+    )
+        .into_response()
+}
+
+/// Count each request under its route pattern (`/api/v1/jobs/{id}`, not the id: one series per
+/// route, whatever the ids), its status, and how long it took.
+async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    static METRICS: std::sync::OnceLock<(
+        taskbot::ops::CounterFamily,
+        taskbot::ops::HistogramFamily,
+    )> = std::sync::OnceLock::new();
+    let (requests, seconds) = METRICS.get_or_init(|| {
+        let registry = &taskbot::ops::global().registry;
+        (
+            registry.counter(
+                "taskbot_http_requests_total",
+                "HTTP requests answered, by route and status.",
+                &["route", "status"],
+            ),
+            registry.histogram(
+                "taskbot_http_request_duration_seconds",
+                "Time to answer HTTP requests, by route.",
+                &["route"],
+                &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+            ),
+        )
+    });
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "(unknown)".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    requests.with(&[&route, response.status().as_str()]).inc();
+    seconds
+        .with(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn openapi() -> Response {
