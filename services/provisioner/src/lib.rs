@@ -6,6 +6,8 @@
 //! destructive task) get a CRASHED result saying why, rather than waiting forever on a queue no one
 //! reads or running somewhere unsafe.
 
+pub mod vm;
+
 use std::sync::Arc;
 use std::time::Duration;
 

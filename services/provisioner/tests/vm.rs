@@ -1,0 +1,105 @@
+//! The VM backend with real QEMU under TCG and a tiny guest built from Debian packages
+//! (scripts/build-tiny-vm-image.sh: Debian's kernel, busybox, dropbear): a VM boots on an
+//! overlay, answers SSH with the job's key, runs a command that wrecks its disk, and is gone
+//! afterwards with the base disk unchanged; capacity is enforced; a VM whose lease expired (its
+//! runner died) is reaped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use taskbot_provisioner::vm::{alive, VmError, VmSettings};
+use uuid::Uuid;
+
+/// The tiny guest, built once per machine (the script does nothing when it is up to date).
+fn tiny_image() -> PathBuf {
+    let dir = std::env::temp_dir().join("taskbot-tiny-vm");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-tiny-vm-image.sh");
+    let status = Command::new("bash").arg(script).arg(&dir).status().unwrap();
+    assert!(status.success(), "building the tiny VM image failed");
+    dir
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_boots_answers_ssh_is_destroyed_and_an_expired_one_is_reaped() {
+    let image = tiny_image();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let base_sum = sha256(&base);
+    let mut settings = VmSettings {
+        state_dir: dir.path().join("state"),
+        kernel: image.join("vmlinuz"),
+        initrd: image.join("initrd.img"),
+        append: "console=ttyS0 quiet panic=-1".into(),
+        base_disk: base.clone(),
+        memory_mb: 384,
+        max_vms: 1,
+        ssh_key: image.join("id_ed25519"),
+        ssh_user: "root".into(),
+        boot_timeout: Duration::from_secs(120),
+        lease: Duration::from_secs(600),
+        qemu: "qemu-system-x86_64".into(),
+        accel: "tcg".into(),
+    };
+
+    let started = Instant::now();
+    let job = Uuid::new_v4();
+    let lease = settings
+        .boot(job)
+        .await
+        .unwrap_or_else(|e| panic!("boot: {e}"));
+    println!(
+        "boot to SSH-ready under TCG: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(alive(&lease));
+    assert!(lease.overlay.exists());
+
+    // A destructive command: it wipes the start of the VM's disk.
+    let (code, out) = settings
+        .ssh(&lease, "echo hello; uname -r; dd if=/dev/urandom of=/dev/vda bs=1M count=8 2>/dev/null && sync && echo wiped")
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("hello\n"), "{out}");
+    assert!(out.contains("wiped"), "{out}");
+
+    // Capacity 1: a second VM is refused while the first runs (the caller keeps the job queued).
+    match settings.boot(Uuid::new_v4()).await {
+        Err(VmError::Full { running: 1, max: 1 }) => {}
+        other => panic!("expected the capacity limit, got {other:?}"),
+    }
+
+    settings.destroy(&lease);
+    assert!(!alive(&lease), "QEMU still runs");
+    assert!(!lease.overlay.exists(), "the overlay is left");
+    assert!(settings.leases().is_empty());
+    assert_eq!(sha256(&base), base_sum, "the base disk changed");
+
+    // A VM whose runner died: its lease runs out and the reaper (as a restarted provisioner
+    // runs it) destroys it.
+    settings.lease = Duration::from_secs(1);
+    let lease = settings.boot(Uuid::new_v4()).await.unwrap();
+    assert!(alive(&lease));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(settings.reap(Utc::now()), [lease.job_id]);
+    assert!(!alive(&lease) && !lease.overlay.exists());
+    assert_eq!(sha256(&base), base_sum);
+}
