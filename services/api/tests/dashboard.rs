@@ -200,6 +200,10 @@ async fn the_dashboard_shows_the_brokers_and_the_databases_numbers_in_chromium()
         "a {}-byte screenshot is blank",
         bytes.len()
     );
+    // To look at it: TASKBOT_KEEP_SCREENSHOT=/some/file.png cargo test -p api --test dashboard
+    if let Some(keep) = std::env::var_os("TASKBOT_KEEP_SCREENSHOT") {
+        std::fs::copy(&png, keep).unwrap();
+    }
 
     // An unknown job is a 404.
     let (status, _) = api
