@@ -59,7 +59,7 @@ def build_url(nvr):
     return f"{koji_url()}/packages/{quote(name)}/{quote(version)}/{quote(release)}/"
 
 
-def _open(url):
+def open_url(url):
     """GET with retries on connection errors and 5xx answers (pauses doubling from 1 s); a 4xx
     answer is final (the file is not there)."""
     pause = 1
@@ -93,7 +93,7 @@ class _Links(html.parser.HTMLParser):
 
 def listing(url):
     """The entries of a directory listing (subdirectories end with /)."""
-    with _open(url) as response:
+    with open_url(url) as response:
         parser = _Links()
         parser.feed(response.read().decode("utf-8", "replace"))
     return parser.links
@@ -101,7 +101,7 @@ def listing(url):
 
 def download(url, dest):
     """Fetch `url` into `dest` (a path), with a size limit and progress lines."""
-    with _open(url) as response, open(dest, "wb") as out:
+    with open_url(url) as response, open(dest, "wb") as out:
         size = int(response.headers.get("Content-Length") or 0)
         if size > MAX_BYTES:
             raise TaskError(f"download {url} failed: larger than the limit of {MAX_BYTES} bytes")

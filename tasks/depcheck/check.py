@@ -102,7 +102,7 @@ def add_repo(provides, base):
 
 
 def fetch(url):
-    with tasklib._open(url) as response:
+    with tasklib.open_url(url) as response:
         return response.read()
 
 
