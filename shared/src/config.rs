@@ -213,6 +213,9 @@ pub struct ProvisionerConfig {
     /// Address of the provisioner's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
     /// free one, logged). Also `--ops-listen`.
     pub ops_listen: String,
+    /// The VM backend, for jobs that need a VM or are destructive (`[provisioner.vm]`). Without
+    /// it such jobs end CRASHED, saying so.
+    pub vm: Option<VmBackendConfig>,
 }
 
 impl Default for ProvisionerConfig {
@@ -220,6 +223,58 @@ impl Default for ProvisionerConfig {
         ProvisionerConfig {
             backend: "local".into(),
             ops_listen: OPS_DEFAULT_PROVISIONER.into(),
+            vm: None,
+        }
+    }
+}
+
+/// Disposable QEMU VMs (docs/provisioning.md). The VMs run on the provisioner's host with their
+/// SSH port forwarded on 127.0.0.1, so the runners of their jobs run on that host too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmBackendConfig {
+    /// The guest's kernel and initramfs (direct kernel boot), and its command line.
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
+    /// The disk every VM gets a copy-on-write overlay of (never written).
+    pub base_disk: PathBuf,
+    /// The private key the guest accepts, and the user to log in as.
+    pub ssh_key: PathBuf,
+    pub ssh_user: String,
+    /// Leases, overlays and serial logs.
+    pub state_dir: PathBuf,
+    pub memory_mb: u32,
+    /// VMs at once; jobs beyond wait in the queue.
+    pub max_vms: usize,
+    /// Arches the VMs serve (the guest's arch).
+    pub arches: Vec<String>,
+    pub boot_timeout_secs: u64,
+    /// How long a VM may live without its job ending; then the reaper destroys it (its runner
+    /// died). Longer than the runners' task time limit.
+    pub lease_secs: u64,
+    pub qemu: String,
+    /// `tcg`, or `kvm` where KVM works.
+    pub accel: String,
+}
+
+impl Default for VmBackendConfig {
+    fn default() -> Self {
+        VmBackendConfig {
+            kernel: PathBuf::from("/var/lib/taskbot/vm/vmlinuz"),
+            initrd: PathBuf::from("/var/lib/taskbot/vm/initrd.img"),
+            append: "console=ttyS0 quiet panic=-1".into(),
+            base_disk: PathBuf::from("/var/lib/taskbot/vm/base.qcow2"),
+            ssh_key: PathBuf::from("/var/lib/taskbot/vm/id_ed25519"),
+            ssh_user: "root".into(),
+            state_dir: PathBuf::from("/var/lib/taskbot/vm/state"),
+            memory_mb: 512,
+            max_vms: 2,
+            arches: vec!["x86_64".into()],
+            boot_timeout_secs: 180,
+            lease_secs: 4200,
+            qemu: "qemu-system-x86_64".into(),
+            accel: "tcg".into(),
         }
     }
 }

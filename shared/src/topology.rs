@@ -29,6 +29,9 @@ pub struct Topology {
     /// Reporter sinks whose queues [`Topology::declare`] declares too (empty except in the
     /// reporter, which sets the sinks it consumes).
     pub sinks: Vec<Sink>,
+    /// Whether the provisioner runs VMs, and so listens for jobs' final statuses to destroy
+    /// their VMs (its `provisioner.finished` queue).
+    pub vm_leases: bool,
 }
 
 /// One of the reporter's result sinks. Each has its own queue(s) on the results exchange, so a
@@ -77,14 +80,23 @@ impl Topology {
             namespace: namespace.to_string(),
             arches: arches.to_vec(),
             sinks: Vec::new(),
+            vm_leases: false,
         }
     }
 
     /// The topology of a deployment: its namespace, arches, and the sinks its reporter feeds.
     /// Every service uses this, so the results exchange always has the sinks' queues bound.
     pub fn for_config(config: &crate::Config) -> Self {
-        Topology::new(&config.amqp.namespace, &config.arches)
-            .with_sinks(&config.reporter.sinks_in_use())
+        let mut topology = Topology::new(&config.amqp.namespace, &config.arches)
+            .with_sinks(&config.reporter.sinks_in_use());
+        topology.vm_leases = config.provisioner.vm.is_some();
+        topology
+    }
+
+    /// Final job statuses (`job.done`, `job.crashed`), for the provisioner to destroy the VMs of
+    /// jobs that ended (declared only with the VM backend).
+    pub fn provisioner_finished_queue(&self) -> String {
+        self.name("provisioner.finished")
     }
 
     /// The same topology, also declaring the queues of `sinks`.
@@ -170,6 +182,14 @@ impl Topology {
         ];
         for arch in &self.arches {
             queues.push(self.run_queue_spec(arch));
+        }
+        if self.vm_leases {
+            queues.push(QueueSpec::new(
+                self.provisioner_finished_queue(),
+                self.results_exchange(),
+                &["job.done", "job.crashed"],
+                false,
+            ));
         }
         queues
     }

@@ -239,7 +239,12 @@ impl Deployment {
 
     /// Use these arches (the config file is rewritten; call before starting services).
     pub fn set_arches(&mut self, arches: &[&str]) {
-        self.config.arches = arches.iter().map(|a| a.to_string()).collect();
+        self.configure(|config| config.arches = arches.iter().map(|a| a.to_string()).collect());
+    }
+
+    /// Change the configuration (the config file is rewritten; call before starting services).
+    pub fn configure(&mut self, change: impl FnOnce(&mut Config)) {
+        change(&mut self.config);
         std::fs::write(&self.config_file, to_toml(&self.config)).unwrap();
     }
 
@@ -383,8 +388,19 @@ fn to_toml(config: &Config) -> String {
         if let Some(fields) = v.as_object() {
             out.push_str(&format!("[{section}]\n"));
             for (k, v) in fields {
-                if !v.is_null() {
+                if !v.is_null() && !v.is_object() {
                     out.push_str(&format!("{k} = {}\n", toml_value(v)));
+                }
+            }
+            // Nested tables (`[provisioner.vm]`) after the section's own keys.
+            for (k, v) in fields {
+                if let Some(nested) = v.as_object() {
+                    out.push_str(&format!("[{section}.{k}]\n"));
+                    for (k, v) in nested {
+                        if !v.is_null() {
+                            out.push_str(&format!("{k} = {}\n", toml_value(v)));
+                        }
+                    }
                 }
             }
         }

@@ -1,10 +1,12 @@
 //! The `provisioner` service: takes job requests, prepares the machine each needs, and puts the
 //! job on the run queue of its arch.
 //!
-//! Only the `local` backend exists so far: the job runs on the runner's own host, so there is
-//! nothing to allocate. Jobs this deployment cannot serve (an arch it has no runners for, a VM or a
-//! destructive task) get a CRASHED result saying why, rather than waiting forever on a queue no one
-//! reads or running somewhere unsafe.
+//! Two backends: `local` (the job runs on the runner's own host: nothing to allocate) and, when
+//! `[provisioner.vm]` is configured, disposable QEMU VMs ([`vm`]) for jobs that need a VM or are
+//! destructive: a fresh VM per job, destroyed when the job's final status arrives (or, if that
+//! never comes, when its lease runs out). Jobs this deployment cannot serve (an arch it has no
+//! runners for; a VM or destructive task without the VM backend) get a CRASHED result saying why,
+//! rather than waiting forever on a queue no one reads or running somewhere unsafe.
 
 pub mod vm;
 
@@ -13,24 +15,68 @@ use std::time::Duration;
 
 use chrono::Utc;
 use taskbot::amqp::{self, ConsumerSpec, Disposition, Handler, Incoming, Outgoing, Publisher};
+use taskbot::config::VmBackendConfig;
 use taskbot::messages::{
     Environment, JobRequest, JobState, JobStatus, Machine, Message, ProvisionedJob, TaskResult,
 };
 use taskbot::{Config, Shutdown, Topology};
+use vm::{VmError, VmSettings};
 
 pub struct ProvisionerHandler {
     pub topology: Topology,
     pub arches: Vec<String>,
     pub instance: String,
+    /// The VM backend, when configured.
+    pub vm: Option<VmBackend>,
+}
+
+/// Disposable VMs, and the arches their guests serve.
+pub struct VmBackend {
+    pub settings: VmSettings,
+    pub arches: Vec<String>,
+}
+
+impl VmBackend {
+    pub fn from_config(config: &VmBackendConfig) -> VmBackend {
+        VmBackend {
+            settings: VmSettings {
+                state_dir: config.state_dir.clone(),
+                kernel: config.kernel.clone(),
+                initrd: config.initrd.clone(),
+                append: config.append.clone(),
+                base_disk: config.base_disk.clone(),
+                memory_mb: config.memory_mb,
+                max_vms: config.max_vms,
+                ssh_key: config.ssh_key.clone(),
+                ssh_user: config.ssh_user.clone(),
+                boot_timeout: Duration::from_secs(config.boot_timeout_secs),
+                lease: Duration::from_secs(config.lease_secs),
+                qemu: config.qemu.clone(),
+                accel: config.accel.clone(),
+            },
+            arches: config.arches.clone(),
+        }
+    }
+}
+
+/// Whether a job must get a machine of its own.
+fn needs_vm(job: &JobRequest) -> bool {
+    job.destructive || job.environment == Environment::Vm
 }
 
 impl ProvisionerHandler {
-    /// What to publish for one job request.
+    /// What to publish for one job request (jobs that need a VM are only decided here when
+    /// there is no VM backend; see [`Self::provision_vm`]).
     pub fn decide(&self, incoming: &Incoming) -> Disposition {
         let job = match JobRequest::from_json(&incoming.body) {
             Ok(j) => j,
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
+        self.decide_job(&job)
+    }
+
+    fn decide_job(&self, job: &JobRequest) -> Disposition {
+        let job = job.clone();
         if let Some(reason) = self.refusal(&job) {
             tracing::warn!(job_id = %job.job_id, %reason, "job cannot be provisioned");
             return Disposition::Done(self.crashed(&job, &reason));
@@ -62,14 +108,20 @@ impl ProvisionerHandler {
         ])
     }
 
-    /// Why this job cannot be served here, if it cannot.
-    fn refusal(&self, job: &JobRequest) -> Option<String> {
-        if !self.arches.contains(&job.arch) {
-            return Some(format!(
+    fn refusal_of_arch(&self, job: &JobRequest) -> Option<String> {
+        (!self.arches.contains(&job.arch)).then(|| {
+            format!(
                 "arch {} is not served by this deployment (arches: {})",
                 job.arch,
                 self.arches.join(", ")
-            ));
+            )
+        })
+    }
+
+    /// Why this job cannot be served here (without a VM backend), if it cannot.
+    fn refusal(&self, job: &JobRequest) -> Option<String> {
+        if let Some(reason) = self.refusal_of_arch(job) {
+            return Some(reason);
         }
         if job.destructive {
             return Some(
@@ -81,6 +133,91 @@ impl ProvisionerHandler {
             return Some("the task needs a VM, and this provisioner has no VM backend".into());
         }
         None
+    }
+
+    /// A fresh VM for the job (the same one again for a redelivered request whose VM still
+    /// runs), then the job on its arch's run queue with how to reach the VM. At capacity the job
+    /// goes back to the queue to wait; a VM that cannot start crashes the job with the reason.
+    async fn provision_vm(
+        &self,
+        job: &JobRequest,
+        vm: &VmBackend,
+        publisher: &Publisher,
+    ) -> Disposition {
+        if let Some(reason) = self.refusal_of_arch(job) {
+            return Disposition::Done(self.crashed(job, &reason));
+        }
+        if !vm.arches.contains(&job.arch) {
+            let reason = format!(
+                "no VM image for arch {} (provisioner.vm.arches: {})",
+                job.arch,
+                vm.arches.join(", ")
+            );
+            return Disposition::Done(self.crashed(job, &reason));
+        }
+        let provisioning = JobStatus::new(
+            job,
+            JobState::Provisioning,
+            &self.instance,
+            Some("starting a VM".into()),
+        );
+        if let Err(e) = publisher.publish(&self.status(&provisioning)).await {
+            return Disposition::Retry(format!("cannot publish the provisioning status: {e}"));
+        }
+        let existing = vm
+            .settings
+            .leases()
+            .into_iter()
+            .find(|l| l.job_id == job.job_id && vm::alive(l));
+        let lease = match existing {
+            Some(lease) => lease,
+            None => match vm.settings.boot(job.job_id).await {
+                Ok(lease) => lease,
+                Err(VmError::Full { running, max }) => {
+                    return Disposition::Retry(format!(
+                        "all {max} VMs are in use ({running} running); the job waits"
+                    ))
+                }
+                Err(e) => {
+                    let reason = format!("cannot start a VM for the job: {e}");
+                    tracing::warn!(job_id = %job.job_id, %reason, "VM failed");
+                    return Disposition::Done(self.crashed(job, &reason));
+                }
+            },
+        };
+        tracing::info!(job_id = %job.job_id, port = lease.ssh_port, pid = lease.pid, "job provisioned (vm)");
+        let provisioned = ProvisionedJob {
+            job: job.clone(),
+            machine: Machine::Vm {
+                host: "127.0.0.1".into(),
+                port: lease.ssh_port,
+                user: vm.settings.ssh_user.clone(),
+                key_path: vm.settings.ssh_key.display().to_string(),
+            },
+            provisioner: "vm".into(),
+            provisioned_at: Utc::now(),
+        };
+        let queued = JobStatus::new(
+            job,
+            JobState::Provisioned,
+            &self.instance,
+            Some(format!(
+                "VM on 127.0.0.1:{} (QEMU pid {}), on {}",
+                lease.ssh_port,
+                lease.pid,
+                self.topology.run_queue(&job.arch)
+            )),
+        );
+        Disposition::Done(vec![
+            Outgoing::new(
+                self.topology.run_exchange(),
+                &job.arch,
+                provisioned.to_json(),
+            )
+            .with_message_id(job.job_id.to_string())
+            .with_priority(job.priority),
+            self.status(&queued),
+        ])
     }
 
     fn status(&self, status: &JobStatus) -> Outgoing {
@@ -109,8 +246,51 @@ impl ProvisionerHandler {
 
 #[async_trait::async_trait]
 impl Handler for ProvisionerHandler {
+    async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition {
+        let job = match JobRequest::from_json(&incoming.body) {
+            Ok(j) => j,
+            Err(err) => return Disposition::DeadLetter(err.to_string()),
+        };
+        match &self.vm {
+            Some(vm) if needs_vm(&job) => self.provision_vm(&job, vm, publisher).await,
+            _ => self.decide_job(&job),
+        }
+    }
+}
+
+/// Destroys the VM of each job whose final status (`done`, `crashed`) arrives.
+pub struct FinishedHandler {
+    pub vm: Arc<VmBackend>,
+}
+
+#[async_trait::async_trait]
+impl Handler for FinishedHandler {
     async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
-        self.decide(&incoming)
+        let status = match JobStatus::from_json(&incoming.body) {
+            Ok(s) => s,
+            Err(err) => return Disposition::DeadLetter(err.to_string()),
+        };
+        if status.state.is_final() {
+            let vm = self.vm.clone();
+            let job_id = status.job_id;
+            let destroyed = tokio::task::spawn_blocking(move || {
+                let lease = vm
+                    .settings
+                    .leases()
+                    .into_iter()
+                    .find(|l| l.job_id == job_id);
+                if let Some(lease) = &lease {
+                    vm.settings.destroy(lease);
+                }
+                lease.is_some()
+            })
+            .await
+            .unwrap_or(false);
+            if destroyed {
+                tracing::info!(%job_id, state = %status.state, "job ended; its VM is destroyed");
+            }
+        }
+        Disposition::Done(Vec::new())
     }
 }
 
@@ -123,18 +303,71 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         );
     }
     let topology = Topology::for_config(&config);
+    let vm = config
+        .provisioner
+        .vm
+        .as_ref()
+        .map(|c| Arc::new(VmBackend::from_config(c)));
     let handler = Arc::new(ProvisionerHandler {
         topology: topology.clone(),
         arches: config.arches.clone(),
         instance: taskbot::instance_name("provisioner"),
+        vm: config.provisioner.vm.as_ref().map(VmBackend::from_config),
     });
+    // One job at a time: VM boots are serialized, so the capacity check cannot race.
     let spec = ConsumerSpec {
         queue: topology.provisioner_queue(),
         name: "taskbot-provisioner".into(),
         concurrency: 1,
         retry_delay: Duration::from_secs(2),
     };
-    amqp::consume(&config.amqp, &topology, spec, handler, shutdown).await;
+    let Some(vm) = vm else {
+        amqp::consume(&config.amqp, &topology, spec, handler, shutdown).await;
+        return Ok(());
+    };
+    // What an earlier run left: VMs of jobs that ended meanwhile, or whose lease ran out.
+    let reaped = vm.settings.reap(Utc::now());
+    tracing::info!(
+        reaped = reaped.len(),
+        max_vms = vm.settings.max_vms,
+        "VM backend ready"
+    );
+    let reaper = {
+        let vm = vm.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = shutdown.wait() => break,
+                }
+                let vm = vm.clone();
+                let reaped = tokio::task::spawn_blocking(move || vm.settings.reap(Utc::now()))
+                    .await
+                    .unwrap_or_default();
+                for job_id in reaped {
+                    tracing::warn!(%job_id, "VM reaped: its lease ran out or its QEMU is gone");
+                }
+            }
+        })
+    };
+    let finished = ConsumerSpec {
+        queue: topology.provisioner_finished_queue(),
+        name: "taskbot-provisioner-vms".into(),
+        concurrency: 1,
+        retry_delay: Duration::from_secs(2),
+    };
+    tokio::join!(
+        amqp::consume(&config.amqp, &topology, spec, handler, shutdown.clone()),
+        amqp::consume(
+            &config.amqp,
+            &topology,
+            finished,
+            Arc::new(FinishedHandler { vm }),
+            shutdown
+        ),
+    );
+    reaper.abort();
     Ok(())
 }
 
@@ -148,6 +381,7 @@ mod tests {
             topology: Topology::new("tb", &["x86_64".into()]),
             arches: vec!["x86_64".into()],
             instance: "provisioner@test".into(),
+            vm: None,
         }
     }
 

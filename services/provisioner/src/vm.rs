@@ -1,5 +1,4 @@
-//! Disposable QEMU VMs for jobs that need a machine of their own (the `vm` backend's
-//! groundwork; not yet wired into the provisioner's message handling, see
+//! Disposable QEMU VMs for jobs that need a machine of their own: the `vm` backend (see
 //! docs/provisioning.md).
 //!
 //! Per job: a copy-on-write overlay of the base disk (`qemu-img create -b`), so the base is never

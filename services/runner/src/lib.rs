@@ -22,6 +22,7 @@ pub mod download;
 pub mod events;
 pub mod execute;
 pub mod git;
+pub mod remote;
 pub mod report;
 pub mod results;
 pub mod task;
@@ -40,6 +41,7 @@ use uuid::Uuid;
 
 use crate::download::{DownloadSpec, RetryPolicy};
 use crate::execute::{RunEnd, TaskCommand, TaskExit};
+use crate::remote::Remote;
 use crate::report::{ResultFactory, Verdict};
 use crate::task::{Escape, NamedStep, Phase, TaskFile, TemplateVars};
 
@@ -95,11 +97,6 @@ impl RunnerHandler {
                 job.arch, self.arch
             ));
         }
-        if let Machine::Vm { host, .. } = &provisioned.machine {
-            return Some(format!(
-                "the job was provisioned on VM {host}, and this runner runs tasks locally only"
-            ));
-        }
         if !git::repo_allowed(&job.task.repo, &self.settings.allowed_repos) {
             return Some(format!(
                 "repository {} is not in runner.allowed_repos",
@@ -136,7 +133,10 @@ impl RunnerHandler {
         }
         let verdict = match self.refusal(provisioned) {
             Some(reason) => factory.crashed(&reason, None),
-            None => match self.fetch_and_run(job, &mut factory, publisher).await {
+            None => match self
+                .fetch_and_run(job, &provisioned.machine, &mut factory, publisher)
+                .await
+            {
                 Ok(verdict) => verdict,
                 Err(HandBack(reason)) => return Disposition::Retry(reason),
             },
@@ -161,6 +161,7 @@ impl RunnerHandler {
     async fn fetch_and_run(
         &self,
         job: &JobRequest,
+        machine: &Machine,
         factory: &mut ResultFactory,
         publisher: &Publisher,
     ) -> Result<Verdict, HandBack> {
@@ -184,7 +185,9 @@ impl RunnerHandler {
             }
             Err(e) => return Ok(factory.crashed(&format!("runner failure: {e}"), None)),
         };
-        let outcome = self.run_in(job, clone_dir.path(), factory, publisher).await;
+        let outcome = self
+            .run_in(job, machine, clone_dir.path(), factory, publisher)
+            .await;
         let path = clone_dir.path().to_path_buf();
         let removed = match tokio::task::spawn_blocking(move || clone_dir.close()).await {
             Ok(result) => result.map_err(|e| e.to_string()),
@@ -200,6 +203,7 @@ impl RunnerHandler {
     async fn run_in(
         &self,
         job: &JobRequest,
+        machine: &Machine,
         clone_dir: &Path,
         factory: &mut ResultFactory,
         publisher: &Publisher,
@@ -226,8 +230,22 @@ impl RunnerHandler {
         if let Some(testcase) = &task.testcase {
             factory.testcase = testcase.clone();
         }
-        // This runner runs every task on its own host (VM machines are refused earlier).
-        if let Some(reason) = task.refusal(&job.item_type, &job.arch, true) {
+        // A job provisioned on a VM runs there over SSH; any other on this host.
+        let remote = match machine {
+            Machine::Local => None,
+            Machine::Vm {
+                host,
+                port,
+                user,
+                key_path,
+            } => Some(Remote {
+                host: host.clone(),
+                port: *port,
+                user: user.clone(),
+                key_path: key_path.clone(),
+            }),
+        };
+        if let Some(reason) = task.refusal(&job.item_type, &job.arch, remote.is_none()) {
             return Ok(factory.crashed(&reason, None));
         }
 
@@ -255,17 +273,33 @@ impl RunnerHandler {
             self.settings.consumer_timeout_secs,
             self.received.elapsed_for(job.job_id),
         );
+        // The paths the task sees: here, or inside its VM.
+        let (task_workdir, task_artifacts) = match &remote {
+            None => (clone_dir.to_path_buf(), artifacts.clone()),
+            Some(_) => (
+                PathBuf::from(remote::REMOTE_WORKDIR),
+                PathBuf::from(remote::REMOTE_ARTIFACTS),
+            ),
+        };
         let mut steps = StepRunner {
             vars: TemplateVars {
                 item: job.item.clone(),
                 item_type: job.item_type.clone(),
                 arch: job.arch.clone(),
                 job_id: job.job_id.to_string(),
-                workdir: clone_dir.display().to_string(),
-                artifacts: format!("{}/", artifacts.display()),
+                workdir: task_workdir.display().to_string(),
+                artifacts: format!("{}/", task_artifacts.display()),
                 args: job.args.clone(),
             },
-            env: execute::task_env(job, clone_dir, &artifacts, &results_path, &events_path),
+            env: execute::task_env(
+                job,
+                &task_workdir,
+                &task_artifacts,
+                &task_workdir.join(task.results_path()),
+                &task_artifacts.join(EVENTS_FILE),
+            ),
+            remote: remote.clone(),
+            pushed: false,
             cwd: clone_dir.to_path_buf(),
             artifacts: artifacts.clone(),
             artifacts_location: factory.artifacts_location.clone(),
@@ -341,6 +375,22 @@ impl RunnerHandler {
                 return Err(HandBack(
                     "the runner is shutting down; the job goes back to the queue".into(),
                 ));
+            }
+        }
+        if let Some(remote) = &remote {
+            // The task's files, back from its VM, before anything reads them.
+            match remote.pull(clone_dir, &artifacts).await {
+                Ok(n) => {
+                    let _ = writeln!(log, "== copied {n} files back from the VM");
+                }
+                Err(e) if steps.pushed => {
+                    let _ = writeln!(log, "== {e}");
+                    drop(log);
+                    let tail = execute::log_tail(&log_path, report::LOG_TAIL_LINES);
+                    return Ok(factory.crashed(&e, tail.as_deref()));
+                }
+                // Nothing was copied in (a download failed first): nothing to bring back.
+                Err(_) => {}
             }
         }
         let copied = steps.copy_artifacts(&task.artifacts, &mut log).await;
@@ -671,6 +721,10 @@ impl ReceivedAt {
 struct StepRunner {
     vars: TemplateVars,
     env: Vec<(String, String)>,
+    /// The VM the steps run in, when the job was provisioned on one; `pushed` once the clone
+    /// was copied into it (before the first step, after the downloads).
+    remote: Option<Remote>,
+    pushed: bool,
     cwd: PathBuf,
     artifacts: PathBuf,
     artifacts_location: String,
@@ -700,6 +754,21 @@ impl StepRunner {
             Err(e) => RunEnd::FailedToStart(e),
             Ok(_) if timeout.is_zero() => RunEnd::TimedOut(timeout),
             Ok(script) => {
+                let script = match &self.remote {
+                    None => script,
+                    Some(remote) => {
+                        if !self.pushed {
+                            if let Err(e) = remote.push(&self.cwd).await {
+                                let end = RunEnd::FailedToStart(e);
+                                let _ =
+                                    writeln!(log, "== step {file_name}: {}", describe_end(&end));
+                                return (end, location);
+                            }
+                            self.pushed = true;
+                        }
+                        remote.step_command(&script, &self.env)
+                    }
+                };
                 let command = TaskCommand {
                     script,
                     cwd: self.cwd.clone(),
@@ -943,7 +1012,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refuses_foreign_repos_arches_and_vms() {
+    async fn refuses_foreign_repos_and_arches_not_vms() {
         let h = handler();
         assert_eq!(
             h.refusal(&provisioned(
@@ -977,10 +1046,11 @@ mod tests {
             user: "root".into(),
             key_path: "/k".into(),
         };
-        assert!(h
-            .refusal(&provisioned("file:///srv/tasks/example", "x86_64", vm))
-            .unwrap()
-            .contains("VM vm1"));
+        // A job provisioned on a VM runs there (over SSH), so it is not refused.
+        assert_eq!(
+            h.refusal(&provisioned("file:///srv/tasks/example", "x86_64", vm)),
+            None
+        );
     }
 
     #[test]

@@ -1,0 +1,220 @@
+//! Running a task inside the VM its job was provisioned on (`Machine::Vm`), over SSH.
+//!
+//! The clone (with its downloads) is copied into the VM before the first step; each step runs as
+//! a local `ssh` process whose remote command is the step, so step logs, time limits and kills
+//! work exactly as for local steps (killing the local `ssh` ends the session; the VM itself is
+//! destroyed when the job ends). Afterwards the task's working directory and artifacts directory
+//! are copied back, regular files only (a task in a VM is not trusted to plant links on the
+//! runner's host), and the results, events and artifact globs are read from the copies as for a
+//! local run.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+/// Where a task runs inside its VM: its clone, and its artifacts directory.
+pub const REMOTE_WORKDIR: &str = "/tmp/taskbot/job";
+pub const REMOTE_ARTIFACTS: &str = "/tmp/taskbot/artifacts";
+
+/// How to reach the VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remote {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub key_path: String,
+}
+
+/// `'text'` for sh.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+impl Remote {
+    /// The `ssh` command line (without the remote command).
+    pub fn ssh(&self) -> String {
+        format!(
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o LogLevel=ERROR -o ConnectTimeout=10 -o ServerAliveInterval=15 -i {} -p {} {}",
+            quote(&self.key_path),
+            self.port,
+            quote(&format!("{}@{}", self.user, self.host))
+        )
+    }
+
+    /// The local shell command that runs `script` in the VM, in the task's working directory,
+    /// with the task's environment.
+    pub fn step_command(&self, script: &str, env: &[(String, String)]) -> String {
+        let mut remote = format!("cd {} && exec env", quote(REMOTE_WORKDIR));
+        for (key, value) in env {
+            remote.push(' ');
+            remote.push_str(&quote(&format!("{key}={value}")));
+        }
+        remote.push_str(" sh -c ");
+        remote.push_str(&quote(script));
+        format!("{} {}", self.ssh(), quote(&remote))
+    }
+
+    /// Copy the clone into the VM (replacing whatever an earlier attempt left).
+    pub async fn push(&self, clone: &Path) -> Result<(), String> {
+        let remote = format!(
+            "rm -rf {w} {a} && mkdir -p {w} {a} && tar -C {w} -xf -",
+            w = quote(REMOTE_WORKDIR),
+            a = quote(REMOTE_ARTIFACTS)
+        );
+        let command = format!(
+            "tar -C {} -cf - . | {} {}",
+            quote(&clone.display().to_string()),
+            self.ssh(),
+            quote(&remote)
+        );
+        sh(&command)
+            .await
+            .map_err(|e| format!("cannot copy the task into its VM: {e}"))
+    }
+
+    /// Copy the task's working directory back over the clone, and its artifacts into
+    /// `artifacts` (never over a file already there: the runner's own logs). Regular files only.
+    pub async fn pull(&self, clone: &Path, artifacts: &Path) -> Result<usize, String> {
+        let staging = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut copied = 0;
+        for (remote_dir, name, dest, overwrite) in [
+            (REMOTE_WORKDIR, "job", clone, true),
+            (REMOTE_ARTIFACTS, "artifacts", artifacts, false),
+        ] {
+            let local = staging.path().join(name);
+            std::fs::create_dir_all(&local).map_err(|e| e.to_string())?;
+            let command = format!(
+                "{} {} | tar -C {} --no-same-owner --no-same-permissions -xf -",
+                self.ssh(),
+                quote(&format!("tar -C {} -cf - .", quote(remote_dir))),
+                quote(&local.display().to_string())
+            );
+            sh(&command)
+                .await
+                .map_err(|e| format!("cannot copy {remote_dir} back from the VM: {e}"))?;
+            copied += copy_regular_files(&local, dest, overwrite).map_err(|e| e.to_string())?;
+        }
+        Ok(copied)
+    }
+}
+
+async fn sh(command: &str) -> Result<(), String> {
+    // bash for pipefail: a failing tar on either side of the pipe fails the copy.
+    let output = Command::new("bash")
+        .args(["-o", "pipefail", "-c", command])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+/// Copy every regular file under `from` to the same relative path under `to` (directories
+/// created as needed; links and special files skipped). Returns how many were copied.
+fn copy_regular_files(from: &Path, to: &Path, overwrite: bool) -> std::io::Result<usize> {
+    let mut copied = 0;
+    let mut pending: Vec<PathBuf> = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        for entry in std::fs::read_dir(from.join(&relative))? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = relative.join(entry.file_name());
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                let dest = to.join(&path);
+                if dest.symlink_metadata().is_ok() && !overwrite {
+                    continue;
+                }
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                // Never write through a link left at the destination.
+                if dest.symlink_metadata().is_ok_and(|m| !m.is_file()) {
+                    continue;
+                }
+                std::fs::copy(entry.path(), &dest)?;
+                copied += 1;
+            }
+        }
+    }
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote() -> Remote {
+        Remote {
+            host: "127.0.0.1".into(),
+            port: 2222,
+            user: "root".into(),
+            key_path: "/keys/id".into(),
+        }
+    }
+
+    #[test]
+    fn a_step_runs_in_the_remote_workdir_with_its_environment_quoted() {
+        let command = remote().step_command(
+            "echo \"$TASKBOT_ITEM\" > out; rm -rf 'x'",
+            &[("TASKBOT_ITEM".into(), "it's-1.0-1".into())],
+        );
+        assert!(command.starts_with("ssh -o BatchMode=yes"), "{command}");
+        assert!(
+            command.contains("-i '/keys/id' -p 2222 'root@127.0.0.1'"),
+            "{command}"
+        );
+        // What the remote shell gets, once the local shell removed one level of quoting.
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '%s' {}",
+                command
+                    .rsplit_once(" 'cd ")
+                    .map(|(_, r)| format!("'cd {r}"))
+                    .unwrap()
+            ))
+            .output()
+            .unwrap();
+        let remote_command = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(
+            remote_command,
+            "cd '/tmp/taskbot/job' && exec env 'TASKBOT_ITEM=it'\\''s-1.0-1' sh -c \
+             'echo \"$TASKBOT_ITEM\" > out; rm -rf '\\''x'\\'''"
+        );
+    }
+
+    #[test]
+    fn only_regular_files_are_copied_back_and_runner_files_are_kept() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(from.path().join("sub")).unwrap();
+        std::fs::write(from.path().join("sub/a.txt"), "a").unwrap();
+        std::fs::write(from.path().join("task.log"), "from the VM").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", from.path().join("link")).unwrap();
+        std::fs::write(to.path().join("task.log"), "the runner's").unwrap();
+        let copied = copy_regular_files(from.path(), to.path(), false).unwrap();
+        assert_eq!(copied, 1);
+        assert_eq!(
+            std::fs::read_to_string(to.path().join("sub/a.txt")).unwrap(),
+            "a"
+        );
+        assert_eq!(
+            std::fs::read_to_string(to.path().join("task.log")).unwrap(),
+            "the runner's"
+        );
+        assert!(to.path().join("link").symlink_metadata().is_err());
+        assert_eq!(copy_regular_files(from.path(), to.path(), true).unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(to.path().join("task.log")).unwrap(),
+            "from the VM"
+        );
+    }
+}

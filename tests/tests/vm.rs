@@ -1,0 +1,205 @@
+//! A destructive task through the whole pipeline in a disposable VM (real QEMU under TCG, the
+//! tiny guest of scripts/build-tiny-vm-image.sh): the provisioner boots a VM on an overlay, the
+//! runner runs the task in it over SSH (the task wipes the VM's disk), the result comes back with
+//! the task's artifacts, and the VM and its overlay are gone once the job ended, the base disk
+//! unchanged.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use taskbot::config::VmBackendConfig;
+use taskbot::messages::{Event, Message};
+use taskbot_tests::{free_port, workspace_root, Deployment};
+
+const RULES: &str = r#"
+tasks:
+  wipe: { repo: wipe, ref: main }
+rules:
+  - name: wipe-in-a-vm
+    when: { topic: org.taskbot.test.vm }
+    do:
+      - task: wipe
+        item: "{{ msg.item }}"
+        item_type: koji_build
+        arches: [x86_64]
+        environment: vm
+        destructive: true
+"#;
+
+const TASK: &str = "name: wipe
+description: Wipes the start of its machine's disk, then reports where it ran.
+environment: { provision: vm, destructive: true }
+run: sh ./check.sh
+artifacts: [\"notes.txt\"]
+";
+
+const CHECK: &str = r#"set -e
+uname -r > "$TASKBOT_ARTIFACTS/uname.txt"
+echo "ran in $(pwd) as $(id -u)" > notes.txt
+dd if=/dev/zero of=/dev/vda bs=1M count=4 2>/dev/null
+cat > "$TASKBOT_RESULTS" <<EOF
+results:
+  - item: $TASKBOT_ITEM
+    type: koji_build
+    checkname: dist.wipe
+    outcome: PASSED
+    note: wiped /dev/vda on $(uname -r)
+EOF
+"#;
+
+fn tiny_image() -> PathBuf {
+    let dir = std::env::temp_dir().join("taskbot-tiny-vm");
+    let status = Command::new("bash")
+        .arg(workspace_root().join("scripts/build-tiny-vm-image.sh"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the tiny VM image failed");
+    dir
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destructive_task_runs_in_its_own_vm_which_is_destroyed_afterwards() {
+    let image = tiny_image();
+    let guest_kernel = std::fs::read_to_string(image.join("kernel")).unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let task = staging.path().join("wipe");
+    std::fs::create_dir_all(&task).unwrap();
+    std::fs::write(task.join("taskbot.yaml"), TASK).unwrap();
+    std::fs::write(task.join("check.sh"), CHECK).unwrap();
+
+    let mut d = Deployment::new(RULES, &[("wipe", task.as_path())], free_port()).await;
+    let base = d.dir.path().join("base.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let base_sum = sha256(&base);
+    let state_dir = d.dir.path().join("vms");
+    d.configure(|config| {
+        config.provisioner.vm = Some(VmBackendConfig {
+            kernel: image.join("vmlinuz"),
+            initrd: image.join("initrd.img"),
+            base_disk: base.clone(),
+            ssh_key: image.join("id_ed25519"),
+            state_dir: state_dir.clone(),
+            memory_mb: 384,
+            max_vms: 1,
+            boot_timeout_secs: 120,
+            ..VmBackendConfig::default()
+        });
+    });
+    d.start("reporter", "reporter", &[]);
+    d.start("provisioner", "provisioner", &[]);
+    d.start("rules", "rules", &[]);
+    d.start("runner-x86_64", "runner", &["--arch", "x86_64"]);
+    let t = d.broker.topology.clone();
+    let queues = vec![
+        t.rules_queue(),
+        t.provisioner_queue(),
+        t.run_queue("x86_64"),
+        t.postgres_results_queue(),
+        t.postgres_status_queue(),
+        t.provisioner_finished_queue(),
+    ];
+    d.wait_for_consumers(&queues, Duration::from_secs(60)).await;
+
+    let event = Event {
+        id: format!("2026-vm-{}", uuid::Uuid::new_v4()),
+        topic: "org.taskbot.test.vm".into(),
+        source: "test".into(),
+        sent_at: None,
+        received_at: Utc::now(),
+        username: None,
+        msg: serde_json::json!({"item": "wipe-1.0-1.fc40"}),
+    };
+    d.broker
+        .publish(&t.events_exchange(), &event.topic, event.to_json())
+        .await;
+    let n = d
+        .wait_for_count(
+            "select count(*) from results where item = 'wipe-1.0-1.fc40'",
+            1,
+            Duration::from_secs(240),
+        )
+        .await;
+    assert_eq!(n, 1, "no result\n{}", d.logs());
+    let db = d.db().await;
+    let row = db
+        .query_one(
+            "select outcome, note, job_id from results where item = 'wipe-1.0-1.fc40'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (outcome, note, job_id): (String, String, uuid::Uuid) =
+        (row.get(0), row.get(1), row.get(2));
+    let guest_version = guest_kernel.trim().trim_start_matches("linux-image-");
+    assert_eq!(outcome, "PASSED", "{note}\n{}", d.logs());
+    assert_eq!(note, format!("wiped /dev/vda on {guest_version}"));
+    // The task's artifacts came back from the VM.
+    let artifacts = d.config.runner.artifacts_dir.join(job_id.to_string());
+    assert_eq!(
+        std::fs::read_to_string(artifacts.join("uname.txt"))
+            .unwrap()
+            .trim(),
+        guest_version
+    );
+    assert!(std::fs::read_to_string(artifacts.join("notes.txt"))
+        .unwrap()
+        .starts_with("ran in /tmp/taskbot/job as 0"));
+    let states: Vec<String> = db
+        .query(
+            "select state from job_events where job_id = $1 order by at",
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(states.contains(&"provisioned".to_string()), "{states:?}");
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("done"),
+        "{states:?}"
+    );
+
+    // Once the job ended, its VM is destroyed: no lease, no overlay, no QEMU; the base intact.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leases = state_dir.join("leases");
+    while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the VM was not destroyed\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let overlays: Vec<_> = std::fs::read_dir(state_dir.join("overlays"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(overlays.is_empty(), "{overlays:?}");
+    let qemu = Command::new("pgrep")
+        .args(["-f", &state_dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(qemu.stdout.is_empty(), "QEMU still runs");
+    assert_eq!(sha256(&base), base_sum, "the base disk changed");
+    d.shutdown().await;
+}
