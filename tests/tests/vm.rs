@@ -1,8 +1,8 @@
-//! A destructive task through the whole pipeline in a disposable VM (real QEMU under TCG, the
-//! tiny guest of scripts/build-tiny-vm-image.sh): the provisioner boots a VM on an overlay, the
-//! runner runs the task in it over SSH (the task wipes the VM's disk), the result comes back with
-//! the task's artifacts, and the VM and its overlay are gone once the job ended, the base disk
-//! unchanged.
+//! Destructive tasks through the whole pipeline in disposable VMs (real QEMU under TCG, the tiny
+//! guest of scripts/build-tiny-vm-image.sh): the provisioner boots a VM on an overlay, the runner
+//! runs the task in it over SSH (the task wipes the VM's disk), the result comes back with the
+//! task's artifacts, and the VM and its overlay are gone once the job ended, the base disk
+//! unchanged. Three jobs at a capacity of one VM run one after another, none lost.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,7 +70,7 @@ fn sha256(path: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_destructive_task_runs_in_its_own_vm_which_is_destroyed_afterwards() {
+async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroyed_afterwards() {
     let image = tiny_image();
     let guest_kernel = std::fs::read_to_string(image.join("kernel")).unwrap();
     let staging = tempfile::tempdir().unwrap();
@@ -118,30 +118,60 @@ async fn a_destructive_task_runs_in_its_own_vm_which_is_destroyed_afterwards() {
     ];
     d.wait_for_consumers(&queues, Duration::from_secs(60)).await;
 
-    let event = Event {
-        id: format!("2026-vm-{}", uuid::Uuid::new_v4()),
-        topic: "org.taskbot.test.vm".into(),
-        source: "test".into(),
-        sent_at: None,
-        received_at: Utc::now(),
-        username: None,
-        msg: serde_json::json!({"item": "wipe-1.0-1.fc40"}),
-    };
-    d.broker
-        .publish(&t.events_exchange(), &event.topic, event.to_json())
-        .await;
-    let n = d
-        .wait_for_count(
-            "select count(*) from results where item = 'wipe-1.0-1.fc40'",
-            1,
-            Duration::from_secs(240),
+    for n in 1..=3 {
+        let event = Event {
+            id: format!("2026-vm-{}", uuid::Uuid::new_v4()),
+            topic: "org.taskbot.test.vm".into(),
+            source: "test".into(),
+            sent_at: None,
+            received_at: Utc::now(),
+            username: None,
+            msg: serde_json::json!({"item": format!("wipe-{n}.0-1.fc40")}),
+        };
+        d.broker
+            .publish(&t.events_exchange(), &event.topic, event.to_json())
+            .await;
+    }
+    // Never more than the one VM allowed, while the three jobs go through.
+    let leases = state_dir.join("leases");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut most_vms = 0;
+    loop {
+        let vms = std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0);
+        most_vms = most_vms.max(vms);
+        let db = d.db().await;
+        let done: i64 = db
+            .query_one("select count(*) from results where item like 'wipe-%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if done == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of 3 results\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most_vms, 1, "capacity 1 was not respected");
+    let db = d.db().await;
+    let passed: i64 = db
+        .query_one(
+            "select count(*) from results where item like 'wipe-%' and outcome = 'PASSED'",
+            &[],
         )
-        .await;
-    assert_eq!(n, 1, "no result\n{}", d.logs());
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(passed, 3, "{}", d.logs());
+    // The second and third waited for the VM in use.
+    assert!(d.logs().contains("all 1 VMs are in use"), "{}", d.logs());
     let db = d.db().await;
     let row = db
         .query_one(
-            "select outcome, note, job_id from results where item = 'wipe-1.0-1.fc40'",
+            "select outcome, note, job_id from results where item = 'wipe-2.0-1.fc40'",
             &[],
         )
         .await
@@ -181,7 +211,6 @@ async fn a_destructive_task_runs_in_its_own_vm_which_is_destroyed_afterwards() {
 
     // Once the job ended, its VM is destroyed: no lease, no overlay, no QEMU; the base intact.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let leases = state_dir.join("leases");
     while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) > 0 {
         assert!(
             Instant::now() < deadline,
