@@ -28,10 +28,12 @@ fmt:
 
 # Events per second the rules engine evaluates on one core, parsing included, with the shipped
 # rules and with 1,000 rules; the runner's own cost per job against cloning and running a task by
-# hand (against the real RabbitMQ). Optimised builds; figures and method: docs/benchmarks.md.
+# hand (against the real RabbitMQ); a disposable VM's boot, command and destroy times (QEMU, TCG).
+# Optimised builds; figures and method: docs/benchmarks.md.
 bench: services
 	cargo bench -p rules --bench rules
 	cargo bench -p runner --bench overhead
+	cargo bench -p provisioner --bench vm
 
 clean:
 	rm -rf .run
