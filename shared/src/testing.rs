@@ -306,3 +306,69 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// `promtool check metrics` (Debian package `prometheus`) on a Prometheus exposition: its parser
+/// and its lint (naming, help texts). Panics with promtool's complaint.
+pub fn promtool_check(exposition: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/ensure-services.sh installs package prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the exposition:\n{}{}\n--- exposition ---\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The tiny VM guest of `scripts/build-tiny-vm-image.sh` (kernel, initramfs, SSH key), built once
+/// per machine under the system temp directory (the script does nothing when it is up to date).
+pub fn tiny_vm_image() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join("taskbot-tiny-vm");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-tiny-vm-image.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&dir)
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "building the tiny VM image failed");
+    dir
+}
+
+/// A blank qcow2 disk of `size` (e.g. `64M`) at `path`, for VMs' base disks.
+pub fn blank_disk(path: &std::path::Path, size: &str) {
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size)
+        .status()
+        .expect("qemu-img runs (package qemu-utils)");
+    assert!(status.success(), "qemu-img create failed");
+}
+
+/// The SHA-256 of a file, as `sha256sum` prints it.
+pub fn sha256_file(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

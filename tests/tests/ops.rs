@@ -4,14 +4,13 @@
 //! scripts/ensure-services.sh).
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use taskbot::messages::{Message, TaskRef};
 use taskbot::ops::sample;
-use taskbot::testing::http_get;
+use taskbot::testing::{http_get, promtool_check};
 use taskbot_tests::{free_port, Deployment};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -48,31 +47,6 @@ async fn metrics(address: SocketAddr) -> String {
 /// One sample's value, 0 when absent (a series not yet created).
 fn value(exposition: &str, series: &str) -> f64 {
     sample(exposition, series).unwrap_or(0.0)
-}
-
-/// `promtool check metrics` on the exposition: its parser and its lint (naming, help texts).
-fn promtool_check(exposition: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (scripts/ensure-services.sh installs package prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics refused the exposition:\n{}{}\n--- exposition ---\n{exposition}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,14 +4,13 @@
 //! task's artifacts, and the VM and its overlay are gone once the job ended, the base disk
 //! unchanged. Three jobs at a capacity of one VM run one after another, none lost.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use taskbot::config::VmBackendConfig;
 use taskbot::messages::{Event, Message};
-use taskbot_tests::{free_port, workspace_root, Deployment};
+use taskbot_tests::{free_port, Deployment};
 
 const RULES: &str = r#"
 tasks:
@@ -49,29 +48,9 @@ results:
 EOF
 "#;
 
-fn tiny_image() -> PathBuf {
-    let dir = std::env::temp_dir().join("taskbot-tiny-vm");
-    let status = Command::new("bash")
-        .arg(workspace_root().join("scripts/build-tiny-vm-image.sh"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the tiny VM image failed");
-    dir
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroyed_afterwards() {
-    let image = tiny_image();
+    let image = taskbot::testing::tiny_vm_image();
     let guest_kernel = std::fs::read_to_string(image.join("kernel")).unwrap();
     let staging = tempfile::tempdir().unwrap();
     let task = staging.path().join("wipe");
@@ -81,14 +60,8 @@ async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroye
 
     let mut d = Deployment::new(RULES, &[("wipe", task.as_path())], free_port()).await;
     let base = d.dir.path().join("base.qcow2");
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let base_sum = sha256(&base);
+    taskbot::testing::blank_disk(&base, "64M");
+    let base_sum = taskbot::testing::sha256_file(&base);
     let state_dir = d.dir.path().join("vms");
     d.configure(|config| {
         config.provisioner.vm = Some(VmBackendConfig {
@@ -229,6 +202,10 @@ async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroye
         .output()
         .unwrap();
     assert!(qemu.stdout.is_empty(), "QEMU still runs");
-    assert_eq!(sha256(&base), base_sum, "the base disk changed");
+    assert_eq!(
+        taskbot::testing::sha256_file(&base),
+        base_sum,
+        "the base disk changed"
+    );
     d.shutdown().await;
 }

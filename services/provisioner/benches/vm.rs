@@ -6,8 +6,6 @@
 //! (QEMU killed, overlay and lease removed). The provisioner adds to `boot` one broker round
 //! trip (the `provisioning` status) before it, and publishing the provisioned job after.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use taskbot_provisioner::vm::VmSettings;
@@ -15,23 +13,10 @@ use taskbot_provisioner::vm::VmSettings;
 const RUNS: usize = 5;
 
 fn main() {
-    let image = std::env::temp_dir().join("taskbot-tiny-vm");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-tiny-vm-image.sh");
-    assert!(Command::new("bash")
-        .arg(script)
-        .arg(&image)
-        .status()
-        .unwrap()
-        .success());
+    let image = taskbot::testing::tiny_vm_image();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.qcow2");
-    assert!(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .status()
-        .unwrap()
-        .success());
+    taskbot::testing::blank_disk(&base, "64M");
     let settings = VmSettings {
         state_dir: dir.path().join("state"),
         kernel: image.join("vmlinuz"),

@@ -97,13 +97,7 @@ impl ProvisionerHandler {
         tracing::info!(job_id = %job.job_id, arch = %job.arch, "job provisioned (local)");
         Disposition::Done(vec![
             self.status(&provisioning),
-            Outgoing::new(
-                self.topology.run_exchange(),
-                &job.arch,
-                provisioned.to_json(),
-            )
-            .with_message_id(job.job_id.to_string())
-            .with_priority(job.priority),
+            self.run_message(&provisioned),
             self.status(&queued),
         ])
     }
@@ -208,16 +202,19 @@ impl ProvisionerHandler {
                 self.topology.run_queue(&job.arch)
             )),
         );
-        Disposition::Done(vec![
-            Outgoing::new(
-                self.topology.run_exchange(),
-                &job.arch,
-                provisioned.to_json(),
-            )
-            .with_message_id(job.job_id.to_string())
-            .with_priority(job.priority),
-            self.status(&queued),
-        ])
+        Disposition::Done(vec![self.run_message(&provisioned), self.status(&queued)])
+    }
+
+    /// The provisioned job on its arch's run queue, with the job's priority.
+    fn run_message(&self, provisioned: &ProvisionedJob) -> Outgoing {
+        let job = &provisioned.job;
+        Outgoing::new(
+            self.topology.run_exchange(),
+            &job.arch,
+            provisioned.to_json(),
+        )
+        .with_message_id(job.job_id.to_string())
+        .with_priority(job.priority)
     }
 
     fn status(&self, status: &JobStatus) -> Outgoing {

@@ -4,45 +4,19 @@
 //! afterwards with the base disk unchanged; capacity is enforced; a VM whose lease expired (its
 //! runner died) is reaped.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use taskbot_provisioner::vm::{alive, VmError, VmSettings};
 use uuid::Uuid;
 
-/// The tiny guest, built once per machine (the script does nothing when it is up to date).
-fn tiny_image() -> PathBuf {
-    let dir = std::env::temp_dir().join("taskbot-tiny-vm");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-tiny-vm-image.sh");
-    let status = Command::new("bash").arg(script).arg(&dir).status().unwrap();
-    assert!(status.success(), "building the tiny VM image failed");
-    dir
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_boots_answers_ssh_is_destroyed_and_an_expired_one_is_reaped() {
-    let image = tiny_image();
+    let image = taskbot::testing::tiny_vm_image();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.qcow2");
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let base_sum = sha256(&base);
+    taskbot::testing::blank_disk(&base, "64M");
+    let base_sum = taskbot::testing::sha256_file(&base);
     let mut settings = VmSettings {
         state_dir: dir.path().join("state"),
         kernel: image.join("vmlinuz"),
@@ -91,7 +65,11 @@ async fn a_vm_boots_answers_ssh_is_destroyed_and_an_expired_one_is_reaped() {
     assert!(!alive(&lease), "QEMU still runs");
     assert!(!lease.overlay.exists(), "the overlay is left");
     assert!(settings.leases().is_empty());
-    assert_eq!(sha256(&base), base_sum, "the base disk changed");
+    assert_eq!(
+        taskbot::testing::sha256_file(&base),
+        base_sum,
+        "the base disk changed"
+    );
 
     // A VM whose runner died: its lease runs out and the reaper (as a restarted provisioner
     // runs it) destroys it.
@@ -101,5 +79,5 @@ async fn a_vm_boots_answers_ssh_is_destroyed_and_an_expired_one_is_reaped() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(settings.reap(Utc::now()), [lease.job_id]);
     assert!(!alive(&lease) && !lease.overlay.exists());
-    assert_eq!(sha256(&base), base_sum);
+    assert_eq!(taskbot::testing::sha256_file(&base), base_sum);
 }
