@@ -48,15 +48,23 @@ results:
 EOF
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroyed_afterwards() {
+/// A deployment (rules, provisioner with the VM backend, one x86_64 runner, reporter) whose task
+/// `wipe` runs `check` in a VM; with the state directory, the base disk and its checksum.
+struct VmWorld {
+    d: Deployment,
+    state_dir: std::path::PathBuf,
+    base: std::path::PathBuf,
+    base_sum: String,
+    _staging: tempfile::TempDir,
+}
+
+async fn vm_world(check: &str, lease_secs: u64) -> VmWorld {
     let image = taskbot::testing::tiny_vm_image();
-    let guest_kernel = std::fs::read_to_string(image.join("kernel")).unwrap();
     let staging = tempfile::tempdir().unwrap();
     let task = staging.path().join("wipe");
     std::fs::create_dir_all(&task).unwrap();
     std::fs::write(task.join("taskbot.yaml"), TASK).unwrap();
-    std::fs::write(task.join("check.sh"), CHECK).unwrap();
+    std::fs::write(task.join("check.sh"), check).unwrap();
 
     let mut d = Deployment::new(RULES, &[("wipe", task.as_path())], free_port()).await;
     let base = d.dir.path().join("base.qcow2");
@@ -73,6 +81,7 @@ async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroye
             memory_mb: 384,
             max_vms: 1,
             boot_timeout_secs: 120,
+            lease_secs,
             ..VmBackendConfig::default()
         });
     });
@@ -90,17 +99,66 @@ async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroye
         t.provisioner_finished_queue(),
     ];
     d.wait_for_consumers(&queues, Duration::from_secs(60)).await;
+    VmWorld {
+        d,
+        state_dir,
+        base,
+        base_sum,
+        _staging: staging,
+    }
+}
 
+fn vm_event(item: &str) -> Event {
+    Event {
+        id: format!("2026-vm-{}", uuid::Uuid::new_v4()),
+        topic: "org.taskbot.test.vm".into(),
+        source: "test".into(),
+        sent_at: None,
+        received_at: Utc::now(),
+        username: None,
+        msg: serde_json::json!({ "item": item }),
+    }
+}
+
+/// Wait until no VM of the world is left (no lease, no QEMU, no overlay), or fail.
+async fn no_vm_left(w: &VmWorld, within: Duration) {
+    let deadline = Instant::now() + within;
+    let leases = w.state_dir.join("leases");
+    while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the VM was not destroyed\n{}",
+            w.d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let overlays: Vec<_> = std::fs::read_dir(w.state_dir.join("overlays"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(overlays.is_empty(), "{overlays:?}");
+    let qemu = Command::new("pgrep")
+        .args(["-f", &w.state_dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(qemu.stdout.is_empty(), "QEMU still runs");
+    assert_eq!(
+        taskbot::testing::sha256_file(&w.base),
+        w.base_sum,
+        "the base disk changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroyed_afterwards() {
+    let guest_kernel =
+        std::fs::read_to_string(taskbot::testing::tiny_vm_image().join("kernel")).unwrap();
+    let w = vm_world(CHECK, 600).await;
+    let d = &w.d;
+    let state_dir = &w.state_dir;
+    let t = d.broker.topology.clone();
     for n in 1..=3 {
-        let event = Event {
-            id: format!("2026-vm-{}", uuid::Uuid::new_v4()),
-            topic: "org.taskbot.test.vm".into(),
-            source: "test".into(),
-            sent_at: None,
-            received_at: Utc::now(),
-            username: None,
-            msg: serde_json::json!({"item": format!("wipe-{n}.0-1.fc40")}),
-        };
+        let event = vm_event(&format!("wipe-{n}.0-1.fc40"));
         d.broker
             .publish(&t.events_exchange(), &event.topic, event.to_json())
             .await;
@@ -182,30 +240,44 @@ async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroye
         "{states:?}"
     );
 
-    // Once the job ended, its VM is destroyed: no lease, no overlay, no QEMU; the base intact.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the VM was not destroyed\n{}",
-            d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let overlays: Vec<_> = std::fs::read_dir(state_dir.join("overlays"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(overlays.is_empty(), "{overlays:?}");
-    let qemu = Command::new("pgrep")
-        .args(["-f", &state_dir.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(qemu.stdout.is_empty(), "QEMU still runs");
+    // Once the jobs ended, their VMs are destroyed: no lease, no overlay, no QEMU; the base
+    // intact.
+    no_vm_left(&w, Duration::from_secs(30)).await;
+    w.d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vm_of_a_runner_killed_mid_task_is_reaped_when_its_lease_runs_out() {
+    // A task that would run for ten minutes; the lease is 20 s.
+    let mut w = vm_world("echo started; sleep 600\n", 20).await;
+    let t = w.d.broker.topology.clone();
+    let event = vm_event("sleepy-1.0-1.fc40");
+    w.d.broker
+        .publish(&t.events_exchange(), &event.topic, event.to_json())
+        .await;
+    let running =
+        w.d.wait_for_count(
+            "select count(*) from jobs where item = 'sleepy-1.0-1.fc40' and state = 'running'",
+            1,
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(running, 1, "{}", w.d.logs());
     assert_eq!(
-        taskbot::testing::sha256_file(&base),
-        base_sum,
-        "the base disk changed"
+        std::fs::read_dir(w.state_dir.join("leases"))
+            .unwrap()
+            .count(),
+        1
     );
-    d.shutdown().await;
+    // The runner dies mid-task: no final status will ever come for this job.
+    let runner =
+        w.d.services
+            .iter_mut()
+            .find(|s| s.name == "runner-x86_64")
+            .unwrap();
+    runner.kill_hard();
+    // The reaper destroys the VM once its lease ran out (20 s after boot, checked every 5 s).
+    no_vm_left(&w, Duration::from_secs(60)).await;
+    assert!(w.d.logs().contains("VM reaped"), "{}", w.d.logs());
+    w.d.shutdown().await;
 }

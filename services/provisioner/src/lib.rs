@@ -329,13 +329,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         max_vms = vm.settings.max_vms,
         "VM backend ready"
     );
+    // Often enough that a VM outlives its lease by at most a quarter of it (and 30 s).
+    let reap_every = (vm.settings.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let reaper = {
         let vm = vm.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = tokio::time::sleep(reap_every) => {}
                     _ = shutdown.wait() => break,
                 }
                 let vm = vm.clone();
