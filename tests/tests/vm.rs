@@ -234,6 +234,12 @@ async fn destructive_tasks_run_in_their_own_vms_one_at_a_time_which_are_destroye
         .map(|r| r.get(0))
         .collect();
     assert!(states.contains(&"provisioned".to_string()), "{states:?}");
+    // The second job waited for the VM in use, yet announced its provisioning once.
+    assert_eq!(
+        states.iter().filter(|s| *s == "provisioning").count(),
+        1,
+        "{states:?}"
+    );
     assert_eq!(
         states.last().map(String::as_str),
         Some("done"),

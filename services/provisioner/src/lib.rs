@@ -149,35 +149,47 @@ impl ProvisionerHandler {
             );
             return Disposition::Done(self.crashed(job, &reason));
         }
-        let provisioning = JobStatus::new(
-            job,
-            JobState::Provisioning,
-            &self.instance,
-            Some("starting a VM".into()),
-        );
-        if let Err(e) = publisher.publish(&self.status(&provisioning)).await {
-            return Disposition::Retry(format!("cannot publish the provisioning status: {e}"));
-        }
-        let existing = vm
-            .settings
-            .leases()
-            .into_iter()
-            .find(|l| l.job_id == job.job_id && vm::alive(l));
+        let leases = vm.settings.leases();
+        let existing = leases
+            .iter()
+            .find(|l| l.job_id == job.job_id && vm::alive(l))
+            .cloned();
         let lease = match existing {
             Some(lease) => lease,
-            None => match vm.settings.boot(job.job_id).await {
-                Ok(lease) => lease,
-                Err(VmError::Full { running, max }) => {
+            None => {
+                // At capacity the job waits, retried every few seconds: checked before the
+                // `provisioning` status, so a waiting job does not publish one per retry.
+                if leases.len() >= vm.settings.max_vms {
                     return Disposition::Retry(format!(
-                        "all {max} VMs are in use ({running} running); the job waits"
-                    ))
+                        "all {} VMs are in use; the job waits",
+                        vm.settings.max_vms
+                    ));
                 }
-                Err(e) => {
-                    let reason = format!("cannot start a VM for the job: {e}");
-                    tracing::warn!(job_id = %job.job_id, %reason, "VM failed");
-                    return Disposition::Done(self.crashed(job, &reason));
+                let provisioning = JobStatus::new(
+                    job,
+                    JobState::Provisioning,
+                    &self.instance,
+                    Some("starting a VM".into()),
+                );
+                if let Err(e) = publisher.publish(&self.status(&provisioning)).await {
+                    return Disposition::Retry(format!(
+                        "cannot publish the provisioning status: {e}"
+                    ));
                 }
-            },
+                match vm.settings.boot(job.job_id).await {
+                    Ok(lease) => lease,
+                    Err(VmError::Full { max, .. }) => {
+                        return Disposition::Retry(format!(
+                            "all {max} VMs are in use; the job waits"
+                        ))
+                    }
+                    Err(e) => {
+                        let reason = format!("cannot start a VM for the job: {e}");
+                        tracing::warn!(job_id = %job.job_id, %reason, "VM failed");
+                        return Disposition::Done(self.crashed(job, &reason));
+                    }
+                }
+            }
         };
         tracing::info!(job_id = %job.job_id, port = lease.ssh_port, pid = lease.pid, "job provisioned (vm)");
         let provisioned = ProvisionedJob {
