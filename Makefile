@@ -34,6 +34,8 @@ bench: services
 	cargo bench -p rules --bench rules
 	cargo bench -p runner --bench overhead
 	cargo bench -p provisioner --bench vm
+	cargo build --bins
+	cargo bench -p taskbot-tests --bench vm_request
 
 clean:
 	rm -rf .run

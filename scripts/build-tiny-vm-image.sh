@@ -5,13 +5,23 @@
 #
 # DEST_DIR/vmlinuz         Debian's kernel (linux-image-amd64, extracted, not installed)
 # DEST_DIR/initrd.img      busybox + dropbear (SSH server) + the kernel modules for QEMU's e1000
-#                          NIC and virtio disks; its init brings up user-mode networking
-#                          (10.0.2.15/24, gateway 10.0.2.2) and starts SSH on port 22
-# DEST_DIR/id_ed25519      the SSH key (root) the guest accepts; .pub beside it
+#                          NIC, virtio disks, ISO 9660 and ext2; its init brings up user-mode
+#                          networking (10.0.2.15/24, gateway 10.0.2.2), reads the cloud-init
+#                          NoCloud seed and starts SSH on port 22
+# DEST_DIR/kernel          the kernel's package name (linux-image-VERSION)
+# DEST_DIR/id_ed25519      an SSH key for tests (.pub beside it); NOT in the guest: the guest
+#                          accepts the keys of its seed's user-data, so without a seed no one
+#                          can log in
+#
+# The init is a minimal NoCloud consumer, not cloud-init: from a disk labelled `cidata` it takes
+# `hostname:` and the `ssh-...` keys of user-data, for root. With `taskbot.install=DISK` on the
+# kernel command line it is an installer first: it writes a small system (an ext2 file system
+# with busybox and /etc/taskbot-release naming `taskbot.item=`) to DISK, then starts SSH the
+# same way, so a test can inspect what was installed.
 #
 # Booted with QEMU's direct kernel boot (-kernel/-initrd), no disk image needed; disks given to
 # the VM appear as /dev/vda, /dev/vdb, ... Safe to run again: it does nothing when DEST_DIR is
-# complete for this kernel (delete DEST_DIR to rebuild).
+# complete for this kernel and this script (delete DEST_DIR to rebuild).
 set -euo pipefail
 
 dest=${1:?"usage: $0 DEST_DIR"}
@@ -28,11 +38,18 @@ need busybox-static busybox
 need dropbear-bin dropbear
 need openssh-client ssh-keygen
 need cpio cpio
+need kmod depmod
 
 # The kernel package the linux-image-amd64 metapackage points at today.
 kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 [ -n "$kernel_pkg" ] || { echo "cannot find Debian's kernel package (apt-get update?)" >&2; exit 1; }
-if [ -f "$dest/initrd.img" ] && [ -f "$dest/vmlinuz" ] && [ "$(cat "$dest/kernel" 2>/dev/null)" = "$kernel_pkg" ]; then
+# One build at a time (tests run in parallel and each asks for the image): the others wait,
+# then find it up to date.
+exec 9>"$dest/.lock"
+flock 9
+# Rebuilt when the kernel package or this script changes.
+stamp="$kernel_pkg $(sha256sum "$0" | cut -c1-16)"
+if [ -f "$dest/initrd.img" ] && [ -f "$dest/vmlinuz" ] && [ "$(cat "$dest/stamp" 2>/dev/null)" = "$stamp" ]; then
   log "$dest is up to date ($kernel_pkg)"
   exit 0
 fi
@@ -55,29 +72,40 @@ for lib in $(ldd /usr/sbin/dropbear | awk '/=>/{print $3} /ld-linux/{print $1}')
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib"
 done
-# Modules, in load order: the e1000 NIC; virtio for disks.
-modules=(
-  kernel/drivers/net/ethernet/intel/e1000/e1000.ko
-  kernel/drivers/virtio/virtio_ring.ko
-  kernel/drivers/virtio/virtio.ko
-  kernel/drivers/virtio/virtio_pci_modern_dev.ko
-  kernel/drivers/virtio/virtio_pci_legacy_dev.ko
-  kernel/drivers/virtio/virtio_pci.ko
-  kernel/drivers/block/virtio_blk.ko
-)
-for m in "${modules[@]}"; do
-  src="$work/kernel/lib/modules/$version/$m"
-  if [ -f "$src" ]; then cp "$src" "$root/lib/modules/"; echo "$(basename "$m")" >>"$root/lib/modules/order"; fi
+# Modules, with what they depend on (modules.dep) before them: the e1000 NIC, virtio disks,
+# ISO 9660 (the seed) and ext4 (which mounts ext2: the installed system).
+moddir="$work/kernel/lib/modules/$version"
+depmod -b "$work/kernel" "$version" 2>/dev/null || true
+declare -A added=()
+add_module() { # path relative to $moddir
+  local m=$1 dep
+  [ -n "${added[$m]:-}" ] && return
+  added[$m]=1
+  for dep in $(awk -v m="$m:" '$1 == m {for (i = NF; i > 1; i--) print $i}' "$moddir/modules.dep"); do
+    add_module "$dep"
+  done
+  if [ -f "$moddir/$m" ]; then
+    cp "$moddir/$m" "$root/lib/modules/"
+    basename "$m" >>"$root/lib/modules/order"
+  fi
+}
+for m in \
+  kernel/drivers/net/ethernet/intel/e1000/e1000.ko \
+  kernel/drivers/virtio/virtio_pci.ko \
+  kernel/drivers/block/virtio_blk.ko \
+  kernel/crypto/crc32c_generic.ko \
+  kernel/fs/isofs/isofs.ko \
+  kernel/fs/ext4/ext4.ko; do
+  add_module "$m"
 done
 
-# Root, with the SSH key; dropbear's host key.
+# Root (its keys come from the seed at boot); dropbear's host key; a key for tests.
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 printf 'root:x:0:\n' >"$root/etc/group"
 printf '/bin/sh\n' >"$root/etc/shells"
-rm -f "$dest/id_ed25519" "$dest/id_ed25519.pub"
-ssh-keygen -q -t ed25519 -N '' -C taskbot-tiny-vm -f "$dest/id_ed25519"
-cp "$dest/id_ed25519.pub" "$root/root/.ssh/authorized_keys"
-chmod 700 "$root/root/.ssh"; chmod 600 "$root/root/.ssh/authorized_keys"
+printf 'NAME="Taskbot tiny guest"\nID=tiny\nVERSION_ID=1\n' >"$root/etc/os-release"
+chmod 700 "$root/root/.ssh"
+[ -f "$dest/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C taskbot-tiny-vm -f "$dest/id_ed25519"
 dropbearkey -t ed25519 -f "$root/etc/dropbear/dropbear_ed25519_host_key" >/dev/null 2>&1
 
 cat >"$root/init" <<'INIT'
@@ -94,12 +122,50 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 hostname taskbot-vm
+arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
+
+# The NoCloud seed: a disk labelled cidata (ISO 9660) with meta-data and user-data.
+mkdir -p /run/seed
+for dev in /dev/vd? /dev/sr0; do
+  [ -b "$dev" ] || continue
+  if mount -t iso9660 -o ro "$dev" /run/seed 2>/dev/null; then
+    if [ -f /run/seed/user-data ]; then
+      echo "taskbot-vm: cloud-init seed on $dev" >/dev/console
+      name=$(sed -n 's/^hostname: *//p' /run/seed/user-data | head -n 1)
+      [ -n "$name" ] && hostname "$name"
+      grep -o 'ssh-[a-z0-9-]* [A-Za-z0-9+/=]*[^"]*' /run/seed/user-data >/root/.ssh/authorized_keys
+      chmod 600 /root/.ssh/authorized_keys
+      umount /run/seed
+      break
+    fi
+    umount /run/seed
+  fi
+done
+
+# Installer mode: write a small system to the target disk.
+target=$(arg taskbot.install)
+if [ -n "$target" ]; then
+  echo "taskbot-vm: installing to $target" >/dev/console
+  mkdir -p /run/target
+  if mke2fs -q -L taskbot-root "$target" && mount -t ext2 "$target" /run/target; then
+    mkdir -p /run/target/bin /run/target/etc /run/target/root
+    cp /bin/busybox /run/target/bin/busybox
+    cp /etc/passwd /etc/group /etc/os-release /run/target/etc/
+    printf 'item=%s\ninstalled_by=%s\n' "$(arg taskbot.item)" "$(uname -r)" >/run/target/etc/taskbot-release
+    umount /run/target && sync
+    echo "taskbot-vm: installed" >/dev/console
+  else
+    echo "taskbot-vm: installation failed" >/dev/console
+  fi
+fi
 echo "taskbot-vm: network up, starting SSH" >/dev/console
 /sbin/dropbear -R -E -s -p 22 -r /etc/dropbear/dropbear_ed25519_host_key
 echo "taskbot-vm: ready" >/dev/console
 while true; do sleep 3600; done
 INIT
 chmod +x "$root/init"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$dest/initrd.img")
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$work/initrd.img")
+mv "$work/initrd.img" "$dest/initrd.img"
 echo "$kernel_pkg" >"$dest/kernel"
+echo "$stamp" >"$dest/stamp"
 log "built $dest (kernel $version, initramfs $(du -h "$dest/initrd.img" | cut -f1))"

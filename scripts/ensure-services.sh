@@ -49,8 +49,14 @@ apt_install rpm rpm2cpio cpio rpmlint cppcheck createrepo-c python3-rpm
 # Headless Chromium: the api's dashboard is tested in a real browser (services/api/tests/dashboard.rs).
 have chromium || apt_install chromium
 # QEMU (under TCG) and what scripts/build-tiny-vm-image.sh builds the test guest from: the VM
-# backend's tests (services/provisioner/tests/vm.rs) boot real VMs.
-apt_install qemu-system-x86 qemu-utils busybox-static dropbear-bin openssh-client cpio
+# backend's tests (services/provisioner/tests/vm.rs) boot real VMs. xorriso builds cloud-init
+# seeds (the provisioner) and bootable ISOs (tasks/build-iso, with isolinux and syslinux's
+# BIOS modules).
+apt_install qemu-system-x86 qemu-utils busybox-static dropbear-bin openssh-client cpio kmod \
+  xorriso isolinux syslinux-common
+# Again: where qemu-utils came from backports, installing Debian's qemu-system-x86 removes it
+# (seen on a fresh machine), and Debian's own qemu-utils is needed.
+apt_install qemu-utils
 
 # The ResultsDB Python client from PyPI: the api's tests read the api with it
 # (services/api/tests/resultsdb_client.rs). It brings `requests` and `simplejson`.

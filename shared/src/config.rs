@@ -233,50 +233,145 @@ impl Default for ProvisionerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VmBackendConfig {
-    /// The guest's kernel and initramfs (direct kernel boot), and its command line.
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub append: String,
-    /// The disk every VM gets a copy-on-write overlay of (never written).
-    pub base_disk: PathBuf,
-    /// The private key the guest accepts, and the user to log in as.
+    /// The image catalogue (`[[provisioner.vm.images]]`): what VM jobs boot. The arches it has
+    /// images for are the arches the backend serves.
+    pub images: Vec<VmImageConfig>,
+    /// The private key the guests accept, and the user to log in as. Its public half goes into
+    /// every VM's cloud-init seed.
     pub ssh_key: PathBuf,
     pub ssh_user: String,
-    /// Leases, overlays and serial logs.
+    /// Leases, overlays, seeds, serial logs, and downloaded images (`cache/`).
     pub state_dir: PathBuf,
     pub memory_mb: u32,
     /// VMs at once; jobs beyond wait in the queue.
     pub max_vms: usize,
-    /// Arches the VMs serve (the guest's arch).
-    pub arches: Vec<String>,
     pub boot_timeout_secs: u64,
     /// How long a VM may live without its job ending; then the reaper destroys it (its runner
     /// died). Longer than the runners' task time limit.
     pub lease_secs: u64,
-    pub qemu: String,
     /// `tcg`, or `kvm` where KVM works.
     pub accel: String,
+    /// URL prefixes a job's ISO (`vm.iso`) may be fetched from, e.g. the artifacts URL of the
+    /// runners. Catalogue URLs are the operator's own and always allowed. Empty: no job ISOs.
+    pub allowed_urls: Vec<String>,
+    /// Largest ISO or image download, in bytes.
+    pub download_max_bytes: u64,
 }
 
 impl Default for VmBackendConfig {
     fn default() -> Self {
         VmBackendConfig {
-            kernel: PathBuf::from("/var/lib/taskbot/vm/vmlinuz"),
-            initrd: PathBuf::from("/var/lib/taskbot/vm/initrd.img"),
-            append: "console=ttyS0 quiet panic=-1".into(),
-            base_disk: PathBuf::from("/var/lib/taskbot/vm/base.qcow2"),
+            images: Vec::new(),
             ssh_key: PathBuf::from("/var/lib/taskbot/vm/id_ed25519"),
             ssh_user: "root".into(),
             state_dir: PathBuf::from("/var/lib/taskbot/vm/state"),
             memory_mb: 512,
             max_vms: 2,
-            arches: vec!["x86_64".into()],
             boot_timeout_secs: 180,
             lease_secs: 4200,
-            qemu: "qemu-system-x86_64".into(),
             accel: "tcg".into(),
+            allowed_urls: Vec::new(),
+            download_max_bytes: 8 << 30,
         }
     }
+}
+
+impl VmBackendConfig {
+    /// The arches the catalogue has images for, in catalogue order.
+    pub fn arches(&self) -> Vec<String> {
+        let mut arches: Vec<String> = Vec::new();
+        for image in &self.images {
+            if !arches.contains(&image.arch) {
+                arches.push(image.arch.clone());
+            }
+        }
+        arches
+    }
+
+    /// What is wrong with the catalogue, if anything: caught at start, not at a job's boot.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, image) in self.images.iter().enumerate() {
+            let at = format!("provisioner.vm.images[{i}] ({:?})", image.name);
+            if image.name.is_empty() || image.arch.is_empty() {
+                return Err(format!("{at}: name and arch must not be empty"));
+            }
+            if !names.insert(&image.name) {
+                return Err(format!("{at}: the name is used twice"));
+            }
+            if image.initrd.is_some() && image.kernel.is_none() {
+                return Err(format!("{at}: an initrd needs a kernel"));
+            }
+            let files = [
+                Some(&image.disk),
+                image.kernel.as_ref(),
+                image.initrd.as_ref(),
+            ];
+            for file in files.into_iter().flatten() {
+                if let ImageFile::Url { sha256, .. } = file {
+                    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(format!("{at}: sha256 must be 64 hex digits"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One image of the catalogue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmImageConfig {
+    /// Unique; jobs may ask for it by name.
+    pub name: String,
+    pub distro: String,
+    pub release: String,
+    pub arch: String,
+    /// `cloud`, `server`, `minimal`, ...
+    pub flavour: String,
+    /// When it was built (any text that sorts by date, e.g. `2026-11-01` or `20261101.n.0`):
+    /// among images of one release, the latest is the newest.
+    #[serde(default)]
+    pub built: String,
+    /// The disk every VM of this image gets a copy-on-write overlay of (never written).
+    pub disk: ImageFile,
+    /// Direct kernel boot: a kernel (and initramfs) booted by QEMU itself. Without, the VM
+    /// boots from its disk's boot loader, as cloud images do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<ImageFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<ImageFile>,
+    /// Kernel command line (direct kernel boot only).
+    #[serde(default = "default_append")]
+    pub append: String,
+    /// Give the VM a cloud-init NoCloud seed (user, SSH key, hostname). Images without
+    /// cloud-init must already accept `ssh_key`.
+    #[serde(default = "yes")]
+    pub cloud_init: bool,
+    /// The QEMU binary; default `qemu-system-<arch>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<String>,
+    /// More QEMU arguments, e.g. `["-M", "virt", "-cpu", "max"]` for an emulated aarch64.
+    #[serde(default)]
+    pub qemu_args: Vec<String>,
+}
+
+fn default_append() -> String {
+    "console=ttyS0 quiet panic=-1".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A file of the catalogue: a local path, or a URL with its SHA-256 (downloaded once, then
+/// served from the cache).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ImageFile {
+    Path(PathBuf),
+    Url { url: String, sha256: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,8 @@
 
 pub mod amqp;
 pub mod config;
+#[cfg(feature = "download")]
+pub mod download;
 #[cfg(feature = "management")]
 pub mod management;
 pub mod messages;

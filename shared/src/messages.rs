@@ -154,6 +154,53 @@ pub enum Environment {
     Vm,
 }
 
+/// What kind of VM a job asks for (rules: an action's `vm:`; docs/provisioning.md). Without it a
+/// VM job gets the newest catalogue image of its arch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRequest {
+    /// Which catalogue image to boot; unset fields match any image.
+    #[serde(default, skip_serializing_if = "ImageQuery::is_any")]
+    pub image: ImageQuery,
+    /// A blank VM instead: an empty disk of this many MiB and no image, booting from `iso`
+    /// (installation tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blank_disk_mb: Option<u64>,
+    /// An ISO attached as the VM's CD-ROM (booted from when the VM is blank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso: Option<RemoteFile>,
+}
+
+/// Which catalogue images will do, as the earlier image finder asked: by name, or by distro,
+/// release and flavour (the arch is the job's). Of several matches the newest is used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distro: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavour: Option<String>,
+}
+
+impl ImageQuery {
+    /// Whether every image matches.
+    pub fn is_any(&self) -> bool {
+        *self == ImageQuery::default()
+    }
+}
+
+/// A file to fetch by URL, checked against its SHA-256 (an ISO a task built, say).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteFile {
+    pub url: String,
+    pub sha256: String,
+}
+
 /// A request to run one task on one item for one arch: what the rules decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRequest {
@@ -184,6 +231,10 @@ pub struct JobRequest {
     /// The task may leave its system unusable: it must get a fresh VM.
     #[serde(default)]
     pub destructive: bool,
+    /// Which VM, for VM jobs that ask for a particular image, a blank disk or an ISO. Not part
+    /// of the job id: the rule and event that set it are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmRequest>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -491,6 +542,7 @@ mod tests {
             priority: 0,
             environment: Environment::Local,
             destructive: false,
+            vm: None,
             created_at: Utc::now(),
         }
     }

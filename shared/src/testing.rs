@@ -216,6 +216,7 @@ pub fn job_request(task: crate::messages::TaskRef, item: &str, arch: &str) -> cr
         priority: 0,
         environment: Default::default(),
         destructive: false,
+        vm: None,
         created_at: chrono::Utc::now(),
     }
 }
@@ -347,6 +348,50 @@ pub fn tiny_vm_image() -> std::path::PathBuf {
         .expect("bash runs");
     assert!(status.success(), "building the tiny VM image failed");
     dir
+}
+
+/// A catalogue entry for the tiny guest of [`tiny_vm_image`] (distro `tiny`, release `1`,
+/// flavour `base`, x86_64) with `disk` as its disk: direct kernel boot, and its SSH key from the
+/// cloud-init seed (the guest accepts no other).
+pub fn tiny_vm_image_entry(
+    name: &str,
+    image: &std::path::Path,
+    disk: &std::path::Path,
+) -> crate::config::VmImageConfig {
+    use crate::config::ImageFile;
+    crate::config::VmImageConfig {
+        name: name.into(),
+        distro: "tiny".into(),
+        release: "1".into(),
+        arch: "x86_64".into(),
+        flavour: "base".into(),
+        built: String::new(),
+        disk: ImageFile::Path(disk.to_path_buf()),
+        kernel: Some(ImageFile::Path(image.join("vmlinuz"))),
+        initrd: Some(ImageFile::Path(image.join("initrd.img"))),
+        append: "console=ttyS0 quiet panic=-1".into(),
+        cloud_init: true,
+        qemu: None,
+        qemu_args: Vec::new(),
+    }
+}
+
+/// A VM backend for tests: these images, the tiny guest's key, 384 MiB, one VM at a time.
+pub fn tiny_vm_backend(
+    image: &std::path::Path,
+    state_dir: &std::path::Path,
+    images: Vec<crate::config::VmImageConfig>,
+) -> crate::config::VmBackendConfig {
+    crate::config::VmBackendConfig {
+        images,
+        ssh_key: image.join("id_ed25519"),
+        state_dir: state_dir.to_path_buf(),
+        memory_mb: 384,
+        max_vms: 1,
+        boot_timeout_secs: 120,
+        lease_secs: 600,
+        ..crate::config::VmBackendConfig::default()
+    }
 }
 
 /// A blank qcow2 disk of `size` (e.g. `64M`) at `path`, for VMs' base disks.

@@ -414,6 +414,16 @@ fn toml_value(v: &serde_json::Value) -> String {
             "[{}]",
             items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
         ),
+        // Inline tables (the image catalogue's entries, their `disk = { url, sha256 }`).
+        serde_json::Value::Object(fields) => format!(
+            "{{ {} }}",
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{k} = {}", toml_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         // JSON strings, numbers and booleans are valid TOML as written.
         other => other.to_string(),
     }

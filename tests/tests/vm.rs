@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use taskbot::config::VmBackendConfig;
+use taskbot::config::{ImageFile, VmBackendConfig};
 use taskbot::messages::{Event, Message};
 use taskbot_tests::{free_port, Deployment};
 
@@ -59,33 +59,47 @@ struct VmWorld {
 }
 
 async fn vm_world(check: &str, lease_secs: u64) -> VmWorld {
-    let image = taskbot::testing::tiny_vm_image();
     let staging = tempfile::tempdir().unwrap();
     let task = staging.path().join("wipe");
     std::fs::create_dir_all(&task).unwrap();
     std::fs::write(task.join("taskbot.yaml"), TASK).unwrap();
     std::fs::write(task.join("check.sh"), check).unwrap();
+    world(RULES, &[("wipe", task.as_path())], staging, |vm| {
+        vm.lease_secs = lease_secs;
+    })
+    .await
+}
 
-    let mut d = Deployment::new(RULES, &[("wipe", task.as_path())], free_port()).await;
+/// A deployment with these rules and tasks: rules, provisioner with the VM backend (the tiny
+/// guest on a blank base disk as the catalogue's image `tiny`, then `adjust`), one x86_64
+/// runner, reporter, and the api (its `/artifacts/` is the runners' artifacts URL).
+async fn world(
+    rules: &str,
+    tasks: &[(&str, &std::path::Path)],
+    staging: tempfile::TempDir,
+    adjust: impl FnOnce(&mut VmBackendConfig),
+) -> VmWorld {
+    let image = taskbot::testing::tiny_vm_image();
+    let mut d = Deployment::new(rules, tasks, free_port()).await;
     let base = d.dir.path().join("base.qcow2");
     taskbot::testing::blank_disk(&base, "64M");
     let base_sum = taskbot::testing::sha256_file(&base);
     let state_dir = d.dir.path().join("vms");
+    let api = format!("127.0.0.1:{}", free_port());
+    let mut vm = taskbot::testing::tiny_vm_backend(
+        &image,
+        &state_dir,
+        vec![taskbot::testing::tiny_vm_image_entry("tiny", &image, &base)],
+    );
+    vm.allowed_urls = vec![format!("http://{api}/artifacts/")];
+    adjust(&mut vm);
     d.configure(|config| {
-        config.provisioner.vm = Some(VmBackendConfig {
-            kernel: image.join("vmlinuz"),
-            initrd: image.join("initrd.img"),
-            base_disk: base.clone(),
-            ssh_key: image.join("id_ed25519"),
-            state_dir: state_dir.clone(),
-            memory_mb: 384,
-            max_vms: 1,
-            boot_timeout_secs: 120,
-            lease_secs,
-            ..VmBackendConfig::default()
-        });
+        config.provisioner.vm = Some(vm);
+        config.api.listen = api.clone();
+        config.runner.artifacts_url = Some(format!("http://{api}/artifacts"));
     });
     d.start("reporter", "reporter", &[]);
+    d.start("api", "api", &[]);
     d.start("provisioner", "provisioner", &[]);
     d.start("rules", "rules", &[]);
     d.start("runner-x86_64", "runner", &["--arch", "x86_64"]);
@@ -108,15 +122,45 @@ async fn vm_world(check: &str, lease_secs: u64) -> VmWorld {
     }
 }
 
+/// Publish an event as the bus would.
+async fn publish(d: &Deployment, topic: &str, msg: serde_json::Value) {
+    let event = event(topic, msg);
+    let t = &d.broker.topology;
+    d.broker
+        .publish(&t.events_exchange(), &event.topic, event.to_json())
+        .await;
+}
+
+/// (outcome, note, job id) of each result of `item`, by testcase.
+async fn results_of(
+    d: &Deployment,
+    item: &str,
+) -> std::collections::BTreeMap<String, (String, String, uuid::Uuid)> {
+    let db = d.db().await;
+    db.query(
+        "select testcase, outcome, coalesce(note, ''), job_id from results where item = $1",
+        &[&item],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+    .collect()
+}
+
 fn vm_event(item: &str) -> Event {
+    event("org.taskbot.test.vm", serde_json::json!({ "item": item }))
+}
+
+fn event(topic: &str, msg: serde_json::Value) -> Event {
     Event {
         id: format!("2026-vm-{}", uuid::Uuid::new_v4()),
-        topic: "org.taskbot.test.vm".into(),
+        topic: topic.into(),
         source: "test".into(),
         sent_at: None,
         received_at: Utc::now(),
         username: None,
-        msg: serde_json::json!({ "item": item }),
+        msg,
     }
 }
 
@@ -286,4 +330,244 @@ async fn the_vm_of_a_runner_killed_mid_task_is_reaped_when_its_lease_runs_out() 
     no_vm_left(&w, Duration::from_secs(60)).await;
     assert!(w.d.logs().contains("VM reaped"), "{}", w.d.logs());
     w.d.shutdown().await;
+}
+
+const ISO_RULES: &str = r#"
+tasks:
+  build-iso: { repo: build-iso }
+  install-check: { repo: install-check }
+rules:
+  - name: build-iso-on-installer-build
+    when: { topic: org.taskbot.test.installer }
+    do:
+      - task: build-iso
+        item: "{{ msg.item }}"
+        item_type: koji_build
+        arches: [x86_64]
+        args: { boot_dir: "{{ msg.boot_dir }}" }
+  - name: install-test-on-iso
+    when: { topic: taskbot.task.iso.built }
+    do:
+      - task: install-check
+        item: "{{ msg.item }}"
+        item_type: koji_build
+        arches: [x86_64]
+        environment: vm
+        vm:
+          blank_disk_mb: 64
+          iso: { url: "{{ msg.iso.url }}", sha256: "{{ msg.iso.sha256 }}" }
+"#;
+
+/// "Test ISO built → installation tests": an installer build's event makes the shipped task
+/// build-iso pack the tiny guest (as the installer) into a bootable ISO and announce it; the
+/// rules schedule install-check on it; the provisioner fetches the ISO from the api, boots it
+/// in a blank VM with an empty disk; the installer writes a system to the disk, and
+/// install-check, run in that VM, finds the build there and runs the installed system's own
+/// programs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iso_built_by_a_task_is_installed_into_a_blank_vm_and_the_installation_checked() {
+    let image = taskbot::testing::tiny_vm_image();
+    let staging = tempfile::tempdir().unwrap();
+    let build_iso = taskbot_tests::shipped_task("build-iso", staging.path());
+    let install_check = taskbot_tests::shipped_task("install-check", staging.path());
+    let w = world(
+        ISO_RULES,
+        &[
+            ("build-iso", build_iso.as_path()),
+            ("install-check", install_check.as_path()),
+        ],
+        staging,
+        |_| {},
+    )
+    .await;
+    let d = &w.d;
+    let item = "anaconda-40.1-1.fc40";
+    publish(
+        d,
+        "org.taskbot.test.installer",
+        serde_json::json!({ "item": item, "boot_dir": image.display().to_string() }),
+    )
+    .await;
+    let both = format!("select count(*) from results where item = '{item}'");
+    assert_eq!(
+        d.wait_for_count(&both, 2, Duration::from_secs(300)).await,
+        2,
+        "{}",
+        d.logs()
+    );
+    let results = results_of(d, item).await;
+    let (outcome, note, iso_job) = &results["dist.build-iso"];
+    assert_eq!(outcome, "PASSED", "{note}\n{}", d.logs());
+    let iso = d
+        .config
+        .runner
+        .artifacts_dir
+        .join(iso_job.to_string())
+        .join("install.iso");
+    let iso_sum = taskbot::testing::sha256_file(&iso);
+    assert!(note.ends_with(&iso_sum), "{note}");
+    let (outcome, note, install_job) = &results["dist.install-check"];
+    assert_eq!(outcome, "PASSED", "{note}\n{}", d.logs());
+    assert_eq!(
+        note,
+        &format!("{item} installed to /dev/vda: Taskbot tiny guest runs")
+    );
+    let release = d
+        .config
+        .runner
+        .artifacts_dir
+        .join(install_job.to_string())
+        .join("taskbot-release");
+    assert!(std::fs::read_to_string(release)
+        .unwrap()
+        .starts_with(&format!("item={item}\n")));
+    // The provisioner fetched the ISO over HTTP into its cache, checked against its SHA-256.
+    let cached: Vec<String> = std::fs::read_dir(w.state_dir.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cached, [format!("{iso_sum}-install.iso")]);
+    let db = d.db().await;
+    let provisioning: String = db
+        .query_one(
+            "select coalesce(detail, '') from job_events where job_id = $1 and state = 'provisioning'",
+            &[install_job],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        provisioning,
+        "starting a VM: a blank 64 MiB disk and the ISO"
+    );
+    no_vm_left(&w, Duration::from_secs(30)).await;
+    w.d.shutdown().await;
+}
+
+const SMOKE_RULES: &str = r#"
+tasks:
+  cloud-smoke: { repo: cloud-smoke }
+rules:
+  - name: cloud-smoke-on-compose
+    when: { topic: org.taskbot.test.compose.finished }
+    do:
+      - task: cloud-smoke
+        item: "{{ msg.compose }}"
+        item_type: compose
+        arches: [x86_64]
+        environment: vm
+        vm:
+          image: { distro: tiny, release: "{{ msg.release }}", flavour: base }
+"#;
+
+/// Cloud image spawning and testing: a compose-finished event makes the shipped task
+/// cloud-smoke run in a VM of the newest matching catalogue image (of three: an older build, the
+/// newest, served over HTTP by URL and SHA-256, and another flavour), which took its hostname
+/// and key from its cloud-init seed; each smoke check is a result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_gets_smoke_tests_in_a_vm_of_the_newest_matching_catalogue_image() {
+    let staging = tempfile::tempdir().unwrap();
+    let smoke = taskbot_tests::shipped_task("cloud-smoke", staging.path());
+    // The newest image's disk, served over HTTP from its own directory.
+    let served = tempfile::tempdir().unwrap();
+    let disk = served.path().join("tiny-new.qcow2");
+    taskbot::testing::blank_disk(&disk, "32M");
+    let disk_sum = taskbot::testing::sha256_file(&disk);
+    let port = free_port();
+    let server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(served.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = KillOnDrop(server);
+    let w = world(
+        SMOKE_RULES,
+        &[("cloud-smoke", smoke.as_path())],
+        staging,
+        |vm| {
+            let base = vm.images[0].clone();
+            let entry = |name: &str, built: &str, flavour: &str| {
+                let mut entry = base.clone();
+                entry.name = name.into();
+                entry.built = built.into();
+                entry.flavour = flavour.into();
+                entry.append = format!("{} taskbot.image={name}", base.append);
+                entry
+            };
+            let mut newest = entry("tiny-new", "2026-11-20", "base");
+            newest.disk = ImageFile::Url {
+                url: format!("http://127.0.0.1:{port}/tiny-new.qcow2"),
+                sha256: disk_sum.clone(),
+            };
+            vm.images = vec![
+                entry("tiny-old", "2026-01-10", "base"),
+                newest,
+                entry("tiny-server", "2026-11-25", "server"),
+            ];
+        },
+    )
+    .await;
+    let d = &w.d;
+    let compose = "Tiny-1-20261127.0";
+    publish(
+        d,
+        "org.taskbot.test.compose.finished",
+        serde_json::json!({ "compose": compose, "release": "1" }),
+    )
+    .await;
+    let all = format!("select count(*) from results where item = '{compose}'");
+    let count = d.wait_for_count(&all, 3, Duration::from_secs(240)).await;
+    assert_eq!(count, 3, "{}", d.logs());
+    let results = results_of(d, compose).await;
+    for check in ["hostname", "disk", "network"] {
+        let (outcome, note, _) = &results[&format!("dist.cloud-smoke.{check}")];
+        assert_eq!(outcome, "PASSED", "{check}: {note}\n{}", d.logs());
+    }
+    let (_, note, job_id) = &results["dist.cloud-smoke.hostname"];
+    assert_eq!(
+        note,
+        &format!(
+            "hostname taskbot-{}, from the seed",
+            &job_id.simple().to_string()[..8]
+        )
+    );
+    assert!(
+        results["dist.cloud-smoke.disk"].1.ends_with(": 32 MiB"),
+        "{results:?}"
+    );
+    // It ran in the newest matching image: the one whose disk was downloaded.
+    let cmdline = std::fs::read_to_string(
+        d.config
+            .runner
+            .artifacts_dir
+            .join(job_id.to_string())
+            .join("cmdline.txt"),
+    )
+    .unwrap();
+    assert!(cmdline.contains("taskbot.image=tiny-new"), "{cmdline}");
+    assert!(w
+        .state_dir
+        .join("cache")
+        .join(format!("{disk_sum}-tiny-new.qcow2"))
+        .is_file());
+    no_vm_left(&w, Duration::from_secs(30)).await;
+    w.d.shutdown().await;
+}
+
+/// A child process stopped when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -57,6 +57,8 @@ pub const ROUTES: &[&str] = &[
     "/api/v1/jobs/{id}",
     "/api/v1/jobs/{id}/artifacts",
     "/api/v1/jobs/{id}/artifacts/{*path}",
+    "/artifacts/{id}",
+    "/artifacts/{id}/{*path}",
     "/dashboard",
     "/dashboard/jobs/{id}",
     "/metrics",
@@ -130,6 +132,11 @@ pub fn router(state: SharedState) -> Router {
             "/api/v1/jobs/{id}/artifacts/{*path}",
             get(artifacts::get_path),
         )
+        // The same files as `<runner.artifacts_url>/<job id>/<path>`, when the runners' artifacts
+        // URL is `<api>/artifacts`: the links in results and the URLs tasks announce.
+        .route("/artifacts/{id}", get(artifacts::get_root))
+        .route("/artifacts/{id}/", get(artifacts::get_root))
+        .route("/artifacts/{id}/{*path}", get(artifacts::get_path))
         .route("/metrics", get(metrics))
         .route("/dashboard", get(dashboard::dashboard))
         .route("/dashboard/jobs/{id}", get(dashboard::job))

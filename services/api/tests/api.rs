@@ -461,6 +461,9 @@ async fn artifacts_are_served_and_traversal_is_refused() {
     )
     .await;
     assert_eq!((status, body.as_str()), (200, "0 errors"));
+    // The short prefix `runner.artifacts_url` can point at serves the same files.
+    let (status, body) = raw_get(f.api.addr, &format!("/artifacts/{id}/logs/rpmlint.log")).await;
+    assert_eq!((status, body.as_str()), (200, "0 errors"));
 
     let (status, listing) = f.api.get(&format!("/api/v1/jobs/{id}/artifacts/")).await;
     assert_eq!(status, 200);
@@ -493,6 +496,8 @@ async fn artifacts_are_served_and_traversal_is_refused() {
         format!("/api/v1/jobs/{id}/artifacts//etc/passwd"),
         format!("/api/v1/jobs/{id}/artifacts/escape"),
         format!("/api/v1/jobs/{id}/artifacts/etc/passwd"),
+        format!("/artifacts/{id}/../secret.txt"),
+        format!("/artifacts/{id}/escape"),
         "/api/v1/jobs/..%2f..%2f..%2fetc/artifacts/passwd".to_string(),
     ] {
         let (status, body) = raw_get(f.api.addr, &path).await;

@@ -6,9 +6,11 @@
 //! (QEMU killed, overlay and lease removed). The provisioner adds to `boot` one broker round
 //! trip (the `provisioning` status) before it, and publishing the provisioned job after.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use taskbot_provisioner::vm::VmSettings;
+use taskbot::messages::VmRequest;
+use taskbot::testing::{tiny_vm_backend, tiny_vm_image_entry};
+use taskbot_provisioner::VmBackend;
 
 const RUNS: usize = 5;
 
@@ -17,30 +19,24 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.qcow2");
     taskbot::testing::blank_disk(&base, "64M");
-    let settings = VmSettings {
-        state_dir: dir.path().join("state"),
-        kernel: image.join("vmlinuz"),
-        initrd: image.join("initrd.img"),
-        append: "console=ttyS0 quiet panic=-1".into(),
-        base_disk: base,
-        memory_mb: 384,
-        max_vms: 1,
-        ssh_key: image.join("id_ed25519"),
-        ssh_user: "root".into(),
-        boot_timeout: Duration::from_secs(180),
-        lease: Duration::from_secs(600),
-        qemu: "qemu-system-x86_64".into(),
-        accel: "tcg".into(),
-    };
+    let backend = VmBackend::from_config(&tiny_vm_backend(
+        &image,
+        &dir.path().join("state"),
+        vec![tiny_vm_image_entry("tiny", &image, &base)],
+    ));
+    let settings = &backend.settings;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let (spec, _) = runtime
+        .block_on(backend.boot_spec("x86_64", &VmRequest::default()))
+        .expect("the catalogue has the tiny image");
     let (mut boots, mut commands, mut destroys) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let started = Instant::now();
         let lease = runtime
-            .block_on(settings.boot(uuid::Uuid::new_v4()))
+            .block_on(settings.boot(uuid::Uuid::new_v4(), &spec))
             .expect("the VM boots");
         boots.push(started.elapsed());
         let started = Instant::now();

@@ -8,6 +8,7 @@
 //! runners for; a VM or destructive task without the VM backend) get a CRASHED result saying why,
 //! rather than waiting forever on a queue no one reads or running somewhere unsafe.
 
+pub mod catalogue;
 pub mod vm;
 
 use std::sync::Arc;
@@ -15,12 +16,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use taskbot::amqp::{self, ConsumerSpec, Disposition, Handler, Incoming, Outgoing, Publisher};
-use taskbot::config::VmBackendConfig;
+use taskbot::config::{VmBackendConfig, VmImageConfig};
 use taskbot::messages::{
     Environment, JobRequest, JobState, JobStatus, Machine, Message, ProvisionedJob, TaskResult,
+    VmRequest,
 };
 use taskbot::{Config, Shutdown, Topology};
-use vm::{VmError, VmSettings};
+use vm::{BootSpec, Disk, VmError, VmSettings};
 
 pub struct ProvisionerHandler {
     pub topology: Topology,
@@ -30,32 +32,130 @@ pub struct ProvisionerHandler {
     pub vm: Option<VmBackend>,
 }
 
-/// Disposable VMs, and the arches their guests serve.
+/// Disposable VMs: where and how they run, and the image catalogue.
 pub struct VmBackend {
     pub settings: VmSettings,
+    pub images: Vec<VmImageConfig>,
+    /// The arches the catalogue has images for.
     pub arches: Vec<String>,
+    /// URL prefixes a job's ISO may come from.
+    pub allowed_urls: Vec<String>,
+    pub download_max_bytes: u64,
+    pub http: reqwest::Client,
 }
+
+/// Largest blank disk a job may ask for (qcow2 grows as written; this bounds a runaway
+/// installer).
+const MAX_BLANK_DISK_MB: u64 = 256 * 1024;
 
 impl VmBackend {
     pub fn from_config(config: &VmBackendConfig) -> VmBackend {
         VmBackend {
             settings: VmSettings {
                 state_dir: config.state_dir.clone(),
-                kernel: config.kernel.clone(),
-                initrd: config.initrd.clone(),
-                append: config.append.clone(),
-                base_disk: config.base_disk.clone(),
                 memory_mb: config.memory_mb,
                 max_vms: config.max_vms,
                 ssh_key: config.ssh_key.clone(),
                 ssh_user: config.ssh_user.clone(),
                 boot_timeout: Duration::from_secs(config.boot_timeout_secs),
                 lease: Duration::from_secs(config.lease_secs),
-                qemu: config.qemu.clone(),
                 accel: config.accel.clone(),
             },
-            arches: config.arches.clone(),
+            images: config.images.clone(),
+            arches: config.arches(),
+            allowed_urls: config.allowed_urls.clone(),
+            download_max_bytes: config.download_max_bytes,
+            http: reqwest::Client::new(),
         }
+    }
+
+    fn cache_dir(&self) -> std::path::PathBuf {
+        self.settings.state_dir.join("cache")
+    }
+
+    /// What the job's VM boots, with every file fetched; or why it cannot have one (the job
+    /// ends CRASHED with that). Returns a description for the job's status too.
+    pub async fn boot_spec(
+        &self,
+        arch: &str,
+        request: &VmRequest,
+    ) -> Result<(BootSpec, String), String> {
+        let iso = match &request.iso {
+            Some(file) => {
+                if !self.allowed_urls.iter().any(|p| file.url.starts_with(p)) {
+                    return Err(format!(
+                        "the ISO {} is not under an allowed URL (provisioner.vm.allowed_urls: {})",
+                        file.url,
+                        if self.allowed_urls.is_empty() {
+                            "none".to_string()
+                        } else {
+                            self.allowed_urls.join(", ")
+                        }
+                    ));
+                }
+                let cache = self.cache_dir();
+                Some(
+                    catalogue::fetch_url(
+                        &self.http,
+                        &file.url,
+                        &file.sha256,
+                        &cache,
+                        self.download_max_bytes,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        if let Some(size_mb) = request.blank_disk_mb {
+            if !request.image.is_any() {
+                return Err("a VM is either blank or of an image, not both".into());
+            }
+            if !(1..=MAX_BLANK_DISK_MB).contains(&size_mb) {
+                return Err(format!(
+                    "blank_disk_mb must be 1 to {MAX_BLANK_DISK_MB}, not {size_mb}"
+                ));
+            }
+            if iso.is_none() {
+                return Err("a blank VM needs an ISO to boot from".into());
+            }
+            let spec = BootSpec {
+                qemu: format!("qemu-system-{arch}"),
+                disk: Disk::Blank(size_mb),
+                kernel: None,
+                iso,
+                cloud_init: true,
+                extra_args: Vec::new(),
+            };
+            return Ok((spec, format!("a blank {size_mb} MiB disk and the ISO")));
+        }
+        let image = catalogue::select(&self.images, arch, &request.image)?;
+        let cache = self.cache_dir();
+        let max = self.download_max_bytes;
+        let fetch = |file| catalogue::fetch(&self.http, file, &cache, max);
+        let disk = fetch(&image.disk).await?;
+        let kernel = match &image.kernel {
+            Some(kernel) => {
+                let initrd = match &image.initrd {
+                    Some(initrd) => Some(fetch(initrd).await?),
+                    None => None,
+                };
+                Some((fetch(kernel).await?, initrd, image.append.clone()))
+            }
+            None => None,
+        };
+        let spec = BootSpec {
+            qemu: image
+                .qemu
+                .clone()
+                .unwrap_or_else(|| format!("qemu-system-{arch}")),
+            disk: Disk::Overlay(disk),
+            kernel,
+            iso,
+            cloud_init: image.cloud_init,
+            extra_args: image.qemu_args.clone(),
+        };
+        Ok((spec, format!("image {}", image.name)))
     }
 }
 
@@ -143,7 +243,7 @@ impl ProvisionerHandler {
         }
         if !vm.arches.contains(&job.arch) {
             let reason = format!(
-                "no VM image for arch {} (provisioner.vm.arches: {})",
+                "no VM image for arch {} (the image catalogue has: {})",
                 job.arch,
                 vm.arches.join(", ")
             );
@@ -165,18 +265,27 @@ impl ProvisionerHandler {
                         vm.settings.max_vms
                     ));
                 }
+                let request = job.vm.clone().unwrap_or_default();
+                let (spec, what) = match vm.boot_spec(&job.arch, &request).await {
+                    Ok(found) => found,
+                    Err(reason) => {
+                        let reason = format!("cannot provide the VM: {reason}");
+                        tracing::warn!(job_id = %job.job_id, %reason, "no VM for the job");
+                        return Disposition::Done(self.crashed(job, &reason));
+                    }
+                };
                 let provisioning = JobStatus::new(
                     job,
                     JobState::Provisioning,
                     &self.instance,
-                    Some("starting a VM".into()),
+                    Some(format!("starting a VM: {what}")),
                 );
                 if let Err(e) = publisher.publish(&self.status(&provisioning)).await {
                     return Disposition::Retry(format!(
                         "cannot publish the provisioning status: {e}"
                     ));
                 }
-                match vm.settings.boot(job.job_id).await {
+                match vm.settings.boot(job.job_id, &spec).await {
                     Ok(lease) => lease,
                     Err(VmError::Full { max, .. }) => {
                         return Disposition::Retry(format!(
@@ -310,6 +419,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             "provisioner.backend: unknown backend {:?} (available: local)",
             config.provisioner.backend
         );
+    }
+    if let Some(vm) = &config.provisioner.vm {
+        vm.validate().map_err(anyhow::Error::msg)?;
     }
     let topology = Topology::for_config(&config);
     let vm = config

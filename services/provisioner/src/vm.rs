@@ -1,10 +1,11 @@
 //! Disposable QEMU VMs for jobs that need a machine of their own: the `vm` backend (see
 //! docs/provisioning.md).
 //!
-//! Per job: a copy-on-write overlay of the base disk (`qemu-img create -b`), so the base is never
-//! written; direct kernel boot (`-kernel`/`-initrd`); user-mode networking with the guest's SSH
-//! port forwarded to a free port on 127.0.0.1; TCG unless KVM is asked for (KVM is not usable on
-//! the development machines). QEMU runs daemonized: a VM outlives the provisioner that started
+//! Per job: a copy-on-write overlay of the image's disk (`qemu-img create -b`), so the image is
+//! never written, or an empty disk for a blank VM; direct kernel boot (`-kernel`/`-initrd`) or
+//! the disk's (or an attached ISO's) boot loader; a cloud-init NoCloud seed with the SSH key;
+//! user-mode networking with the guest's SSH port forwarded to a free port on 127.0.0.1; TCG
+//! unless KVM is asked for (KVM is not usable on the development machines). QEMU runs daemonized: a VM outlives the provisioner that started
 //! it, and a **lease** file records it (job, QEMU's pid, port, overlay, expiry), so a restarted
 //! provisioner finds and reaps what it left. A VM is ready when `ssh` with the job's key runs a
 //! command in it.
@@ -21,14 +22,9 @@ use uuid::Uuid;
 /// What the backend needs to know.
 #[derive(Debug, Clone)]
 pub struct VmSettings {
-    /// Leases, overlays and serial logs live here (`leases/`, `overlays/`, `logs/`).
+    /// Leases, overlays, seeds and serial logs live here (`leases/`, `overlays/`, `seeds/`,
+    /// `logs/`).
     pub state_dir: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    /// Kernel command line.
-    pub append: String,
-    /// The base disk every VM gets an overlay of (qcow2 or raw).
-    pub base_disk: PathBuf,
     pub memory_mb: u32,
     /// VMs at once; more are refused (the caller keeps the job queued).
     pub max_vms: usize,
@@ -39,9 +35,32 @@ pub struct VmSettings {
     pub boot_timeout: Duration,
     /// How long a lease lasts unless renewed.
     pub lease: Duration,
-    pub qemu: String,
     /// `tcg` or `kvm`.
     pub accel: String,
+}
+
+/// What one VM boots: the image's files, fetched, or a blank disk and an ISO.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootSpec {
+    /// The QEMU binary, e.g. `qemu-system-x86_64`.
+    pub qemu: String,
+    pub disk: Disk,
+    /// Direct kernel boot: kernel, initramfs, command line.
+    pub kernel: Option<(PathBuf, Option<PathBuf>, String)>,
+    /// Attached as the CD-ROM; booted from when the VM has no kernel of its own to boot.
+    pub iso: Option<PathBuf>,
+    /// Give the VM a cloud-init NoCloud seed (user, key, hostname).
+    pub cloud_init: bool,
+    pub extra_args: Vec<String>,
+}
+
+/// The VM's first disk (`/dev/vda` in the guest).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disk {
+    /// A copy-on-write overlay of this image (qcow2 or raw), which stays untouched.
+    Overlay(PathBuf),
+    /// An empty disk of this many MiB (the target of an installation).
+    Blank(u64),
 }
 
 /// A running VM, as recorded on disk.
@@ -51,6 +70,9 @@ pub struct Lease {
     pub pid: u32,
     pub ssh_port: u16,
     pub overlay: PathBuf,
+    /// The cloud-init seed, removed with the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<PathBuf>,
     pub serial_log: PathBuf,
     pub expires_at: DateTime<Utc>,
 }
@@ -75,14 +97,8 @@ impl VmSettings {
     }
 
     /// QEMU's arguments for one VM (pure, for tests).
-    pub fn qemu_args(
-        &self,
-        overlay: &Path,
-        ssh_port: u16,
-        serial_log: &Path,
-        pidfile: &Path,
-    ) -> Vec<String> {
-        vec![
+    pub fn qemu_args(&self, spec: &BootSpec, files: &VmFiles, ssh_port: u16) -> Vec<String> {
+        let mut args: Vec<String> = vec![
             "-accel".into(),
             self.accel.clone(),
             "-m".into(),
@@ -92,22 +108,63 @@ impl VmSettings {
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
-            "-kernel".into(),
-            self.kernel.display().to_string(),
-            "-initrd".into(),
-            self.initrd.display().to_string(),
-            "-append".into(),
-            self.append.clone(),
+        ];
+        if let Some((kernel, initrd, append)) = &spec.kernel {
+            args.extend(["-kernel".into(), kernel.display().to_string()]);
+            if let Some(initrd) = initrd {
+                args.extend(["-initrd".into(), initrd.display().to_string()]);
+            }
+            args.extend(["-append".into(), append.clone()]);
+        }
+        args.extend([
             "-nic".into(),
             format!("user,model=e1000,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"),
             "-drive".into(),
-            format!("file={},if=virtio,format=qcow2", overlay.display()),
+            format!("file={},if=virtio,format=qcow2", files.overlay.display()),
+        ]);
+        if let Some(seed) = &files.seed {
+            args.extend([
+                "-drive".into(),
+                format!("file={},if=virtio,format=raw,readonly=on", seed.display()),
+            ]);
+        }
+        if let Some(iso) = &spec.iso {
+            args.extend([
+                "-drive".into(),
+                format!("file={},media=cdrom,readonly=on", iso.display()),
+            ]);
+            if spec.kernel.is_none() {
+                args.extend(["-boot".into(), "order=dc".into()]);
+            }
+        }
+        args.extend(spec.extra_args.iter().cloned());
+        args.extend([
             "-serial".into(),
-            format!("file:{}", serial_log.display()),
+            format!("file:{}", files.serial_log.display()),
             "-daemonize".into(),
             "-pidfile".into(),
-            pidfile.display().to_string(),
-        ]
+            files.pidfile.display().to_string(),
+        ]);
+        args
+    }
+
+    /// Where one job's VM keeps its files.
+    pub fn files(&self, job_id: Uuid, seed: bool) -> VmFiles {
+        VmFiles {
+            overlay: self
+                .state_dir
+                .join("overlays")
+                .join(format!("{job_id}.qcow2")),
+            seed: seed.then(|| self.state_dir.join("seeds").join(format!("{job_id}.iso"))),
+            serial_log: self
+                .state_dir
+                .join("logs")
+                .join(format!("{job_id}.serial.log")),
+            pidfile: self
+                .state_dir
+                .join("overlays")
+                .join(format!("{job_id}.pid")),
+        }
     }
 
     /// Every lease on disk.
@@ -123,7 +180,7 @@ impl VmSettings {
 
     /// Start a VM for `job_id` and wait until SSH answers; its lease is recorded first, so a VM
     /// that never answers is still reaped.
-    pub async fn boot(&self, job_id: Uuid) -> Result<Lease, VmError> {
+    pub async fn boot(&self, job_id: Uuid, spec: &BootSpec) -> Result<Lease, VmError> {
         let running = self.leases().len();
         if running >= self.max_vms {
             return Err(VmError::Full {
@@ -131,54 +188,59 @@ impl VmSettings {
                 max: self.max_vms,
             });
         }
-        for dir in ["leases", "overlays", "logs"] {
+        for dir in ["leases", "overlays", "seeds", "logs"] {
             std::fs::create_dir_all(self.state_dir.join(dir))?;
         }
-        let overlay = self
-            .state_dir
-            .join("overlays")
-            .join(format!("{job_id}.qcow2"));
-        let serial_log = self
-            .state_dir
-            .join("logs")
-            .join(format!("{job_id}.serial.log"));
-        let pidfile = self
-            .state_dir
-            .join("overlays")
-            .join(format!("{job_id}.pid"));
-        let format = if self.base_disk.extension().is_some_and(|e| e == "qcow2") {
-            "qcow2"
-        } else {
-            "raw"
+        let files = self.files(job_id, spec.cloud_init);
+        let mut create = Command::new("qemu-img");
+        create.args(["create", "-q", "-f", "qcow2"]);
+        match &spec.disk {
+            Disk::Overlay(base) => {
+                let format = if base.extension().is_some_and(|e| e == "qcow2") {
+                    "qcow2"
+                } else {
+                    "raw"
+                };
+                create
+                    .args(["-F", format, "-b"])
+                    .arg(base)
+                    .arg(&files.overlay);
+            }
+            Disk::Blank(size_mb) => {
+                create.arg(&files.overlay).arg(format!("{size_mb}M"));
+            }
+        }
+        run(&mut create).await?;
+        let cleanup = |files: &VmFiles| {
+            let _ = std::fs::remove_file(&files.overlay);
+            if let Some(seed) = &files.seed {
+                let _ = std::fs::remove_file(seed);
+            }
         };
-        run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-            .arg(&self.base_disk)
-            .arg(&overlay))
-        .await?;
+        if let Some(seed) = &files.seed {
+            if let Err(e) = self.write_seed(job_id, seed).await {
+                cleanup(&files);
+                return Err(e);
+            }
+        }
         let ssh_port = free_port()?;
-        if let Err(err) = run(Command::new(&self.qemu).args(self.qemu_args(
-            &overlay,
-            ssh_port,
-            &serial_log,
-            &pidfile,
-        )))
-        .await
-        {
-            let _ = std::fs::remove_file(&overlay);
+        let qemu_args = self.qemu_args(spec, &files, ssh_port);
+        if let Err(err) = run(Command::new(&spec.qemu).args(qemu_args)).await {
+            cleanup(&files);
             return Err(err);
         }
-        let pid: u32 = std::fs::read_to_string(&pidfile)?
+        let pid: u32 = std::fs::read_to_string(&files.pidfile)?
             .trim()
             .parse()
             .map_err(|_| VmError::Failed("QEMU wrote no pid".into()))?;
-        let _ = std::fs::remove_file(&pidfile);
+        let _ = std::fs::remove_file(&files.pidfile);
         let lease = Lease {
             job_id,
             pid,
             ssh_port,
-            overlay,
-            serial_log,
+            overlay: files.overlay,
+            seed: files.seed,
+            serial_log: files.serial_log,
             expires_at: Utc::now() + self.lease,
         };
         std::fs::write(
@@ -200,6 +262,39 @@ impl VmSettings {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// The cloud-init NoCloud seed: an ISO 9660 volume labelled `cidata` with `meta-data`
+    /// (instance id, hostname) and `user-data` (the login user and the public half of
+    /// `ssh_key`), built with xorriso.
+    async fn write_seed(&self, job_id: Uuid, seed: &Path) -> Result<(), VmError> {
+        let public = Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&self.ssh_key)
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        if !public.status.success() {
+            return Err(VmError::Failed(format!(
+                "cannot read the public key of {}: {}",
+                self.ssh_key.display(),
+                String::from_utf8_lossy(&public.stderr).trim()
+            )));
+        }
+        let public_key = String::from_utf8_lossy(&public.stdout).trim().to_string();
+        let dir = seed.with_extension("d");
+        std::fs::create_dir_all(&dir)?;
+        let (meta_data, user_data) = seed_files(job_id, &self.ssh_user, &public_key);
+        std::fs::write(dir.join("meta-data"), meta_data)?;
+        std::fs::write(dir.join("user-data"), user_data)?;
+        let made = run(Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-V", "cidata", "-J", "-r", "-o"])
+            .arg(seed)
+            .arg(&dir))
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        made
     }
 
     /// Run `command` in the VM over SSH; (exit code, stdout).
@@ -233,6 +328,9 @@ impl VmSettings {
             }
         }
         let _ = std::fs::remove_file(&lease.overlay);
+        if let Some(seed) = &lease.seed {
+            let _ = std::fs::remove_file(seed);
+        }
         let _ = std::fs::remove_file(self.lease_path(lease.job_id));
     }
 
@@ -248,6 +346,37 @@ impl VmSettings {
         }
         reaped
     }
+}
+
+/// Where one VM's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmFiles {
+    pub overlay: PathBuf,
+    pub seed: Option<PathBuf>,
+    pub serial_log: PathBuf,
+    pub pidfile: PathBuf,
+}
+
+/// The hostname a job's VM gets from its seed: `taskbot-` and the job id's first 8 digits.
+pub fn hostname(job_id: Uuid) -> String {
+    format!("taskbot-{}", &job_id.simple().to_string()[..8])
+}
+
+/// `meta-data` and `user-data` of a job's NoCloud seed (pure, for tests). cloud-init puts the
+/// key in the user's `authorized_keys`; for root it needs `disable_root: false`.
+pub fn seed_files(job_id: Uuid, user: &str, public_key: &str) -> (String, String) {
+    let host = hostname(job_id);
+    let meta_data = format!("instance-id: taskbot-{job_id}\nlocal-hostname: {host}\n");
+    let mut user_data =
+        format!("#cloud-config\nhostname: {host}\nssh_pwauth: false\ndisable_root: false\n");
+    if user == "root" {
+        user_data.push_str(&format!("ssh_authorized_keys:\n  - {public_key}\n"));
+    } else {
+        user_data.push_str(&format!(
+            "users:\n  - name: {user}\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    lock_passwd: true\n    ssh_authorized_keys:\n      - {public_key}\n"
+        ));
+    }
+    (meta_data, user_data)
 }
 
 /// Whether the lease's QEMU still runs: the pid exists and is a QEMU with this VM's overlay (a
@@ -286,46 +415,110 @@ mod tests {
     fn settings(dir: &Path) -> VmSettings {
         VmSettings {
             state_dir: dir.to_path_buf(),
-            kernel: "/img/vmlinuz".into(),
-            initrd: "/img/initrd.img".into(),
-            append: "console=ttyS0".into(),
-            base_disk: "/img/base.qcow2".into(),
             memory_mb: 256,
             max_vms: 1,
             ssh_key: "/img/id".into(),
             ssh_user: "root".into(),
             boot_timeout: Duration::from_secs(1),
             lease: Duration::from_secs(60),
-            qemu: "qemu-system-x86_64".into(),
             accel: "tcg".into(),
         }
     }
 
+    fn image_spec() -> BootSpec {
+        BootSpec {
+            qemu: "qemu-system-x86_64".into(),
+            disk: Disk::Overlay("/img/base.qcow2".into()),
+            kernel: Some((
+                "/img/vmlinuz".into(),
+                Some("/img/initrd.img".into()),
+                "console=ttyS0".into(),
+            )),
+            iso: None,
+            cloud_init: true,
+            extra_args: vec!["-cpu".into(), "max".into()],
+        }
+    }
+
     #[test]
-    fn qemu_boots_the_kernel_on_an_overlay_with_ssh_forwarded_to_localhost() {
+    fn qemu_boots_the_kernel_on_an_overlay_with_a_seed_and_ssh_forwarded_to_localhost() {
         let s = settings(Path::new("/state"));
-        let args = s.qemu_args(
-            Path::new("/state/overlays/j.qcow2"),
-            2222,
-            Path::new("/state/logs/j.log"),
-            Path::new("/state/j.pid"),
-        );
-        let text = args.join(" ");
+        let job = Uuid::from_u128(7);
+        let files = s.files(job, true);
+        let text = s.qemu_args(&image_spec(), &files, 2222).join(" ");
         assert!(text.starts_with("-accel tcg -m 256"), "{text}");
         assert!(
-            text.contains("-kernel /img/vmlinuz -initrd /img/initrd.img"),
+            text.contains("-kernel /img/vmlinuz -initrd /img/initrd.img -append console=ttyS0"),
             "{text}"
         );
         assert!(text.contains("hostfwd=tcp:127.0.0.1:2222-:22"), "{text}");
         assert!(
-            text.contains("-drive file=/state/overlays/j.qcow2,if=virtio,format=qcow2"),
-            "{text}"
+            text.contains(&format!(
+                "-drive file=/state/overlays/{job}.qcow2,if=virtio,format=qcow2 \
+                 -drive file=/state/seeds/{job}.iso,if=virtio,format=raw,readonly=on"
+            )),
+            "the overlay is vda, the seed vdb: {text}"
         );
         assert!(
             !text.contains("base.qcow2"),
             "the base is never given to QEMU: {text}"
         );
-        assert!(text.contains("-daemonize -pidfile /state/j.pid"), "{text}");
+        assert!(!text.contains("cdrom") && !text.contains("-boot"), "{text}");
+        assert!(text.contains("-cpu max -serial"), "{text}");
+        assert!(
+            text.ends_with(&format!("-daemonize -pidfile /state/overlays/{job}.pid")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_blank_vm_boots_from_its_iso_and_an_image_without_cloud_init_gets_no_seed() {
+        let s = settings(Path::new("/state"));
+        let job = Uuid::from_u128(8);
+        let blank = BootSpec {
+            disk: Disk::Blank(256),
+            kernel: None,
+            iso: Some("/cache/install.iso".into()),
+            extra_args: Vec::new(),
+            ..image_spec()
+        };
+        let text = s.qemu_args(&blank, &s.files(job, true), 1).join(" ");
+        assert!(
+            text.contains("-drive file=/cache/install.iso,media=cdrom,readonly=on -boot order=dc"),
+            "{text}"
+        );
+        assert!(!text.contains("-kernel"), "{text}");
+        let no_seed = BootSpec {
+            cloud_init: false,
+            ..image_spec()
+        };
+        let files = s.files(job, no_seed.cloud_init);
+        assert_eq!(files.seed, None);
+        let text = s.qemu_args(&no_seed, &files, 1).join(" ");
+        assert!(!text.contains("seeds"), "{text}");
+    }
+
+    #[test]
+    fn seeds_carry_the_key_for_root_or_a_sudo_user() {
+        let job = Uuid::parse_str("0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(hostname(job), "taskbot-01234567");
+        let (meta, user) = seed_files(job, "root", "ssh-ed25519 AAAA k");
+        assert_eq!(
+            meta,
+            format!("instance-id: taskbot-{job}\nlocal-hostname: taskbot-01234567\n")
+        );
+        assert!(
+            user.starts_with("#cloud-config\nhostname: taskbot-01234567\n"),
+            "{user}"
+        );
+        assert!(
+            user.contains("disable_root: false\nssh_authorized_keys:\n  - ssh-ed25519 AAAA k\n"),
+            "{user}"
+        );
+        let (_, user) = seed_files(job, "fedora", "ssh-ed25519 AAAA k");
+        assert!(user.contains("users:\n  - name: fedora\n"), "{user}");
+        assert!(user.contains("      - ssh-ed25519 AAAA k\n"), "{user}");
+        assert!(!user.contains("\nssh_authorized_keys"), "{user}");
     }
 
     #[test]
@@ -341,6 +534,7 @@ mod tests {
             pid: std::process::id(),
             ssh_port: 1,
             overlay: overlay.clone(),
+            seed: None,
             serial_log: dir.path().join("log"),
             expires_at: Utc::now() + chrono::Duration::hours(1),
         };

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use serde_json::Value;
 use taskbot::messages::{
-    check_schema, DecodeError, Environment, Event, JobRequest, Message, TaskRef,
+    check_schema, DecodeError, Environment, Event, ImageQuery, JobRequest, Message, RemoteFile,
+    TaskRef, VmRequest,
 };
 use taskbot::topology::MAX_PRIORITY;
 
@@ -132,7 +133,54 @@ struct Action {
     priority: u8,
     environment: Environment,
     destructive: bool,
+    vm: Option<VmTemplates>,
 }
+
+/// An action's `vm:`, compiled: the templates of what the job's VM request gets.
+#[derive(Debug, Clone)]
+struct VmTemplates {
+    /// (`name`/`distro`/`release`/`flavour`, template).
+    image: Vec<(String, Template)>,
+    blank_disk_mb: Option<u64>,
+    /// URL and SHA-256.
+    iso: Option<(Template, Template)>,
+}
+
+impl VmTemplates {
+    /// Every template, for the fields of the message they need.
+    fn templates(&self) -> impl Iterator<Item = &Template> {
+        let iso = self.iso.iter().flat_map(|(url, sum)| [url, sum]);
+        self.image.iter().map(|(_, t)| t).chain(iso)
+    }
+
+    fn render(&self, scope: &Scope<'_>) -> Result<VmRequest, String> {
+        let mut image = ImageQuery::default();
+        for (key, template) in &self.image {
+            let value = Some(template.render(scope)?);
+            match key.as_str() {
+                "name" => image.name = value,
+                "distro" => image.distro = value,
+                "release" => image.release = value,
+                _ => image.flavour = value,
+            }
+        }
+        let iso = match &self.iso {
+            Some((url, sha256)) => Some(RemoteFile {
+                url: url.render(scope)?,
+                sha256: sha256.render(scope)?,
+            }),
+            None => None,
+        };
+        Ok(VmRequest {
+            image,
+            blank_disk_mb: self.blank_disk_mb,
+            iso,
+        })
+    }
+}
+
+/// The keys of `vm.image`.
+const IMAGE_KEYS: [&str; 4] = ["name", "distro", "release", "flavour"];
 
 /// `for_each: <path with [*]>` and the name (`as:`) its elements get in templates.
 #[derive(Debug, Clone)]
@@ -340,6 +388,53 @@ impl Engine {
                     .iter()
                     .map(|(k, v)| Ok((k.clone(), template(v, k)?)))
                     .collect::<Result<Vec<_>, RulesError>>()?;
+                let vm = match &a.vm {
+                    None => None,
+                    Some(vm) => {
+                        if a.environment != Environment::Vm {
+                            return Err(place(Problem::new("vm: needs environment: vm", &["vm:"])));
+                        }
+                        if let Some(key) =
+                            vm.image.keys().find(|k| !IMAGE_KEYS.contains(&k.as_str()))
+                        {
+                            return Err(place(Problem::new(
+                                format!(
+                                    "vm.image: unknown key {key:?} (known: {})",
+                                    IMAGE_KEYS.join(", ")
+                                ),
+                                &[&format!("{key}:"), "image:"],
+                            )));
+                        }
+                        if vm.blank_disk_mb.is_some() && !vm.image.is_empty() {
+                            return Err(place(Problem::new(
+                                "vm: a VM is either blank (blank_disk_mb) or of an image, not both",
+                                &["blank_disk_mb:", "vm:"],
+                            )));
+                        }
+                        if vm.blank_disk_mb.is_some() && vm.iso.is_none() {
+                            return Err(place(Problem::new(
+                                "vm: a blank VM needs an iso to boot from",
+                                &["blank_disk_mb:", "vm:"],
+                            )));
+                        }
+                        let image = vm
+                            .image
+                            .iter()
+                            .map(|(k, v)| Ok((k.clone(), template(v, k)?)))
+                            .collect::<Result<Vec<_>, RulesError>>()?;
+                        let iso = match &vm.iso {
+                            Some(iso) => {
+                                Some((template(&iso.url, "url")?, template(&iso.sha256, "sha256")?))
+                            }
+                            None => None,
+                        };
+                        Some(VmTemplates {
+                            image,
+                            blank_disk_mb: vm.blank_disk_mb,
+                            iso,
+                        })
+                    }
+                };
                 actions.push(Action {
                     task: TaskRef {
                         name: a.task.clone(),
@@ -355,6 +450,7 @@ impl Engine {
                     priority: a.priority,
                     environment: a.environment,
                     destructive: a.destructive,
+                    vm,
                 });
             }
             rules.push(Rule {
@@ -582,6 +678,11 @@ impl Rule {
             for (_, template) in &action.args {
                 paths.extend(template.paths());
             }
+            if let Some(vm) = &action.vm {
+                for template in vm.templates() {
+                    paths.extend(template.paths());
+                }
+            }
             for path in paths {
                 add_body_path(needs, path, for_each);
             }
@@ -762,6 +863,10 @@ impl Action {
         for (k, t) in &self.args {
             args.insert(k.clone(), t.render(scope)?);
         }
+        let vm = match &self.vm {
+            Some(vm) => Some(vm.render(scope)?),
+            None => None,
+        };
         let now = Utc::now();
         Ok(self
             .arches
@@ -779,6 +884,7 @@ impl Action {
                 priority: self.priority,
                 environment: self.environment,
                 destructive: self.destructive,
+                vm: vm.clone(),
                 created_at: now,
             })
             .collect())
@@ -948,6 +1054,143 @@ rules:
                 "field msg.release is missing from the message".to_string()
             )]
         );
+    }
+
+    const VM_RULES: &str = r#"
+tasks:
+  install: { repo: install }
+  smoke: { repo: smoke }
+rules:
+  - name: install-on-iso
+    when: { topic: taskbot.task.iso.built }
+    do:
+      - task: install
+        item: "{{ msg.item }}"
+        item_type: iso
+        arches: [x86_64]
+        environment: vm
+        vm:
+          blank_disk_mb: 512
+          iso: { url: "{{ msg.iso.url }}", sha256: "{{ msg.iso.sha256 }}" }
+  - name: smoke-on-compose
+    when: { topic: taskbot.compose.finished }
+    do:
+      - task: smoke
+        item: "{{ msg.compose }}"
+        item_type: compose
+        arches: [x86_64]
+        environment: vm
+        vm:
+          image: { distro: fedora, release: "{{ msg.release }}", flavour: cloud }
+"#;
+
+    fn event_bytes(topic: &str, msg: serde_json::Value) -> Vec<u8> {
+        Event {
+            id: "vm-1".into(),
+            topic: topic.into(),
+            source: "test".into(),
+            sent_at: None,
+            received_at: Utc::now(),
+            username: None,
+            msg,
+        }
+        .to_json()
+    }
+
+    /// Through `evaluate_message`, which parses only the fields the rules need: the fields
+    /// only `vm:` uses must be among them.
+    #[test]
+    fn vm_requests_are_rendered_from_the_message() {
+        let e = engine(VM_RULES).unwrap();
+        let sum = "ab".repeat(32);
+        let body = event_bytes(
+            "taskbot.task.iso.built",
+            serde_json::json!({"item": "anaconda-40.1-1.fc40", "other": [1, 2],
+                               "iso": {"url": "http://a/x.iso", "sha256": sum}}),
+        );
+        let jobs = e.evaluate_message(&body).unwrap().evaluation.jobs;
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].environment, Environment::Vm);
+        assert_eq!(
+            jobs[0].vm,
+            Some(VmRequest {
+                image: ImageQuery::default(),
+                blank_disk_mb: Some(512),
+                iso: Some(RemoteFile {
+                    url: "http://a/x.iso".into(),
+                    sha256: sum.clone()
+                }),
+            })
+        );
+        let body = event_bytes(
+            "taskbot.compose.finished",
+            serde_json::json!({"compose": "Fedora-41-20261127.0", "release": "41"}),
+        );
+        let jobs = e.evaluate_message(&body).unwrap().evaluation.jobs;
+        let image = &jobs[0].vm.as_ref().unwrap().image;
+        assert_eq!(
+            (
+                image.distro.as_deref(),
+                image.release.as_deref(),
+                image.flavour.as_deref()
+            ),
+            (Some("fedora"), Some("41"), Some("cloud"))
+        );
+        assert_eq!(
+            (
+                image.name.as_ref(),
+                jobs[0].vm.as_ref().unwrap().iso.as_ref()
+            ),
+            (None, None)
+        );
+        // A message without the ISO's checksum: the rule is skipped, saying why.
+        let body = event_bytes(
+            "taskbot.task.iso.built",
+            serde_json::json!({"item": "a", "iso": {"url": "http://a/x.iso"}}),
+        );
+        let out = e.evaluate_message(&body).unwrap().evaluation;
+        assert!(out.jobs.is_empty());
+        assert!(
+            out.skipped[0].1.contains("msg.iso.sha256"),
+            "{:?}",
+            out.skipped
+        );
+    }
+
+    #[test]
+    fn inconsistent_vm_specs_are_refused_with_position() {
+        for (from, to, message, line) in [
+            (
+                "        environment: vm\n        vm:\n          blank",
+                "        vm:\n          blank",
+                "vm: needs environment: vm",
+                13,
+            ),
+            (
+                "flavour: cloud",
+                "flavor: cloud",
+                "vm.image: unknown key \"flavor\"",
+                26,
+            ),
+            (
+                "          iso: { url",
+                "          image: { name: x }\n          iso: { url",
+                "either blank (blank_disk_mb) or of an image",
+                15,
+            ),
+            (
+                "          iso: { url: \"{{ msg.iso.url }}\", sha256: \"{{ msg.iso.sha256 }}\" }\n",
+                "",
+                "a blank VM needs an iso",
+                15,
+            ),
+        ] {
+            let text = VM_RULES.replace(from, to);
+            assert_ne!(text, VM_RULES, "{from}");
+            let err = engine(&text).unwrap_err();
+            assert!(err.message.contains(message), "{err}");
+            assert_eq!(err.line, line, "{err}");
+        }
     }
 
     #[test]

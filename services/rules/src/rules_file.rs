@@ -226,6 +226,32 @@ pub struct ActionSpec {
     /// The task may break its machine: it must get a fresh VM.
     #[serde(default)]
     pub destructive: bool,
+    /// Which VM (with `environment: vm`): an image of the catalogue, or a blank disk and an
+    /// ISO. Values are templates.
+    #[serde(default)]
+    pub vm: Option<VmSpec>,
+}
+
+/// An action's `vm:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// `name`, `distro`, `release`, `flavour` (templates); unset ones match any image.
+    #[serde(default)]
+    pub image: BTreeMap<String, String>,
+    /// A blank VM: an empty disk of this many MiB, booted from `iso`.
+    #[serde(default)]
+    pub blank_disk_mb: Option<u64>,
+    /// `url` and `sha256` (templates) of an ISO to attach.
+    #[serde(default)]
+    pub iso: Option<IsoSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsoSpec {
+    pub url: String,
+    pub sha256: String,
 }
 
 /// A rules file that cannot be used, with where and why.

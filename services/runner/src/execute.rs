@@ -59,7 +59,16 @@ pub fn task_env(
     artifacts: &Path,
     results: &Path,
     events: &Path,
+    artifacts_location: &str,
 ) -> Vec<(String, String)> {
+    // Where the job's artifacts will be found once it ended: the published URL, or the local
+    // directory as a file:// URL (a chained job on this host, such as an installation test
+    // booting an ISO this task built, reads it there).
+    let artifacts_url = if artifacts_location.contains("://") {
+        format!("{}/", artifacts_location.trim_end_matches('/'))
+    } else {
+        format!("file://{}/", artifacts_location.trim_end_matches('/'))
+    };
     let mut env = vec![
         ("TASKBOT_ITEM".to_string(), job.item.clone()),
         ("TASKBOT_ITEM_TYPE".to_string(), job.item_type.clone()),
@@ -74,6 +83,7 @@ pub fn task_env(
         ),
         ("TASKBOT_RESULTS".to_string(), results.display().to_string()),
         ("TASKBOT_EVENTS".to_string(), events.display().to_string()),
+        ("TASKBOT_ARTIFACTS_URL".to_string(), artifacts_url),
     ];
     let args: &BTreeMap<String, String> = &job.args;
     for (key, value) in args {
@@ -349,6 +359,7 @@ mod tests {
             priority: 0,
             environment: Default::default(),
             destructive: false,
+            vm: None,
             created_at: Utc::now(),
         };
         let env: BTreeMap<String, String> = task_env(
@@ -357,6 +368,7 @@ mod tests {
             Path::new("/a/j"),
             Path::new("/w/c/results.yml"),
             Path::new("/a/j/events.jsonl"),
+            "/srv/artifacts/j",
         )
         .into_iter()
         .collect();
@@ -368,8 +380,21 @@ mod tests {
         assert_eq!(env["TASKBOT_ARTIFACTS"], "/a/j/");
         assert_eq!(env["TASKBOT_RESULTS"], "/w/c/results.yml");
         assert_eq!(env["TASKBOT_EVENTS"], "/a/j/events.jsonl");
+        assert_eq!(env["TASKBOT_ARTIFACTS_URL"], "file:///srv/artifacts/j/");
         assert_eq!(env["TASKBOT_ARG_KOJI_TAG"], "f40");
-        assert_eq!(env.len(), 9);
+        assert_eq!(env.len(), 10);
+        let published = task_env(
+            &job,
+            Path::new("/w/c"),
+            Path::new("/a/j"),
+            Path::new("/w/c/results.yml"),
+            Path::new("/a/j/events.jsonl"),
+            "https://taskbot.example/artifacts/j",
+        );
+        assert!(published.contains(&(
+            "TASKBOT_ARTIFACTS_URL".into(),
+            "https://taskbot.example/artifacts/j/".into()
+        )));
     }
 
     #[test]

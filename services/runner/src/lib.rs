@@ -15,10 +15,9 @@
 //! below the broker's consumer timeout ([`task_budget`], `runner.consumer_timeout_secs`).
 //!
 //! The decisions live in pure modules ([`task`], [`results`], [`report`], [`git::repo_allowed`],
-//! [`artifacts::glob_matches`]); [`git`], [`download`] and [`execute`] hold the I/O.
+//! [`artifacts::glob_matches`]); [`git`], [`execute`] and [`taskbot::download`] hold the I/O.
 
 pub mod artifacts;
-pub mod download;
 pub mod events;
 pub mod execute;
 pub mod git;
@@ -39,11 +38,11 @@ use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, Message, Provi
 use taskbot::{Config, Shutdown, Topology};
 use uuid::Uuid;
 
-use crate::download::{DownloadSpec, RetryPolicy};
 use crate::execute::{RunEnd, TaskCommand, TaskExit};
 use crate::remote::Remote;
 use crate::report::{ResultFactory, Verdict};
 use crate::task::{Escape, NamedStep, Phase, TaskFile, TemplateVars};
+use taskbot::download::{self, DownloadSpec, RetryPolicy};
 
 /// The log file of every job, in its artifacts directory.
 pub const LOG_FILE: &str = "task.log";
@@ -297,6 +296,7 @@ impl RunnerHandler {
                 &task_artifacts,
                 &task_workdir.join(task.results_path()),
                 &task_artifacts.join(EVENTS_FILE),
+                &factory.artifacts_location,
             ),
             remote: remote.clone(),
             pushed: false,
@@ -1003,6 +1003,7 @@ mod tests {
                 priority: 0,
                 environment: Default::default(),
                 destructive: false,
+                vm: None,
                 created_at: Utc::now(),
             },
             machine,

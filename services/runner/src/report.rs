@@ -337,6 +337,7 @@ mod tests {
             priority: 0,
             environment: Default::default(),
             destructive: false,
+            vm: None,
             created_at: Utc::now(),
         }
     }

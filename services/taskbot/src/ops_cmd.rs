@@ -331,6 +331,7 @@ pub fn manual_job(args: &SubmitArgs, arch: &str, event_id: &str) -> Result<JobRe
         priority: args.priority,
         environment: Default::default(),
         destructive: false,
+        vm: None,
         created_at: chrono::Utc::now(),
     })
 }

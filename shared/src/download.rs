@@ -1,4 +1,4 @@
-//! A task's `downloads`: fetching files over HTTP into the clone before the task runs, with
+//! Fetching files over HTTP (a task's `downloads`, a VM image or ISO of the provisioner), with
 //! retries, a size limit and a checksum, and progress lines in the job's log.
 //!
 //! Retried: connection errors, timeouts and 5xx answers (a mirror restarting, an overloaded
@@ -143,11 +143,7 @@ async fn fetch_once(
     }
     file.flush().await.map_err(write_error)?;
     if let Some(expected) = &spec.sha256 {
-        let actual: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let actual = hex(&hasher.finalize());
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(DownloadError::Checksum {
                 expected: expected.to_ascii_lowercase(),
@@ -182,6 +178,24 @@ pub fn default_dest(url: &str) -> Option<String> {
 /// A path inside `root`, for a destination already checked to be relative without `..`.
 pub fn dest_in(root: &Path, dest: &str) -> PathBuf {
     root.join(dest)
+}
+
+/// The SHA-256 of a local file, in lower-case hex (a file:// ISO checked in place, say).
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buffer)?;
+        if n == 0 {
+            return Ok(hex(&hasher.finalize()));
+        }
+        hasher.update(&buffer[..n]);
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,322 @@
+//! The image catalogue: which configured image a VM job boots, and fetching its files.
+//!
+//! A job asks by name, or by distro, release and flavour (its arch is the job's); of the images
+//! that match, the newest wins, as the earlier system's image finder did: the highest release
+//! (compared like RPM versions, so `9` < `10` < `10.1`), then the latest `built`.
+
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use taskbot::config::{ImageFile, VmImageConfig};
+use taskbot::download::{self, DownloadSpec, RetryPolicy};
+use taskbot::messages::ImageQuery;
+
+/// The newest image of `arch` that `query` matches, or why there is none.
+pub fn select<'a>(
+    images: &'a [VmImageConfig],
+    arch: &str,
+    query: &ImageQuery,
+) -> Result<&'a VmImageConfig, String> {
+    let wanted = |asked: &Option<String>, have: &str| asked.as_deref().is_none_or(|a| a == have);
+    images
+        .iter()
+        .filter(|i| i.arch == arch)
+        .filter(|i| wanted(&query.name, &i.name))
+        .filter(|i| wanted(&query.distro, &i.distro))
+        .filter(|i| wanted(&query.release, &i.release))
+        .filter(|i| wanted(&query.flavour, &i.flavour))
+        .max_by(|a, b| compare_versions(&a.release, &b.release).then(a.built.cmp(&b.built)))
+        .ok_or_else(|| {
+            let have: Vec<String> = images
+                .iter()
+                .filter(|i| i.arch == arch)
+                .map(|i| format!("{} ({} {} {})", i.name, i.distro, i.release, i.flavour))
+                .collect();
+            format!(
+                "no {arch} image in the catalogue matches {} (the catalogue's {arch} images: {})",
+                describe(query),
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            )
+        })
+}
+
+/// `distro=fedora release=41`, or `any image`.
+pub fn describe(query: &ImageQuery) -> String {
+    let fields = [
+        ("name", &query.name),
+        ("distro", &query.distro),
+        ("release", &query.release),
+        ("flavour", &query.flavour),
+    ];
+    let parts: Vec<String> = fields
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect();
+    if parts.is_empty() {
+        "any image".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Compare two versions as RPM does: runs of digits compare as numbers, runs of letters as text,
+/// a number is newer than letters, and other characters only separate.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let (mut a, mut b) = (segments(a), segments(b));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return Ordering::Equal,
+            (Some(_), None) => return Ordering::Greater,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(x), Some(y)) => {
+                let x_num = x.bytes().all(|c| c.is_ascii_digit());
+                let y_num = y.bytes().all(|c| c.is_ascii_digit());
+                let order = match (x_num, y_num) {
+                    (true, true) => {
+                        let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                        x.len().cmp(&y.len()).then(x.cmp(y))
+                    }
+                    (true, false) => Ordering::Greater,
+                    (false, true) => Ordering::Less,
+                    (false, false) => x.cmp(y),
+                };
+                if order != Ordering::Equal {
+                    return order;
+                }
+            }
+        }
+    }
+}
+
+/// Maximal runs of digits or of letters.
+fn segments(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = s;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+        let first = rest.chars().next()?;
+        let digits = first.is_ascii_digit();
+        let end = rest
+            .find(|c: char| !c.is_ascii_alphanumeric() || c.is_ascii_digit() != digits)
+            .unwrap_or(rest.len());
+        let (segment, tail) = rest.split_at(end);
+        rest = tail;
+        Some(segment)
+    })
+}
+
+/// Where fetched files are kept: `<cache>/<sha256>-<last URL segment>`, so a file is fetched
+/// once, and a URL whose content changed (another sha256) is fetched again.
+pub fn cache_path(cache: &Path, url: &str, sha256: &str) -> PathBuf {
+    let name = url
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .unwrap_or("file");
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    cache.join(format!("{}-{name}", sha256.to_ascii_lowercase()))
+}
+
+/// A local copy of `file`: a path as it is (it must exist), a URL from the cache, downloaded
+/// and checked against its SHA-256 the first time.
+pub async fn fetch(
+    client: &reqwest::Client,
+    file: &ImageFile,
+    cache: &Path,
+    max_bytes: u64,
+) -> Result<PathBuf, String> {
+    match file {
+        ImageFile::Path(path) => {
+            if path.is_file() {
+                Ok(path.clone())
+            } else {
+                Err(format!("image file {} does not exist", path.display()))
+            }
+        }
+        ImageFile::Url { url, sha256 } => fetch_url(client, url, sha256, cache, max_bytes).await,
+    }
+}
+
+/// [`fetch`] for a URL: `http(s)://`, or `file://` (checked in place, not copied).
+pub async fn fetch_url(
+    client: &reqwest::Client,
+    url: &str,
+    sha256: &str,
+    cache: &Path,
+    max_bytes: u64,
+) -> Result<PathBuf, String> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{url}: sha256 must be 64 hex digits"));
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        let path = PathBuf::from(path);
+        let actual = download::sha256_file(&path).map_err(|e| format!("{url}: {e}"))?;
+        return if actual.eq_ignore_ascii_case(sha256) {
+            Ok(path)
+        } else {
+            Err(format!(
+                "{url}: SHA-256 mismatch: expected {sha256}, got {actual}"
+            ))
+        };
+    }
+    let dest = cache_path(cache, url, sha256);
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let partial = dest.with_extension("partial");
+    let spec = DownloadSpec {
+        url: url.to_string(),
+        sha256: Some(sha256.to_string()),
+        max_bytes,
+        dest: partial.clone(),
+    };
+    let policy = RetryPolicy {
+        attempts: 3,
+        first_pause: Duration::from_secs(1),
+    };
+    let mut log = Vec::new();
+    download::download(client, &spec, policy, &mut log)
+        .await
+        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    std::fs::rename(&partial, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    tracing::info!(%url, path = %dest.display(), "image file downloaded");
+    Ok(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(name: &str, distro: &str, release: &str, flavour: &str, built: &str) -> VmImageConfig {
+        VmImageConfig {
+            name: name.into(),
+            distro: distro.into(),
+            release: release.into(),
+            arch: "x86_64".into(),
+            flavour: flavour.into(),
+            built: built.into(),
+            disk: ImageFile::Path(format!("/img/{name}.qcow2").into()),
+            kernel: None,
+            initrd: None,
+            append: String::new(),
+            cloud_init: true,
+            qemu: None,
+            qemu_args: Vec::new(),
+        }
+    }
+
+    fn query(distro: Option<&str>, release: Option<&str>, flavour: Option<&str>) -> ImageQuery {
+        ImageQuery {
+            name: None,
+            distro: distro.map(Into::into),
+            release: release.map(Into::into),
+            flavour: flavour.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn versions_compare_like_rpm() {
+        use Ordering::*;
+        for (a, b, expected) in [
+            ("9", "10", Less),
+            ("10", "10.1", Less),
+            ("41", "41", Equal),
+            ("040", "40", Equal),
+            ("1.0a", "1.0", Greater),
+            ("rawhide", "41", Less),
+            ("20261101.n.0", "20261101.n.1", Less),
+            ("2.b", "2.a", Greater),
+        ] {
+            assert_eq!(compare_versions(a, b), expected, "{a} vs {b}");
+            assert_eq!(compare_versions(b, a), expected.reverse(), "{b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn the_newest_matching_image_of_the_jobs_arch_wins() {
+        let mut aarch64 = image("f42-arm", "fedora", "42", "cloud", "2026-11-20");
+        aarch64.arch = "aarch64".into();
+        let images = vec![
+            image("f9-cloud", "fedora", "9", "cloud", "2026-01-01"),
+            image("f41-cloud-old", "fedora", "41", "cloud", "2026-10-01"),
+            image("f41-cloud", "fedora", "41", "cloud", "2026-11-01"),
+            image("f41-server", "fedora", "41", "server", "2026-11-15"),
+            image("f40-cloud", "fedora", "40", "cloud", "2026-11-10"),
+            image("deb12", "debian", "12", "cloud", "2026-11-11"),
+            aarch64,
+        ];
+        let pick = |q: ImageQuery| select(&images, "x86_64", &q).map(|i| i.name.as_str());
+        // Release 41 beats 40 (built later) and 9 (a higher number as text).
+        assert_eq!(
+            pick(query(Some("fedora"), None, Some("cloud"))),
+            Ok("f41-cloud")
+        );
+        assert_eq!(
+            pick(query(Some("fedora"), Some("40"), None)),
+            Ok("f40-cloud")
+        );
+        assert_eq!(pick(query(None, None, Some("server"))), Ok("f41-server"));
+        assert_eq!(pick(query(Some("debian"), None, None)), Ok("deb12"));
+        let by_name = ImageQuery {
+            name: Some("f41-cloud-old".into()),
+            ..ImageQuery::default()
+        };
+        assert_eq!(pick(by_name), Ok("f41-cloud-old"));
+        // aarch64's 42 is not an x86_64 image.
+        assert_eq!(pick(ImageQuery::default()), Ok("f41-server"));
+        let err = pick(query(Some("fedora"), Some("43"), None)).unwrap_err();
+        assert!(
+            err.starts_with("no x86_64 image in the catalogue matches distro=fedora release=43"),
+            "{err}"
+        );
+        assert!(err.contains("f40-cloud (fedora 40 cloud)"), "{err}");
+        let err = select(&images, "s390x", &ImageQuery::default()).unwrap_err();
+        assert!(err.ends_with("images: none)"), "{err}");
+    }
+
+    #[test]
+    fn cached_files_are_named_by_checksum_and_a_safe_url_segment() {
+        let sum = "AB".repeat(32);
+        assert_eq!(
+            cache_path(Path::new("/c"), "https://x/images/F41 cloud.qcow2", &sum),
+            Path::new(&format!("/c/{}-F41_cloud.qcow2", "ab".repeat(32)))
+        );
+        assert_eq!(
+            cache_path(Path::new("/c"), "https://x/..", &sum),
+            Path::new(&format!("/c/{}-file", "ab".repeat(32)))
+        );
+    }
+
+    #[tokio::test]
+    async fn file_urls_are_checked_in_place_and_bad_checksums_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let iso = dir.path().join("a.iso");
+        std::fs::write(&iso, b"iso").unwrap();
+        let sum = download::sha256_file(&iso).unwrap();
+        let client = reqwest::Client::new();
+        let url = format!("file://{}", iso.display());
+        let got = fetch_url(&client, &url, &sum, dir.path(), 10).await;
+        assert_eq!(got, Ok(iso.clone()));
+        let err = fetch_url(&client, &url, &"0".repeat(64), dir.path(), 10)
+            .await
+            .unwrap_err();
+        assert!(err.contains("SHA-256 mismatch"), "{err}");
+        let err = fetch_url(&client, &url, "abc", dir.path(), 10)
+            .await
+            .unwrap_err();
+        assert!(err.contains("64 hex digits"), "{err}");
+    }
+}
