@@ -694,6 +694,75 @@ mod tests {
     }
 
     #[test]
+    fn the_image_catalogue_reads_paths_and_urls_and_is_validated() {
+        Jail::expect_with(|jail| {
+            let sum = "ab".repeat(32);
+            jail.create_file(
+                "t.toml",
+                &format!(
+                    r#"
+[provisioner.vm]
+max_vms = 3
+[[provisioner.vm.images]]
+name = "tiny"
+distro = "tiny"
+release = "1"
+arch = "x86_64"
+flavour = "base"
+disk = "/img/tiny.qcow2"
+kernel = "/img/vmlinuz"
+[[provisioner.vm.images]]
+name = "f41"
+distro = "fedora"
+release = "41"
+arch = "aarch64"
+flavour = "cloud"
+built = "2026-11-01"
+disk = {{ url = "https://example.org/f41.qcow2", sha256 = "{sum}" }}
+qemu_args = ["-M", "virt"]
+"#
+                ),
+            )?;
+            let cfg: Config = Config::figment(Some(Path::new("t.toml")), &[]).extract()?;
+            let vm = cfg.provisioner.vm.expect("[provisioner.vm] read");
+            assert_eq!(vm.max_vms, 3);
+            assert_eq!(vm.arches(), ["x86_64", "aarch64"]);
+            assert_eq!(vm.images[0].disk, ImageFile::Path("/img/tiny.qcow2".into()));
+            assert!(vm.images[0].cloud_init, "cloud-init seeds by default");
+            assert_eq!(vm.images[0].append, "console=ttyS0 quiet panic=-1");
+            assert_eq!(
+                vm.images[1].disk,
+                ImageFile::Url {
+                    url: "https://example.org/f41.qcow2".into(),
+                    sha256: sum.clone()
+                }
+            );
+            assert_eq!(vm.validate(), Ok(()));
+
+            let mut twice = vm.clone();
+            twice.images[1].name = "tiny".into();
+            assert!(twice
+                .validate()
+                .unwrap_err()
+                .contains("the name is used twice"));
+            let mut short = vm.clone();
+            short.images[1].disk = ImageFile::Url {
+                url: "https://example.org/x".into(),
+                sha256: "abc".into(),
+            };
+            assert!(short.validate().unwrap_err().contains("64 hex digits"));
+            let mut initrd_only = vm;
+            initrd_only.images[0].kernel = None;
+            initrd_only.images[0].initrd = Some(ImageFile::Path("/img/initrd".into()));
+            assert!(initrd_only
+                .validate()
+                .unwrap_err()
+                .contains("an initrd needs a kernel"));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn every_service_has_its_own_default_ops_port_and_a_settable_key() {
         let defaults = Config::default();
         let mut ports = Vec::new();

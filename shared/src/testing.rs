@@ -394,6 +394,19 @@ pub fn tiny_vm_backend(
     }
 }
 
+/// An event as the bridge would make it from a bus message (no sender time, no user).
+pub fn event(id: &str, topic: &str, msg: serde_json::Value) -> crate::Event {
+    crate::Event {
+        id: id.into(),
+        topic: topic.into(),
+        source: "test".into(),
+        sent_at: None,
+        received_at: chrono::Utc::now(),
+        username: None,
+        msg,
+    }
+}
+
 /// A blank qcow2 disk of `size` (e.g. `64M`) at `path`, for VMs' base disks.
 pub fn blank_disk(path: &std::path::Path, size: &str) {
     let status = std::process::Command::new("qemu-img")

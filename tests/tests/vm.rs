@@ -7,7 +7,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use taskbot::config::{ImageFile, VmBackendConfig};
 use taskbot::messages::{Event, Message};
 use taskbot_tests::{free_port, Deployment};
@@ -153,15 +152,8 @@ fn vm_event(item: &str) -> Event {
 }
 
 fn event(topic: &str, msg: serde_json::Value) -> Event {
-    Event {
-        id: format!("2026-vm-{}", uuid::Uuid::new_v4()),
-        topic: topic.into(),
-        source: "test".into(),
-        sent_at: None,
-        received_at: Utc::now(),
-        username: None,
-        msg,
-    }
+    let id = format!("2026-vm-{}", uuid::Uuid::new_v4());
+    taskbot::testing::event(&id, topic, msg)
 }
 
 /// Wait until no VM of the world is left (no lease, no QEMU, no overlay), or fail.

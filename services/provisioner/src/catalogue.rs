@@ -319,4 +319,71 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("64 hex digits"), "{err}");
     }
+
+    /// A server answering every request with `body`, counting the requests.
+    async fn serve(
+        body: &'static [u8],
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/images/disk.qcow2",
+            listener.local_addr().unwrap()
+        );
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body).await;
+            }
+        });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn url_files_are_downloaded_once_checked_and_then_served_from_the_cache() {
+        use std::sync::atomic::Ordering;
+        let (url, hits) = serve(b"a disk image").await;
+        let cache = tempfile::tempdir().unwrap();
+        let source = cache.path().join("source");
+        std::fs::write(&source, b"a disk image").unwrap();
+        let sum = download::sha256_file(&source).unwrap();
+        let client = reqwest::Client::new();
+        let file = ImageFile::Url {
+            url: url.clone(),
+            sha256: sum.clone(),
+        };
+        let first = fetch(&client, &file, cache.path(), 1000).await.unwrap();
+        assert_eq!(first, cache_path(cache.path(), &url, &sum));
+        assert_eq!(std::fs::read(&first).unwrap(), b"a disk image");
+        let again = fetch(&client, &file, cache.path(), 1000).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched once");
+        // Another checksum for the same URL: fetched again, and refused as it does not match.
+        let err = fetch_url(&client, &url, &"0".repeat(64), cache.path(), 1000)
+            .await
+            .unwrap_err();
+        assert!(err.contains("SHA-256 mismatch"), "{err}");
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "the source and the good copy, no partial file"
+        );
+        // Too large for the limit.
+        let small = tempfile::tempdir().unwrap();
+        let err = fetch(&client, &file, small.path(), 4).await.unwrap_err();
+        assert!(err.contains("larger than the limit"), "{err}");
+    }
 }

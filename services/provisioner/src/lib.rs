@@ -578,4 +578,89 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    #[tokio::test]
+    async fn vm_requests_become_boot_specs_or_clear_refusals() {
+        use taskbot::messages::{ImageQuery, RemoteFile};
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("tiny.qcow2");
+        std::fs::write(&disk, b"disk").unwrap();
+        let iso = dir.path().join("install.iso");
+        std::fs::write(&iso, b"iso").unwrap();
+        let iso_sum = taskbot::download::sha256_file(&iso).unwrap();
+        let image = dir.path();
+        let mut config = taskbot::testing::tiny_vm_backend(
+            image,
+            &dir.path().join("state"),
+            vec![taskbot::testing::tiny_vm_image_entry("tiny", image, &disk)],
+        );
+        config.images[0].kernel = None;
+        config.images[0].initrd = None;
+        config.allowed_urls = vec![format!("file://{}/", dir.path().display())];
+        let vm = VmBackend::from_config(&config);
+        assert_eq!(vm.arches, ["x86_64"]);
+
+        let (spec, what) = vm.boot_spec("x86_64", &VmRequest::default()).await.unwrap();
+        assert_eq!(what, "image tiny");
+        assert_eq!(spec.disk, Disk::Overlay(disk.clone()));
+        assert_eq!((spec.kernel, spec.iso, spec.cloud_init), (None, None, true));
+        assert_eq!(spec.qemu, "qemu-system-x86_64");
+
+        let iso_request = |url: String, sha256: &str| VmRequest {
+            blank_disk_mb: Some(256),
+            iso: Some(RemoteFile {
+                url,
+                sha256: sha256.into(),
+            }),
+            ..VmRequest::default()
+        };
+        let good = format!("file://{}", iso.display());
+        let (spec, what) = vm
+            .boot_spec("x86_64", &iso_request(good.clone(), &iso_sum))
+            .await
+            .unwrap();
+        assert_eq!(what, "a blank 256 MiB disk and the ISO");
+        assert_eq!((spec.disk, spec.iso), (Disk::Blank(256), Some(iso.clone())));
+
+        let elsewhere = iso_request("file:///etc/shadow".into(), &iso_sum);
+        assert!(vm_refusal(&config, elsewhere)
+            .await
+            .contains("is not under an allowed URL"));
+        let wrong = iso_request(good.clone(), &"0".repeat(64));
+        assert!(vm_refusal(&config, wrong)
+            .await
+            .contains("SHA-256 mismatch"));
+        let mut huge = iso_request(good.clone(), &iso_sum);
+        huge.blank_disk_mb = Some(MAX_BLANK_DISK_MB + 1);
+        assert!(vm_refusal(&config, huge)
+            .await
+            .contains("blank_disk_mb must be 1 to"));
+        let mut both = iso_request(good, &iso_sum);
+        both.image.distro = Some("tiny".into());
+        assert!(vm_refusal(&config, both)
+            .await
+            .contains("either blank or of an image"));
+        let no_iso = VmRequest {
+            blank_disk_mb: Some(64),
+            ..VmRequest::default()
+        };
+        assert!(vm_refusal(&config, no_iso).await.contains("needs an ISO"));
+        let missing = VmRequest {
+            image: ImageQuery {
+                release: Some("2".into()),
+                ..ImageQuery::default()
+            },
+            ..VmRequest::default()
+        };
+        assert!(vm_refusal(&config, missing)
+            .await
+            .starts_with("no x86_64 image in the catalogue matches release=2"));
+    }
+
+    async fn vm_refusal(config: &VmBackendConfig, request: VmRequest) -> String {
+        VmBackend::from_config(config)
+            .boot_spec("x86_64", &request)
+            .await
+            .unwrap_err()
+    }
 }

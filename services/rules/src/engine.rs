@@ -1001,16 +1001,12 @@ rules:
     }
 
     fn koji_event(new: u64) -> Event {
-        Event {
-            id: "2015-6395fb7a".into(),
-            topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
-            source: "test".into(),
-            sent_at: None,
-            received_at: Utc::now(),
-            username: None,
-            msg: serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7",
-                                     "new": new, "old": 0, "instance": "primary"}),
-        }
+        taskbot::testing::event(
+            "2015-6395fb7a",
+            "org.fedoraproject.prod.buildsys.build.state.change",
+            serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7",
+                               "new": new, "old": 0, "instance": "primary"}),
+        )
     }
 
     #[test]
@@ -1085,16 +1081,7 @@ rules:
 "#;
 
     fn event_bytes(topic: &str, msg: serde_json::Value) -> Vec<u8> {
-        Event {
-            id: "vm-1".into(),
-            topic: topic.into(),
-            source: "test".into(),
-            sent_at: None,
-            received_at: Utc::now(),
-            username: None,
-            msg,
-        }
-        .to_json()
+        taskbot::testing::event("vm-1", topic, msg).to_json()
     }
 
     /// Through `evaluate_message`, which parses only the fields the rules need: the fields

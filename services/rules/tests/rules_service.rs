@@ -148,15 +148,11 @@ rules:
 /// Publish a test event and return the task name of the job it produced.
 async fn task_for(broker: &TestBroker, n: u32) -> String {
     let t = &broker.topology;
-    let event = Event {
-        id: format!("reload-{n}-{}", uuid::Uuid::new_v4()),
-        topic: "org.taskbot.test.reload".into(),
-        source: "test".into(),
-        sent_at: None,
-        received_at: Utc::now(),
-        username: None,
-        msg: serde_json::json!({ "n": n }),
-    };
+    let event = taskbot::testing::event(
+        &format!("reload-{n}-{}", uuid::Uuid::new_v4()),
+        "org.taskbot.test.reload",
+        serde_json::json!({ "n": n }),
+    );
     broker
         .publish(&t.events_exchange(), &event.topic, event.to_json())
         .await;
@@ -257,15 +253,11 @@ async fn the_same_event_twice_requests_its_jobs_once() {
     let t = broker.topology.clone();
     let (stop, service) = start_rules(&config).await;
 
-    let event = Event {
-        id: "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f".into(),
-        topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
-        source: "test".into(),
-        sent_at: None,
-        received_at: Utc::now(),
-        username: None,
-        msg: serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7", "new": 1}),
-    };
+    let event = taskbot::testing::event(
+        "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f",
+        "org.fedoraproject.prod.buildsys.build.state.change",
+        serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7", "new": 1}),
+    );
     for _ in 0..2 {
         broker
             .publish(&t.events_exchange(), &event.topic, event.to_json())

@@ -377,15 +377,7 @@ rules:
     }
 
     fn event(topic: &str, msg: Value) -> Event {
-        Event {
-            id: "2015-6395fb7a".into(),
-            topic: topic.into(),
-            source: "test".into(),
-            sent_at: None,
-            received_at: Utc::now(),
-            username: None,
-            msg,
-        }
+        taskbot::testing::event("2015-6395fb7a", topic, msg)
     }
 
     const KOJI: &str = "org.fedoraproject.prod.buildsys.build.state.change";

@@ -1,7 +1,6 @@
 //! Tests of `where` conditions, wildcard paths, sets and `for_each`, through whole rules files:
 //! what a QA engineer writes is what is tested.
 
-use chrono::Utc;
 use serde_json::{json, Value};
 use taskbot::messages::Event;
 
@@ -21,15 +20,7 @@ fn compile(text: &str) -> Result<Engine, RulesError> {
 }
 
 fn event(topic: &str, msg: Value) -> Event {
-    Event {
-        id: "2019-0a1b2c3d".into(),
-        topic: topic.into(),
-        source: "test".into(),
-        sent_at: None,
-        received_at: Utc::now(),
-        username: None,
-        msg,
-    }
+    taskbot::testing::event("2019-0a1b2c3d", topic, msg)
 }
 
 /// A file with one rule whose `where:` is `condition` (YAML flow or block at indent 6).
