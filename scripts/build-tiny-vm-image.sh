@@ -99,14 +99,14 @@ for m in \
   add_module "$m"
 done
 
-# Root (its keys come from the seed at boot); dropbear's host key; a key for tests.
+# Root (its keys come from the seed at boot); a key for tests. No host key: dropbear makes one
+# at boot (-R), so every VM has its own and a runner pinning it cannot reach another VM.
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 printf 'root:x:0:\n' >"$root/etc/group"
 printf '/bin/sh\n' >"$root/etc/shells"
 printf 'NAME="Taskbot tiny guest"\nID=tiny\nVERSION_ID=1\n' >"$root/etc/os-release"
 chmod 700 "$root/root/.ssh"
 [ -f "$dest/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C taskbot-tiny-vm -f "$dest/id_ed25519"
-dropbearkey -t ed25519 -f "$root/etc/dropbear/dropbear_ed25519_host_key" >/dev/null 2>&1
 
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
@@ -159,7 +159,7 @@ if [ -n "$target" ]; then
   fi
 fi
 echo "taskbot-vm: network up, starting SSH" >/dev/console
-/sbin/dropbear -R -E -s -p 22 -r /etc/dropbear/dropbear_ed25519_host_key
+/sbin/dropbear -R -E -s -p 22
 echo "taskbot-vm: ready" >/dev/console
 while true; do sleep 3600; done
 INIT

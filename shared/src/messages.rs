@@ -290,6 +290,11 @@ pub enum Machine {
         user: String,
         /// Path of the private key on the runner's host.
         key_path: String,
+        /// The VM's SSH host keys (`ssh-ed25519 AAAA...`), as the provisioner saw them when the
+        /// VM came up: the runner accepts no other, so a job that reaches a runner after its VM
+        /// is gone cannot run in another job's VM that got the same port. Empty: not pinned.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        host_keys: Vec<String>,
     },
 }
 

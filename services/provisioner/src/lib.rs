@@ -308,6 +308,7 @@ impl ProvisionerHandler {
                 port: lease.ssh_port,
                 user: vm.settings.ssh_user.clone(),
                 key_path: vm.settings.ssh_key.display().to_string(),
+                host_keys: lease.host_keys.clone(),
             },
             provisioner: "vm".into(),
             provisioned_at: Utc::now(),

@@ -33,7 +33,7 @@ pub struct VmSettings {
     pub ssh_user: String,
     /// How long a VM may take to answer SSH.
     pub boot_timeout: Duration,
-    /// How long a lease lasts unless renewed.
+    /// How long a VM may live once it answers SSH (its job should have ended by then).
     pub lease: Duration,
     /// `tcg` or `kvm`.
     pub accel: String,
@@ -73,6 +73,13 @@ pub struct Lease {
     /// The cloud-init seed, removed with the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<PathBuf>,
+    /// Where `ssh` records the VM's host key at its first connection, removed with the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<PathBuf>,
+    /// The host keys the VM presented when it came up (`ssh-ed25519 AAAA...`), for the runner
+    /// to accept no other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_keys: Vec<String>,
     pub serial_log: PathBuf,
     pub expires_at: DateTime<Utc>,
 }
@@ -188,7 +195,7 @@ impl VmSettings {
                 max: self.max_vms,
             });
         }
-        for dir in ["leases", "overlays", "seeds", "logs"] {
+        for dir in ["leases", "overlays", "seeds", "hostkeys", "logs"] {
             std::fs::create_dir_all(self.state_dir.join(dir))?;
         }
         let files = self.files(job_id, spec.cloud_init);
@@ -234,19 +241,19 @@ impl VmSettings {
             .parse()
             .map_err(|_| VmError::Failed("QEMU wrote no pid".into()))?;
         let _ = std::fs::remove_file(&files.pidfile);
-        let lease = Lease {
+        let mut lease = Lease {
             job_id,
             pid,
             ssh_port,
             overlay: files.overlay,
             seed: files.seed,
+            known_hosts: Some(self.state_dir.join("hostkeys").join(job_id.to_string())),
+            host_keys: Vec::new(),
             serial_log: files.serial_log,
-            expires_at: Utc::now() + self.lease,
+            // Long enough to boot; counted again from when the VM answers.
+            expires_at: Utc::now() + self.boot_timeout + self.lease,
         };
-        std::fs::write(
-            self.lease_path(job_id),
-            serde_json::to_vec(&lease).expect("leases serialise"),
-        )?;
+        self.record(&lease)?;
         let deadline = Instant::now() + self.boot_timeout;
         loop {
             // The banner first: an `ssh` started before the guest's network is up waits out its
@@ -255,6 +262,14 @@ impl VmSettings {
             if ssh_banner(lease.ssh_port).await
                 && self.ssh(&lease, "true").await.is_ok_and(|out| out.0 == 0)
             {
+                lease.host_keys = lease
+                    .known_hosts
+                    .as_ref()
+                    .and_then(|path| std::fs::read_to_string(path).ok())
+                    .map(|text| host_keys(&text))
+                    .unwrap_or_default();
+                lease.expires_at = Utc::now() + self.lease;
+                self.record(&lease)?;
                 return Ok(lease);
             }
             if Instant::now() >= deadline || !alive(&lease) {
@@ -302,12 +317,29 @@ impl VmSettings {
         made
     }
 
-    /// Run `command` in the VM over SSH; (exit code, stdout).
+    fn record(&self, lease: &Lease) -> std::io::Result<()> {
+        std::fs::write(
+            self.lease_path(lease.job_id),
+            serde_json::to_vec(lease).expect("leases serialise"),
+        )
+    }
+
+    /// Run `command` in the VM over SSH; (exit code, stdout). The VM's host key is recorded at
+    /// the first connection and required at every later one.
     pub async fn ssh(&self, lease: &Lease, command: &str) -> Result<(i32, String), VmError> {
+        let known_hosts = match &lease.known_hosts {
+            Some(path) => format!("UserKnownHostsFile={}", path.display()),
+            None => "UserKnownHostsFile=/dev/null".into(),
+        };
         let output = Command::new("ssh")
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
-            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-            .args(["-o", "ConnectTimeout=5", "-i"])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+            ])
+            .args(["-o", &known_hosts, "-o", "HashKnownHosts=no"])
+            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-i"])
             .arg(&self.ssh_key)
             .args(["-p", &lease.ssh_port.to_string()])
             .arg(format!("{}@127.0.0.1", self.ssh_user))
@@ -333,8 +365,8 @@ impl VmSettings {
             }
         }
         let _ = std::fs::remove_file(&lease.overlay);
-        if let Some(seed) = &lease.seed {
-            let _ = std::fs::remove_file(seed);
+        for file in [&lease.seed, &lease.known_hosts].into_iter().flatten() {
+            let _ = std::fs::remove_file(file);
         }
         let _ = std::fs::remove_file(self.lease_path(lease.job_id));
     }
@@ -351,6 +383,18 @@ impl VmSettings {
         }
         reaped
     }
+}
+
+/// The keys of a known-hosts file (`type key` of each line, whatever names the host).
+pub fn host_keys(known_hosts: &str) -> Vec<String> {
+    known_hosts
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            Some(format!("{} {}", fields.next()?, fields.next()?))
+        })
+        .collect()
 }
 
 /// Where one VM's files are.
@@ -520,6 +564,16 @@ mod tests {
     }
 
     #[test]
+    fn host_keys_are_read_from_known_hosts_lines_plain_or_hashed() {
+        let text = "[127.0.0.1]:2222 ssh-ed25519 AAAAkey1\n# comment\n\
+                    |1|salt=|hash= ecdsa-sha2-nistp256 AAAAkey2 comment\nbroken\n";
+        assert_eq!(
+            host_keys(text),
+            ["ssh-ed25519 AAAAkey1", "ecdsa-sha2-nistp256 AAAAkey2"]
+        );
+    }
+
+    #[test]
     fn seeds_carry_the_key_for_root_or_a_sudo_user() {
         let job = Uuid::parse_str("0123456789abcdef0123456789abcdef").unwrap();
         assert_eq!(hostname(job), "taskbot-01234567");
@@ -556,6 +610,8 @@ mod tests {
             ssh_port: 1,
             overlay: overlay.clone(),
             seed: None,
+            known_hosts: None,
+            host_keys: Vec::new(),
             serial_log: dir.path().join("log"),
             expires_at: Utc::now() + chrono::Duration::hours(1),
         };

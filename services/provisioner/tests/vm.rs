@@ -47,6 +47,15 @@ async fn a_vm_boots_answers_ssh_is_destroyed_and_an_expired_one_is_reaped() {
     assert!(lease.overlay.exists());
     let seed = lease.seed.clone().expect("the image uses cloud-init");
     assert!(seed.exists());
+    assert!(
+        lease
+            .host_keys
+            .iter()
+            .any(|k| k.starts_with("ssh-ed25519 ")),
+        "{:?}",
+        lease.host_keys
+    );
+    let known_hosts = lease.known_hosts.clone().unwrap();
 
     // A destructive command: it wipes the start of the VM's disk.
     let (code, out) = settings
@@ -68,6 +77,7 @@ async fn a_vm_boots_answers_ssh_is_destroyed_and_an_expired_one_is_reaped() {
     assert!(!alive(&lease), "QEMU still runs");
     assert!(!lease.overlay.exists(), "the overlay is left");
     assert!(!seed.exists(), "the seed is left");
+    assert!(!known_hosts.exists(), "the known hosts file is left");
     assert!(settings.leases().is_empty());
     assert_eq!(
         taskbot::testing::sha256_file(&base),
@@ -78,8 +88,12 @@ async fn a_vm_boots_answers_ssh_is_destroyed_and_an_expired_one_is_reaped() {
     // A VM whose runner died: its lease runs out and the reaper (as a restarted provisioner
     // runs it) destroys it.
     settings.lease = Duration::from_secs(1);
+    let first_keys = lease.host_keys.clone();
     let lease = settings.boot(Uuid::new_v4(), &spec).await.unwrap();
     assert!(alive(&lease));
+    // Every VM makes its own host key: a runner pinning one VM's cannot reach another.
+    assert!(!lease.host_keys.is_empty());
+    assert_ne!(lease.host_keys, first_keys);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(settings.reap(Utc::now()), [lease.job_id]);
     assert!(!alive(&lease) && !lease.overlay.exists());

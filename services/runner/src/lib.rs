@@ -237,12 +237,25 @@ impl RunnerHandler {
                 port,
                 user,
                 key_path,
-            } => Some(Remote {
-                host: host.clone(),
-                port: *port,
-                user: user.clone(),
-                key_path: key_path.clone(),
-            }),
+                host_keys,
+            } => {
+                let known_hosts =
+                    match remote::known_hosts_file(&self.settings.work_dir, host, *port, host_keys)
+                    {
+                        Ok(file) => file,
+                        Err(e) => {
+                            let reason = format!("cannot write the VM's known hosts file: {e}");
+                            return Ok(factory.crashed(&reason, None));
+                        }
+                    };
+                Some(Remote {
+                    host: host.clone(),
+                    port: *port,
+                    user: user.clone(),
+                    key_path: key_path.clone(),
+                    known_hosts: known_hosts.map(Arc::new),
+                })
+            }
         };
         if let Some(reason) = task.refusal(&job.item_type, &job.arch, remote.is_none()) {
             return Ok(factory.crashed(&reason, None));
@@ -1046,6 +1059,7 @@ mod tests {
             port: 22,
             user: "root".into(),
             key_path: "/k".into(),
+            host_keys: Vec::new(),
         };
         // A job provisioned on a VM runs there (over SSH), so it is not refused.
         assert_eq!(

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use tokio::process::Command;
 
@@ -18,12 +19,37 @@ pub const REMOTE_WORKDIR: &str = "/tmp/taskbot/job";
 pub const REMOTE_ARTIFACTS: &str = "/tmp/taskbot/artifacts";
 
 /// How to reach the VM.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Remote {
     pub host: String,
     pub port: u16,
     pub user: String,
     pub key_path: String,
+    /// The VM's host keys as a known-hosts file (removed when the last clone is dropped): with
+    /// it, `ssh` talks only to that VM. Without (an unpinned provisioner), any host key is
+    /// accepted.
+    pub known_hosts: Option<Arc<tempfile::NamedTempFile>>,
+}
+
+/// A known-hosts file under `dir` naming `host_keys` for `[host]:port`, or `None` when there
+/// are no keys to pin.
+pub fn known_hosts_file(
+    dir: &Path,
+    host: &str,
+    port: u16,
+    host_keys: &[String],
+) -> std::io::Result<Option<tempfile::NamedTempFile>> {
+    if host_keys.is_empty() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::Builder::new()
+        .prefix("known-hosts-")
+        .tempfile_in(dir)?;
+    for key in host_keys {
+        std::io::Write::write_all(&mut file, format!("[{host}]:{port} {key}\n").as_bytes())?;
+    }
+    Ok(Some(file))
 }
 
 /// `'text'` for sh.
@@ -34,9 +60,16 @@ fn quote(text: &str) -> String {
 impl Remote {
     /// The `ssh` command line (without the remote command).
     pub fn ssh(&self) -> String {
+        let host_keys = match &self.known_hosts {
+            Some(file) => format!(
+                "-o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+                quote(&file.path().display().to_string())
+            ),
+            None => "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null".into(),
+        };
         format!(
-            "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-             -o LogLevel=ERROR -o ConnectTimeout=10 -o ServerAliveInterval=15 -i {} -p {} {}",
+            "ssh -o BatchMode=yes {host_keys} -o LogLevel=ERROR -o ConnectTimeout=10 \
+             -o ServerAliveInterval=15 -i {} -p {} {}",
             quote(&self.key_path),
             self.port,
             quote(&format!("{}@{}", self.user, self.host))
@@ -157,7 +190,43 @@ mod tests {
             port: 2222,
             user: "root".into(),
             key_path: "/keys/id".into(),
+            known_hosts: None,
         }
+    }
+
+    #[test]
+    fn pinned_host_keys_are_the_only_ones_ssh_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(known_hosts_file(dir.path(), "127.0.0.1", 2222, &[])
+            .unwrap()
+            .is_none());
+        let keys = [
+            "ssh-ed25519 AAAAkey1".to_string(),
+            "ssh-rsa AAAAkey2".to_string(),
+        ];
+        let file = known_hosts_file(dir.path(), "127.0.0.1", 2222, &keys)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(file.path()).unwrap(),
+            "[127.0.0.1]:2222 ssh-ed25519 AAAAkey1\n[127.0.0.1]:2222 ssh-rsa AAAAkey2\n"
+        );
+        let path = file.path().to_path_buf();
+        let pinned = Remote {
+            known_hosts: Some(Arc::new(file)),
+            ..remote()
+        };
+        let command = pinned.ssh();
+        assert!(
+            command.contains(&format!(
+                "-o StrictHostKeyChecking=yes -o UserKnownHostsFile='{}'",
+                path.display()
+            )),
+            "{command}"
+        );
+        assert!(remote().ssh().contains("StrictHostKeyChecking=no"));
+        drop(pinned);
+        assert!(!path.exists(), "removed with the job's Remote");
     }
 
     #[test]
