@@ -324,6 +324,47 @@ async fn the_vm_of_a_runner_killed_mid_task_is_reaped_when_its_lease_runs_out() 
     w.d.shutdown().await;
 }
 
+/// A runner killed mid-task hands its job back (unacked); the runner that gets it next finds the
+/// job's VM used and ends the job CRASHED rather than run it twice in one VM; the final status
+/// destroys the VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_redelivered_onto_its_used_vm_is_crashed_and_the_vm_destroyed() {
+    let mut w = vm_world("echo started; sleep 600\n", 600).await;
+    let item = "twice-1.0-1.fc40";
+    publish(
+        &w.d,
+        "org.taskbot.test.vm",
+        serde_json::json!({ "item": item }),
+    )
+    .await;
+    let running = format!("select count(*) from jobs where item = '{item}' and state = 'running'");
+    let count =
+        w.d.wait_for_count(&running, 1, Duration::from_secs(120))
+            .await;
+    assert_eq!(count, 1, "{}", w.d.logs());
+    let runner =
+        w.d.services
+            .iter_mut()
+            .find(|s| s.name == "runner-x86_64")
+            .unwrap();
+    runner.kill_hard();
+    w.d.start("runner-x86_64-again", "runner", &["--arch", "x86_64"]);
+    let crashed = format!("select count(*) from results where item = '{item}'");
+    let count =
+        w.d.wait_for_count(&crashed, 1, Duration::from_secs(120))
+            .await;
+    assert_eq!(count, 1, "{}", w.d.logs());
+    let results = results_of(&w.d, item).await;
+    let (outcome, note, _) = results.values().next().unwrap();
+    assert_eq!(outcome, "CRASHED", "{note}");
+    assert!(
+        note.contains("already used by an earlier attempt of this job"),
+        "{note}"
+    );
+    no_vm_left(&w, Duration::from_secs(30)).await;
+    w.d.shutdown().await;
+}
+
 const ISO_RULES: &str = r#"
 tasks:
   build-iso: { repo: build-iso }

@@ -14,9 +14,13 @@ use std::sync::Arc;
 
 use tokio::process::Command;
 
-/// Where a task runs inside its VM: its clone, and its artifacts directory.
+/// Where a task runs inside its VM: its clone, and its artifacts directory, under a root whose
+/// existence says the VM has been used.
+pub const REMOTE_ROOT: &str = "/tmp/taskbot";
 pub const REMOTE_WORKDIR: &str = "/tmp/taskbot/job";
 pub const REMOTE_ARTIFACTS: &str = "/tmp/taskbot/artifacts";
+/// What the VM says when it was used before.
+const USED_MARK: &str = "taskbot-vm-already-used";
 
 /// How to reach the VM.
 #[derive(Debug, Clone)]
@@ -89,10 +93,15 @@ impl Remote {
         format!("{} {}", self.ssh(), quote(&remote))
     }
 
-    /// Copy the clone into the VM (replacing whatever an earlier attempt left).
+    /// Copy the clone into the VM, claiming it: the first attempt of a job creates
+    /// [`REMOTE_ROOT`]; a later one (the job redelivered after its runner stopped mid-task) finds
+    /// it and refuses, because a VM job never runs twice in one VM (a destructive task may have
+    /// left it broken). The job then ends CRASHED and its VM is destroyed.
     pub async fn push(&self, clone: &Path) -> Result<(), String> {
         let remote = format!(
-            "rm -rf {w} {a} && mkdir -p {w} {a} && tar -C {w} -xf -",
+            "mkdir {root} 2>/dev/null || {{ echo {USED_MARK} >&2; exit 1; }}; \
+             mkdir -p {w} {a} && tar -C {w} -xf -",
+            root = quote(REMOTE_ROOT),
             w = quote(REMOTE_WORKDIR),
             a = quote(REMOTE_ARTIFACTS)
         );
@@ -102,9 +111,15 @@ impl Remote {
             self.ssh(),
             quote(&remote)
         );
-        sh(&command)
-            .await
-            .map_err(|e| format!("cannot copy the task into its VM: {e}"))
+        sh(&command).await.map_err(|e| {
+            if e.contains(USED_MARK) {
+                "the job's VM was already used by an earlier attempt of this job (its runner \
+                 stopped mid-task); a VM job never runs twice in one VM: submit it again"
+                    .to_string()
+            } else {
+                format!("cannot copy the task into its VM: {e}")
+            }
+        })
     }
 
     /// Copy the task's working directory back over the clone, and its artifacts into
