@@ -65,7 +65,14 @@ impl VmBackend {
             arches: config.arches(),
             allowed_urls: config.allowed_urls.clone(),
             download_max_bytes: config.download_max_bytes,
-            http: reqwest::Client::new(),
+            // A stalled mirror fails the download (and the job, CRASHED) instead of holding the
+            // provisioner, which serves one job at a time.
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(30))
+                .read_timeout(Duration::from_secs(120))
+                .user_agent(concat!("taskbot-provisioner/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default(),
         }
     }
 
