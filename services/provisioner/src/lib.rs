@@ -89,7 +89,13 @@ impl VmBackend {
     ) -> Result<(BootSpec, String), String> {
         let iso = match &request.iso {
             Some(file) => {
-                if !self.allowed_urls.iter().any(|p| file.url.starts_with(p)) {
+                // No `..`, and no percent-encoded dot, slash or backslash (which a server may
+                // decode into one): a prefix must not be escaped.
+                let climbs = file.url.split(['/', '?', '#']).any(|segment| {
+                    let segment = segment.to_ascii_lowercase();
+                    segment == ".." || ["%2e", "%2f", "%5c"].iter().any(|e| segment.contains(e))
+                });
+                if climbs || !self.allowed_urls.iter().any(|p| file.url.starts_with(p)) {
                     return Err(format!(
                         "the ISO {} is not under an allowed URL (provisioner.vm.allowed_urls: {})",
                         file.url,
@@ -634,6 +640,11 @@ mod tests {
         assert!(vm_refusal(&config, elsewhere)
             .await
             .contains("is not under an allowed URL"));
+        for climbing in ["/../../etc/shadow", "/%2E%2E/etc/shadow", "/a/..%2fb"] {
+            let url = format!("file://{}{climbing}", dir.path().display());
+            let refused = vm_refusal(&config, iso_request(url, &iso_sum)).await;
+            assert!(refused.contains("is not under an allowed URL"), "{refused}");
+        }
         let wrong = iso_request(good.clone(), &"0".repeat(64));
         assert!(vm_refusal(&config, wrong)
             .await
