@@ -25,7 +25,7 @@ use taskbot::messages::{
 };
 use taskbot::topology::MAX_PRIORITY;
 
-use crate::rules_file::{find_between, locate, OneOrMany, RulesError, RulesFile};
+use crate::rules_file::{find_between, locate, OneOrMany, RulesError, RulesFile, VmSpec};
 #[cfg(test)]
 use condition::loosely_equal;
 use condition::{CompileContext, Condition, Problem, ValueSet};
@@ -147,6 +147,52 @@ struct VmTemplates {
 }
 
 impl VmTemplates {
+    /// Check an action's `vm:` against its `environment` and parse its templates.
+    fn compile(
+        vm: &VmSpec,
+        environment: Environment,
+        template: impl Fn(&str, &str) -> Result<Template, Problem>,
+    ) -> Result<VmTemplates, Problem> {
+        if environment != Environment::Vm {
+            return Err(Problem::new("vm: needs environment: vm", &["vm:"]));
+        }
+        if let Some(key) = vm.image.keys().find(|k| !IMAGE_KEYS.contains(&k.as_str())) {
+            return Err(Problem::new(
+                format!(
+                    "vm.image: unknown key {key:?} (known: {})",
+                    IMAGE_KEYS.join(", ")
+                ),
+                &[&format!("{key}:"), "image:"],
+            ));
+        }
+        if vm.blank_disk_mb.is_some() && !vm.image.is_empty() {
+            return Err(Problem::new(
+                "vm: a VM is either blank (blank_disk_mb) or of an image, not both",
+                &["blank_disk_mb:", "vm:"],
+            ));
+        }
+        if vm.blank_disk_mb.is_some() && vm.iso.is_none() {
+            return Err(Problem::new(
+                "vm: a blank VM needs an iso to boot from",
+                &["blank_disk_mb:", "vm:"],
+            ));
+        }
+        let image = vm
+            .image
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), template(v, k)?)))
+            .collect::<Result<Vec<_>, Problem>>()?;
+        let iso = match &vm.iso {
+            Some(iso) => Some((template(&iso.url, "url")?, template(&iso.sha256, "sha256")?)),
+            None => None,
+        };
+        Ok(VmTemplates {
+            image,
+            blank_disk_mb: vm.blank_disk_mb,
+            iso,
+        })
+    }
+
     /// Every template, for the fields of the message they need.
     fn templates(&self) -> impl Iterator<Item = &Template> {
         let iso = self.iso.iter().flat_map(|(url, sum)| [url, sum]);
@@ -389,51 +435,14 @@ impl Engine {
                     .map(|(k, v)| Ok((k.clone(), template(v, k)?)))
                     .collect::<Result<Vec<_>, RulesError>>()?;
                 let vm = match &a.vm {
-                    None => None,
-                    Some(vm) => {
-                        if a.environment != Environment::Vm {
-                            return Err(place(Problem::new("vm: needs environment: vm", &["vm:"])));
-                        }
-                        if let Some(key) =
-                            vm.image.keys().find(|k| !IMAGE_KEYS.contains(&k.as_str()))
-                        {
-                            return Err(place(Problem::new(
-                                format!(
-                                    "vm.image: unknown key {key:?} (known: {})",
-                                    IMAGE_KEYS.join(", ")
-                                ),
-                                &[&format!("{key}:"), "image:"],
-                            )));
-                        }
-                        if vm.blank_disk_mb.is_some() && !vm.image.is_empty() {
-                            return Err(place(Problem::new(
-                                "vm: a VM is either blank (blank_disk_mb) or of an image, not both",
-                                &["blank_disk_mb:", "vm:"],
-                            )));
-                        }
-                        if vm.blank_disk_mb.is_some() && vm.iso.is_none() {
-                            return Err(place(Problem::new(
-                                "vm: a blank VM needs an iso to boot from",
-                                &["blank_disk_mb:", "vm:"],
-                            )));
-                        }
-                        let image = vm
-                            .image
-                            .iter()
-                            .map(|(k, v)| Ok((k.clone(), template(v, k)?)))
-                            .collect::<Result<Vec<_>, RulesError>>()?;
-                        let iso = match &vm.iso {
-                            Some(iso) => {
-                                Some((template(&iso.url, "url")?, template(&iso.sha256, "sha256")?))
-                            }
-                            None => None,
-                        };
-                        Some(VmTemplates {
-                            image,
-                            blank_disk_mb: vm.blank_disk_mb,
-                            iso,
+                    Some(vm) => Some(
+                        VmTemplates::compile(vm, a.environment, |text, key| {
+                            Template::parse(text, &roots)
+                                .map_err(|e| Problem::new(e, &[text, &format!("{key}:")]))
                         })
-                    }
+                        .map_err(place)?,
+                    ),
+                    None => None,
                 };
                 actions.push(Action {
                     task: TaskRef {
