@@ -450,11 +450,42 @@ impl ReliablePublisher {
     }
 }
 
-/// Handles one delivery. Implementations hold their own state (rules, database pool) and get a
-/// publisher for progress messages they must send before they finish (job statuses).
+/// What a handler may do while it works, besides deciding its [`Disposition`]: publish progress
+/// messages that must go out before it finishes (job statuses), and know when its delivery
+/// arrived (the broker's consumer timeout counts from then). The consume loop implements it on a
+/// confirm-mode channel; [`crate::testing::Recorder`] implements it in memory, so handlers are
+/// tested without a broker.
+#[async_trait::async_trait]
+pub trait DeliveryContext: Send + Sync {
+    /// Publish one message now and wait until the broker has confirmed it.
+    async fn publish(&self, msg: &Outgoing) -> Result<(), PublishError>;
+    /// When this process received the delivery being handled.
+    fn received_at(&self) -> Instant;
+}
+
+/// The consume loop's context: the connection's confirm-mode publisher and the delivery's
+/// arrival time.
+struct BrokerContext<'a> {
+    publisher: &'a Publisher,
+    received_at: Instant,
+}
+
+#[async_trait::async_trait]
+impl DeliveryContext for BrokerContext<'_> {
+    async fn publish(&self, msg: &Outgoing) -> Result<(), PublishError> {
+        self.publisher.publish(msg).await
+    }
+
+    fn received_at(&self) -> Instant {
+        self.received_at
+    }
+}
+
+/// Handles one delivery. Implementations hold their own state (rules, database pool); what they
+/// may do besides returning a [`Disposition`] goes through the [`DeliveryContext`].
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
-    async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition;
+    async fn handle(&self, incoming: Incoming, ctx: &dyn DeliveryContext) -> Disposition;
 
     /// Called once everything `handle` asked to publish for `incoming` (`published`) was
     /// confirmed by the broker (just before the ack). A handler that remembers what it has done
@@ -547,7 +578,7 @@ pub async fn consume(
                 }
             };
             let delivery = match next {
-                Some(Ok(d)) => d,
+                Some(Ok(d)) => (d, Instant::now()),
                 Some(Err(err)) => {
                     tracing::warn!(queue = %spec.queue, error = %err, "consumer failed; reconnecting");
                     break;
@@ -567,7 +598,12 @@ pub async fn consume(
             let spec = spec.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                handle_delivery(delivery, handler.as_ref(), &publisher, &topology, &spec).await;
+                let (delivery, received_at) = delivery;
+                let ctx = BrokerContext {
+                    publisher: &publisher,
+                    received_at,
+                };
+                handle_delivery(delivery, handler.as_ref(), &ctx, &topology, &spec).await;
             });
         }
         ready.set(false);
@@ -624,14 +660,14 @@ pub(crate) fn incoming_from(delivery: &lapin::message::Delivery) -> Incoming {
 async fn handle_delivery(
     delivery: lapin::message::Delivery,
     handler: &dyn Handler,
-    publisher: &Publisher,
+    ctx: &BrokerContext<'_>,
     topology: &Topology,
     spec: &ConsumerSpec,
 ) {
     let metrics = &ops::global().amqp;
     let started = Instant::now();
     let _in_flight = metrics.started(&spec.queue);
-    let ending = handle_and_settle(delivery, handler, publisher, topology, spec).await;
+    let ending = handle_and_settle(delivery, handler, ctx, topology, spec).await;
     metrics.finished(&spec.queue, ending, started.elapsed());
 }
 
@@ -639,12 +675,12 @@ async fn handle_delivery(
 async fn handle_and_settle(
     delivery: lapin::message::Delivery,
     handler: &dyn Handler,
-    publisher: &Publisher,
+    ctx: &BrokerContext<'_>,
     topology: &Topology,
     spec: &ConsumerSpec,
 ) -> Ending {
     let incoming = incoming_from(&delivery);
-    let disposition = handler.handle(incoming.clone(), publisher).await;
+    let disposition = handler.handle(incoming.clone(), ctx).await;
     let mut dead_lettered = false;
     let outputs = match disposition {
         Disposition::Done(outputs) => outputs,
@@ -665,7 +701,7 @@ async fn handle_and_settle(
             return Ending::Rejected;
         }
     };
-    if let Err(err) = publisher.publish_all(&outputs).await {
+    if let Err(err) = ctx.publisher.publish_all(&outputs).await {
         // Not acking: the delivery comes back once this channel is gone or nacked.
         tracing::warn!(queue = %spec.queue, error = %err, "publishing outputs failed; handing the input back");
         hand_back(&delivery).await;

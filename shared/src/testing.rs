@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 
-use crate::amqp::{self, Incoming, Outgoing, Publisher};
+use crate::amqp::{self, DeliveryContext, Incoming, Outgoing, Publisher};
 use crate::config::Config;
 use crate::topology::Topology;
 
@@ -429,4 +429,78 @@ pub fn sha256_file(path: &std::path::Path) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// A [`DeliveryContext`] in memory, for testing handlers without a broker: it keeps what the
+/// handler published (in order), says the delivery arrived when the test wants, and can refuse
+/// publishes to act out a broker that went away mid-handling.
+pub struct Recorder {
+    published: std::sync::Mutex<Vec<Outgoing>>,
+    received_at: Instant,
+    /// Publishes still accepted before every further one fails; `None` for no limit.
+    accept: std::sync::Mutex<Option<usize>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+impl Recorder {
+    /// A delivery received just now, on a broker that confirms every publish.
+    pub fn new() -> Recorder {
+        Recorder {
+            published: Default::default(),
+            received_at: Instant::now(),
+            accept: Default::default(),
+        }
+    }
+
+    /// A delivery that arrived `ago` ago (for deadlines counted from delivery).
+    pub fn received(ago: Duration) -> Recorder {
+        let now = Instant::now();
+        Recorder {
+            received_at: now.checked_sub(ago).unwrap_or(now),
+            ..Recorder::new()
+        }
+    }
+
+    /// Confirms the first `n` publishes, then refuses every further one (the broker is gone).
+    pub fn failing_after(self, n: usize) -> Recorder {
+        *self.accept.lock().unwrap() = Some(n);
+        self
+    }
+
+    /// Everything confirmed so far, in order.
+    pub fn published(&self) -> Vec<Outgoing> {
+        self.published.lock().unwrap().clone()
+    }
+
+    /// The bodies confirmed so far on `exchange`, parsed as JSON.
+    pub fn bodies_on(&self, exchange: &str) -> Vec<serde_json::Value> {
+        self.published()
+            .iter()
+            .filter(|m| m.exchange == exchange)
+            .map(|m| serde_json::from_slice(&m.body).expect("published bodies are JSON"))
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl DeliveryContext for Recorder {
+    async fn publish(&self, msg: &Outgoing) -> Result<(), amqp::PublishError> {
+        if let Some(left) = self.accept.lock().unwrap().as_mut() {
+            if *left == 0 {
+                return Err(amqp::PublishError::Nacked);
+            }
+            *left -= 1;
+        }
+        self.published.lock().unwrap().push(msg.clone());
+        Ok(())
+    }
+
+    fn received_at(&self) -> Instant {
+        self.received_at
+    }
 }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use taskbot::amqp::{self, ConsumerSpec, Disposition, Handler, Incoming, Outgoing, Publisher};
+use taskbot::amqp::{
+    self, ConsumerSpec, DeliveryContext, Disposition, Handler, Incoming, Outgoing,
+};
 use taskbot::config::{VmBackendConfig, VmImageConfig};
 use taskbot::messages::{
     Environment, JobRequest, JobState, JobStatus, Machine, Message, ProvisionedJob, TaskResult,
@@ -249,7 +251,7 @@ impl ProvisionerHandler {
         &self,
         job: &JobRequest,
         vm: &VmBackend,
-        publisher: &Publisher,
+        ctx: &dyn DeliveryContext,
     ) -> Disposition {
         if let Some(reason) = self.refusal_of_arch(job) {
             return Disposition::Done(self.crashed(job, &reason));
@@ -293,7 +295,7 @@ impl ProvisionerHandler {
                     &self.instance,
                     Some(format!("starting a VM: {what}")),
                 );
-                if let Err(e) = publisher.publish(&self.status(&provisioning)).await {
+                if let Err(e) = ctx.publish(&self.status(&provisioning)).await {
                     return Disposition::Retry(format!(
                         "cannot publish the provisioning status: {e}"
                     ));
@@ -378,13 +380,13 @@ impl ProvisionerHandler {
 
 #[async_trait::async_trait]
 impl Handler for ProvisionerHandler {
-    async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition {
+    async fn handle(&self, incoming: Incoming, ctx: &dyn DeliveryContext) -> Disposition {
         let job = match JobRequest::from_json(&incoming.body) {
             Ok(j) => j,
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
         match &self.vm {
-            Some(vm) if needs_vm(&job) => self.provision_vm(&job, vm, publisher).await,
+            Some(vm) if needs_vm(&job) => self.provision_vm(&job, vm, ctx).await,
             _ => self.decide_job(&job),
         }
     }
@@ -397,7 +399,7 @@ pub struct FinishedHandler {
 
 #[async_trait::async_trait]
 impl Handler for FinishedHandler {
-    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
+    async fn handle(&self, incoming: Incoming, _ctx: &dyn DeliveryContext) -> Disposition {
         let status = match JobStatus::from_json(&incoming.body) {
             Ok(s) => s,
             Err(err) => return Disposition::DeadLetter(err.to_string()),

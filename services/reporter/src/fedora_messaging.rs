@@ -13,7 +13,7 @@
 //! subscribers can drop the duplicate.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use taskbot::amqp::{Disposition, Handler, Incoming, Outgoing, PublishError, Publisher};
+use taskbot::amqp::{DeliveryContext, Disposition, Handler, Incoming, Outgoing, PublishError};
 use taskbot::messages::{Message, Outcome, TaskResult};
 
 use crate::decode_result;
@@ -63,13 +63,13 @@ impl FedoraMessagingSink {
 
     /// Publish one result, confirmed by the broker before the delivery is acked. Nobody bound
     /// to the topic is not a failure: that is the normal state of a publish-subscribe bus.
-    pub async fn process(&self, body: &[u8], publisher: &Publisher) -> Disposition {
+    pub async fn process(&self, body: &[u8], ctx: &dyn DeliveryContext) -> Disposition {
         let result = match decode_result(body) {
             Ok(r) => r,
             Err(reason) => return Disposition::DeadLetter(reason),
         };
         let message = self.message(&result, Utc::now());
-        match publisher.publish(&message).await {
+        match ctx.publish(&message).await {
             Ok(()) => {
                 tracing::info!(result_id = %result.result_id, topic = %message.routing_key,
                     "result published as a fedora-messaging message");
@@ -90,8 +90,8 @@ impl FedoraMessagingSink {
 
 #[async_trait::async_trait]
 impl Handler for FedoraMessagingSink {
-    async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition {
-        self.process(&incoming.body, publisher).await
+    async fn handle(&self, incoming: Incoming, ctx: &dyn DeliveryContext) -> Disposition {
+        self.process(&incoming.body, ctx).await
     }
 }
 

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use taskbot::amqp::{Disposition, Handler, Incoming, Publisher};
+use taskbot::amqp::{DeliveryContext, Disposition, Handler, Incoming};
 use taskbot::messages::Message;
 
 use crate::{decode_result, decode_status};
@@ -160,7 +160,7 @@ impl JsonlSink {
 
 #[async_trait::async_trait]
 impl Handler for JsonlSink {
-    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
+    async fn handle(&self, incoming: Incoming, _ctx: &dyn DeliveryContext) -> Disposition {
         self.process(&incoming).await
     }
 }

@@ -2,7 +2,7 @@
 //! (`<ns>.sink.postgres.status`), each acked only once committed.
 
 use deadpool_postgres::Pool;
-use taskbot::amqp::{Disposition, Handler, Incoming, Publisher};
+use taskbot::amqp::{DeliveryContext, Disposition, Handler, Incoming};
 
 use crate::db::{self, StoreError};
 use crate::{decode_result, decode_status, store_failure};
@@ -42,7 +42,7 @@ impl ResultsHandler {
 
 #[async_trait::async_trait]
 impl Handler for ResultsHandler {
-    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
+    async fn handle(&self, incoming: Incoming, _ctx: &dyn DeliveryContext) -> Disposition {
         self.process(&incoming.body).await
     }
 }
@@ -76,7 +76,7 @@ impl StatusHandler {
 
 #[async_trait::async_trait]
 impl Handler for StatusHandler {
-    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
+    async fn handle(&self, incoming: Incoming, _ctx: &dyn DeliveryContext) -> Disposition {
         self.process(&incoming.body).await
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::SecondsFormat;
 use deadpool_postgres::Pool;
 use serde_json::{json, Map, Value};
-use taskbot::amqp::{Backoff, Disposition, Handler, Incoming, Publisher};
+use taskbot::amqp::{Backoff, DeliveryContext, Disposition, Handler, Incoming};
 use taskbot::messages::TaskResult;
 use taskbot::Shutdown;
 use uuid::Uuid;
@@ -433,7 +433,7 @@ impl ResultsDbSink {
 
 #[async_trait::async_trait]
 impl Handler for ResultsDbSink {
-    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
+    async fn handle(&self, incoming: Incoming, _ctx: &dyn DeliveryContext) -> Disposition {
         self.process(&incoming.body).await
     }
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use taskbot::amqp::{self, ConsumerSpec, Disposition, Handler, Incoming, Outgoing, Publisher};
+use taskbot::amqp::{
+    self, ConsumerSpec, DeliveryContext, Disposition, Handler, Incoming, Outgoing,
+};
 use taskbot::messages::{JobState, JobStatus, Message};
 use taskbot::{Config, Shutdown, Topology};
 
@@ -171,7 +173,7 @@ impl RulesHandler {
 
 #[async_trait::async_trait]
 impl Handler for RulesHandler {
-    async fn handle(&self, incoming: Incoming, _publisher: &Publisher) -> Disposition {
+    async fn handle(&self, incoming: Incoming, _ctx: &dyn DeliveryContext) -> Disposition {
         self.decide(&incoming)
     }
 

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use taskbot::amqp::{self, ConsumerSpec, Disposition, Handler, Incoming, Publisher};
+use taskbot::amqp::{self, ConsumerSpec, DeliveryContext, Disposition, Handler, Incoming};
 use taskbot::config::RunnerConfig;
 use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, Message, ProvisionedJob};
 use taskbot::{Config, Shutdown, Topology};
@@ -63,8 +63,6 @@ pub struct RunnerHandler {
     pub shutdown: Shutdown,
     /// For tasks' `downloads`.
     pub http: reqwest::Client,
-    /// When each job in hand was received (for the consumer timeout).
-    pub received: ReceivedAt,
 }
 
 /// `/metrics`: the runner's task slots (`runner.concurrency`) per arch.
@@ -119,13 +117,17 @@ impl RunnerHandler {
         }
     }
 
-    async fn run_job(&self, provisioned: &ProvisionedJob, publisher: &Publisher) -> Disposition {
+    async fn run_job(
+        &self,
+        provisioned: &ProvisionedJob,
+        ctx: &dyn DeliveryContext,
+    ) -> Disposition {
         let job = &provisioned.job;
         let mut factory =
             ResultFactory::new(job, &self.instance, self.artifacts_location(job.job_id));
         let detail = format!("{} at {}", job.task.repo, job.task.git_ref);
         if let Err(HandBack(reason)) = self
-            .publish_status(publisher, job, JobState::Cloning, Some(detail))
+            .publish_status(ctx, job, JobState::Cloning, Some(detail))
             .await
         {
             return Disposition::Retry(reason);
@@ -133,7 +135,7 @@ impl RunnerHandler {
         let verdict = match self.refusal(provisioned) {
             Some(reason) => factory.crashed(&reason, None),
             None => match self
-                .fetch_and_run(job, &provisioned.machine, &mut factory, publisher)
+                .fetch_and_run(job, &provisioned.machine, &mut factory, ctx)
                 .await
             {
                 Ok(verdict) => verdict,
@@ -141,7 +143,7 @@ impl RunnerHandler {
             },
         };
         if let Err(HandBack(reason)) = self
-            .publish_status(publisher, job, JobState::Reporting, None)
+            .publish_status(ctx, job, JobState::Reporting, None)
             .await
         {
             return Disposition::Retry(reason);
@@ -162,7 +164,7 @@ impl RunnerHandler {
         job: &JobRequest,
         machine: &Machine,
         factory: &mut ResultFactory,
-        publisher: &Publisher,
+        ctx: &dyn DeliveryContext,
     ) -> Result<Verdict, HandBack> {
         let work_dir = self.settings.work_dir.clone();
         let prefix = format!("{}-", job.job_id);
@@ -185,7 +187,7 @@ impl RunnerHandler {
             Err(e) => return Ok(factory.crashed(&format!("runner failure: {e}"), None)),
         };
         let outcome = self
-            .run_in(job, machine, clone_dir.path(), factory, publisher)
+            .run_in(job, machine, clone_dir.path(), factory, ctx)
             .await;
         let path = clone_dir.path().to_path_buf();
         let removed = match tokio::task::spawn_blocking(move || clone_dir.close()).await {
@@ -205,7 +207,7 @@ impl RunnerHandler {
         machine: &Machine,
         clone_dir: &Path,
         factory: &mut ResultFactory,
-        publisher: &Publisher,
+        ctx: &dyn DeliveryContext,
     ) -> Result<Verdict, HandBack> {
         let (url, git_ref, dest, mirrors) = (
             job.task.repo.clone(),
@@ -283,7 +285,7 @@ impl RunnerHandler {
         let budget = task_budget(
             task.effective_timeout_secs(self.settings.task_timeout_secs),
             self.settings.consumer_timeout_secs,
-            self.received.elapsed_for(job.job_id),
+            ctx.received_at().elapsed(),
         );
         // The paths the task sees: here, or inside its VM.
         let (task_workdir, task_artifacts) = match &remote {
@@ -346,7 +348,7 @@ impl RunnerHandler {
             fetched.commit,
             budget.limit.as_secs()
         );
-        self.publish_status(publisher, job, JobState::Running, Some(detail))
+        self.publish_status(ctx, job, JobState::Running, Some(detail))
             .await?;
         factory.log_url = Some(format!("{}/{LOG_FILE}", factory.artifacts_location));
         tracing::info!(job_id = %job.job_id, task = %task.name, commit = %fetched.commit, item = %job.item, arch = %job.arch, "task started");
@@ -376,7 +378,7 @@ impl RunnerHandler {
         // within what is left before the broker would give up on the delivery.
         let cleanup_end = cleanup_deadline(
             self.settings.consumer_timeout_secs,
-            self.received.elapsed_for(job.job_id),
+            ctx.received_at().elapsed(),
         );
         for step in task.steps(Phase::Cleanup) {
             let limit = Duration::from_secs(step.timeout.unwrap_or(CLEANUP_TIMEOUT_SECS));
@@ -592,14 +594,13 @@ impl RunnerHandler {
 
     async fn publish_status(
         &self,
-        publisher: &Publisher,
+        ctx: &dyn DeliveryContext,
         job: &JobRequest,
         state: JobState,
         detail: Option<String>,
     ) -> Result<(), HandBack> {
         let status = JobStatus::new(job, state, &self.instance, detail);
-        publisher
-            .publish(&report::status_message(&self.topology, &status))
+        ctx.publish(&report::status_message(&self.topology, &status))
             .await
             .map_err(|e| HandBack(format!("cannot publish the {state} status: {e}")))
     }
@@ -701,32 +702,6 @@ fn cleanup_deadline(consumer_timeout_secs: u64, elapsed: Duration) -> Option<Ins
         .saturating_sub(consumer_margin(consumer) / 2)
         .saturating_sub(elapsed);
     Some(Instant::now() + left)
-}
-
-/// When each job's delivery arrived, so the time left before the consumer timeout is known.
-#[derive(Debug, Default)]
-pub struct ReceivedAt(std::sync::Mutex<std::collections::HashMap<Uuid, Instant>>);
-
-impl ReceivedAt {
-    fn start(&self, job_id: Uuid) {
-        if let Ok(mut map) = self.0.lock() {
-            map.insert(job_id, Instant::now());
-        }
-    }
-
-    fn finish(&self, job_id: Uuid) {
-        if let Ok(mut map) = self.0.lock() {
-            map.remove(&job_id);
-        }
-    }
-
-    fn elapsed_for(&self, job_id: Uuid) -> Duration {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|map| map.get(&job_id).map(|t| t.elapsed()))
-            .unwrap_or_default()
-    }
 }
 
 /// Runs a task's steps one by one: each in its own process group, with its output in
@@ -871,15 +846,11 @@ async fn read_results(path: &Path) -> Option<Result<Vec<results::ReportedResult>
 
 #[async_trait::async_trait]
 impl Handler for RunnerHandler {
-    async fn handle(&self, incoming: Incoming, publisher: &Publisher) -> Disposition {
+    async fn handle(&self, incoming: Incoming, ctx: &dyn DeliveryContext) -> Disposition {
         match ProvisionedJob::from_json(&incoming.body) {
             Ok(provisioned) => {
                 let _busy = slots_busy(&self.arch).track();
-                let job_id = provisioned.job.job_id;
-                self.received.start(job_id);
-                let disposition = self.run_job(&provisioned, publisher).await;
-                self.received.finish(job_id);
-                disposition
+                self.run_job(&provisioned, ctx).await
             }
             Err(e) => Disposition::DeadLetter(e.to_string()),
         }
@@ -946,7 +917,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         settings: settings.clone(),
         shutdown: shutdown.clone(),
         http,
-        received: ReceivedAt::default(),
     });
     let spec = ConsumerSpec {
         queue: topology.run_queue(&arch),
@@ -992,7 +962,6 @@ mod tests {
             instance: "runner/x86_64@test".into(),
             shutdown: Shutdown::new(std::future::pending()),
             http: reqwest::Client::new(),
-            received: ReceivedAt::default(),
         }
     }
 
