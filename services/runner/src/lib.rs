@@ -24,6 +24,7 @@ pub mod git;
 pub mod remote;
 pub mod report;
 pub mod results;
+pub mod sandbox;
 pub mod task;
 
 use std::io::Write as _;
