@@ -22,6 +22,7 @@ pub mod events;
 pub mod execute;
 pub mod git;
 pub mod remote;
+pub mod repo_url;
 pub mod report;
 pub mod results;
 pub mod sandbox;
