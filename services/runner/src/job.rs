@@ -10,8 +10,9 @@ use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, ProvisionedJob};
 
 use crate::finish;
+use crate::prepare::Prepared;
 use crate::report::{self, ResultFactory, Verdict};
-use crate::steps::{StepRunner, TimeLimit};
+use crate::steps::{Ended, StepRunner, TimeLimit};
 use crate::RunnerHandler;
 
 /// Why a job was abandoned without a verdict: it goes back to the queue.
@@ -131,6 +132,27 @@ impl RunnerHandler {
         };
         let mut steps =
             StepRunner::new(self, job, &prepared, clone_dir, &factory.artifacts_location);
+        match self
+            .run_steps(job, &prepared, &mut steps, factory, ctx)
+            .await
+        {
+            Ok(ended) => finish::conclude(job, prepared, &steps, ended, clone_dir, factory).await,
+            Err(hand_back) => {
+                prepared.log.close().await;
+                Err(hand_back)
+            }
+        }
+    }
+
+    /// Announce `running` and run the task's steps within its time limit.
+    async fn run_steps(
+        &self,
+        job: &JobRequest,
+        prepared: &Prepared,
+        steps: &mut StepRunner,
+        factory: &mut ResultFactory,
+        ctx: &dyn DeliveryContext,
+    ) -> Result<Ended, HandBack> {
         let (commit, budget) = (&prepared.fetched.commit, prepared.budget);
         let detail = format!("commit {commit}, time limit {}s", budget.limit.as_secs());
         self.publish_status(ctx, job, JobState::Running, Some(detail))
@@ -143,10 +165,7 @@ impl RunnerHandler {
             ctx.received_at(),
             self.settings.consumer_timeout_secs,
         );
-        let ended = steps
-            .run_task(&prepared.task, &prepared.log, &limit)
-            .await?;
-        finish::conclude(job, prepared, &steps, ended, clone_dir, factory).await
+        steps.run_task(&prepared.task, &prepared.log, &limit).await
     }
 
     /// Publish the job's status now, confirmed; a broker that refuses hands the job back.

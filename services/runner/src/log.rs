@@ -63,15 +63,17 @@ impl JobLog {
     /// Close the log once everything written is in the file, and give its last `lines` lines
     /// (for CRASHED notes), `None` when the file cannot be read.
     pub async fn finish(self, lines: usize) -> Option<String> {
-        let JobLog {
-            path,
-            entries,
-            writer,
-        } = self;
-        drop(entries);
-        // The writer ends when the queue is drained; it only fails by panicking.
-        let _ = writer.await;
+        let path = self.path.clone();
+        self.close().await;
         tail(&path, lines).await
+    }
+
+    /// Close the log once everything written is in the file: a job handed back may come again
+    /// at once, and its new log must not be written under this one's last lines.
+    pub async fn close(self) {
+        drop(self.entries);
+        // The writer ends when the queue is drained; it only fails by panicking.
+        let _ = self.writer.await;
     }
 
     fn send(&self, entry: Entry) {
