@@ -1,17 +1,18 @@
 //! The `runner` service: takes provisioned jobs from the run queue of one arch, clones each task's
 //! repository, runs it, and publishes its results.
 //!
-//! A job's life here ([`job`]), each phase announced as a job status on the results exchange:
-//! `cloning` → [`prepare`] (allowlist and arch check, fetch into the repository's mirror and clone
+//! A job's life here (`job.rs`), each phase announced as a job status on the results exchange:
+//! `cloning` → `prepare.rs` (allowlist and arch check, fetch into the repository's mirror and clone
 //! from it, read `taskbot.yaml`, check the item type, arch and environment the task accepts, the
-//! VM, the artifacts directory and its [`log`], the time budget) → `running` → [`steps`]
+//! VM, the artifacts directory and its log (`log.rs`), the time budget) → `running` → `steps.rs`
 //! (downloads, `prepare` steps, `run` steps, each step in its own process group with its own log
-//! and time limit; then `cleanup` steps whatever happened) → [`finish`] (the task's files back from
-//! its VM, the `artifacts` globs copied, results and events read into a verdict) → `reporting` →
-//! results and the final `done` or `crashed` status, published with confirms before the input is
-//! acked. Whatever goes wrong with the task itself ends as a result (CRASHED, ABORTED, FAILED) so
-//! the job never silently disappears; only broker trouble and shutdown hand the job back to the
-//! queue. What a job leaves in its artifacts directory is named in [`taskbot::artifacts`].
+//! and time limit; then `cleanup` steps whatever happened) → `finish.rs` (the task's files back
+//! from its VM, the `artifacts` globs copied, results and events read into a verdict) →
+//! `reporting` → results and the final `done` or `crashed` status, published with confirms before
+//! the input is acked. Whatever goes wrong with the task itself ends as a result (CRASHED,
+//! ABORTED, FAILED) so the job never silently disappears; only broker trouble and shutdown hand
+//! the job back to the queue. What a job leaves in its artifacts directory is named in
+//! [`taskbot::artifacts`].
 //!
 //! The delivery stays unacked while the task runs (at-least-once), so the task's time is capped
 //! below the broker's consumer timeout ([`budget`], `runner.consumer_timeout_secs`).
