@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use taskbot::Shutdown;
+use tokio::io::AsyncWriteExt as _;
 
 /// Everything needed to start one step of a task.
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ fn env_key(key: &str) -> String {
 
 /// Run the task to its end, its time limit, or shutdown.
 pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
-    let log = match open_log(task) {
+    let log = match open_log(task).await {
         Ok(log) => log,
         Err(e) => {
             return RunEnd::FailedToStart(format!(
@@ -163,10 +163,14 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
     end
 }
 
-fn open_log(task: &TaskCommand) -> std::io::Result<File> {
-    let mut log = File::create(&task.log_path)?;
-    writeln!(log, "$ sh -c {:?}", task.script)?;
-    Ok(log)
+/// The step's log, opened with `tokio::fs` (not on the runtime's threads) and handed over as a
+/// plain file: the task's stdout and stderr are written straight into it.
+async fn open_log(task: &TaskCommand) -> std::io::Result<File> {
+    let mut log = tokio::fs::File::create(&task.log_path).await?;
+    log.write_all(format!("$ sh -c {:?}\n", task.script).as_bytes())
+        .await?;
+    log.flush().await?;
+    Ok(log.into_std().await)
 }
 
 fn exit_of(status: std::process::ExitStatus) -> TaskExit {
@@ -192,29 +196,9 @@ fn kill_group(pgid: u32) {
     }
 }
 
-/// The last `lines` lines of a log (from at most its last 64 KiB), for CRASHED notes.
-pub fn log_tail(path: &Path, lines: usize) -> Option<String> {
-    const WINDOW: u64 = 64 * 1024;
-    let mut file = File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    let start = len.saturating_sub(WINDOW);
-    file.seek(SeekFrom::Start(start)).ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
-    Some(last_lines(&String::from_utf8_lossy(&bytes), lines))
-}
-
-/// The last `n` lines of `text`, without a trailing newline.
-pub fn last_lines(text: &str, n: usize) -> String {
-    let trimmed = text.trim_end_matches('\n');
-    let lines: Vec<&str> = trimmed.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
     use taskbot::messages::{JobRequest, TaskRef};
 
     fn never() -> Shutdown {
@@ -348,19 +332,8 @@ mod tests {
         args.insert("koji-tag".to_string(), "f40".to_string());
         let job = JobRequest {
             job_id: uuid::Uuid::nil(),
-            event_id: "e".into(),
-            event_topic: "t".into(),
-            rule: "r".into(),
-            task,
-            item: "xchat-1-1".into(),
-            item_type: "koji_build".into(),
-            arch: "x86_64".into(),
             args,
-            priority: 0,
-            environment: Default::default(),
-            destructive: false,
-            vm: None,
-            created_at: Utc::now(),
+            ..taskbot::testing::job_request(task, "xchat-1-1", "x86_64")
         };
         let env: BTreeMap<String, String> = task_env(
             &job,
@@ -395,22 +368,5 @@ mod tests {
             "TASKBOT_ARTIFACTS_URL".into(),
             "https://taskbot.example/artifacts/j/".into()
         )));
-    }
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(last_lines("a\n", 5), "a");
-        assert_eq!(last_lines("", 5), "");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let text: String = (1..=100).map(|i| format!("line {i}\n")).collect();
-        std::fs::write(&path, text).unwrap();
-        let tail = log_tail(&path, 20).unwrap();
-        assert!(
-            tail.starts_with("line 81\n") && tail.ends_with("line 100"),
-            "{tail}"
-        );
-        assert_eq!(log_tail(&dir.path().join("none"), 20), None);
     }
 }

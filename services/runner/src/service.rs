@@ -1,0 +1,117 @@
+//! Starting the runner: its settings checked and made absolute, its directories made, its metrics
+//! registered, then the run queue of its arch consumed until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use taskbot::amqp::{self, ConsumerSpec};
+use taskbot::config::RunnerConfig;
+use taskbot::{Config, Shutdown, Topology};
+
+use crate::budget::task_budget;
+use crate::{slots_busy, RunnerHandler, SLOTS_METRIC};
+
+/// Run until `shutdown`: consume the run queue of `runner.arch`. A task running at shutdown is
+/// killed and its job handed back to the queue.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let arch = config.runner_arch()?.to_string();
+    if arch.is_empty() || arch.contains(['.', '#', '*', ' ']) {
+        anyhow::bail!("runner.arch: {arch:?} is not an arch name");
+    }
+    let settings = settings(&config.runner).await?;
+    // The runner's own queue must exist even for an arch missing from `arches`.
+    let mut arches = config.arches.clone();
+    if !arches.contains(&arch) {
+        arches.push(arch.clone());
+    }
+    let topology =
+        Topology::new(&config.amqp.namespace, &arches).with_sinks(&config.reporter.sinks_in_use());
+    let handler = Arc::new(RunnerHandler {
+        topology: topology.clone(),
+        arch: arch.clone(),
+        instance: taskbot::instance_name(&format!("runner/{arch}")),
+        settings: settings.clone(),
+        shutdown: shutdown.clone(),
+        http: http_client()?,
+    });
+    let spec = ConsumerSpec {
+        queue: topology.run_queue(&arch),
+        name: format!("taskbot-runner-{arch}"),
+        concurrency: settings.concurrency,
+        retry_delay: Duration::from_secs(2),
+    };
+    tracing::info!(arch = %arch, queue = %spec.queue, concurrency = settings.concurrency, "runner starting");
+    register_slots(&arch, settings.concurrency);
+    // Prefetch = concurrency: a job waiting in the client's buffer behind running ones would be
+    // unacked all that time, and RabbitMQ's consumer timeout counts from delivery.
+    let mut amqp_config = config.amqp.clone();
+    amqp_config.prefetch = u16::try_from(settings.concurrency.max(1)).unwrap_or(u16::MAX);
+    amqp::consume(&amqp_config, &topology, spec, handler, shutdown).await;
+    Ok(())
+}
+
+/// `runner.*` with its directories made absolute (tasks get them in their environment and run in
+/// another directory) and created, and warnings about settings that will hurt.
+async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
+    let mut settings = runner.clone();
+    for (key, dir) in [
+        ("runner.work_dir", &mut settings.work_dir),
+        ("runner.artifacts_dir", &mut settings.artifacts_dir),
+        ("runner.mirror_dir", &mut settings.mirror_dir),
+    ] {
+        *dir = std::path::absolute(&*dir).with_context(|| format!("{key}: {}", dir.display()))?;
+    }
+    // Fail at start, not on the first job, when the directories cannot be made.
+    for (key, dir) in [
+        ("runner.work_dir", &settings.work_dir),
+        ("runner.artifacts_dir", &settings.artifacts_dir),
+        ("runner.mirror_dir", &settings.mirror_dir),
+    ] {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("{key}: cannot create {}", dir.display()))?;
+    }
+    if settings.allowed_repos.is_empty() {
+        tracing::warn!(
+            "runner.allowed_repos is empty: every job will crash until it lists task repositories"
+        );
+    }
+    let consumer_cap = task_budget(
+        settings.task_timeout_secs,
+        settings.consumer_timeout_secs,
+        Duration::ZERO,
+    );
+    if consumer_cap.capped {
+        tracing::warn!(
+            task_timeout_secs = settings.task_timeout_secs,
+            consumer_timeout_secs = settings.consumer_timeout_secs,
+            effective_secs = consumer_cap.limit.as_secs(),
+            "tasks are cut short below the broker's consumer timeout; raise consumer_timeout in rabbitmq.conf and runner.consumer_timeout_secs to let them run longer"
+        );
+    }
+    Ok(settings)
+}
+
+/// For tasks' `downloads`.
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .user_agent(concat!("taskbot-runner/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot set up the HTTP client for downloads")
+}
+
+/// The slot gauges, exposed from the start (busy as 0 before the first job).
+fn register_slots(arch: &str, concurrency: usize) {
+    taskbot::ops::global()
+        .registry
+        .gauge(
+            SLOTS_METRIC,
+            "Task slots of the runner (runner.concurrency).",
+            &["arch"],
+        )
+        .with(&[arch])
+        .set(i64::try_from(concurrency.max(1)).unwrap_or(i64::MAX));
+    slots_busy(arch);
+}
