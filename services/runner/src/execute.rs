@@ -1,5 +1,6 @@
 //! Running one step of a task: `sh -c "<command>"` in the clone, in a process group of its own,
-//! with its output in the step's log and a time limit.
+//! with its output in the step's log and a time limit; on this host always inside the job's
+//! sandbox ([`crate::sandbox`]) unless the operator turned it off.
 //!
 //! The process group matters: a task's shell starts children (test suites, `sleep`, daemons), and
 //! killing only the shell would leave them running on the runner's host after the job is over. So
@@ -14,6 +15,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use taskbot::Shutdown;
+
+use crate::sandbox::{Sandbox, Step};
 use tokio::io::AsyncWriteExt as _;
 
 /// Everything needed to start one step of a task.
@@ -28,6 +31,19 @@ pub struct TaskCommand {
     /// Where stdout and stderr go, together (the step's own log).
     pub log_path: PathBuf,
     pub timeout: Duration,
+    /// Where the step runs: in the sandbox on this host (local jobs), or as it is (a VM job's
+    /// `ssh` command, which needs the runner's key; the VM is that job's sandbox).
+    pub confinement: Option<Confinement>,
+}
+
+/// A sandboxed step's sandbox and the directories it may write.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    pub sandbox: std::sync::Arc<Sandbox>,
+    /// The clone and the job's artifacts directory; made the sandbox user's before the step.
+    pub writable: Vec<PathBuf>,
+    /// The runner's own files inside those (the job log, the step logs): read-only to the step.
+    pub protected: Vec<PathBuf>,
 }
 
 /// How a task process ended by itself.
@@ -121,24 +137,19 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
             return RunEnd::FailedToStart(format!("cannot share the log with the task: {e}"))
         }
     };
-    let mut command = tokio::process::Command::new("sh");
+    let mut command = match &task.confinement {
+        Some(confinement) => match confined_command(task, confinement).await {
+            Ok(command) => command,
+            Err(e) => return RunEnd::FailedToStart(e),
+        },
+        None => unconfined_command(task),
+    };
     command
-        .arg("-c")
-        .arg(&task.script)
-        .current_dir(&task.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
         .process_group(0)
         .kill_on_drop(true);
-    // The runner's own TASKBOT_* settings may hold secrets (the broker URL with its password);
-    // task code is not the operator's code and must not see them.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TASKBOT_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(task.env.iter().map(|(k, v)| (k, v)));
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => return RunEnd::FailedToStart(format!("cannot start sh: {e}")),
@@ -147,7 +158,10 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
     let pgid = child.id();
     let end = tokio::select! {
         status = child.wait() => match status {
-            Ok(status) => RunEnd::Exited(exit_of(status)),
+            Ok(status) => RunEnd::Exited(match task.confinement {
+                Some(_) => exit_through_bwrap(exit_of(status)),
+                None => exit_of(status),
+            }),
             Err(e) => RunEnd::FailedToStart(format!("cannot wait for the task: {e}")),
         },
         _ = tokio::time::sleep(task.timeout) => RunEnd::TimedOut(task.timeout),
@@ -161,6 +175,40 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
         let _ = child.wait().await;
     }
     end
+}
+
+/// `sh -c` in the sandbox, once the step's writable directories belong to the sandbox user.
+async fn confined_command(
+    task: &TaskCommand,
+    confinement: &Confinement,
+) -> Result<tokio::process::Command, String> {
+    let (writable, sandbox) = (confinement.writable.clone(), confinement.sandbox.clone());
+    tokio::task::spawn_blocking(move || sandbox.give(&writable))
+        .await
+        .map_err(|e| e.to_string())??;
+    let step = Step {
+        script: &task.script,
+        cwd: &task.cwd,
+        writable: &confinement.writable,
+        protected: &confinement.protected,
+        env: &task.env,
+    };
+    Ok(confinement.sandbox.command(&step))
+}
+
+/// `sh -c` on the runner's host as the runner's user: only with `runner.sandbox = "none"` (or
+/// for a VM job's `ssh`). The runner's own TASKBOT_* settings may hold secrets (the broker URL
+/// with its password), so at least those are taken out of the environment.
+fn unconfined_command(task: &TaskCommand) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("sh");
+    command.arg("-c").arg(&task.script).current_dir(&task.cwd);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TASKBOT_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(task.env.iter().map(|(k, v)| (k, v)));
+    command
 }
 
 /// The step's log, opened with `tokio::fs` (not on the runtime's threads) and handed over as a
@@ -179,6 +227,16 @@ fn exit_of(status: std::process::ExitStatus) -> TaskExit {
         (None, Some(signal)) => TaskExit::Signal(signal),
         // Neither happens on Unix; report something a person can recognise as odd.
         (None, None) => TaskExit::Code(-1),
+    }
+}
+
+/// How the step's shell ended, from how bwrap ended: bwrap (the pid namespace's init) exits
+/// with 128 + N when the shell was killed by signal N, the shells' own convention. A step that
+/// itself `exit`s with such a code is read as killed by that signal.
+fn exit_through_bwrap(exit: TaskExit) -> TaskExit {
+    match exit {
+        TaskExit::Code(code) if (129..=128 + 64).contains(&code) => TaskExit::Signal(code - 128),
+        other => other,
     }
 }
 
@@ -212,6 +270,7 @@ mod tests {
             env: vec![("TASKBOT_ITEM".into(), "xchat-1-1".into())],
             log_path: dir.join("task.log"),
             timeout,
+            confinement: None,
         }
     }
 

@@ -63,6 +63,8 @@ pub struct RunnerHandler {
     pub shutdown: Shutdown,
     /// For tasks' `downloads`.
     pub http: reqwest::Client,
+    /// What local steps run in; `None` only with `runner.sandbox = "none"`.
+    pub sandbox: Option<std::sync::Arc<sandbox::Sandbox>>,
 }
 
 /// `/metrics`: the runner's task slots (`runner.concurrency`) per arch.

@@ -229,6 +229,7 @@ mod tests {
             instance: "runner/x86_64@test".into(),
             shutdown: Shutdown::new(std::future::pending()),
             http: reqwest::Client::new(),
+            sandbox: None,
         }
     }
 

@@ -64,6 +64,8 @@ pub struct Step<'a> {
     pub cwd: &'a Path,
     /// Directories the step may write: the clone and the job's artifacts directory.
     pub writable: &'a [PathBuf],
+    /// Files and directories inside those that stay read-only to the step (the runner's logs).
+    pub protected: &'a [PathBuf],
     /// The step's whole environment.
     pub env: &'a [(String, String)],
 }
@@ -96,6 +98,11 @@ impl Sandbox {
         args.flags(&["--tmpfs", "/var/tmp", "--tmpfs", "/run"]);
         for dir in step.writable {
             args.triple("--bind", dir, dir);
+        }
+        for path in step.protected {
+            if path.exists() {
+                args.triple("--ro-bind", path, path);
+            }
         }
         // Last, so nothing bound after covers them again.
         for hidden in &self.hidden {
@@ -152,15 +159,43 @@ impl Sandbox {
         }
     }
 
-    /// Check once, at start, that this host can sandbox: `bwrap` runs as the sandbox user and
-    /// gets its namespaces. The error says what is missing, for the runner to refuse to start.
-    pub fn probe(&self) -> Result<(), String> {
-        let dir = std::env::temp_dir();
-        let writable = [];
+    /// Make everything under `writable` the sandbox user's (without following symbolic links),
+    /// so the step can write its clone and artifacts; what the runner must keep (its logs) is
+    /// bound read-only instead.
+    pub fn give(&self, writable: &[PathBuf]) -> Result<(), String> {
+        for dir in writable {
+            chown_tree(dir, self.uid, self.gid)
+                .map_err(|e| format!("cannot give {} to the sandbox user: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Check once, at start, that this host can sandbox: `bwrap` runs as the sandbox user, gets
+    /// its namespaces, and can bind a directory made in each of `dirs` (the work and artifacts
+    /// directories, whose parents the sandbox user must be able to traverse). The error says
+    /// what is missing, for the runner to refuse to start.
+    pub fn probe(&self, dirs: &[PathBuf]) -> Result<(), String> {
+        let mut probes = Vec::new();
+        for dir in dirs {
+            let probe = tempfile::Builder::new()
+                .prefix(".sandbox-probe-")
+                .tempdir_in(dir)
+                .map_err(|e| format!("cannot make a probe directory in {}: {e}", dir.display()))?;
+            probes.push(probe);
+        }
+        let writable: Vec<PathBuf> = probes.iter().map(|p| p.path().to_path_buf()).collect();
+        self.give(&writable)?;
+        let script = writable
+            .iter()
+            .map(|dir| format!("touch '{}/ok' && ", dir.display()))
+            .collect::<String>()
+            + "test \"$(id -u)\" != 0";
+        let cwd = std::env::temp_dir();
         let step = Step {
-            script: "test \"$(id -u)\" != 0",
-            cwd: &dir,
+            script: &script,
+            cwd: writable.first().unwrap_or(&cwd),
             writable: &writable,
+            protected: &[],
             env: &[],
         };
         let mut command = std::process::Command::new(&self.program);
@@ -186,6 +221,18 @@ impl Sandbox {
 }
 
 use std::os::unix::process::CommandExt as _;
+
+/// `lchown` every entry of the tree at `root`, never following symbolic links.
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
+    if !std::fs::symlink_metadata(root)?.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(root)? {
+        chown_tree(&entry?.path(), uid, gid)?;
+    }
+    Ok(())
+}
 
 /// The uid and gid of a user name or a numeric `UID[:GID]`, refusing root: a sandbox that runs
 /// tasks as root protects nothing.
@@ -282,6 +329,7 @@ mod tests {
             script: "echo hi",
             cwd: Path::new("/w/clone"),
             writable: &writable,
+            protected: &[],
             env: &env,
         };
         let args = strings(sandbox(false).args(&step));
@@ -322,6 +370,7 @@ mod tests {
             script: "true",
             cwd: Path::new("/"),
             writable: &[],
+            protected: &[],
             env: &[],
         };
         assert!(!strings(sandbox(true).args(&step)).contains(&"--unshare-net".to_string()));
@@ -406,6 +455,7 @@ mod hostile {
             script,
             cwd: &job.clone,
             writable: &writable,
+            protected: &[],
             env: &env,
         };
         let output = sandbox(job, network)
@@ -508,6 +558,7 @@ mod hostile {
             script: &script,
             cwd: &job.clone,
             writable: &writable,
+            protected: &[],
             env: &[],
         };
         let sandbox = sandbox(&job, true);

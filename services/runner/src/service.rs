@@ -1,15 +1,17 @@
 //! Starting the runner: its settings checked and made absolute, its directories made, its metrics
 //! registered, then the run queue of its arch consumed until shutdown.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use taskbot::amqp::{self, ConsumerSpec};
-use taskbot::config::RunnerConfig;
+use taskbot::config::{RunnerConfig, SandboxMode};
 use taskbot::{Config, Shutdown, Topology};
 
 use crate::budget::task_budget;
+use crate::sandbox::{self, Sandbox};
 use crate::{slots_busy, RunnerHandler, SLOTS_METRIC};
 
 /// Run until `shutdown`: consume the run queue of `runner.arch`. A task running at shutdown is
@@ -34,6 +36,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         settings: settings.clone(),
         shutdown: shutdown.clone(),
         http: http_client()?,
+        sandbox: sandbox(&settings).await?.map(Arc::new),
     });
     let spec = ConsumerSpec {
         queue: topology.run_queue(&arch),
@@ -91,6 +94,54 @@ async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
         );
     }
     Ok(settings)
+}
+
+/// The sandbox local steps run in, checked on this host before any job is taken; `None` (with a
+/// warning, at every start) only when the operator set `runner.sandbox = "none"`.
+async fn sandbox(settings: &RunnerConfig) -> anyhow::Result<Option<Sandbox>> {
+    if settings.sandbox == SandboxMode::None {
+        tracing::warn!(
+            "runner.sandbox = \"none\": task code runs unconfined as the runner's user and can read what it can read (config, keys, other jobs)"
+        );
+        return Ok(None);
+    }
+    let (uid, gid) = sandbox::resolve_user(&settings.sandbox_user).map_err(anyhow::Error::msg)?;
+    let mut hidden = settings.sandbox_hidden.clone();
+    if let Some(dir) = config_dir() {
+        hidden.push(dir);
+    }
+    let sandbox = Sandbox {
+        uid,
+        gid,
+        network: settings.sandbox_network,
+        hidden,
+        program: PathBuf::from("bwrap"),
+    };
+    let dirs = [settings.work_dir.clone(), settings.artifacts_dir.clone()];
+    let probed = sandbox.clone();
+    tokio::task::spawn_blocking(move || probed.probe(&dirs))
+        .await?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "runner.sandbox = \"bwrap\" cannot work here: {e}. Install bubblewrap, create the user (scripts/ensure-services.sh does both), make runner.work_dir and runner.artifacts_dir reachable by it, or set runner.sandbox = \"none\" to run tasks unconfined"
+            )
+        })?;
+    tracing::info!(
+        uid,
+        gid,
+        network = settings.sandbox_network,
+        "task steps run sandboxed (bubblewrap)"
+    );
+    Ok(Some(sandbox))
+}
+
+/// The directory of the config file (`TASKBOT_CONFIG`), to hide from tasks wherever it is.
+fn config_dir() -> Option<PathBuf> {
+    let file = std::env::var_os(taskbot::config::CONFIG_ENV)?;
+    std::path::absolute(PathBuf::from(file))
+        .ok()?
+        .parent()
+        .map(PathBuf::from)
 }
 
 /// For tasks' `downloads`.

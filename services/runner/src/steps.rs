@@ -6,13 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use taskbot::artifacts::{step_log_name, EVENTS_FILE, STEPS_DIR};
+use taskbot::artifacts::{step_log_name, EVENTS_FILE, STEPS_DIR, TASK_LOG};
 use taskbot::download::{self, DownloadSpec, RetryPolicy};
 use taskbot::messages::JobRequest;
 use taskbot::Shutdown;
 
 use crate::budget::{cleanup_deadline, Budget};
-use crate::execute::{self, RunEnd, TaskCommand, TaskExit};
+use crate::execute::{self, Confinement, RunEnd, TaskCommand, TaskExit};
 use crate::job::HandBack;
 use crate::log::JobLog;
 use crate::prepare::Prepared;
@@ -132,6 +132,25 @@ fn judge(
     }
 }
 
+/// How a local job's steps are confined: they may write the clone and the artifacts directory,
+/// but not the runner's logs in it.
+fn confinement(
+    handler: &RunnerHandler,
+    prepared: &Prepared,
+    clone_dir: &Path,
+) -> Option<Confinement> {
+    if prepared.remote.is_some() {
+        return None;
+    }
+    let sandbox = handler.sandbox.clone()?;
+    let artifacts = &prepared.artifacts;
+    Some(Confinement {
+        sandbox,
+        writable: vec![clone_dir.to_path_buf(), artifacts.clone()],
+        protected: vec![artifacts.join(TASK_LOG), artifacts.join(STEPS_DIR)],
+    })
+}
+
 /// Runs a task's steps one by one: each in its own process group, with its output in
 /// `steps/NN-name.log` and then appended to the combined `task.log`.
 pub(crate) struct StepRunner {
@@ -149,6 +168,8 @@ pub(crate) struct StepRunner {
     http: reqwest::Client,
     download_max_bytes: u64,
     download_attempts: u32,
+    /// The sandbox of local steps (`None` for a VM job, or with `runner.sandbox = "none"`).
+    confinement: Option<Confinement>,
 }
 
 impl StepRunner {
@@ -197,6 +218,7 @@ impl StepRunner {
             http: handler.http.clone(),
             download_max_bytes: handler.settings.download_max_bytes,
             download_attempts: handler.settings.download_attempts,
+            confinement: confinement(handler, prepared, clone_dir),
         }
     }
 
@@ -341,6 +363,7 @@ impl StepRunner {
             env: self.env.clone(),
             log_path: step_log.clone(),
             timeout,
+            confinement: self.confinement.clone(),
         };
         let started = Instant::now();
         let end = execute::run(&command, &mut self.shutdown).await;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    args, check_ending, commit, http_server, job, job_with_args, process_gone, sha256_hex, states,
-    Dirs, CRASHED_BEFORE_RUNNING, CRASHED_RUNNING, FULL_LIFE,
+    args, check_ending, commit, http_server, job, job_with_args, processes_running, sha256_hex,
+    states, Dirs, CRASHED_BEFORE_RUNNING, CRASHED_RUNNING, FULL_LIFE,
 };
 use git2::Repository;
 use taskbot::amqp::{Disposition, Handler, Incoming};
@@ -58,6 +58,7 @@ impl Harness {
             instance: "runner/x86_64@test".into(),
             shutdown,
             http: reqwest::Client::new(),
+            sandbox: common::sandbox(),
         }
     }
 
@@ -386,7 +387,13 @@ async fn task_past_its_timeout_is_aborted_and_its_process_group_killed() {
     let mut h = Harness::new();
     // The runner's cap (2 s) wins over the task's own, longer timeout.
     h.settings.task_timeout_secs = 2;
-    let repo = h.dirs.task("sleeper", "name: sleeper\ntimeout: 600\nrun: 'sleep 60 & echo $! > \"${TASKBOT_ARTIFACTS}bg.pid\"; echo started; sleep 60'\n");
+    // A background process with a command line no other process has: the task runs in a pid
+    // namespace of its own, so the pid it could write down would mean nothing on the host.
+    let marker = format!("60.{}", std::process::id());
+    let repo = h.dirs.task(
+        "sleeper",
+        &format!("name: sleeper\ntimeout: 600\nrun: 'sleep {marker} & echo started; sleep 60'\n"),
+    );
     let sleeper = job("sleeper", &repo, "main", "pkg-1-1", "x86_64");
     let started = Instant::now();
 
@@ -402,18 +409,14 @@ async fn task_past_its_timeout_is_aborted_and_its_process_group_killed() {
         results[0].note.as_deref(),
         Some("step run timed out: the task's time limit of 2s passed")
     );
-    let pid: i32 = std::fs::read_to_string(h.job_artifacts(&sleeper).join("bg.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !process_gone(pid) && Instant::now() < deadline {
+    while processes_running(&format!("sleep\0{marker}")) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        process_gone(pid),
-        "the task's background process {pid} survived"
+    assert_eq!(
+        processes_running(&format!("sleep\0{marker}")),
+        0,
+        "the task's background process survived"
     );
 }
 

@@ -357,15 +357,42 @@ async fn shutdown_kills_the_task_and_hands_the_job_back() {
 async fn runner_runs_as_many_tasks_at_once_as_its_concurrency() {
     let mut world = World::new("x86_64").await;
     world.config.runner.concurrency = 2;
-    let rendezvous = tempfile::tempdir().unwrap();
-    // Each task waits (up to 10 s) until both have started: only true concurrency passes.
-    let repo = world.dirs.task("together", "name: together\nrun: |\n  touch {{ args.dir }}/$TASKBOT_JOB_ID\n  for i in $(seq 50); do [ $(ls {{ args.dir }} | wc -l) -ge 2 ] && exit 0; sleep 0.2; done\n  exit 1\n");
+    // Each task waits (up to 10 s) until both have started: only true concurrency passes. The
+    // tasks are sandboxed and cannot share a directory, so they meet at a TCP server of the
+    // test's that answers "go" once two of them are connected.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        let mut waiting = Vec::new();
+        for stream in listener.incoming().flatten() {
+            waiting.push(stream);
+            if waiting.len() == 2 {
+                for mut task in waiting.drain(..) {
+                    let _ = task.write_all(b"go\n");
+                }
+            }
+        }
+    });
+    let repo = world.dirs.repo(
+        "together",
+        &[
+            (
+                "taskbot.yaml",
+                "name: together\nrun: bash ./meet.sh {{ args.port }}\n",
+            ),
+            (
+                "meet.sh",
+                "exec 3<>/dev/tcp/127.0.0.1/$1\nread -t 10 answer <&3\n[ \"$answer\" = go ]\n",
+            ),
+        ],
+    );
     let runner = world.start_runner("x86_64");
-    let dir = rendezvous.path().display().to_string();
+    let port = port.to_string();
     let jobs: Vec<_> = ["a-1-1", "b-1-1"]
         .iter()
         .map(|item| {
-            let args = common::args(&[("dir", &dir)]);
+            let args = common::args(&[("port", &port)]);
             job_with_args("together", &repo, "main", item, "x86_64", args)
         })
         .collect();

@@ -43,9 +43,14 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new() -> Dirs {
-        Dirs {
-            root: tempfile::tempdir().unwrap(),
-        }
+        let root = tempfile::tempdir().unwrap();
+        // The sandbox user must be able to reach the work and artifacts directories below.
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        Dirs { root }
     }
 
     /// Where task repositories are made; the runner is allowed to clone from there only.
@@ -198,14 +203,22 @@ pub fn check_ending(
     assert!(clones.is_empty(), "the clone was not removed: {clones:?}");
 }
 
-/// Dead, or a zombie waiting to be reaped by an init that may never do it: either way not running.
-pub fn process_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
+/// Host processes running (zombies not counted) whose command line (arguments joined by NULs)
+/// contains `needle`.
+pub fn processes_running(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let alive = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            });
+            alive
+                && std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .count()
 }
 
 /// A minimal HTTP/1.1 server for downloads: `answer(path, n)` gives the status and body of the
@@ -256,4 +269,20 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The sandbox a runner uses by default (bubblewrap, as `taskbot-task`, which
+/// `scripts/ensure-services.sh` creates), so the job tests run their tasks confined, as in
+/// production.
+pub fn sandbox() -> Option<std::sync::Arc<taskbot_runner::sandbox::Sandbox>> {
+    let defaults = RunnerConfig::default();
+    let (uid, gid) = taskbot_runner::sandbox::resolve_user(&defaults.sandbox_user)
+        .expect("the sandbox user exists (make test creates it)");
+    Some(std::sync::Arc::new(taskbot_runner::sandbox::Sandbox {
+        uid,
+        gid,
+        network: true,
+        hidden: defaults.sandbox_hidden,
+        program: "bwrap".into(),
+    }))
 }
