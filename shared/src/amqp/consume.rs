@@ -212,7 +212,8 @@ async fn take_deliveries(mut session: Session, worker: &Arc<Worker>, shutdown: &
             next = session.consumer.next() => next,
             _ = shutdown.wait() => {
                 let tag = session.consumer.tag();
-                let _ = session.channel.basic_cancel(tag.as_str(), BasicCancelOptions::default()).await;
+                let options = BasicCancelOptions::default();
+                let _ = session.channel.basic_cancel(tag.as_str(), options).await;
                 return;
             }
         };

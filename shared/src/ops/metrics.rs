@@ -52,7 +52,7 @@ enum Kind {
     Histogram(Vec<f64>),
 }
 
-/// The name, help and label names of the families that are not exposed (see [`Registry::family`]).
+/// The name, help and label names of the families that are not exposed (see `Registry::family`).
 const UNEXPOSED: &str = "taskbot_unexposed";
 
 impl Registry {

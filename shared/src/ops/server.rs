@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::{Ops, METRICS_CONTENT_TYPE};
 
-/// The routes: `/healthz` (the process answers), `/readyz` (see [`Readiness`]), `/metrics`. The
-/// JSON answers are those of the api's own `/healthz` and `/readyz`.
+/// The routes: `/healthz` (the process answers), `/readyz` (see [`super::Readiness`]),
+/// `/metrics`. The JSON answers are those of the api's own `/healthz` and `/readyz`.
 pub fn router(ops: Arc<Ops>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
