@@ -420,6 +420,9 @@ pub struct RunnerConfig {
     /// Whether sandboxed steps may use the network (tasks download builds); `false` gives each
     /// step a network namespace of its own with only a loopback device.
     pub sandbox_network: bool,
+    /// More host directories sandboxed steps see read-only, besides `/usr` and `/etc` (say `/opt`
+    /// where tools are installed there).
+    pub sandbox_read_only: Vec<PathBuf>,
     /// Paths covered with an empty directory inside the sandbox: configuration and secrets under
     /// the system directories a step sees (`/usr`, `/etc`). The directory of the config file is
     /// hidden too when it is under one of them.
@@ -452,6 +455,7 @@ impl Default for RunnerConfig {
             sandbox: SandboxMode::Bwrap,
             sandbox_user: "taskbot-task".into(),
             sandbox_network: true,
+            sandbox_read_only: Vec::new(),
             sandbox_hidden: [
                 "/etc/taskbot",
                 "/etc/rabbitmq",

@@ -504,3 +504,24 @@ impl DeliveryContext for Recorder {
         self.received_at
     }
 }
+
+/// Host processes running (zombies not counted) whose command line (arguments joined by NULs)
+/// contains `needle`: how a test finds a task's processes, whose pids inside the sandbox mean
+/// nothing on the host.
+pub fn processes_running(needle: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let alive = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            });
+            alive
+                && std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .count()
+}

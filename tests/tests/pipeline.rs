@@ -209,8 +209,10 @@ async fn koji_build_message_ends_as_a_stored_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_killed_mid_job_completes_it_once_after_restart() {
     let tasks = tempfile::tempdir().unwrap();
-    let marker = tasks.path().join("starts.txt");
     let slow = tasks.path().join("slow");
+    // The task is sandboxed: it notes each start in its own artifacts directory (kept across the
+    // two runs of the job), and its sleep has a command line no other process has.
+    let sleep = format!("4.{}", std::process::id());
     std::fs::create_dir_all(&slow).unwrap();
     std::fs::write(
         slow.join("taskbot.yaml"),
@@ -219,7 +221,7 @@ async fn runner_killed_mid_job_completes_it_once_after_restart() {
     .unwrap();
     std::fs::write(
         slow.join("run.sh"),
-        format!("echo start >> {}\nsleep 4\nexit 0\n", marker.display()),
+        format!("echo start >> \"${{TASKBOT_ARTIFACTS}}starts.txt\"\nsleep {sleep}\nexit 0\n"),
     )
     .unwrap();
 
@@ -246,8 +248,16 @@ async fn runner_killed_mid_job_completes_it_once_after_restart() {
         .await;
 
     // Wait until the task is running, then kill its runner without warning.
+    let artifacts = d.config.runner.artifacts_dir.clone();
+    let marker = move || -> Option<std::path::PathBuf> {
+        std::fs::read_dir(&artifacts)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("starts.txt"))
+            .find(|p| p.exists())
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !marker.exists() {
+    while marker().is_none() {
         assert!(
             Instant::now() < deadline,
             "task never started\n{}",
@@ -256,6 +266,16 @@ async fn runner_killed_mid_job_completes_it_once_after_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     d.services[runner].kill_hard();
+    // Nothing of the task outlives its runner (the sandbox dies with it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sleeping = format!("sleep\0{sleep}");
+    while taskbot::testing::processes_running(&sleeping) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the killed runner's task still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         d.wait_for_count("select count(*) from results", 1, Duration::from_secs(1))
             .await,
@@ -296,7 +316,10 @@ async fn runner_killed_mid_job_completes_it_once_after_restart() {
         "completed exactly once"
     );
     // It was started twice: the killed run, and the redelivered one.
-    let starts = std::fs::read_to_string(&marker).unwrap().lines().count();
+    let starts = std::fs::read_to_string(marker().unwrap())
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(starts, 2, "the killed job ran again after the restart");
     d.shutdown().await;
 }

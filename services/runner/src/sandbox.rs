@@ -49,8 +49,11 @@ pub struct Sandbox {
     pub gid: u32,
     /// Whether the step shares the host's network.
     pub network: bool,
+    /// More host directories the step sees read-only (besides `/usr` and `/etc`).
+    pub read_only: Vec<PathBuf>,
     /// Paths covered with an empty tmpfs inside the sandbox (config and secrets directories under
-    /// `/etc` and the like); those that do not exist are skipped.
+    /// `/etc` and the like); those that do not exist are skipped. The step's own directories are
+    /// bound after them, so hiding a directory that holds them leaves them reachable.
     pub hidden: Vec<PathBuf>,
     /// The `bwrap` program.
     pub program: PathBuf,
@@ -96,18 +99,19 @@ impl Sandbox {
         self.system_mounts(&mut args);
         args.flags(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
         args.flags(&["--tmpfs", "/var/tmp", "--tmpfs", "/run"]);
+        // Before the step's own directories: a hidden directory may hold them (the config's
+        // directory holding the work directory, say), and they must stay reachable.
+        for hidden in &self.hidden {
+            if hidden.exists() {
+                args.pair("--tmpfs", hidden);
+            }
+        }
         for dir in step.writable {
             args.triple("--bind", dir, dir);
         }
         for path in step.protected {
             if path.exists() {
                 args.triple("--ro-bind", path, path);
-            }
-        }
-        // Last, so nothing bound after covers them again.
-        for hidden in &self.hidden {
-            if hidden.exists() {
-                args.pair("--tmpfs", hidden);
             }
         }
         args.flags(&["--clearenv"]);
@@ -146,6 +150,11 @@ impl Sandbox {
     fn system_mounts(&self, args: &mut Args) {
         for dir in SYSTEM_DIRS {
             if Path::new(dir).is_dir() {
+                args.triple("--ro-bind", dir, dir);
+            }
+        }
+        for dir in &self.read_only {
+            if dir.is_dir() {
                 args.triple("--ro-bind", dir, dir);
             }
         }
@@ -306,6 +315,7 @@ mod tests {
             uid: 65534,
             gid: 65534,
             network,
+            read_only: vec![],
             hidden: vec![PathBuf::from("/etc")],
             program: PathBuf::from("bwrap"),
         }
@@ -405,6 +415,8 @@ mod hostile {
         clone: PathBuf,
         artifacts: PathBuf,
         other_job: PathBuf,
+        /// Seen read-only, like `/etc`.
+        system: PathBuf,
         secret_dir: PathBuf,
     }
 
@@ -413,11 +425,11 @@ mod hostile {
     fn job() -> Job {
         let root = tempfile::tempdir().unwrap();
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let [clone, artifacts, other_job] =
-            ["clone", "artifacts", "other-job"].map(|n| root.path().join(n));
+        let [clone, artifacts, other_job, system] =
+            ["clone", "artifacts", "other-job", "system"].map(|n| root.path().join(n));
         // Inside a directory the step sees, so only the hiding keeps it out of reach.
-        let secret_dir = artifacts.join("etc-taskbot");
-        for dir in [&clone, &artifacts, &other_job, &secret_dir] {
+        let secret_dir = system.join("etc-taskbot");
+        for dir in [&clone, &artifacts, &other_job, &system, &secret_dir] {
             std::fs::create_dir(dir).unwrap();
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         }
@@ -433,6 +445,7 @@ mod hostile {
             clone,
             artifacts,
             other_job,
+            system,
             secret_dir,
         }
     }
@@ -442,6 +455,7 @@ mod hostile {
             uid: 65534,
             gid: 65534,
             network,
+            read_only: vec![job.system.clone()],
             hidden: vec![job.secret_dir.clone()],
             program: PathBuf::from("bwrap"),
         }

@@ -114,6 +114,7 @@ async fn sandbox(settings: &RunnerConfig) -> anyhow::Result<Option<Sandbox>> {
         uid,
         gid,
         network: settings.sandbox_network,
+        read_only: settings.sandbox_read_only.clone(),
         hidden,
         program: PathBuf::from("bwrap"),
     };

@@ -203,23 +203,7 @@ pub fn check_ending(
     assert!(clones.is_empty(), "the clone was not removed: {clones:?}");
 }
 
-/// Host processes running (zombies not counted) whose command line (arguments joined by NULs)
-/// contains `needle`.
-pub fn processes_running(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let alive = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            });
-            alive
-                && std::fs::read(e.path().join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        })
-        .count()
-}
+pub use taskbot::testing::processes_running;
 
 /// A minimal HTTP/1.1 server for downloads: `answer(path, n)` gives the status and body of the
 /// n-th request (from 0). Returns the base URL.
@@ -282,6 +266,7 @@ pub fn sandbox() -> Option<std::sync::Arc<taskbot_runner::sandbox::Sandbox>> {
         uid,
         gid,
         network: true,
+        read_only: defaults.sandbox_read_only,
         hidden: defaults.sandbox_hidden,
         program: "bwrap".into(),
     }))
