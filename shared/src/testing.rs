@@ -504,3 +504,12 @@ impl DeliveryContext for Recorder {
         self.received_at
     }
 }
+
+/// The exchange and routing key of each message, in order: what a test asserts about where a
+/// handler's messages go.
+pub fn routes(messages: &[Outgoing]) -> Vec<(&str, &str)> {
+    messages
+        .iter()
+        .map(|m| (m.exchange.as_str(), m.routing_key.as_str()))
+        .collect()
+}
