@@ -305,22 +305,19 @@ pub async fn get_results(
     let filter = ResultFilter::parse(&query)?;
     let paging = Paging::parse(&query)?;
     let base = links::base_url(&state, &headers);
-    let mut c = filter.conditions();
-    let limit = c.param(paging.fetch());
-    let offset = c.param(paging.offset());
-    let sql = format!(
-        "SELECT {RESULT_COLUMNS} FROM results r {} {} LIMIT {limit} OFFSET {offset}",
-        c.where_sql(),
-        filter.order()
-    );
-    let client = state.pool.get().await?;
-    let mut rows = client.query(&sql, &c.refs()).await?;
-    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v2.0/results"), &query);
-    let data = rows
-        .iter()
-        .map(|row| result_json(row, &base))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+    let select = |c: &Conditions| {
+        format!(
+            "SELECT {RESULT_COLUMNS} FROM results r {} {}",
+            c.where_sql(),
+            filter.order()
+        )
+    };
+    let url = format!("{base}/api/v2.0/results");
+    paging
+        .answer(&state, filter.conditions(), select, &url, &query, |row| {
+            result_json(row, &base)
+        })
+        .await
 }
 
 /// `GET /results/latest`: the newest result of each testcase among those the filters select
@@ -509,21 +506,18 @@ pub async fn get_groups(
         let p = c.param(uuids);
         c.push(format!("g.job_id::text = ANY({p})"));
     }
-    let limit = c.param(paging.fetch());
-    let offset = c.param(paging.offset());
-    let sql = format!(
-        "SELECT * FROM ({GROUPS_SQL}) AS g {} ORDER BY g.first_stored DESC, g.job_id DESC \
-         LIMIT {limit} OFFSET {offset}",
-        c.where_sql()
-    );
-    let client = state.pool.get().await?;
-    let mut rows = client.query(&sql, &c.refs()).await?;
-    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v2.0/groups"), &query);
-    let data = rows
-        .iter()
-        .map(|row| group_json(row, &base))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+    let select = |c: &Conditions| {
+        format!(
+            "SELECT * FROM ({GROUPS_SQL}) AS g {} ORDER BY g.first_stored DESC, g.job_id DESC",
+            c.where_sql()
+        )
+    };
+    let url = format!("{base}/api/v2.0/groups");
+    paging
+        .answer(&state, c, select, &url, &query, |row| {
+            group_json(row, &base)
+        })
+        .await
 }
 
 /// `GET /groups/<uuid>`.
@@ -532,18 +526,11 @@ pub async fn get_group(
     headers: HeaderMap,
     Path(uuid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Ok(uuid) = Uuid::parse_str(uuid.trim()) else {
-        return Err(ApiError::not_found("Group not found"));
-    };
+    let uuid = links::path_id(&uuid, "Group not found")?;
     let base = links::base_url(&state, &headers);
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!("SELECT * FROM ({GROUPS_SQL} HAVING r.job_id = $1) AS g"),
-            &[&uuid],
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("Group not found"))?;
+    let sql = format!("SELECT * FROM ({GROUPS_SQL} HAVING r.job_id = $1) AS g");
+    let row = links::row_by_id(&client, &sql, &uuid, "Group not found").await?;
     Ok(Json(group_json(&row, &base)?))
 }
 
@@ -568,13 +555,7 @@ async fn health(state: &AppState) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::links::tests::q;
 
     #[test]
     fn filters_split_reserved_keys_from_data_keys() {
