@@ -410,35 +410,36 @@ pub async fn get_testcases(
     let paging = Paging::parse(&query)?;
     let base = links::base_url(&state, &headers);
     let mut c = Conditions::default();
-    if let Some(names) = list(&query, "name").filter(|n| !n.is_empty()) {
-        let p = c.param(names);
-        c.push(format!("t.testcase = ANY({p})"));
-    } else if let Some(patterns) = list(&query, "name:like").filter(|n| !n.is_empty()) {
-        let patterns: Vec<String> = patterns.iter().map(|p| links::like_pattern(p)).collect();
-        let p = c.param(patterns);
-        c.push(format!("t.testcase LIKE ANY({p})"));
-    }
-    let limit = c.param(paging.fetch());
-    let offset = c.param(paging.offset());
-    let sql = format!(
-        "SELECT t.testcase, t.task_repo FROM ({TESTCASES_SQL}) AS t {} \
-         ORDER BY t.testcase LIMIT {limit} OFFSET {offset}",
-        c.where_sql()
-    );
-    let client = state.pool.get().await?;
-    let mut rows = client.query(&sql, &c.refs()).await?;
-    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v2.0/testcases"), &query);
-    let data = rows
-        .iter()
-        .map(|row| {
+    exact_or_like(&mut c, &query, "name", "t.testcase");
+    let select = |c: &Conditions| {
+        format!(
+            "SELECT t.testcase, t.task_repo FROM ({TESTCASES_SQL}) AS t {} ORDER BY t.testcase",
+            c.where_sql()
+        )
+    };
+    let url = format!("{base}/api/v2.0/testcases");
+    paging
+        .answer(&state, c, select, &url, &query, |row| {
             Ok(testcase_json(
                 &row.try_get::<_, String>(0)?,
                 row.try_get(1)?,
                 &base,
             ))
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+        .await
+}
+
+/// The condition of a `key=a,b` (any of these) or else `key:like=a*,b*` (any of these
+/// patterns) filter on `column`, if the request has one.
+fn exact_or_like(c: &mut Conditions, query: &[(String, String)], key: &str, column: &str) {
+    if let Some(values) = list(query, key).filter(|v| !v.is_empty()) {
+        let p = c.param(values);
+        c.push(format!("{column} = ANY({p})"));
+    } else if let Some(patterns) = list(query, &format!("{key}:like")).filter(|v| !v.is_empty()) {
+        let patterns: Vec<String> = patterns.iter().map(|p| links::like_pattern(p)).collect();
+        let p = c.param(patterns);
+        c.push(format!("{column} LIKE ANY({p})"));
+    }
 }
 
 /// `GET /testcases/<name>`.
@@ -493,14 +494,7 @@ pub async fn get_groups(
     let paging = Paging::parse(&query)?;
     let base = links::base_url(&state, &headers);
     let mut c = Conditions::default();
-    if let Some(descriptions) = list(&query, "description").filter(|d| !d.is_empty()) {
-        let p = c.param(descriptions);
-        c.push(format!("g.description = ANY({p})"));
-    } else if let Some(patterns) = list(&query, "description:like").filter(|d| !d.is_empty()) {
-        let patterns: Vec<String> = patterns.iter().map(|p| links::like_pattern(p)).collect();
-        let p = c.param(patterns);
-        c.push(format!("g.description LIKE ANY({p})"));
-    }
+    exact_or_like(&mut c, &query, "description", "g.description");
     if let Some(uuids) = list(&query, "uuid").filter(|u| !u.is_empty()) {
         let uuids: Vec<String> = uuids.iter().map(|u| u.to_ascii_lowercase()).collect();
         let p = c.param(uuids);
