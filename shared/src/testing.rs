@@ -525,3 +525,53 @@ pub fn processes_running(needle: &str) -> usize {
         })
         .count()
 }
+
+/// The exchange and routing key of each message, in order: what a test asserts about where a
+/// handler's messages go.
+pub fn routes(messages: &[Outgoing]) -> Vec<(&str, &str)> {
+    messages
+        .iter()
+        .map(|m| (m.exchange.as_str(), m.routing_key.as_str()))
+        .collect()
+}
+
+/// A result of `job` for `testcase`, its id derived as the runner derives it, from runner
+/// `runner@test/<arch>`, its log under `https://taskbot.example/artifacts/`, with no note and no
+/// data, finished now. Adjust fields with struct update syntax.
+pub fn task_result(
+    job: &crate::JobRequest,
+    testcase: &str,
+    outcome: crate::messages::Outcome,
+) -> crate::messages::TaskResult {
+    crate::messages::TaskResult {
+        result_id: crate::messages::TaskResult::derive_id(
+            job.job_id,
+            testcase,
+            &job.item,
+            &job.item_type,
+            &job.arch,
+        ),
+        job_id: job.job_id,
+        testcase: testcase.into(),
+        outcome,
+        item: job.item.clone(),
+        item_type: job.item_type.clone(),
+        arch: job.arch.clone(),
+        note: None,
+        log_url: Some(format!("https://taskbot.example/artifacts/{}/", job.job_id)),
+        data: Default::default(),
+        task: job.task.clone(),
+        event_id: job.event_id.clone(),
+        rule: job.rule.clone(),
+        runner: format!("runner@test/{}", job.arch),
+        finished_at: chrono::Utc::now(),
+    }
+}
+
+impl TestBroker {
+    /// Whether `queue` exists (asked on a channel of its own: a passive declare of a missing
+    /// queue closes the channel it is asked on).
+    pub async fn queue_exists(&self, queue: &str) -> bool {
+        self.inspect(queue).await.is_some()
+    }
+}

@@ -24,6 +24,45 @@ use crate::SharedState;
 const REFRESH_SECS: u32 = 5;
 /// Lines of a job's log shown on its page (the whole log is linked).
 const LOG_LINES: usize = 200;
+/// The most of a job's log read for its page: its end, room for [`LOG_LINES`] lines of 320
+/// bytes. A log of many megabytes costs a request no more than this.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// The end of a job's log, as read for its page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogTail {
+    /// Whole lines from the end of the log.
+    pub text: String,
+    /// The whole log's size in bytes.
+    pub size: u64,
+    /// Whether `text` is the whole log (then its lines are all the log's lines).
+    pub whole: bool,
+}
+
+/// The last at most `max` bytes of the file at `path`, starting at a line: when reading did not
+/// start at the file's start, the first (likely cut) line is dropped. `None` when there is no
+/// such file or it cannot be read.
+pub async fn read_tail(path: &std::path::Path, max: u64) -> Option<LogTail> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    let size = file.metadata().await.ok()?.len();
+    let start = size.saturating_sub(max);
+    file.seek(std::io::SeekFrom::Start(start)).await.ok()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(size - start).unwrap_or(0));
+    file.take(max).read_to_end(&mut bytes).await.ok()?;
+    if start > 0 {
+        let first_line = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| i + 1);
+        bytes.drain(..first_line);
+    }
+    Some(LogTail {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        size,
+        whole: start == 0,
+    })
+}
 
 /// One row of the recent jobs table.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,62 +123,8 @@ pub fn render_dashboard(
     let _ = write!(b, "<h1>Taskbot</h1>");
     match status {
         Ok(status) => {
-            let _ = write!(
-                b,
-                "<h2>Stages</h2><table id=\"stages\" data-namespace=\"{}\"><tr><th>stage</th>\
-                 <th>queue</th><th>waiting</th><th>working</th><th>consumers</th><th>in/s</th>\
-                 <th>out/s</th><th>dead letters</th></tr>",
-                escape(&status.namespace)
-            );
-            for stage in &status.stages {
-                let class = if stage.dead_letters > 0 {
-                    " class=\"bad\""
-                } else if stage.queue.as_ref().is_some_and(|q| q.consumers == 0) {
-                    " class=\"idle\""
-                } else {
-                    ""
-                };
-                match &stage.queue {
-                    Some(q) => {
-                        let _ = write!(
-                            b,
-                            "<tr{class} data-queue=\"{name}\"><td>{stage}</td><td>{name}</td>\
-                             <td class=\"n\" data-field=\"ready\">{}</td>\
-                             <td class=\"n\" data-field=\"unacked\">{}</td>\
-                             <td class=\"n\" data-field=\"consumers\">{}</td>\
-                             <td class=\"n\">{:.1}</td><td class=\"n\">{:.1}</td>\
-                             <td class=\"n\" data-field=\"dead\">{}</td></tr>",
-                            q.ready,
-                            q.unacked,
-                            q.consumers,
-                            q.publish_rate,
-                            q.deliver_rate,
-                            stage.dead_letters,
-                            stage = escape(&stage.stage),
-                            name = escape(&q.name),
-                        );
-                    }
-                    None => {
-                        let _ = write!(
-                            b,
-                            "<tr{class} data-stage=\"{stage}\"><td>{stage}</td><td>-</td><td>-</td>\
-                             <td>-</td><td>-</td><td>-</td><td>-</td>\
-                             <td class=\"n\" data-field=\"dead\">{}</td></tr>",
-                            stage.dead_letters,
-                            stage = escape(&stage.stage),
-                        );
-                    }
-                }
-            }
-            let _ = write!(b, "</table><h2>Runners per arch</h2><table id=\"runners\"><tr><th>arch</th><th>runners</th></tr>");
-            for (arch, n) in &status.runners {
-                let _ = write!(
-                    b,
-                    "<tr data-arch=\"{a}\"><td>{a}</td><td class=\"n\">{n}</td></tr>",
-                    a = escape(arch)
-                );
-            }
-            let _ = write!(b, "</table>");
+            write_stages(&mut b, status);
+            write_runners(&mut b, status);
         }
         Err(err) => {
             let _ = write!(
@@ -149,6 +134,85 @@ pub fn render_dashboard(
             );
         }
     }
+    write_job_states(&mut b, states);
+    write_recent_jobs(&mut b, jobs);
+    let _ = write!(
+        b,
+        "<p>Refreshed every {REFRESH_SECS} s. JSON: <a href=\"/api/v1/jobs\">/api/v1/jobs</a>, \
+         <a href=\"/api/v2.0/results\">/api/v2.0/results</a>.</p>"
+    );
+    page("Taskbot", true, &b)
+}
+
+/// The stages table: each stage's queue with its depths, consumers, rates and dead letters
+/// (dead letters mark the row bad, a queue nobody consumes idle).
+fn write_stages(b: &mut String, status: &Status) {
+    let _ = write!(
+        b,
+        "<h2>Stages</h2><table id=\"stages\" data-namespace=\"{}\"><tr><th>stage</th>\
+         <th>queue</th><th>waiting</th><th>working</th><th>consumers</th><th>in/s</th>\
+         <th>out/s</th><th>dead letters</th></tr>",
+        escape(&status.namespace)
+    );
+    for stage in &status.stages {
+        let class = if stage.dead_letters > 0 {
+            " class=\"bad\""
+        } else if stage.queue.as_ref().is_some_and(|q| q.consumers == 0) {
+            " class=\"idle\""
+        } else {
+            ""
+        };
+        match &stage.queue {
+            Some(q) => {
+                let _ = write!(
+                    b,
+                    "<tr{class} data-queue=\"{name}\"><td>{stage}</td><td>{name}</td>\
+                     <td class=\"n\" data-field=\"ready\">{}</td>\
+                     <td class=\"n\" data-field=\"unacked\">{}</td>\
+                     <td class=\"n\" data-field=\"consumers\">{}</td>\
+                     <td class=\"n\">{:.1}</td><td class=\"n\">{:.1}</td>\
+                     <td class=\"n\" data-field=\"dead\">{}</td></tr>",
+                    q.ready,
+                    q.unacked,
+                    q.consumers,
+                    q.publish_rate,
+                    q.deliver_rate,
+                    stage.dead_letters,
+                    stage = escape(&stage.stage),
+                    name = escape(&q.name),
+                );
+            }
+            None => {
+                let _ = write!(
+                    b,
+                    "<tr{class} data-stage=\"{stage}\"><td>{stage}</td><td>-</td><td>-</td>\
+                     <td>-</td><td>-</td><td>-</td><td>-</td>\
+                     <td class=\"n\" data-field=\"dead\">{}</td></tr>",
+                    stage.dead_letters,
+                    stage = escape(&stage.stage),
+                );
+            }
+        }
+    }
+    let _ = write!(b, "</table>");
+}
+
+fn write_runners(b: &mut String, status: &Status) {
+    let _ = write!(
+        b,
+        "<h2>Runners per arch</h2><table id=\"runners\"><tr><th>arch</th><th>runners</th></tr>"
+    );
+    for (arch, n) in &status.runners {
+        let _ = write!(
+            b,
+            "<tr data-arch=\"{a}\"><td>{a}</td><td class=\"n\">{n}</td></tr>",
+            a = escape(arch)
+        );
+    }
+    let _ = write!(b, "</table>");
+}
+
+fn write_job_states(b: &mut String, states: &[(String, i64)]) {
     let _ = write!(
         b,
         "<h2>Jobs by state</h2><table id=\"job-states\"><tr><th>state</th><th>jobs</th></tr>"
@@ -160,9 +224,13 @@ pub fn render_dashboard(
             s = escape(state)
         );
     }
+    let _ = write!(b, "</table>");
+}
+
+fn write_recent_jobs(b: &mut String, jobs: &[JobRow]) {
     let _ = write!(
         b,
-        "</table><h2>Recent jobs</h2><table id=\"jobs\"><tr><th>updated</th><th>state</th>\
+        "<h2>Recent jobs</h2><table id=\"jobs\"><tr><th>updated</th><th>state</th>\
          <th>task</th><th>item</th><th>arch</th><th>job</th></tr>"
     );
     for job in jobs {
@@ -178,12 +246,7 @@ pub fn render_dashboard(
             s = escape(&job.state),
         );
     }
-    let _ = write!(
-        b,
-        "</table><p>Refreshed every {REFRESH_SECS} s. JSON: <a href=\"/api/v1/jobs\">/api/v1/jobs</a>, \
-         <a href=\"/api/v2.0/results\">/api/v2.0/results</a>.</p>"
-    );
-    page("Taskbot", true, &b)
+    let _ = write!(b, "</table>");
 }
 
 /// One job's page: its fields, history (state, time, service, detail), results, and the end of
@@ -192,7 +255,7 @@ pub fn render_job(
     job: &JobRow,
     history: &[(String, DateTime<Utc>, String, Option<String>)],
     results: &[(String, String, Option<String>)],
-    log: Option<&str>,
+    log: Option<&LogTail>,
 ) -> String {
     let mut b = String::new();
     let _ = write!(
@@ -230,14 +293,19 @@ pub fn render_job(
     let _ = write!(b, "</table><h2>Log</h2>");
     match log {
         Some(log) => {
-            let lines: Vec<&str> = log.lines().collect();
+            let lines: Vec<&str> = log.text.lines().collect();
             let shown = &lines[lines.len().saturating_sub(LOG_LINES)..];
+            // Only a log read whole has a known number of lines.
+            let of = if log.whole {
+                format!("{} lines", lines.len())
+            } else {
+                format!("{} bytes", log.size)
+            };
             let _ = write!(
                 b,
-                "<p>Last {} of {} lines; whole log: <a href=\"/api/v1/jobs/{id}/artifacts/{TASK_LOG}\">{TASK_LOG}</a></p>\
+                "<p>Last {} of {of}; whole log: <a href=\"/api/v1/jobs/{id}/artifacts/{TASK_LOG}\">{TASK_LOG}</a></p>\
                  <pre id=\"log\">{}</pre>",
                 shown.len(),
-                lines.len(),
                 escape(&shown.join("\n")),
                 id = job.id
             );
@@ -334,8 +402,12 @@ pub async fn job(
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    let log = std::fs::read_to_string(state.artifacts_dir.join(id.to_string()).join(TASK_LOG)).ok();
-    Ok(html(render_job(&job, &history, &results, log.as_deref())))
+    let log = read_tail(
+        &state.artifacts_dir.join(id.to_string()).join(TASK_LOG),
+        LOG_TAIL_BYTES,
+    )
+    .await;
+    Ok(html(render_job(&job, &history, &results, log.as_ref())))
 }
 
 #[cfg(test)]
@@ -408,7 +480,12 @@ mod tests {
 
     #[test]
     fn a_job_page_shows_the_end_of_its_log_and_stops_refreshing_when_final() {
-        let log: String = (1..=250).map(|n| format!("line {n}\n")).collect();
+        let text: String = (1..=250).map(|n| format!("line {n}\n")).collect();
+        let log = LogTail {
+            size: text.len() as u64,
+            text,
+            whole: true,
+        };
         let html = render_job(
             &job("done", "a-1-1"),
             &[],
@@ -424,5 +501,65 @@ mod tests {
         let html = render_job(&job("running", "a-1-1"), &[], &[], None);
         assert!(html.contains("No log here (yet)."));
         assert!(html.contains("http-equiv=\"refresh\""));
+    }
+
+    #[tokio::test]
+    async fn only_the_end_of_a_huge_log_is_read_and_it_starts_at_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("task.log");
+        // 8 GiB of hole, then the lines: a handler reading the whole log would not finish (nor
+        // fit in memory); one reading the tail reads 64 KiB.
+        let hole = 8u64 << 30;
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(hole).unwrap();
+        drop(file);
+        let lines: String = (1..=20_000).map(|n| format!("line {n:05}\n")).collect();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, lines.as_bytes()).unwrap();
+        let size = hole + lines.len() as u64;
+
+        let tail = read_tail(&path, LOG_TAIL_BYTES).await.unwrap();
+        assert_eq!((tail.size, tail.whole), (size, false));
+        assert!(tail.text.len() as u64 <= LOG_TAIL_BYTES);
+        // Each line is 11 bytes: 65536 bytes from the end cut line 14043 after its first 9
+        // bytes, so the tail starts with the next line, and is everything after it.
+        assert!(
+            tail.text.starts_with("line 14044\n"),
+            "{}",
+            &tail.text[..40]
+        );
+        assert!(lines.ends_with(&tail.text));
+        assert!(tail.text.ends_with("line 20000\n"));
+
+        let html = render_job(&job("done", "a-1-1"), &[], &[], Some(&tail));
+        assert!(
+            html.contains(&format!("Last 200 of {size} bytes")),
+            "{html}"
+        );
+        assert!(html.contains("line 19801\nline 19802") && !html.contains("line 19800"));
+    }
+
+    #[tokio::test]
+    async fn a_short_log_is_read_whole_and_a_missing_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("task.log");
+        std::fs::write(&path, "one\ntwo\n").unwrap();
+        assert_eq!(
+            read_tail(&path, LOG_TAIL_BYTES).await,
+            Some(LogTail {
+                text: "one\ntwo\n".into(),
+                size: 8,
+                whole: true
+            })
+        );
+        // Reading that starts exactly at a line drops that line too: the tail is whole lines.
+        let tail = read_tail(&path, 4).await.unwrap();
+        assert_eq!((tail.text.as_str(), tail.whole), ("", false));
+        let tail = read_tail(&path, 5).await.unwrap();
+        assert_eq!(tail.text, "two\n");
+        assert_eq!(read_tail(&dir.path().join("nothing"), 10).await, None);
     }
 }

@@ -97,22 +97,19 @@ pub async fn list_jobs(
 ) -> Result<Json<Value>, ApiError> {
     let paging = Paging::parse(&query)?;
     let base = links::base_url(&state, &headers);
-    let mut c = job_conditions(&query)?;
-    let limit = c.param(paging.fetch());
-    let offset = c.param(paging.offset());
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs j {} ORDER BY j.created_at DESC, j.job_id DESC \
-         LIMIT {limit} OFFSET {offset}",
-        c.where_sql()
-    );
-    let client = state.pool.get().await?;
-    let mut rows = client.query(&sql, &c.refs()).await?;
-    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v1/jobs"), &query);
-    let data = rows
-        .iter()
-        .map(|row| job_json(row, &state, &base))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+    let c = job_conditions(&query)?;
+    let select = |c: &Conditions| {
+        format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j {} ORDER BY j.created_at DESC, j.job_id DESC",
+            c.where_sql()
+        )
+    };
+    let url = format!("{base}/api/v1/jobs");
+    paging
+        .answer(&state, c, select, &url, &query, |row| {
+            job_json(row, &state, &base)
+        })
+        .await
 }
 
 /// `GET /api/v1/job-states`: how many jobs are in each state now (their latest state), for
@@ -142,18 +139,11 @@ pub async fn get_job(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Ok(id) = Uuid::parse_str(id.trim()) else {
-        return Err(ApiError::not_found("Job not found"));
-    };
+    let id = links::path_id(&id, "Job not found")?;
     let base = links::base_url(&state, &headers);
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.job_id = $1"),
-            &[&id],
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("Job not found"))?;
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.job_id = $1");
+    let row = links::row_by_id(&client, &sql, &id, "Job not found").await?;
     let mut job = job_json(&row, &state, &base)?;
     let history = client
         .query(

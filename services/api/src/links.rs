@@ -2,9 +2,13 @@
 //! the list endpoints (ResultsDB's: `page` from 0, `limit` default 20, comma = OR).
 
 use axum::http::HeaderMap;
+use axum::Json;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde_json::{json, Value};
+use tokio_postgres::Row;
+use uuid::Uuid;
 
-use crate::store::ApiError;
+use crate::store::{ApiError, Conditions};
 use crate::AppState;
 
 /// ResultsDB's default page size.
@@ -131,6 +135,48 @@ impl Paging {
         let next = has_next.then(|| link(self.page + 1));
         (prev, next)
     }
+
+    /// This page of a list endpoint, answered as ResultsDB does (`{prev, next, data}`).
+    /// `select` makes the query up to its `LIMIT` from the conditions `c` (with this page's
+    /// bounds bound as their last parameters); `url` is the endpoint's absolute URL for the
+    /// links; `to_json` makes an item of a row.
+    pub async fn answer(
+        &self,
+        state: &AppState,
+        mut c: Conditions,
+        select: impl FnOnce(&Conditions) -> String,
+        url: &str,
+        query: &[(String, String)],
+        to_json: impl Fn(&Row) -> Result<Value, ApiError>,
+    ) -> Result<Json<Value>, ApiError> {
+        let limit = c.param(self.fetch());
+        let offset = c.param(self.offset());
+        let sql = format!("{} LIMIT {limit} OFFSET {offset}", select(&c));
+        let client = state.pool.get().await?;
+        let mut rows = client.query(&sql, &c.refs()).await?;
+        let (prev, next) = self.links(&mut rows, url, query);
+        let data = rows.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;
+        Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+    }
+}
+
+/// The id in a request's path (`/jobs/<id>`): a UUID, else 404 with `missing` (an id that
+/// cannot exist is simply not found).
+pub fn path_id(text: &str, missing: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text.trim()).map_err(|_| ApiError::not_found(missing))
+}
+
+/// The row `sql` selects for `id` (its `$1`), else 404 with `missing`.
+pub async fn row_by_id(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    id: &Uuid,
+    missing: &str,
+) -> Result<Row, ApiError> {
+    client
+        .query_opt(sql, &[id])
+        .await?
+        .ok_or_else(|| ApiError::not_found(missing))
 }
 
 /// The last value given for `key` (a repeated scalar parameter: the last one wins).
@@ -216,10 +262,11 @@ pub fn resultsdb_time(t: &DateTime<Utc>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// A query string's pairs, for tests of the endpoints' parameters.
+    pub(crate) fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

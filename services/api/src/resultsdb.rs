@@ -305,22 +305,19 @@ pub async fn get_results(
     let filter = ResultFilter::parse(&query)?;
     let paging = Paging::parse(&query)?;
     let base = links::base_url(&state, &headers);
-    let mut c = filter.conditions();
-    let limit = c.param(paging.fetch());
-    let offset = c.param(paging.offset());
-    let sql = format!(
-        "SELECT {RESULT_COLUMNS} FROM results r {} {} LIMIT {limit} OFFSET {offset}",
-        c.where_sql(),
-        filter.order()
-    );
-    let client = state.pool.get().await?;
-    let mut rows = client.query(&sql, &c.refs()).await?;
-    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v2.0/results"), &query);
-    let data = rows
-        .iter()
-        .map(|row| result_json(row, &base))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+    let select = |c: &Conditions| {
+        format!(
+            "SELECT {RESULT_COLUMNS} FROM results r {} {}",
+            c.where_sql(),
+            filter.order()
+        )
+    };
+    let url = format!("{base}/api/v2.0/results");
+    paging
+        .answer(&state, filter.conditions(), select, &url, &query, |row| {
+            result_json(row, &base)
+        })
+        .await
 }
 
 /// `GET /results/latest`: the newest result of each testcase among those the filters select
@@ -413,35 +410,36 @@ pub async fn get_testcases(
     let paging = Paging::parse(&query)?;
     let base = links::base_url(&state, &headers);
     let mut c = Conditions::default();
-    if let Some(names) = list(&query, "name").filter(|n| !n.is_empty()) {
-        let p = c.param(names);
-        c.push(format!("t.testcase = ANY({p})"));
-    } else if let Some(patterns) = list(&query, "name:like").filter(|n| !n.is_empty()) {
-        let patterns: Vec<String> = patterns.iter().map(|p| links::like_pattern(p)).collect();
-        let p = c.param(patterns);
-        c.push(format!("t.testcase LIKE ANY({p})"));
-    }
-    let limit = c.param(paging.fetch());
-    let offset = c.param(paging.offset());
-    let sql = format!(
-        "SELECT t.testcase, t.task_repo FROM ({TESTCASES_SQL}) AS t {} \
-         ORDER BY t.testcase LIMIT {limit} OFFSET {offset}",
-        c.where_sql()
-    );
-    let client = state.pool.get().await?;
-    let mut rows = client.query(&sql, &c.refs()).await?;
-    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v2.0/testcases"), &query);
-    let data = rows
-        .iter()
-        .map(|row| {
+    exact_or_like(&mut c, &query, "name", "t.testcase");
+    let select = |c: &Conditions| {
+        format!(
+            "SELECT t.testcase, t.task_repo FROM ({TESTCASES_SQL}) AS t {} ORDER BY t.testcase",
+            c.where_sql()
+        )
+    };
+    let url = format!("{base}/api/v2.0/testcases");
+    paging
+        .answer(&state, c, select, &url, &query, |row| {
             Ok(testcase_json(
                 &row.try_get::<_, String>(0)?,
                 row.try_get(1)?,
                 &base,
             ))
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+        .await
+}
+
+/// The condition of a `key=a,b` (any of these) or else `key:like=a*,b*` (any of these
+/// patterns) filter on `column`, if the request has one.
+fn exact_or_like(c: &mut Conditions, query: &[(String, String)], key: &str, column: &str) {
+    if let Some(values) = list(query, key).filter(|v| !v.is_empty()) {
+        let p = c.param(values);
+        c.push(format!("{column} = ANY({p})"));
+    } else if let Some(patterns) = list(query, &format!("{key}:like")).filter(|v| !v.is_empty()) {
+        let patterns: Vec<String> = patterns.iter().map(|p| links::like_pattern(p)).collect();
+        let p = c.param(patterns);
+        c.push(format!("{column} LIKE ANY({p})"));
+    }
 }
 
 /// `GET /testcases/<name>`.
@@ -496,34 +494,24 @@ pub async fn get_groups(
     let paging = Paging::parse(&query)?;
     let base = links::base_url(&state, &headers);
     let mut c = Conditions::default();
-    if let Some(descriptions) = list(&query, "description").filter(|d| !d.is_empty()) {
-        let p = c.param(descriptions);
-        c.push(format!("g.description = ANY({p})"));
-    } else if let Some(patterns) = list(&query, "description:like").filter(|d| !d.is_empty()) {
-        let patterns: Vec<String> = patterns.iter().map(|p| links::like_pattern(p)).collect();
-        let p = c.param(patterns);
-        c.push(format!("g.description LIKE ANY({p})"));
-    }
+    exact_or_like(&mut c, &query, "description", "g.description");
     if let Some(uuids) = list(&query, "uuid").filter(|u| !u.is_empty()) {
         let uuids: Vec<String> = uuids.iter().map(|u| u.to_ascii_lowercase()).collect();
         let p = c.param(uuids);
         c.push(format!("g.job_id::text = ANY({p})"));
     }
-    let limit = c.param(paging.fetch());
-    let offset = c.param(paging.offset());
-    let sql = format!(
-        "SELECT * FROM ({GROUPS_SQL}) AS g {} ORDER BY g.first_stored DESC, g.job_id DESC \
-         LIMIT {limit} OFFSET {offset}",
-        c.where_sql()
-    );
-    let client = state.pool.get().await?;
-    let mut rows = client.query(&sql, &c.refs()).await?;
-    let (prev, next) = paging.links(&mut rows, &format!("{base}/api/v2.0/groups"), &query);
-    let data = rows
-        .iter()
-        .map(|row| group_json(row, &base))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({"prev": prev, "next": next, "data": data})))
+    let select = |c: &Conditions| {
+        format!(
+            "SELECT * FROM ({GROUPS_SQL}) AS g {} ORDER BY g.first_stored DESC, g.job_id DESC",
+            c.where_sql()
+        )
+    };
+    let url = format!("{base}/api/v2.0/groups");
+    paging
+        .answer(&state, c, select, &url, &query, |row| {
+            group_json(row, &base)
+        })
+        .await
 }
 
 /// `GET /groups/<uuid>`.
@@ -532,18 +520,11 @@ pub async fn get_group(
     headers: HeaderMap,
     Path(uuid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Ok(uuid) = Uuid::parse_str(uuid.trim()) else {
-        return Err(ApiError::not_found("Group not found"));
-    };
+    let uuid = links::path_id(&uuid, "Group not found")?;
     let base = links::base_url(&state, &headers);
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!("SELECT * FROM ({GROUPS_SQL} HAVING r.job_id = $1) AS g"),
-            &[&uuid],
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("Group not found"))?;
+    let sql = format!("SELECT * FROM ({GROUPS_SQL} HAVING r.job_id = $1) AS g");
+    let row = links::row_by_id(&client, &sql, &uuid, "Group not found").await?;
     Ok(Json(group_json(&row, &base)?))
 }
 
@@ -568,13 +549,7 @@ async fn health(state: &AppState) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::links::tests::q;
 
     #[test]
     fn filters_split_reserved_keys_from_data_keys() {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use taskbot::amqp::ReliablePublisher;
+use taskbot::config::BridgeConfig;
 use taskbot::{Config, Shutdown, Topology};
 use tokio::sync::mpsc;
 
@@ -73,26 +74,10 @@ impl Counters {
 ///
 /// Fails only at start, on a configuration ZeroMQ refuses (no endpoint, a malformed endpoint).
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let bridge = &config.bridge;
-    if bridge.endpoints.is_empty() {
-        bail!("bridge.endpoints is empty: there is nothing to subscribe to");
-    }
-    if bridge.topic_prefixes.is_empty() {
-        bail!("bridge.topic_prefixes is empty: nothing would be received (use [\"\"] for all)");
-    }
-    let topology = Topology::for_config(&config);
-    let context = zmq::Context::new();
-    let mut sockets = Vec::new();
-    for endpoint in &bridge.endpoints {
-        let socket = subscribe(&context, endpoint, &bridge.topic_prefixes)
-            .with_context(|| format!("cannot subscribe to fedmsg endpoint {endpoint:?}"))?;
-        tracing::info!(endpoint = %endpoint, prefixes = ?bridge.topic_prefixes, "subscribed");
-        sockets.push((Arc::<str>::from(format!("fedmsg:{endpoint}")), socket));
-    }
-
+    let sockets = subscribe_all(&config.bridge)?;
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, mut rx) = mpsc::channel(bridge.buffer.max(1));
+    let (tx, mut rx) = mpsc::channel(config.bridge.buffer.max(1));
     let receiver = {
         let (stop, counters) = (stop.clone(), counters.clone());
         std::thread::Builder::new()
@@ -101,6 +86,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             .context("cannot start the receiving thread")?
     };
 
+    let topology = Topology::for_config(&config);
     let publisher = ReliablePublisher::new(
         config.amqp.clone(),
         topology.clone(),
@@ -110,74 +96,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         topology,
         publisher,
         counters: counters.clone(),
-        max_bytes: bridge.max_message_bytes,
+        max_bytes: config.bridge.max_message_bytes,
     };
 
     // Connect now rather than at the first message, so the bridge is ready (/readyz) while the
     // bus is quiet. Messages arriving meanwhile wait in the buffer. Only shutdown ends the wait,
-    // and then the loop below ends at once.
+    // and then the loop in `forward` ends at once.
     bridge.publisher.connect(&mut shutdown.clone()).await;
-
-    let mut stats = tokio::time::interval(STATS_INTERVAL);
-    stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    stats.tick().await;
-    let mut stopping = shutdown.clone();
-    // The message being published when shutdown came: it goes first when draining.
-    let mut interrupted = None;
-    loop {
-        let received = tokio::select! {
-            _ = stopping.wait() => break,
-            _ = stats.tick() => { counters.log("bridge counters"); continue; }
-            received = rx.recv() => received,
-        };
-        let Some(received) = received else {
-            tracing::error!("the receiving thread stopped; shutting down");
-            break;
-        };
-        let routed = bridge.route(&received);
-        let mut attempt = shutdown.clone();
-        tokio::select! {
-            confirmed = bridge.publisher.publish(routed.outgoing(), &mut attempt) => {
-                bridge.count(&routed, confirmed);
-            }
-            _ = stopping.wait() => {
-                interrupted = Some(routed);
-                break;
-            }
-        }
-    }
+    let interrupted = bridge.forward(&mut rx, &shutdown).await;
 
     // Refuse further messages (this also wakes the thread if it waits for room), stop reading,
     // and publish what is already buffered.
     rx.close();
     stop.store(true, Ordering::Relaxed);
-    // Stops at the first message the broker does not take: with shutdown requested, the
-    // publisher no longer reconnects, so the rest would fail the same way.
-    let drain = async {
-        let mut attempt = shutdown.clone();
-        if let Some(routed) = interrupted.take() {
-            let confirmed = bridge
-                .publisher
-                .publish(routed.outgoing(), &mut attempt)
-                .await;
-            bridge.count(&routed, confirmed);
-            if !confirmed {
-                return;
-            }
-        }
-        while let Some(received) = rx.recv().await {
-            let routed = bridge.route(&received);
-            let confirmed = bridge
-                .publisher
-                .publish(routed.outgoing(), &mut attempt)
-                .await;
-            bridge.count(&routed, confirmed);
-            if !confirmed {
-                return;
-            }
-        }
-    };
-    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, bridge.drain(&mut rx, interrupted, &shutdown))
+        .await
+        .is_err()
+    {
         tracing::warn!("the broker did not take the buffered messages in time");
     }
     let mut left = 0;
@@ -195,6 +130,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     counters.log("bridge stopped");
     Ok(())
+}
+
+/// A SUB socket per endpoint of `bridge`, each named by its source (`fedmsg:<endpoint>`).
+fn subscribe_all(bridge: &BridgeConfig) -> anyhow::Result<Vec<(Arc<str>, zmq::Socket)>> {
+    if bridge.endpoints.is_empty() {
+        bail!("bridge.endpoints is empty: there is nothing to subscribe to");
+    }
+    if bridge.topic_prefixes.is_empty() {
+        bail!("bridge.topic_prefixes is empty: nothing would be received (use [\"\"] for all)");
+    }
+    let context = zmq::Context::new();
+    let mut sockets = Vec::new();
+    for endpoint in &bridge.endpoints {
+        let socket = subscribe(&context, endpoint, &bridge.topic_prefixes)
+            .with_context(|| format!("cannot subscribe to fedmsg endpoint {endpoint:?}"))?;
+        tracing::info!(endpoint = %endpoint, prefixes = ?bridge.topic_prefixes, "subscribed");
+        sockets.push((Arc::<str>::from(format!("fedmsg:{endpoint}")), socket));
+    }
+    Ok(sockets)
 }
 
 /// The async half: decides and publishes.
@@ -228,6 +182,68 @@ impl Bridge {
             }
         }
         routed
+    }
+
+    /// Publish what arrives until shutdown (logging the counters every [`STATS_INTERVAL`]).
+    /// Returns the message being published when shutdown came, which goes first when draining.
+    async fn forward(
+        &self,
+        rx: &mut mpsc::Receiver<Received>,
+        shutdown: &Shutdown,
+    ) -> Option<Routed> {
+        let mut stats = tokio::time::interval(STATS_INTERVAL);
+        stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        stats.tick().await;
+        let mut stopping = shutdown.clone();
+        loop {
+            let received = tokio::select! {
+                _ = stopping.wait() => return None,
+                _ = stats.tick() => { self.counters.log("bridge counters"); continue; }
+                received = rx.recv() => received,
+            };
+            let Some(received) = received else {
+                tracing::error!("the receiving thread stopped; shutting down");
+                return None;
+            };
+            let routed = self.route(&received);
+            let mut attempt = shutdown.clone();
+            tokio::select! {
+                confirmed = self.publisher.publish(routed.outgoing(), &mut attempt) => {
+                    self.count(&routed, confirmed);
+                }
+                _ = stopping.wait() => return Some(routed),
+            }
+        }
+    }
+
+    /// After shutdown: publish `interrupted`, then what is buffered in `rx`. Stops at the first
+    /// message the broker does not take: with shutdown requested, the publisher no longer
+    /// reconnects, so the rest would fail the same way.
+    async fn drain(
+        &self,
+        rx: &mut mpsc::Receiver<Received>,
+        interrupted: Option<Routed>,
+        shutdown: &Shutdown,
+    ) {
+        let mut attempt = shutdown.clone();
+        if let Some(routed) = interrupted {
+            if !self.publish_counted(&routed, &mut attempt).await {
+                return;
+            }
+        }
+        while let Some(received) = rx.recv().await {
+            let routed = self.route(&received);
+            if !self.publish_counted(&routed, &mut attempt).await {
+                return;
+            }
+        }
+    }
+
+    /// Publish one message and count the outcome; whether the broker confirmed it.
+    async fn publish_counted(&self, routed: &Routed, attempt: &mut Shutdown) -> bool {
+        let confirmed = self.publisher.publish(routed.outgoing(), attempt).await;
+        self.count(routed, confirmed);
+        confirmed
     }
 
     /// Count the outcome of one publish; `confirmed` is false when shutdown came first.

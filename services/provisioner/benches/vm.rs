@@ -44,7 +44,7 @@ fn main() {
         assert_eq!(code, 0);
         commands.push(started.elapsed());
         let started = Instant::now();
-        settings.destroy(&lease);
+        runtime.block_on(settings.destroy(&lease));
         destroys.push(started.elapsed());
     }
     println!("VM benchmark: tiny guest, TCG, 384 MiB, {RUNS} VMs one after another");

@@ -140,7 +140,7 @@ pub async fn fetch(
 ) -> Result<PathBuf, String> {
     match file {
         ImageFile::Path(path) => {
-            if path.is_file() {
+            if is_file(path).await {
                 Ok(path.clone())
             } else {
                 Err(format!("image file {} does not exist", path.display()))
@@ -163,7 +163,12 @@ pub async fn fetch_url(
     }
     if let Some(path) = url.strip_prefix("file://") {
         let path = PathBuf::from(path);
-        let actual = download::sha256_file(&path).map_err(|e| format!("{url}: {e}"))?;
+        // Hashing a whole ISO takes a while: not on the async threads.
+        let hashed = path.clone();
+        let actual = tokio::task::spawn_blocking(move || download::sha256_file(&hashed))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .map_err(|e| format!("{url}: {e}"))?;
         return if actual.eq_ignore_ascii_case(sha256) {
             Ok(path)
         } else {
@@ -173,7 +178,7 @@ pub async fn fetch_url(
         };
     }
     let dest = cache_path(cache, url, sha256);
-    if dest.is_file() {
+    if is_file(&dest).await {
         return Ok(dest);
     }
     let partial = dest.with_extension("partial");
@@ -191,9 +196,18 @@ pub async fn fetch_url(
     download::download(client, &spec, policy, &mut log)
         .await
         .map_err(|e| format!("cannot fetch {url}: {e}"))?;
-    std::fs::rename(&partial, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    tokio::fs::rename(&partial, &dest)
+        .await
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
     tracing::info!(%url, path = %dest.display(), "image file downloaded");
     Ok(dest)
+}
+
+/// Whether `path` is a regular file (following links), as [`Path::is_file`], without blocking.
+async fn is_file(path: &Path) -> bool {
+    tokio::fs::metadata(path)
+        .await
+        .is_ok_and(|meta| meta.is_file())
 }
 
 #[cfg(test)]

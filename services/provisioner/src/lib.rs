@@ -11,6 +11,7 @@
 pub mod catalogue;
 pub mod vm;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +21,11 @@ use taskbot::amqp::{
 };
 use taskbot::config::{VmBackendConfig, VmImageConfig};
 use taskbot::messages::{
-    Environment, JobRequest, JobState, JobStatus, Machine, Message, ProvisionedJob, TaskResult,
-    VmRequest,
+    Environment, JobRequest, JobState, JobStatus, Machine, Message, ProvisionedJob, RemoteFile,
+    TaskResult, VmRequest,
 };
 use taskbot::{Config, Shutdown, Topology};
-use vm::{BootSpec, Disk, VmError, VmSettings};
+use vm::{BootSpec, Disk, Lease, VmError, VmPool, VmSettings};
 
 pub struct ProvisionerHandler {
     pub topology: Topology,
@@ -37,6 +38,9 @@ pub struct ProvisionerHandler {
 /// Disposable VMs: where and how they run, and the image catalogue.
 pub struct VmBackend {
     pub settings: VmSettings,
+    /// Where the VMs come from: QEMU with `settings` ([`VmBackend::from_config`]), or a double
+    /// a test puts in with [`VmBackend::with_pool`].
+    pub pool: Arc<dyn VmPool>,
     pub images: Vec<VmImageConfig>,
     /// The arches the catalogue has images for.
     pub arches: Vec<String>,
@@ -52,17 +56,19 @@ const MAX_BLANK_DISK_MB: u64 = 256 * 1024;
 
 impl VmBackend {
     pub fn from_config(config: &VmBackendConfig) -> VmBackend {
+        let settings = VmSettings {
+            state_dir: config.state_dir.clone(),
+            memory_mb: config.memory_mb,
+            max_vms: config.max_vms,
+            ssh_key: config.ssh_key.clone(),
+            ssh_user: config.ssh_user.clone(),
+            boot_timeout: Duration::from_secs(config.boot_timeout_secs),
+            lease: Duration::from_secs(config.lease_secs),
+            accel: config.accel.clone(),
+        };
         VmBackend {
-            settings: VmSettings {
-                state_dir: config.state_dir.clone(),
-                memory_mb: config.memory_mb,
-                max_vms: config.max_vms,
-                ssh_key: config.ssh_key.clone(),
-                ssh_user: config.ssh_user.clone(),
-                boot_timeout: Duration::from_secs(config.boot_timeout_secs),
-                lease: Duration::from_secs(config.lease_secs),
-                accel: config.accel.clone(),
-            },
+            pool: Arc::new(settings.clone()),
+            settings,
             images: config.images.clone(),
             arches: config.arches(),
             allowed_urls: config.allowed_urls.clone(),
@@ -78,7 +84,12 @@ impl VmBackend {
         }
     }
 
-    fn cache_dir(&self) -> std::path::PathBuf {
+    /// The same backend with its VMs from `pool` (for tests: no QEMU).
+    pub fn with_pool(self, pool: Arc<dyn VmPool>) -> VmBackend {
+        VmBackend { pool, ..self }
+    }
+
+    fn cache_dir(&self) -> PathBuf {
         self.settings.state_dir.join("cache")
     }
 
@@ -90,60 +101,45 @@ impl VmBackend {
         request: &VmRequest,
     ) -> Result<(BootSpec, String), String> {
         let iso = match &request.iso {
-            Some(file) => {
-                // No `..`, and no percent-encoded dot, slash or backslash (which a server may
-                // decode into one): a prefix must not be escaped.
-                let climbs = file.url.split(['/', '?', '#']).any(|segment| {
-                    let segment = segment.to_ascii_lowercase();
-                    segment == ".." || ["%2e", "%2f", "%5c"].iter().any(|e| segment.contains(e))
-                });
-                if climbs || !self.allowed_urls.iter().any(|p| file.url.starts_with(p)) {
-                    return Err(format!(
-                        "the ISO {} is not under an allowed URL (provisioner.vm.allowed_urls: {})",
-                        file.url,
-                        if self.allowed_urls.is_empty() {
-                            "none".to_string()
-                        } else {
-                            self.allowed_urls.join(", ")
-                        }
-                    ));
-                }
-                let cache = self.cache_dir();
-                Some(
-                    catalogue::fetch_url(
-                        &self.http,
-                        &file.url,
-                        &file.sha256,
-                        &cache,
-                        self.download_max_bytes,
-                    )
-                    .await?,
-                )
-            }
+            Some(file) => Some(self.fetch_iso(file).await?),
             None => None,
         };
-        if let Some(size_mb) = request.blank_disk_mb {
-            if !request.image.is_any() {
-                return Err("a VM is either blank or of an image, not both".into());
-            }
-            if !(1..=MAX_BLANK_DISK_MB).contains(&size_mb) {
-                return Err(format!(
-                    "blank_disk_mb must be 1 to {MAX_BLANK_DISK_MB}, not {size_mb}"
-                ));
-            }
-            if iso.is_none() {
-                return Err("a blank VM needs an ISO to boot from".into());
-            }
-            let spec = BootSpec {
-                qemu: format!("qemu-system-{arch}"),
-                disk: Disk::Blank(size_mb),
-                kernel: None,
-                iso,
-                cloud_init: true,
-                extra_args: Vec::new(),
-            };
-            return Ok((spec, format!("a blank {size_mb} MiB disk and the ISO")));
+        match request.blank_disk_mb {
+            Some(size_mb) => blank_spec(arch, size_mb, request, iso),
+            None => self.image_spec(arch, request, iso).await,
         }
+    }
+
+    /// The job's ISO, fetched, if its URL is under an allowed prefix.
+    async fn fetch_iso(&self, file: &RemoteFile) -> Result<PathBuf, String> {
+        if climbs(&file.url) || !self.allowed_urls.iter().any(|p| file.url.starts_with(p)) {
+            return Err(format!(
+                "the ISO {} is not under an allowed URL (provisioner.vm.allowed_urls: {})",
+                file.url,
+                if self.allowed_urls.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.allowed_urls.join(", ")
+                }
+            ));
+        }
+        catalogue::fetch_url(
+            &self.http,
+            &file.url,
+            &file.sha256,
+            &self.cache_dir(),
+            self.download_max_bytes,
+        )
+        .await
+    }
+
+    /// The catalogue image the request asks for, its files fetched.
+    async fn image_spec(
+        &self,
+        arch: &str,
+        request: &VmRequest,
+        iso: Option<PathBuf>,
+    ) -> Result<(BootSpec, String), String> {
         let image = catalogue::select(&self.images, arch, &request.image)?;
         let cache = self.cache_dir();
         let max = self.download_max_bytes;
@@ -172,6 +168,45 @@ impl VmBackend {
         };
         Ok((spec, format!("image {}", image.name)))
     }
+}
+
+/// Whether a URL has a `..` segment, or a percent-encoded dot, slash or backslash (which a
+/// server may decode into one): either could escape an allowed prefix.
+fn climbs(url: &str) -> bool {
+    url.split(['/', '?', '#']).any(|segment| {
+        let segment = segment.to_ascii_lowercase();
+        segment == ".." || ["%2e", "%2f", "%5c"].iter().any(|e| segment.contains(e))
+    })
+}
+
+/// A blank disk of `size_mb` booting the request's ISO (an installation), if the request is
+/// one that can be.
+fn blank_spec(
+    arch: &str,
+    size_mb: u64,
+    request: &VmRequest,
+    iso: Option<PathBuf>,
+) -> Result<(BootSpec, String), String> {
+    if !request.image.is_any() {
+        return Err("a VM is either blank or of an image, not both".into());
+    }
+    if !(1..=MAX_BLANK_DISK_MB).contains(&size_mb) {
+        return Err(format!(
+            "blank_disk_mb must be 1 to {MAX_BLANK_DISK_MB}, not {size_mb}"
+        ));
+    }
+    if iso.is_none() {
+        return Err("a blank VM needs an ISO to boot from".into());
+    }
+    let spec = BootSpec {
+        qemu: format!("qemu-system-{arch}"),
+        disk: Disk::Blank(size_mb),
+        kernel: None,
+        iso,
+        cloud_init: true,
+        extra_args: Vec::new(),
+    };
+    Ok((spec, format!("a blank {size_mb} MiB disk and the ISO")))
 }
 
 /// Whether a job must get a machine of its own.
@@ -253,69 +288,99 @@ impl ProvisionerHandler {
         vm: &VmBackend,
         ctx: &dyn DeliveryContext,
     ) -> Disposition {
-        if let Some(reason) = self.refusal_of_arch(job) {
+        if let Some(reason) = self.refusal_of_vm(job, vm) {
             return Disposition::Done(self.crashed(job, &reason));
         }
-        if !vm.arches.contains(&job.arch) {
-            let reason = format!(
+        let lease = match self.lease_for(job, vm, ctx).await {
+            Ok(lease) => lease,
+            Err(instead) => return instead,
+        };
+        tracing::info!(job_id = %job.job_id, port = lease.ssh_port, pid = lease.pid, "job provisioned (vm)");
+        Disposition::Done(self.vm_provisioned(job, vm, &lease))
+    }
+
+    /// Why this job cannot have a VM here (its arch is not served, or the catalogue has no
+    /// image of it), if it cannot.
+    fn refusal_of_vm(&self, job: &JobRequest, vm: &VmBackend) -> Option<String> {
+        if let Some(reason) = self.refusal_of_arch(job) {
+            return Some(reason);
+        }
+        (!vm.arches.contains(&job.arch)).then(|| {
+            format!(
                 "no VM image for arch {} (the image catalogue has: {})",
                 job.arch,
                 vm.arches.join(", ")
-            );
-            return Disposition::Done(self.crashed(job, &reason));
-        }
-        let leases = vm.settings.leases();
-        let existing = leases
+            )
+        })
+    }
+
+    /// The job's VM: the one an earlier delivery of it started, if it still runs, else a fresh
+    /// one. `Err` is what to do with the delivery instead.
+    async fn lease_for(
+        &self,
+        job: &JobRequest,
+        vm: &VmBackend,
+        ctx: &dyn DeliveryContext,
+    ) -> Result<Lease, Disposition> {
+        let leases = vm.pool.leases().await;
+        if let Some(lease) = leases
             .iter()
-            .find(|l| l.job_id == job.job_id && vm::alive(l))
-            .cloned();
-        let lease = match existing {
-            Some(lease) => lease,
-            None => {
-                // At capacity the job waits, retried every few seconds: checked before the
-                // `provisioning` status, so a waiting job does not publish one per retry.
-                if leases.len() >= vm.settings.max_vms {
-                    return Disposition::Retry(format!(
-                        "all {} VMs are in use; the job waits",
-                        vm.settings.max_vms
-                    ));
+            .find(|l| l.job_id == job.job_id && vm.pool.alive(l))
+        {
+            return Ok(lease.clone());
+        }
+        // At capacity the job waits, retried every few seconds: checked before the
+        // `provisioning` status, so a waiting job does not publish one per retry.
+        if leases.len() >= vm.settings.max_vms {
+            return Err(Disposition::Retry(format!(
+                "all {} VMs are in use; the job waits",
+                vm.settings.max_vms
+            )));
+        }
+        self.start_vm(job, vm, ctx).await
+    }
+
+    /// Find what the job's VM boots, say so (the `provisioning` status), and boot it.
+    async fn start_vm(
+        &self,
+        job: &JobRequest,
+        vm: &VmBackend,
+        ctx: &dyn DeliveryContext,
+    ) -> Result<Lease, Disposition> {
+        let request = job.vm.clone().unwrap_or_default();
+        let (spec, what) = vm.boot_spec(&job.arch, &request).await.map_err(|reason| {
+            let reason = format!("cannot provide the VM: {reason}");
+            tracing::warn!(job_id = %job.job_id, %reason, "no VM for the job");
+            Disposition::Done(self.crashed(job, &reason))
+        })?;
+        let provisioning = JobStatus::new(
+            job,
+            JobState::Provisioning,
+            &self.instance,
+            Some(format!("starting a VM: {what}")),
+        );
+        if let Err(e) = ctx.publish(&self.status(&provisioning)).await {
+            return Err(Disposition::Retry(format!(
+                "cannot publish the provisioning status: {e}"
+            )));
+        }
+        vm.pool
+            .boot(job.job_id, &spec)
+            .await
+            .map_err(|err| match err {
+                VmError::Full { max, .. } => {
+                    Disposition::Retry(format!("all {max} VMs are in use; the job waits"))
                 }
-                let request = job.vm.clone().unwrap_or_default();
-                let (spec, what) = match vm.boot_spec(&job.arch, &request).await {
-                    Ok(found) => found,
-                    Err(reason) => {
-                        let reason = format!("cannot provide the VM: {reason}");
-                        tracing::warn!(job_id = %job.job_id, %reason, "no VM for the job");
-                        return Disposition::Done(self.crashed(job, &reason));
-                    }
-                };
-                let provisioning = JobStatus::new(
-                    job,
-                    JobState::Provisioning,
-                    &self.instance,
-                    Some(format!("starting a VM: {what}")),
-                );
-                if let Err(e) = ctx.publish(&self.status(&provisioning)).await {
-                    return Disposition::Retry(format!(
-                        "cannot publish the provisioning status: {e}"
-                    ));
+                e => {
+                    let reason = format!("cannot start a VM for the job: {e}");
+                    tracing::warn!(job_id = %job.job_id, %reason, "VM failed");
+                    Disposition::Done(self.crashed(job, &reason))
                 }
-                match vm.settings.boot(job.job_id, &spec).await {
-                    Ok(lease) => lease,
-                    Err(VmError::Full { max, .. }) => {
-                        return Disposition::Retry(format!(
-                            "all {max} VMs are in use; the job waits"
-                        ))
-                    }
-                    Err(e) => {
-                        let reason = format!("cannot start a VM for the job: {e}");
-                        tracing::warn!(job_id = %job.job_id, %reason, "VM failed");
-                        return Disposition::Done(self.crashed(job, &reason));
-                    }
-                }
-            }
-        };
-        tracing::info!(job_id = %job.job_id, port = lease.ssh_port, pid = lease.pid, "job provisioned (vm)");
+            })
+    }
+
+    /// The job on its arch's run queue with how to reach its VM, and the `provisioned` status.
+    fn vm_provisioned(&self, job: &JobRequest, vm: &VmBackend, lease: &Lease) -> Vec<Outgoing> {
         let provisioned = ProvisionedJob {
             job: job.clone(),
             machine: Machine::Vm {
@@ -339,7 +404,7 @@ impl ProvisionerHandler {
                 self.topology.run_queue(&job.arch)
             )),
         );
-        Disposition::Done(vec![self.run_message(&provisioned), self.status(&queued)])
+        vec![self.run_message(&provisioned), self.status(&queued)]
     }
 
     /// The provisioned job on its arch's run queue, with the job's priority.
@@ -405,22 +470,16 @@ impl Handler for FinishedHandler {
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
         if status.state.is_final() {
-            let vm = self.vm.clone();
             let job_id = status.job_id;
-            let destroyed = tokio::task::spawn_blocking(move || {
-                let lease = vm
-                    .settings
-                    .leases()
-                    .into_iter()
-                    .find(|l| l.job_id == job_id);
-                if let Some(lease) = &lease {
-                    vm.settings.destroy(lease);
-                }
-                lease.is_some()
-            })
-            .await
-            .unwrap_or(false);
-            if destroyed {
+            let lease = self
+                .vm
+                .pool
+                .leases()
+                .await
+                .into_iter()
+                .find(|l| l.job_id == job_id);
+            if let Some(lease) = lease {
+                self.vm.pool.destroy(&lease).await;
                 tracing::info!(%job_id, state = %status.state, "job ended; its VM is destroyed");
             }
         }
@@ -463,7 +522,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         return Ok(());
     };
     // What an earlier run left: VMs of jobs that ended meanwhile, or whose lease ran out.
-    let reaped = vm.settings.reap(Utc::now());
+    let reaped = vm::reap(vm.pool.as_ref(), Utc::now()).await;
     tracing::info!(
         reaped = reaped.len(),
         max_vms = vm.settings.max_vms,
@@ -480,11 +539,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     _ = tokio::time::sleep(reap_every) => {}
                     _ = shutdown.wait() => break,
                 }
-                let vm = vm.clone();
-                let reaped = tokio::task::spawn_blocking(move || vm.settings.reap(Utc::now()))
-                    .await
-                    .unwrap_or_default();
-                for job_id in reaped {
+                for job_id in vm::reap(vm.pool.as_ref(), Utc::now()).await {
                     tracing::warn!(%job_id, "VM reaped: its lease ran out or its QEMU is gone");
                 }
             }
@@ -514,6 +569,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use taskbot::messages::{Outcome, TaskRef};
+    use taskbot::testing::Recorder;
 
     fn handler() -> ProvisionerHandler {
         ProvisionerHandler {
@@ -547,12 +603,8 @@ mod tests {
     fn local_job_goes_to_its_arch_queue_with_statuses() {
         let j = job("x86_64");
         let out = outputs(handler().decide(&Incoming::new("x86_64", j.to_json())));
-        let keys: Vec<_> = out
-            .iter()
-            .map(|o| (o.exchange.as_str(), o.routing_key.as_str()))
-            .collect();
         assert_eq!(
-            keys,
+            taskbot::testing::routes(&out),
             [
                 ("tb.results", "job.provisioning"),
                 ("tb.run", "x86_64"),
@@ -683,5 +735,369 @@ mod tests {
             .boot_spec("x86_64", &request)
             .await
             .unwrap_err()
+    }
+
+    /// VMs in memory, for the VM path's decisions without QEMU: a boot succeeds at once (or
+    /// fails as told) and every boot and destroy is recorded.
+    #[derive(Default)]
+    struct FakePool {
+        /// Each lease and whether its VM runs.
+        leases: std::sync::Mutex<Vec<(Lease, bool)>>,
+        booted: std::sync::Mutex<Vec<(uuid::Uuid, BootSpec)>>,
+        destroyed: std::sync::Mutex<Vec<uuid::Uuid>>,
+        /// Fail every boot with this.
+        boot_error: Option<fn() -> VmError>,
+    }
+
+    impl FakePool {
+        fn with(leases: Vec<(Lease, bool)>) -> FakePool {
+            FakePool {
+                leases: std::sync::Mutex::new(leases),
+                ..FakePool::default()
+            }
+        }
+
+        fn booted(&self) -> Vec<(uuid::Uuid, BootSpec)> {
+            self.booted.lock().unwrap().clone()
+        }
+
+        fn job_ids(&self) -> Vec<uuid::Uuid> {
+            let leases = self.leases.lock().unwrap();
+            leases.iter().map(|(l, _)| l.job_id).collect()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl VmPool for FakePool {
+        async fn leases(&self) -> Vec<Lease> {
+            let leases = self.leases.lock().unwrap();
+            leases.iter().map(|(l, _)| l.clone()).collect()
+        }
+
+        fn alive(&self, lease: &Lease) -> bool {
+            let leases = self.leases.lock().unwrap();
+            leases.iter().any(|(l, alive)| l == lease && *alive)
+        }
+
+        async fn boot(&self, job_id: uuid::Uuid, spec: &BootSpec) -> Result<Lease, VmError> {
+            self.booted.lock().unwrap().push((job_id, spec.clone()));
+            if let Some(error) = self.boot_error {
+                return Err(error());
+            }
+            let lease = lease(job_id, 2200 + self.booted().len() as u16);
+            self.leases.lock().unwrap().push((lease.clone(), true));
+            Ok(lease)
+        }
+
+        async fn destroy(&self, lease: &Lease) {
+            self.destroyed.lock().unwrap().push(lease.job_id);
+            self.leases.lock().unwrap().retain(|(l, _)| l != lease);
+        }
+    }
+
+    fn lease(job_id: uuid::Uuid, ssh_port: u16) -> Lease {
+        Lease {
+            job_id,
+            pid: 4000 + u32::from(ssh_port),
+            ssh_port,
+            overlay: format!("/state/overlays/{job_id}.qcow2").into(),
+            seed: None,
+            known_hosts: None,
+            host_keys: vec![format!("ssh-ed25519 AAAAkey-of-{ssh_port}")],
+            serial_log: format!("/state/logs/{job_id}.serial.log").into(),
+            expires_at: Utc::now() + chrono::Duration::minutes(10),
+        }
+    }
+
+    /// A handler with a VM backend whose catalogue has one x86_64 image (`tiny`, a disk in a
+    /// temporary directory) and whose VMs come from `pool`: one at a time, user `tester`.
+    struct VmSetup {
+        handler: ProvisionerHandler,
+        pool: Arc<FakePool>,
+        disk: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn vm_setup(pool: FakePool) -> VmSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("tiny.qcow2");
+        std::fs::write(&disk, b"disk").unwrap();
+        let mut config = taskbot::testing::tiny_vm_backend(
+            dir.path(),
+            &dir.path().join("state"),
+            vec![taskbot::testing::tiny_vm_image_entry(
+                "tiny",
+                dir.path(),
+                &disk,
+            )],
+        );
+        config.images[0].kernel = None;
+        config.images[0].initrd = None;
+        config.ssh_user = "tester".into();
+        config.ssh_key = "/keys/id_ed25519".into();
+        let pool = Arc::new(pool);
+        let arches = vec!["x86_64".to_string(), "aarch64".to_string()];
+        let handler = ProvisionerHandler {
+            topology: Topology::new("tb", &arches),
+            arches,
+            vm: Some(VmBackend::from_config(&config).with_pool(pool.clone())),
+            ..handler()
+        };
+        VmSetup {
+            handler,
+            pool,
+            disk,
+            _dir: dir,
+        }
+    }
+
+    fn vm_job(arch: &str) -> JobRequest {
+        JobRequest {
+            environment: Environment::Vm,
+            ..job(arch)
+        }
+    }
+
+    async fn handle(handler: &ProvisionerHandler, job: &JobRequest, ctx: &Recorder) -> Disposition {
+        handler
+            .handle(Incoming::new(&job.arch, job.to_json()), ctx)
+            .await
+    }
+
+    fn retry_reason(d: Disposition) -> String {
+        match d {
+            Disposition::Retry(reason) => reason,
+            other => panic!("expected Retry, got {other:?}"),
+        }
+    }
+
+    /// The note of the CRASHED result, checked to be the `crashed` status's detail too.
+    fn crash_reason(out: &[Outgoing]) -> String {
+        assert_eq!(
+            taskbot::testing::routes(out),
+            [
+                ("tb.results", "result.CRASHED.example"),
+                ("tb.results", "job.crashed")
+            ]
+        );
+        let result = TaskResult::from_json(&out[0].body).unwrap();
+        assert_eq!(result.outcome, Outcome::Crashed);
+        let status = JobStatus::from_json(&out[1].body).unwrap();
+        assert_eq!(status.detail, result.note);
+        result.note.unwrap()
+    }
+
+    fn detail(message: &Outgoing) -> String {
+        JobStatus::from_json(&message.body).unwrap().detail.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_vm_job_is_queued_with_how_to_reach_its_fresh_vm_after_one_provisioning_status() {
+        let s = vm_setup(FakePool::default());
+        let j = vm_job("x86_64");
+        let ctx = Recorder::new();
+        let out = outputs(handle(&s.handler, &j, &ctx).await);
+
+        let booted = s.pool.booted();
+        assert_eq!(booted.len(), 1);
+        assert_eq!(booted[0].0, j.job_id);
+        assert_eq!(booted[0].1.disk, Disk::Overlay(s.disk.clone()));
+        let published = ctx.published();
+        assert_eq!(
+            taskbot::testing::routes(&published),
+            [("tb.results", "job.provisioning")]
+        );
+        assert_eq!(detail(&published[0]), "starting a VM: image tiny");
+
+        assert_eq!(
+            taskbot::testing::routes(&out),
+            [("tb.run", "x86_64"), ("tb.results", "job.provisioned")]
+        );
+        let provisioned = ProvisionedJob::from_json(&out[0].body).unwrap();
+        assert_eq!(provisioned.job, j);
+        assert_eq!(provisioned.provisioner, "vm");
+        assert_eq!(
+            provisioned.machine,
+            Machine::Vm {
+                host: "127.0.0.1".into(),
+                port: 2201,
+                user: "tester".into(),
+                key_path: "/keys/id_ed25519".into(),
+                host_keys: vec!["ssh-ed25519 AAAAkey-of-2201".into()],
+            }
+        );
+        assert_eq!(out[0].priority, Some(3));
+        assert_eq!(out[0].message_id, Some(j.job_id.to_string()));
+        assert_eq!(
+            detail(&out[1]),
+            "VM on 127.0.0.1:2201 (QEMU pid 6201), on tb.run.x86_64"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_job_whose_vm_runs_gets_it_again_without_a_new_boot_or_status() {
+        let j = vm_job("x86_64");
+        let s = vm_setup(FakePool::with(vec![(lease(j.job_id, 2345), true)]));
+        let ctx = Recorder::new();
+        let out = outputs(handle(&s.handler, &j, &ctx).await);
+        let provisioned = ProvisionedJob::from_json(&out[0].body).unwrap();
+        assert!(
+            matches!(provisioned.machine, Machine::Vm { port: 2345, .. }),
+            "{:?}",
+            provisioned.machine
+        );
+        assert!(s.pool.booted().is_empty());
+        assert!(ctx.published().is_empty());
+    }
+
+    #[tokio::test]
+    async fn at_capacity_a_job_waits_without_a_status_per_retry_and_starts_once_a_vm_is_free() {
+        let other = lease(uuid::Uuid::from_u128(99), 2999);
+        let s = vm_setup(FakePool::with(vec![(other.clone(), true)]));
+        let j = vm_job("x86_64");
+        // One recorder over all deliveries: what the job published in all.
+        let ctx = Recorder::new();
+        for _ in 0..3 {
+            let reason = retry_reason(handle(&s.handler, &j, &ctx).await);
+            assert_eq!(reason, "all 1 VMs are in use; the job waits");
+        }
+        assert!(ctx.published().is_empty(), "{:?}", ctx.published());
+        assert!(s.pool.booted().is_empty());
+
+        s.pool.destroy(&other).await;
+        outputs(handle(&s.handler, &j, &ctx).await);
+        assert_eq!(
+            taskbot::testing::routes(&ctx.published()),
+            [("tb.results", "job.provisioning")]
+        );
+        assert_eq!(s.pool.job_ids(), [j.job_id]);
+    }
+
+    #[tokio::test]
+    async fn a_vm_that_cannot_start_crashes_the_job_with_the_reason() {
+        let s = vm_setup(FakePool {
+            boot_error: Some(|| {
+                VmError::Failed("the VM did not answer SSH within 120s (serial log kept: x)".into())
+            }),
+            ..FakePool::default()
+        });
+        let ctx = Recorder::new();
+        let out = outputs(handle(&s.handler, &vm_job("x86_64"), &ctx).await);
+        assert_eq!(
+            crash_reason(&out),
+            "cannot start a VM for the job: the VM did not answer SSH within 120s (serial log kept: x)"
+        );
+        assert_eq!(ctx.published().len(), 1, "the provisioning status");
+
+        // Capacity taken between the check and the boot: the job waits instead.
+        let s = vm_setup(FakePool {
+            boot_error: Some(|| VmError::Full { running: 1, max: 1 }),
+            ..FakePool::default()
+        });
+        let reason = retry_reason(handle(&s.handler, &vm_job("x86_64"), &Recorder::new()).await);
+        assert_eq!(reason, "all 1 VMs are in use; the job waits");
+    }
+
+    #[tokio::test]
+    async fn a_vm_nothing_in_the_catalogue_matches_crashes_the_job_naming_the_query_and_the_catalogue(
+    ) {
+        use taskbot::messages::ImageQuery;
+        let s = vm_setup(FakePool::default());
+        let j = JobRequest {
+            vm: Some(VmRequest {
+                image: ImageQuery {
+                    distro: Some("fedora".into()),
+                    release: Some("41".into()),
+                    ..ImageQuery::default()
+                },
+                ..VmRequest::default()
+            }),
+            ..vm_job("x86_64")
+        };
+        let ctx = Recorder::new();
+        let out = outputs(handle(&s.handler, &j, &ctx).await);
+        assert_eq!(
+            crash_reason(&out),
+            "cannot provide the VM: no x86_64 image in the catalogue matches distro=fedora \
+             release=41 (the catalogue's x86_64 images: tiny (tiny 1 base))"
+        );
+        // An arch the deployment serves but the catalogue has no image of.
+        let out = outputs(handle(&s.handler, &vm_job("aarch64"), &ctx).await);
+        assert_eq!(
+            crash_reason(&out),
+            "no VM image for arch aarch64 (the image catalogue has: x86_64)"
+        );
+        assert!(ctx.published().is_empty());
+        assert!(s.pool.booted().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_provisioning_status_the_broker_refuses_sends_the_job_back_without_starting_a_vm() {
+        let s = vm_setup(FakePool::default());
+        let ctx = Recorder::new().failing_after(0);
+        let reason = retry_reason(handle(&s.handler, &vm_job("x86_64"), &ctx).await);
+        assert!(
+            reason.starts_with("cannot publish the provisioning status: "),
+            "{reason}"
+        );
+        assert!(s.pool.booted().is_empty());
+        assert!(s.pool.job_ids().is_empty(), "no VM left behind");
+    }
+
+    #[tokio::test]
+    async fn local_jobs_never_touch_the_vm_backend() {
+        let s = vm_setup(FakePool::default());
+        let out = outputs(handle(&s.handler, &job("x86_64"), &Recorder::new()).await);
+        assert_eq!(out.len(), 3);
+        assert_eq!(
+            ProvisionedJob::from_json(&out[1].body).unwrap().machine,
+            Machine::Local
+        );
+        assert!(s.pool.booted().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_final_status_destroys_the_jobs_vm_and_others_leave_it() {
+        let j = vm_job("x86_64");
+        let s = vm_setup(FakePool::with(vec![
+            (lease(j.job_id, 2001), true),
+            (lease(uuid::Uuid::from_u128(5), 2002), true),
+        ]));
+        let finished = FinishedHandler {
+            vm: Arc::new(s.handler.vm.unwrap()),
+        };
+        let status = |state| JobStatus::new(&j, state, "runner@test", None);
+        for state in [JobState::Running, JobState::Done] {
+            let d = finished
+                .handle(
+                    Incoming::new("job.x", status(state).to_json()),
+                    &Recorder::new(),
+                )
+                .await;
+            assert_eq!(d, Disposition::Done(Vec::new()));
+            if state == JobState::Running {
+                assert_eq!(s.pool.job_ids().len(), 2, "a running job keeps its VM");
+            }
+        }
+        assert_eq!(*s.pool.destroyed.lock().unwrap(), [j.job_id]);
+        assert_eq!(s.pool.job_ids(), [uuid::Uuid::from_u128(5)]);
+    }
+
+    #[tokio::test]
+    async fn the_reaper_destroys_vms_whose_lease_ran_out_or_that_stopped() {
+        let (expired, stopped, running) = (
+            uuid::Uuid::from_u128(1),
+            uuid::Uuid::from_u128(2),
+            uuid::Uuid::from_u128(3),
+        );
+        let mut old = lease(expired, 1);
+        old.expires_at = Utc::now() - chrono::Duration::seconds(1);
+        let pool = FakePool::with(vec![
+            (old, true),
+            (lease(stopped, 2), false),
+            (lease(running, 3), true),
+        ]);
+        assert_eq!(vm::reap(&pool, Utc::now()).await, [expired, stopped]);
+        assert_eq!(pool.job_ids(), [running]);
     }
 }

@@ -174,7 +174,7 @@ impl VmSettings {
         }
     }
 
-    /// Every lease on disk.
+    /// Every lease on disk (blocking: reads the leases directory; see [`Self::current_leases`]).
     pub fn leases(&self) -> Vec<Lease> {
         let Ok(entries) = std::fs::read_dir(self.leases_dir()) else {
             return Vec::new();
@@ -185,10 +185,18 @@ impl VmSettings {
             .collect()
     }
 
+    /// [`Self::leases`] off the async threads.
+    pub async fn current_leases(&self) -> Vec<Lease> {
+        let settings = self.clone();
+        tokio::task::spawn_blocking(move || settings.leases())
+            .await
+            .unwrap_or_default()
+    }
+
     /// Start a VM for `job_id` and wait until SSH answers; its lease is recorded first, so a VM
     /// that never answers is still reaped.
     pub async fn boot(&self, job_id: Uuid, spec: &BootSpec) -> Result<Lease, VmError> {
-        let running = self.leases().len();
+        let running = self.current_leases().await.len();
         if running >= self.max_vms {
             return Err(VmError::Full {
                 running,
@@ -196,52 +204,22 @@ impl VmSettings {
             });
         }
         for dir in ["leases", "overlays", "seeds", "hostkeys", "logs"] {
-            std::fs::create_dir_all(self.state_dir.join(dir))?;
+            tokio::fs::create_dir_all(self.state_dir.join(dir)).await?;
         }
         let files = self.files(job_id, spec.cloud_init);
-        let mut create = Command::new("qemu-img");
-        create.args(["create", "-q", "-f", "qcow2"]);
-        match &spec.disk {
-            Disk::Overlay(base) => {
-                let format = if base.extension().is_some_and(|e| e == "qcow2") {
-                    "qcow2"
-                } else {
-                    "raw"
-                };
-                create
-                    .args(["-F", format, "-b"])
-                    .arg(base)
-                    .arg(&files.overlay);
-            }
-            Disk::Blank(size_mb) => {
-                create.arg(&files.overlay).arg(format!("{size_mb}M"));
-            }
-        }
-        run(&mut create).await?;
-        let cleanup = |files: &VmFiles| {
-            let _ = std::fs::remove_file(&files.overlay);
-            if let Some(seed) = &files.seed {
-                let _ = std::fs::remove_file(seed);
-            }
-        };
-        if let Some(seed) = &files.seed {
-            if let Err(e) = self.write_seed(job_id, seed).await {
-                cleanup(&files);
-                return Err(e);
-            }
-        }
+        run(&mut create_disk(&spec.disk, &files.overlay)).await?;
         let ssh_port = free_port()?;
-        let qemu_args = self.qemu_args(spec, &files, ssh_port);
-        if let Err(err) = run(Command::new(&spec.qemu).args(qemu_args)).await {
-            cleanup(&files);
+        if let Err(err) = self.start_qemu(job_id, spec, &files, ssh_port).await {
+            remove_files([Some(&files.overlay), files.seed.as_ref()]).await;
             return Err(err);
         }
-        let pid: u32 = std::fs::read_to_string(&files.pidfile)?
+        let pid: u32 = tokio::fs::read_to_string(&files.pidfile)
+            .await?
             .trim()
             .parse()
             .map_err(|_| VmError::Failed("QEMU wrote no pid".into()))?;
-        let _ = std::fs::remove_file(&files.pidfile);
-        let mut lease = Lease {
+        let _ = tokio::fs::remove_file(&files.pidfile).await;
+        let lease = Lease {
             job_id,
             pid,
             ssh_port,
@@ -253,7 +231,27 @@ impl VmSettings {
             // Long enough to boot; counted again from when the VM answers.
             expires_at: Utc::now() + self.boot_timeout + self.lease,
         };
-        self.record(&lease)?;
+        self.record(&lease).await?;
+        self.wait_for_ssh(lease).await
+    }
+
+    /// Write the seed (if the VM gets one) and start QEMU daemonized, its SSH on `ssh_port`.
+    async fn start_qemu(
+        &self,
+        job_id: Uuid,
+        spec: &BootSpec,
+        files: &VmFiles,
+        ssh_port: u16,
+    ) -> Result<(), VmError> {
+        if let Some(seed) = &files.seed {
+            self.write_seed(job_id, seed).await?;
+        }
+        run(Command::new(&spec.qemu).args(self.qemu_args(spec, files, ssh_port))).await
+    }
+
+    /// Wait until the VM runs a command over SSH, then record its host keys and start its lease;
+    /// a VM that does not answer in time (or whose QEMU died) is destroyed.
+    async fn wait_for_ssh(&self, mut lease: Lease) -> Result<Lease, VmError> {
         let deadline = Instant::now() + self.boot_timeout;
         loop {
             // The banner first: an `ssh` started before the guest's network is up waits out its
@@ -262,18 +260,19 @@ impl VmSettings {
             if ssh_banner(lease.ssh_port).await
                 && self.ssh(&lease, "true").await.is_ok_and(|out| out.0 == 0)
             {
-                lease.host_keys = lease
-                    .known_hosts
-                    .as_ref()
-                    .and_then(|path| std::fs::read_to_string(path).ok())
-                    .map(|text| host_keys(&text))
-                    .unwrap_or_default();
+                lease.host_keys = match &lease.known_hosts {
+                    Some(path) => tokio::fs::read_to_string(path)
+                        .await
+                        .map(|text| host_keys(&text))
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
                 lease.expires_at = Utc::now() + self.lease;
-                self.record(&lease)?;
+                self.record(&lease).await?;
                 return Ok(lease);
             }
             if Instant::now() >= deadline || !alive(&lease) {
-                self.destroy(&lease);
+                self.destroy(&lease).await;
                 return Err(VmError::Failed(format!(
                     "the VM did not answer SSH within {}s (serial log kept: {})",
                     self.boot_timeout.as_secs(),
@@ -304,24 +303,25 @@ impl VmSettings {
         }
         let public_key = String::from_utf8_lossy(&public.stdout).trim().to_string();
         let dir = seed.with_extension("d");
-        std::fs::create_dir_all(&dir)?;
+        tokio::fs::create_dir_all(&dir).await?;
         let (meta_data, user_data) = seed_files(job_id, &self.ssh_user, &public_key);
-        std::fs::write(dir.join("meta-data"), meta_data)?;
-        std::fs::write(dir.join("user-data"), user_data)?;
+        tokio::fs::write(dir.join("meta-data"), meta_data).await?;
+        tokio::fs::write(dir.join("user-data"), user_data).await?;
         let made = run(Command::new("xorriso")
             .args(["-as", "mkisofs", "-quiet", "-V", "cidata", "-J", "-r", "-o"])
             .arg(seed)
             .arg(&dir))
         .await;
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = tokio::fs::remove_dir_all(&dir).await;
         made
     }
 
-    fn record(&self, lease: &Lease) -> std::io::Result<()> {
-        std::fs::write(
+    async fn record(&self, lease: &Lease) -> std::io::Result<()> {
+        tokio::fs::write(
             self.lease_path(lease.job_id),
             serde_json::to_vec(lease).expect("leases serialise"),
         )
+        .await
     }
 
     /// Run `command` in the VM over SSH; (exit code, stdout). The VM's host key is recorded at
@@ -355,33 +355,104 @@ impl VmSettings {
 
     /// Stop the VM (if its QEMU still runs) and remove its overlay and lease. The base disk is
     /// untouched. The serial log stays, for the job's record.
-    pub fn destroy(&self, lease: &Lease) {
+    pub async fn destroy(&self, lease: &Lease) {
         if alive(lease) {
             // SAFETY: kill(2) on a pid checked (just above) to be this VM's QEMU.
             unsafe { libc::kill(lease.pid as i32, libc::SIGKILL) };
             let deadline = Instant::now() + Duration::from_secs(10);
             while alive(lease) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let _ = std::fs::remove_file(&lease.overlay);
-        for file in [&lease.seed, &lease.known_hosts].into_iter().flatten() {
-            let _ = std::fs::remove_file(file);
-        }
-        let _ = std::fs::remove_file(self.lease_path(lease.job_id));
+        let lease_file = self.lease_path(lease.job_id);
+        remove_files([
+            Some(&lease.overlay),
+            lease.seed.as_ref(),
+            lease.known_hosts.as_ref(),
+            Some(&lease_file),
+        ])
+        .await;
     }
 
     /// Destroy every VM whose lease expired (its runner died, say) or whose QEMU is gone;
     /// returns their jobs. Run at start and periodically.
-    pub fn reap(&self, now: DateTime<Utc>) -> Vec<Uuid> {
-        let mut reaped = Vec::new();
-        for lease in self.leases() {
-            if lease.expires_at <= now || !alive(&lease) {
-                self.destroy(&lease);
-                reaped.push(lease.job_id);
-            }
+    pub async fn reap(&self, now: DateTime<Utc>) -> Vec<Uuid> {
+        reap(self, now).await
+    }
+}
+
+/// What the provisioner does with VMs besides choosing what they boot. [`VmSettings`] is the
+/// real one (QEMU); tests put a double in its place, so the decisions around a VM (capacity, a
+/// redelivered job, a boot that fails, a status the broker refuses) are tested without QEMU.
+#[async_trait::async_trait]
+pub trait VmPool: Send + Sync {
+    /// Every VM recorded, running or not yet reaped (each counts against `max_vms`).
+    async fn leases(&self) -> Vec<Lease>;
+    /// Whether the lease's VM still runs.
+    fn alive(&self, lease: &Lease) -> bool;
+    /// Start a VM for the job and wait until it answers SSH.
+    async fn boot(&self, job_id: Uuid, spec: &BootSpec) -> Result<Lease, VmError>;
+    /// Stop the VM and remove what it used.
+    async fn destroy(&self, lease: &Lease);
+}
+
+#[async_trait::async_trait]
+impl VmPool for VmSettings {
+    async fn leases(&self) -> Vec<Lease> {
+        self.current_leases().await
+    }
+
+    fn alive(&self, lease: &Lease) -> bool {
+        alive(lease)
+    }
+
+    async fn boot(&self, job_id: Uuid, spec: &BootSpec) -> Result<Lease, VmError> {
+        VmSettings::boot(self, job_id, spec).await
+    }
+
+    async fn destroy(&self, lease: &Lease) {
+        VmSettings::destroy(self, lease).await
+    }
+}
+
+/// Destroy every VM of `pool` whose lease expired by `now` or that no longer runs; returns
+/// their jobs.
+pub async fn reap(pool: &dyn VmPool, now: DateTime<Utc>) -> Vec<Uuid> {
+    let mut reaped = Vec::new();
+    for lease in pool.leases().await {
+        if lease.expires_at <= now || !pool.alive(&lease) {
+            pool.destroy(&lease).await;
+            reaped.push(lease.job_id);
         }
-        reaped
+    }
+    reaped
+}
+
+/// The `qemu-img` command that makes a VM's first disk at `overlay`: a copy-on-write overlay of
+/// the image's disk (qcow2 or raw) or an empty disk.
+fn create_disk(disk: &Disk, overlay: &Path) -> Command {
+    let mut create = Command::new("qemu-img");
+    create.args(["create", "-q", "-f", "qcow2"]);
+    match disk {
+        Disk::Overlay(base) => {
+            let format = if base.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            create.args(["-F", format, "-b"]).arg(base).arg(overlay);
+        }
+        Disk::Blank(size_mb) => {
+            create.arg(overlay).arg(format!("{size_mb}M"));
+        }
+    }
+    create
+}
+
+/// Remove these files, those that exist (a VM's files are removed whatever state it got to).
+async fn remove_files<const N: usize>(files: [Option<&PathBuf>; N]) {
+    for file in files.into_iter().flatten() {
+        let _ = tokio::fs::remove_file(file).await;
     }
 }
 
@@ -429,7 +500,8 @@ pub fn seed_files(job_id: Uuid, user: &str, public_key: &str) -> (String, String
 }
 
 /// Whether the lease's QEMU still runs: the pid exists and is a QEMU with this VM's overlay (a
-/// pid reused by another process is not ours to kill).
+/// pid reused by another process is not ours to kill). A read of `/proc` (kernel memory, never
+/// a disk), so async code may call it.
 pub fn alive(lease: &Lease) -> bool {
     std::fs::read(format!("/proc/{}/cmdline", lease.pid)).is_ok_and(|cmdline| {
         let overlay = lease.overlay.display().to_string();
@@ -596,8 +668,8 @@ mod tests {
         assert!(!user.contains("\nssh_authorized_keys"), "{user}");
     }
 
-    #[test]
-    fn leases_of_dead_vms_are_reaped_and_unreadable_ones_ignored() {
+    #[tokio::test]
+    async fn leases_of_dead_vms_are_reaped_and_unreadable_ones_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path());
         std::fs::create_dir_all(dir.path().join("leases")).unwrap();
@@ -623,7 +695,7 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join("leases/broken.json"), b"{").unwrap();
         assert_eq!(s.leases(), std::slice::from_ref(&lease));
-        assert_eq!(s.reap(Utc::now()), [lease.job_id]);
+        assert_eq!(s.reap(Utc::now()).await, [lease.job_id]);
         assert!(!overlay.exists() && s.leases().is_empty());
     }
 }

@@ -73,7 +73,7 @@ async fn a_vm_boots_answers_ssh_is_destroyed_and_an_expired_one_is_reaped() {
         other => panic!("expected the capacity limit, got {other:?}"),
     }
 
-    settings.destroy(&lease);
+    settings.destroy(&lease).await;
     assert!(!alive(&lease), "QEMU still runs");
     assert!(!lease.overlay.exists(), "the overlay is left");
     assert!(!seed.exists(), "the seed is left");
@@ -95,7 +95,7 @@ async fn a_vm_boots_answers_ssh_is_destroyed_and_an_expired_one_is_reaped() {
     assert!(!lease.host_keys.is_empty());
     assert_ne!(lease.host_keys, first_keys);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(settings.reap(Utc::now()), [lease.job_id]);
+    assert_eq!(settings.reap(Utc::now()).await, [lease.job_id]);
     assert!(!alive(&lease) && !lease.overlay.exists());
     assert_eq!(taskbot::testing::sha256_file(&base), base_sum);
 }

@@ -100,7 +100,7 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use taskbot::messages::TaskRef;
-    use taskbot::testing::job_request;
+    use taskbot::testing::{job_request, Recorder};
 
     fn sink(topic: &str) -> FedoraMessagingSink {
         FedoraMessagingSink {
@@ -166,5 +166,102 @@ mod tests {
         );
         assert_eq!(s.message(&r, Utc::now()).int_headers[0].1, ERROR);
         assert_eq!(severity(Outcome::Failed), INFO);
+    }
+
+    fn delivery(r: &TaskResult) -> Incoming {
+        Incoming::new(&r.routing_key(), r.to_json())
+    }
+
+    #[tokio::test]
+    async fn each_result_is_published_as_its_fedora_messaging_message_before_the_ack() {
+        let r = result(Outcome::Failed);
+        let s = sink("org.example.taskbot.{testcase}.{outcome}");
+        let ctx = Recorder::new();
+        let before = Utc::now();
+        assert_eq!(
+            s.handle(delivery(&r), &ctx).await,
+            Disposition::Done(Vec::new())
+        );
+        let published = ctx.published();
+        assert_eq!(published.len(), 1, "{published:?}");
+        let m = &published[0];
+        assert_eq!(m.exchange, "amq.topic");
+        assert_eq!(m.routing_key, "org.example.taskbot.dist.rpmlint.failed");
+        assert_eq!(m.message_id, Some(r.result_id.to_string()));
+        assert_eq!(m.content_encoding.as_deref(), Some("utf-8"));
+        assert_eq!(m.headers.len(), 2, "{:?}", m.headers);
+        assert_eq!(
+            m.headers[0],
+            (
+                "fedora_messaging_schema".to_string(),
+                "taskbot.result.v1".to_string()
+            )
+        );
+        assert_eq!(m.headers[1].0, "sent-at");
+        let sent_at = DateTime::parse_from_rfc3339(&m.headers[1].1)
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(
+            sent_at >= before - chrono::Duration::seconds(1) && sent_at <= Utc::now(),
+            "sent at {sent_at}, handled from {before}"
+        );
+        assert_eq!(
+            m.int_headers,
+            [("fedora_messaging_severity".to_string(), INFO)]
+        );
+        assert_eq!(m.body, r.to_json(), "the body is the result itself");
+        assert_eq!(*m, s.message(&r, sent_at), "nothing else differs");
+    }
+
+    #[tokio::test]
+    async fn a_publish_the_broker_refuses_is_retried_and_no_subscriber_is_no_failure() {
+        let r = result(Outcome::Crashed);
+        let s = sink("org.example.taskbot.result");
+        let ctx = Recorder::new().failing_after(0);
+        match s.handle(delivery(&r), &ctx).await {
+            Disposition::Retry(reason) => assert!(
+                reason.starts_with(&format!(
+                    "cannot publish result {} to amq.topic: ",
+                    r.result_id
+                )),
+                "{reason}"
+            ),
+            other => panic!("expected Retry, got {other:?}"),
+        }
+        assert!(ctx.published().is_empty());
+
+        /// A broker on which nobody is bound to the topic.
+        struct NoSubscriber;
+        #[async_trait::async_trait]
+        impl DeliveryContext for NoSubscriber {
+            async fn publish(&self, msg: &Outgoing) -> Result<(), PublishError> {
+                Err(PublishError::Unroutable {
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
+                })
+            }
+            fn received_at(&self) -> std::time::Instant {
+                std::time::Instant::now()
+            }
+        }
+        assert_eq!(
+            s.handle(delivery(&r), &NoSubscriber).await,
+            Disposition::Done(Vec::new())
+        );
+    }
+
+    #[tokio::test]
+    async fn what_is_no_result_is_dead_lettered_and_not_published() {
+        let ctx = Recorder::new();
+        let d = sink("t")
+            .handle(Incoming::new("result.PASSED.x", b"{junk".to_vec()), &ctx)
+            .await;
+        match d {
+            Disposition::DeadLetter(reason) => {
+                assert!(reason.contains("not valid JSON"), "{reason}")
+            }
+            other => panic!("expected DeadLetter, got {other:?}"),
+        }
+        assert!(ctx.published().is_empty());
     }
 }

@@ -221,4 +221,69 @@ mod tests {
             "{err}"
         );
     }
+
+    fn job() -> taskbot::messages::JobRequest {
+        let task = taskbot::messages::TaskRef {
+            name: "rpmlint".into(),
+            repo: "https://git.example/rpmlint.git".into(),
+            git_ref: "main".into(),
+        };
+        taskbot::testing::job_request(task, "x-1-1", "x86_64")
+    }
+
+    /// Handle one delivery, checking that the sink published nothing itself.
+    async fn deliver(sink: &JsonlSink, key: &str, body: Vec<u8>) -> Disposition {
+        let ctx = taskbot::testing::Recorder::new();
+        let d = sink.handle(Incoming::new(key, body), &ctx).await;
+        assert!(ctx.published().is_empty());
+        d
+    }
+
+    #[tokio::test]
+    async fn the_sink_appends_each_status_and_result_as_one_line_and_dead_letters_junk() {
+        use taskbot::messages::{JobState, JobStatus, TaskResult};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log/results.jsonl");
+        let sink = JsonlSink::new(JsonlWriter::open(&path, 1 << 20, 2).unwrap());
+        let job = job();
+        let running = JobStatus::new(&job, JobState::Running, "runner@test", None);
+        let result = TaskResult::crashed(&job, "runner@test", "boom");
+        let done = Disposition::Done(Vec::new());
+        assert_eq!(
+            deliver(&sink, &running.routing_key(), running.to_json()).await,
+            done
+        );
+        // A redelivered copy is appended again (at-least-once; readers dedupe by id).
+        for _ in 0..2 {
+            assert_eq!(
+                deliver(&sink, &result.routing_key(), result.to_json()).await,
+                done
+            );
+        }
+        match deliver(&sink, "result.PASSED.x", b"{junk".to_vec()).await {
+            Disposition::DeadLetter(reason) => {
+                assert!(reason.contains("not valid JSON"), "{reason}")
+            }
+            other => panic!("expected DeadLetter, got {other:?}"),
+        }
+        let lines = lines(&path);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert_eq!(JobStatus::from_json(lines[0].as_bytes()).unwrap(), running);
+        assert_eq!(TaskResult::from_json(lines[1].as_bytes()).unwrap(), result);
+        assert_eq!(lines[1], lines[2]);
+    }
+
+    #[tokio::test]
+    async fn a_line_that_cannot_be_written_is_retried() {
+        // Every write to /dev/full fails with ENOSPC: a full disk.
+        let sink = JsonlSink::new(JsonlWriter::open(Path::new("/dev/full"), 1 << 20, 0).unwrap());
+        let result = taskbot::messages::TaskResult::crashed(&job(), "runner@test", "boom");
+        match deliver(&sink, &result.routing_key(), result.to_json()).await {
+            Disposition::Retry(reason) => assert!(
+                reason.starts_with("cannot append to the JSON-lines file: "),
+                "{reason}"
+            ),
+            other => panic!("expected Retry, got {other:?}"),
+        }
+    }
 }

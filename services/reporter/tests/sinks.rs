@@ -16,7 +16,7 @@ use taskbot::topology::Sink;
 use uuid::Uuid;
 
 use support::fake_resultsdb::{FakeResultsDb, Fault, ALL_OUTCOMES};
-use support::{job, queue_exists, result, status, time, wait_until, RunningReporter, TestDb};
+use support::{job, result, status, time, wait_until, RunningReporter, TestDb};
 
 async fn publish_result(broker: &TestBroker, r: &TaskResult) {
     let t = &broker.topology;
@@ -176,9 +176,9 @@ async fn resultsdb_sink_alone_posts_once_with_the_auth_header_and_the_job_page()
     assert_eq!(requests[0].body["ref_url"], json!(res.log_url));
     // Only the ResultsDB sink runs: no results rows, no PostgreSQL sink queues.
     assert_eq!(count(&client, "SELECT count(*) FROM results").await, 0);
-    assert!(queue_exists(&t.resultsdb_queue()).await);
-    assert!(!queue_exists(&t.postgres_results_queue()).await);
-    assert!(!queue_exists(&t.postgres_status_queue()).await);
+    assert!(broker.queue_exists(&t.resultsdb_queue()).await);
+    assert!(!broker.queue_exists(&t.postgres_results_queue()).await);
+    assert!(!broker.queue_exists(&t.postgres_status_queue()).await);
     assert_eq!(
         broker
             .depth(&t.dead_letter_queue(&t.resultsdb_queue()))
@@ -213,7 +213,7 @@ async fn jsonl_sink_appends_results_and_statuses_without_a_database() {
         t.fedora_messaging_queue(),
     ] {
         assert!(
-            !queue_exists(&queue).await,
+            !broker.queue_exists(&queue).await,
             "{queue} of a disabled sink declared"
         );
     }

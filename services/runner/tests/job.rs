@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    args, check_ending, commit, http_server, job, job_with_args, processes_running, sha256_hex,
-    states, Dirs, CRASHED_BEFORE_RUNNING, CRASHED_RUNNING, FULL_LIFE,
+    args, check_ending, commit, http_server, job, job_with_args, sha256_hex, states, Dirs,
+    CRASHED_BEFORE_RUNNING, CRASHED_RUNNING, FULL_LIFE,
 };
 use git2::Repository;
 use taskbot::amqp::{Disposition, Handler, Incoming};
 use taskbot::config::RunnerConfig;
 use taskbot::messages::{Event, JobState, JobStatus, Message, Outcome, ProvisionedJob, TaskResult};
+use taskbot::testing::processes_running;
 use taskbot::testing::Recorder;
 use taskbot::{Shutdown, Topology};
 use taskbot_runner::RunnerHandler;

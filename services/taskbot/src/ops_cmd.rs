@@ -23,15 +23,25 @@ use crate::{message_input, Failure};
 
 /// The status as a table for people.
 pub fn status_text(status: &Status, colour: bool) -> String {
-    let paint = |text: String, code: &str| {
-        if colour {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text
-        }
-    };
     let mut out = String::new();
     let _ = writeln!(out, "Taskbot deployment {:?}", status.namespace);
+    write_stages(&mut out, status, colour);
+    write_runners_and_jobs(&mut out, status);
+    out
+}
+
+/// `text` in the terminal colour `code` (dead letters red, a queue nobody consumes yellow) when
+/// colour is on.
+fn paint(colour: bool, text: String, code: &str) -> String {
+    if colour {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text
+    }
+}
+
+/// A row per stage: its queue's depths, consumers and rates, and its dead letters.
+fn write_stages(out: &mut String, status: &Status, colour: bool) {
     let _ = writeln!(
         out,
         "{:<28} {:>7} {:>8} {:>9} {:>8} {:>8} {:>6}",
@@ -40,7 +50,7 @@ pub fn status_text(status: &Status, colour: bool) -> String {
     for stage in &status.stages {
         let dead = format!("{:>6}", stage.dead_letters);
         let dead = if stage.dead_letters > 0 {
-            paint(dead, "31")
+            paint(colour, dead, "31")
         } else {
             dead
         };
@@ -48,7 +58,7 @@ pub fn status_text(status: &Status, colour: bool) -> String {
             Some(q) => {
                 let consumers = format!("{:>9}", q.consumers);
                 let consumers = if q.consumers == 0 {
-                    paint(consumers, "33")
+                    paint(colour, consumers, "33")
                 } else {
                     consumers
                 };
@@ -79,39 +89,35 @@ pub fn status_text(status: &Status, colour: bool) -> String {
             "(no queues: nothing of this deployment has run on this broker)"
         );
     }
-    let runners: Vec<String> = status
-        .runners
-        .iter()
-        .map(|(arch, n)| format!("{arch}: {n}"))
+}
+
+/// `a: 1, b: 2`, or `none`.
+fn counts<'a, N: std::fmt::Display + 'a>(
+    counts: impl IntoIterator<Item = (&'a String, N)>,
+) -> String {
+    let parts: Vec<String> = counts
+        .into_iter()
+        .map(|(name, n)| format!("{name}: {n}"))
         .collect();
-    let _ = writeln!(
-        out,
-        "runners per arch: {}",
-        if runners.is_empty() {
-            "none".into()
-        } else {
-            runners.join(", ")
-        }
-    );
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The runners per arch, and the jobs by state (or why they are unknown) when asked for.
+fn write_runners_and_jobs(out: &mut String, status: &Status) {
+    let _ = writeln!(out, "runners per arch: {}", counts(&status.runners));
     match (&status.jobs, &status.jobs_error) {
         (Some(jobs), _) => {
-            let states: Vec<String> = jobs.iter().map(|(s, n)| format!("{s}: {n}")).collect();
-            let _ = writeln!(
-                out,
-                "jobs by state: {}",
-                if states.is_empty() {
-                    "none".into()
-                } else {
-                    states.join(", ")
-                }
-            );
+            let _ = writeln!(out, "jobs by state: {}", counts(jobs));
         }
         (None, Some(err)) => {
             let _ = writeln!(out, "jobs by state: unknown ({err})");
         }
         (None, None) => {}
     }
-    out
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -447,109 +453,161 @@ pub struct DeadLetter {
 
 pub fn dlq(args: &DlqArgs) -> Result<String, Failure> {
     let config = load_config()?;
-    let namespace = config.amqp.namespace.clone();
     runtime()?.block_on(async {
         let (conn, publisher, topology) = publisher(&config).await?;
-        let channel = publisher.channel().clone();
-        let broker = |e: String| Failure::input(format!("taskbot: {e}"));
-        // The dead-letter queues of this namespace: every work and sink queue's `.dead`, and
-        // the bridge's.
-        let mut sources: Vec<String> = topology
-            .work_queues()
-            .into_iter()
-            .chain(topology.sink_queues(&taskbot::topology::Sink::ALL))
-            .map(|q| q.name)
-            .collect();
-        sources.insert(0, format!("{namespace}.fedmsg-bridge"));
-        let wanted = |source: &str| match &args.queue {
-            Some(q) => source == q || source == format!("{namespace}.{q}"),
-            None => true,
+        let sources = dead_letter_sources(&topology, &config.amqp.namespace, args.queue.as_deref());
+        let broker = DlqBroker {
+            conn: &conn,
+            publisher: &publisher,
+            topology: &topology,
         };
-        let mut out = String::new();
-        match &args.command {
-            DlqCommand::List | DlqCommand::Show => {
-                let limit = if matches!(args.command, DlqCommand::List) { 0 } else { args.limit };
-                let mut listed = Vec::new();
-                for source in sources.iter().filter(|s| wanted(s)) {
-                    let dead = topology.dead_letter_queue(source);
-                    let count = dead_letters::count(&conn, &dead).await.map_err(|e| broker(e.to_string()))?;
-                    let Some(count) = count else { continue };
-                    let letters = if limit > 0 {
-                        dead_letters::peek(&channel, &dead, limit)
-                            .await
-                            .map_err(|e| broker(e.to_string()))?
-                    } else {
-                        Vec::new()
-                    };
-                    listed.push((dead, count, letters));
-                }
-                if args.json {
-                    let json: Vec<Value> = listed
-                        .iter()
-                        .map(|(queue, count, letters)| {
-                            serde_json::json!({
-                                "queue": queue,
-                                "count": count,
-                                "messages": letters.iter().map(|l| letter(queue, l)).collect::<Vec<_>>(),
-                            })
-                        })
-                        .collect();
-                    out = serde_json::to_string_pretty(&json).expect("JSON serialises") + "\n";
-                } else {
-                    for (queue, count, letters) in &listed {
-                        let _ = writeln!(out, "{queue}: {count} dead letters");
-                        for l in letters {
-                            let l = letter(queue, l);
-                            let _ = writeln!(
-                                out,
-                                "  - reason: {}\n    routing key: {}\n    body: {}",
-                                l.reason.as_deref().unwrap_or("(none given)"),
-                                l.routing_key,
-                                l.body
-                            );
-                        }
-                    }
-                }
-            }
-            DlqCommand::Retry => {
-                let mut total = 0;
-                for source in sources.iter().filter(|s| wanted(s)) {
-                    if source.ends_with(".fedmsg-bridge") {
-                        continue; // the bridge has no queue to retry into: replay the bus message
-                    }
-                    let dead = topology.dead_letter_queue(source);
-                    if dead_letters::count(&conn, &dead).await.map_err(|e| broker(e.to_string()))?.unwrap_or(0) == 0 {
-                        continue;
-                    }
-                    let moved = dead_letters::move_to(&channel, &publisher, &dead, source, args.limit)
-                        .await
-                        .map_err(|e| broker(format!("moving {dead} back to {source} stopped: {e}")))?;
-                    total += moved;
-                    let _ = writeln!(out, "{dead} → {source}: {moved} re-queued");
-                }
-                let _ = writeln!(out, "{total} dead letters re-queued");
-            }
+        let out = match &args.command {
+            DlqCommand::List => broker.list(&sources, 0, args.json).await?,
+            DlqCommand::Show => broker.list(&sources, args.limit, args.json).await?,
+            DlqCommand::Retry => broker.retry(&sources, args.limit).await?,
             DlqCommand::Purge => {
                 if !args.yes {
                     return Err(Failure::input(
                         "taskbot: dlq purge deletes dead letters for good; add --yes to confirm",
                     ));
                 }
-                for source in sources.iter().filter(|s| wanted(s)) {
-                    let dead = topology.dead_letter_queue(source);
-                    if dead_letters::count(&conn, &dead).await.map_err(|e| broker(e.to_string()))?.is_none() {
-                        continue;
-                    }
-                    let n = dead_letters::purge(&channel, &dead)
-                        .await
-                        .map_err(|e| broker(e.to_string()))?;
-                    let _ = writeln!(out, "{dead}: {n} purged");
-                }
+                broker.purge(&sources).await?
             }
-        }
+        };
         let _ = conn.close(0, "done").await;
         Ok(out)
     })
+}
+
+/// The queues of this namespace whose dead letters `dlq` looks at: every work and sink queue,
+/// and the bridge's (which has no queue of its own), or only `only` (a full queue name or one
+/// without the namespace).
+fn dead_letter_sources(topology: &Topology, namespace: &str, only: Option<&str>) -> Vec<String> {
+    let mut sources: Vec<String> = topology
+        .work_queues()
+        .into_iter()
+        .chain(topology.sink_queues(&taskbot::topology::Sink::ALL))
+        .map(|q| q.name)
+        .collect();
+    sources.insert(0, format!("{namespace}.fedmsg-bridge"));
+    sources.retain(|source| match only {
+        Some(q) => source == q || *source == format!("{namespace}.{q}"),
+        None => true,
+    });
+    sources
+}
+
+/// What `dlq` works with on the broker.
+struct DlqBroker<'a> {
+    conn: &'a lapin::Connection,
+    publisher: &'a Publisher,
+    topology: &'a Topology,
+}
+
+fn broker_failure(e: impl std::fmt::Display) -> Failure {
+    Failure::input(format!("taskbot: {e}"))
+}
+
+impl DlqBroker<'_> {
+    /// How many dead letters `dead` holds; `None` when there is no such queue.
+    async fn count(&self, dead: &str) -> Result<Option<u32>, Failure> {
+        dead_letters::count(self.conn, dead)
+            .await
+            .map_err(broker_failure)
+    }
+
+    /// `dlq list` (`limit` 0: counts only) and `dlq show` (up to `limit` letters per queue).
+    async fn list(&self, sources: &[String], limit: usize, json: bool) -> Result<String, Failure> {
+        let channel = self.publisher.channel();
+        let mut listed = Vec::new();
+        for source in sources {
+            let dead = self.topology.dead_letter_queue(source);
+            let Some(count) = self.count(&dead).await? else {
+                continue;
+            };
+            let letters = if limit > 0 {
+                dead_letters::peek(channel, &dead, limit)
+                    .await
+                    .map_err(broker_failure)?
+            } else {
+                Vec::new()
+            };
+            listed.push((dead, count, letters));
+        }
+        Ok(if json {
+            let json: Vec<Value> = listed
+                .iter()
+                .map(|(queue, count, letters)| {
+                    serde_json::json!({
+                        "queue": queue,
+                        "count": count,
+                        "messages": letters.iter().map(|l| letter(queue, l)).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            serde_json::to_string_pretty(&json).expect("JSON serialises") + "\n"
+        } else {
+            let mut out = String::new();
+            for (queue, count, letters) in &listed {
+                let _ = writeln!(out, "{queue}: {count} dead letters");
+                for l in letters {
+                    let l = letter(queue, l);
+                    let _ = writeln!(
+                        out,
+                        "  - reason: {}\n    routing key: {}\n    body: {}",
+                        l.reason.as_deref().unwrap_or("(none given)"),
+                        l.routing_key,
+                        l.body
+                    );
+                }
+            }
+            out
+        })
+    }
+
+    /// `dlq retry`: up to `limit` dead letters of each queue back onto it.
+    async fn retry(&self, sources: &[String], limit: usize) -> Result<String, Failure> {
+        let mut out = String::new();
+        let mut total = 0;
+        for source in sources {
+            if source.ends_with(".fedmsg-bridge") {
+                continue; // the bridge has no queue to retry into: replay the bus message
+            }
+            let dead = self.topology.dead_letter_queue(source);
+            if self.count(&dead).await?.unwrap_or(0) == 0 {
+                continue;
+            }
+            let moved = dead_letters::move_to(
+                self.publisher.channel(),
+                self.publisher,
+                &dead,
+                source,
+                limit,
+            )
+            .await
+            .map_err(|e| broker_failure(format!("moving {dead} back to {source} stopped: {e}")))?;
+            total += moved;
+            let _ = writeln!(out, "{dead} → {source}: {moved} re-queued");
+        }
+        let _ = writeln!(out, "{total} dead letters re-queued");
+        Ok(out)
+    }
+
+    /// `dlq purge --yes`: every dead letter of each queue, gone.
+    async fn purge(&self, sources: &[String]) -> Result<String, Failure> {
+        let mut out = String::new();
+        for source in sources {
+            let dead = self.topology.dead_letter_queue(source);
+            if self.count(&dead).await?.is_none() {
+                continue;
+            }
+            let n = dead_letters::purge(self.publisher.channel(), &dead)
+                .await
+                .map_err(broker_failure)?;
+            let _ = writeln!(out, "{dead}: {n} purged");
+        }
+        Ok(out)
+    }
 }
 
 fn letter(queue: &str, l: &amqp::Incoming) -> DeadLetter {

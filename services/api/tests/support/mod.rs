@@ -163,27 +163,10 @@ pub fn result(job: &JobRequest, testcase: &str, outcome: Outcome, finished: i64)
     );
     data.insert("checked".to_string(), serde_json::json!(["spec", "rpm"]));
     TaskResult {
-        result_id: TaskResult::derive_id(
-            job.job_id,
-            testcase,
-            &job.item,
-            &job.item_type,
-            &job.arch,
-        ),
-        job_id: job.job_id,
-        testcase: testcase.into(),
-        outcome,
-        item: job.item.clone(),
-        item_type: job.item_type.clone(),
-        arch: job.arch.clone(),
         note: Some(format!("{testcase} on {}", job.item)),
-        log_url: Some(format!("https://taskbot.example/artifacts/{}/", job.job_id)),
         data,
-        task: job.task.clone(),
-        event_id: job.event_id.clone(),
-        rule: job.rule.clone(),
-        runner: format!("runner@test/{}", job.arch),
         finished_at: time(finished),
+        ..taskbot::testing::task_result(job, testcase, outcome)
     }
 }
 

@@ -87,28 +87,6 @@ pub async fn declare_sinks(
         .expect("declare sink queues");
 }
 
-/// Whether `queue` exists, asked on a connection of its own (a passive declare of a missing
-/// queue closes the channel it is asked on).
-pub async fn queue_exists(queue: &str) -> bool {
-    let conn = taskbot::amqp::connect(&taskbot::testing::amqp_url(), "taskbot-test-inspect")
-        .await
-        .expect("connect");
-    let channel = conn.create_channel().await.expect("channel");
-    let exists = channel
-        .queue_declare(
-            queue,
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .is_ok();
-    let _ = conn.close(200, "done").await;
-    exists
-}
-
 /// Poll `check` until it is true; panic naming `what` after `timeout`.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
@@ -152,27 +130,10 @@ pub fn result(job: &JobRequest, testcase: &str, outcome: Outcome) -> TaskResult 
     data.insert("koji:task_id".to_string(), serde_json::json!("1234567"));
     data.insert("checked".to_string(), serde_json::json!(["spec", "rpm"]));
     TaskResult {
-        result_id: TaskResult::derive_id(
-            job.job_id,
-            testcase,
-            &job.item,
-            &job.item_type,
-            &job.arch,
-        ),
-        job_id: job.job_id,
-        testcase: testcase.into(),
-        outcome,
-        item: job.item.clone(),
-        item_type: job.item_type.clone(),
-        arch: job.arch.clone(),
         note: Some("5 errors, 10 warnings".into()),
-        log_url: Some(format!("https://taskbot.example/artifacts/{}/", job.job_id)),
         data,
-        task: job.task.clone(),
-        event_id: job.event_id.clone(),
-        rule: job.rule.clone(),
-        runner: "runner@test/x86_64".into(),
         finished_at: time(-1),
+        ..taskbot::testing::task_result(job, testcase, outcome)
     }
 }
 

@@ -203,8 +203,6 @@ pub fn check_ending(
     assert!(clones.is_empty(), "the clone was not removed: {clones:?}");
 }
 
-pub use taskbot::testing::processes_running;
-
 /// A minimal HTTP/1.1 server for downloads: `answer(path, n)` gives the status and body of the
 /// n-th request (from 0). Returns the base URL.
 pub async fn http_server(
