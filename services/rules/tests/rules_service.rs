@@ -8,26 +8,19 @@ use taskbot::messages::{Event, JobRequest, JobStatus, Message};
 use taskbot::testing::{test_config, TestBroker};
 use taskbot::Shutdown;
 
-const RULES: &str = r#"
-tasks:
-  example: { repo: example.git, ref: main }
-rules:
-  - name: example-on-koji-build
-    when:
-      topic: org.fedoraproject.*.buildsys.build.state.change
-      match: { msg.new: 1 }
-    do:
-      - task: example
-        item: "{{ msg.name }}-{{ msg.version }}-{{ msg.release }}"
-        item_type: koji_build
-        arches: [x86_64, noarch]
-"#;
+/// The engine unit tests' example rule, for arches of the test deployment's runner queues and a
+/// task repository named like a clone URL.
+fn example_rules() -> String {
+    include_str!("fixtures/koji-example-rules.yaml")
+        .replace("primary: [x86_64, aarch64]", "primary: [x86_64, noarch]")
+        .replace("repo: example,", "repo: example.git,")
+}
 
 #[tokio::test]
 async fn event_becomes_job_requests_and_garbage_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
-    std::fs::write(&rules, RULES).unwrap();
+    std::fs::write(&rules, example_rules()).unwrap();
     let mut config = test_config();
     config.rules.file = rules;
     config.rules.task_base_url = Some("file:///srv/tasks".into());
@@ -246,7 +239,7 @@ async fn sighup_reloads_the_rules_file() {
 async fn the_same_event_twice_requests_its_jobs_once() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
-    std::fs::write(&rules, RULES).unwrap();
+    std::fs::write(&rules, example_rules()).unwrap();
     let mut config = test_config();
     config.rules.file = rules;
     let broker = TestBroker::new(&config).await;
