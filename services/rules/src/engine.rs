@@ -44,7 +44,7 @@ pub use explain::{ConditionFailure, RuleExplanation};
 pub const DEFAULT_ELEMENT_NAME: &str = "each";
 
 /// Rules ready to evaluate: compiled by [`Engine::compile`] (`compile.rs`), found for an event by
-/// its [`Index`] (`index.rs`), evaluated here, explained in `explain.rs`.
+/// their index (`index.rs`), evaluated here, explained in `explain.rs`.
 #[derive(Debug, Clone)]
 pub struct Engine {
     rules: Vec<Rule>,
