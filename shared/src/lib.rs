@@ -16,6 +16,7 @@ pub mod postgres;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 pub mod topology;
 
 pub use config::Config;

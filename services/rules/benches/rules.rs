@@ -18,14 +18,17 @@
 
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use serde_json::Value;
 use taskbot::messages::{Event, Message};
 use taskbot::Config;
 use taskbot_rules::{load_rules, Engine, RulesFile};
+
+#[path = "../tests/support/samples.rs"]
+mod samples;
+use samples::{fixture_files, sample_events};
 
 /// How long each measurement runs (after a warm-up of a tenth of it).
 const MEASURE_FOR: Duration = Duration::from_secs(3);
@@ -192,46 +195,6 @@ fn report(name: &str, engine: &Engine, figures: Figures, jobs_per_event: f64) {
         figures.ns_per_event,
         jobs_per_event
     );
-}
-
-fn fixture_files(root: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("tests/fixtures/messages"))
-        .expect("tests/fixtures/messages")
-        .map(|entry| entry.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    files
-}
-
-/// The real samples and the fixtures, as the bridge turns fedmsg envelopes into events.
-fn sample_events(root: &Path) -> Vec<Event> {
-    let samples = std::fs::read_to_string(root.join("tests/fixtures/fedmsg-real.jsonl"))
-        .expect("tests/fixtures/fedmsg-real.jsonl");
-    let mut envelopes: Vec<Value> = samples
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("a JSON sample"))
-        .collect();
-    for path in fixture_files(root) {
-        let text = std::fs::read_to_string(&path).expect("a fixture");
-        envelopes.push(serde_json::from_str(&text).expect("a JSON fixture"));
-    }
-    envelopes
-        .iter()
-        .enumerate()
-        .map(|(n, envelope)| Event {
-            id: envelope["msg_id"]
-                .as_str()
-                .map_or_else(|| format!("sample-{n}"), str::to_string),
-            topic: envelope["topic"].as_str().expect("a topic").to_string(),
-            source: "fedmsg:tcp://127.0.0.1:4001".into(),
-            sent_at: envelope["timestamp"].as_f64(),
-            received_at: Utc::now(),
-            username: envelope["username"].as_str().map(str::to_string),
-            msg: envelope["msg"].clone(),
-        })
-        .collect()
 }
 
 /// Real package names: some appear in the samples and fixtures (so rules on them fire), most

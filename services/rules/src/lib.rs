@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod rules_file;
+mod watch;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -15,22 +16,20 @@ use taskbot::messages::{JobState, JobStatus, Message};
 use taskbot::{Config, Shutdown, Topology};
 
 pub use engine::{Engine, Evaluation};
+use rules_file::read_text;
 pub use rules_file::{RulesError, RulesFile};
+use watch::{watch_rules, RulesWatcher};
 
 /// Read, parse and compile a rules file against the deployment's config.
 pub fn load_rules(path: &Path, config: &Config) -> Result<Engine, RulesError> {
-    let text = std::fs::read_to_string(path).map_err(|e| RulesError {
-        file: path.display().to_string(),
-        line: 0,
-        column: 0,
-        message: format!("cannot read: {e}"),
-    })?;
-    let name = path.display().to_string();
-    let file = RulesFile::parse(&text, &name)?;
-    Engine::compile(
-        &file,
-        &text,
-        &name,
+    compile_rules(&read_text(path)?, path, config)
+}
+
+/// Parse and compile `text`, the text of the rules file at `path`.
+fn compile_rules(text: &str, path: &Path, config: &Config) -> Result<Engine, RulesError> {
+    Engine::from_text(
+        text,
+        &path.display().to_string(),
         &config.arches,
         config.rules.task_base_url.as_deref(),
     )
@@ -184,7 +183,9 @@ impl Handler for RulesHandler {
 
 /// Run until `shutdown`. Refuses to start with a broken rules file.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let engine = load_rules(&config.rules.file, &config)?;
+    let loading = config.clone();
+    let (watcher, engine) =
+        tokio::task::spawn_blocking(move || RulesWatcher::load(loading)).await??;
     tracing::info!(file = %config.rules.file.display(), rules = engine.rule_count(), "rules loaded");
     let topology = Topology::for_config(&config);
     let handler = Arc::new(RulesHandler::new(
@@ -193,7 +194,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         taskbot::instance_name("rules"),
     ));
     let watcher = tokio::spawn(watch_rules(
-        config.clone(),
+        watcher,
         handler.rules.clone(),
         shutdown.clone(),
     ));
@@ -206,46 +207,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     amqp::consume(&config.amqp, &topology, spec, handler, shutdown).await;
     watcher.abort();
     Ok(())
-}
-
-/// Reload the rules when the file changes (checked every `rules.reload_interval_ms`) or on
-/// SIGHUP. A file that does not load is refused with its position, and the rules in force stay:
-/// a typo saved by an editor must not stop Taskbot from scheduling jobs.
-async fn watch_rules(config: Config, rules: LiveRules, mut shutdown: Shutdown) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let path = config.rules.file.clone();
-    let mut loaded = std::fs::read(&path).ok();
-    let mut hangup = signal(SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(Duration::from_millis(
-        config.rules.reload_interval_ms.max(50),
-    ));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let asked = tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => false,
-            Some(()) = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => true,
-        };
-        let now = std::fs::read(&path).ok();
-        if !asked && now == loaded {
-            continue;
-        }
-        loaded = now;
-        match load_rules(&path, &config) {
-            Ok(engine) => {
-                tracing::info!(file = %path.display(), rules = engine.rule_count(), "rules reloaded");
-                rules.replace(engine);
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "rules file refused; the rules in force stay");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -288,44 +288,17 @@ impl RulesFile {
     }
 
     pub fn read(path: &Path) -> Result<RulesFile, RulesError> {
-        let text = std::fs::read_to_string(path).map_err(|e| RulesError {
-            file: path.display().to_string(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&read_text(path)?, &path.display().to_string())
     }
 }
 
-/// The first of `needles` (tried in turn) found on lines `from_line..to_line` (1-based, end
-/// excluded), as (line, column). Errors inside a rule or an action are searched for within it,
-/// not at an identical text in an earlier one.
-pub fn find_between(
-    text: &str,
-    from_line: usize,
-    to_line: usize,
-    needles: &[&str],
-) -> Option<(usize, usize)> {
-    let start = from_line.saturating_sub(1);
-    let count = to_line.saturating_sub(from_line.max(1));
-    for needle in needles.iter().filter(|n| !n.is_empty()) {
-        for (i, line) in text.lines().enumerate().skip(start).take(count) {
-            if let Some(col) = line.find(needle) {
-                return Some((i + 1, col + 1));
-            }
-        }
-    }
-    None
-}
-
-/// Find the line of the first occurrence of `needle` in the text, for errors found after parsing
-/// (unknown task, duplicate rule name), which the YAML parser cannot place.
-pub fn locate(text: &str, needle: &str) -> (usize, usize) {
-    for (i, line) in text.lines().enumerate() {
-        if let Some(col) = line.find(needle) {
-            return (i + 1, col + 1);
-        }
-    }
-    (0, 0)
+/// The text of the rules file at `path`; a file that cannot be read is refused like one that
+/// does not parse, naming the file.
+pub fn read_text(path: &Path) -> Result<String, RulesError> {
+    std::fs::read_to_string(path).map_err(|e| RulesError {
+        file: path.display().to_string(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read: {e}"),
+    })
 }

@@ -8,11 +8,14 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use chrono::Utc;
-use serde_json::Value;
 use taskbot::messages::{Event, Message};
 use taskbot::Config;
 use taskbot_rules::{load_rules, Engine, Evaluation, RulesFile};
+
+mod support {
+    pub mod samples;
+}
+use support::samples;
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -29,36 +32,9 @@ fn config() -> Config {
 
 /// The 70 real samples and the fixtures, as the bridge turns them into events.
 fn all_events() -> Vec<Event> {
-    let root = repo_root();
-    let mut envelopes: Vec<Value> =
-        std::fs::read_to_string(root.join("tests/fixtures/fedmsg-real.jsonl"))
-            .unwrap()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-    for entry in std::fs::read_dir(root.join("tests/fixtures/messages")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            envelopes.push(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap());
-        }
-    }
-    assert!(envelopes.len() >= 80, "{} events", envelopes.len());
-    envelopes
-        .iter()
-        .enumerate()
-        .map(|(n, envelope)| Event {
-            id: envelope["msg_id"]
-                .as_str()
-                .map_or_else(|| format!("sample-{n}"), str::to_string),
-            topic: envelope["topic"].as_str().unwrap().to_string(),
-            source: "fedmsg:test".into(),
-            sent_at: envelope["timestamp"].as_f64(),
-            received_at: Utc::now(),
-            username: envelope["username"].as_str().map(str::to_string),
-            msg: envelope["msg"].clone(),
-        })
-        .collect()
+    let events = samples::sample_events(&repo_root());
+    assert!(events.len() >= 80, "{} events", events.len());
+    events
 }
 
 /// Creation times differ between two evaluations; everything else must not.

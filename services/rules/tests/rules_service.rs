@@ -8,26 +8,19 @@ use taskbot::messages::{Event, JobRequest, JobStatus, Message};
 use taskbot::testing::{test_config, TestBroker};
 use taskbot::Shutdown;
 
-const RULES: &str = r#"
-tasks:
-  example: { repo: example.git, ref: main }
-rules:
-  - name: example-on-koji-build
-    when:
-      topic: org.fedoraproject.*.buildsys.build.state.change
-      match: { msg.new: 1 }
-    do:
-      - task: example
-        item: "{{ msg.name }}-{{ msg.version }}-{{ msg.release }}"
-        item_type: koji_build
-        arches: [x86_64, noarch]
-"#;
+/// The engine unit tests' example rule, for arches of the test deployment's runner queues and a
+/// task repository named like a clone URL.
+fn example_rules() -> String {
+    include_str!("fixtures/koji-example-rules.yaml")
+        .replace("primary: [x86_64, aarch64]", "primary: [x86_64, noarch]")
+        .replace("repo: example,", "repo: example.git,")
+}
 
 #[tokio::test]
 async fn event_becomes_job_requests_and_garbage_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
-    std::fs::write(&rules, RULES).unwrap();
+    std::fs::write(&rules, example_rules()).unwrap();
     let mut config = test_config();
     config.rules.file = rules;
     config.rules.task_base_url = Some("file:///srv/tasks".into());
@@ -165,68 +158,85 @@ async fn task_for(broker: &TestBroker, n: u32) -> String {
     job.task.name
 }
 
-async fn start_rules(
-    config: &taskbot::Config,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
+/// A rules service running in this test on a rules file of its own.
+struct Running {
+    /// Holds the rules file.
+    _dir: tempfile::TempDir,
+    rules: std::path::PathBuf,
+    broker: TestBroker,
+    stop: tokio::sync::oneshot::Sender<()>,
+    service: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Start the service on a rules file with `text`, checked for changes every
+/// `reload_interval_ms` (`None`: the default).
+async fn start_on(text: &str, reload_interval_ms: Option<u64>) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, text).unwrap();
+    let mut config = test_config();
+    config.rules.file = rules.clone();
+    if let Some(interval) = reload_interval_ms {
+        config.rules.reload_interval_ms = interval;
+    }
+    let broker = TestBroker::new(&config).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(taskbot_rules::run(
-        config.clone(),
+        config,
         Shutdown::new(async {
             let _ = stopped.await;
         }),
     ));
-    (stop, service)
+    Running {
+        _dir: dir,
+        rules,
+        broker,
+        stop,
+        service,
+    }
+}
+
+impl Running {
+    /// Stop the service; it must end cleanly.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.service.await.unwrap().unwrap();
+        self.broker.cleanup().await;
+    }
 }
 
 #[tokio::test]
 async fn changed_rules_file_is_reloaded_and_a_broken_one_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.yaml");
-    std::fs::write(&rules, reload_rules("first")).unwrap();
-    let mut config = test_config();
-    config.rules.file = rules.clone();
-    config.rules.reload_interval_ms = 100;
-    let broker = TestBroker::new(&config).await;
-    let (stop, service) = start_rules(&config).await;
+    let running = start_on(&reload_rules("first"), Some(100)).await;
+    let (broker, rules) = (&running.broker, &running.rules);
 
-    assert_eq!(task_for(&broker, 1).await, "first");
+    assert_eq!(task_for(broker, 1).await, "first");
 
     // A broken file is refused: the rules in force stay.
-    std::fs::write(&rules, "rules: [\n").unwrap();
+    std::fs::write(rules, "rules: [\n").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(task_for(&broker, 2).await, "first");
+    assert_eq!(task_for(broker, 2).await, "first");
 
     // A good file replaces them.
-    std::fs::write(&rules, reload_rules("second")).unwrap();
+    std::fs::write(rules, reload_rules("second")).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(task_for(&broker, 3).await, "second");
+    assert_eq!(task_for(broker, 3).await, "second");
 
-    stop.send(()).unwrap();
-    service.await.unwrap().unwrap();
-    broker.cleanup().await;
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn sighup_reloads_the_rules_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.yaml");
-    std::fs::write(&rules, reload_rules("first")).unwrap();
-    let mut config = test_config();
-    config.rules.file = rules.clone();
     // Never by polling within this test: only the signal can reload.
-    config.rules.reload_interval_ms = 3_600_000;
-    let broker = TestBroker::new(&config).await;
-    let (stop, service) = start_rules(&config).await;
+    let running = start_on(&reload_rules("first"), Some(3_600_000)).await;
+    let (broker, rules) = (&running.broker, &running.rules);
 
     // A job proves the service (and its signal handler) is up.
-    assert_eq!(task_for(&broker, 1).await, "first");
-    std::fs::write(&rules, reload_rules("second")).unwrap();
+    assert_eq!(task_for(broker, 1).await, "first");
+    std::fs::write(rules, reload_rules("second")).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        task_for(&broker, 2).await,
+        task_for(broker, 2).await,
         "first",
         "no reload without the signal"
     );
@@ -235,23 +245,16 @@ async fn sighup_reloads_the_rules_file() {
         libc::kill(libc::getpid(), libc::SIGHUP);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(task_for(&broker, 3).await, "second");
+    assert_eq!(task_for(broker, 3).await, "second");
 
-    stop.send(()).unwrap();
-    service.await.unwrap().unwrap();
-    broker.cleanup().await;
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn the_same_event_twice_requests_its_jobs_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.yaml");
-    std::fs::write(&rules, RULES).unwrap();
-    let mut config = test_config();
-    config.rules.file = rules;
-    let broker = TestBroker::new(&config).await;
+    let running = start_on(&example_rules(), None).await;
+    let broker = &running.broker;
     let t = broker.topology.clone();
-    let (stop, service) = start_rules(&config).await;
 
     let event = taskbot::testing::event(
         "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f",
@@ -273,7 +276,5 @@ async fn the_same_event_twice_requests_its_jobs_once() {
     arches.sort();
     assert_eq!(arches, ["noarch", "x86_64"], "one job per arch, not two");
 
-    stop.send(()).unwrap();
-    service.await.unwrap().unwrap();
-    broker.cleanup().await;
+    running.stop().await;
 }

@@ -6,34 +6,10 @@
 
 use std::path::Path;
 
-/// Whether the relative path `path` (with `/` separators) matches `glob`.
+/// Whether the relative path `path` (with `/` separators) matches `glob`: the project's one
+/// path-glob matcher, [`taskbot::text::path_glob_matches`].
 pub fn glob_matches(glob: &str, path: &str) -> bool {
-    let pattern: Vec<&str> = glob.split('/').filter(|s| !s.is_empty()).collect();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match_segments(&pattern, &segments)
-}
-
-fn match_segments(pattern: &[&str], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((&"**", rest)) => (0..=path.len()).any(|skip| match_segments(rest, &path[skip..])),
-        Some((first, rest)) => match path.split_first() {
-            Some((segment, path_rest)) => {
-                match_segment(first.as_bytes(), segment.as_bytes())
-                    && match_segments(rest, path_rest)
-            }
-            None => false,
-        },
-    }
-}
-
-fn match_segment(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| match_segment(rest, &text[skip..])),
-        Some((b'?', rest)) => !text.is_empty() && match_segment(rest, &text[1..]),
-        Some((c, rest)) => text.first() == Some(c) && match_segment(rest, &text[1..]),
-    }
+    taskbot::text::path_glob_matches(glob, path)
 }
 
 /// Copy every regular file under `root` that matches one of `globs` to the same relative path

@@ -29,6 +29,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use taskbot::text::{template_pieces, Piece};
 
 /// The file name the runner looks for at the root of a task repository.
 pub const TASK_FILE: &str = "taskbot.yaml";
@@ -509,14 +510,14 @@ impl TemplateVars {
     /// job was not given) is an error naming it.
     pub fn render(&self, text: &str, escape: Escape) -> Result<String, String> {
         let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| "a '{{' is not closed by '}}'".to_string())?;
-            let name = after[..end].trim();
+        for piece in template_pieces(text) {
+            let name = match piece.map_err(|_| UNCLOSED.to_string())? {
+                Piece::Literal(literal) => {
+                    out.push_str(literal);
+                    continue;
+                }
+                Piece::Placeholder { inner, .. } => inner.trim(),
+            };
             let value = self
                 .get(name)
                 .ok_or_else(|| match name.strip_prefix("args.") {
@@ -528,23 +529,22 @@ impl TemplateVars {
                 Escape::Url => out.push_str(&percent_encode(value)),
                 Escape::Raw => out.push_str(value),
             }
-            rest = &after[end + 2..];
         }
-        out.push_str(rest);
         Ok(out)
     }
 }
 
+/// What a template with a `{{` and no `}}` after it is told.
+const UNCLOSED: &str = "a '{{' is not closed by '}}'";
+
 /// Template syntax, checked when `taskbot.yaml` is read: each `{{ … }}` closed and naming a
 /// known variable or `args.KEY`.
 pub fn check_template(text: &str) -> Result<(), String> {
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| "a '{{' is not closed by '}}'".to_string())?;
-        let name = after[..end].trim();
+    for piece in template_pieces(text) {
+        let Piece::Placeholder { inner, .. } = piece.map_err(|_| UNCLOSED.to_string())? else {
+            continue;
+        };
+        let name = inner.trim();
         let is_arg = name
             .strip_prefix("args.")
             .is_some_and(|k| !k.is_empty() && !k.contains(char::is_whitespace));
@@ -554,7 +554,6 @@ pub fn check_template(text: &str) -> Result<(), String> {
                 TEMPLATE_NAMES.join(", ")
             ));
         }
-        rest = &after[end + 2..];
     }
     Ok(())
 }

@@ -353,6 +353,16 @@ impl CompileContext<'_> {
                 &operators,
             ));
         };
+        self.compile_field_test(spec, path_text, &operators)
+    }
+
+    /// A node with `path:` and the `operators` it has.
+    fn compile_field_test(
+        &self,
+        spec: &ConditionSpec,
+        path_text: &str,
+        operators: &[&str],
+    ) -> Result<Condition, Problem> {
         let at_path = [path_text.trim()];
         let path = Path::parse(path_text).map_err(|e| Problem::new(e, &at_path))?;
         path.check_root(self.roots)
@@ -380,6 +390,12 @@ impl CompileContext<'_> {
             }
             return Ok(Condition::Exists { path, want });
         }
+        let tests = self.compile_tests(spec, &path)?;
+        Ok(Condition::Field { path, tests })
+    }
+
+    /// The operators of a field test on `path` other than `exists`, in a fixed order.
+    fn compile_tests(&self, spec: &ConditionSpec, path: &Path) -> Result<Vec<Test>, Problem> {
         let mut tests = Vec::new();
         if let Some(value) = &spec.equals {
             tests.push(Test::Equals(value.clone()));
@@ -409,7 +425,7 @@ impl CompileContext<'_> {
                 tests.push(test(x));
             }
         }
-        Ok(Condition::Field { path, tests })
+        Ok(tests)
     }
 
     fn compile_list(&self, name: &str, list: &[ConditionSpec]) -> Result<Vec<Condition>, Problem> {

@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 use taskbot::messages::{Event, JobRequest};
 
-use super::condition::{short_json, Condition};
-use super::path::Scope;
+use super::condition::{short_json, Condition, Test};
+use super::path::{Path, Scope};
 use super::{with_scope, Engine, Evaluation, Rule};
 
 /// What one rule did with one event, and why.
@@ -161,104 +161,114 @@ pub(super) fn failure_of(condition: &Condition, scope: &Scope<'_>, at: &str) -> 
                 message: format!("{} did not hold", describe(condition)),
                 alternatives: Vec::new(),
             }),
-        Condition::Any(list) => {
-            let alternatives: Vec<ConditionFailure> = list
-                .iter()
-                .enumerate()
-                .map(|(i, c)| failure_of(c, scope, &format!("{at}.any[{i}]")))
-                .collect();
-            let each: Vec<String> = alternatives
-                .iter()
-                .enumerate()
-                .map(|(i, a)| format!("({}) {}", i + 1, a.message))
-                .collect();
-            ConditionFailure {
-                location: at.to_string(),
-                path: None,
-                operator: "any".into(),
-                expected: Value::Null,
-                actual: Vec::new(),
-                message: format!(
-                    "none of the {} alternatives of any: held: {}",
-                    alternatives.len(),
-                    each.join("; ")
-                ),
-                alternatives,
-            }
-        }
-        Condition::Not(inner) => {
-            let (path, actual) = match inner.as_ref() {
-                Condition::Field { path, .. } | Condition::Exists { path, .. } => (
-                    Some(path.text().to_string()),
-                    path.values(scope).into_iter().cloned().collect(),
-                ),
-                _ => (None, Vec::new()),
-            };
-            let found = match &path {
-                Some(_) => format!(" (found {})", found(&actual)),
-                None => String::new(),
-            };
-            ConditionFailure {
-                location: at.to_string(),
-                path,
-                operator: "not".into(),
-                expected: Value::String(describe(inner)),
-                message: format!("expected not ({}), but it held{found}", describe(inner)),
-                actual,
-                alternatives: Vec::new(),
-            }
-        }
-        Condition::Exists { path, want } => {
-            let actual: Vec<Value> = path.values(scope).into_iter().cloned().collect();
-            ConditionFailure {
-                location: at.to_string(),
-                path: Some(path.text().to_string()),
-                operator: "exists".into(),
-                expected: Value::Bool(*want),
-                message: format!(
-                    "{}: expected exists: {want}, found {}",
-                    path.text(),
-                    found(&actual)
-                ),
-                actual,
-                alternatives: Vec::new(),
-            }
-        }
-        Condition::Field { path, tests } => {
-            let actual: Vec<Value> = path.values(scope).into_iter().cloned().collect();
-            // The operator to name: the first one the (first) value fails.
-            let failing = actual
-                .first()
-                .and_then(|v| tests.iter().find(|t| !t.holds(v)))
-                .or(tests.first());
-            let wanted = tests
-                .iter()
-                .map(|t| t.describe())
-                .collect::<Vec<_>>()
-                .join(" and ");
-            let message = if actual.len() > 1 {
-                format!(
-                    "{}: no value passes {wanted} (found {})",
-                    path.text(),
-                    found(&actual)
-                )
-            } else {
-                format!(
-                    "{}: expected {wanted}, found {}",
-                    path.text(),
-                    found(&actual)
-                )
-            };
-            ConditionFailure {
-                location: at.to_string(),
-                path: Some(path.text().to_string()),
-                operator: failing.map_or("", |t| t.name()).to_string(),
-                expected: failing.map_or(Value::Null, |t| t.operand()),
-                actual,
-                message,
-                alternatives: Vec::new(),
-            }
-        }
+        Condition::Any(list) => any_failure(list, scope, at),
+        Condition::Not(inner) => not_failure(inner, scope, at),
+        Condition::Exists { path, want } => exists_failure(path, *want, scope, at),
+        Condition::Field { path, tests } => field_failure(path, tests, scope, at),
+    }
+}
+
+/// An `any:` none of whose alternatives held: why each did not.
+fn any_failure(list: &[Condition], scope: &Scope<'_>, at: &str) -> ConditionFailure {
+    let alternatives: Vec<ConditionFailure> = list
+        .iter()
+        .enumerate()
+        .map(|(i, c)| failure_of(c, scope, &format!("{at}.any[{i}]")))
+        .collect();
+    let each: Vec<String> = alternatives
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("({}) {}", i + 1, a.message))
+        .collect();
+    ConditionFailure {
+        location: at.to_string(),
+        path: None,
+        operator: "any".into(),
+        expected: Value::Null,
+        actual: Vec::new(),
+        message: format!(
+            "none of the {} alternatives of any: held: {}",
+            alternatives.len(),
+            each.join("; ")
+        ),
+        alternatives,
+    }
+}
+
+/// A `not:` whose condition held, with the values it found when it tests one field.
+fn not_failure(inner: &Condition, scope: &Scope<'_>, at: &str) -> ConditionFailure {
+    let (path, actual) = match inner {
+        Condition::Field { path, .. } | Condition::Exists { path, .. } => (
+            Some(path.text().to_string()),
+            path.values(scope).into_iter().cloned().collect(),
+        ),
+        _ => (None, Vec::new()),
+    };
+    let found = match &path {
+        Some(_) => format!(" (found {})", found(&actual)),
+        None => String::new(),
+    };
+    ConditionFailure {
+        location: at.to_string(),
+        path,
+        operator: "not".into(),
+        expected: Value::String(describe(inner)),
+        message: format!("expected not ({}), but it held{found}", describe(inner)),
+        actual,
+        alternatives: Vec::new(),
+    }
+}
+
+fn exists_failure(path: &Path, want: bool, scope: &Scope<'_>, at: &str) -> ConditionFailure {
+    let actual: Vec<Value> = path.values(scope).into_iter().cloned().collect();
+    ConditionFailure {
+        location: at.to_string(),
+        path: Some(path.text().to_string()),
+        operator: "exists".into(),
+        expected: Value::Bool(want),
+        message: format!(
+            "{}: expected exists: {want}, found {}",
+            path.text(),
+            found(&actual)
+        ),
+        actual,
+        alternatives: Vec::new(),
+    }
+}
+
+/// A field test no value passed, naming the operator the (first) value fails.
+fn field_failure(path: &Path, tests: &[Test], scope: &Scope<'_>, at: &str) -> ConditionFailure {
+    let actual: Vec<Value> = path.values(scope).into_iter().cloned().collect();
+    let failing = actual
+        .first()
+        .and_then(|v| tests.iter().find(|t| !t.holds(v)))
+        .or(tests.first());
+    let wanted = tests
+        .iter()
+        .map(|t| t.describe())
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let message = if actual.len() > 1 {
+        format!(
+            "{}: no value passes {wanted} (found {})",
+            path.text(),
+            found(&actual)
+        )
+    } else {
+        format!(
+            "{}: expected {wanted}, found {}",
+            path.text(),
+            found(&actual)
+        )
+    };
+    ConditionFailure {
+        location: at.to_string(),
+        path: Some(path.text().to_string()),
+        operator: failing.map_or("", |t| t.name()).to_string(),
+        expected: failing.map_or(Value::Null, |t| t.operand()),
+        actual,
+        message,
+        alternatives: Vec::new(),
     }
 }
 
@@ -309,7 +319,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::rules_file::RulesFile;
 
     const RULES: &str = r#"
 sets:
@@ -364,16 +373,7 @@ rules:
 "#;
 
     fn engine() -> Engine {
-        let file = RulesFile::parse(RULES, "rules.yaml").unwrap();
-        let arches = ["x86_64".to_string(), "aarch64".into(), "noarch".into()];
-        Engine::compile(
-            &file,
-            RULES,
-            "rules.yaml",
-            &arches,
-            Some("file:///srv/tasks"),
-        )
-        .unwrap()
+        crate::engine::compile_for_tests(RULES).unwrap()
     }
 
     fn event(topic: &str, msg: Value) -> Event {

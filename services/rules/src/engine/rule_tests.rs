@@ -5,18 +5,10 @@ use serde_json::{json, Value};
 use taskbot::messages::Event;
 
 use super::Engine;
-use crate::rules_file::{RulesError, RulesFile};
+use crate::rules_file::RulesError;
 
 fn compile(text: &str) -> Result<Engine, RulesError> {
-    let file = RulesFile::parse(text, "rules.yaml")?;
-    let arches = ["x86_64".to_string(), "aarch64".into(), "noarch".into()];
-    Engine::compile(
-        &file,
-        text,
-        "rules.yaml",
-        &arches,
-        Some("file:///srv/tasks"),
-    )
+    super::compile_for_tests(text)
 }
 
 fn event(topic: &str, msg: Value) -> Event {

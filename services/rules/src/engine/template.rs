@@ -1,6 +1,7 @@
 //! `{{ path }}` templates for items and arguments, parsed and checked at load.
 
 use serde_json::Value;
+use taskbot::text::{template_pieces, Piece as Scanned};
 
 use super::path::{Path, Scope};
 
@@ -18,34 +19,32 @@ impl Template {
     /// Parse, and check every placeholder names a single field under one of `roots`.
     pub fn parse(text: &str, roots: &[&str]) -> Result<Template, String> {
         let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                pieces.push(Piece::Text(rest[..start].to_string()));
+        for piece in template_pieces(text) {
+            match piece.map_err(|_| format!("template {text:?}: '{{{{' without '}}}}'"))? {
+                Scanned::Literal(literal) => pieces.push(Piece::Text(literal.to_string())),
+                Scanned::Placeholder { inner, .. } => {
+                    pieces.push(Piece::Field(Self::field(text, inner, roots)?))
+                }
             }
-            let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| format!("template {text:?}: '{{{{' without '}}}}'"))?;
-            let path = Path::parse(&after[..end])
-                .and_then(|p| p.check_root(roots).map(|()| p))
-                .map_err(|e| format!("template {text:?}: {e}"))?;
-            if path.has_wildcard() {
-                // A template yields one string; several values would need a join rule nobody
-                // asked for. One job per element is what for_each is for.
-                return Err(format!(
-                    "template {text:?}: {} has [*], which addresses several values; \
-                     use for_each: to get one job per element",
-                    path.text()
-                ));
-            }
-            pieces.push(Piece::Field(path));
-            rest = &after[end + 2..];
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_string()));
         }
         Ok(Template(pieces))
+    }
+
+    /// The path of one placeholder (`inner` is what is between its braces).
+    fn field(text: &str, inner: &str, roots: &[&str]) -> Result<Path, String> {
+        let path = Path::parse(inner)
+            .and_then(|p| p.check_root(roots).map(|()| p))
+            .map_err(|e| format!("template {text:?}: {e}"))?;
+        if path.has_wildcard() {
+            // A template yields one string; several values would need a join rule nobody
+            // asked for. One job per element is what for_each is for.
+            return Err(format!(
+                "template {text:?}: {} has [*], which addresses several values; \
+                 use for_each: to get one job per element",
+                path.text()
+            ));
+        }
+        Ok(path)
     }
 
     /// The paths of the placeholders.
