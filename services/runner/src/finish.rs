@@ -14,6 +14,7 @@ use crate::prepare::Prepared;
 use crate::remote::Remote;
 use crate::report::{self, ResultFactory, Verdict};
 use crate::steps::{Ended, StepRunner};
+use crate::task_files;
 use crate::{events, results};
 
 /// The verdict on a job whose steps `ended`, its task cloned in `clone_dir`.
@@ -41,9 +42,10 @@ pub(crate) async fn conclude(
     let copied = steps.copy_artifacts(&task.artifacts, &log).await;
     let tail = log.finish(report::LOG_TAIL_LINES).await;
     tracing::info!(job_id = %job.job_id, ended = ?ended, artifacts = copied, "task ended");
+    let results_path = task.results_path();
     let files = TaskFiles {
-        results: &clone_dir.join(task.results_path()),
-        events: &artifacts.join(EVENTS_FILE),
+        results: (clone_dir, &results_path),
+        events: (&artifacts, Path::new(EVENTS_FILE)),
     };
     verdict(job, ended, files, factory, tail).await
 }
@@ -71,10 +73,10 @@ async fn pull_back(
     }
 }
 
-/// Where the task left what it reports.
+/// Where the task left what it reports: each a directory of the job's and a path inside it.
 struct TaskFiles<'a> {
-    results: &'a Path,
-    events: &'a Path,
+    results: (&'a Path, &'a Path),
+    events: (&'a Path, &'a Path),
 }
 
 /// `tail` is the end of the job's log, quoted when the job crashed.
@@ -124,27 +126,39 @@ async fn verdict(
 }
 
 /// The events the task announced; none when it wrote no events file.
-async fn read_events(path: &Path, job: &JobRequest) -> Result<Vec<taskbot::Event>, String> {
-    match tokio::fs::read(path).await {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => events::parse(&text, job),
-            Err(_) => Err("the file is not UTF-8 text".into()),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+async fn read_events(
+    (root, relative): (&Path, &Path),
+    job: &JobRequest,
+) -> Result<Vec<taskbot::Event>, String> {
+    match read_task_file(root, relative).await? {
+        Some(text) => events::parse(&text, job),
+        None => Ok(Vec::new()),
     }
 }
 
 /// The parsed results file, or `None` when the task wrote none.
-async fn read_results(path: &Path) -> Option<Result<Vec<results::ReportedResult>, String>> {
-    match tokio::fs::read(path).await {
-        Ok(bytes) => Some(match String::from_utf8(bytes) {
-            Ok(text) => results::parse(&text),
-            Err(_) => Err("the file is not UTF-8 text".into()),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => Some(Err(format!("cannot read {}: {e}", path.display()))),
+async fn read_results(
+    (root, relative): (&Path, &Path),
+) -> Option<Result<Vec<results::ReportedResult>, String>> {
+    match read_task_file(root, relative).await {
+        Ok(Some(text)) => Some(results::parse(&text)),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
     }
+}
+
+/// A file the task wrote, as text, read off the runtime's threads without following links out
+/// of the job's directory ([`task_files`]); `None` when it wrote none.
+async fn read_task_file(root: &Path, relative: &Path) -> Result<Option<String>, String> {
+    let (root, relative) = (root.to_path_buf(), relative.to_path_buf());
+    let bytes = tokio::task::spawn_blocking(move || {
+        task_files::read_beneath(&root, &relative, task_files::MAX_TASK_FILE_BYTES)
+    })
+    .await
+    .map_err(|e| format!("runner failure while reading a task file: {e}"))??;
+    bytes
+        .map(|b| String::from_utf8(b).map_err(|_| "the file is not UTF-8 text".to_string()))
+        .transpose()
 }
 
 #[cfg(test)]
@@ -155,13 +169,21 @@ mod tests {
     async fn results_file_absent_unreadable_or_invalid() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.yml");
-        assert_eq!(read_results(&path).await, None);
+        let file = (dir.path(), Path::new("results.yml"));
+        assert_eq!(read_results(file).await, None);
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
         assert_eq!(
-            read_results(&path).await,
+            read_results(file).await,
             Some(Err("the file is not UTF-8 text".into()))
         );
         std::fs::write(&path, "results:\n  - {item: a, type: t}\n").unwrap();
-        assert_eq!(read_results(&path).await.unwrap().unwrap().len(), 1);
+        assert_eq!(read_results(file).await.unwrap().unwrap().len(), 1);
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
+        let refused = read_results(file).await.unwrap().unwrap_err();
+        assert!(
+            refused.contains("symbolic link") && !refused.contains("root:"),
+            "{refused}"
+        );
     }
 }

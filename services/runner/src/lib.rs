@@ -39,6 +39,7 @@ pub mod sandbox;
 mod service;
 mod steps;
 pub mod task;
+mod task_files;
 
 pub use budget::{task_budget, Budget};
 pub use service::run;

@@ -260,9 +260,21 @@ impl TaskFile {
 
     /// Read `taskbot.yaml` from the root of a clone.
     pub fn load(clone_dir: &Path) -> Result<TaskFile, TaskFileError> {
-        match std::fs::read_to_string(clone_dir.join(TASK_FILE)) {
-            Ok(text) => TaskFile::parse(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(TaskFileError::Missing),
+        // A repository may hold `taskbot.yaml` as a symbolic link (git checks them out):
+        // never followed, as no task file is (crate::task_files).
+        let bytes = crate::task_files::read_beneath(
+            clone_dir,
+            Path::new(TASK_FILE),
+            crate::task_files::MAX_TASK_FILE_BYTES,
+        );
+        match bytes {
+            Ok(Some(bytes)) => match String::from_utf8(bytes) {
+                Ok(text) => TaskFile::parse(&text),
+                Err(_) => Err(TaskFileError::Invalid(
+                    "cannot read it: not UTF-8 text".into(),
+                )),
+            },
+            Ok(None) => Err(TaskFileError::Missing),
             Err(e) => Err(TaskFileError::Invalid(format!("cannot read it: {e}"))),
         }
     }

@@ -846,3 +846,64 @@ async fn second_job_fetches_the_new_commit_through_the_mirror() {
         .unwrap_or_else(|| panic!("no fetch count in:\n{log}"));
     assert!((1..=3).contains(&fetched), "only the new commit: {log}");
 }
+
+#[tokio::test]
+async fn a_results_file_linking_to_a_host_file_crashes_the_job_without_reading_it() {
+    let h = Harness::new();
+    // From inside the sandbox the link points at the sandbox's own /etc/passwd; the runner
+    // reads results.yml on the host, where it would be the host's.
+    let repo = h.dirs.task(
+        "linker",
+        "name: linker\nrun: 'ln -s /etc/passwd results.yml'\n",
+    );
+    let linker = job("linker", &repo, "main", "pkg-1-1", "x86_64");
+    let (states, results) = h.outcome_of(&linker, 1).await;
+    assert_eq!(states.last(), Some(&JobState::Crashed));
+    let note = results[0].note.clone().unwrap();
+    assert!(note.contains("symbolic link"), "{note}");
+    assert!(
+        !note.contains("root:x:0:0"),
+        "a host file leaked into the note: {note}"
+    );
+}
+
+#[tokio::test]
+async fn a_task_file_that_is_a_symbolic_link_is_refused() {
+    let h = Harness::new();
+    let repo = h.dirs.task("plain", "name: plain\nrun: 'true'\n");
+    // Turn taskbot.yaml into a link to a host file, as a repository can hold it.
+    let path = repo.trim_start_matches("file://").to_string();
+    let git = |args: &[&str]| {
+        assert!(std::process::Command::new("git")
+            .args(["-C", &path])
+            .args(args)
+            .status()
+            .unwrap()
+            .success());
+    };
+    git(&["rm", "-q", "taskbot.yaml"]);
+    std::os::unix::fs::symlink(
+        "/etc/passwd",
+        std::path::Path::new(&path).join("taskbot.yaml"),
+    )
+    .unwrap();
+    git(&["add", "taskbot.yaml"]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "link",
+    ]);
+    let linked = job("plain", &repo, "main", "pkg-1-1", "x86_64");
+    let (states, results) = h.outcome_of(&linked, 1).await;
+    assert_eq!(states.last(), Some(&JobState::Crashed));
+    let note = results[0].note.clone().unwrap();
+    assert!(note.contains("symbolic link"), "{note}");
+    assert!(
+        !note.contains("root:x:0:0"),
+        "a host file leaked into the note: {note}"
+    );
+}

@@ -1,0 +1,158 @@
+//! Reading the files a task controls (`taskbot.yaml` in its clone, `results.yml`, its events
+//! file) without being tricked into reading anything else.
+//!
+//! The runner reads them as its own user, typically root, while the task wrote them as the
+//! sandbox user. A task could make `results.yml` a symbolic link to `/etc/shadow`, a directory on
+//! its path a link to `/`, a hard link to a host file, a FIFO that blocks the reader forever, or
+//! a file of gigabytes. So a task file is opened with `openat2(2)` beneath its directory with no
+//! symbolic link followed anywhere on the path, must be a regular file with one link, and is
+//! read up to a size cap: anything else is refused with a reason, never read.
+
+use std::fs::File;
+use std::io::Read as _;
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+
+/// Largest task file read (results, events, `taskbot.yaml`), in bytes.
+pub const MAX_TASK_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The bytes of `relative` under `root`, `None` if it does not exist, or why it was refused.
+pub fn read_beneath(
+    root: &Path,
+    relative: &Path,
+    max_bytes: u64,
+) -> Result<Option<Vec<u8>>, String> {
+    let file = match open_beneath(root, relative) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) => {
+            return Err(format!(
+                "{} is a symbolic link, lies behind one or outside the job's directory; task files must be regular files in it",
+                relative.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot open {}: {e}", relative.display())),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect {}: {e}", relative.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", relative.display()));
+    }
+    if meta.nlink() != 1 {
+        return Err(format!(
+            "{} has {} hard links; task files must have one",
+            relative.display(),
+            meta.nlink()
+        ));
+    }
+    if meta.len() > max_bytes {
+        return Err(format!(
+            "{} is {} bytes, over the limit of {max_bytes}",
+            relative.display(),
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", relative.display()))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(format!(
+            "{} grew over the limit of {max_bytes} bytes",
+            relative.display()
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// The kernel's `struct open_how` (libc's is not constructible outside the crate).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `relative` opened read-only beneath `root`, no symbolic link followed, without blocking on a
+/// FIFO.
+fn open_beneath(root: &Path, relative: &Path) -> std::io::Result<File> {
+    let dir = File::open(root)?;
+    let path = std::ffi::CString::new(relative.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: openat2 reads `path` (a valid C string) and `how` (a valid open_how of the size
+    // given) and returns a new descriptor or -1; nothing else is touched.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor openat2 just returned and nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_regular_file_is_read_and_a_missing_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        std::fs::write(dir.path().join("out/results.yml"), "ok").unwrap();
+        assert_eq!(
+            read_beneath(dir.path(), Path::new("out/results.yml"), 10),
+            Ok(Some(b"ok".to_vec()))
+        );
+        assert_eq!(
+            read_beneath(dir.path(), Path::new("none.yml"), 10),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn links_fifos_and_oversized_files_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        symlink("/etc/passwd", root.join("results.yml")).unwrap();
+        std::fs::create_dir(root.join("real")).unwrap();
+        std::fs::write(root.join("real/r.yml"), "x").unwrap();
+        symlink("/etc", root.join("etc")).unwrap();
+        symlink(root.join("real"), root.join("inside")).unwrap();
+        std::fs::hard_link(root.join("real/r.yml"), root.join("hard.yml")).unwrap();
+        std::fs::write(root.join("big.yml"), vec![b'a'; 11]).unwrap();
+        let fifo =
+            std::ffi::CString::new(root.join("fifo.yml").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        for (name, why) in [
+            ("results.yml", "symbolic link"),
+            ("etc/passwd", "symbolic link"),
+            ("inside/r.yml", "symbolic link"),
+            ("../outside.yml", "symbolic link"),
+            ("/etc/passwd", "symbolic link"),
+            ("hard.yml", "hard links"),
+            ("big.yml", "over the limit"),
+            ("fifo.yml", "not a regular file"),
+            ("real", "not a regular file"),
+        ] {
+            let err = read_beneath(root, Path::new(name), 10).unwrap_err();
+            assert!(err.contains(why), "{name}: {err}");
+            assert!(!err.contains("root:"), "{name} was read: {err}");
+        }
+    }
+}
