@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod config;
 #[cfg(feature = "download")]
 pub mod download;
+pub mod errors;
 #[cfg(feature = "management")]
 pub mod management;
 pub mod messages;
@@ -18,6 +19,7 @@ pub mod telemetry;
 pub mod topology;
 
 pub use config::Config;
+pub use errors::error_chain;
 pub use messages::{
     Environment, Event, JobRequest, JobState, JobStatus, Machine, Message, Outcome, ProvisionedJob,
     TaskRef, TaskResult,

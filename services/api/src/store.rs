@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use deadpool_postgres::{Pool, PoolError};
 use taskbot::config::PostgresConfig;
+use taskbot::error_chain;
 use tokio_postgres::types::ToSql;
 
 /// The tables the api reads, all created by the reporter's migrations.
@@ -65,21 +66,6 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
-}
-
-/// An error with its causes on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl From<PoolError> for ApiError {

@@ -107,9 +107,9 @@ const MIGRATION_LOCK_KEY: i64 = 0x0074_6173_6b62_6f74;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No connection could be had: the database is down, unreachable, or refuses us.
-    #[error("cannot get a database connection: {}", crate::error_chain(.0))]
+    #[error("cannot get a database connection: {}", taskbot::error_chain(.0))]
     Pool(#[from] PoolError),
-    #[error("database error: {}", crate::error_chain(.0))]
+    #[error("database error: {}", taskbot::error_chain(.0))]
     Query(#[from] tokio_postgres::Error),
     /// A stored row the reporter cannot read back (edited by hand, or by a newer version).
     #[error("unreadable row: {0}")]

@@ -41,22 +41,6 @@ use crate::resultsdb::{ResultsDb, ResultsDbSink};
 /// enough not to spin.
 pub const RETRY_DELAY: Duration = Duration::from_secs(2);
 
-/// An error with its causes on one line (library errors often keep the useful part, such as the
-/// server's message or "connection refused", in their source chain).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Decode a result, refusing what cannot be stored or posted. The error is a dead-letter reason.
 pub fn decode_result(body: &[u8]) -> Result<TaskResult, String> {
     let result = TaskResult::from_json(body).map_err(|e| e.to_string())?;
@@ -478,26 +462,5 @@ mod tests {
         assert!(err.contains("jsonl_path is not set"), "{err}");
         rc.sinks = Some(vec![]);
         assert!(enabled_sinks(&rc).is_err());
-    }
-
-    #[test]
-    fn error_chain_includes_causes_once() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("db error")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let err = Outer(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "connection refused",
-        ));
-        assert_eq!(error_chain(&err), "db error: connection refused");
     }
 }

@@ -13,12 +13,13 @@ use chrono::SecondsFormat;
 use deadpool_postgres::Pool;
 use serde_json::{json, Map, Value};
 use taskbot::amqp::{Backoff, DeliveryContext, Disposition, Handler, Incoming};
+use taskbot::error_chain;
 use taskbot::messages::TaskResult;
 use taskbot::Shutdown;
 use uuid::Uuid;
 
 use crate::db::{self, StoreError};
-use crate::{decode_result, error_chain, store_failure};
+use crate::{decode_result, store_failure};
 
 /// The most of a server's error message quoted in a dead-letter reason.
 const MAX_MESSAGE_CHARS: usize = 500;
