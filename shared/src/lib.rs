@@ -11,10 +11,10 @@ pub mod errors;
 pub mod management;
 pub mod messages;
 pub mod ops;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 pub mod service;
 pub mod shutdown;
+#[cfg(feature = "postgres")]
+pub mod store;
 pub mod telemetry;
 pub mod topology;
 

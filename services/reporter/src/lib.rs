@@ -28,10 +28,10 @@ use deadpool_postgres::Pool;
 use taskbot::amqp::{self, Backoff, ConsumerSpec, Disposition, Handler};
 use taskbot::config::ReporterConfig;
 use taskbot::messages::{JobStatus, Message, TaskResult};
+use taskbot::store::{self, StoreError};
 use taskbot::topology::Sink;
 use taskbot::{Config, Shutdown, Topology};
 
-use crate::db::StoreError;
 use crate::fedora_messaging::FedoraMessagingSink;
 use crate::jsonl::{JsonlSink, JsonlWriter};
 use crate::resultsdb::{ResultsDb, ResultsDbSink};
@@ -90,12 +90,12 @@ pub async fn prepare_database(
         if shutdown.is_triggered() {
             return Ok(false);
         }
-        match db::migrate(pool).await {
+        match store::migrate(pool).await {
             Ok(applied) => {
                 tracing::info!(
                     database,
                     applied,
-                    version = db::MIGRATIONS.len(),
+                    version = store::MIGRATIONS.len(),
                     "database schema up to date"
                 );
                 return Ok(true);
@@ -258,7 +258,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let mut resultsdb_pg = config.postgres.clone();
     resultsdb_pg.pool_size = rc.resultsdb_concurrency.max(1);
     let resultsdb_pool = db::connect_pool(&resultsdb_pg)?;
-    let database = db::database_name(&config.postgres.url);
+    let database = store::database_name(&config.postgres.url);
 
     let topology = Topology::new(&config.amqp.namespace, &config.arches).with_sinks(&sinks);
     if !declare_queues(&config, &topology, &mut shutdown).await? {
