@@ -11,6 +11,7 @@ pub mod errors;
 pub mod management;
 pub mod messages;
 pub mod ops;
+pub mod routes;
 pub mod service;
 pub mod shutdown;
 #[cfg(feature = "postgres")]

@@ -23,6 +23,7 @@ use taskbot::messages::{
     Environment, JobRequest, JobState, JobStatus, Machine, Message, ProvisionedJob, TaskResult,
     VmRequest,
 };
+use taskbot::routes::Publishable;
 use taskbot::{Config, Shutdown, Topology};
 use vm::{BootSpec, Disk, VmError, VmSettings};
 
@@ -344,37 +345,18 @@ impl ProvisionerHandler {
 
     /// The provisioned job on its arch's run queue, with the job's priority.
     fn run_message(&self, provisioned: &ProvisionedJob) -> Outgoing {
-        let job = &provisioned.job;
-        Outgoing::new(
-            self.topology.run_exchange(),
-            &job.arch,
-            provisioned.to_json(),
-        )
-        .with_message_id(job.job_id.to_string())
-        .with_priority(job.priority)
+        provisioned.outgoing(&self.topology)
     }
 
     fn status(&self, status: &JobStatus) -> Outgoing {
-        Outgoing::new(
-            self.topology.results_exchange(),
-            status.routing_key(),
-            status.to_json(),
-        )
+        status.outgoing(&self.topology)
     }
 
     /// A CRASHED result and a `crashed` status: the job ends visibly.
     fn crashed(&self, job: &JobRequest, reason: &str) -> Vec<Outgoing> {
         let result = TaskResult::crashed(job, &self.instance, reason);
         let status = JobStatus::new(job, JobState::Crashed, &self.instance, Some(reason.into()));
-        vec![
-            Outgoing::new(
-                self.topology.results_exchange(),
-                result.routing_key(),
-                result.to_json(),
-            )
-            .with_message_id(result.result_id.to_string()),
-            self.status(&status),
-        ]
+        vec![result.outgoing(&self.topology), self.status(&status)]
     }
 }
 
