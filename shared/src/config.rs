@@ -438,7 +438,7 @@ pub struct ReporterConfig {
     /// "fedora-messaging"]`. Unset: `postgres`, plus `resultsdb` when `resultsdb_url` is set and
     /// `jsonl` when `jsonl_path` is set (fedora-messaging only when listed). Each sink has its own
     /// queue, declared only while it is enabled (see docs/results.md).
-    pub sinks: Option<Vec<crate::topology::Sink>>,
+    pub sinks: Option<Vec<Sink>>,
     /// ResultsDB base URL (e.g. `http://resultsdb:5001/api/v2.0`); results are also posted there
     /// when set.
     pub resultsdb_url: Option<String>,
@@ -473,33 +473,6 @@ pub struct ReporterConfig {
     pub ops_listen: String,
 }
 
-impl ReporterConfig {
-    /// The sinks this configuration feeds: `sinks` when set, else PostgreSQL, plus ResultsDB when
-    /// `resultsdb_url` is set and the JSON-lines file when `jsonl_path` is set. Every service
-    /// declares these sinks' queues (they all read the same configuration), so a result or status
-    /// published before the reporter first ran is kept, not returned as unroutable. The reporter
-    /// also checks that each listed sink has what it needs.
-    pub fn sinks_in_use(&self) -> Vec<crate::topology::Sink> {
-        use crate::topology::Sink;
-        let mut sinks = match &self.sinks {
-            Some(listed) => listed.clone(),
-            None => {
-                let mut sinks = vec![Sink::Postgres];
-                if self.resultsdb_url.is_some() {
-                    sinks.push(Sink::Resultsdb);
-                }
-                if self.jsonl_path.is_some() {
-                    sinks.push(Sink::Jsonl);
-                }
-                sinks
-            }
-        };
-        sinks.sort();
-        sinks.dedup();
-        sinks
-    }
-}
-
 impl Default for ReporterConfig {
     fn default() -> Self {
         ReporterConfig {
@@ -518,6 +491,47 @@ impl Default for ReporterConfig {
             fedora_messaging_schema: "taskbot.result.v1".into(),
             ops_listen: OPS_DEFAULT_REPORTER.into(),
         }
+    }
+}
+
+/// One of the reporter's result sinks (`reporter.sinks`). Each has its own queue(s) on the results
+/// exchange (named and declared by the topology), so a slow or broken store never holds back the
+/// others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sink {
+    /// Results and job histories in PostgreSQL (two queues: results and statuses).
+    Postgres,
+    /// Results posted to ResultsDB.
+    Resultsdb,
+    /// Results and statuses appended to a JSON-lines file.
+    Jsonl,
+    /// Results republished as fedora-messaging messages.
+    FedoraMessaging,
+}
+
+impl Sink {
+    pub const ALL: [Sink; 4] = [
+        Sink::Postgres,
+        Sink::Resultsdb,
+        Sink::Jsonl,
+        Sink::FedoraMessaging,
+    ];
+
+    /// The name used in configuration (`reporter.sinks`) and in queue names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sink::Postgres => "postgres",
+            Sink::Resultsdb => "resultsdb",
+            Sink::Jsonl => "jsonl",
+            Sink::FedoraMessaging => "fedora-messaging",
+        }
+    }
+}
+
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

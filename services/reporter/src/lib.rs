@@ -120,7 +120,7 @@ pub async fn prepare_database(
 /// `resultsdb_url` is set and the JSON-lines file when `jsonl_path` is set. Refuses a listed sink
 /// that lacks what it needs, so a typo fails the start instead of a queue filling up.
 pub fn enabled_sinks(config: &ReporterConfig) -> anyhow::Result<Vec<Sink>> {
-    let sinks = config.sinks_in_use();
+    let sinks = taskbot::topology::sinks_in_use(config);
     if sinks.contains(&Sink::Resultsdb) && config.resultsdb_url.is_none() {
         anyhow::bail!("reporter.sinks lists resultsdb but reporter.resultsdb_url is not set");
     }
@@ -260,7 +260,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let resultsdb_pool = db::connect_pool(&resultsdb_pg)?;
     let database = store::database_name(&config.postgres.url);
 
-    let topology = Topology::new(&config.amqp.namespace, &config.arches).with_sinks(&sinks);
+    let topology = Topology::for_config(&config);
     if !declare_queues(&config, &topology, &mut shutdown).await? {
         tracing::info!("shutdown requested before the sink queues were declared");
         return Ok(());

@@ -885,13 +885,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             "runner.allowed_repos is empty: every job will crash until it lists task repositories"
         );
     }
-    // The runner's own queue must exist even for an arch missing from `arches`.
-    let mut arches = config.arches.clone();
-    if !arches.contains(&arch) {
-        arches.push(arch.clone());
-    }
-    let topology =
-        Topology::new(&config.amqp.namespace, &arches).with_sinks(&config.reporter.sinks_in_use());
+    let topology = Topology::for_config(&config).with_arch(&arch);
     let consumer_cap = task_budget(
         settings.task_timeout_secs,
         settings.consumer_timeout_secs,
