@@ -7,6 +7,7 @@ pub mod config;
 #[cfg(feature = "download")]
 pub mod download;
 pub mod errors;
+pub mod identity;
 #[cfg(feature = "management")]
 pub mod management;
 pub mod messages;
@@ -21,6 +22,7 @@ pub mod topology;
 
 pub use config::Config;
 pub use errors::error_chain;
+pub use identity::Service;
 pub use messages::{
     Environment, Event, JobRequest, JobState, JobStatus, Machine, Message, Outcome, ProvisionedJob,
     TaskRef, TaskResult,

@@ -65,7 +65,7 @@ impl VmBackend {
                 accel: config.accel.clone(),
             },
             images: config.images.clone(),
-            arches: config.arches(),
+            arches: catalogue::arches(&config.images),
             allowed_urls: config.allowed_urls.clone(),
             download_max_bytes: config.download_max_bytes,
             // A stalled mirror fails the download (and the job, CRASHED) instead of holding the
@@ -419,7 +419,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         );
     }
     if let Some(vm) = &config.provisioner.vm {
-        vm.validate().map_err(anyhow::Error::msg)?;
+        catalogue::validate(&vm.images).map_err(anyhow::Error::msg)?;
     }
     let topology = Topology::for_config(&config);
     let vm = config

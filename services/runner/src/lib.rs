@@ -24,6 +24,7 @@ pub mod git;
 pub mod remote;
 pub mod report;
 pub mod results;
+pub mod settings;
 pub mod task;
 
 use std::io::Write as _;
@@ -860,7 +861,7 @@ impl Handler for RunnerHandler {
 /// Run until `shutdown`: consume the run queue of `runner.arch`. A task running at shutdown is
 /// killed and its job handed back to the queue.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let arch = config.runner_arch()?.to_string();
+    let arch = crate::settings::arch(&config)?.to_string();
     if arch.is_empty() || arch.contains(['.', '#', '*', ' ']) {
         anyhow::bail!("runner.arch: {arch:?} is not an arch name");
     }
