@@ -14,6 +14,7 @@ pub mod messages;
 pub mod ops;
 pub mod routes;
 pub mod service;
+pub mod setup;
 pub mod shutdown;
 #[cfg(feature = "postgres")]
 pub mod store;
