@@ -58,6 +58,14 @@ apt_install qemu-system-x86 qemu-utils busybox-static dropbear-bin openssh-clien
 # (seen on a fresh machine), and Debian's own qemu-utils is needed.
 apt_install qemu-utils
 
+# The runner's sandbox (services/runner/src/sandbox.rs): bubblewrap runs every task step in its own
+# namespaces as the unprivileged user taskbot-task, which owns nothing else on the host.
+apt_install bubblewrap
+if ! id -u taskbot-task >/dev/null 2>&1; then
+  log "creating the unprivileged user taskbot-task that tasks run as"
+  $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin taskbot-task
+fi
+
 # The ResultsDB Python client from PyPI: the api's tests read the api with it
 # (services/api/tests/resultsdb_client.rs). It brings `requests` and `simplejson`.
 if ! python3 -c 'import resultsdb_api' >/dev/null 2>&1; then

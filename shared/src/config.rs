@@ -351,6 +351,28 @@ pub struct RunnerConfig {
     /// Address of the runner's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
     /// free one, logged). Several runners on one host each need their own: `--ops-listen`.
     pub ops_listen: String,
+    /// How local task steps are confined: `"bwrap"` (bubblewrap: an unprivileged user in its own
+    /// namespaces, docs/security.md) or `"none"` (task code runs as the runner's user, with the
+    /// runner's files in reach; logged as a warning at every start). The runner refuses to start
+    /// when `"bwrap"` cannot work on the host.
+    pub sandbox: SandboxMode,
+    /// The unprivileged user (name, or `UID[:GID]`) sandboxed steps run as; never root.
+    pub sandbox_user: String,
+    /// Whether sandboxed steps may use the network (tasks download builds); `false` gives each
+    /// step a network namespace of its own with only a loopback device.
+    pub sandbox_network: bool,
+    /// Paths covered with an empty directory inside the sandbox: configuration and secrets under
+    /// the system directories a step sees (`/usr`, `/etc`). The directory of the config file is
+    /// hidden too when it is under one of them.
+    pub sandbox_hidden: Vec<PathBuf>,
+}
+
+/// See [`RunnerConfig::sandbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    Bwrap,
+    None,
 }
 
 impl Default for RunnerConfig {
@@ -368,6 +390,19 @@ impl Default for RunnerConfig {
             download_attempts: 4,
             consumer_timeout_secs: 1800,
             ops_listen: OPS_DEFAULT_RUNNER.into(),
+            sandbox: SandboxMode::Bwrap,
+            sandbox_user: "taskbot-task".into(),
+            sandbox_network: true,
+            sandbox_hidden: [
+                "/etc/taskbot",
+                "/etc/rabbitmq",
+                "/etc/postgresql",
+                "/etc/postgresql-common",
+                "/etc/ssh",
+                "/etc/ssl/private",
+            ]
+            .map(PathBuf::from)
+            .to_vec(),
         }
     }
 }

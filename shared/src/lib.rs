@@ -3,6 +3,7 @@
 //! crate only for these concerns, so there is one place to change each.
 
 pub mod amqp;
+pub mod artifacts;
 pub mod config;
 #[cfg(feature = "download")]
 pub mod download;

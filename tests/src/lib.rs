@@ -203,6 +203,12 @@ impl Deployment {
     /// rules' relative repositories resolve there.
     pub async fn new(rules: &str, tasks: &[(&str, &Path)], zmq_port: u16) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
+        // The runner's sandbox user must reach the work and artifacts directories below.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let tasks_dir = dir.path().join("tasks");
         for (name, content) in tasks {
             make_task_repo(content, &tasks_dir.join(name));

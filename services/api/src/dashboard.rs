@@ -13,6 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use taskbot::artifacts::TASK_LOG;
 use taskbot::management::Status;
 use uuid::Uuid;
 
@@ -233,7 +234,7 @@ pub fn render_job(
             let shown = &lines[lines.len().saturating_sub(LOG_LINES)..];
             let _ = write!(
                 b,
-                "<p>Last {} of {} lines; whole log: <a href=\"/api/v1/jobs/{id}/artifacts/task.log\">task.log</a></p>\
+                "<p>Last {} of {} lines; whole log: <a href=\"/api/v1/jobs/{id}/artifacts/{TASK_LOG}\">{TASK_LOG}</a></p>\
                  <pre id=\"log\">{}</pre>",
                 shown.len(),
                 lines.len(),
@@ -333,8 +334,7 @@ pub async fn job(
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    let log =
-        std::fs::read_to_string(state.artifacts_dir.join(id.to_string()).join("task.log")).ok();
+    let log = std::fs::read_to_string(state.artifacts_dir.join(id.to_string()).join(TASK_LOG)).ok();
     Ok(html(render_job(&job, &history, &results, log.as_deref())))
 }
 

@@ -7,6 +7,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use taskbot::artifacts::TASK_LOG;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -57,7 +58,7 @@ fn logs_json(state: &AppState, base: &str, job_id: Uuid) -> Value {
     let artifacts = format!("{base}/api/v1/jobs/{job_id}/artifacts/");
     json!({
         "artifacts": artifacts,
-        "task_log": format!("{artifacts}task.log"),
+        "task_log": format!("{artifacts}{TASK_LOG}"),
         "published": state.artifacts_url.as_ref().map(|u| format!("{u}/{job_id}/")),
     })
 }

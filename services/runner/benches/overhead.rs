@@ -48,6 +48,12 @@ fn main() {
 
 async fn bench() {
     let dirs = tempfile::tempdir().expect("a temporary directory");
+    // The runner's sandbox user must reach the work and artifacts directories below.
+    std::fs::set_permissions(
+        dirs.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("a reachable temporary directory");
     let repo = dirs.path().join("repos/example");
     make_repo(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tasks/example"),

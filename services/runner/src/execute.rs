@@ -1,5 +1,6 @@
 //! Running one step of a task: `sh -c "<command>"` in the clone, in a process group of its own,
-//! with its output in the step's log and a time limit.
+//! with its output in the step's log and a time limit; on this host always inside the job's
+//! sandbox ([`crate::sandbox`]) unless the operator turned it off.
 //!
 //! The process group matters: a task's shell starts children (test suites, `sleep`, daemons), and
 //! killing only the shell would leave them running on the runner's host after the job is over. So
@@ -8,13 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use taskbot::Shutdown;
+
+use crate::sandbox::{Sandbox, Step};
+use tokio::io::AsyncWriteExt as _;
 
 /// Everything needed to start one step of a task.
 #[derive(Debug, Clone)]
@@ -28,6 +31,19 @@ pub struct TaskCommand {
     /// Where stdout and stderr go, together (the step's own log).
     pub log_path: PathBuf,
     pub timeout: Duration,
+    /// Where the step runs: in the sandbox on this host (local jobs), or as it is (a VM job's
+    /// `ssh` command, which needs the runner's key; the VM is that job's sandbox).
+    pub confinement: Option<Confinement>,
+}
+
+/// A sandboxed step's sandbox and the directories it may write.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    pub sandbox: std::sync::Arc<Sandbox>,
+    /// The clone and the job's artifacts directory; made the sandbox user's before the step.
+    pub writable: Vec<PathBuf>,
+    /// The runner's own files inside those (the job log, the step logs): read-only to the step.
+    pub protected: Vec<PathBuf>,
 }
 
 /// How a task process ended by itself.
@@ -106,7 +122,7 @@ fn env_key(key: &str) -> String {
 
 /// Run the task to its end, its time limit, or shutdown.
 pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
-    let log = match open_log(task) {
+    let log = match open_log(task).await {
         Ok(log) => log,
         Err(e) => {
             return RunEnd::FailedToStart(format!(
@@ -121,24 +137,19 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
             return RunEnd::FailedToStart(format!("cannot share the log with the task: {e}"))
         }
     };
-    let mut command = tokio::process::Command::new("sh");
+    let mut command = match &task.confinement {
+        Some(confinement) => match confined_command(task, confinement).await {
+            Ok(command) => command,
+            Err(e) => return RunEnd::FailedToStart(e),
+        },
+        None => unconfined_command(task),
+    };
     command
-        .arg("-c")
-        .arg(&task.script)
-        .current_dir(&task.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
         .process_group(0)
         .kill_on_drop(true);
-    // The runner's own TASKBOT_* settings may hold secrets (the broker URL with its password);
-    // task code is not the operator's code and must not see them.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TASKBOT_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(task.env.iter().map(|(k, v)| (k, v)));
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => return RunEnd::FailedToStart(format!("cannot start sh: {e}")),
@@ -147,7 +158,10 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
     let pgid = child.id();
     let end = tokio::select! {
         status = child.wait() => match status {
-            Ok(status) => RunEnd::Exited(exit_of(status)),
+            Ok(status) => RunEnd::Exited(match task.confinement {
+                Some(_) => exit_through_bwrap(exit_of(status)),
+                None => exit_of(status),
+            }),
             Err(e) => RunEnd::FailedToStart(format!("cannot wait for the task: {e}")),
         },
         _ = tokio::time::sleep(task.timeout) => RunEnd::TimedOut(task.timeout),
@@ -163,10 +177,48 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
     end
 }
 
-fn open_log(task: &TaskCommand) -> std::io::Result<File> {
-    let mut log = File::create(&task.log_path)?;
-    writeln!(log, "$ sh -c {:?}", task.script)?;
-    Ok(log)
+/// `sh -c` in the sandbox, once the step's writable directories belong to the sandbox user.
+async fn confined_command(
+    task: &TaskCommand,
+    confinement: &Confinement,
+) -> Result<tokio::process::Command, String> {
+    let (writable, sandbox) = (confinement.writable.clone(), confinement.sandbox.clone());
+    tokio::task::spawn_blocking(move || sandbox.give(&writable))
+        .await
+        .map_err(|e| e.to_string())??;
+    let step = Step {
+        script: &task.script,
+        cwd: &task.cwd,
+        writable: &confinement.writable,
+        protected: &confinement.protected,
+        env: &task.env,
+    };
+    Ok(confinement.sandbox.command(&step))
+}
+
+/// `sh -c` on the runner's host as the runner's user: only with `runner.sandbox = "none"` (or
+/// for a VM job's `ssh`). The runner's own TASKBOT_* settings may hold secrets (the broker URL
+/// with its password), so at least those are taken out of the environment.
+fn unconfined_command(task: &TaskCommand) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("sh");
+    command.arg("-c").arg(&task.script).current_dir(&task.cwd);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TASKBOT_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(task.env.iter().map(|(k, v)| (k, v)));
+    command
+}
+
+/// The step's log, opened with `tokio::fs` (not on the runtime's threads) and handed over as a
+/// plain file: the task's stdout and stderr are written straight into it.
+async fn open_log(task: &TaskCommand) -> std::io::Result<File> {
+    let mut log = tokio::fs::File::create(&task.log_path).await?;
+    log.write_all(format!("$ sh -c {:?}\n", task.script).as_bytes())
+        .await?;
+    log.flush().await?;
+    Ok(log.into_std().await)
 }
 
 fn exit_of(status: std::process::ExitStatus) -> TaskExit {
@@ -175,6 +227,16 @@ fn exit_of(status: std::process::ExitStatus) -> TaskExit {
         (None, Some(signal)) => TaskExit::Signal(signal),
         // Neither happens on Unix; report something a person can recognise as odd.
         (None, None) => TaskExit::Code(-1),
+    }
+}
+
+/// How the step's shell ended, from how bwrap ended: bwrap (the pid namespace's init) exits
+/// with 128 + N when the shell was killed by signal N, the shells' own convention. A step that
+/// itself `exit`s with such a code is read as killed by that signal.
+fn exit_through_bwrap(exit: TaskExit) -> TaskExit {
+    match exit {
+        TaskExit::Code(code) if (129..=128 + 64).contains(&code) => TaskExit::Signal(code - 128),
+        other => other,
     }
 }
 
@@ -192,29 +254,9 @@ fn kill_group(pgid: u32) {
     }
 }
 
-/// The last `lines` lines of a log (from at most its last 64 KiB), for CRASHED notes.
-pub fn log_tail(path: &Path, lines: usize) -> Option<String> {
-    const WINDOW: u64 = 64 * 1024;
-    let mut file = File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    let start = len.saturating_sub(WINDOW);
-    file.seek(SeekFrom::Start(start)).ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
-    Some(last_lines(&String::from_utf8_lossy(&bytes), lines))
-}
-
-/// The last `n` lines of `text`, without a trailing newline.
-pub fn last_lines(text: &str, n: usize) -> String {
-    let trimmed = text.trim_end_matches('\n');
-    let lines: Vec<&str> = trimmed.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
     use taskbot::messages::{JobRequest, TaskRef};
 
     fn never() -> Shutdown {
@@ -228,6 +270,7 @@ mod tests {
             env: vec![("TASKBOT_ITEM".into(), "xchat-1-1".into())],
             log_path: dir.join("task.log"),
             timeout,
+            confinement: None,
         }
     }
 
@@ -348,19 +391,8 @@ mod tests {
         args.insert("koji-tag".to_string(), "f40".to_string());
         let job = JobRequest {
             job_id: uuid::Uuid::nil(),
-            event_id: "e".into(),
-            event_topic: "t".into(),
-            rule: "r".into(),
-            task,
-            item: "xchat-1-1".into(),
-            item_type: "koji_build".into(),
-            arch: "x86_64".into(),
             args,
-            priority: 0,
-            environment: Default::default(),
-            destructive: false,
-            vm: None,
-            created_at: Utc::now(),
+            ..taskbot::testing::job_request(task, "xchat-1-1", "x86_64")
         };
         let env: BTreeMap<String, String> = task_env(
             &job,
@@ -395,22 +427,5 @@ mod tests {
             "TASKBOT_ARTIFACTS_URL".into(),
             "https://taskbot.example/artifacts/j/".into()
         )));
-    }
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(last_lines("a\n", 5), "a");
-        assert_eq!(last_lines("", 5), "");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let text: String = (1..=100).map(|i| format!("line {i}\n")).collect();
-        std::fs::write(&path, text).unwrap();
-        let tail = log_tail(&path, 20).unwrap();
-        assert!(
-            tail.starts_with("line 81\n") && tail.ends_with("line 100"),
-            "{tail}"
-        );
-        assert_eq!(log_tail(&dir.path().join("none"), 20), None);
     }
 }

@@ -13,26 +13,17 @@ use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use git2::{build::CheckoutBuilder, ErrorCode, FetchOptions, FetchPrune, Oid, Repository};
+use git2::{
+    build::CheckoutBuilder, ErrorCode, FetchOptions, FetchPrune, Oid, RemoteRedirect, Repository,
+};
 use sha2::{Digest, Sha256};
 
-/// Whether `url` starts with one of the allowed prefixes. A task's code runs on the runner's
-/// host, so only repositories the operator listed may be cloned; an empty list allows nothing.
-///
-/// The prefix must match up to a path boundary (`file:///srv/tasks` allows
-/// `file:///srv/tasks/example` but not `file:///srv/tasks-evil`), and URLs with `..` segments are
-/// refused outright because they could climb out of an allowed directory.
+/// Whether `url` is inside one of the allowed prefixes. A task's code runs on the runner's host,
+/// so only repositories the operator listed may be cloned; an empty list allows nothing. Both are
+/// compared in normal form ([`crate::repo_url`]): percent-encoding, dot segments, case and
+/// slashes cannot move a URL out of its prefix, and what has no single meaning is refused.
 pub fn repo_allowed(url: &str, allowed: &[String]) -> bool {
-    if url.split('/').any(|segment| segment == "..") {
-        return false;
-    }
-    allowed.iter().any(|prefix| {
-        !prefix.is_empty()
-            && url.starts_with(prefix.as_str())
-            && (prefix.ends_with('/')
-                || url.len() == prefix.len()
-                || url[prefix.len()..].starts_with('/'))
-    })
+    crate::repo_url::allowed(url, allowed)
 }
 
 /// Why a task could not be fetched; the text goes into a CRASHED result's note.
@@ -110,6 +101,9 @@ pub fn clone_through_mirror(
             mirror_root.display()
         ))
     })?;
+    // The URL as it was checked against `runner.allowed_repos`, never the raw text: libgit2
+    // decodes what the check would otherwise not have seen.
+    let url = &crate::repo_url::normalize(url).map_err(repository_error)?;
     let mirror = mirror_path(mirror_root, url);
     let _lock = lock_mirror(&mirror).map_err(|e| {
         repository_error(format!("cannot lock the mirror {}: {e}", mirror.display()))
@@ -151,6 +145,10 @@ fn fetch_all(repo: &Repository, url: &str) -> Result<usize, git2::Error> {
     let mut remote = repo.remote_anonymous(url)?;
     let mut options = FetchOptions::new();
     options.prune(FetchPrune::On);
+    // An allowed server that answers with a redirect could send the fetch to another host;
+    // libgit2 refuses such off-site redirects here. (Redirects within the same host are still
+    // followed: libgit2 offers no hook to check their target against runner.allowed_repos.)
+    options.follow_redirects(RemoteRedirect::None);
     remote.fetch(
         &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
         Some(&mut options),
@@ -256,6 +254,87 @@ mod tests {
         assert!(!repo_allowed("file:///srv/tasks-evil/x", &list));
         assert!(!repo_allowed("https://pagure.io/other/x", &list));
         assert!(!repo_allowed("file:///srv/tasks/../secret", &list));
+    }
+
+    /// An HTTP server that answers every request with a redirect to `location`, and one that
+    /// counts the connections it gets.
+    fn redirecting_server(
+        location: impl Fn(u16) -> String + Send + 'static,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Another host (libgit2 judges "off-site" by host): still loopback.
+        let target = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let target_port = target.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in target.incoming().flatten() {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/tasks/quick",
+            redirector.local_addr().unwrap().port()
+        );
+        let to = location(target_port);
+        std::thread::spawn(move || {
+            for mut stream in redirector.incoming().flatten() {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (url, hits)
+    }
+
+    #[test]
+    fn redirects_are_not_followed() {
+        let (url, hits) = redirecting_server(|port| {
+            format!("http://127.0.0.2:{port}/elsewhere/info/refs?service=git-upload-pack")
+        });
+        let mirrors = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let err = clone_through_mirror(&url, "main", mirrors.path(), dest.path()).unwrap_err();
+        assert!(err.to_string().contains(&url), "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
+    }
+
+    #[test]
+    fn the_url_cloned_is_the_url_checked() {
+        // A repository at <root>/outside, and an allowed prefix <root>/tasks/: the encoded dot
+        // segments are refused by the check, and the clone itself never decodes them.
+        let root = tempfile::tempdir().unwrap();
+        let outside = root.path().join("outside");
+        let repo = Repository::init(&outside).unwrap();
+        commit_file(&repo, "taskbot.yaml", "name: outside\n", "init");
+        std::fs::create_dir(root.path().join("tasks")).unwrap();
+        let allowed = vec![format!("file://{}/tasks/", root.path().display())];
+        let sneaky = format!("file://{}/tasks/%2e%2e/outside", root.path().display());
+        assert!(!repo_allowed(&sneaky, &allowed));
+        let mirrors = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        // Normalised, the URL is <root>/outside itself, so cloning it is what was asked; what
+        // matters is that the allowlist said no above. A double encoding is refused outright.
+        let double = format!("file://{}/tasks/%252e%252e/outside", root.path().display());
+        let err = clone_through_mirror(&double, "master", mirrors.path(), dest.path()).unwrap_err();
+        assert!(err.to_string().contains("percent-encoding"), "{err}");
     }
 
     fn commit_file(repo: &Repository, name: &str, content: &str, message: &str) -> Oid {

@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
         .collect();
     overrides.extend(cli.ops.override_for(Service::Runner));
     let config = Config::load(&overrides).and_then(|config| {
-        taskbot_runner::settings::arch(&config)?;
+        taskbot_runner::configured_arch(&config)?;
         Ok(config)
     });
     service::main(Service::Runner, config, taskbot_runner::run).await

@@ -125,14 +125,32 @@ impl Remote {
     /// Copy the task's working directory back over the clone, and its artifacts into
     /// `artifacts` (never over a file already there: the runner's own logs). Regular files only.
     pub async fn pull(&self, clone: &Path, artifacts: &Path) -> Result<usize, String> {
-        let staging = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let staging = tokio::task::spawn_blocking(tempfile::tempdir)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let pulled = self.pull_through(staging.path(), clone, artifacts).await;
+        // Removing the staged copies is a whole tree too.
+        let _ = tokio::task::spawn_blocking(move || drop(staging)).await;
+        pulled
+    }
+
+    /// [`Remote::pull`], the files staged under `staging` first.
+    async fn pull_through(
+        &self,
+        staging: &Path,
+        clone: &Path,
+        artifacts: &Path,
+    ) -> Result<usize, String> {
         let mut copied = 0;
         for (remote_dir, name, dest, overwrite) in [
             (REMOTE_WORKDIR, "job", clone, true),
             (REMOTE_ARTIFACTS, "artifacts", artifacts, false),
         ] {
-            let local = staging.path().join(name);
-            std::fs::create_dir_all(&local).map_err(|e| e.to_string())?;
+            let local = staging.join(name);
+            tokio::fs::create_dir_all(&local)
+                .await
+                .map_err(|e| e.to_string())?;
             let command = format!(
                 "{} {} | tar -C {} --no-same-owner --no-same-permissions -xf -",
                 self.ssh(),
@@ -142,7 +160,13 @@ impl Remote {
             sh(&command)
                 .await
                 .map_err(|e| format!("cannot copy {remote_dir} back from the VM: {e}"))?;
-            copied += copy_regular_files(&local, dest, overwrite).map_err(|e| e.to_string())?;
+            // A whole tree of files: not on the runtime's threads.
+            let dest = dest.to_path_buf();
+            copied +=
+                tokio::task::spawn_blocking(move || copy_regular_files(&local, &dest, overwrite))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
         }
         Ok(copied)
     }

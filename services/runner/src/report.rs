@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::Utc;
 use taskbot::amqp::{Disposition, Outgoing};
+use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{Event, JobRequest, JobState, JobStatus, Outcome, TaskResult};
 use taskbot::routes::Publishable;
 use taskbot::Topology;
@@ -129,7 +130,7 @@ impl ResultFactory {
     /// The job could not run to the end. `log_tail` is the end of the task's log, if it has one.
     pub fn crashed(&self, reason: &str, log_tail: Option<&str>) -> Verdict {
         let note = match log_tail.filter(|t| !t.trim().is_empty()) {
-            Some(tail) => format!("{reason}\n--- end of task.log ---\n{tail}"),
+            Some(tail) => format!("{reason}\n--- end of {TASK_LOG} ---\n{tail}"),
             None => reason.to_string(),
         };
         Verdict {

@@ -1,0 +1,184 @@
+//! One job's life, from its delivery to its [`Disposition`], each phase announced as a job status:
+//! `cloning` → [`prepare`](crate::prepare) → `running` → [`steps`](crate::steps) →
+//! [`finish`](crate::finish) → `reporting` → results and the final status, which the consume loop
+//! publishes (with confirms) before it acks the delivery.
+
+use std::path::Path;
+
+use taskbot::amqp::{DeliveryContext, Disposition};
+use taskbot::artifacts::TASK_LOG;
+use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, ProvisionedJob};
+
+use crate::finish;
+use crate::prepare::Prepared;
+use crate::report::{self, ResultFactory, Verdict};
+use crate::steps::{Ended, StepRunner, TimeLimit};
+use crate::RunnerHandler;
+
+/// Why a job was abandoned without a verdict: it goes back to the queue.
+pub(crate) struct HandBack(pub String);
+
+impl HandBack {
+    /// The runner is stopping: another runner (or this one, restarted) runs the job again.
+    pub fn shutdown() -> HandBack {
+        HandBack("the runner is shutting down; the job goes back to the queue".into())
+    }
+}
+
+impl RunnerHandler {
+    /// Run the job; what the consume loop should do with its delivery.
+    pub(crate) async fn run_job(
+        &self,
+        provisioned: &ProvisionedJob,
+        ctx: &dyn DeliveryContext,
+    ) -> Disposition {
+        let job = &provisioned.job;
+        let verdict = match self.verdict_of(provisioned, ctx).await {
+            Ok(verdict) => verdict,
+            Err(HandBack(reason)) => return Disposition::Retry(reason),
+        };
+        match verdict.state {
+            JobState::Crashed => {
+                tracing::warn!(job_id = %job.job_id, reason = %verdict.detail, "job crashed")
+            }
+            _ => tracing::info!(job_id = %job.job_id, summary = %verdict.detail, "job done"),
+        }
+        report::disposition(&self.topology, job, &verdict, &self.instance)
+    }
+
+    /// From `cloning` to `reporting`: whatever goes wrong with the task itself is a verdict.
+    async fn verdict_of(
+        &self,
+        provisioned: &ProvisionedJob,
+        ctx: &dyn DeliveryContext,
+    ) -> Result<Verdict, HandBack> {
+        let job = &provisioned.job;
+        let mut factory =
+            ResultFactory::new(job, &self.instance, self.artifacts_location(job.job_id));
+        let detail = format!("{} at {}", job.task.repo, job.task.git_ref);
+        self.publish_status(ctx, job, JobState::Cloning, Some(detail))
+            .await?;
+        let verdict = match self.refusal(provisioned) {
+            Some(reason) => factory.crashed(&reason, None),
+            None => {
+                self.fetch_and_run(job, &provisioned.machine, &mut factory, ctx)
+                    .await?
+            }
+        };
+        self.publish_status(ctx, job, JobState::Reporting, None)
+            .await?;
+        Ok(verdict)
+    }
+
+    /// Clone into a fresh directory, run, and remove the clone whatever happened (artifacts
+    /// stay).
+    async fn fetch_and_run(
+        &self,
+        job: &JobRequest,
+        machine: &Machine,
+        factory: &mut ResultFactory,
+        ctx: &dyn DeliveryContext,
+    ) -> Result<Verdict, HandBack> {
+        let work_dir = self.settings.work_dir.clone();
+        let prefix = format!("{}-", job.job_id);
+        let clone_dir = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&work_dir)?;
+            tempfile::Builder::new()
+                .prefix(&prefix)
+                .tempdir_in(&work_dir)
+        })
+        .await;
+        let clone_dir = match clone_dir {
+            Ok(Ok(dir)) => dir,
+            Ok(Err(e)) => {
+                let reason = format!(
+                    "cannot create a working directory in {}: {e}",
+                    self.settings.work_dir.display()
+                );
+                return Ok(factory.crashed(&reason, None));
+            }
+            Err(e) => return Ok(factory.crashed(&format!("runner failure: {e}"), None)),
+        };
+        let outcome = self
+            .run_in(job, machine, clone_dir.path(), factory, ctx)
+            .await;
+        let path = clone_dir.path().to_path_buf();
+        let removed = match tokio::task::spawn_blocking(move || clone_dir.close()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = removed {
+            // The job's verdict stands; a clone left behind only costs disk space.
+            tracing::warn!(job_id = %job.job_id, path = %path.display(), %error, "cannot remove the clone");
+        }
+        outcome
+    }
+
+    /// Prepare, announce `running`, run the steps, and conclude, in `clone_dir`.
+    async fn run_in(
+        &self,
+        job: &JobRequest,
+        machine: &Machine,
+        clone_dir: &Path,
+        factory: &mut ResultFactory,
+        ctx: &dyn DeliveryContext,
+    ) -> Result<Verdict, HandBack> {
+        let prepared = match self
+            .prepare(job, machine, clone_dir, factory, ctx.received_at())
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(crashed) => return Ok(crashed),
+        };
+        let mut steps =
+            StepRunner::new(self, job, &prepared, clone_dir, &factory.artifacts_location);
+        match self
+            .run_steps(job, &prepared, &mut steps, factory, ctx)
+            .await
+        {
+            Ok(ended) => finish::conclude(job, prepared, &steps, ended, clone_dir, factory).await,
+            Err(hand_back) => {
+                prepared.log.close().await;
+                Err(hand_back)
+            }
+        }
+    }
+
+    /// Announce `running` and run the task's steps within its time limit.
+    async fn run_steps(
+        &self,
+        job: &JobRequest,
+        prepared: &Prepared,
+        steps: &mut StepRunner,
+        factory: &mut ResultFactory,
+        ctx: &dyn DeliveryContext,
+    ) -> Result<Ended, HandBack> {
+        let (commit, budget) = (&prepared.fetched.commit, prepared.budget);
+        let detail = format!("commit {commit}, time limit {}s", budget.limit.as_secs());
+        self.publish_status(ctx, job, JobState::Running, Some(detail))
+            .await?;
+        factory.log_url = Some(format!("{}/{TASK_LOG}", factory.artifacts_location));
+        tracing::info!(job_id = %job.job_id, task = %prepared.task.name, commit = %commit, item = %job.item, arch = %job.arch, "task started");
+
+        let limit = TimeLimit::starting_now(
+            budget,
+            ctx.received_at(),
+            self.settings.consumer_timeout_secs,
+        );
+        steps.run_task(&prepared.task, &prepared.log, &limit).await
+    }
+
+    /// Publish the job's status now, confirmed; a broker that refuses hands the job back.
+    async fn publish_status(
+        &self,
+        ctx: &dyn DeliveryContext,
+        job: &JobRequest,
+        state: JobState,
+        detail: Option<String>,
+    ) -> Result<(), HandBack> {
+        let status = JobStatus::new(job, state, &self.instance, detail);
+        ctx.publish(&report::status_message(&self.topology, &status))
+            .await
+            .map_err(|e| HandBack(format!("cannot publish the {state} status: {e}")))
+    }
+}

@@ -1,0 +1,188 @@
+//! Starting the runner: its settings checked and made absolute, its directories made, its metrics
+//! registered, then the run queue of its arch consumed until shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use taskbot::amqp::{self, ConsumerSpec};
+use taskbot::config::{ConfigError, RunnerConfig, SandboxMode};
+use taskbot::{Config, Shutdown, Topology};
+
+use crate::budget::task_budget;
+use crate::sandbox::{self, Sandbox};
+use crate::{slots_busy, RunnerHandler, SLOTS_METRIC};
+
+/// Run until `shutdown`: consume the run queue of `runner.arch`. A task running at shutdown is
+/// killed and its job handed back to the queue.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let arch = configured_arch(&config)?.to_string();
+    if arch.is_empty() || arch.contains(['.', '#', '*', ' ']) {
+        anyhow::bail!("runner.arch: {arch:?} is not an arch name");
+    }
+    let settings = settings(&config.runner).await?;
+    let topology = Topology::for_config(&config).with_arch(&arch);
+    let handler = Arc::new(RunnerHandler {
+        topology: topology.clone(),
+        arch: arch.clone(),
+        instance: taskbot::instance_name(&format!("runner/{arch}")),
+        settings: settings.clone(),
+        shutdown: shutdown.clone(),
+        http: http_client()?,
+        sandbox: sandbox(&settings).await?.map(Arc::new),
+    });
+    let spec = ConsumerSpec {
+        queue: topology.run_queue(&arch),
+        name: format!("taskbot-runner-{arch}"),
+        concurrency: settings.concurrency,
+        retry_delay: Duration::from_secs(2),
+    };
+    tracing::info!(arch = %arch, queue = %spec.queue, concurrency = settings.concurrency, "runner starting");
+    register_slots(&arch, settings.concurrency);
+    // Prefetch = concurrency: a job waiting in the client's buffer behind running ones would be
+    // unacked all that time, and RabbitMQ's consumer timeout counts from delivery.
+    let mut amqp_config = config.amqp.clone();
+    amqp_config.prefetch = u16::try_from(settings.concurrency.max(1)).unwrap_or(u16::MAX);
+    amqp::consume(&amqp_config, &topology, spec, handler, shutdown).await;
+    Ok(())
+}
+
+/// `runner.*` with its directories made absolute (tasks get them in their environment and run in
+/// another directory) and created, and warnings about settings that will hurt.
+/// The arch whose run queue this runner consumes (`runner.arch`, `--arch`): checked here, not in
+/// the shared configuration, since no other service needs it. Unset is a bad configuration (exit
+/// status 2, `main` checks it before starting), as a bad value the loader finds is.
+pub fn configured_arch(config: &Config) -> Result<&str, ConfigError> {
+    config.runner.arch.as_deref().ok_or_else(|| {
+        ConfigError::new("runner.arch: not set (use --arch or TASKBOT_RUNNER__ARCH)")
+    })
+}
+
+async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
+    let mut settings = runner.clone();
+    for (key, dir) in [
+        ("runner.work_dir", &mut settings.work_dir),
+        ("runner.artifacts_dir", &mut settings.artifacts_dir),
+        ("runner.mirror_dir", &mut settings.mirror_dir),
+    ] {
+        *dir = std::path::absolute(&*dir).with_context(|| format!("{key}: {}", dir.display()))?;
+    }
+    // Fail at start, not on the first job, when the directories cannot be made.
+    for (key, dir) in [
+        ("runner.work_dir", &settings.work_dir),
+        ("runner.artifacts_dir", &settings.artifacts_dir),
+        ("runner.mirror_dir", &settings.mirror_dir),
+    ] {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("{key}: cannot create {}", dir.display()))?;
+    }
+    if settings.allowed_repos.is_empty() {
+        tracing::warn!(
+            "runner.allowed_repos is empty: every job will crash until it lists task repositories"
+        );
+    }
+    let consumer_cap = task_budget(
+        settings.task_timeout_secs,
+        settings.consumer_timeout_secs,
+        Duration::ZERO,
+    );
+    if consumer_cap.capped {
+        tracing::warn!(
+            task_timeout_secs = settings.task_timeout_secs,
+            consumer_timeout_secs = settings.consumer_timeout_secs,
+            effective_secs = consumer_cap.limit.as_secs(),
+            "tasks are cut short below the broker's consumer timeout; raise consumer_timeout in rabbitmq.conf and runner.consumer_timeout_secs to let them run longer"
+        );
+    }
+    Ok(settings)
+}
+
+/// The sandbox local steps run in, checked on this host before any job is taken; `None` (with a
+/// warning, at every start) only when the operator set `runner.sandbox = "none"`.
+async fn sandbox(settings: &RunnerConfig) -> anyhow::Result<Option<Sandbox>> {
+    if settings.sandbox == SandboxMode::None {
+        tracing::warn!(
+            "runner.sandbox = \"none\": task code runs unconfined as the runner's user and can read what it can read (config, keys, other jobs)"
+        );
+        return Ok(None);
+    }
+    let (uid, gid) = sandbox::resolve_user(&settings.sandbox_user).map_err(anyhow::Error::msg)?;
+    let mut hidden = settings.sandbox_hidden.clone();
+    if let Some(dir) = config_dir() {
+        hidden.push(dir);
+    }
+    let sandbox = Sandbox {
+        uid,
+        gid,
+        network: settings.sandbox_network,
+        hidden,
+        program: PathBuf::from("bwrap"),
+    };
+    let dirs = [settings.work_dir.clone(), settings.artifacts_dir.clone()];
+    let probed = sandbox.clone();
+    tokio::task::spawn_blocking(move || probed.probe(&dirs))
+        .await?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "runner.sandbox = \"bwrap\" cannot work here: {e}. Install bubblewrap, create the user (scripts/ensure-services.sh does both), make runner.work_dir and runner.artifacts_dir reachable by it, or set runner.sandbox = \"none\" to run tasks unconfined"
+            )
+        })?;
+    tracing::info!(
+        uid,
+        gid,
+        network = settings.sandbox_network,
+        "task steps run sandboxed (bubblewrap)"
+    );
+    Ok(Some(sandbox))
+}
+
+/// The directory of the config file (`TASKBOT_CONFIG`), to hide from tasks wherever it is.
+fn config_dir() -> Option<PathBuf> {
+    let file = std::env::var_os(taskbot::config::CONFIG_ENV)?;
+    std::path::absolute(PathBuf::from(file))
+        .ok()?
+        .parent()
+        .map(PathBuf::from)
+}
+
+/// For tasks' `downloads`.
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .user_agent(concat!("taskbot-runner/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot set up the HTTP client for downloads")
+}
+
+/// The slot gauges, exposed from the start (busy as 0 before the first job).
+fn register_slots(arch: &str, concurrency: usize) {
+    taskbot::ops::global()
+        .registry
+        .gauge(
+            SLOTS_METRIC,
+            "Task slots of the runner (runner.concurrency).",
+            &["arch"],
+        )
+        .with(&[arch])
+        .set(i64::try_from(concurrency.max(1)).unwrap_or(i64::MAX));
+    slots_busy(arch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arch_is_required() {
+        let mut config = Config::default();
+        let err = configured_arch(&config).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid configuration:\nrunner.arch: not set (use --arch or TASKBOT_RUNNER__ARCH)"
+        );
+        config.runner.arch = Some("aarch64".into());
+        assert_eq!(configured_arch(&config).unwrap(), "aarch64");
+    }
+}

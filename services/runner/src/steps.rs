@@ -1,0 +1,443 @@
+//! Running a prepared task: its downloads, then its `prepare` and `run` steps within the task's
+//! time limit, then its `cleanup` steps whatever happened. Each step runs in its own process group
+//! ([`execute`]), here or in the job's VM, with its output in its own log
+//! (`steps/NN-name.log`), appended to the job's log when it ends.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use taskbot::artifacts::{step_log_name, EVENTS_FILE, STEPS_DIR, TASK_LOG};
+use taskbot::download::{self, DownloadSpec, RetryPolicy};
+use taskbot::messages::JobRequest;
+use taskbot::Shutdown;
+
+use crate::budget::{cleanup_deadline, Budget};
+use crate::execute::{self, Confinement, RunEnd, TaskCommand, TaskExit};
+use crate::job::HandBack;
+use crate::log::JobLog;
+use crate::prepare::Prepared;
+use crate::remote::{self, Remote};
+use crate::task::{self, Escape, NamedStep, Phase, TaskFile, TemplateVars};
+use crate::{artifacts, report, RunnerHandler};
+
+/// Default limit of each cleanup step, in seconds.
+pub const CLEANUP_TIMEOUT_SECS: u64 = 60;
+
+/// How the task's phases ended, before results are read.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The run steps ran; the last one's end (the first that failed, or the last that passed).
+    Ran {
+        end: RunEnd,
+        step_log: Option<String>,
+    },
+    /// A download or prepare step failed: the check itself never ran.
+    Crashed {
+        reason: String,
+        step_log: Option<String>,
+    },
+    /// Time ran out.
+    Aborted {
+        note: String,
+        step_log: Option<String>,
+    },
+    /// The runner is shutting down.
+    Interrupted,
+}
+
+/// The job's time: when its task must end, and how long its cleanup may take after that.
+pub(crate) struct TimeLimit {
+    pub budget: Budget,
+    /// When the task's downloads, prepare and run steps must have ended.
+    pub deadline: Instant,
+    /// When the delivery arrived (the broker's consumer timeout counts from then).
+    pub received_at: Instant,
+    pub consumer_timeout_secs: u64,
+}
+
+impl TimeLimit {
+    /// The task's time, counted from now.
+    pub fn starting_now(budget: Budget, received_at: Instant, consumer_timeout_secs: u64) -> Self {
+        TimeLimit {
+            budget,
+            deadline: Instant::now() + budget.limit,
+            received_at,
+            consumer_timeout_secs,
+        }
+    }
+
+    /// The ABORTED note when the task's time ran out during `what`.
+    fn note(&self, what: &str) -> String {
+        let why = if self.budget.capped {
+            " (the job's time is capped below the broker's consumer timeout, runner.consumer_timeout_secs)"
+        } else {
+            ""
+        };
+        format!(
+            "step {what} timed out: the task's time limit of {}s passed{why}",
+            self.budget.limit.as_secs()
+        )
+    }
+
+    /// The ABORTED note of a step that timed out after `limit`: its own limit, or the task's.
+    fn step_note(&self, step: &NamedStep, limit: Duration) -> String {
+        match step.timeout {
+            // Its own limit was the shorter one.
+            Some(own) if Instant::now() + Duration::from_millis(500) < self.deadline => format!(
+                "step {} timed out after {}s (its own timeout: {own}s)",
+                step.name,
+                limit.as_secs()
+            ),
+            _ => self.note(&step.name),
+        }
+    }
+
+    /// Until when cleanup steps may run: `None` when the broker has no consumer timeout.
+    fn cleanup_until(&self) -> Option<Instant> {
+        cleanup_deadline(self.consumer_timeout_secs, self.received_at.elapsed())
+    }
+}
+
+/// What the end of one `prepare` or `run` step means for the task: `Ok` to go on (with how the
+/// task ends if this was its last step), `Err` to stop with this ending.
+fn judge(
+    phase: Phase,
+    step: &NamedStep,
+    end: RunEnd,
+    step_log: String,
+    limit: &TimeLimit,
+) -> Result<Ended, Ended> {
+    let step_log = Some(step_log);
+    match end {
+        RunEnd::Interrupted => Err(Ended::Interrupted),
+        RunEnd::TimedOut(after) => Err(Ended::Aborted {
+            note: limit.step_note(step, after),
+            step_log,
+        }),
+        RunEnd::Exited(TaskExit::Code(0)) => Ok(Ended::Ran { end, step_log }),
+        RunEnd::Exited(exit) if phase == Phase::Prepare => Err(Ended::Crashed {
+            reason: format!(
+                "prepare step {} failed: {}",
+                step.name,
+                report::outcome_of_exit(exit).1
+            ),
+            step_log,
+        }),
+        RunEnd::FailedToStart(reason) if phase == Phase::Prepare => Err(Ended::Crashed {
+            reason: format!("prepare step {} could not start: {reason}", step.name),
+            step_log,
+        }),
+        // A failing step ends the run: its exit code is the task's.
+        end => Err(Ended::Ran { end, step_log }),
+    }
+}
+
+/// How a local job's steps are confined: they may write the clone and the artifacts directory,
+/// but not the runner's logs in it.
+fn confinement(
+    handler: &RunnerHandler,
+    prepared: &Prepared,
+    clone_dir: &Path,
+) -> Option<Confinement> {
+    if prepared.remote.is_some() {
+        return None;
+    }
+    let sandbox = handler.sandbox.clone()?;
+    let artifacts = &prepared.artifacts;
+    Some(Confinement {
+        sandbox,
+        writable: vec![clone_dir.to_path_buf(), artifacts.clone()],
+        protected: vec![artifacts.join(TASK_LOG), artifacts.join(STEPS_DIR)],
+    })
+}
+
+/// Runs a task's steps one by one: each in its own process group, with its output in
+/// `steps/NN-name.log` and then appended to the combined `task.log`.
+pub(crate) struct StepRunner {
+    vars: TemplateVars,
+    env: Vec<(String, String)>,
+    /// The VM the steps run in, when the job was provisioned on one; `pushed` once the clone
+    /// was copied into it (before the first step, after the downloads).
+    remote: Option<Remote>,
+    pub pushed: bool,
+    cwd: PathBuf,
+    artifacts: PathBuf,
+    artifacts_location: String,
+    counter: usize,
+    shutdown: Shutdown,
+    http: reqwest::Client,
+    download_max_bytes: u64,
+    download_attempts: u32,
+    /// The sandbox of local steps (`None` for a VM job, or with `runner.sandbox = "none"`).
+    confinement: Option<Confinement>,
+}
+
+impl StepRunner {
+    /// The steps of `prepared`, run in `clone_dir`; `artifacts_location` is how results refer to
+    /// the job's artifacts.
+    pub fn new(
+        handler: &RunnerHandler,
+        job: &JobRequest,
+        prepared: &Prepared,
+        clone_dir: &Path,
+        artifacts_location: &str,
+    ) -> Self {
+        // The paths the task sees: here, or inside its VM.
+        let (workdir, artifacts) = match &prepared.remote {
+            None => (clone_dir.to_path_buf(), prepared.artifacts.clone()),
+            Some(_) => (
+                PathBuf::from(remote::REMOTE_WORKDIR),
+                PathBuf::from(remote::REMOTE_ARTIFACTS),
+            ),
+        };
+        StepRunner {
+            vars: TemplateVars {
+                item: job.item.clone(),
+                item_type: job.item_type.clone(),
+                arch: job.arch.clone(),
+                job_id: job.job_id.to_string(),
+                workdir: workdir.display().to_string(),
+                artifacts: format!("{}/", artifacts.display()),
+                args: job.args.clone(),
+            },
+            env: execute::task_env(
+                job,
+                &workdir,
+                &artifacts,
+                &workdir.join(prepared.task.results_path()),
+                &artifacts.join(EVENTS_FILE),
+                artifacts_location,
+            ),
+            remote: prepared.remote.clone(),
+            pushed: false,
+            cwd: clone_dir.to_path_buf(),
+            artifacts: prepared.artifacts.clone(),
+            artifacts_location: artifacts_location.to_string(),
+            counter: 0,
+            shutdown: handler.shutdown.clone(),
+            http: handler.http.clone(),
+            download_max_bytes: handler.settings.download_max_bytes,
+            download_attempts: handler.settings.download_attempts,
+            confinement: confinement(handler, prepared, clone_dir),
+        }
+    }
+
+    /// The whole task: downloads, `prepare`, `run`, then `cleanup` whatever happened. `Err` when
+    /// the runner shuts down meanwhile: the job goes back to the queue.
+    pub async fn run_task(
+        &mut self,
+        task: &TaskFile,
+        log: &JobLog,
+        limit: &TimeLimit,
+    ) -> Result<Ended, HandBack> {
+        let ended = self.run_phases(task, log, limit).await;
+        if matches!(ended, Ended::Interrupted) {
+            return Err(HandBack::shutdown());
+        }
+        self.run_cleanup(task, log, limit.cleanup_until()).await?;
+        Ok(ended)
+    }
+
+    /// Downloads, then `prepare`, then `run`, each bounded by the task's deadline.
+    async fn run_phases(&mut self, task: &TaskFile, log: &JobLog, limit: &TimeLimit) -> Ended {
+        if let Err(ended) = self.download_all(task, log, limit).await {
+            return ended;
+        }
+        let mut last = Ended::Ran {
+            end: RunEnd::Exited(TaskExit::Code(0)),
+            step_log: None,
+        };
+        for phase in [Phase::Prepare, Phase::Run] {
+            for step in task.steps(phase) {
+                let (end, step_log) = self.run(&step, log, limit.deadline).await;
+                match judge(phase, &step, end, step_log, limit) {
+                    Ok(passed) if phase == Phase::Run => last = passed,
+                    Ok(_) => {}
+                    Err(ended) => return ended,
+                }
+            }
+        }
+        last
+    }
+
+    /// Each cleanup step with its own limit (default [`CLEANUP_TIMEOUT_SECS`]), within what is
+    /// left before the broker would give up on the delivery (`until`).
+    async fn run_cleanup(
+        &mut self,
+        task: &TaskFile,
+        log: &JobLog,
+        until: Option<Instant>,
+    ) -> Result<(), HandBack> {
+        for step in task.steps(Phase::Cleanup) {
+            let limit = Duration::from_secs(step.timeout.unwrap_or(CLEANUP_TIMEOUT_SECS));
+            let step_deadline = until.map_or(Instant::now() + limit, |end| {
+                end.min(Instant::now() + limit)
+            });
+            let (end, _) = self.run(&step, log, step_deadline).await;
+            if end == RunEnd::Interrupted {
+                return Err(HandBack::shutdown());
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetch `downloads` into the clone. Any failure crashes the job naming the URL.
+    async fn download_all(
+        &self,
+        task: &TaskFile,
+        log: &JobLog,
+        limit: &TimeLimit,
+    ) -> Result<(), Ended> {
+        let policy = RetryPolicy {
+            attempts: self.download_attempts,
+            first_pause: Duration::from_secs(1),
+        };
+        for (i, d) in task.downloads.iter().enumerate() {
+            let spec = self.download_spec(i, d).map_err(crashed)?;
+            let url = &spec.url;
+            let (mut shutdown, mut progress) = (self.shutdown.clone(), log.writer());
+            let download = download::download(&self.http, &spec, policy, &mut progress);
+            let result = tokio::select! {
+                r = tokio::time::timeout_at(limit.deadline.into(), download) => r,
+                _ = shutdown.wait() => return Err(Ended::Interrupted),
+            };
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(crashed(format!("download {url} failed: {e}"))),
+                Err(_) => {
+                    return Err(Ended::Aborted {
+                        note: limit.note(&format!("downloads ({url})")),
+                        step_log: None,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `i`-th entry of `downloads`, its templates rendered and its destination checked.
+    fn download_spec(&self, i: usize, d: &task::Download) -> Result<DownloadSpec, String> {
+        let url = self
+            .vars
+            .render(&d.url, Escape::Url)
+            .map_err(|e| format!("downloads[{i}].url: {e}"))?;
+        let dest = match &d.dest {
+            Some(dest) => self
+                .vars
+                .render(dest, Escape::Raw)
+                .map_err(|e| format!("downloads[{i}].dest: {e}"))?,
+            None => download::default_dest(&url)
+                .ok_or_else(|| format!("downloads[{i}]: {url} names no file; give a dest"))?,
+        };
+        task::relative_inside(&dest).map_err(|e| format!("downloads[{i}].dest: {e}"))?;
+        Ok(DownloadSpec {
+            url,
+            sha256: d.sha256.clone(),
+            max_bytes: d.max_bytes.unwrap_or(u64::MAX).min(self.download_max_bytes),
+            dest: download::dest_in(&self.cwd, &dest),
+        })
+    }
+
+    /// Run one step until it ends, its own timeout or `deadline`. Returns how it ended and the
+    /// location (URL or path) of its log.
+    async fn run(&mut self, step: &NamedStep, log: &JobLog, deadline: Instant) -> (RunEnd, String) {
+        self.counter += 1;
+        let file_name = step_log_name(self.counter, &step.name);
+        let step_log = self.artifacts.join(STEPS_DIR).join(&file_name);
+        let location = format!("{}/{STEPS_DIR}/{file_name}", self.artifacts_location);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = step
+            .timeout
+            .map_or(remaining, |own| Duration::from_secs(own).min(remaining));
+        log.line(format_args!("== step {file_name}: {}", step.run));
+        let script = match self.script(step, timeout).await {
+            Ok(script) => script,
+            Err(end) => {
+                log.line(format_args!("== step {file_name}: {}", describe_end(&end)));
+                return (end, location);
+            }
+        };
+        let command = TaskCommand {
+            script,
+            cwd: self.cwd.clone(),
+            env: self.env.clone(),
+            log_path: step_log.clone(),
+            timeout,
+            confinement: self.confinement.clone(),
+        };
+        let started = Instant::now();
+        let end = execute::run(&command, &mut self.shutdown).await;
+        // The step's own log, then the combined one.
+        log.append_file(step_log);
+        log.line(format_args!(
+            "== step {file_name}: {} after {:.1}s",
+            describe_end(&end),
+            started.elapsed().as_secs_f64()
+        ));
+        (end, location)
+    }
+
+    /// The shell command of a step as it runs: rendered, and for a VM wrapped in `ssh` (the clone
+    /// copied in before the first step). `Err`: how the step ended without starting.
+    async fn script(&mut self, step: &NamedStep, timeout: Duration) -> Result<String, RunEnd> {
+        let script = self
+            .vars
+            .render(&step.run, Escape::Shell)
+            .map_err(RunEnd::FailedToStart)?;
+        if timeout.is_zero() {
+            return Err(RunEnd::TimedOut(timeout));
+        }
+        let Some(remote) = &self.remote else {
+            return Ok(script);
+        };
+        if !self.pushed {
+            remote
+                .push(&self.cwd)
+                .await
+                .map_err(RunEnd::FailedToStart)?;
+            self.pushed = true;
+        }
+        Ok(remote.step_command(&script, &self.env))
+    }
+
+    /// Copy the files matching `globs` (relative to the clone) into the artifacts directory,
+    /// keeping their relative paths. Only regular files (a symlink could point anywhere on the
+    /// host), never over a file already there (the runner's own logs).
+    pub async fn copy_artifacts(&self, globs: &[String], log: &JobLog) -> usize {
+        if globs.is_empty() {
+            return 0;
+        }
+        let (root, dest, globs) = (self.cwd.clone(), self.artifacts.clone(), globs.to_vec());
+        let copied =
+            tokio::task::spawn_blocking(move || artifacts::copy_matching(&root, &dest, &globs))
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("runner failure: {e}"))]);
+        let mut count = 0;
+        for line in copied {
+            match line {
+                Ok(path) => {
+                    count += 1;
+                    log.line(format_args!("artifact kept: {path}"));
+                }
+                Err(e) => log.line(format_args!("artifact not kept: {e}")),
+            }
+        }
+        count
+    }
+}
+
+fn crashed(reason: String) -> Ended {
+    Ended::Crashed {
+        reason,
+        step_log: None,
+    }
+}
+
+fn describe_end(end: &RunEnd) -> String {
+    match end {
+        RunEnd::Exited(exit) => report::outcome_of_exit(*exit).1,
+        RunEnd::TimedOut(limit) => format!("timed out after {}s", limit.as_secs()),
+        RunEnd::FailedToStart(reason) => format!("could not start: {reason}"),
+        RunEnd::Interrupted => "interrupted: the runner is shutting down".into(),
+    }
+}

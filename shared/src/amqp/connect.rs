@@ -1,0 +1,95 @@
+//! Reaching the broker: one connection attempt, retries with back-off, and the [`Backoff`] every
+//! reconnecting loop of the AMQP layer uses.
+
+use std::time::Duration;
+
+use lapin::types::AMQPValue;
+use lapin::{Connection, ConnectionProperties};
+
+use crate::config::AmqpConfig;
+use crate::shutdown::Shutdown;
+
+/// Connect once.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let mut props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(name.into());
+    props
+        .client_properties
+        .insert("product".into(), AMQPValue::LongString("taskbot".into()));
+    Connection::connect(url, props).await
+}
+
+/// Connect, retrying with exponential back-off until it works or shutdown is requested.
+pub async fn connect_with_retry(
+    config: &AmqpConfig,
+    name: &str,
+    shutdown: &mut Shutdown,
+) -> Option<Connection> {
+    let mut backoff = Backoff::new(config.reconnect_max_secs);
+    loop {
+        if shutdown.is_triggered() {
+            return None;
+        }
+        match connect(&config.url, name).await {
+            Ok(conn) => return Some(conn),
+            Err(err) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "cannot reach the broker");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Exponential back-off from 0.5 s up to a maximum, with jitter so a fleet of services that lost
+/// the broker together does not reconnect in lock-step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next_ms: u64,
+    max_ms: u64,
+}
+
+impl Backoff {
+    pub fn new(max_secs: u64) -> Self {
+        Backoff {
+            next_ms: 500,
+            max_ms: max_secs.max(1) * 1000,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next_ms;
+        self.next_ms = (self.next_ms * 2).min(self.max_ms);
+        // Up to 25 % jitter, from the clock's nanoseconds (good enough, no RNG crate needed).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+        Duration::from_millis(base + nanos % (base / 4 + 1))
+    }
+
+    pub fn reset(&mut self) {
+        self.next_ms = 500;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let mut b = Backoff::new(2);
+        let d: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        assert!(d[0] >= 500 && d[0] <= 625, "{d:?}");
+        assert!(d[1] >= 1000 && d[1] <= 1250, "{d:?}");
+        assert!(d[4] >= 2000 && d[4] <= 2500, "{d:?}");
+        b.reset();
+        assert!(b.next_delay().as_millis() <= 625);
+    }
+}

@@ -1,0 +1,178 @@
+//! The messages of the AMQP layer as plain data: what a handler publishes ([`Outgoing`]), what
+//! it is given ([`Incoming`]) and what it decides ([`Disposition`]). Kept free of broker
+//! handles, so handlers and their tests never need a connection.
+
+use chrono::Utc;
+use lapin::types::AMQPValue;
+
+use crate::topology::Topology;
+
+/// Header carrying why a message was dead-lettered.
+pub const REASON_HEADER: &str = "x-taskbot-reason";
+/// Header naming the queue (or source) a dead letter was taken from.
+pub const SOURCE_HEADER: &str = "x-taskbot-source";
+/// Header with the dead letter's original routing key.
+pub const ROUTING_KEY_HEADER: &str = "x-taskbot-routing-key";
+/// Header with the dead letter's original exchange.
+pub const EXCHANGE_HEADER: &str = "x-taskbot-exchange";
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    /// AMQP `message_id`: lets consumers and people correlate redeliveries.
+    pub message_id: Option<String>,
+    pub priority: Option<u8>,
+    pub headers: Vec<(String, String)>,
+    /// Integer-valued headers (sent as AMQP long-long integers), for consumers that check header
+    /// types, such as fedora-messaging's `fedora_messaging_severity`.
+    pub int_headers: Vec<(String, i64)>,
+    /// AMQP `content_encoding` (fedora-messaging consumers expect `utf-8`).
+    pub content_encoding: Option<String>,
+}
+
+impl Outgoing {
+    pub fn new(exchange: impl Into<String>, routing_key: impl Into<String>, body: Vec<u8>) -> Self {
+        Outgoing {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            body,
+            message_id: None,
+            priority: None,
+            headers: Vec::new(),
+            int_headers: Vec::new(),
+            content_encoding: None,
+        }
+    }
+
+    pub fn with_int_header(mut self, key: &str, value: i64) -> Self {
+        self.int_headers.push((key.to_string(), value));
+        self
+    }
+
+    pub fn with_content_encoding(mut self, encoding: impl Into<String>) -> Self {
+        self.content_encoding = Some(encoding.into());
+        self
+    }
+
+    pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    pub fn with_header(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.headers.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// A dead letter: the original body, routed to the dead-letter exchange under the name of the
+    /// queue it came from, with the reason in a header.
+    pub fn dead_letter(
+        topology: &Topology,
+        source: &str,
+        incoming: &Incoming,
+        reason: &str,
+    ) -> Outgoing {
+        Outgoing::new(
+            topology.dead_letter_exchange(),
+            source,
+            incoming.body.clone(),
+        )
+        .with_header(REASON_HEADER, reason)
+        .with_header(SOURCE_HEADER, source)
+        .with_header(ROUTING_KEY_HEADER, incoming.routing_key.clone())
+        .with_header(EXCHANGE_HEADER, incoming.exchange.clone())
+        .with_header("x-taskbot-dead-at", Utc::now().to_rfc3339())
+    }
+}
+
+/// A delivery as handlers see it: plain data, so handlers are testable without a broker.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Incoming {
+    pub body: Vec<u8>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub redelivered: bool,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Incoming {
+    /// A delivery with just a body and routing key (for tests and replays).
+    pub fn new(routing_key: &str, body: Vec<u8>) -> Self {
+        Incoming {
+            body,
+            routing_key: routing_key.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What to do with an input once it has been handled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Publish these (each confirmed by the broker), then ack the input.
+    Done(Vec<Outgoing>),
+    /// The input can never be handled: copy it to its dead-letter queue with this reason, then
+    /// ack it.
+    DeadLetter(String),
+    /// A transient failure (a database or remote service down): hand the input back to the queue
+    /// after a pause, and try again.
+    Retry(String),
+}
+
+/// The plain-data view of a delivery that handlers get.
+pub(crate) fn incoming_from(delivery: &lapin::message::Delivery) -> Incoming {
+    let mut headers = Vec::new();
+    if let Some(table) = delivery.properties.headers() {
+        for (k, v) in table.inner() {
+            let value = match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.to_string(),
+                other => format!("{other:?}"),
+            };
+            headers.push((k.to_string(), value));
+        }
+    }
+    Incoming {
+        body: delivery.data.clone(),
+        exchange: delivery.exchange.to_string(),
+        routing_key: delivery.routing_key.to_string(),
+        redelivered: delivery.redelivered,
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_keeps_body_and_says_why() {
+        let t = Topology::new("tb", &[]);
+        let incoming = Incoming::new("org.x", b"{bad".to_vec());
+        let out = Outgoing::dead_letter(&t, "tb.rules", &incoming, "body is not JSON");
+        assert_eq!(out.exchange, "tb.dead");
+        assert_eq!(out.routing_key, "tb.rules");
+        assert_eq!(out.body, b"{bad");
+        assert!(out
+            .headers
+            .contains(&(REASON_HEADER.to_string(), "body is not JSON".to_string())));
+        assert!(out
+            .headers
+            .contains(&(ROUTING_KEY_HEADER.to_string(), "org.x".to_string())));
+    }
+}
