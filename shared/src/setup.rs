@@ -36,12 +36,20 @@ where
             return Ok(false);
         };
         let declared = async {
-            topology.declare(&conn.create_channel().await?).await?;
+            let channel = conn.create_channel().await?;
+            topology.declare(&channel).await?;
+            let _ = channel.close(200, "declared").await;
             conn.create_channel().await
         }
         .await;
         let checked = match declared {
-            Ok(channel) => Ok(check(channel).await),
+            Ok(channel) => {
+                let result = check(channel.clone()).await;
+                // Closed before the connection: closing a connection with channels still open
+                // makes the client log a spurious connection error.
+                let _ = channel.close(200, "checked").await;
+                Ok(result)
+            }
             Err(err) => Err(err),
         };
         let _ = conn.close(200, "declared").await;
