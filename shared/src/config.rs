@@ -15,6 +15,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{
+    Service, OPS_DEFAULT_BRIDGE, OPS_DEFAULT_PROVISIONER, OPS_DEFAULT_REPORTER, OPS_DEFAULT_RULES,
+    OPS_DEFAULT_RUNNER,
+};
+
 /// The environment variable naming the config file.
 pub const CONFIG_ENV: &str = "TASKBOT_CONFIG";
 
@@ -33,27 +38,6 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "reporter",
     "postgres",
     "api",
-];
-
-/// Default addresses of the services' `/healthz`, `/readyz` and `/metrics` (`ops_listen` in each
-/// service's section): one port per service so they can share a host; local only by default
-/// (containers set `0.0.0.0:<port>`). The ports stay clear of Prometheus (9090) and its node
-/// exporter (9100).
-pub const OPS_DEFAULT_BRIDGE: &str = "127.0.0.1:9181";
-pub const OPS_DEFAULT_RULES: &str = "127.0.0.1:9182";
-pub const OPS_DEFAULT_PROVISIONER: &str = "127.0.0.1:9183";
-pub const OPS_DEFAULT_REPORTER: &str = "127.0.0.1:9184";
-/// The first runner's; further runners on the same host take 9191, 9192, ... (`--ops-listen`).
-pub const OPS_DEFAULT_RUNNER: &str = "127.0.0.1:9190";
-
-/// The config key of each service's ops address, by the name its binary gives
-/// [`crate::service::main`]. The api serves `/healthz` and `/readyz` on its own address.
-pub const OPS_LISTEN_KEYS: &[(&str, &str)] = &[
-    ("fedmsg-bridge", "bridge.ops_listen"),
-    ("rules", "rules.ops_listen"),
-    ("provisioner", "provisioner.ops_listen"),
-    ("runner", "runner.ops_listen"),
-    ("reporter", "reporter.ops_listen"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,49 +260,6 @@ impl Default for VmBackendConfig {
     }
 }
 
-impl VmBackendConfig {
-    /// The arches the catalogue has images for, in catalogue order.
-    pub fn arches(&self) -> Vec<String> {
-        let mut arches: Vec<String> = Vec::new();
-        for image in &self.images {
-            if !arches.contains(&image.arch) {
-                arches.push(image.arch.clone());
-            }
-        }
-        arches
-    }
-
-    /// What is wrong with the catalogue, if anything: caught at start, not at a job's boot.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut names = std::collections::BTreeSet::new();
-        for (i, image) in self.images.iter().enumerate() {
-            let at = format!("provisioner.vm.images[{i}] ({:?})", image.name);
-            if image.name.is_empty() || image.arch.is_empty() {
-                return Err(format!("{at}: name and arch must not be empty"));
-            }
-            if !names.insert(&image.name) {
-                return Err(format!("{at}: the name is used twice"));
-            }
-            if image.initrd.is_some() && image.kernel.is_none() {
-                return Err(format!("{at}: an initrd needs a kernel"));
-            }
-            let files = [
-                Some(&image.disk),
-                image.kernel.as_ref(),
-                image.initrd.as_ref(),
-            ];
-            for file in files.into_iter().flatten() {
-                if let ImageFile::Url { sha256, .. } = file {
-                    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(format!("{at}: sha256 must be 64 hex digits"));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 /// One image of the catalogue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -477,7 +418,7 @@ pub struct ReporterConfig {
     /// "fedora-messaging"]`. Unset: `postgres`, plus `resultsdb` when `resultsdb_url` is set and
     /// `jsonl` when `jsonl_path` is set (fedora-messaging only when listed). Each sink has its own
     /// queue, declared only while it is enabled (see docs/results.md).
-    pub sinks: Option<Vec<crate::topology::Sink>>,
+    pub sinks: Option<Vec<Sink>>,
     /// ResultsDB base URL (e.g. `http://resultsdb:5001/api/v2.0`); results are also posted there
     /// when set.
     pub resultsdb_url: Option<String>,
@@ -512,33 +453,6 @@ pub struct ReporterConfig {
     pub ops_listen: String,
 }
 
-impl ReporterConfig {
-    /// The sinks this configuration feeds: `sinks` when set, else PostgreSQL, plus ResultsDB when
-    /// `resultsdb_url` is set and the JSON-lines file when `jsonl_path` is set. Every service
-    /// declares these sinks' queues (they all read the same configuration), so a result or status
-    /// published before the reporter first ran is kept, not returned as unroutable. The reporter
-    /// also checks that each listed sink has what it needs.
-    pub fn sinks_in_use(&self) -> Vec<crate::topology::Sink> {
-        use crate::topology::Sink;
-        let mut sinks = match &self.sinks {
-            Some(listed) => listed.clone(),
-            None => {
-                let mut sinks = vec![Sink::Postgres];
-                if self.resultsdb_url.is_some() {
-                    sinks.push(Sink::Resultsdb);
-                }
-                if self.jsonl_path.is_some() {
-                    sinks.push(Sink::Jsonl);
-                }
-                sinks
-            }
-        };
-        sinks.sort();
-        sinks.dedup();
-        sinks
-    }
-}
-
 impl Default for ReporterConfig {
     fn default() -> Self {
         ReporterConfig {
@@ -557,6 +471,47 @@ impl Default for ReporterConfig {
             fedora_messaging_schema: "taskbot.result.v1".into(),
             ops_listen: OPS_DEFAULT_REPORTER.into(),
         }
+    }
+}
+
+/// One of the reporter's result sinks (`reporter.sinks`). Each has its own queue(s) on the results
+/// exchange (named and declared by the topology), so a slow or broken store never holds back the
+/// others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sink {
+    /// Results and job histories in PostgreSQL (two queues: results and statuses).
+    Postgres,
+    /// Results posted to ResultsDB.
+    Resultsdb,
+    /// Results and statuses appended to a JSON-lines file.
+    Jsonl,
+    /// Results republished as fedora-messaging messages.
+    FedoraMessaging,
+}
+
+impl Sink {
+    pub const ALL: [Sink; 4] = [
+        Sink::Postgres,
+        Sink::Resultsdb,
+        Sink::Jsonl,
+        Sink::FedoraMessaging,
+    ];
+
+    /// The name used in configuration (`reporter.sinks`) and in queue names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sink::Postgres => "postgres",
+            Sink::Resultsdb => "resultsdb",
+            Sink::Jsonl => "jsonl",
+            Sink::FedoraMessaging => "fedora-messaging",
+        }
+    }
+}
+
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -608,6 +563,14 @@ impl Default for ApiConfig {
 #[error("invalid configuration:\n{0}")]
 pub struct ConfigError(String);
 
+impl ConfigError {
+    /// A problem a service finds in its own section after loading (one line per key, `key:
+    /// problem`), so it exits as a bad configuration the loader finds does: status 2.
+    pub fn new(problems: impl Into<String>) -> ConfigError {
+        ConfigError(problems.into())
+    }
+}
+
 impl Config {
     /// Load from the process environment (`TASKBOT_CONFIG`, `TASKBOT_*`), with `overrides` (from
     /// the command line) on top.
@@ -639,16 +602,16 @@ impl Config {
         figment
     }
 
-    /// Where `service` serves `/healthz`, `/readyz` and `/metrics` (see [`OPS_LISTEN_KEYS`]);
+    /// Where `service` serves `/healthz`, `/readyz` and `/metrics` ([`Service::ops_listen_key`]);
     /// `None` for a service without them (the api has its own).
-    pub fn ops_listen(&self, service: &str) -> Option<&str> {
+    pub fn ops_listen(&self, service: Service) -> Option<&str> {
         Some(match service {
-            "fedmsg-bridge" => &self.bridge.ops_listen,
-            "rules" => &self.rules.ops_listen,
-            "provisioner" => &self.provisioner.ops_listen,
-            "runner" => &self.runner.ops_listen,
-            "reporter" => &self.reporter.ops_listen,
-            _ => return None,
+            Service::Bridge => &self.bridge.ops_listen,
+            Service::Rules => &self.rules.ops_listen,
+            Service::Provisioner => &self.provisioner.ops_listen,
+            Service::Runner => &self.runner.ops_listen,
+            Service::Reporter => &self.reporter.ops_listen,
+            Service::Api => return None,
         })
     }
 
@@ -663,13 +626,6 @@ impl Config {
         ] {
             *field = address.to_string();
         }
-    }
-
-    /// The runner's arch, required by the runner only.
-    pub fn runner_arch(&self) -> Result<&str, ConfigError> {
-        self.runner.arch.as_deref().ok_or_else(|| {
-            ConfigError("runner.arch: not set (use --arch or TASKBOT_RUNNER__ARCH)".into())
-        })
     }
 }
 
@@ -733,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn the_image_catalogue_reads_paths_and_urls_and_is_validated() {
+    fn the_image_catalogue_reads_paths_and_urls() {
         Jail::expect_with(|jail| {
             let sum = "ab".repeat(32);
             jail.create_file(
@@ -765,7 +721,7 @@ qemu_args = ["-M", "virt"]
             let cfg: Config = Config::figment(Some(Path::new("t.toml")), &[]).extract()?;
             let vm = cfg.provisioner.vm.expect("[provisioner.vm] read");
             assert_eq!(vm.max_vms, 3);
-            assert_eq!(vm.arches(), ["x86_64", "aarch64"]);
+            assert_eq!(vm.images[1].arch, "aarch64");
             assert_eq!(vm.images[0].disk, ImageFile::Path("/img/tiny.qcow2".into()));
             assert!(vm.images[0].cloud_init, "cloud-init seeds by default");
             assert_eq!(vm.images[0].append, "console=ttyS0 quiet panic=-1");
@@ -776,58 +732,54 @@ qemu_args = ["-M", "virt"]
                     sha256: sum.clone()
                 }
             );
-            assert_eq!(vm.validate(), Ok(()));
-
-            let mut twice = vm.clone();
-            twice.images[1].name = "tiny".into();
-            assert!(twice
-                .validate()
-                .unwrap_err()
-                .contains("the name is used twice"));
-            let mut short = vm.clone();
-            short.images[1].disk = ImageFile::Url {
-                url: "https://example.org/x".into(),
-                sha256: "abc".into(),
-            };
-            assert!(short.validate().unwrap_err().contains("64 hex digits"));
-            let mut initrd_only = vm;
-            initrd_only.images[0].kernel = None;
-            initrd_only.images[0].initrd = Some(ImageFile::Path("/img/initrd".into()));
-            assert!(initrd_only
-                .validate()
-                .unwrap_err()
-                .contains("an initrd needs a kernel"));
             Ok(())
         });
     }
 
     #[test]
     fn every_service_has_its_own_default_ops_port_and_a_settable_key() {
-        let defaults = Config::default();
-        let mut ports = Vec::new();
-        for (service, key) in OPS_LISTEN_KEYS {
-            let address = defaults
-                .ops_listen(service)
-                .expect("a service with ops endpoints");
-            let addr: std::net::SocketAddr = address.parse().expect("a host:port");
-            ports.push(addr.port());
-            let cfg: Config = Config::figment(None, &[(key, "0.0.0.0:1234".into())])
-                .extract()
-                .unwrap();
-            assert_eq!(cfg.ops_listen(service), Some("0.0.0.0:1234"), "{key}");
-        }
-        ports.sort();
-        ports.dedup();
-        assert_eq!(
-            ports.len(),
-            OPS_LISTEN_KEYS.len(),
-            "ports collide: {ports:?}"
-        );
-        assert_eq!(defaults.ops_listen("api"), None);
-        let mut all = Config::default();
-        all.set_all_ops_listen("127.0.0.1:0");
-        for (service, _) in OPS_LISTEN_KEYS {
-            assert_eq!(all.ops_listen(service), Some("127.0.0.1:0"));
+        // In a jail: other tests set TASKBOT_ variables, and a stray one would break `extract`.
+        Jail::expect_with(|_| {
+            let defaults = Config::default();
+            let mut ports = Vec::new();
+            let with_ops: Vec<Service> = Service::ALL
+                .into_iter()
+                .filter(|s| s.ops_listen_key().is_some())
+                .collect();
+            for &service in &with_ops {
+                let key = service.ops_listen_key().unwrap();
+                let address = defaults
+                    .ops_listen(service)
+                    .expect("a service with ops endpoints");
+                assert_eq!(Some(address), service.default_ops_listen(), "{service}");
+                let addr: std::net::SocketAddr = address.parse().expect("a host:port");
+                ports.push(addr.port());
+                let cfg: Config =
+                    Config::figment(None, &[(key, "0.0.0.0:1234".into())]).extract()?;
+                assert_eq!(cfg.ops_listen(service), Some("0.0.0.0:1234"), "{key}");
+            }
+            ports.sort();
+            ports.dedup();
+            assert_eq!(ports.len(), with_ops.len(), "ports collide: {ports:?}");
+            assert_eq!(with_ops.len(), 5);
+            assert_eq!(defaults.ops_listen(Service::Api), None);
+            let mut all = Config::default();
+            all.set_all_ops_listen("127.0.0.1:0");
+            for &service in &with_ops {
+                assert_eq!(all.ops_listen(service), Some("127.0.0.1:0"));
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_service_has_a_section() {
+        for service in Service::ALL {
+            assert!(
+                TOP_LEVEL_KEYS.contains(&service.section()),
+                "{service}: no section {}",
+                service.section()
+            );
         }
     }
 

@@ -7,19 +7,25 @@ pub mod artifacts;
 pub mod config;
 #[cfg(feature = "download")]
 pub mod download;
+pub mod errors;
+pub mod identity;
 #[cfg(feature = "management")]
 pub mod management;
 pub mod messages;
 pub mod ops;
-#[cfg(feature = "postgres")]
-pub mod postgres;
+pub mod routes;
 pub mod service;
+pub mod setup;
 pub mod shutdown;
+#[cfg(feature = "postgres")]
+pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod topology;
 
 pub use config::Config;
+pub use errors::error_chain;
+pub use identity::Service;
 pub use messages::{
     Environment, Event, JobRequest, JobState, JobStatus, Machine, Message, Outcome, ProvisionedJob,
     TaskRef, TaskResult,

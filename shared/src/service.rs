@@ -8,15 +8,36 @@ use std::future::Future;
 use std::process::ExitCode;
 
 use crate::config::{Config, ConfigError};
+use crate::identity::Service;
 use crate::ops;
 use crate::shutdown::{self, Shutdown};
 use crate::telemetry;
 
-pub async fn main<F, Fut>(name: &str, config: Result<Config, ConfigError>, run: F) -> ExitCode
+/// The `--ops-listen` flag of every service with ops endpoints (`#[command(flatten)]` it into the
+/// service's flags), so the flag is spelt, documented and applied the same way everywhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct OpsArgs {
+    /// Address of /healthz, /readyz and /metrics, as HOST:PORT; port 0 picks a free one (overrides
+    /// the service's `ops_listen`, e.g. `runner.ops_listen`). Each service (and each runner) on a
+    /// host needs its own.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ops_listen: Option<String>,
+}
+
+impl OpsArgs {
+    /// The config override the flag makes for `service` (for [`Config::load`]), if it was given.
+    pub fn override_for(&self, service: Service) -> Option<(&'static str, String)> {
+        Some((service.ops_listen_key()?, self.ops_listen.clone()?))
+    }
+}
+
+/// Run `service`: exit 2 on a bad `config`, serve its ops endpoints, run until a signal.
+pub async fn main<F, Fut>(service: Service, config: Result<Config, ConfigError>, run: F) -> ExitCode
 where
     F: FnOnce(Config, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let name = service.name();
     let config = match config {
         Ok(c) => c,
         Err(e) => {
@@ -26,7 +47,7 @@ where
     };
     telemetry::init(&config.log);
     // Kept until `run` returns; dropping it stops the endpoints.
-    let _ops_server = match config.ops_listen(name) {
+    let _ops_server = match config.ops_listen(service) {
         Some(address) => match ops::serve(address, ops::global().clone()).await {
             Ok(server) => {
                 ops::global()
@@ -55,5 +76,46 @@ where
             eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures return its own (large) error type; that is its API, not ours.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        ops: OpsArgs,
+    }
+
+    #[test]
+    fn ops_listen_overrides_the_services_own_key() {
+        let flags = Flags::try_parse_from(["x", "--ops-listen", "0.0.0.0:9999"]).unwrap();
+        assert_eq!(
+            flags.ops.override_for(Service::Runner),
+            Some(("runner.ops_listen", "0.0.0.0:9999".to_string()))
+        );
+        assert_eq!(
+            flags.ops.override_for(Service::Bridge),
+            Some(("bridge.ops_listen", "0.0.0.0:9999".to_string()))
+        );
+        assert_eq!(
+            flags.ops.override_for(Service::Api),
+            None,
+            "no ops endpoints"
+        );
+        // In a jail: other tests set TASKBOT_ variables, and a stray one would break `extract`.
+        figment::Jail::expect_with(|_| {
+            let rules = flags.ops.override_for(Service::Rules).unwrap();
+            let config: Config = Config::figment(None, &[rules]).extract()?;
+            assert_eq!(config.ops_listen(Service::Rules), Some("0.0.0.0:9999"));
+            Ok(())
+        });
+        let none = Flags::try_parse_from(["x"]).unwrap();
+        assert_eq!(none.ops.override_for(Service::Reporter), None);
     }
 }

@@ -15,7 +15,9 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
-use serde::{Deserialize, Serialize};
+
+pub use crate::config::Sink;
+use crate::config::{Config, ReporterConfig};
 
 /// Highest job priority; run and provisioner queues are priority queues up to this.
 pub const MAX_PRIORITY: u8 = 9;
@@ -34,47 +36,9 @@ pub struct Topology {
     pub vm_leases: bool,
 }
 
-/// One of the reporter's result sinks. Each has its own queue(s) on the results exchange, so a
-/// slow or broken store never holds back the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Sink {
-    /// Results and job histories in PostgreSQL (two queues: results and statuses).
-    Postgres,
-    /// Results posted to ResultsDB.
-    Resultsdb,
-    /// Results and statuses appended to a JSON-lines file.
-    Jsonl,
-    /// Results republished as fedora-messaging messages.
-    FedoraMessaging,
-}
-
-impl Sink {
-    pub const ALL: [Sink; 4] = [
-        Sink::Postgres,
-        Sink::Resultsdb,
-        Sink::Jsonl,
-        Sink::FedoraMessaging,
-    ];
-
-    /// The name used in configuration (`reporter.sinks`) and in queue names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Sink::Postgres => "postgres",
-            Sink::Resultsdb => "resultsdb",
-            Sink::Jsonl => "jsonl",
-            Sink::FedoraMessaging => "fedora-messaging",
-        }
-    }
-}
-
-impl std::fmt::Display for Sink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl Topology {
+    /// A bare topology: these names, no sink queues, no VM leases. Tests and tools start from
+    /// it; services use [`Topology::for_config`].
     pub fn new(namespace: &str, arches: &[String]) -> Self {
         Topology {
             namespace: namespace.to_string(),
@@ -84,13 +48,28 @@ impl Topology {
         }
     }
 
-    /// The topology of a deployment: its namespace, arches, and the sinks its reporter feeds.
-    /// Every service uses this, so the results exchange always has the sinks' queues bound.
-    pub fn for_config(config: &crate::Config) -> Self {
+    /// The topology of a deployment, the one every service declares: its namespace, arches, the
+    /// sinks its reporter feeds ([`sinks_in_use`]) and, with the VM backend, the provisioner's
+    /// lease queue. Every service uses this, so the results exchange always has the sinks' queues
+    /// bound. A runner adds its own arch ([`Topology::with_arch`]).
+    ///
+    /// The topology reads the configuration, never the other way round: the configuration is
+    /// plain data that every module interprets (as the AMQP layer reads `amqp`), and the names
+    /// of queues are one such interpretation.
+    pub fn for_config(config: &Config) -> Self {
         let mut topology = Topology::new(&config.amqp.namespace, &config.arches)
-            .with_sinks(&config.reporter.sinks_in_use());
+            .with_sinks(&sinks_in_use(&config.reporter));
         topology.vm_leases = config.provisioner.vm.is_some();
         topology
+    }
+
+    /// The same topology, also declaring the run queue of `arch` (a runner's own queue must exist
+    /// even for an arch missing from `arches`).
+    pub fn with_arch(mut self, arch: &str) -> Self {
+        if !self.arches.iter().any(|a| a == arch) {
+            self.arches.push(arch.to_string());
+        }
+        self
     }
 
     /// Final job statuses (`job.done`, `job.crashed`), for the provisioner to destroy the VMs of
@@ -338,6 +317,30 @@ impl Topology {
     }
 }
 
+/// The sinks a reporter configuration feeds: `sinks` when set, else PostgreSQL, plus ResultsDB
+/// when `resultsdb_url` is set and the JSON-lines file when `jsonl_path` is set. Every service
+/// declares these sinks' queues (they all read the same configuration), so a result or status
+/// published before the reporter first ran is kept, not returned as unroutable. The reporter
+/// also checks that each listed sink has what it needs.
+pub fn sinks_in_use(reporter: &ReporterConfig) -> Vec<Sink> {
+    let mut sinks = match &reporter.sinks {
+        Some(listed) => listed.clone(),
+        None => {
+            let mut sinks = vec![Sink::Postgres];
+            if reporter.resultsdb_url.is_some() {
+                sinks.push(Sink::Resultsdb);
+            }
+            if reporter.jsonl_path.is_some() {
+                sinks.push(Sink::Jsonl);
+            }
+            sinks
+        }
+    };
+    sinks.sort();
+    sinks.dedup();
+    sinks
+}
+
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
     channel
         .queue_declare(
@@ -387,6 +390,33 @@ mod tests {
         assert!(t
             .dead_letter_sources()
             .contains(&"tb.fedmsg-bridge".to_string()));
+    }
+
+    #[test]
+    fn a_deployment_topology_follows_its_config_and_a_runner_adds_its_arch() {
+        let mut config = Config::default();
+        config.amqp.namespace = "tb".into();
+        config.arches = vec!["x86_64".into()];
+        config.reporter.jsonl_path = Some("/tmp/r.jsonl".into());
+        let t = Topology::for_config(&config);
+        assert_eq!(t.namespace, "tb");
+        assert_eq!(t.sinks, [Sink::Postgres, Sink::Jsonl]);
+        assert!(!t.vm_leases);
+        let runner = t.clone().with_arch("s390x").with_arch("x86_64");
+        assert_eq!(
+            runner.arches,
+            ["x86_64", "s390x"],
+            "added once, after the others"
+        );
+        assert_eq!(runner.sinks, t.sinks);
+        config.provisioner.vm = Some(Default::default());
+        let with_vms = Topology::for_config(&config);
+        assert!(with_vms.vm_leases);
+        let names: Vec<_> = with_vms.work_queues().into_iter().map(|q| q.name).collect();
+        assert!(
+            names.contains(&"tb.provisioner.finished".to_string()),
+            "{names:?}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use taskbot::config::OPS_LISTEN_KEYS;
+use taskbot::Service;
 use taskbot::{Config, Topology};
 use taskbot_tests::workspace_root;
 
@@ -149,10 +149,12 @@ fn probes_and_metrics_annotations_use_the_configured_default_ports() {
         let (address, default) = if binary == "api" {
             (config.api.listen.as_str(), "0.0.0.0:8080")
         } else {
+            let service = Service::from_name(binary)
+                .unwrap_or_else(|| panic!("{what}: {binary} is not a Taskbot service"));
             let address = config
-                .ops_listen(binary)
+                .ops_listen(service)
                 .unwrap_or_else(|| panic!("{what}: {binary} has no ops endpoints"));
-            (address, defaults.ops_listen(binary).unwrap())
+            (address, defaults.ops_listen(service).unwrap())
         };
         let expected = port(address);
         assert_eq!(expected, port(default), "{what}: not the default port");
@@ -212,9 +214,7 @@ fn probes_and_metrics_annotations_use_the_configured_default_ports() {
             );
         }
     }
-    let mut services: BTreeSet<String> =
-        OPS_LISTEN_KEYS.iter().map(|(s, _)| s.to_string()).collect();
-    services.insert("api".into());
+    let services: BTreeSet<String> = Service::ALL.iter().map(|s| s.name().to_string()).collect();
     assert_eq!(seen, services, "a Deployment per service");
 }
 

@@ -8,8 +8,8 @@
 //! - `/healthz` (the process answers), `/readyz` (the database answers and has the tables),
 //!   `/openapi.json` (the description of all of this).
 //!
-//! The api creates nothing: the reporter owns the schema. Until the reporter has created the
-//! tables, store endpoints answer 503 "store not ready" instead of failing.
+//! The api creates nothing: the schema is `taskbot::store`'s, and the reporter applies it. Until the
+//! reporter has created the tables, store endpoints answer 503 "store not ready" instead of failing.
 
 pub mod artifacts;
 pub mod dashboard;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskbot::Config;
+use taskbot::{Config, Service};
 
 /// Serve Taskbot's results, jobs and artifacts over HTTP (ResultsDB v2.0-compatible reads under
 /// /api/v2.0, jobs under /api/v1).
@@ -22,5 +22,5 @@ async fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         overrides.push(("api.listen", listen));
     }
-    taskbot::service::main("api", Config::load(&overrides), taskbot_api::run).await
+    taskbot::service::main(Service::Api, Config::load(&overrides), taskbot_api::run).await
 }

@@ -8,18 +8,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use deadpool_postgres::{Pool, PoolError};
 use taskbot::config::PostgresConfig;
+use taskbot::error_chain;
+use taskbot::store::schema::READ_TABLES;
 use tokio_postgres::types::ToSql;
-
-/// The tables the api reads, all created by the reporter's migrations.
-pub const TABLES: &[&str] = &["results", "jobs", "job_events"];
 
 /// A pool for `config.url`; connecting is lazy, so this fails only on an invalid URL.
 ///
 /// Every session is read-only: the api must never change the store.
 pub fn connect_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
-    taskbot::postgres::connect_pool(
+    taskbot::store::connect_pool(
         config,
-        &taskbot::postgres::PoolOptions {
+        &taskbot::store::PoolOptions {
             application_name: "taskbot-api",
             read_only: true,
             connect_timeout: Duration::from_secs(5),
@@ -30,7 +29,7 @@ pub fn connect_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
     )
 }
 
-pub use taskbot::postgres::database_name;
+pub use taskbot::store::database_name;
 
 /// An error answer: the status and `{"message": ...}`, the shape ResultsDB uses (its Python
 /// client reads `message` from every failed answer).
@@ -65,21 +64,6 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
-}
-
-/// An error with its causes on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl From<PoolError> for ApiError {
@@ -124,7 +108,7 @@ impl From<tokio_postgres::Error> for ApiError {
 /// Ok when the database answers and holds every table the api reads.
 pub async fn check_ready(pool: &Pool) -> Result<(), ApiError> {
     let client = pool.get().await?;
-    let names: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+    let names: Vec<String> = READ_TABLES.iter().map(|t| t.to_string()).collect();
     let row = client
         .query_one(
             "SELECT count(*) FROM unnest($1::text[]) AS t(name) WHERE to_regclass(t.name) IS NOT NULL",
@@ -132,7 +116,7 @@ pub async fn check_ready(pool: &Pool) -> Result<(), ApiError> {
         )
         .await?;
     let present: i64 = row.try_get(0)?;
-    if present as usize == TABLES.len() {
+    if present as usize == READ_TABLES.len() {
         Ok(())
     } else {
         Err(ApiError::new(

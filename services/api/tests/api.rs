@@ -551,9 +551,7 @@ async fn health_readiness_and_store_not_ready() {
     assert_eq!(api.get("/api/v2.0/healthcheck").await.0, 200);
 
     // Once the reporter has migrated, the same api is ready, without a restart.
-    taskbot_reporter::db::migrate(&db.reporter_pool())
-        .await
-        .unwrap();
+    taskbot::store::migrate(&db.writer_pool()).await.unwrap();
     assert_eq!(api.get("/readyz").await.0, 200);
     let (status, body) = api.get("/api/v2.0/results").await;
     assert_eq!(status, 200);

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskbot::{service, Config};
+use taskbot::service::{self, OpsArgs};
+use taskbot::{Config, Service};
 
 /// Subscribes to fedmsg (ZeroMQ) and republishes every bus message as a Taskbot event.
 #[derive(Parser)]
@@ -11,20 +12,14 @@ struct Cli {
     /// `bridge.endpoints`.
     #[arg(long = "endpoint", value_name = "URL")]
     endpoints: Vec<String>,
-    /// Address of /healthz, /readyz and /metrics, as HOST:PORT; port 0 picks a free one (overrides
-    /// `bridge.ops_listen`).
-    #[arg(long, value_name = "HOST:PORT")]
-    ops_listen: Option<String>,
+    #[command(flatten)]
+    ops: OpsArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides: Vec<(&str, String)> = cli
-        .ops_listen
-        .into_iter()
-        .map(|address| ("bridge.ops_listen", address))
-        .collect();
+    let overrides: Vec<_> = cli.ops.override_for(Service::Bridge).into_iter().collect();
     let config = Config::load(&overrides).map(|mut config| {
         // Set after loading: `Config::load` overrides are single strings, this is a list.
         if !cli.endpoints.is_empty() {
@@ -32,5 +27,5 @@ async fn main() -> ExitCode {
         }
         config
     });
-    service::main("fedmsg-bridge", config, taskbot_fedmsg_bridge::run).await
+    service::main(Service::Bridge, config, taskbot_fedmsg_bridge::run).await
 }

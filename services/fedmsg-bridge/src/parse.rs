@@ -7,7 +7,8 @@ use std::fmt;
 use chrono::Utc;
 use serde_json::{Map, Value};
 use taskbot::amqp::{Incoming, Outgoing};
-use taskbot::messages::{derive_uuid, Event, Message};
+use taskbot::messages::{derive_uuid, Event};
+use taskbot::routes::Publishable;
 use taskbot::Topology;
 
 /// Longest topic and `msg_id` the bridge accepts: they become the AMQP routing key and
@@ -289,8 +290,7 @@ impl Routed {
 pub fn route(topology: &Topology, frames: &[Vec<u8>], max_bytes: usize, source: &str) -> Routed {
     match parse_fedmsg(frames, max_bytes, source) {
         Ok(event) => Routed::Event {
-            outgoing: Outgoing::new(topology.events_exchange(), &event.topic, event.to_json())
-                .with_message_id(&event.id),
+            outgoing: event.outgoing(topology),
             id: event.id,
         },
         Err(reason) => Routed::DeadLetter {
@@ -340,6 +340,7 @@ pub fn dead_letter(
 mod tests {
     use super::*;
     use taskbot::amqp::{REASON_HEADER, ROUTING_KEY_HEADER};
+    use taskbot::messages::Message;
 
     const SAMPLES: &str = include_str!("../../../tests/fixtures/fedmsg-real.jsonl");
     const MAX: usize = 1024 * 1024;

@@ -12,6 +12,48 @@ use taskbot::config::{ImageFile, VmImageConfig};
 use taskbot::download::{self, DownloadSpec, RetryPolicy};
 use taskbot::messages::ImageQuery;
 
+/// The arches the catalogue has images for, in catalogue order: the arches the VM backend serves.
+pub fn arches(images: &[VmImageConfig]) -> Vec<String> {
+    let mut arches: Vec<String> = Vec::new();
+    for image in images {
+        if !arches.contains(&image.arch) {
+            arches.push(image.arch.clone());
+        }
+    }
+    arches
+}
+
+/// What is wrong with the catalogue (`provisioner.vm.images`), if anything: caught when the
+/// provisioner starts, not at a job's boot.
+pub fn validate(images: &[VmImageConfig]) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, image) in images.iter().enumerate() {
+        let at = format!("provisioner.vm.images[{i}] ({:?})", image.name);
+        if image.name.is_empty() || image.arch.is_empty() {
+            return Err(format!("{at}: name and arch must not be empty"));
+        }
+        if !names.insert(&image.name) {
+            return Err(format!("{at}: the name is used twice"));
+        }
+        if image.initrd.is_some() && image.kernel.is_none() {
+            return Err(format!("{at}: an initrd needs a kernel"));
+        }
+        let files = [
+            Some(&image.disk),
+            image.kernel.as_ref(),
+            image.initrd.as_ref(),
+        ];
+        for file in files.into_iter().flatten() {
+            if let ImageFile::Url { sha256, .. } = file {
+                if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("{at}: sha256 must be 64 hex digits"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The newest image of `arch` that `query` matches, or why there is none.
 pub fn select<'a>(
     images: &'a [VmImageConfig],
@@ -239,6 +281,51 @@ mod tests {
             release: release.map(Into::into),
             flavour: flavour.map(Into::into),
         }
+    }
+
+    /// What the provisioner checks at start (moved from shared/src/config.rs's catalogue test,
+    /// same cases and messages).
+    #[test]
+    fn the_catalogue_is_validated_and_gives_the_backends_arches() {
+        let mut tiny = image("tiny", "tiny", "1", "base", "");
+        tiny.kernel = Some(ImageFile::Path("/img/vmlinuz".into()));
+        let mut f41 = image("f41", "fedora", "41", "cloud", "2026-11-01");
+        f41.arch = "aarch64".into();
+        f41.disk = ImageFile::Url {
+            url: "https://example.org/f41.qcow2".into(),
+            sha256: "ab".repeat(32),
+        };
+        let mut other = image("other", "tiny", "2", "base", "");
+        other.arch = "aarch64".into();
+        let images = vec![tiny, f41, other];
+        assert_eq!(arches(&images), ["x86_64", "aarch64"]);
+        assert_eq!(validate(&images), Ok(()));
+
+        let mut twice = images.clone();
+        twice[1].name = "tiny".into();
+        assert!(validate(&twice)
+            .unwrap_err()
+            .contains("the name is used twice"));
+        let mut short = images.clone();
+        short[1].disk = ImageFile::Url {
+            url: "https://example.org/x".into(),
+            sha256: "abc".into(),
+        };
+        assert!(validate(&short).unwrap_err().contains("64 hex digits"));
+        let mut initrd_only = images.clone();
+        initrd_only[0].kernel = None;
+        initrd_only[0].initrd = Some(ImageFile::Path("/img/initrd".into()));
+        let err = validate(&initrd_only).unwrap_err();
+        assert!(err.contains("an initrd needs a kernel"), "{err}");
+        assert!(
+            err.starts_with("provisioner.vm.images[0] (\"tiny\")"),
+            "{err}"
+        );
+        let mut unnamed = images;
+        unnamed[2].arch = String::new();
+        assert!(validate(&unnamed)
+            .unwrap_err()
+            .contains("name and arch must not be empty"));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use taskbot::messages::{
     Environment, JobRequest, JobState, JobStatus, Machine, Message, ProvisionedJob, RemoteFile,
     TaskResult, VmRequest,
 };
+use taskbot::routes::Publishable;
 use taskbot::{Config, Shutdown, Topology};
 use vm::{BootSpec, Disk, Lease, VmError, VmPool, VmSettings};
 
@@ -70,7 +71,7 @@ impl VmBackend {
             pool: Arc::new(settings.clone()),
             settings,
             images: config.images.clone(),
-            arches: config.arches(),
+            arches: catalogue::arches(&config.images),
             allowed_urls: config.allowed_urls.clone(),
             download_max_bytes: config.download_max_bytes,
             // A stalled mirror fails the download (and the job, CRASHED) instead of holding the
@@ -409,37 +410,18 @@ impl ProvisionerHandler {
 
     /// The provisioned job on its arch's run queue, with the job's priority.
     fn run_message(&self, provisioned: &ProvisionedJob) -> Outgoing {
-        let job = &provisioned.job;
-        Outgoing::new(
-            self.topology.run_exchange(),
-            &job.arch,
-            provisioned.to_json(),
-        )
-        .with_message_id(job.job_id.to_string())
-        .with_priority(job.priority)
+        provisioned.outgoing(&self.topology)
     }
 
     fn status(&self, status: &JobStatus) -> Outgoing {
-        Outgoing::new(
-            self.topology.results_exchange(),
-            status.routing_key(),
-            status.to_json(),
-        )
+        status.outgoing(&self.topology)
     }
 
     /// A CRASHED result and a `crashed` status: the job ends visibly.
     fn crashed(&self, job: &JobRequest, reason: &str) -> Vec<Outgoing> {
         let result = TaskResult::crashed(job, &self.instance, reason);
         let status = JobStatus::new(job, JobState::Crashed, &self.instance, Some(reason.into()));
-        vec![
-            Outgoing::new(
-                self.topology.results_exchange(),
-                result.routing_key(),
-                result.to_json(),
-            )
-            .with_message_id(result.result_id.to_string()),
-            self.status(&status),
-        ]
+        vec![result.outgoing(&self.topology), self.status(&status)]
     }
 }
 
@@ -496,7 +478,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         );
     }
     if let Some(vm) = &config.provisioner.vm {
-        vm.validate().map_err(anyhow::Error::msg)?;
+        catalogue::validate(&vm.images).map_err(anyhow::Error::msg)?;
     }
     let topology = Topology::for_config(&config);
     let vm = config

@@ -1,30 +1,25 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskbot::{service, Config};
+use taskbot::service::{self, OpsArgs};
+use taskbot::{Config, Service};
 
 /// Prepares what each job needs and puts it on the run queue of its arch.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// Address of /healthz, /readyz and /metrics, as HOST:PORT; port 0 picks a free one (overrides
-    /// `provisioner.ops_listen`).
-    #[arg(long, value_name = "HOST:PORT")]
-    ops_listen: Option<String>,
+    #[command(flatten)]
+    ops: OpsArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides: Vec<(&str, String)> = cli
-        .ops_listen
+    let overrides: Vec<_> = cli
+        .ops
+        .override_for(Service::Provisioner)
         .into_iter()
-        .map(|address| ("provisioner.ops_listen", address))
         .collect();
-    service::main(
-        "provisioner",
-        Config::load(&overrides),
-        taskbot_provisioner::run,
-    )
-    .await
+    let config = Config::load(&overrides);
+    service::main(Service::Provisioner, config, taskbot_provisioner::run).await
 }

@@ -28,10 +28,11 @@ use deadpool_postgres::Pool;
 use taskbot::amqp::{self, Backoff, ConsumerSpec, Disposition, Handler};
 use taskbot::config::ReporterConfig;
 use taskbot::messages::{JobStatus, Message, TaskResult};
+use taskbot::setup;
+use taskbot::store::{self, StoreError};
 use taskbot::topology::Sink;
 use taskbot::{Config, Shutdown, Topology};
 
-use crate::db::StoreError;
 use crate::fedora_messaging::FedoraMessagingSink;
 use crate::jsonl::{JsonlSink, JsonlWriter};
 use crate::resultsdb::{ResultsDb, ResultsDbSink};
@@ -40,22 +41,6 @@ use crate::resultsdb::{ResultsDb, ResultsDbSink};
 /// to its queue and tried again. Short enough that an outage ending is noticed quickly, long
 /// enough not to spin.
 pub const RETRY_DELAY: Duration = Duration::from_secs(2);
-
-/// An error with its causes on one line (library errors often keep the useful part, such as the
-/// server's message or "connection refused", in their source chain).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
 
 /// Decode a result, refusing what cannot be stored or posted. The error is a dead-letter reason.
 pub fn decode_result(body: &[u8]) -> Result<TaskResult, String> {
@@ -106,12 +91,12 @@ pub async fn prepare_database(
         if shutdown.is_triggered() {
             return Ok(false);
         }
-        match db::migrate(pool).await {
+        match store::migrate(pool).await {
             Ok(applied) => {
                 tracing::info!(
                     database,
                     applied,
-                    version = db::MIGRATIONS.len(),
+                    version = store::MIGRATIONS.len(),
                     "database schema up to date"
                 );
                 return Ok(true);
@@ -136,7 +121,7 @@ pub async fn prepare_database(
 /// `resultsdb_url` is set and the JSON-lines file when `jsonl_path` is set. Refuses a listed sink
 /// that lacks what it needs, so a typo fails the start instead of a queue filling up.
 pub fn enabled_sinks(config: &ReporterConfig) -> anyhow::Result<Vec<Sink>> {
-    let sinks = config.sinks_in_use();
+    let sinks = taskbot::topology::sinks_in_use(config);
     if sinks.contains(&Sink::Resultsdb) && config.resultsdb_url.is_none() {
         anyhow::bail!("reporter.sinks lists resultsdb but reporter.resultsdb_url is not set");
     }
@@ -158,108 +143,181 @@ async fn declare_queues(
     topology: &Topology,
     shutdown: &mut Shutdown,
 ) -> anyhow::Result<bool> {
-    let mut backoff = Backoff::new(config.amqp.reconnect_max_secs);
-    loop {
-        let Some(conn) =
-            amqp::connect_with_retry(&config.amqp, "taskbot-reporter-setup", shutdown).await
-        else {
-            return Ok(false);
+    let exchange = &config.reporter.fedora_messaging_exchange;
+    let publishes = topology.sinks.contains(&Sink::FedoraMessaging);
+    let check = |channel: lapin::Channel| async move {
+        if !publishes {
+            return Ok(());
+        }
+        let passive = lapin::options::ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
         };
-        let declared = async {
-            let channel = conn.create_channel().await?;
-            topology.declare(&channel).await?;
-            Ok::<_, lapin::Error>(())
-        }
-        .await;
-        if topology.sinks.contains(&Sink::FedoraMessaging) && declared.is_ok() {
-            let exchange = &config.reporter.fedora_messaging_exchange;
-            let found = async {
-                let channel = conn.create_channel().await?;
-                channel
-                    .exchange_declare(
-                        exchange,
-                        lapin::ExchangeKind::Topic,
-                        lapin::options::ExchangeDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        Default::default(),
-                    )
-                    .await
-            }
-            .await;
-            if let Err(err) = found {
-                let _ = conn.close(200, "done").await;
-                anyhow::bail!(
+        channel
+            .exchange_declare(
+                exchange,
+                lapin::ExchangeKind::Topic,
+                passive,
+                Default::default(),
+            )
+            .await
+            .map_err(|err| {
+                anyhow::anyhow!(
                     "reporter.fedora_messaging_exchange {exchange:?} cannot be used: {err}"
-                );
-            }
-        }
-        let _ = conn.close(200, "declared").await;
-        match declared {
-            Ok(()) => return Ok(true),
-            Err(err) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "cannot declare the sink queues");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait() => return Ok(false),
-                }
-            }
-        }
-    }
+                )
+            })
+    };
+    let name = "taskbot-reporter-setup";
+    setup::declare_with_retry(&config.amqp, topology, name, shutdown, check).await
 }
 
 type Consumer<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
-/// How one sink consumes its queue.
-fn spec(queue: String, sink: &str, concurrency: usize, retry_delay: Duration) -> ConsumerSpec {
-    ConsumerSpec {
-        queue,
-        name: format!("taskbot-reporter-{sink}"),
-        concurrency,
-        retry_delay,
+/// Starts the consumers of one run of the reporter: each sink's consume loop on its queue.
+struct Consumers<'a> {
+    config: &'a Config,
+    topology: &'a Topology,
+    shutdown: Shutdown,
+}
+
+impl<'a> Consumers<'a> {
+    /// The consume loop of `sink` on `queue`, `concurrency` deliveries at a time.
+    fn start(
+        &self,
+        queue: String,
+        sink: &str,
+        concurrency: usize,
+        retry_delay: Duration,
+        handler: Arc<dyn Handler>,
+    ) -> Consumer<'a> {
+        let spec = ConsumerSpec {
+            queue,
+            name: format!("taskbot-reporter-{sink}"),
+            concurrency,
+            retry_delay,
+        };
+        Box::pin(amqp::consume(
+            &self.config.amqp,
+            self.topology,
+            spec,
+            handler,
+            self.shutdown.clone(),
+        ))
+    }
+
+    /// The sinks that need no database, started at once: the JSON-lines file (when `jsonl` is
+    /// open) and fedora-messaging (when enabled).
+    fn without_db(&self, jsonl: Option<JsonlWriter>) -> Vec<Consumer<'a>> {
+        let (t, rc) = (self.topology, &self.config.reporter);
+        let mut consumers = Vec::new();
+        if let Some(writer) = jsonl {
+            let sink = Arc::new(JsonlSink::new(writer));
+            consumers.push(self.start(t.jsonl_queue(), "jsonl", 1, RETRY_DELAY, sink));
+        }
+        if t.sinks.contains(&Sink::FedoraMessaging) {
+            let sink = Arc::new(FedoraMessagingSink {
+                exchange: rc.fedora_messaging_exchange.clone(),
+                topic: rc.fedora_messaging_topic.clone(),
+                schema: rc.fedora_messaging_schema.clone(),
+            });
+            let queue = t.fedora_messaging_queue();
+            consumers.push(self.start(queue, "fedora-messaging", 1, RETRY_DELAY, sink));
+        }
+        consumers
+    }
+
+    /// The sinks that need the database (once it is prepared): PostgreSQL (when enabled) and
+    /// ResultsDB (when `resultsdb` is configured).
+    fn with_db(&self, stores: &Stores, resultsdb: Option<ResultsDb>) -> Vec<Consumer<'a>> {
+        let (t, config) = (self.topology, self.config);
+        let mut consumers = Vec::new();
+        if t.sinks.contains(&Sink::Postgres) {
+            // Results and statuses share the pool; each handler holds one connection at a time,
+            // so half the pool each keeps them from waiting on each other.
+            let concurrency = (config.postgres.pool_size / 2).max(1);
+            let pool = stores.pool.clone();
+            consumers.push(self.start(
+                t.postgres_results_queue(),
+                "postgres-results",
+                concurrency,
+                RETRY_DELAY,
+                Arc::new(postgres::ResultsHandler { pool: pool.clone() }),
+            ));
+            consumers.push(self.start(
+                t.postgres_status_queue(),
+                "postgres-status",
+                concurrency,
+                RETRY_DELAY,
+                Arc::new(postgres::StatusHandler { pool }),
+            ));
+        }
+        if let Some(rdb) = resultsdb {
+            let rc = &config.reporter;
+            let sink = ResultsDbSink::new(
+                stores.resultsdb_pool.clone(),
+                rdb,
+                rc.job_url_template.clone(),
+                rc.resultsdb_retry_max_secs,
+                self.shutdown.clone(),
+            );
+            // The handler waits each result's own back-off before handing it back, so the
+            // consume loop adds no pause of its own.
+            let concurrency = rc.resultsdb_concurrency.max(1);
+            let queue = t.resultsdb_queue();
+            consumers.push(self.start(
+                queue,
+                "resultsdb",
+                concurrency,
+                Duration::ZERO,
+                Arc::new(sink),
+            ));
+        }
+        consumers
     }
 }
 
-fn consumer<'a>(
-    config: &'a Config,
-    topology: &'a Topology,
-    spec: ConsumerSpec,
-    handler: Arc<dyn Handler>,
-    shutdown: &Shutdown,
-) -> Consumer<'a> {
-    Box::pin(amqp::consume(
-        &config.amqp,
-        topology,
-        spec,
-        handler,
-        shutdown.clone(),
-    ))
+/// The reporter's database pools. The ResultsDB sink has a pool of its own: while ResultsDB
+/// hangs, its handlers hold connections, and those must not be the ones the PostgreSQL sink needs.
+struct Stores {
+    pool: Pool,
+    resultsdb_pool: Pool,
+    /// The database's name, for logs (its URL may hold a password).
+    database: String,
 }
 
-/// Run until `shutdown`: declare the enabled sinks' queues, start the sinks that need no
-/// database at once, prepare the database (when a sink needs it) and start the others.
-pub async fn run(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
-    let sinks = enabled_sinks(&config.reporter)?;
-    let enabled = |sink| sinks.contains(&sink);
+impl Stores {
+    fn connect(config: &Config) -> anyhow::Result<Stores> {
+        let mut resultsdb_pg = config.postgres.clone();
+        resultsdb_pg.pool_size = config.reporter.resultsdb_concurrency.max(1);
+        Ok(Stores {
+            pool: db::connect_pool(&config.postgres)?,
+            resultsdb_pool: db::connect_pool(&resultsdb_pg)?,
+            database: store::database_name(&config.postgres.url),
+        })
+    }
+
+    fn close(&self) {
+        self.pool.close();
+        self.resultsdb_pool.close();
+    }
+}
+
+/// The ResultsDB client when that sink is enabled, and the JSON-lines file opened when that one
+/// is: what can be wrong in the configuration, checked before waiting for anything.
+fn open_sinks(config: &Config) -> anyhow::Result<(Option<ResultsDb>, Option<JsonlWriter>)> {
+    let (rc, sinks) = (&config.reporter, enabled_sinks(&config.reporter)?);
     let names: Vec<&str> = sinks.iter().map(|s| s.as_str()).collect();
     tracing::info!(sinks = ?names, "reporter sinks enabled");
-    let rc = &config.reporter;
-    // Check everything that can be wrong in the configuration before waiting for anything.
-    let resultsdb = match (&rc.resultsdb_url, enabled(Sink::Resultsdb)) {
+    let resultsdb = match (&rc.resultsdb_url, sinks.contains(&Sink::Resultsdb)) {
         (Some(url), true) => {
-            let rdb = ResultsDb::new(
-                url,
-                Duration::from_secs(rc.resultsdb_timeout_secs.max(1)),
-                rc.resultsdb_auth_header.as_deref(),
-            )?;
+            let timeout = Duration::from_secs(rc.resultsdb_timeout_secs.max(1));
+            let rdb = ResultsDb::new(url, timeout, rc.resultsdb_auth_header.as_deref())?;
             tracing::info!(url = %rdb.results_url(), "results will be posted to ResultsDB");
             Some(rdb)
         }
         _ => None,
     };
-    let jsonl = match (&rc.jsonl_path, enabled(Sink::Jsonl)) {
+    let jsonl = match (&rc.jsonl_path, sinks.contains(&Sink::Jsonl)) {
         (Some(path), true) => Some(
             JsonlWriter::open(path, rc.jsonl_max_bytes, rc.jsonl_keep).map_err(|e| {
                 anyhow::anyhow!("cannot open reporter.jsonl_path {}: {e}", path.display())
@@ -267,130 +325,54 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let needs_db = enabled(Sink::Postgres) || enabled(Sink::Resultsdb);
-    // The ResultsDB sink has a pool of its own: while ResultsDB hangs, its handlers hold
-    // connections, and those must not be the ones the PostgreSQL sink needs.
-    let pool = db::connect_pool(&config.postgres)?;
-    let mut resultsdb_pg = config.postgres.clone();
-    resultsdb_pg.pool_size = rc.resultsdb_concurrency.max(1);
-    let resultsdb_pool = db::connect_pool(&resultsdb_pg)?;
-    let database = db::database_name(&config.postgres.url);
+    Ok((resultsdb, jsonl))
+}
 
-    let topology = Topology::new(&config.amqp.namespace, &config.arches).with_sinks(&sinks);
+/// Prepare the database, then run the sinks that need it until shutdown. `Ok` at once when no
+/// enabled sink needs it.
+async fn run_with_db(
+    consumers: &Consumers<'_>,
+    stores: Stores,
+    resultsdb: Option<ResultsDb>,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let sinks = &consumers.topology.sinks;
+    if !sinks.contains(&Sink::Postgres) && resultsdb.is_none() {
+        return Ok(());
+    }
+    let migrate_pool = if sinks.contains(&Sink::Postgres) {
+        &stores.pool
+    } else {
+        &stores.resultsdb_pool
+    };
+    let max_backoff = consumers.config.amqp.reconnect_max_secs;
+    if !prepare_database(migrate_pool, &stores.database, max_backoff, &mut shutdown).await? {
+        tracing::info!("shutdown requested before the database was ready");
+        return Ok(());
+    }
+    futures::future::join_all(consumers.with_db(&stores, resultsdb)).await;
+    stores.close();
+    Ok(())
+}
+
+/// Run until `shutdown`: declare the enabled sinks' queues, start the sinks that need no
+/// database at once, prepare the database (when a sink needs it) and start the others.
+pub async fn run(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    // Check everything that can be wrong in the configuration before waiting for anything.
+    let (resultsdb, jsonl) = open_sinks(&config)?;
+    let stores = Stores::connect(&config)?;
+    let topology = Topology::for_config(&config);
     if !declare_queues(&config, &topology, &mut shutdown).await? {
         tracing::info!("shutdown requested before the sink queues were declared");
         return Ok(());
     }
-
-    let mut without_db: Vec<Consumer> = Vec::new();
-    if let Some(writer) = jsonl {
-        without_db.push(consumer(
-            &config,
-            &topology,
-            spec(topology.jsonl_queue(), "jsonl", 1, RETRY_DELAY),
-            Arc::new(JsonlSink::new(writer)),
-            &shutdown,
-        ));
-    }
-    if enabled(Sink::FedoraMessaging) {
-        without_db.push(consumer(
-            &config,
-            &topology,
-            spec(
-                topology.fedora_messaging_queue(),
-                "fedora-messaging",
-                1,
-                RETRY_DELAY,
-            ),
-            Arc::new(FedoraMessagingSink {
-                exchange: rc.fedora_messaging_exchange.clone(),
-                topic: rc.fedora_messaging_topic.clone(),
-                schema: rc.fedora_messaging_schema.clone(),
-            }),
-            &shutdown,
-        ));
-    }
-    let without_db = futures::future::join_all(without_db);
-
-    let mut db_shutdown = shutdown.clone();
-    let (config_ref, topology_ref) = (&config, &topology);
-    let with_db = async move {
-        if !needs_db {
-            return Ok(());
-        }
-        let migrate_pool = if enabled(Sink::Postgres) {
-            &pool
-        } else {
-            &resultsdb_pool
-        };
-        if !prepare_database(
-            migrate_pool,
-            &database,
-            config_ref.amqp.reconnect_max_secs,
-            &mut db_shutdown,
-        )
-        .await?
-        {
-            tracing::info!("shutdown requested before the database was ready");
-            return Ok(());
-        }
-        let mut consumers: Vec<Consumer> = Vec::new();
-        if enabled(Sink::Postgres) {
-            // Results and statuses share the pool; each handler holds one connection at a time,
-            // so half the pool each keeps them from waiting on each other.
-            let concurrency = (config_ref.postgres.pool_size / 2).max(1);
-            consumers.push(consumer(
-                config_ref,
-                topology_ref,
-                spec(
-                    topology_ref.postgres_results_queue(),
-                    "postgres-results",
-                    concurrency,
-                    RETRY_DELAY,
-                ),
-                Arc::new(postgres::ResultsHandler { pool: pool.clone() }),
-                &db_shutdown,
-            ));
-            consumers.push(consumer(
-                config_ref,
-                topology_ref,
-                spec(
-                    topology_ref.postgres_status_queue(),
-                    "postgres-status",
-                    concurrency,
-                    RETRY_DELAY,
-                ),
-                Arc::new(postgres::StatusHandler { pool: pool.clone() }),
-                &db_shutdown,
-            ));
-        }
-        if let Some(rdb) = resultsdb {
-            // The handler waits each result's own back-off before handing it back, so the
-            // consume loop adds no pause of its own.
-            consumers.push(consumer(
-                config_ref,
-                topology_ref,
-                spec(
-                    topology_ref.resultsdb_queue(),
-                    "resultsdb",
-                    config_ref.reporter.resultsdb_concurrency.max(1),
-                    Duration::ZERO,
-                ),
-                Arc::new(ResultsDbSink::new(
-                    resultsdb_pool.clone(),
-                    rdb,
-                    config_ref.reporter.job_url_template.clone(),
-                    config_ref.reporter.resultsdb_retry_max_secs,
-                    db_shutdown.clone(),
-                )),
-                &db_shutdown,
-            ));
-        }
-        futures::future::join_all(consumers).await;
-        pool.close();
-        resultsdb_pool.close();
-        Ok::<_, anyhow::Error>(())
+    let consumers = Consumers {
+        config: &config,
+        topology: &topology,
+        shutdown: shutdown.clone(),
     };
+    let without_db = futures::future::join_all(consumers.without_db(jsonl));
+    let with_db = run_with_db(&consumers, stores, resultsdb, shutdown);
     // A database that can never be prepared ends the reporter (the sinks without a database stop
     // with it; their deliveries in hand are not acked and come back).
     let mut without_db = std::pin::pin!(without_db);
@@ -478,26 +460,5 @@ mod tests {
         assert!(err.contains("jsonl_path is not set"), "{err}");
         rc.sinks = Some(vec![]);
         assert!(enabled_sinks(&rc).is_err());
-    }
-
-    #[test]
-    fn error_chain_includes_causes_once() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("db error")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let err = Outer(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "connection refused",
-        ));
-        assert_eq!(error_chain(&err), "db error: connection refused");
     }
 }

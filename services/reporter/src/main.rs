@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskbot::{service, Config};
+use taskbot::service::{self, OpsArgs};
+use taskbot::{Config, Service};
 
 /// Feeds results and job statuses to its enabled sinks (`reporter.sinks`): PostgreSQL,
 /// ResultsDB, a JSON-lines file, fedora-messaging. See docs/results.md.
@@ -15,10 +16,8 @@ struct Cli {
     /// PostgreSQL URL (overrides `postgres.url`).
     #[arg(long)]
     postgres_url: Option<String>,
-    /// Address of /healthz, /readyz and /metrics, as HOST:PORT; port 0 picks a free one (overrides
-    /// `reporter.ops_listen`).
-    #[arg(long, value_name = "HOST:PORT")]
-    ops_listen: Option<String>,
+    #[command(flatten)]
+    ops: OpsArgs,
 }
 
 #[tokio::main]
@@ -31,8 +30,7 @@ async fn main() -> ExitCode {
     if let Some(url) = cli.postgres_url {
         overrides.push(("postgres.url", url));
     }
-    if let Some(address) = cli.ops_listen {
-        overrides.push(("reporter.ops_listen", address));
-    }
-    service::main("reporter", Config::load(&overrides), taskbot_reporter::run).await
+    overrides.extend(cli.ops.override_for(Service::Reporter));
+    let config = Config::load(&overrides);
+    service::main(Service::Reporter, config, taskbot_reporter::run).await
 }

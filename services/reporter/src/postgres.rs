@@ -4,8 +4,8 @@
 use deadpool_postgres::Pool;
 use taskbot::amqp::{DeliveryContext, Disposition, Handler, Incoming};
 
-use crate::db::{self, StoreError};
 use crate::{decode_result, decode_status, store_failure};
+use taskbot::store::{self, StoreError};
 
 /// Stores results.
 pub struct ResultsHandler {
@@ -24,7 +24,7 @@ impl ResultsHandler {
             Ok(c) => c,
             Err(err) => return store_failure(&what, &StoreError::from(err)),
         };
-        match db::insert_result(&client, &result).await {
+        match store::insert_result(&client, &result).await {
             Ok(true) => {
                 tracing::info!(result_id = %result.result_id, job_id = %result.job_id,
                 testcase = %result.testcase, outcome = %result.outcome, item = %result.item,
@@ -63,7 +63,7 @@ impl StatusHandler {
             Ok(c) => c,
             Err(err) => return store_failure(&what, &StoreError::from(err)),
         };
-        match db::record_status(&mut client, &status).await {
+        match store::record_status(&mut client, &status).await {
             Ok(write) => {
                 tracing::info!(job_id = %status.job_id, state = %status.state, service = %status.service,
                     new_event = write.new_event, job_updated = write.job_updated, "job status recorded");

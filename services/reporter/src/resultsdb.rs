@@ -13,12 +13,13 @@ use chrono::SecondsFormat;
 use deadpool_postgres::Pool;
 use serde_json::{json, Map, Value};
 use taskbot::amqp::{Backoff, DeliveryContext, Disposition, Handler, Incoming};
+use taskbot::error_chain;
 use taskbot::messages::TaskResult;
+use taskbot::store::{self, StoreError};
 use taskbot::Shutdown;
 use uuid::Uuid;
 
-use crate::db::{self, StoreError};
-use crate::{decode_result, error_chain, store_failure};
+use crate::{decode_result, store_failure};
 
 /// The most of a server's error message quoted in a dead-letter reason.
 const MAX_MESSAGE_CHARS: usize = 500;
@@ -383,7 +384,7 @@ impl ResultsDbSink {
             Ok(tx) => tx,
             Err(err) => return store_failure(&what, &StoreError::from(err)),
         };
-        match db::lock_delivery(&tx, result.result_id).await {
+        match store::lock_delivery(&tx, result.result_id).await {
             Ok(Some(delivery)) => {
                 tracing::info!(result_id = %result.result_id, resultsdb_id = ?delivery.resultsdb_id,
                     posted_at = %delivery.posted_at, "result already in ResultsDB");
@@ -403,7 +404,7 @@ impl ResultsDbSink {
                     tracing::warn!(result_id = %result.result_id, "ResultsDB accepted the result but its answer had no id");
                 }
                 let recorded = async {
-                    db::record_delivery(&tx, result.result_id, id).await?;
+                    store::record_delivery(&tx, result.result_id, id).await?;
                     tx.commit().await.map_err(StoreError::from)
                 }
                 .await;

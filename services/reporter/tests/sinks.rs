@@ -473,3 +473,31 @@ async fn a_queue_bound_by_hand_receives_the_results_and_statuses_it_asks_for() {
     assert_eq!(broker.depth(&everything).await, 4, "`#` takes all four");
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_missing_fedora_messaging_exchange_stops_the_start_after_the_queues_are_declared() {
+    let mut config = test_config();
+    config.reporter.sinks = Some(vec![Sink::FedoraMessaging]);
+    config.reporter.fedora_messaging_exchange =
+        format!("{}.no-such-exchange", config.amqp.namespace);
+    let queue = taskbot::Topology::for_config(&config).fedora_messaging_queue();
+    let run = taskbot_reporter::run(
+        config.clone(),
+        taskbot::Shutdown::new(std::future::pending()),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the reporter gives up at once: waiting does not create an exchange")
+        .expect_err("a missing exchange is an error");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("reporter.fedora_messaging_exchange")
+            && text.contains("no-such-exchange")
+            && text.contains("cannot be used"),
+        "{text}"
+    );
+    // Declared (by the reporter: nothing else ran) before the check, so results published
+    // meanwhile are kept.
+    assert!(queue_exists(&queue).await, "{queue}");
+    TestBroker::new(&config).await.cleanup().await;
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use taskbot::amqp::REASON_HEADER;
 use taskbot::messages::{JobState, Message, Outcome, TaskResult};
+use taskbot::store;
 use taskbot::testing::{test_config, TestBroker};
 use taskbot_reporter::db;
 use uuid::Uuid;
@@ -29,9 +30,12 @@ async fn migrating_twice_is_a_no_op_and_concurrent_migrations_do_not_fail() {
     let mut config = test_config();
     config.postgres.url = test_db.url.clone();
     let pool = db::connect_pool(&config.postgres).unwrap();
-    assert_eq!(db::migrate(&pool).await.unwrap(), db::MIGRATIONS.len());
     assert_eq!(
-        db::migrate(&pool).await.unwrap(),
+        store::migrate(&pool).await.unwrap(),
+        store::MIGRATIONS.len()
+    );
+    assert_eq!(
+        store::migrate(&pool).await.unwrap(),
         0,
         "second run applies nothing"
     );
@@ -48,7 +52,7 @@ async fn migrating_twice_is_a_no_op_and_concurrent_migrations_do_not_fail() {
         .collect();
     assert_eq!(
         versions,
-        (1..=db::MIGRATIONS.len() as i32).collect::<Vec<_>>()
+        (1..=store::MIGRATIONS.len() as i32).collect::<Vec<_>>()
     );
     let tables: Vec<String> = client
         .query(
@@ -71,6 +75,12 @@ async fn migrating_twice_is_a_no_op_and_concurrent_migrations_do_not_fail() {
             "taskbot_schema_migrations"
         ]
     );
+    let mut named = store::schema::TABLES.to_vec();
+    named.sort();
+    assert_eq!(
+        tables, named,
+        "the schema's table names are the tables it makes"
+    );
     pool.close();
 
     // Two reporters starting at once on a fresh database: both succeed, exactly one applies.
@@ -78,9 +88,9 @@ async fn migrating_twice_is_a_no_op_and_concurrent_migrations_do_not_fail() {
     config.postgres.url = fresh.url.clone();
     let a = db::connect_pool(&config.postgres).unwrap();
     let b = db::connect_pool(&config.postgres).unwrap();
-    let (ra, rb) = tokio::join!(db::migrate(&a), db::migrate(&b));
+    let (ra, rb) = tokio::join!(store::migrate(&a), store::migrate(&b));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    assert_eq!(ra + rb, db::MIGRATIONS.len(), "applied {ra} + {rb}");
+    assert_eq!(ra + rb, store::MIGRATIONS.len(), "applied {ra} + {rb}");
     assert!(ra == 0 || rb == 0);
     a.close();
     b.close();

@@ -12,7 +12,8 @@ use std::time::Duration;
 use taskbot::amqp::{
     self, ConsumerSpec, DeliveryContext, Disposition, Handler, Incoming, Outgoing,
 };
-use taskbot::messages::{JobState, JobStatus, Message};
+use taskbot::messages::{JobState, JobStatus};
+use taskbot::routes::Publishable;
 use taskbot::{Config, Shutdown, Topology};
 
 pub use engine::{Engine, Evaluation};
@@ -154,17 +155,9 @@ impl RulesHandler {
             }
             tracing::info!(%event_id, job_id = %job.job_id, rule = %job.rule,
                 task = %job.task.name, item = %job.item, arch = %job.arch, "job requested");
-            out.push(
-                Outgoing::new(self.topology.jobs_exchange(), &job.arch, job.to_json())
-                    .with_message_id(job.job_id.to_string())
-                    .with_priority(job.priority),
-            );
+            out.push(job.outgoing(&self.topology));
             let status = JobStatus::new(job, JobState::Queued, &self.instance, None);
-            out.push(Outgoing::new(
-                self.topology.results_exchange(),
-                status.routing_key(),
-                status.to_json(),
-            ));
+            out.push(status.outgoing(&self.topology));
         }
         Disposition::Done(out)
     }

@@ -2,7 +2,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskbot::{service, Config};
+use taskbot::service::{self, OpsArgs};
+use taskbot::{Config, Service};
 
 /// Turns bus events into job requests, following the rules file.
 #[derive(Parser)]
@@ -11,10 +12,8 @@ struct Cli {
     /// Rules file (overrides `rules.file`).
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// Address of /healthz, /readyz and /metrics, as HOST:PORT; port 0 picks a free one (overrides
-    /// `rules.ops_listen`).
-    #[arg(long, value_name = "HOST:PORT")]
-    ops_listen: Option<String>,
+    #[command(flatten)]
+    ops: OpsArgs,
 }
 
 #[tokio::main]
@@ -24,8 +23,6 @@ async fn main() -> ExitCode {
     if let Some(rules) = cli.rules {
         overrides.push(("rules.file", rules.display().to_string()));
     }
-    if let Some(address) = cli.ops_listen {
-        overrides.push(("rules.ops_listen", address));
-    }
-    service::main("rules", Config::load(&overrides), taskbot_rules::run).await
+    overrides.extend(cli.ops.override_for(Service::Rules));
+    service::main(Service::Rules, Config::load(&overrides), taskbot_rules::run).await
 }

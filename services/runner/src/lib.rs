@@ -42,7 +42,7 @@ pub mod task;
 mod task_files;
 
 pub use budget::{task_budget, Budget};
-pub use service::run;
+pub use service::{configured_arch, run};
 pub use steps::CLEANUP_TIMEOUT_SECS;
 
 use taskbot::amqp::{DeliveryContext, Disposition, Handler, Incoming};

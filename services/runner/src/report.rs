@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::Utc;
 use taskbot::amqp::{Disposition, Outgoing};
 use taskbot::artifacts::TASK_LOG;
-use taskbot::messages::{Event, JobRequest, JobState, JobStatus, Message, Outcome, TaskResult};
+use taskbot::messages::{Event, JobRequest, JobState, JobStatus, Outcome, TaskResult};
+use taskbot::routes::Publishable;
 use taskbot::Topology;
 
 use crate::execute::{RunEnd, TaskExit};
@@ -287,35 +288,26 @@ pub fn disposition(
     let mut out: Vec<Outgoing> = verdict
         .results
         .iter()
-        .map(|r| {
-            Outgoing::new(topology.results_exchange(), r.routing_key(), r.to_json())
-                .with_message_id(r.result_id.to_string())
-        })
+        .map(|r| r.outgoing(topology))
         .collect();
     if verdict.state == JobState::Done {
-        out.extend(verdict.events.iter().map(|e| {
-            Outgoing::new(topology.events_exchange(), &e.topic, e.to_json()).with_message_id(&e.id)
-        }));
+        out.extend(verdict.events.iter().map(|e| e.outgoing(topology)));
     }
     let status = JobStatus::new(job, verdict.state, runner, Some(verdict.detail.clone()));
     out.push(status_message(topology, &status));
     Disposition::Done(out)
 }
 
-/// A job status as an outgoing message.
+/// A job status as an outgoing message ([`Publishable::outgoing`], as every service sends it).
 pub fn status_message(topology: &Topology, status: &JobStatus) -> Outgoing {
-    Outgoing::new(
-        topology.results_exchange(),
-        status.routing_key(),
-        status.to_json(),
-    )
-    .with_message_id(status.status_id.to_string())
+    status.outgoing(topology)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+    use taskbot::messages::Message;
     use taskbot::messages::TaskRef;
     use uuid::Uuid;
 

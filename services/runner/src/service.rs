@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use taskbot::amqp::{self, ConsumerSpec};
-use taskbot::config::{RunnerConfig, SandboxMode};
+use taskbot::config::{ConfigError, RunnerConfig, SandboxMode};
 use taskbot::{Config, Shutdown, Topology};
 
 use crate::budget::task_budget;
@@ -17,18 +17,12 @@ use crate::{slots_busy, RunnerHandler, SLOTS_METRIC};
 /// Run until `shutdown`: consume the run queue of `runner.arch`. A task running at shutdown is
 /// killed and its job handed back to the queue.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let arch = config.runner_arch()?.to_string();
+    let arch = configured_arch(&config)?.to_string();
     if arch.is_empty() || arch.contains(['.', '#', '*', ' ']) {
         anyhow::bail!("runner.arch: {arch:?} is not an arch name");
     }
     let settings = settings(&config.runner).await?;
-    // The runner's own queue must exist even for an arch missing from `arches`.
-    let mut arches = config.arches.clone();
-    if !arches.contains(&arch) {
-        arches.push(arch.clone());
-    }
-    let topology =
-        Topology::new(&config.amqp.namespace, &arches).with_sinks(&config.reporter.sinks_in_use());
+    let topology = Topology::for_config(&config).with_arch(&arch);
     let handler = Arc::new(RunnerHandler {
         topology: topology.clone(),
         arch: arch.clone(),
@@ -56,6 +50,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
 /// `runner.*` with its directories made absolute (tasks get them in their environment and run in
 /// another directory) and created, and warnings about settings that will hurt.
+/// The arch whose run queue this runner consumes (`runner.arch`, `--arch`): checked here, not in
+/// the shared configuration, since no other service needs it. Unset is a bad configuration (exit
+/// status 2, `main` checks it before starting), as a bad value the loader finds is.
+pub fn configured_arch(config: &Config) -> Result<&str, ConfigError> {
+    config.runner.arch.as_deref().ok_or_else(|| {
+        ConfigError::new("runner.arch: not set (use --arch or TASKBOT_RUNNER__ARCH)")
+    })
+}
+
 async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
     let mut settings = runner.clone();
     for (key, dir) in [
@@ -166,4 +169,21 @@ fn register_slots(arch: &str, concurrency: usize) {
         .with(&[arch])
         .set(i64::try_from(concurrency.max(1)).unwrap_or(i64::MAX));
     slots_busy(arch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arch_is_required() {
+        let mut config = Config::default();
+        let err = configured_arch(&config).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid configuration:\nrunner.arch: not set (use --arch or TASKBOT_RUNNER__ARCH)"
+        );
+        config.runner.arch = Some("aarch64".into());
+        assert_eq!(configured_arch(&config).unwrap(), "aarch64");
+    }
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::Value;
-use taskbot::Config;
+use taskbot::{error_chain, Config};
 
 use crate::cli::{ApiArgs, JobArgs, ResultsArgs};
 use crate::Failure;
@@ -89,20 +89,6 @@ fn get(url: &str, what: &str) -> Result<Value, Failure> {
             Failure::input(format!("taskbot: the api's answer for {url} is not JSON"))
         })
     })
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The `/api/v2.0/results` URL for the command's filters.

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use taskbot::amqp::{self, dead_letters, Outgoing, Publisher, REASON_HEADER, SOURCE_HEADER};
+use taskbot::amqp::{self, dead_letters, Publisher, REASON_HEADER, SOURCE_HEADER};
 use taskbot::management::{classify, Management, Status};
 use taskbot::messages::{JobRequest, JobState, JobStatus, Message, TaskRef};
+use taskbot::routes::Publishable;
 use taskbot::{Config, Topology};
 
 use crate::cli::{DlqArgs, DlqCommand, ReplayArgs, StatusArgs, SubmitArgs, WatchArgs};
@@ -354,16 +355,7 @@ pub fn submit(args: &SubmitArgs) -> Result<String, Failure> {
         let (conn, publisher, topology) = publisher(&config).await?;
         for job in &jobs {
             let status = JobStatus::new(job, JobState::Queued, "taskbot-cli", None);
-            let messages = [
-                Outgoing::new(topology.jobs_exchange(), &job.arch, job.to_json())
-                    .with_message_id(job.job_id.to_string())
-                    .with_priority(job.priority),
-                Outgoing::new(
-                    topology.results_exchange(),
-                    status.routing_key(),
-                    status.to_json(),
-                ),
-            ];
+            let messages = [job.outgoing(&topology), status.outgoing(&topology)];
             publisher.publish_all(&messages).await.map_err(|e| {
                 Failure::input(format!("taskbot: the broker did not take the job: {e}"))
             })?;
@@ -405,10 +397,7 @@ pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
         for (n, message) in messages.iter().enumerate() {
             let event = &message.event;
             publisher
-                .publish(
-                    &Outgoing::new(topology.events_exchange(), &event.topic, event.to_json())
-                        .with_message_id(event.id.clone()),
-                )
+                .publish(&event.outgoing(&topology))
                 .await
                 .map_err(|e| {
                     Failure::input(format!(

@@ -1,6 +1,6 @@
-//! Shared by the api's integration tests: a database of its own per test (migrated by the
-//! reporter's own migrations, filled with the reporter's own writes), the api running in-process
-//! on a free port, and row builders.
+//! Shared by the api's integration tests: a database of its own per test (migrated and filled by
+//! the store's own migrations and writes, [`taskbot::store`], which the reporter uses), the api
+//! running in-process on a free port, and row builders.
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
@@ -15,7 +15,7 @@ use taskbot::{Config, Shutdown};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A database of its own for one test (see [`taskbot::testing::TestDb`]), with the reporter's
+/// A database of its own for one test (see [`taskbot::testing::TestDb`]), with the store's
 /// schema and writes at hand.
 pub struct TestDb {
     pub url: String,
@@ -36,38 +36,48 @@ impl TestDb {
         &self.inner.name
     }
 
-    /// A database with the reporter's schema.
+    /// A database with the store's schema, as the reporter migrates it.
     pub async fn create() -> TestDb {
         let db = TestDb::create_empty().await;
-        let pool = db.reporter_pool();
-        taskbot_reporter::db::migrate(&pool)
+        let pool = db.writer_pool();
+        taskbot::store::migrate(&pool)
             .await
-            .expect("reporter migrations");
+            .expect("store migrations");
         db
     }
 
-    pub fn reporter_pool(&self) -> deadpool_postgres::Pool {
-        taskbot_reporter::db::connect_pool(&taskbot::config::PostgresConfig {
-            url: self.url.clone(),
-            pool_size: 2,
-        })
+    /// A read-write pool (the api's own sessions are read-only).
+    pub fn writer_pool(&self) -> deadpool_postgres::Pool {
+        taskbot::store::connect_pool(
+            &taskbot::config::PostgresConfig {
+                url: self.url.clone(),
+                pool_size: 2,
+            },
+            &taskbot::store::PoolOptions {
+                application_name: "taskbot-api-test",
+                read_only: false,
+                connect_timeout: Duration::from_secs(5),
+                wait_timeout: Duration::from_secs(10),
+                create_timeout: Duration::from_secs(5),
+            },
+        )
         .expect("pool")
     }
 
     /// Store a result as the reporter does.
     pub async fn insert_result(&self, result: &TaskResult) {
-        let pool = self.reporter_pool();
+        let pool = self.writer_pool();
         let client = pool.get().await.unwrap();
-        assert!(taskbot_reporter::db::insert_result(&client, result)
+        assert!(taskbot::store::insert_result(&client, result)
             .await
             .unwrap());
     }
 
     /// Store a job status as the reporter does.
     pub async fn record_status(&self, status: &JobStatus) {
-        let pool = self.reporter_pool();
+        let pool = self.writer_pool();
         let mut client = pool.get().await.unwrap();
-        taskbot_reporter::db::record_status(&mut client, status)
+        taskbot::store::record_status(&mut client, status)
             .await
             .unwrap();
     }

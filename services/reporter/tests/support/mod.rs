@@ -46,9 +46,7 @@ impl RunningReporter {
             client
                 .query_one("SELECT count(*) FROM taskbot_schema_migrations", &[])
                 .await
-                .is_ok_and(|row| {
-                    row.get::<_, i64>(0) == taskbot_reporter::db::MIGRATIONS.len() as i64
-                })
+                .is_ok_and(|row| row.get::<_, i64>(0) == taskbot::store::MIGRATIONS.len() as i64)
         })
         .await;
         reporter

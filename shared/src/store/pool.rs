@@ -1,6 +1,6 @@
-//! The one place PostgreSQL pools are built (feature `postgres`): the reporter writes through one,
-//! the api reads through another. Plain connections only (no TLS): a URL with
-//! `sslmode=require` fails to connect.
+//! The one place PostgreSQL pools are built: the reporter writes through one, the api reads
+//! through another. Plain connections only (no TLS): a URL with `sslmode=require` fails to
+//! connect.
 
 use std::time::Duration;
 
@@ -69,4 +69,18 @@ pub fn database_name(url: &str) -> String {
         .ok()
         .and_then(|c| c.get_dbname().map(str::to_string))
         .unwrap_or_else(|| "(default)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_hides_the_rest_of_the_url() {
+        assert_eq!(
+            database_name("postgres://user:secret@db.example:5432/results"),
+            "results"
+        );
+        assert_eq!(database_name("not a url"), "(default)");
+    }
 }

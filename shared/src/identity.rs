@@ -1,0 +1,120 @@
+//! Which service a process is: its binary name, its config section and its ops address. A typed
+//! identity instead of binary-name strings, so a service the code does not know cannot be named
+//! and adding one is a compile error wherever a service is matched on.
+
+use std::fmt;
+
+/// Default addresses of the services' `/healthz`, `/readyz` and `/metrics` (`ops_listen` in each
+/// service's section): one port per service so they can share a host; local only by default
+/// (containers set `0.0.0.0:<port>`). The ports stay clear of Prometheus (9090) and its node
+/// exporter (9100).
+pub const OPS_DEFAULT_BRIDGE: &str = "127.0.0.1:9181";
+pub const OPS_DEFAULT_RULES: &str = "127.0.0.1:9182";
+pub const OPS_DEFAULT_PROVISIONER: &str = "127.0.0.1:9183";
+pub const OPS_DEFAULT_REPORTER: &str = "127.0.0.1:9184";
+/// The first runner's; further runners on the same host take 9191, 9192, ... (`--ops-listen`).
+pub const OPS_DEFAULT_RUNNER: &str = "127.0.0.1:9190";
+
+/// One of Taskbot's services (the `taskbot` command line is a tool, not a service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    Bridge,
+    Rules,
+    Provisioner,
+    Runner,
+    Reporter,
+    Api,
+}
+
+impl Service {
+    pub const ALL: [Service; 6] = [
+        Service::Bridge,
+        Service::Rules,
+        Service::Provisioner,
+        Service::Runner,
+        Service::Reporter,
+        Service::Api,
+    ];
+
+    /// The binary's name, as in logs, error messages, metrics and deployment manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Bridge => "fedmsg-bridge",
+            Service::Rules => "rules",
+            Service::Provisioner => "provisioner",
+            Service::Runner => "runner",
+            Service::Reporter => "reporter",
+            Service::Api => "api",
+        }
+    }
+
+    /// The service whose binary is called `name`.
+    pub fn from_name(name: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Its own section of the configuration file.
+    pub fn section(self) -> &'static str {
+        match self {
+            Service::Bridge => "bridge",
+            other => other.name(),
+        }
+    }
+
+    /// The config key of its `/healthz`, `/readyz` and `/metrics` address (also `--ops-listen`);
+    /// `None` for the api, which serves `/healthz` and `/readyz` on its own address.
+    pub fn ops_listen_key(self) -> Option<&'static str> {
+        Some(match self {
+            Service::Bridge => "bridge.ops_listen",
+            Service::Rules => "rules.ops_listen",
+            Service::Provisioner => "provisioner.ops_listen",
+            Service::Runner => "runner.ops_listen",
+            Service::Reporter => "reporter.ops_listen",
+            Service::Api => return None,
+        })
+    }
+
+    /// The default of [`Service::ops_listen_key`].
+    pub fn default_ops_listen(self) -> Option<&'static str> {
+        Some(match self {
+            Service::Bridge => OPS_DEFAULT_BRIDGE,
+            Service::Rules => OPS_DEFAULT_RULES,
+            Service::Provisioner => OPS_DEFAULT_PROVISIONER,
+            Service::Runner => OPS_DEFAULT_RUNNER,
+            Service::Reporter => OPS_DEFAULT_REPORTER,
+            Service::Api => return None,
+        })
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sections_and_ops_keys_belong_together() {
+        for service in Service::ALL {
+            assert_eq!(Service::from_name(service.name()), Some(service));
+            if let Some(key) = service.ops_listen_key() {
+                assert_eq!(key, format!("{}.ops_listen", service.section()));
+                assert!(service.default_ops_listen().is_some(), "{service}");
+            } else {
+                assert_eq!(service.default_ops_listen(), None, "{service}");
+            }
+        }
+        assert_eq!(Service::Bridge.section(), "bridge");
+        assert_eq!(Service::Bridge.to_string(), "fedmsg-bridge");
+        assert_eq!(
+            Service::from_name("bridge"),
+            None,
+            "a section is not a binary"
+        );
+        assert_eq!(Service::from_name("taskbot"), None);
+    }
+}

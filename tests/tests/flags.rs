@@ -1,0 +1,68 @@
+//! The flags and configuration checks every service binary shares, through the real binaries:
+//! `--ops-listen` reaches each service's own `ops_listen` key, and a configuration a service
+//! refuses at start exits with status 2 and names the key. Neither needs a broker: both fail
+//! before a service connects.
+
+use std::io::Read as _;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use taskbot::Service;
+use taskbot_tests::binary;
+
+/// Run `service` with `args` until it exits: its status and stderr. One that is still running
+/// after 20 s (it got past its checks and started) is killed, and the test fails.
+fn run(service: Service, args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(binary(service.name()))
+        .args(args)
+        .env_remove("TASKBOT_CONFIG")
+        .env_remove("TASKBOT_RUNNER__ARCH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the service");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{service} {args:?} did not exit: it started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    (status, stderr)
+}
+
+#[test]
+fn ops_listen_flag_sets_each_services_ops_address() {
+    for service in Service::ALL {
+        if service.ops_listen_key().is_none() {
+            continue;
+        }
+        let mut args = vec!["--ops-listen", "nowhere:x"];
+        if service == Service::Runner {
+            args.extend(["--arch", "x86_64"]);
+        }
+        let (status, text) = run(service, &args);
+        assert_eq!(status.code(), Some(1), "{service}: {text}");
+        assert!(
+            text.contains(&format!("{service}: cannot listen on nowhere:x")),
+            "{service}: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_runner_without_an_arch_is_a_bad_configuration() {
+    let (status, text) = run(Service::Runner, &[]);
+    assert_eq!(status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("runner: invalid configuration:\nrunner.arch: not set"),
+        "{text}"
+    );
+}
