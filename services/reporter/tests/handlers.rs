@@ -35,7 +35,7 @@ fn pool(url: &str) -> Pool {
 /// A pool on `db`, its schema migrated as the reporter does before it consumes.
 async fn migrated(db: &TestDb) -> Pool {
     let pool = pool(&db.url);
-    taskbot_reporter::db::migrate(&pool).await.expect("migrate");
+    taskbot::store::migrate(&pool).await.expect("migrate");
     pool
 }
 

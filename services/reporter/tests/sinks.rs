@@ -498,6 +498,19 @@ async fn a_missing_fedora_messaging_exchange_stops_the_start_after_the_queues_ar
     );
     // Declared (by the reporter: nothing else ran) before the check, so results published
     // meanwhile are kept.
-    assert!(queue_exists(&queue).await, "{queue}");
+    // Asked passively on a bare connection: TestBroker::new would declare the queue itself.
+    let conn = taskbot::amqp::connect(&config.amqp.url, "taskbot-test")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(&queue, passive, Default::default())
+        .await;
+    assert!(declared.is_ok(), "{queue}: {declared:?}");
+    let _ = conn.close(200, "done").await;
     TestBroker::new(&config).await.cleanup().await;
 }
