@@ -42,6 +42,9 @@ jsonl_path = "$state/results.jsonl"
 [postgres]
 url = "postgres://postgres@127.0.0.1:5432/taskbot"
 TOML
+# The config may hold credentials: readable by the services only (tasks never see it: the
+# runner's sandbox hides its directory).
+chmod 600 "$state/taskbot.toml"
 export TASKBOT_CONFIG="$state/taskbot.toml"
 
 pids=()
