@@ -351,6 +351,11 @@ pub struct RunnerConfig {
     /// Address of the runner's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
     /// free one, logged). Several runners on one host each need their own: `--ops-listen`.
     pub ops_listen: String,
+    /// Variables every task gets in its environment, set by the operator: where the build system
+    /// and the repositories are (`KOJI_PKGS_URL`, `DEPCHECK_REPO_URLS`), a proxy. Tasks never see
+    /// the runner's own environment, so this is the only way to hand them such settings. Names
+    /// starting with `TASKBOT_` are refused (those are the job's own).
+    pub task_env: std::collections::BTreeMap<String, String>,
     /// How local task steps are confined: `"bwrap"` (bubblewrap: an unprivileged user in its own
     /// namespaces, docs/security.md) or `"none"` (task code runs as the runner's user, with the
     /// runner's files in reach; logged as a warning at every start). The runner refuses to start
@@ -393,6 +398,7 @@ impl Default for RunnerConfig {
             download_attempts: 4,
             consumer_timeout_secs: 1800,
             ops_listen: OPS_DEFAULT_RUNNER.into(),
+            task_env: Default::default(),
             sandbox: SandboxMode::Bwrap,
             sandbox_user: "taskbot-task".into(),
             sandbox_network: true,

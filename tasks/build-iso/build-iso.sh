@@ -1,8 +1,9 @@
 #!/bin/sh
-# The installer comes from the job argument boot_dir, else $TASKBOT_INSTALLER_DIR on the runner,
+# The installer comes from the job argument boot_dir, else $INSTALLER_DIR (runner.task_env),
 # else /var/lib/taskbot/installer: a directory with vmlinuz and initrd.img whose init installs to
 # the disk named by the kernel argument taskbot.install= (scripts/build-tiny-vm-image.sh builds
-# such a one from Debian packages). Anything missing is a CRASHED result saying what.
+# such a one from Debian packages). Tasks run sandboxed: the operator lists that directory in
+# runner.sandbox_read_only. Anything missing is a CRASHED result saying what.
 set -eu
 
 report() { # outcome note
@@ -20,7 +21,7 @@ crash() { report CRASHED "$1"; exit 0; }
 case "$TASKBOT_ITEM" in
   *[!A-Za-z0-9._+~-]*) crash "item $TASKBOT_ITEM is not a build name (letters, digits, ._+~-)" ;;
 esac
-boot_dir=${TASKBOT_ARG_BOOT_DIR:-${TASKBOT_INSTALLER_DIR:-/var/lib/taskbot/installer}}
+boot_dir=${TASKBOT_ARG_BOOT_DIR:-${INSTALLER_DIR:-/var/lib/taskbot/installer}}
 for file in "$boot_dir/vmlinuz" "$boot_dir/initrd.img"; do
   [ -f "$file" ] || crash "no installer file $file"
 done

@@ -6,7 +6,7 @@ repository builder), so that a task stays one self-contained repository. Python 
 library only.
 
 Where Koji's files are: the job argument `koji_url` (from the rules), else the environment
-variable `KOJI_PKGS_URL` (set on the runner by the operator), else the real
+variable `KOJI_PKGS_URL` (given to every task by the operator in `runner.task_env`), else the real
 https://kojipkgs.fedoraproject.org. The layout is Koji's:
 `<base>/packages/<name>/<version>/<release>/<arch>/<nvr>.<arch>.rpm`, with `src` for the
 source RPM; directory listings are read as kojipkgs (Apache) serves them.

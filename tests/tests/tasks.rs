@@ -156,8 +156,8 @@ async fn send_fixture(d: &Deployment, name: &str) {
         .await;
 }
 
-/// A deployment with the shipped rules and the shipped tasks, the runners of `arches` started
-/// with `env` (where Koji and the repositories are).
+/// A deployment with the shipped rules and the shipped tasks, the runners of `arches` giving
+/// their tasks `env` (where Koji and the repositories are).
 async fn deployment(staging: &Path, runner_arches: &[&str], env: &[(&str, &str)]) -> Deployment {
     let tasks: Vec<(String, PathBuf)> = ["example", "rpmlint", "static-analysis", "depcheck"]
         .iter()
@@ -170,11 +170,18 @@ async fn deployment(staging: &Path, runner_arches: &[&str], env: &[(&str, &str)]
     let rules = std::fs::read_to_string(workspace_root().join("deploy/rules.yaml")).unwrap();
     let mut d = Deployment::new(&rules, &tasks, free_port()).await;
     d.set_arches(&["x86_64", "aarch64", "noarch"]);
+    // Tasks never see the runner's environment: the operator hands them these settings.
+    d.configure(|config| {
+        config.runner.task_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    });
     d.start("reporter", "reporter", &[]);
     d.start("provisioner", "provisioner", &[]);
     d.start("rules", "rules", &[]);
     for arch in runner_arches {
-        d.start_with_env(&format!("runner-{arch}"), "runner", &["--arch", arch], env);
+        d.start(&format!("runner-{arch}"), "runner", &["--arch", arch]);
     }
     let t = d.broker.topology.clone();
     let mut queues = vec![

@@ -96,6 +96,9 @@ async fn world(
         config.provisioner.vm = Some(vm);
         config.api.listen = api.clone();
         config.runner.artifacts_url = Some(format!("http://{api}/artifacts"));
+        // The installer build-iso packs (the tiny guest's kernel and initramfs), shown read-only
+        // to sandboxed tasks as an operator would show /var/lib/taskbot/installer.
+        config.runner.sandbox_read_only = vec![image.clone()];
     });
     d.start("reporter", "reporter", &[]);
     d.start("api", "api", &[]);

@@ -99,6 +99,13 @@ impl Sandbox {
         self.system_mounts(&mut args);
         args.flags(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
         args.flags(&["--tmpfs", "/var/tmp", "--tmpfs", "/run"]);
+        // After the private /tmp and friends, which would cover them (an operator's directory
+        // may well be under /tmp or /run).
+        for dir in &self.read_only {
+            if dir.is_dir() {
+                args.triple("--ro-bind", dir, dir);
+            }
+        }
         // Before the step's own directories: a hidden directory may hold them (the config's
         // directory holding the work directory, say), and they must stay reachable.
         for hidden in &self.hidden {
@@ -150,11 +157,6 @@ impl Sandbox {
     fn system_mounts(&self, args: &mut Args) {
         for dir in SYSTEM_DIRS {
             if Path::new(dir).is_dir() {
-                args.triple("--ro-bind", dir, dir);
-            }
-        }
-        for dir in &self.read_only {
-            if dir.is_dir() {
                 args.triple("--ro-bind", dir, dir);
             }
         }
@@ -435,6 +437,7 @@ mod hostile {
         }
         std::fs::write(other_job.join("results.yml"), "other job's").unwrap();
         std::fs::write(secret_dir.join("taskbot.toml"), "password = 'hunter2'").unwrap();
+        std::fs::write(system.join("visible.txt"), "visible to the step").unwrap();
         std::fs::set_permissions(
             secret_dir.join("taskbot.toml"),
             std::fs::Permissions::from_mode(0o644),
@@ -512,12 +515,15 @@ mod hostile {
         std::env::set_var("TASKBOT_SANDBOX_TEST_SECRET", "amqp://runner:secret@broker");
         let job = job();
         let script = format!(
-            "cat {secret}/taskbot.toml 2>&1; ls {other} 2>&1; cat /proc/1/environ /proc/self/environ | tr '\\0' '\\n'; \
+            "cat {system}/visible.txt; echo; cat {secret}/taskbot.toml 2>&1; ls {other} 2>&1; cat /proc/1/environ /proc/self/environ | tr '\\0' '\\n'; \
              ls /proc | grep -c '^[0-9]'; ls /root /home 2>&1; echo end",
             secret = job.secret_dir.display(),
             other = job.other_job.display(),
+            system = job.system.display(),
         );
         let (_, out) = run(&job, true, &script).await;
+        // The directory around the secret is visible, so only the hiding keeps the secret out.
+        assert!(out.contains("visible to the step"), "{out}");
         assert!(!out.contains("hunter2"), "hidden config readable: {out}");
         assert!(
             !out.contains("other job's") && out.contains("No such file"),

@@ -78,6 +78,9 @@ async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
             .await
             .with_context(|| format!("{key}: cannot create {}", dir.display()))?;
     }
+    if let Some(name) = settings.task_env.keys().find(|k| !valid_env_name(k)) {
+        anyhow::bail!("runner.task_env: {name:?} is not a variable a task may be given (letters, digits and _, not starting with a digit or TASKBOT_)");
+    }
     if settings.allowed_repos.is_empty() {
         tracing::warn!(
             "runner.allowed_repos is empty: every job will crash until it lists task repositories"
@@ -148,6 +151,14 @@ fn config_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// A shell variable name that is not one of the job's own `TASKBOT_*`.
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with("TASKBOT_")
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// For tasks' `downloads`.
 fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -185,5 +196,15 @@ mod tests {
         );
         config.runner.arch = Some("aarch64".into());
         assert_eq!(configured_arch(&config).unwrap(), "aarch64");
+    }
+
+    #[test]
+    fn task_env_names_are_shell_names_and_never_the_jobs_own() {
+        for good in ["KOJI_PKGS_URL", "http_proxy", "_X1"] {
+            assert!(valid_env_name(good), "{good}");
+        }
+        for bad in ["", "TASKBOT_ITEM", "1X", "A-B", "A B", "A=B"] {
+            assert!(!valid_env_name(bad), "{bad}");
+        }
     }
 }

@@ -200,14 +200,20 @@ impl StepRunner {
                 artifacts: format!("{}/", artifacts.display()),
                 args: job.args.clone(),
             },
-            env: execute::task_env(
-                job,
-                &workdir,
-                &artifacts,
-                &workdir.join(prepared.task.results_path()),
-                &artifacts.join(EVENTS_FILE),
-                artifacts_location,
-            ),
+            env: handler
+                .settings
+                .task_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(execute::task_env(
+                    job,
+                    &workdir,
+                    &artifacts,
+                    &workdir.join(prepared.task.results_path()),
+                    &artifacts.join(EVENTS_FILE),
+                    artifacts_location,
+                ))
+                .collect(),
             remote: prepared.remote.clone(),
             pushed: false,
             cwd: clone_dir.to_path_buf(),
