@@ -20,6 +20,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use taskbot::config::SandboxMode;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -61,7 +62,10 @@ async fn bench() {
     );
 
     let bare = measure_bare(&repo, &dirs.path().join("bare"));
-    let runner = measure_runner(&repo, dirs.path()).await;
+    let runner = measure_runner(&repo, dirs.path(), SandboxMode::Bwrap).await;
+    // The same without the sandbox, to show what the trust boundary costs per job.
+    let unconfined =
+        measure_runner(&repo, &dirs.path().join("unconfined"), SandboxMode::None).await;
 
     println!(
         "runner overhead benchmark: task tasks/example on {ITEM}, {JOBS} jobs per way after \
@@ -72,6 +76,10 @@ async fn bench() {
     for (name, times) in [
         ("bare minimum (git clone + sh ./check.sh by hand)", &bare),
         ("runner (publish job → done status, real RabbitMQ)", &runner),
+        (
+            "runner with runner.sandbox = \"none\" (unconfined)",
+            &unconfined,
+        ),
     ] {
         println!(
             "{:<58} {:>11.1} {:>11.1}",
@@ -166,10 +174,14 @@ fn measure_bare(repo: &Path, work: &Path) -> Vec<Duration> {
 }
 
 /// Through the real runner and broker, one job at a time.
-async fn measure_runner(repo: &Path, dirs: &Path) -> Vec<Duration> {
+async fn measure_runner(repo: &Path, dirs: &Path, sandbox: SandboxMode) -> Vec<Duration> {
     let mut config = test_config();
+    config.runner.sandbox = sandbox;
     config.runner.arch = Some("x86_64".into());
-    config.runner.allowed_repos = vec![format!("file://{}", dirs.join("repos").display())];
+    config.runner.allowed_repos = vec![format!(
+        "file://{}",
+        repo.parent().expect("repos/example").display()
+    )];
     config.runner.work_dir = dirs.join("work");
     config.runner.artifacts_dir = dirs.join("artifacts");
     config.runner.mirror_dir = dirs.join("mirrors");
