@@ -515,7 +515,7 @@ mod tests {
     }
 
     #[test]
-    fn each_malformed_class_is_refused_with_its_reason() {
+    fn wrong_frames_sizes_and_encodings_are_refused_with_their_reason() {
         let ok_body = r#"{"topic": "org.x.a", "msg": {}}"#;
         assert_eq!(refused(&[]), Malformed::FrameCount { sizes: vec![] });
         assert_eq!(
@@ -540,6 +540,10 @@ mod tests {
             refused(&[b"org.x.a".to_vec(), b"{\"msg\": \"\xff\"}".to_vec()]),
             Malformed::BodyNotUtf8
         );
+    }
+
+    #[test]
+    fn an_envelope_that_is_no_json_object_or_has_no_fitting_topic_is_refused() {
         assert!(matches!(
             refused(&raw("org.x.a", "{not json")),
             Malformed::InvalidJson(_)
@@ -573,6 +577,10 @@ mod tests {
                 envelope: "org.x.b".into()
             }
         );
+    }
+
+    #[test]
+    fn an_envelope_without_a_msg_object_or_with_a_long_id_is_refused() {
         assert_eq!(
             refused(&raw("org.x.a", r#"{"topic": "org.x.a"}"#)),
             Malformed::MissingMsg

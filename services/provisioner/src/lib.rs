@@ -629,9 +629,16 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn vm_requests_become_boot_specs_or_clear_refusals() {
-        use taskbot::messages::{ImageQuery, RemoteFile};
+    /// A catalogue of one image (a disk only) and an ISO, both under the one allowed URL.
+    struct BootFixture {
+        dir: tempfile::TempDir,
+        disk: PathBuf,
+        iso: PathBuf,
+        iso_sum: String,
+        config: VmBackendConfig,
+    }
+
+    fn boot_fixture() -> BootFixture {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("tiny.qcow2");
         std::fs::write(&disk, b"disk").unwrap();
@@ -647,59 +654,89 @@ mod tests {
         config.images[0].kernel = None;
         config.images[0].initrd = None;
         config.allowed_urls = vec![format!("file://{}/", dir.path().display())];
-        let vm = VmBackend::from_config(&config);
-        assert_eq!(vm.arches, ["x86_64"]);
+        BootFixture {
+            dir,
+            disk,
+            iso,
+            iso_sum,
+            config,
+        }
+    }
 
-        let (spec, what) = vm.boot_spec("x86_64", &VmRequest::default()).await.unwrap();
-        assert_eq!(what, "image tiny");
-        assert_eq!(spec.disk, Disk::Overlay(disk.clone()));
-        assert_eq!((spec.kernel, spec.iso, spec.cloud_init), (None, None, true));
-        assert_eq!(spec.qemu, "qemu-system-x86_64");
-
-        let iso_request = |url: String, sha256: &str| VmRequest {
+    fn iso_request(url: String, sha256: &str) -> VmRequest {
+        VmRequest {
             blank_disk_mb: Some(256),
-            iso: Some(RemoteFile {
+            iso: Some(taskbot::messages::RemoteFile {
                 url,
                 sha256: sha256.into(),
             }),
             ..VmRequest::default()
-        };
-        let good = format!("file://{}", iso.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_image_request_boots_an_overlay_and_a_blank_one_the_iso() {
+        let f = boot_fixture();
+        let vm = VmBackend::from_config(&f.config);
+        assert_eq!(vm.arches, ["x86_64"]);
+
+        let (spec, what) = vm.boot_spec("x86_64", &VmRequest::default()).await.unwrap();
+        assert_eq!(what, "image tiny");
+        assert_eq!(spec.disk, Disk::Overlay(f.disk.clone()));
+        assert_eq!((spec.kernel, spec.iso, spec.cloud_init), (None, None, true));
+        assert_eq!(spec.qemu, "qemu-system-x86_64");
+
+        let good = format!("file://{}", f.iso.display());
         let (spec, what) = vm
-            .boot_spec("x86_64", &iso_request(good.clone(), &iso_sum))
+            .boot_spec("x86_64", &iso_request(good, &f.iso_sum))
             .await
             .unwrap();
         assert_eq!(what, "a blank 256 MiB disk and the ISO");
-        assert_eq!((spec.disk, spec.iso), (Disk::Blank(256), Some(iso.clone())));
+        assert_eq!(
+            (spec.disk, spec.iso),
+            (Disk::Blank(256), Some(f.iso.clone()))
+        );
+    }
 
-        let elsewhere = iso_request("file:///etc/shadow".into(), &iso_sum);
-        assert!(vm_refusal(&config, elsewhere)
+    #[tokio::test]
+    async fn an_iso_from_outside_the_allowed_urls_or_with_another_checksum_is_refused() {
+        let f = boot_fixture();
+        let elsewhere = iso_request("file:///etc/shadow".into(), &f.iso_sum);
+        assert!(vm_refusal(&f.config, elsewhere)
             .await
             .contains("is not under an allowed URL"));
         for climbing in ["/../../etc/shadow", "/%2E%2E/etc/shadow", "/a/..%2fb"] {
-            let url = format!("file://{}{climbing}", dir.path().display());
-            let refused = vm_refusal(&config, iso_request(url, &iso_sum)).await;
+            let url = format!("file://{}{climbing}", f.dir.path().display());
+            let refused = vm_refusal(&f.config, iso_request(url, &f.iso_sum)).await;
             assert!(refused.contains("is not under an allowed URL"), "{refused}");
         }
-        let wrong = iso_request(good.clone(), &"0".repeat(64));
-        assert!(vm_refusal(&config, wrong)
+        let good = format!("file://{}", f.iso.display());
+        let wrong = iso_request(good, &"0".repeat(64));
+        assert!(vm_refusal(&f.config, wrong)
             .await
             .contains("SHA-256 mismatch"));
-        let mut huge = iso_request(good.clone(), &iso_sum);
+    }
+
+    #[tokio::test]
+    async fn inconsistent_or_unmatched_vm_requests_are_refused_clearly() {
+        use taskbot::messages::ImageQuery;
+        let f = boot_fixture();
+        let good = format!("file://{}", f.iso.display());
+        let mut huge = iso_request(good.clone(), &f.iso_sum);
         huge.blank_disk_mb = Some(MAX_BLANK_DISK_MB + 1);
-        assert!(vm_refusal(&config, huge)
+        assert!(vm_refusal(&f.config, huge)
             .await
             .contains("blank_disk_mb must be 1 to"));
-        let mut both = iso_request(good, &iso_sum);
+        let mut both = iso_request(good, &f.iso_sum);
         both.image.distro = Some("tiny".into());
-        assert!(vm_refusal(&config, both)
+        assert!(vm_refusal(&f.config, both)
             .await
             .contains("either blank or of an image"));
         let no_iso = VmRequest {
             blank_disk_mb: Some(64),
             ..VmRequest::default()
         };
-        assert!(vm_refusal(&config, no_iso).await.contains("needs an ISO"));
+        assert!(vm_refusal(&f.config, no_iso).await.contains("needs an ISO"));
         let missing = VmRequest {
             image: ImageQuery {
                 release: Some("2".into()),
@@ -707,7 +744,7 @@ mod tests {
             },
             ..VmRequest::default()
         };
-        assert!(vm_refusal(&config, missing)
+        assert!(vm_refusal(&f.config, missing)
             .await
             .starts_with("no x86_64 image in the catalogue matches release=2"));
     }

@@ -788,61 +788,63 @@ testcase: dist.rpmcheck
         assert!(text.contains("at line 2 column"), "{text}");
     }
 
+    /// Task files serde accepts but the checks refuse, and what the refusal says (by key).
+    const REFUSED_BY_KEY: &[(&str, &str)] = &[
+        ("name: t\nrun: '  '\n", "run: must not be empty"),
+        ("name: t\nrun: []\n", "run: must not be empty"),
+        (
+            "name: t\nrun: x\ntimeout: 0\n",
+            "timeout: must be at least 1",
+        ),
+        (
+            "name: t\nrun: x\nresults: /etc/passwd\n",
+            "results: \"/etc/passwd\" must be a relative",
+        ),
+        (
+            "name: t\nrun: x\nresults: ../r.yml\n",
+            "results: \"../r.yml\" must not contain '..'",
+        ),
+        (
+            "name: t\nrun: x\ntestcase: my test\n",
+            "testcase: \"my test\" contains ' '",
+        ),
+        (
+            "name: t\nrun: x\nprepare: [{run: y, timeout: 0}]\n",
+            "prepare[0].timeout: must be at least 1",
+        ),
+        (
+            "name: t\nrun: [x, {run: y, name: 'a b'}]\n",
+            "run[1].name: \"a b\" contains ' '",
+        ),
+        (
+            "name: t\nrun: echo {{ itme }}\n",
+            "run: {{ itme }} is not a variable",
+        ),
+        (
+            "name: t\nrun: x\ndownloads: [{url: 'ftp://x/y'}]\n",
+            "downloads[0].url: \"ftp://x/y\" must be an http(s) URL",
+        ),
+        (
+            "name: t\nrun: x\ndownloads: [{url: 'http://x/y', sha256: abc}]\n",
+            "downloads[0].sha256: must be 64 hex digits",
+        ),
+        (
+            "name: t\nrun: x\ndownloads: [{url: 'http://x/y', dest: ../y}]\n",
+            "downloads[0].dest: \"../y\" must not contain '..'",
+        ),
+        (
+            "name: t\nrun: x\nartifacts: [/etc/*]\n",
+            "artifacts[0]: \"/etc/*\" must be a relative path",
+        ),
+        (
+            "name: t\nrun: x\ncleanup: ['echo {{ args.x']\n",
+            "cleanup[0]: a '{{' is not closed",
+        ),
+    ];
+
     #[test]
     fn values_serde_cannot_check_are_refused_by_key() {
-        let cases = [
-            ("name: t\nrun: '  '\n", "run: must not be empty"),
-            ("name: t\nrun: []\n", "run: must not be empty"),
-            (
-                "name: t\nrun: x\ntimeout: 0\n",
-                "timeout: must be at least 1",
-            ),
-            (
-                "name: t\nrun: x\nresults: /etc/passwd\n",
-                "results: \"/etc/passwd\" must be a relative",
-            ),
-            (
-                "name: t\nrun: x\nresults: ../r.yml\n",
-                "results: \"../r.yml\" must not contain '..'",
-            ),
-            (
-                "name: t\nrun: x\ntestcase: my test\n",
-                "testcase: \"my test\" contains ' '",
-            ),
-            (
-                "name: t\nrun: x\nprepare: [{run: y, timeout: 0}]\n",
-                "prepare[0].timeout: must be at least 1",
-            ),
-            (
-                "name: t\nrun: [x, {run: y, name: 'a b'}]\n",
-                "run[1].name: \"a b\" contains ' '",
-            ),
-            (
-                "name: t\nrun: echo {{ itme }}\n",
-                "run: {{ itme }} is not a variable",
-            ),
-            (
-                "name: t\nrun: x\ndownloads: [{url: 'ftp://x/y'}]\n",
-                "downloads[0].url: \"ftp://x/y\" must be an http(s) URL",
-            ),
-            (
-                "name: t\nrun: x\ndownloads: [{url: 'http://x/y', sha256: abc}]\n",
-                "downloads[0].sha256: must be 64 hex digits",
-            ),
-            (
-                "name: t\nrun: x\ndownloads: [{url: 'http://x/y', dest: ../y}]\n",
-                "downloads[0].dest: \"../y\" must not contain '..'",
-            ),
-            (
-                "name: t\nrun: x\nartifacts: [/etc/*]\n",
-                "artifacts[0]: \"/etc/*\" must be a relative path",
-            ),
-            (
-                "name: t\nrun: x\ncleanup: ['echo {{ args.x']\n",
-                "cleanup[0]: a '{{' is not closed",
-            ),
-        ];
-        for (text, expected) in cases {
+        for (text, expected) in REFUSED_BY_KEY {
             let err = TaskFile::parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?} gave {err}");
         }
