@@ -8,6 +8,7 @@
 //! keeps one `taskbot.toml` per deployment. Unknown keys are refused: a typo must not silently fall
 //! back to a default.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -90,6 +91,32 @@ pub struct AmqpConfig {
     /// RabbitMQ's management HTTP API (its management plugin), with credentials, read by
     /// `taskbot status` for queue depths, consumers and rates. The services never use it.
     pub management_url: String,
+    /// One broker user per service (`[amqp.users.runner]`, keyed by the service's config
+    /// section), each with only the permissions its service needs (docs/security.md). A service
+    /// with an entry logs in as that user instead of the URL's; every service also reads the
+    /// others' names, to check who published what it consumes (the AMQP `user_id`).
+    pub users: BTreeMap<String, AmqpUser>,
+}
+
+/// A broker user of one service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpUser {
+    /// The user name, e.g. `taskbot-runner`.
+    pub name: String,
+    /// The file holding its password (one line), readable only by the service's own OS user.
+    pub password_file: Option<PathBuf>,
+}
+
+impl AmqpConfig {
+    /// The broker user `service` logs in as: its `[amqp.users.<section>]` name, else the URL's
+    /// (`guest` when the URL names none). Consumers compare a message's `user_id` with this.
+    pub fn user_name(&self, service: Service) -> String {
+        match self.users.get(service.section()) {
+            Some(user) => user.name.clone(),
+            None => crate::amqp::url_user(&self.url),
+        }
+    }
 }
 
 impl Default for AmqpConfig {
@@ -100,6 +127,7 @@ impl Default for AmqpConfig {
             prefetch: 10,
             reconnect_max_secs: 30,
             management_url: "http://guest:guest@127.0.0.1:15672".into(),
+            users: BTreeMap::new(),
         }
     }
 }

@@ -57,7 +57,10 @@ impl TestBroker {
             .await
             .expect("RabbitMQ must be running for integration tests (make test starts it)");
         let topology = Topology::for_config(config);
-        let publisher = Publisher::new(&conn, "taskbot-test").await.unwrap();
+        let publisher = Publisher::new(&conn, "taskbot-test")
+            .await
+            .unwrap()
+            .with_user_id(amqp::url_user(&config.amqp.url));
         topology.declare(publisher.channel()).await.unwrap();
         TestBroker {
             config: config.clone(),

@@ -289,7 +289,8 @@ async fn publisher(config: &Config) -> Result<(lapin::Connection, Publisher, Top
         })?;
     let publisher = Publisher::new(&conn, "taskbot-cli")
         .await
-        .map_err(|e| Failure::input(format!("taskbot: cannot open a channel: {e}")))?;
+        .map_err(|e| Failure::input(format!("taskbot: cannot open a channel: {e}")))?
+        .with_user_id(amqp::url_user(&config.amqp.url));
     let topology = Topology::for_config(config);
     topology
         .declare(publisher.channel())

@@ -21,6 +21,15 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     Connection::connect(url, props).await
 }
 
+/// The user an AMQP URL logs in as (`guest` when it names none, as the client defaults), the
+/// `user_id` its publishers stamp on their messages. An unparsable URL yields `guest` too: the
+/// connection itself then fails with the parse error.
+pub fn url_user(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|_| "guest".to_string())
+}
+
 /// Connect, retrying with exponential back-off until it works or shutdown is requested.
 pub async fn connect_with_retry(
     config: &AmqpConfig,
@@ -81,6 +90,16 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_user_of_a_url_is_its_userinfo_or_guest() {
+        assert_eq!(
+            url_user("amqp://taskbot-runner:s3cret@broker:5672/%2f"),
+            "taskbot-runner"
+        );
+        assert_eq!(url_user("amqp://127.0.0.1:5672/%2f"), "guest");
+        assert_eq!(url_user("amqps://a%40b:x@broker/vh"), "a@b");
+    }
 
     #[test]
     fn backoff_grows_to_its_cap() {

@@ -11,7 +11,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 
-use super::connect::{connect_with_retry, Backoff};
+use super::connect::{connect_with_retry, url_user, Backoff};
 use super::message::{incoming_from, Disposition, Incoming, Outgoing};
 use super::publish::{PublishError, Publisher};
 use crate::config::AmqpConfig;
@@ -108,7 +108,8 @@ pub async fn consume(
         let Some(conn) = connect_with_retry(config, &worker.spec.name, &mut shutdown).await else {
             break;
         };
-        let session = match open_session(&conn, topology, &worker.spec, prefetch).await {
+        let user = url_user(&config.url);
+        let session = match open_session(&conn, topology, &worker.spec, prefetch, &user).await {
             Ok(session) => session,
             Err(err) => {
                 tracing::warn!(queue = %queue, error = %err, "cannot start consuming");
@@ -180,8 +181,9 @@ async fn open_session(
     topology: &Topology,
     spec: &ConsumerSpec,
     prefetch: u16,
+    user: &str,
 ) -> lapin::Result<Session> {
-    let publisher = Publisher::new(conn, &spec.name).await?;
+    let publisher = Publisher::new(conn, &spec.name).await?.with_user_id(user);
     topology.declare(publisher.channel()).await?;
     let channel = conn.create_channel().await?;
     channel

@@ -101,6 +101,12 @@ pub struct Incoming {
     pub routing_key: String,
     pub redelivered: bool,
     pub headers: Vec<(String, String)>,
+    /// The AMQP `user_id` property: the broker user that published the message. RabbitMQ
+    /// refuses a publish whose `user_id` differs from the connection's user (unless that user is
+    /// tagged `impersonator`), so with one broker user per service this says which *service*
+    /// sent it, which a message body (any field of it) cannot. `None` when the publisher did not
+    /// set it (every Taskbot publisher does, [`crate::amqp::Publisher`]).
+    pub user_id: Option<String>,
 }
 
 impl Incoming {
@@ -111,6 +117,12 @@ impl Incoming {
             routing_key: routing_key.to_string(),
             ..Default::default()
         }
+    }
+
+    /// The same delivery, as published by broker user `user` (for tests).
+    pub fn with_user_id(mut self, user: &str) -> Self {
+        self.user_id = Some(user.to_string());
+        self
     }
 
     pub fn header(&self, key: &str) -> Option<&str> {
@@ -153,6 +165,11 @@ pub(crate) fn incoming_from(delivery: &lapin::message::Delivery) -> Incoming {
         routing_key: delivery.routing_key.to_string(),
         redelivered: delivery.redelivered,
         headers,
+        user_id: delivery
+            .properties
+            .user_id()
+            .as_ref()
+            .map(|u| u.to_string()),
     }
 }
 

@@ -8,7 +8,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
 
-use super::connect::{connect_with_retry, Backoff};
+use super::connect::{connect_with_retry, url_user, Backoff};
 use super::message::Outgoing;
 use crate::config::AmqpConfig;
 use crate::ops::{self, ReadyFlag};
@@ -35,6 +35,9 @@ pub enum PublishError {
 pub struct Publisher {
     channel: Channel,
     app_id: String,
+    /// Sent as every message's `user_id`, so consumers know which broker user (which service)
+    /// published it; the broker refuses a `user_id` other than the connection's own.
+    user_id: Option<String>,
 }
 
 impl Publisher {
@@ -46,7 +49,15 @@ impl Publisher {
         Ok(Publisher {
             channel,
             app_id: app_id.to_string(),
+            user_id: None,
         })
+    }
+
+    /// Stamp every message with `user_id`: the user `conn` logged in as ([`url_user`] of its
+    /// URL). A different name makes the broker close the channel (PRECONDITION_FAILED).
+    pub fn with_user_id(mut self, user_id: impl Into<String>) -> Self {
+        self.user_id = Some(user_id.into());
+        self
     }
 
     /// Publish one message and wait for the broker's confirm. Counted in
@@ -78,6 +89,9 @@ impl Publisher {
             .with_headers(headers);
         if let Some(id) = &msg.message_id {
             props = props.with_message_id(id.as_str().into());
+        }
+        if let Some(user) = &self.user_id {
+            props = props.with_user_id(user.as_str().into());
         }
         if let Some(p) = msg.priority {
             props = props.with_priority(p);
@@ -181,7 +195,9 @@ impl ReliablePublisher {
             return false;
         };
         let ready = async {
-            let publisher = Publisher::new(&conn, &self.name).await?;
+            let publisher = Publisher::new(&conn, &self.name)
+                .await?
+                .with_user_id(url_user(&self.config.url));
             self.topology.declare(publisher.channel()).await?;
             Ok::<_, lapin::Error>(publisher)
         }
