@@ -401,6 +401,35 @@ pub struct RunnerConfig {
     /// the system directories a step sees (`/usr`, `/etc`). The directory of the config file is
     /// hidden too when it is under one of them.
     pub sandbox_hidden: Vec<PathBuf>,
+    /// Secrets handed to the tasks allowed them (`[runner.secrets.<name>]`, docs/security.md):
+    /// each read from a file on the runner's host for every job that may have it, delivered
+    /// inside the sandbox as `$TASKBOT_SECRETS/<name>` (and as a variable when `env` names one),
+    /// and redacted from the job's log, artifacts, results and events. Needs the sandbox.
+    pub secrets: BTreeMap<String, TaskSecret>,
+}
+
+/// One secret of [`RunnerConfig::secrets`]: where its value is, and which jobs get it.
+///
+/// A job gets it when its task's repository is under one of `repos` and, when those lists are
+/// set, its task name is in `tasks` and its rule in `rules`. The repository decides which code
+/// runs, so it is required; task and rule names are labels that narrow it further.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSecret {
+    /// The file holding the value (up to 64 KiB; surrounding blank space, such as the newline
+    /// editors add, is not part of a variable's value). Readable by the runner only.
+    pub file: PathBuf,
+    /// Repository URL prefixes (as in `allowed_repos`) whose tasks may receive the secret.
+    pub repos: Vec<String>,
+    /// When set, only tasks of these names (`task.name` of the job).
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// When set, only jobs of these rules.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Also give the value as this environment variable (not `TASKBOT_*`).
+    #[serde(default)]
+    pub env: Option<String>,
 }
 
 /// See [`RunnerConfig::sandbox`].
@@ -441,6 +470,7 @@ impl Default for RunnerConfig {
             ]
             .map(PathBuf::from)
             .to_vec(),
+            secrets: BTreeMap::new(),
         }
     }
 }

@@ -8,15 +8,17 @@
 //! background processes), the whole group gets SIGKILL.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use taskbot::Shutdown;
 
-use crate::sandbox::{Sandbox, Step};
+use crate::redact::{Redactor, StreamRedactor};
+use crate::sandbox::{Sandbox, SecretFds, Step};
+use crate::secrets::Delivered;
 use tokio::io::AsyncWriteExt as _;
 
 /// Everything needed to start one step of a task.
@@ -34,7 +36,16 @@ pub struct TaskCommand {
     /// Where the step runs: in the sandbox on this host (local jobs), or as it is (a VM job's
     /// `ssh` command, which needs the runner's key; the VM is that job's sandbox).
     pub confinement: Option<Confinement>,
+    /// The job's secrets, given to a sandboxed step (never to an unconfined one).
+    pub secrets: Arc<[Delivered]>,
+    /// What is taken out of the step's output before it reaches its log.
+    pub redactor: Arc<Redactor>,
 }
+
+/// How long a step's output is still read after the step ended: in the sandbox every process of
+/// the step is dead by then, but outside it a process that escaped the group could hold the
+/// output open for ever.
+const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 
 /// A sandboxed step's sandbox and the directories it may write.
 #[derive(Debug, Clone)]
@@ -122,37 +133,9 @@ fn env_key(key: &str) -> String {
 
 /// Run the task to its end, its time limit, or shutdown.
 pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
-    let log = match open_log(task).await {
-        Ok(log) => log,
-        Err(e) => {
-            return RunEnd::FailedToStart(format!(
-                "cannot create the log {}: {e}",
-                task.log_path.display()
-            ))
-        }
-    };
-    let (stdout, stderr) = match (log.try_clone(), log.try_clone()) {
-        (Ok(out), Ok(err)) => (out, err),
-        (Err(e), _) | (_, Err(e)) => {
-            return RunEnd::FailedToStart(format!("cannot share the log with the task: {e}"))
-        }
-    };
-    let mut command = match &task.confinement {
-        Some(confinement) => match confined_command(task, confinement).await {
-            Ok(command) => command,
-            Err(e) => return RunEnd::FailedToStart(e),
-        },
-        None => unconfined_command(task),
-    };
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => return RunEnd::FailedToStart(format!("cannot start sh: {e}")),
+    let (mut child, output) = match start(task).await {
+        Ok(started) => started,
+        Err(reason) => return RunEnd::FailedToStart(reason),
     };
     // With process_group(0) the group id is the child's pid.
     let pgid = child.id();
@@ -174,26 +157,124 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
         // Reap the shell so it does not linger as a zombie.
         let _ = child.wait().await;
     }
+    output.finish().await;
     end
 }
 
+/// The step started, its output (stdout and stderr, in one pipe so their order is kept) copied
+/// into its log through the job's redactor. `Err`: why it could not start.
+async fn start(task: &TaskCommand) -> Result<(tokio::process::Child, Output), String> {
+    let log = open_log(task)
+        .await
+        .map_err(|e| format!("cannot create the log {}: {e}", task.log_path.display()))?;
+    let pipe = std::io::pipe().and_then(|(reader, writer)| {
+        let stderr = writer.try_clone()?;
+        Ok((reader, writer, stderr))
+    });
+    let (reader, stdout, stderr) =
+        pipe.map_err(|e| format!("cannot make a pipe for the task's output: {e}"))?;
+    let (mut command, secret_fds) = match &task.confinement {
+        Some(confinement) => confined_command(task, confinement).await?,
+        None => (unconfined_command(task), SecretFds::default()),
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start sh: {e}"))?;
+    // Our copies of the pipe's writing end (held by the command) must go, or the output never
+    // ends; the secrets' descriptors are the child's now.
+    drop((command, secret_fds));
+    let output = Output::copy(reader, log, task.redactor.stream())
+        .map_err(|e| format!("cannot read the task's output: {e}"))?;
+    Ok((child, output))
+}
+
+/// The copying of a step's output into its log, running beside the step.
+struct Output {
+    ended: tokio::sync::oneshot::Sender<()>,
+    copying: tokio::task::JoinHandle<()>,
+}
+
+impl Output {
+    fn copy(
+        reader: std::io::PipeReader,
+        log: tokio::fs::File,
+        redact: StreamRedactor,
+    ) -> std::io::Result<Output> {
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())?;
+        let (ended, ended_rx) = tokio::sync::oneshot::channel();
+        let copying = tokio::spawn(copy_output(pipe, log, redact, ended_rx));
+        Ok(Output { ended, copying })
+    }
+
+    /// Wait until everything the step wrote is in its log (at most [`OUTPUT_GRACE`]).
+    async fn finish(self) {
+        let _ = self.ended.send(());
+        // It only fails by panicking, and the log then lacks its end.
+        let _ = self.copying.await;
+    }
+}
+
+/// Copy the output into the log, redacted, until it ends or [`OUTPUT_GRACE`] after `ended`.
+async fn copy_output(
+    mut pipe: tokio::net::unix::pipe::Receiver,
+    mut log: tokio::fs::File,
+    mut redact: StreamRedactor,
+    ended: tokio::sync::oneshot::Receiver<()>,
+) {
+    use tokio::io::AsyncReadExt as _;
+    let give_up = async {
+        let _ = ended.await;
+        tokio::time::sleep(OUTPUT_GRACE).await;
+    };
+    tokio::pin!(give_up);
+    let mut buf = vec![0; 64 * 1024];
+    let mut note = "";
+    loop {
+        let n = tokio::select! {
+            read = pipe.read(&mut buf) => read.unwrap_or(0),
+            _ = &mut give_up => {
+                note = "\n[runner: output written after the step ended is not kept]\n";
+                0
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        // Write errors are ignored, as a full disk must not change the verdict.
+        let _ = log.write_all(&redact.push(&buf[..n])).await;
+    }
+    let _ = log.write_all(&redact.finish()).await;
+    let _ = log.write_all(note.as_bytes()).await;
+    let _ = log.flush().await;
+}
+
 /// `sh -c` in the sandbox, once the step's writable directories belong to the sandbox user.
+/// The descriptors of the job's secrets come with it, to keep open until it is spawned.
 async fn confined_command(
     task: &TaskCommand,
     confinement: &Confinement,
-) -> Result<tokio::process::Command, String> {
+) -> Result<(tokio::process::Command, SecretFds), String> {
     let (writable, sandbox) = (confinement.writable.clone(), confinement.sandbox.clone());
     tokio::task::spawn_blocking(move || sandbox.give(&writable))
         .await
         .map_err(|e| e.to_string())??;
+    let secrets = SecretFds::new(&task.secrets)
+        .map_err(|e| format!("cannot hand the job's secrets to the sandbox: {e}"))?;
     let step = Step {
         script: &task.script,
         cwd: &task.cwd,
         writable: &confinement.writable,
         protected: &confinement.protected,
         env: &task.env,
+        secrets: &secrets,
     };
-    Ok(confinement.sandbox.command(&step))
+    Ok((confinement.sandbox.command(&step), secrets))
 }
 
 /// `sh -c` on the runner's host as the runner's user: only with `runner.sandbox = "none"` (or
@@ -211,14 +292,14 @@ fn unconfined_command(task: &TaskCommand) -> tokio::process::Command {
     command
 }
 
-/// The step's log, opened with `tokio::fs` (not on the runtime's threads) and handed over as a
-/// plain file: the task's stdout and stderr are written straight into it.
-async fn open_log(task: &TaskCommand) -> std::io::Result<File> {
+/// The step's log, opened with `tokio::fs` (not on the runtime's threads), with the command
+/// first.
+async fn open_log(task: &TaskCommand) -> std::io::Result<tokio::fs::File> {
     let mut log = tokio::fs::File::create(&task.log_path).await?;
     log.write_all(format!("$ sh -c {:?}\n", task.script).as_bytes())
         .await?;
     log.flush().await?;
-    Ok(log.into_std().await)
+    Ok(log)
 }
 
 fn exit_of(status: std::process::ExitStatus) -> TaskExit {
@@ -271,6 +352,8 @@ mod tests {
             log_path: dir.join("task.log"),
             timeout,
             confinement: None,
+            secrets: Arc::from([]),
+            redactor: Arc::default(),
         }
     }
 

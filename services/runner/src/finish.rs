@@ -17,8 +17,24 @@ use crate::steps::{Ended, StepRunner};
 use crate::task_files;
 use crate::{events, results};
 
-/// The verdict on a job whose steps `ended`, its task cloned in `clone_dir`.
+/// The verdict on a job whose steps `ended`, its task cloned in `clone_dir`, with the job's
+/// secrets taken out of whatever of the task's output reached it (a note, data, a quoted log,
+/// an event).
 pub(crate) async fn conclude(
+    job: &JobRequest,
+    prepared: Prepared,
+    steps: &StepRunner,
+    ended: Ended,
+    clone_dir: &Path,
+    factory: &mut ResultFactory,
+) -> Result<Verdict, HandBack> {
+    let redactor = prepared.redactor.clone();
+    let mut verdict = unredacted(job, prepared, steps, ended, clone_dir, factory).await?;
+    redactor.verdict(&mut verdict);
+    Ok(verdict)
+}
+
+async fn unredacted(
     job: &JobRequest,
     prepared: Prepared,
     steps: &StepRunner,
@@ -35,11 +51,13 @@ pub(crate) async fn conclude(
     } = prepared;
     if let Some(remote) = &remote {
         if let Err(reason) = pull_back(remote, clone_dir, &artifacts, steps.pushed, &log).await {
+            steps.scrub_artifacts(&log).await;
             let tail = log.finish(report::LOG_TAIL_LINES).await;
             return Ok(factory.crashed(&reason, tail.as_deref()));
         }
     }
     let copied = steps.copy_artifacts(&task.artifacts, &log).await;
+    steps.scrub_artifacts(&log).await;
     let tail = log.finish(report::LOG_TAIL_LINES).await;
     tracing::info!(job_id = %job.job_id, ended = ?ended, artifacts = copied, "task ended");
     let results_path = task.results_path();

@@ -8,16 +8,22 @@
 //! downloads) gets a writer that only queues. The runner writes few lines of its own (a header, a
 //! line or two a step, ten per download), so the channel needs no bound.
 //!
+//! The runner's own lines and writes go through the job's [`Redactor`] (a task's file names and
+//! the like can hold a secret); the step logs appended were redacted as the steps wrote them.
+//!
 //! Write errors are ignored, as a full disk must not change a job's verdict; a log that cannot be
 //! created at all crashes the job before its task runs.
 
 use std::fmt::Display;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::redact::Redactor;
 
 /// What the writer task does next, in the order it was asked.
 enum Entry {
@@ -31,6 +37,7 @@ pub(crate) struct JobLog {
     path: PathBuf,
     entries: mpsc::UnboundedSender<Entry>,
     writer: JoinHandle<()>,
+    redactor: Arc<Redactor>,
 }
 
 impl JobLog {
@@ -42,12 +49,19 @@ impl JobLog {
             path: path.to_path_buf(),
             entries,
             writer: tokio::spawn(write_entries(file, queue)),
+            redactor: Arc::default(),
         })
+    }
+
+    /// Redact what is written from now on with `redactor` (the job's secrets).
+    pub fn redact_with(&mut self, redactor: Arc<Redactor>) {
+        self.redactor = redactor;
     }
 
     /// Add `text` and a newline.
     pub fn line(&self, text: impl Display) {
-        self.send(Entry::Bytes(format!("{text}\n").into_bytes()));
+        let line = self.redactor.text(&format!("{text}\n"));
+        self.send(Entry::Bytes(line.into_bytes()));
     }
 
     /// Append the whole of the file at `path` (a step's own log); nothing when it cannot be read.
@@ -57,7 +71,7 @@ impl JobLog {
 
     /// A `std::io::Write` into this log, for code that writes its progress that way.
     pub fn writer(&self) -> LogWriter {
-        LogWriter(self.entries.clone())
+        LogWriter(self.entries.clone(), self.redactor.clone())
     }
 
     /// Close the log once everything written is in the file, and give its last `lines` lines
@@ -83,11 +97,11 @@ impl JobLog {
 }
 
 /// See [`JobLog::writer`]: each write is queued, in order with the log's other entries.
-pub(crate) struct LogWriter(mpsc::UnboundedSender<Entry>);
+pub(crate) struct LogWriter(mpsc::UnboundedSender<Entry>, Arc<Redactor>);
 
 impl io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let _ = self.0.send(Entry::Bytes(buf.to_vec()));
+        let _ = self.0.send(Entry::Bytes(self.1.bytes(buf)));
         Ok(buf.len())
     }
 

@@ -14,6 +14,8 @@ use uuid::Uuid;
 use crate::budget::{task_budget, Budget};
 use crate::git::{self, Fetched};
 use crate::log::JobLog;
+use crate::redact::Redactor;
+use crate::secrets::{self, Delivered, SECRETS_ENV};
 use crate::remote::{self, Remote};
 use crate::report::{ResultFactory, Verdict};
 use crate::task::TaskFile;
@@ -30,6 +32,10 @@ pub(crate) struct Prepared {
     pub artifacts: PathBuf,
     pub log: JobLog,
     pub budget: Budget,
+    /// The secrets the job's steps get (none for a VM job: they reach only the sandbox here).
+    pub secrets: Arc<[Delivered]>,
+    /// Takes the secrets the job may have out of its log, artifacts, results and events.
+    pub redactor: Arc<Redactor>,
 }
 
 impl RunnerHandler {
@@ -88,14 +94,18 @@ impl RunnerHandler {
         if let Some(reason) = task.refusal(&job.item_type, &job.arch, remote.is_none()) {
             return Err(crashed(reason));
         }
+        let allowed = secrets::for_job(&self.settings, job).map_err(crashed)?;
+        let redactor = Arc::new(Redactor::new(&allowed));
         let artifacts = self.artifacts_dir(job.job_id);
-        let log = open_artifacts(&artifacts).await.map_err(crashed)?;
+        let mut log = open_artifacts(&artifacts).await.map_err(crashed)?;
+        log.redact_with(redactor.clone());
         let budget = task_budget(
             task.effective_timeout_secs(self.settings.task_timeout_secs),
             self.settings.consumer_timeout_secs,
             received_at.elapsed(),
         );
         log_header(&log, job, &task, &fetched, budget);
+        let secrets = delivered(&log, allowed, remote.is_some());
         Ok(Prepared {
             task,
             fetched,
@@ -103,6 +113,8 @@ impl RunnerHandler {
             artifacts,
             log,
             budget,
+            secrets,
+            redactor,
         })
     }
 
@@ -183,6 +195,33 @@ async fn open_artifacts(artifacts: &Path) -> Result<JobLog, String> {
     JobLog::create(&path)
         .await
         .map_err(|e| format!("cannot create the log {}: {e}", path.display()))
+}
+
+/// The secrets a job's steps get, said in its log by name: those it may have, unless it runs in
+/// a VM (where the runner's sandbox, which delivers them, is not).
+fn delivered(log: &JobLog, allowed: Vec<Delivered>, in_vm: bool) -> Arc<[Delivered]> {
+    if allowed.is_empty() {
+        return Arc::from([]);
+    }
+    let names: Vec<String> = allowed
+        .iter()
+        .map(|s| match &s.env {
+            Some(env) => format!("{} (also ${env})", s.name),
+            None => s.name.clone(),
+        })
+        .collect();
+    if in_vm {
+        log.line(format_args!(
+            "secrets not delivered: {}: this job runs in a VM, and secrets reach only sandboxed steps on the runner's host",
+            names.join(", ")
+        ));
+        return Arc::from([]);
+    }
+    log.line(format_args!(
+        "secrets: {} in ${SECRETS_ENV}/",
+        names.join(", ")
+    ));
+    allowed.into()
 }
 
 /// What the log says first: which task at which commit, for which job, and for how long.

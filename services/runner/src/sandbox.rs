@@ -31,7 +31,10 @@
 //! publishing or writing (they are in files the task cannot see, docs/security.md).
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+
+use crate::secrets::{Delivered, SANDBOX_SECRETS_DIR, SECRETS_ENV};
 
 /// Directories bound read-only into every sandbox when they exist on the host.
 const SYSTEM_DIRS: &[&str] = &["/usr", "/etc"];
@@ -71,6 +74,62 @@ pub struct Step<'a> {
     pub protected: &'a [PathBuf],
     /// The step's whole environment.
     pub env: &'a [(String, String)],
+    /// The job's secrets, as bwrap reads them (empty for most jobs).
+    pub secrets: &'a SecretFds,
+}
+
+/// The descriptors through which bwrap gets a step's secrets: a memory file per secret, copied
+/// into the sandbox's private `/run/taskbot-secrets/<name>`, and one holding the `--setenv`
+/// arguments of those given as variables. Never bwrap's command line, which every user of the
+/// host can read in `/proc`, and never a file on disk. They are close-on-exec, so no other
+/// process the runner starts inherits them; only the step's bwrap gets them
+/// ([`Sandbox::command`]), and bwrap closes them once read.
+#[derive(Debug, Default)]
+pub struct SecretFds {
+    files: Vec<(String, OwnedFd)>,
+    env_args: Option<OwnedFd>,
+}
+
+impl SecretFds {
+    /// The descriptors of `secrets`.
+    pub fn new(secrets: &[Delivered]) -> std::io::Result<SecretFds> {
+        let mut fds = SecretFds::default();
+        let mut env_args = Vec::new();
+        for secret in secrets {
+            fds.files
+                .push((secret.name.clone(), memory_file(&secret.value)?));
+            if let Some(env) = &secret.env {
+                for arg in [b"--setenv", env.as_bytes(), secret.trimmed()] {
+                    env_args.extend_from_slice(arg);
+                    env_args.push(0);
+                }
+            }
+        }
+        if !env_args.is_empty() {
+            fds.env_args = Some(memory_file(&env_args)?);
+        }
+        Ok(fds)
+    }
+
+    fn raw(&self) -> Vec<RawFd> {
+        let files = self.files.iter().map(|(_, fd)| fd.as_raw_fd());
+        files.chain(self.env_args.iter().map(|fd| fd.as_raw_fd())).collect()
+    }
+}
+
+/// A close-on-exec memory file holding `data`, read from its start.
+fn memory_file(data: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::{Seek as _, Write as _};
+    // SAFETY: the name is a NUL-terminated string; the result is checked before use.
+    let fd = unsafe { libc::memfd_create(c"taskbot-secret".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(data)?;
+    file.rewind()?;
+    Ok(file.into())
 }
 
 impl Sandbox {
@@ -121,6 +180,7 @@ impl Sandbox {
                 args.triple("--ro-bind", path, path);
             }
         }
+        secret_files(&mut args, step.secrets);
         args.flags(&["--clearenv"]);
         for (key, default) in [
             ("PATH", DEFAULT_PATH),
@@ -134,6 +194,12 @@ impl Sandbox {
         for (key, value) in step.env {
             args.triple("--setenv", key, value);
         }
+        if !step.secrets.files.is_empty() {
+            args.triple("--setenv", SECRETS_ENV, SANDBOX_SECRETS_DIR);
+        }
+        if let Some(fd) = &step.secrets.env_args {
+            args.pair("--args", fd.as_raw_fd().to_string());
+        }
         args.pair("--chdir", step.cwd);
         args.flags(&["--", "sh", "-c"]);
         args.0.push(step.script.into());
@@ -143,6 +209,8 @@ impl Sandbox {
     /// The process that runs `step` in the sandbox: `bwrap` as the sandbox user, with an empty
     /// environment of its own (bwrap is the pid namespace's init, and a task can read its init's
     /// `/proc/1/environ`).
+    /// Only this bwrap inherits the step's secret descriptors (`step.secrets`, which must stay
+    /// open until it is spawned).
     pub fn command(&self, step: &Step<'_>) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&self.program);
         command
@@ -150,6 +218,21 @@ impl Sandbox {
             .env_clear()
             .uid(self.uid)
             .gid(self.gid);
+        let inherited = step.secrets.raw();
+        if !inherited.is_empty() {
+            // SAFETY: runs in the forked child before exec, and only calls fcntl(2), which is
+            // async-signal-safe; it allocates nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    for &fd in &inherited {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         command
     }
 
@@ -208,6 +291,7 @@ impl Sandbox {
             writable: &writable,
             protected: &[],
             env: &[],
+            secrets: &SecretFds::default(),
         };
         let mut command = std::process::Command::new(&self.program);
         let output = command
@@ -282,6 +366,23 @@ fn lookup_passwd(name: &str, passwd: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// The job's secrets in a private tmpfs, each file read-only, then the directory too.
+fn secret_files(args: &mut Args, secrets: &SecretFds) {
+    if secrets.files.is_empty() {
+        return;
+    }
+    args.pair("--tmpfs", SANDBOX_SECRETS_DIR);
+    for (name, fd) in &secrets.files {
+        args.pair("--perms", "0400");
+        args.triple(
+            "--ro-bind-data",
+            fd.as_raw_fd().to_string(),
+            format!("{SANDBOX_SECRETS_DIR}/{name}"),
+        );
+    }
+    args.pair("--remount-ro", SANDBOX_SECRETS_DIR);
+}
+
 /// Builds an argument list.
 #[derive(Default)]
 struct Args(Vec<OsString>);
@@ -343,6 +444,7 @@ mod tests {
             writable: &writable,
             protected: &[],
             env: &env,
+            secrets: &SecretFds::default(),
         };
         let args = strings(sandbox(false).args(&step));
         for flag in [
@@ -384,6 +486,7 @@ mod tests {
             writable: &[],
             protected: &[],
             env: &[],
+            secrets: &SecretFds::default(),
         };
         assert!(!strings(sandbox(true).args(&step)).contains(&"--unshare-net".to_string()));
         assert!(strings(sandbox(false).args(&step)).contains(&"--unshare-net".to_string()));
@@ -474,6 +577,7 @@ mod hostile {
             writable: &writable,
             protected: &[],
             env: &env,
+            secrets: &SecretFds::default(),
         };
         let output = sandbox(job, network)
             .command(&step)
@@ -580,6 +684,7 @@ mod hostile {
             writable: &writable,
             protected: &[],
             env: &[],
+            secrets: &SecretFds::default(),
         };
         let sandbox = sandbox(&job, true);
         // A stand-in for the runner: a process that starts the sandbox and is then SIGKILLed.

@@ -81,6 +81,11 @@ async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
     if let Some(name) = settings.task_env.keys().find(|k| !valid_env_name(k)) {
         anyhow::bail!("runner.task_env: {name:?} is not a variable a task may be given (letters, digits and _, not starting with a digit or TASKBOT_)");
     }
+    crate::secrets::check_config(&settings, valid_env_name).map_err(anyhow::Error::msg)?;
+    if !settings.secrets.is_empty() {
+        let names: Vec<&String> = settings.secrets.keys().collect();
+        tracing::info!(secrets = ?names, "task secrets configured (values re-read for every job that gets one)");
+    }
     if settings.allowed_repos.is_empty() {
         tracing::warn!(
             "runner.allowed_repos is empty: every job will crash until it lists task repositories"

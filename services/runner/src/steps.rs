@@ -4,6 +4,7 @@
 //! (`steps/NN-name.log`), appended to the job's log when it ends.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use taskbot::artifacts::{step_log_name, EVENTS_FILE, STEPS_DIR, TASK_LOG};
@@ -16,6 +17,8 @@ use crate::execute::{self, Confinement, RunEnd, TaskCommand, TaskExit};
 use crate::job::HandBack;
 use crate::log::JobLog;
 use crate::prepare::Prepared;
+use crate::redact::Redactor;
+use crate::secrets::Delivered;
 use crate::remote::{self, Remote};
 use crate::task::{self, Escape, NamedStep, Phase, TaskFile, TemplateVars};
 use crate::{artifacts, report, RunnerHandler};
@@ -170,6 +173,8 @@ pub(crate) struct StepRunner {
     download_attempts: u32,
     /// The sandbox of local steps (`None` for a VM job, or with `runner.sandbox = "none"`).
     confinement: Option<Confinement>,
+    secrets: Arc<[Delivered]>,
+    redactor: Arc<Redactor>,
 }
 
 impl StepRunner {
@@ -225,6 +230,8 @@ impl StepRunner {
             download_max_bytes: handler.settings.download_max_bytes,
             download_attempts: handler.settings.download_attempts,
             confinement: confinement(handler, prepared, clone_dir),
+            secrets: prepared.secrets.clone(),
+            redactor: prepared.redactor.clone(),
         }
     }
 
@@ -370,6 +377,8 @@ impl StepRunner {
             log_path: step_log.clone(),
             timeout,
             confinement: self.confinement.clone(),
+            secrets: self.secrets.clone(),
+            redactor: self.redactor.clone(),
         };
         let started = Instant::now();
         let end = execute::run(&command, &mut self.shutdown).await;
@@ -429,6 +438,29 @@ impl StepRunner {
             }
         }
         count
+    }
+}
+
+impl StepRunner {
+    /// Redact, in place, the files of the artifacts directory that hold one of the job's secrets
+    /// (the events file, what the task wrote or had copied there); the logs were redacted as
+    /// they were written. Says in the log which files were.
+    pub async fn scrub_artifacts(&self, log: &JobLog) {
+        if self.redactor.is_empty() {
+            return;
+        }
+        let (redactor, dir) = (self.redactor.clone(), self.artifacts.clone());
+        let skip = vec![dir.join(TASK_LOG), dir.join(STEPS_DIR)];
+        let scrubbed =
+            tokio::task::spawn_blocking(move || crate::redact::scrub_dir(&redactor, &dir, &skip))
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("runner failure: {e}"))]);
+        for line in scrubbed {
+            match line {
+                Ok(path) => log.line(format_args!("artifact redacted (it held a secret): {path}")),
+                Err(e) => log.line(format_args!("artifact not redacted: {e}")),
+            }
+        }
     }
 }
 
