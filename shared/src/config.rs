@@ -753,6 +753,42 @@ mod tests {
     }
 
     #[test]
+    fn task_secrets_read_with_their_optional_keys() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                r#"
+[runner.secrets.koji-token]
+file = "/etc/taskbot/secrets/koji-token"
+repos = ["https://pagure.io/taskbot-tasks/"]
+tasks = ["dist.abicheck"]
+env = "KOJI_TOKEN"
+[runner.secrets.plain]
+file = "/etc/taskbot/secrets/plain"
+repos = ["file:///srv/tasks/"]
+"#,
+            )?;
+            let cfg: Config = Config::figment(Some(Path::new("t.toml")), &[]).extract()?;
+            let koji = &cfg.runner.secrets["koji-token"];
+            assert_eq!(koji.file, Path::new("/etc/taskbot/secrets/koji-token"));
+            assert_eq!(koji.tasks, ["dist.abicheck"]);
+            assert_eq!(koji.env.as_deref(), Some("KOJI_TOKEN"));
+            let plain = &cfg.runner.secrets["plain"];
+            assert!(plain.tasks.is_empty() && plain.rules.is_empty() && plain.env.is_none());
+            jail.create_file("bad.toml", "[runner.secrets.x]
+file = \"/f\"
+repos = []
+value = \"inline\"
+")?;
+            let err = Config::figment(Some(Path::new("bad.toml")), &[])
+                .extract::<Config>()
+                .unwrap_err();
+            assert!(err.to_string().contains("value"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_image_catalogue_reads_paths_and_urls() {
         Jail::expect_with(|jail| {
             let sum = "ab".repeat(32);

@@ -479,6 +479,45 @@ mod tests {
     }
 
     #[test]
+    fn secrets_reach_bwrap_through_descriptors_never_its_arguments() {
+        let secret = Delivered {
+            name: "koji-token".into(),
+            value: b"s3cr3t-token-value\n".to_vec(),
+            env: Some("KOJI_TOKEN".into()),
+        };
+        let fds = SecretFds::new(&[secret]).unwrap();
+        let [file_fd, env_fd] = fds.raw()[..] else {
+            panic!("one descriptor for the file, one for the variable")
+        };
+        let step = Step {
+            script: "true",
+            cwd: Path::new("/"),
+            writable: &[],
+            protected: &[],
+            env: &[],
+            secrets: &fds,
+        };
+        let args = strings(sandbox(true).args(&step));
+        let joined = args.join(" ");
+        assert!(!joined.contains("s3cr3t"), "{joined}");
+        assert!(
+            joined.contains(&format!(
+                "--tmpfs {SANDBOX_SECRETS_DIR} --perms 0400 --ro-bind-data {file_fd} {SANDBOX_SECRETS_DIR}/koji-token --remount-ro {SANDBOX_SECRETS_DIR}"
+            )),
+            "{joined}"
+        );
+        assert!(joined.contains(&format!("--setenv {SECRETS_ENV} {SANDBOX_SECRETS_DIR}")));
+        assert!(follows(&args, "--args", &env_fd.to_string()), "{joined}");
+        // After --clearenv, which would drop the variables otherwise.
+        assert!(joined.find("--clearenv") < joined.find("--args"), "{joined}");
+        let mut content = String::new();
+        use std::io::Read as _;
+        let mut file = std::fs::File::from(fds.env_args.unwrap());
+        file.read_to_string(&mut content).unwrap();
+        assert_eq!(content, "--setenv\0KOJI_TOKEN\0s3cr3t-token-value\0");
+    }
+
+    #[test]
     fn network_is_shared_only_when_allowed() {
         let step = Step {
             script: "true",
