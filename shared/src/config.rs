@@ -775,11 +775,14 @@ repos = ["file:///srv/tasks/"]
             assert_eq!(koji.env.as_deref(), Some("KOJI_TOKEN"));
             let plain = &cfg.runner.secrets["plain"];
             assert!(plain.tasks.is_empty() && plain.rules.is_empty() && plain.env.is_none());
-            jail.create_file("bad.toml", "[runner.secrets.x]
+            jail.create_file(
+                "bad.toml",
+                "[runner.secrets.x]
 file = \"/f\"
 repos = []
 value = \"inline\"
-")?;
+",
+            )?;
             let err = Config::figment(Some(Path::new("bad.toml")), &[])
                 .extract::<Config>()
                 .unwrap_err();

@@ -138,6 +138,8 @@ impl RunnerHandler {
         {
             Ok(ended) => finish::conclude(job, prepared, &steps, ended, clone_dir, factory).await,
             Err(hand_back) => {
+                // The artifacts stay for the job's next run to overwrite: not with a secret.
+                steps.scrub_artifacts(&prepared.log).await;
                 prepared.log.close().await;
                 Err(hand_back)
             }

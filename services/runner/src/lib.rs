@@ -9,7 +9,9 @@
 //! and time limit; then `cleanup` steps whatever happened) → `finish.rs` (the task's files back
 //! from its VM, the `artifacts` globs copied, results and events read into a verdict) →
 //! `reporting` → results and the final `done` or `crashed` status, published with confirms before
-//! the input is acked. Whatever goes wrong with the task itself ends as a result (CRASHED,
+//! the input is acked. The secrets a job is granted ([`secrets`]) reach its sandboxed steps only
+//! and are taken out ([`redact`]) of its step output as it streams, its log, its artifacts and
+//! its verdict. Whatever goes wrong with the task itself ends as a result (CRASHED,
 //! ABORTED, FAILED) so the job never silently disappears; only broker trouble and shutdown hand
 //! the job back to the queue. What a job leaves in its artifacts directory is named in
 //! [`taskbot::artifacts`].

@@ -15,9 +15,9 @@ use crate::budget::{task_budget, Budget};
 use crate::git::{self, Fetched};
 use crate::log::JobLog;
 use crate::redact::Redactor;
-use crate::secrets::{self, Delivered, SECRETS_ENV};
 use crate::remote::{self, Remote};
 use crate::report::{ResultFactory, Verdict};
+use crate::secrets::{self, Delivered, SECRETS_ENV};
 use crate::task::TaskFile;
 use crate::RunnerHandler;
 

@@ -238,8 +238,7 @@ fn percent_encode(value: &[u8]) -> Vec<u8> {
 
 /// Standard base64 of whole 3-byte groups (so no padding).
 fn base64(groups: &[u8]) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::with_capacity(groups.len() / 3 * 4);
     for group in groups.chunks_exact(3) {
         let n = u32::from(group[0]) << 16 | u32::from(group[1]) << 8 | u32::from(group[2]);
@@ -273,7 +272,11 @@ pub fn scrub_dir(
             if skip.contains(&path) {
                 continue;
             }
-            let shown = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+            let shown = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
             if meta.is_dir() {
                 pending.push(path);
             } else if meta.is_file() {
@@ -352,7 +355,11 @@ mod tests {
         let text = format!("token={VALUE}; again:{VALUE}{VALUE} and s3cr3t- only\n");
         let expected = "token=[secret:koji-token]; again:[secret:koji-token][secret:koji-token] and s3cr3t- only\n";
         for size in 1..=text.len() {
-            assert_eq!(streamed(&r, text.as_bytes(), size), expected, "chunks of {size}");
+            assert_eq!(
+                streamed(&r, text.as_bytes(), size),
+                expected,
+                "chunks of {size}"
+            );
         }
     }
 
@@ -360,7 +367,10 @@ mod tests {
     fn a_prefix_held_back_is_given_at_the_end() {
         let r = redactor();
         // The stream ends in what could have been the start of the secret.
-        assert_eq!(streamed(&r, b"ends with s3cr3t-To", 4), "ends with s3cr3t-To");
+        assert_eq!(
+            streamed(&r, b"ends with s3cr3t-To", 4),
+            "ends with s3cr3t-To"
+        );
         assert_eq!(streamed(&r, b"", 4), "");
     }
 

@@ -113,7 +113,9 @@ impl SecretFds {
 
     fn raw(&self) -> Vec<RawFd> {
         let files = self.files.iter().map(|(_, fd)| fd.as_raw_fd());
-        files.chain(self.env_args.iter().map(|fd| fd.as_raw_fd())).collect()
+        files
+            .chain(self.env_args.iter().map(|fd| fd.as_raw_fd()))
+            .collect()
     }
 }
 
@@ -509,7 +511,10 @@ mod tests {
         assert!(joined.contains(&format!("--setenv {SECRETS_ENV} {SANDBOX_SECRETS_DIR}")));
         assert!(follows(&args, "--args", &env_fd.to_string()), "{joined}");
         // After --clearenv, which would drop the variables otherwise.
-        assert!(joined.find("--clearenv") < joined.find("--args"), "{joined}");
+        assert!(
+            joined.find("--clearenv") < joined.find("--args"),
+            "{joined}"
+        );
         let mut content = String::new();
         use std::io::Read as _;
         let mut file = std::fs::File::from(fds.env_args.unwrap());

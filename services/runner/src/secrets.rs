@@ -215,12 +215,22 @@ mod tests {
         assert!(!allowed(&s, &job("dist.abicheck", climbing, "any")));
         assert!(!allowed(
             &s,
-            &job("dist.abicheck", "https://evil.example/taskbot-tasks/x", "any")
+            &job(
+                "dist.abicheck",
+                "https://evil.example/taskbot-tasks/x",
+                "any"
+            )
         ));
         s.tasks = vec!["dist.abicheck".into()];
         s.rules = vec!["abicheck-on-builds".into()];
-        assert!(allowed(&s, &job("dist.abicheck", ours, "abicheck-on-builds")));
-        assert!(!allowed(&s, &job("dist.rpmlint", ours, "abicheck-on-builds")));
+        assert!(allowed(
+            &s,
+            &job("dist.abicheck", ours, "abicheck-on-builds")
+        ));
+        assert!(!allowed(
+            &s,
+            &job("dist.rpmlint", ours, "abicheck-on-builds")
+        ));
         assert!(!allowed(&s, &job("dist.abicheck", ours, "other-rule")));
     }
 
@@ -241,14 +251,18 @@ mod tests {
             check(name, edit).unwrap_err()
         };
         for bad in ["../x", ".hidden", "a/b", "", "a b"] {
-            assert!(err(bad, &|_, _| {}).contains("is not a secret name"), "{bad}");
+            assert!(
+                err(bad, &|_, _| {}).contains("is not a secret name"),
+                "{bad}"
+            );
         }
         assert!(err("k", &|c, _| c.sandbox = SandboxMode::None).contains("needs the sandbox"));
         assert!(err("k", &|_, s| s.repos.clear()).starts_with("runner.secrets.k.repos:"));
         assert!(err("k", &|_, s| s.repos = vec!["host:path".into()])
             .contains("is not a repository URL"));
-        assert!(err("k", &|_, s| s.env = Some("TASKBOT_X".into()))
-            .starts_with("runner.secrets.k.env:"));
+        assert!(
+            err("k", &|_, s| s.env = Some("TASKBOT_X".into())).starts_with("runner.secrets.k.env:")
+        );
         let missing = err("k", &|_, s| s.file = PathBuf::from("/nonexistent/token"));
         assert!(
             missing.starts_with("runner.secrets.k.file: cannot read /nonexistent/token:"),
@@ -289,6 +303,9 @@ mod tests {
         };
         assert_eq!(d.trimmed(), b"s3cr3t-token-value");
         let shown = format!("{d:?}");
-        assert!(shown.contains("koji-token") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("koji-token") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
     }
 }

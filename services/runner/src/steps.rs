@@ -18,8 +18,8 @@ use crate::job::HandBack;
 use crate::log::JobLog;
 use crate::prepare::Prepared;
 use crate::redact::Redactor;
-use crate::secrets::Delivered;
 use crate::remote::{self, Remote};
+use crate::secrets::Delivered;
 use crate::task::{self, Escape, NamedStep, Phase, TaskFile, TemplateVars};
 use crate::{artifacts, report, RunnerHandler};
 

@@ -167,30 +167,54 @@ run:
 async fn a_task_that_prints_its_secret_leaves_only_markers() {
     let h = Harness::new();
     let repo = h.dirs.task("leaky", LEAKY);
-    let ran = h.run(&job("leaky", &repo, "main", "pkg-1-1.fc40", "x86_64")).await;
+    let ran = h
+        .run(&job("leaky", &repo, "main", "pkg-1-1.fc40", "x86_64"))
+        .await;
     assert_eq!(ran.states, FULL_LIFE);
 
     // It did get the secret, as a file and a variable, the same value.
     let log = Harness::artifact(&ran, "task.log");
-    assert!(log.contains(&format!("same value, {} bytes", VALUE.len())), "{log}");
-    assert!(log.contains("secrets: koji-token (also $KOJI_TOKEN) in $TASKBOT_SECRETS/"), "{log}");
+    assert!(
+        log.contains(&format!("same value, {} bytes", VALUE.len())),
+        "{log}"
+    );
+    assert!(
+        log.contains("secrets: koji-token (also $KOJI_TOKEN) in $TASKBOT_SECRETS/"),
+        "{log}"
+    );
     assert!(log.contains("secret file is read-only"), "{log}");
     // Every way it printed the value shows the marker instead, a split write included.
     for expected in ["env=", "stderr=", "split:", "b64="] {
-        assert!(log.contains(&format!("{expected}{MARKER}")), "{expected}: {log}");
+        assert!(
+            log.contains(&format!("{expected}{MARKER}")),
+            "{expected}: {log}"
+        );
     }
-    assert!(log.contains(&format!("\n{MARKER}\n")), "the file's content: {log}");
-    assert!(log.contains("artifact redacted (it held a secret): direct.txt"), "{log}");
+    assert!(
+        log.contains(&format!("\n{MARKER}\n")),
+        "the file's content: {log}"
+    );
+    assert!(
+        log.contains("artifact redacted (it held a secret): direct.txt"),
+        "{log}"
+    );
     let base64_value = base64(VALUE.as_bytes());
     for (path, content) in &ran.artifacts {
-        assert!(!content.contains(VALUE), "{path} holds the secret:\n{content}");
+        assert!(
+            !content.contains(VALUE),
+            "{path} holds the secret:\n{content}"
+        );
         assert!(
             !content.contains(&base64_value[..base64_value.len() - 4]),
             "{path} holds the secret in base64:\n{content}"
         );
     }
     for path in ["leak/token.txt", "direct.txt"] {
-        assert_eq!(Harness::artifact(&ran, path), format!("{MARKER}\n"), "{path}");
+        assert_eq!(
+            Harness::artifact(&ran, path),
+            format!("{MARKER}\n"),
+            "{path}"
+        );
     }
     assert!(Harness::artifact(&ran, "events.jsonl").contains(MARKER));
     assert!(Harness::artifact(&ran, "steps/03-run-3.log").contains(&format!("split:{MARKER}")));
@@ -212,7 +236,9 @@ async fn a_crash_quoting_the_log_quotes_the_marker() {
     let h = Harness::new();
     let yaml = "name: leaky\nrun:\n  - 'echo \"token=$KOJI_TOKEN\"; echo \"results: [\" > \"$TASKBOT_RESULTS\"'\n";
     let repo = h.dirs.task("leaky", yaml);
-    let ran = h.run(&job("leaky", &repo, "main", "pkg-1-1.fc40", "x86_64")).await;
+    let ran = h
+        .run(&job("leaky", &repo, "main", "pkg-1-1.fc40", "x86_64"))
+        .await;
     assert_eq!(ran.states.last(), Some(&JobState::Crashed));
     let note = ran.results[0].note.as_deref().unwrap();
     assert!(note.contains(&format!("token={MARKER}")), "{note}");
@@ -255,8 +281,7 @@ run: |
         }
         looked
     };
-    let (held, looked, on_command_lines) =
-        tokio::join!(h.run(&holding), h.run(&looking), watching);
+    let (held, looked, on_command_lines) = tokio::join!(h.run(&holding), h.run(&looking), watching);
     assert!(Harness::artifact(&held, "task.log").contains("holding"));
     assert_eq!(on_command_lines, 0, "the secret was on a command line");
     let log = Harness::artifact(&looked, "task.log");
