@@ -337,6 +337,112 @@ mod tests {
         assert!(err.to_string().contains("percent-encoding"), "{err}");
     }
 
+    /// A listener on 127.0.0.1 that counts the connections it gets (and answers none); its URL.
+    fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        (url, hits)
+    }
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+
+    /// A task repository with two submodules, one on a repository outside the allowed prefix
+    /// and one on a server that counts connections, and a file under a Git LFS filter whose
+    /// LFS server is that counting server: the clone gets the repository's own files only.
+    #[test]
+    fn submodules_and_lfs_content_are_not_fetched() {
+        let (server, hits) = counting_server();
+        let root = tempfile::tempdir().unwrap();
+        let outside = root.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        git(&outside, &["init", "-q", "-b", "main"]);
+        std::fs::write(outside.join("secret.txt"), "outside the allowed repos").unwrap();
+        git(&outside, &["add", "-A"]);
+        git(&outside, &["commit", "-qm", "outside"]);
+        let outside_head = git(&outside, &["rev-parse", "HEAD"]);
+
+        let task = root.path().join("tasks/task");
+        std::fs::create_dir_all(&task).unwrap();
+        git(&task, &["init", "-q", "-b", "main"]);
+        let pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n";
+        let files = [
+            ("taskbot.yaml", "name: task\nrun: true\n".to_string()),
+            (
+                ".gitattributes",
+                "*.bin filter=lfs diff=lfs merge=lfs -text\n".into(),
+            ),
+            (".lfsconfig", format!("[lfs]\n\turl = {server}/lfs\n")),
+            ("big.bin", pointer.into()),
+            (
+                ".gitmodules",
+                format!(
+                    "[submodule \"outside\"]\n\tpath = outside\n\turl = file://{}\n\
+                     [submodule \"web\"]\n\tpath = web\n\turl = {server}/web.git\n",
+                    outside.display()
+                ),
+            ),
+        ];
+        for (name, content) in &files {
+            std::fs::write(task.join(name), content).unwrap();
+        }
+        git(&task, &["add", "-A"]);
+        for path in ["outside", "web"] {
+            let entry = format!("160000,{outside_head},{path}");
+            git(&task, &["update-index", "--add", "--cacheinfo", &entry]);
+        }
+        git(&task, &["commit", "-qm", "task with submodules and LFS"]);
+        let tree = git(&task, &["ls-tree", "HEAD"]);
+        assert!(
+            tree.contains(&format!("160000 commit {outside_head}\toutside")),
+            "{tree}"
+        );
+
+        let mirrors = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", task.display());
+        clone_through_mirror(&url, "main", mirrors.path(), dest.path()).unwrap();
+        for submodule in ["outside", "web"] {
+            let dir = dest.path().join(submodule);
+            let entries = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+            assert_eq!(entries, 0, "submodule {submodule} was fetched into {dir:?}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("big.bin")).unwrap(),
+            pointer,
+            "the LFS pointer was replaced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let mirrored = std::fs::read_dir(mirrors.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "git")
+            })
+            .count();
+        assert_eq!(mirrored, 1, "only the task's own repository is mirrored");
+    }
+
     fn commit_file(repo: &Repository, name: &str, content: &str, message: &str) -> Oid {
         let root = repo.workdir().unwrap();
         std::fs::write(root.join(name), content).unwrap();

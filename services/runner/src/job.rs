@@ -3,8 +3,6 @@
 //! [`finish`](crate::finish) → `reporting` → results and the final status, which the consume loop
 //! publishes (with confirms) before it acks the delivery.
 
-use std::path::Path;
-
 use taskbot::amqp::{DeliveryContext, Disposition};
 use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, ProvisionedJob};
@@ -13,6 +11,7 @@ use crate::finish;
 use crate::prepare::Prepared;
 use crate::report::{self, ResultFactory, Verdict};
 use crate::steps::{Ended, StepRunner, TimeLimit};
+use crate::workspace::JobDir;
 use crate::RunnerHandler;
 
 /// Why a job was abandoned without a verdict: it goes back to the queue.
@@ -70,8 +69,9 @@ impl RunnerHandler {
         Ok(verdict)
     }
 
-    /// Clone into a fresh directory, run, and remove the clone whatever happened (artifacts
-    /// stay).
+    /// Clone into a fresh, locked job directory ([`JobDir`]), run, and remove the directory
+    /// whatever happened (artifacts stay). A runner killed meanwhile leaves it to the next
+    /// runner's start.
     async fn fetch_and_run(
         &self,
         job: &JobRequest,
@@ -81,14 +81,8 @@ impl RunnerHandler {
     ) -> Result<Verdict, HandBack> {
         let work_dir = self.settings.work_dir.clone();
         let prefix = format!("{}-", job.job_id);
-        let clone_dir = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&work_dir)?;
-            tempfile::Builder::new()
-                .prefix(&prefix)
-                .tempdir_in(&work_dir)
-        })
-        .await;
-        let clone_dir = match clone_dir {
+        let job_dir = tokio::task::spawn_blocking(move || JobDir::create(&work_dir, &prefix)).await;
+        let job_dir = match job_dir {
             Ok(Ok(dir)) => dir,
             Ok(Err(e)) => {
                 let reason = format!(
@@ -99,32 +93,32 @@ impl RunnerHandler {
             }
             Err(e) => return Ok(factory.crashed(&format!("runner failure: {e}"), None)),
         };
-        let outcome = self
-            .run_in(job, machine, clone_dir.path(), factory, ctx)
-            .await;
-        let path = clone_dir.path().to_path_buf();
-        let removed = match tokio::task::spawn_blocking(move || clone_dir.close()).await {
+        let outcome = self.run_in(job, machine, &job_dir, factory, ctx).await;
+        let path = job_dir.path().to_path_buf();
+        let removed = match tokio::task::spawn_blocking(move || job_dir.remove()).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(error) = removed {
-            // The job's verdict stands; a clone left behind only costs disk space.
-            tracing::warn!(job_id = %job.job_id, path = %path.display(), %error, "cannot remove the clone");
+            // The job's verdict stands; a directory left behind only costs disk space (and the
+            // next runner's start removes it).
+            tracing::warn!(job_id = %job.job_id, path = %path.display(), %error, "cannot remove the job's directory");
         }
         outcome
     }
 
-    /// Prepare, announce `running`, run the steps, and conclude, in `clone_dir`.
+    /// Prepare, announce `running`, run the steps, and conclude, in `job_dir`.
     async fn run_in(
         &self,
         job: &JobRequest,
         machine: &Machine,
-        clone_dir: &Path,
+        job_dir: &JobDir,
         factory: &mut ResultFactory,
         ctx: &dyn DeliveryContext,
     ) -> Result<Verdict, HandBack> {
+        let clone_dir = &job_dir.clone_dir();
         let prepared = match self
-            .prepare(job, machine, clone_dir, factory, ctx.received_at())
+            .prepare(job, machine, job_dir, factory, ctx.received_at())
             .await
         {
             Ok(prepared) => prepared,

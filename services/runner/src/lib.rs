@@ -44,6 +44,7 @@ mod service;
 mod steps;
 pub mod task;
 mod task_files;
+pub mod workspace;
 
 pub use budget::{task_budget, Budget};
 pub use service::{configured_arch, run};

@@ -19,6 +19,7 @@ use crate::remote::{self, Remote};
 use crate::report::{ResultFactory, Verdict};
 use crate::secrets::{self, Delivered, SECRETS_ENV};
 use crate::task::TaskFile;
+use crate::workspace::JobDir;
 use crate::RunnerHandler;
 
 /// A job ready for its steps.
@@ -71,26 +72,29 @@ impl RunnerHandler {
         }
     }
 
-    /// Clone the task into `clone_dir` and get everything ready for its steps; `Err` is the
-    /// CRASHED verdict. `factory` learns the task's own testcase. The time budget counts from
-    /// `received_at`, when the delivery arrived.
+    /// Clone the task into the job directory's `clone/` and get everything ready for its steps;
+    /// `Err` is the CRASHED verdict. `factory` learns the task's own testcase. The time budget
+    /// counts from `received_at`, when the delivery arrived.
     pub(crate) async fn prepare(
         &self,
         job: &JobRequest,
         machine: &Machine,
-        clone_dir: &Path,
+        job_dir: &JobDir,
         factory: &mut ResultFactory,
         received_at: Instant,
     ) -> Result<Prepared, Verdict> {
         let (fetched, task) = self
-            .clone_task(job, clone_dir)
+            .clone_task(job, &job_dir.clone_dir())
             .await
             .map_err(|reason| factory.crashed(&reason, None))?;
         if let Some(testcase) = &task.testcase {
             factory.testcase = testcase.clone();
         }
         let crashed = |reason: String| factory.crashed(&reason, None);
-        let remote = self.remote_for(machine).await.map_err(crashed)?;
+        let remote = self
+            .remote_for(machine, job_dir.path())
+            .await
+            .map_err(crashed)?;
         if let Some(reason) = task.refusal(&job.item_type, &job.arch, remote.is_none()) {
             return Err(crashed(reason));
         }
@@ -144,8 +148,13 @@ impl RunnerHandler {
         }
     }
 
-    /// A job provisioned on a VM runs there over SSH (`Some`); any other on this host.
-    async fn remote_for(&self, machine: &Machine) -> Result<Option<Remote>, String> {
+    /// A job provisioned on a VM runs there over SSH (`Some`, its known-hosts file in
+    /// `job_dir`); any other on this host.
+    async fn remote_for(
+        &self,
+        machine: &Machine,
+        job_dir: &Path,
+    ) -> Result<Option<Remote>, String> {
         let Machine::Vm {
             host,
             port,
@@ -158,7 +167,7 @@ impl RunnerHandler {
         };
         let written = {
             let (dir, host, port, keys) = (
-                self.settings.work_dir.clone(),
+                job_dir.to_path_buf(),
                 host.clone(),
                 *port,
                 host_keys.clone(),

@@ -12,6 +12,7 @@ use taskbot::{Config, Shutdown, Topology};
 
 use crate::budget::task_budget;
 use crate::sandbox::{self, Sandbox};
+use crate::workspace;
 use crate::{slots_busy, RunnerHandler, SLOTS_METRIC};
 
 /// Run until `shutdown`: consume the run queue of `runner.arch`. A task running at shutdown is
@@ -22,6 +23,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         anyhow::bail!("runner.arch: {arch:?} is not an arch name");
     }
     let settings = settings(&config.runner).await?;
+    remove_stale_job_dirs(&settings.work_dir).await;
     let topology = Topology::for_config(&config).with_arch(&arch);
     let handler = Arc::new(RunnerHandler {
         topology: topology.clone(),
@@ -105,6 +107,34 @@ async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
         );
     }
     Ok(settings)
+}
+
+/// Remove the job directories that runners killed mid-job left in `work_dir` (their processes
+/// died with them: each step's pid namespace goes with its runner), keeping those of live
+/// runners sharing the directory ([`workspace::remove_stale`]). Trouble is logged, never fatal:
+/// a directory left behind costs only disk space.
+async fn remove_stale_job_dirs(work_dir: &std::path::Path) {
+    let dir = work_dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || workspace::remove_stale(&dir)).await {
+        Ok(Ok(swept)) => {
+            for path in &swept.removed {
+                tracing::info!(path = %path.display(), "removed a killed runner's job directory");
+            }
+            for (path, error) in &swept.failed {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a killed runner's job directory");
+            }
+            if swept.live > 0 {
+                tracing::info!(
+                    live = swept.live,
+                    "job directories of other live runners in runner.work_dir left alone"
+                );
+            }
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(work_dir = %work_dir.display(), %error, "cannot look for killed runners' job directories")
+        }
+        Err(error) => tracing::warn!(%error, "cannot look for killed runners' job directories"),
+    }
 }
 
 /// The sandbox local steps run in, checked on this host before any job is taken; `None` (with a
