@@ -31,6 +31,17 @@ use taskbot::store::{self, JobRecord, StoreError};
 
 use crate::store_failure;
 
+/// What to do when the job of `what` cannot be read or recorded: retry while the database is
+/// the cause, dead-letter when the message is.
+fn failure(what: &str, err: StoreError) -> Disposition {
+    match store_failure(&format!("the job of {what}"), &err) {
+        Disposition::Retry(_) => {
+            Disposition::Retry(format!("cannot check the job of {what}: {err}"))
+        }
+        other => other,
+    }
+}
+
 /// The broker users of the services whose messages the reporter consumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Senders {
@@ -316,7 +327,7 @@ impl Binding {
     ) -> Result<deadpool_postgres::Object, Disposition> {
         pool.get()
             .await
-            .map_err(|e| store_failure(&format!("the job of {what}"), &StoreError::from(e)))
+            .map_err(|e| failure(what, StoreError::from(e)))
     }
 
     /// Check a result before a sink takes it: `Err` is what to do with it instead.
@@ -333,7 +344,7 @@ impl Binding {
         let client = self.client(pool, &what).await?;
         let record = store::job_record(&client, result.job_id)
             .await
-            .map_err(|e| store_failure(&format!("the job of {what}"), &e))?;
+            .map_err(|e| failure(&what, e))?;
         let record = self.known(record, role, &what, result.job_id, result.finished_at)?;
         let other_items = self.other_item_tasks.contains(&record.task.name);
         match result_disagreement(&record, result, other_items) {
@@ -355,7 +366,7 @@ impl Binding {
             return Ok(());
         };
         let what = format!("{} status {}", status.state, status.status_id);
-        let failed = |e: StoreError| store_failure(&format!("the job of {what}"), &e);
+        let failed = |e: StoreError| failure(&what, e);
         let client = self.client(pool, &what).await?;
         let user = user.unwrap_or_default();
         let stored = if status.state == JobState::Queued && record {
