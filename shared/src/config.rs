@@ -406,6 +406,14 @@ pub struct RunnerConfig {
     /// inside the sandbox as `$TASKBOT_SECRETS/<name>` (and as a variable when `env` names one),
     /// and redacted from the job's log, artifacts, results and events. Needs the sandbox.
     pub secrets: BTreeMap<String, TaskSecret>,
+    /// The private key the runner logs into its jobs' VMs with. A run message names the key the
+    /// provisioner used; the runner refuses a VM job naming another and always uses this one, so
+    /// a forged run message cannot make it read a file of its choosing. The same file as the
+    /// provisioner's `provisioner.vm.ssh_key` (the runners of VM jobs run on the VMs' host).
+    pub vm_ssh_key: PathBuf,
+    /// The hosts the runner's VM jobs may be on (the provisioner forwards each VM's SSH port on
+    /// 127.0.0.1). A run message naming any other host is refused.
+    pub vm_hosts: Vec<String>,
 }
 
 /// One secret of [`RunnerConfig::secrets`]: where its value is, and which jobs get it.
@@ -471,6 +479,8 @@ impl Default for RunnerConfig {
             .map(PathBuf::from)
             .to_vec(),
             secrets: BTreeMap::new(),
+            vm_ssh_key: PathBuf::from("/var/lib/taskbot/vm/id_ed25519"),
+            vm_hosts: vec!["127.0.0.1".into()],
         }
     }
 }
@@ -515,6 +525,17 @@ pub struct ReporterConfig {
     /// Address of the reporter's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
     /// free one, logged). Also `--ops-listen`.
     pub ops_listen: String,
+    /// How long, in seconds, a result or status for a job the reporter has not (yet) seen
+    /// requested or dispatched is handed back to its queue before it is dead-lettered. Results
+    /// and statuses travel on different queues, so a result may be handled before its job's
+    /// `queued` status; counted from the message's time, or from the reporter's start when that
+    /// is later (a reporter catching up on a backlog gives every message the full grace).
+    pub unknown_job_grace_secs: u64,
+    /// Tasks (by name, as the rules call them) whose results may be about another item, item
+    /// type or arch than their job's (a task checking an update that reports on each of its
+    /// builds). Every other task's results must be about its job's own item and arch: a task
+    /// cannot give a verdict on a package it was not asked to check.
+    pub tasks_reporting_other_items: Vec<String>,
 }
 
 impl Default for ReporterConfig {
@@ -534,6 +555,8 @@ impl Default for ReporterConfig {
             fedora_messaging_topic: "org.fedoraproject.prod.taskbot.result.new".into(),
             fedora_messaging_schema: "taskbot.result.v1".into(),
             ops_listen: OPS_DEFAULT_REPORTER.into(),
+            unknown_job_grace_secs: 600,
+            tasks_reporting_other_items: Vec::new(),
         }
     }
 }

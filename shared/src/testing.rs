@@ -578,3 +578,91 @@ impl TestBroker {
         self.inspect(queue).await.is_some()
     }
 }
+
+/// A RabbitMQ user of its own for one test (`taskbot-test-<random>`, made through the management
+/// API with `curl`), allowed to write and read only the queues and exchanges of `namespace`, so
+/// a test can publish as a broker user that is none of the deployment's services. Deleted when
+/// this goes out of scope, even when the test panics.
+pub struct TestBrokerUser {
+    pub name: String,
+    /// The test broker's URL, logged in as this user.
+    pub amqp_url: String,
+}
+
+/// The management API's base URL for tests: `TASKBOT_TEST_MANAGEMENT_URL` or the local default.
+fn management_url() -> String {
+    std::env::var("TASKBOT_TEST_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
+}
+
+fn management_call(method: &str, path: &str, body: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-f",
+        "-X",
+        method,
+        "-H",
+        "content-type: application/json",
+    ]);
+    if let Some(body) = body {
+        cmd.args(["-d", body]);
+    }
+    cmd.arg(format!("{}/api/{path}", management_url()));
+    cmd.output().expect("curl runs")
+}
+
+impl TestBrokerUser {
+    pub fn create(namespace: &str) -> TestBrokerUser {
+        let name = format!(
+            "taskbot-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let made = management_call(
+            "PUT",
+            &format!("users/{name}"),
+            Some(&format!(r#"{{"password":"{password}","tags":""}}"#)),
+        );
+        assert!(
+            made.status.success(),
+            "cannot create broker user {name}: {made:?}"
+        );
+        let own = format!("^{}\\\\..*", namespace.replace('-', "\\\\-"));
+        let allowed = management_call(
+            "PUT",
+            &format!("permissions/%2F/{name}"),
+            Some(&format!(
+                r#"{{"configure":"{own}","write":"{own}","read":"{own}"}}"#
+            )),
+        );
+        let user = TestBrokerUser {
+            amqp_url: format!("amqp://{name}:{password}@127.0.0.1:5672/%2f"),
+            name,
+        };
+        assert!(
+            allowed.status.success(),
+            "cannot set permissions: {allowed:?}"
+        );
+        user
+    }
+
+    /// A publisher logged in as this user, stamping its own name as `user_id` (as every Taskbot
+    /// publisher does), with the connection it needs kept alive beside it.
+    pub async fn publisher(&self) -> (lapin::Connection, Publisher) {
+        let conn = amqp::connect(&self.amqp_url, "taskbot-test-intruder")
+            .await
+            .expect("the test user can log in");
+        let publisher = Publisher::new(&conn, "taskbot-test-intruder")
+            .await
+            .expect("a channel")
+            .with_user_id(self.name.clone());
+        (conn, publisher)
+    }
+}
+
+impl Drop for TestBrokerUser {
+    fn drop(&mut self) {
+        let _ = management_call("DELETE", &format!("users/{}", self.name), None);
+    }
+}

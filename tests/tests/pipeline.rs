@@ -148,10 +148,19 @@ async fn koji_build_message_ends_as_a_stored_result() {
     let log_url: String = row.get(5);
     assert!(Path::new(&log_url).is_file(), "task log {log_url} exists");
 
-    // The job's whole history, in order.
+    // The job's whole history, in order. Statuses are handled concurrently and a status that
+    // beats its job's `queued` one waits (handed back to its queue) until that is recorded, so
+    // the history may complete a moment after the job is done.
     d.wait_for_count(
         "select count(*) from jobs where state = 'done'",
         1,
+        Duration::from_secs(30),
+    )
+    .await;
+    d.wait_for_count(
+        "select count(*) from job_events e join results r using (job_id) \
+         where r.item = 'ansible-1.8.3-1.el7'",
+        7,
         Duration::from_secs(30),
     )
     .await;

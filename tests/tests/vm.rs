@@ -93,6 +93,8 @@ async fn world(
     vm.allowed_urls = vec![format!("http://{api}/artifacts/")];
     adjust(&mut vm);
     d.configure(|config| {
+        // The runner logs into the VMs with its own key setting, the provisioner's key file.
+        config.runner.vm_ssh_key = vm.ssh_key.clone();
         config.provisioner.vm = Some(vm);
         config.api.listen = api.clone();
         config.runner.artifacts_url = Some(format!("http://{api}/artifacts"));

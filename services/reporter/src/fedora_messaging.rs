@@ -16,6 +16,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use taskbot::amqp::{DeliveryContext, Disposition, Handler, Incoming, Outgoing, PublishError};
 use taskbot::messages::{Message, Outcome, TaskResult};
 
+use std::sync::Arc;
+
+use crate::binding::Binding;
 use crate::decode_result;
 
 /// fedora-messaging severities.
@@ -30,6 +33,8 @@ pub struct FedoraMessagingSink {
     pub topic: String,
     /// The `fedora_messaging_schema` header.
     pub schema: String,
+    /// Whether a result is its job's and from its sender ([`Binding`]).
+    pub binding: Arc<Binding>,
 }
 
 /// The severity of a result's message: ERROR for a CRASHED result (the task could not be run:
@@ -63,11 +68,15 @@ impl FedoraMessagingSink {
 
     /// Publish one result, confirmed by the broker before the delivery is acked. Nobody bound
     /// to the topic is not a failure: that is the normal state of a publish-subscribe bus.
-    pub async fn process(&self, body: &[u8], ctx: &dyn DeliveryContext) -> Disposition {
-        let result = match decode_result(body) {
+    pub async fn process(&self, incoming: &Incoming, ctx: &dyn DeliveryContext) -> Disposition {
+        let result = match decode_result(&incoming.body) {
             Ok(r) => r,
             Err(reason) => return Disposition::DeadLetter(reason),
         };
+        let user = incoming.user_id.as_deref();
+        if let Err(refused) = self.binding.admit_result(user, &result).await {
+            return refused;
+        }
         let message = self.message(&result, Utc::now());
         match ctx.publish(&message).await {
             Ok(()) => {
@@ -91,7 +100,7 @@ impl FedoraMessagingSink {
 #[async_trait::async_trait]
 impl Handler for FedoraMessagingSink {
     async fn handle(&self, incoming: Incoming, ctx: &dyn DeliveryContext) -> Disposition {
-        self.process(&incoming.body, ctx).await
+        self.process(&incoming, ctx).await
     }
 }
 
@@ -107,6 +116,7 @@ mod tests {
             exchange: "amq.topic".into(),
             topic: topic.into(),
             schema: "taskbot.result.v1".into(),
+            binding: Arc::new(Binding::new(&taskbot::Config::default(), None)),
         }
     }
 
@@ -168,8 +178,23 @@ mod tests {
         assert_eq!(severity(Outcome::Failed), INFO);
     }
 
+    /// A result's delivery, published by `guest` (every service's user in local development).
     fn delivery(r: &TaskResult) -> Incoming {
-        Incoming::new(&r.routing_key(), r.to_json())
+        Incoming::new(&r.routing_key(), r.to_json()).with_user_id("guest")
+    }
+
+    #[tokio::test]
+    async fn a_result_from_another_broker_user_is_dead_lettered_and_not_published() {
+        let r = result(Outcome::Passed);
+        let ctx = Recorder::new();
+        let forged = Incoming::new(&r.routing_key(), r.to_json()).with_user_id("forger");
+        match sink("t").handle(forged, &ctx).await {
+            Disposition::DeadLetter(reason) => {
+                assert!(reason.contains("broker user \"forger\""), "{reason}")
+            }
+            other => panic!("expected DeadLetter, got {other:?}"),
+        }
+        assert!(ctx.published().is_empty());
     }
 
     #[tokio::test]

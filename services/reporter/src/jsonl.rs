@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use taskbot::amqp::{DeliveryContext, Disposition, Handler, Incoming};
 use taskbot::messages::Message;
 
+use crate::binding::Binding;
 use crate::{decode_result, decode_status};
 
 /// Appends lines to a size-rotated file.
@@ -118,12 +119,15 @@ impl JsonlWriter {
 /// The sink's handler: decode (refusing what the other sinks refuse too), then append.
 pub struct JsonlSink {
     pub writer: Arc<Mutex<JsonlWriter>>,
+    /// Whether a message is its job's and from its sender ([`Binding`]).
+    pub binding: Arc<Binding>,
 }
 
 impl JsonlSink {
-    pub fn new(writer: JsonlWriter) -> Self {
+    pub fn new(writer: JsonlWriter, binding: Arc<Binding>) -> Self {
         JsonlSink {
             writer: Arc::new(Mutex::new(writer)),
+            binding,
         }
     }
 
@@ -137,10 +141,24 @@ impl JsonlSink {
         }
     }
 
+    /// The line for a delivery the binding admits; else what to do with the delivery.
+    async fn admitted_line(&self, incoming: &Incoming) -> Result<Vec<u8>, Disposition> {
+        let user = incoming.user_id.as_deref();
+        if incoming.routing_key.starts_with("job.") {
+            let status = decode_status(&incoming.body).map_err(Disposition::DeadLetter)?;
+            self.binding.admit_status(user, &status, false).await?;
+            Ok(status.to_json())
+        } else {
+            let result = decode_result(&incoming.body).map_err(Disposition::DeadLetter)?;
+            self.binding.admit_result(user, &result).await?;
+            Ok(result.to_json())
+        }
+    }
+
     pub async fn process(&self, incoming: &Incoming) -> Disposition {
-        let line = match Self::line(&incoming.routing_key, &incoming.body) {
+        let line = match self.admitted_line(incoming).await {
             Ok(line) => line,
-            Err(reason) => return Disposition::DeadLetter(reason),
+            Err(refused) => return refused,
         };
         let writer = self.writer.clone();
         let written = tokio::task::spawn_blocking(move || {
@@ -231,10 +249,27 @@ mod tests {
         taskbot::testing::job_request(task, "x-1-1", "x86_64")
     }
 
-    /// Handle one delivery, checking that the sink published nothing itself.
+    /// The binding of a deployment where every service is `guest` and no job records are kept
+    /// (no PostgreSQL sink): only senders are checked.
+    fn senders_only() -> Arc<Binding> {
+        Arc::new(Binding::new(&taskbot::Config::default(), None))
+    }
+
+    /// Handle one delivery published by `guest`, checking that the sink published nothing itself.
     async fn deliver(sink: &JsonlSink, key: &str, body: Vec<u8>) -> Disposition {
+        deliver_as(sink, key, body, Some("guest")).await
+    }
+
+    async fn deliver_as(
+        sink: &JsonlSink,
+        key: &str,
+        body: Vec<u8>,
+        user: Option<&str>,
+    ) -> Disposition {
         let ctx = taskbot::testing::Recorder::new();
-        let d = sink.handle(Incoming::new(key, body), &ctx).await;
+        let mut incoming = Incoming::new(key, body);
+        incoming.user_id = user.map(str::to_string);
+        let d = sink.handle(incoming, &ctx).await;
         assert!(ctx.published().is_empty());
         d
     }
@@ -244,7 +279,10 @@ mod tests {
         use taskbot::messages::{JobState, JobStatus, TaskResult};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log/results.jsonl");
-        let sink = JsonlSink::new(JsonlWriter::open(&path, 1 << 20, 2).unwrap());
+        let sink = JsonlSink::new(
+            JsonlWriter::open(&path, 1 << 20, 2).unwrap(),
+            senders_only(),
+        );
         let job = job();
         let running = JobStatus::new(&job, JobState::Running, "runner@test", None);
         let result = TaskResult::crashed(&job, "runner@test", "boom");
@@ -274,9 +312,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_another_broker_user_or_no_user_sent_is_dead_lettered_and_not_written() {
+        use taskbot::messages::{JobState, JobStatus, TaskResult};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.jsonl");
+        let sink = JsonlSink::new(
+            JsonlWriter::open(&path, 1 << 20, 2).unwrap(),
+            senders_only(),
+        );
+        let job = job();
+        let result = TaskResult::crashed(&job, "runner@test", "forged");
+        let done = JobStatus::new(&job, JobState::Done, "runner@test", None);
+        for (key, body) in [
+            (result.routing_key(), result.to_json()),
+            (done.routing_key(), done.to_json()),
+        ] {
+            for (user, says) in [
+                (Some("forger"), "published by broker user \"forger\""),
+                (None, "published without a user_id"),
+            ] {
+                match deliver_as(&sink, &key, body.clone(), user).await {
+                    Disposition::DeadLetter(reason) => {
+                        assert!(reason.contains(says), "{reason}");
+                        assert!(
+                            reason.contains("\"guest\""),
+                            "names the expected user: {reason}"
+                        );
+                    }
+                    other => panic!("expected DeadLetter, got {other:?}"),
+                }
+            }
+        }
+        assert!(lines(&path).is_empty(), "{:?}", lines(&path));
+    }
+
+    #[tokio::test]
     async fn a_line_that_cannot_be_written_is_retried() {
         // Every write to /dev/full fails with ENOSPC: a full disk.
-        let sink = JsonlSink::new(JsonlWriter::open(Path::new("/dev/full"), 1 << 20, 0).unwrap());
+        let sink = JsonlSink::new(
+            JsonlWriter::open(Path::new("/dev/full"), 1 << 20, 0).unwrap(),
+            senders_only(),
+        );
         let result = taskbot::messages::TaskResult::crashed(&job(), "runner@test", "boom");
         match deliver(&sink, &result.routing_key(), result.to_json()).await {
             Disposition::Retry(reason) => assert!(

@@ -13,6 +13,7 @@
 //! record, fsynced line, confirmed publish), so nothing is lost while a store is down: the
 //! message waits in that sink's queue.
 
+pub mod binding;
 pub mod db;
 pub mod fedora_messaging;
 pub mod jsonl;
@@ -33,6 +34,7 @@ use taskbot::store::{self, StoreError};
 use taskbot::topology::Sink;
 use taskbot::{Config, Shutdown, Topology};
 
+use crate::binding::Binding;
 use crate::fedora_messaging::FedoraMessagingSink;
 use crate::jsonl::{JsonlSink, JsonlWriter};
 use crate::resultsdb::{ResultsDb, ResultsDbSink};
@@ -178,6 +180,8 @@ struct Consumers<'a> {
     config: &'a Config,
     topology: &'a Topology,
     shutdown: Shutdown,
+    /// What every sink checks a message against before taking it.
+    binding: Arc<Binding>,
 }
 
 impl<'a> Consumers<'a> {
@@ -211,7 +215,7 @@ impl<'a> Consumers<'a> {
         let (t, rc) = (self.topology, &self.config.reporter);
         let mut consumers = Vec::new();
         if let Some(writer) = jsonl {
-            let sink = Arc::new(JsonlSink::new(writer));
+            let sink = Arc::new(JsonlSink::new(writer, self.binding.clone()));
             consumers.push(self.start(t.jsonl_queue(), "jsonl", 1, RETRY_DELAY, sink));
         }
         if t.sinks.contains(&Sink::FedoraMessaging) {
@@ -219,6 +223,7 @@ impl<'a> Consumers<'a> {
                 exchange: rc.fedora_messaging_exchange.clone(),
                 topic: rc.fedora_messaging_topic.clone(),
                 schema: rc.fedora_messaging_schema.clone(),
+                binding: self.binding.clone(),
             });
             let queue = t.fedora_messaging_queue();
             consumers.push(self.start(queue, "fedora-messaging", 1, RETRY_DELAY, sink));
@@ -241,14 +246,20 @@ impl<'a> Consumers<'a> {
                 "postgres-results",
                 concurrency,
                 RETRY_DELAY,
-                Arc::new(postgres::ResultsHandler { pool: pool.clone() }),
+                Arc::new(postgres::ResultsHandler {
+                    pool: pool.clone(),
+                    binding: self.binding.clone(),
+                }),
             ));
             consumers.push(self.start(
                 t.postgres_status_queue(),
                 "postgres-status",
                 concurrency,
                 RETRY_DELAY,
-                Arc::new(postgres::StatusHandler { pool }),
+                Arc::new(postgres::StatusHandler {
+                    pool,
+                    binding: self.binding.clone(),
+                }),
             ));
         }
         if let Some(rdb) = resultsdb {
@@ -259,6 +270,7 @@ impl<'a> Consumers<'a> {
                 rc.job_url_template.clone(),
                 rc.resultsdb_retry_max_secs,
                 self.shutdown.clone(),
+                self.binding.clone(),
             );
             // The handler waits each result's own back-off before handing it back, so the
             // consume loop adds no pause of its own.
@@ -281,6 +293,9 @@ impl<'a> Consumers<'a> {
 struct Stores {
     pool: Pool,
     resultsdb_pool: Pool,
+    /// The binding's checks of job records, from every sink: a pool of their own, so they never
+    /// wait for the connections a sink's writes hold.
+    jobs_pool: Pool,
     /// The database's name, for logs (its URL may hold a password).
     database: String,
 }
@@ -292,6 +307,7 @@ impl Stores {
         Ok(Stores {
             pool: db::connect_pool(&config.postgres)?,
             resultsdb_pool: db::connect_pool(&resultsdb_pg)?,
+            jobs_pool: db::connect_pool(&config.postgres)?,
             database: store::database_name(&config.postgres.url),
         })
     }
@@ -299,6 +315,7 @@ impl Stores {
     fn close(&self) {
         self.pool.close();
         self.resultsdb_pool.close();
+        self.jobs_pool.close();
     }
 }
 
@@ -355,6 +372,23 @@ async fn run_with_db(
     Ok(())
 }
 
+/// The binding of results to their jobs. Its job records are kept by the PostgreSQL sink; without
+/// it only each message's sender can be checked, which every start says.
+fn binding(config: &Config, topology: &Topology, stores: &Stores) -> Binding {
+    let keeps_jobs = topology.sinks.contains(&Sink::Postgres);
+    let binding = Binding::new(config, keeps_jobs.then(|| stores.jobs_pool.clone()));
+    let senders = &binding.senders;
+    tracing::info!(rules = %senders.rules, provisioner = %senders.provisioner,
+        runner = %senders.runner, operator = %senders.operator,
+        "results and statuses are accepted only from these broker users");
+    if !keeps_jobs {
+        tracing::warn!(
+            "the postgres sink is not enabled, so no job records are kept: results are checked              by sender only, not against the job they claim (docs/security.md)"
+        );
+    }
+    binding
+}
+
 /// Run until `shutdown`: declare the enabled sinks' queues, start the sinks that need no
 /// database at once, prepare the database (when a sink needs it) and start the others.
 pub async fn run(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
@@ -370,6 +404,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
         config: &config,
         topology: &topology,
         shutdown: shutdown.clone(),
+        binding: Arc::new(binding(&config, &topology, &stores)),
     };
     let without_db = futures::future::join_all(consumers.without_db(jsonl));
     let with_db = run_with_db(&consumers, stores, resultsdb, shutdown);

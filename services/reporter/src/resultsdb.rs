@@ -19,6 +19,7 @@ use taskbot::store::{self, StoreError};
 use taskbot::Shutdown;
 use uuid::Uuid;
 
+use crate::binding::Binding;
 use crate::{decode_result, store_failure};
 
 /// The most of a server's error message quoted in a dead-letter reason.
@@ -309,6 +310,8 @@ pub struct ResultsDbSink {
     pub retry_max_secs: u64,
     /// Ends a retry pause early on shutdown.
     pub shutdown: Shutdown,
+    /// Whether a result is its job's and from its sender ([`Binding`]).
+    pub binding: std::sync::Arc<Binding>,
     backoffs: std::sync::Mutex<HashMap<Uuid, Backoff>>,
 }
 
@@ -319,6 +322,7 @@ impl ResultsDbSink {
         job_url_template: Option<String>,
         retry_max_secs: u64,
         shutdown: Shutdown,
+        binding: std::sync::Arc<Binding>,
     ) -> Self {
         ResultsDbSink {
             pool,
@@ -326,6 +330,7 @@ impl ResultsDbSink {
             job_url_template,
             retry_max_secs,
             shutdown,
+            binding,
             backoffs: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -349,13 +354,19 @@ impl ResultsDbSink {
             .remove(&result_id);
     }
 
-    /// Handle one delivery, pausing before a retry.
-    pub async fn process(&self, body: &[u8]) -> Disposition {
-        let result = match decode_result(body) {
+    /// Handle one delivery, pausing before a retry (a result whose job is not known yet waits
+    /// the same way).
+    pub async fn process(&self, incoming: &Incoming) -> Disposition {
+        let result = match decode_result(&incoming.body) {
             Ok(r) => r,
             Err(reason) => return Disposition::DeadLetter(reason),
         };
-        match self.deliver(&result).await {
+        let user = incoming.user_id.as_deref();
+        let outcome = match self.binding.admit_result(user, &result).await {
+            Ok(()) => self.deliver(&result).await,
+            Err(refused) => refused,
+        };
+        match outcome {
             Disposition::Retry(reason) => {
                 let wait = self.next_delay(result.result_id);
                 tracing::warn!(result_id = %result.result_id, %reason,
@@ -435,7 +446,7 @@ impl ResultsDbSink {
 #[async_trait::async_trait]
 impl Handler for ResultsDbSink {
     async fn handle(&self, incoming: Incoming, _ctx: &dyn DeliveryContext) -> Disposition {
-        self.process(&incoming.body).await
+        self.process(&incoming).await
     }
 }
 

@@ -6,16 +6,18 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde_json::json;
 use taskbot::amqp::{Disposition, Handler, Incoming};
-use taskbot::config::PostgresConfig;
-use taskbot::messages::{JobState, Message, Outcome};
+use taskbot::config::{AmqpUser, PostgresConfig};
+use taskbot::messages::{JobRequest, JobState, Message, Outcome, TaskResult};
 use taskbot::testing::Recorder;
-use taskbot::Shutdown;
+use taskbot::{Config, Shutdown};
+use taskbot_reporter::binding::Binding;
 use taskbot_reporter::postgres::{ResultsHandler, StatusHandler};
 use taskbot_reporter::resultsdb::{ResultsDb, ResultsDbSink};
 use uuid::Uuid;
@@ -39,13 +41,76 @@ async fn migrated(db: &TestDb) -> Pool {
     pool
 }
 
-/// Handle one delivery of `body` with routing key `key`, checking that the handler published
-/// nothing itself (only the fedora-messaging sink does).
+/// The binding of a local development deployment (every service is `guest`), checking results
+/// against the job records in `pool`.
+fn binding(pool: &Pool) -> Arc<Binding> {
+    Arc::new(Binding::new(&Config::default(), Some(pool.clone())))
+}
+
+/// A deployment with a broker user per service (`tb-rules`, `tb-provisioner`, `tb-runner`; the
+/// operator stays `guest`), waiting `grace_secs` for unknown jobs.
+fn deployment(grace_secs: u64) -> Config {
+    let mut config = Config::default();
+    for (section, name) in [
+        ("rules", "tb-rules"),
+        ("provisioner", "tb-provisioner"),
+        ("runner", "tb-runner"),
+    ] {
+        let user = AmqpUser {
+            name: name.into(),
+            password_file: None,
+        };
+        config.amqp.users.insert(section.into(), user);
+    }
+    config.reporter.unknown_job_grace_secs = grace_secs;
+    config
+}
+
+/// Both PostgreSQL handlers of `deployment` on `pool`.
+fn postgres_sink(config: &Config, pool: &Pool) -> (ResultsHandler, StatusHandler) {
+    let binding = Arc::new(Binding::new(config, Some(pool.clone())));
+    let results = ResultsHandler {
+        pool: pool.clone(),
+        binding: binding.clone(),
+    };
+    (
+        results,
+        StatusHandler {
+            pool: pool.clone(),
+            binding,
+        },
+    )
+}
+
+/// Handle one delivery of `body` with routing key `key`, published by `guest`, checking that the
+/// handler published nothing itself (only the fedora-messaging sink does).
 async fn deliver(handler: &dyn Handler, key: &str, body: Vec<u8>) -> Disposition {
+    deliver_as(handler, "guest", key, body).await
+}
+
+/// [`deliver`], published by broker user `user`.
+async fn deliver_as(handler: &dyn Handler, user: &str, key: &str, body: Vec<u8>) -> Disposition {
     let ctx = Recorder::new();
-    let disposition = handler.handle(Incoming::new(key, body), &ctx).await;
+    let incoming = Incoming::new(key, body).with_user_id(user);
+    let disposition = handler.handle(incoming, &ctx).await;
     assert!(ctx.published().is_empty(), "{:?}", ctx.published());
     disposition
+}
+
+/// `job` requested and dispatched, as the rules service and the provisioner announce it: its
+/// `queued` and `provisioned` statuses through the PostgreSQL sink (published by `guest`).
+async fn dispatch(pool: &Pool, job: &JobRequest) {
+    let statuses = StatusHandler {
+        pool: pool.clone(),
+        binding: binding(pool),
+    };
+    for state in [JobState::Queued, JobState::Provisioned] {
+        let s = status(job, state, time(-50));
+        assert_eq!(
+            deliver(&statuses, &s.routing_key(), s.to_json()).await,
+            done()
+        );
+    }
 }
 
 fn done() -> Disposition {
@@ -69,10 +134,13 @@ fn retry_reason(d: Disposition) -> String {
 #[tokio::test]
 async fn the_postgres_sink_stores_a_result_once_and_dead_letters_what_is_no_result() {
     let db = TestDb::create().await;
+    let pool = migrated(&db).await;
     let handler = ResultsHandler {
-        pool: migrated(&db).await,
+        pool: pool.clone(),
+        binding: binding(&pool),
     };
     let job = job("xchat-0.5-1.fc20");
+    dispatch(&pool, &job).await;
     let res = result(&job, "dist.rpmlint", Outcome::Failed);
     // Twice, as after a redelivery: the second finds the row and changes nothing.
     for _ in 0..2 {
@@ -108,11 +176,14 @@ async fn the_postgres_sink_stores_a_result_once_and_dead_letters_what_is_no_resu
 #[tokio::test]
 async fn the_postgres_sink_keeps_every_status_in_the_history_and_a_finished_job_finished() {
     let db = TestDb::create().await;
+    let pool = migrated(&db).await;
     let handler = StatusHandler {
-        pool: migrated(&db).await,
+        pool: pool.clone(),
+        binding: binding(&pool),
     };
     let job = job("xchat-0.5-1.fc20");
     let queued = status(&job, JobState::Queued, time(-30));
+    let provisioned = status(&job, JobState::Provisioned, time(-25));
     let running = status(&job, JobState::Running, time(-20));
     let done_status = status(&job, JobState::Done, time(-10));
     // Late statuses after `done`: `running` from before it, and `reporting` stamped after it (a
@@ -121,6 +192,7 @@ async fn the_postgres_sink_keeps_every_status_in_the_history_and_a_finished_job_
     for s in [
         &queued,
         &queued,
+        &provisioned,
         &done_status,
         &done_status,
         &running,
@@ -167,6 +239,7 @@ async fn the_postgres_sink_keeps_every_status_in_the_history_and_a_finished_job_
         .collect();
     let expected: Vec<_> = [
         &queued,
+        &provisioned,
         &running,
         &done_status,
         &reporting_from_skewed_clock,
@@ -182,19 +255,24 @@ async fn the_postgres_sink_retries_while_the_database_is_unreachable() {
     let unreachable = pool("postgres://postgres@127.0.0.1:1/nowhere");
     let job = job("xchat-0.5-1.fc20");
     let res = result(&job, "dist.rpmlint", Outcome::Passed);
-    let results = ResultsHandler {
-        pool: unreachable.clone(),
-    };
+    // The job records are in the database too: checking the result against its job is what
+    // waits first.
+    let (results, statuses) = postgres_sink(&Config::default(), &unreachable);
     let reason = retry_reason(deliver(&results, &res.routing_key(), res.to_json()).await);
     assert!(
-        reason.starts_with(&format!("cannot store result {}: ", res.result_id)),
+        reason.starts_with(&format!(
+            "cannot check the job of result {}: ",
+            res.result_id
+        )),
         "{reason}"
     );
-    let statuses = StatusHandler { pool: unreachable };
     let s = status(&job, JobState::Running, time(0));
     let reason = retry_reason(deliver(&statuses, &s.routing_key(), s.to_json()).await);
     assert!(
-        reason.starts_with(&format!("cannot store status {}", s.status_id)),
+        reason.starts_with(&format!(
+            "cannot check the job of running status {}",
+            s.status_id
+        )),
         "{reason}"
     );
 }
@@ -208,12 +286,14 @@ async fn resultsdb_sink(db: &TestDb, resultsdb: &FakeResultsDb) -> ResultsDbSink
         Some("Authorization: Bearer s3cret"),
     )
     .unwrap();
+    let pool = migrated(db).await;
     ResultsDbSink::new(
-        migrated(db).await,
+        pool.clone(),
         server,
         Some("https://taskbot.example/jobs/{job_id}".into()),
         1,
         Shutdown::new(std::future::pending()),
+        binding(&pool),
     )
 }
 
@@ -236,6 +316,7 @@ async fn the_resultsdb_sink_posts_a_result_once_and_records_resultsdbs_id() {
     let db = TestDb::create().await;
     let sink = resultsdb_sink(&db, &resultsdb).await;
     let job = job("xchat-0.5-1.fc20");
+    dispatch(&sink.pool, &job).await;
     let res = result(&job, "dist.rpmlint", Outcome::NeedsInspection);
     // A redelivery after it was posted finds the delivery recorded and posts nothing.
     for _ in 0..2 {
@@ -274,7 +355,9 @@ async fn the_resultsdb_sink_retries_an_unavailable_resultsdb_then_posts_once() {
     resultsdb.fail_next(Fault::Status(503));
     let db = TestDb::create().await;
     let sink = resultsdb_sink(&db, &resultsdb).await;
-    let res = result(&job("ansible-1.8.3-1.el7"), "dist.rpmlint", Outcome::Passed);
+    let job = job("ansible-1.8.3-1.el7");
+    dispatch(&sink.pool, &job).await;
+    let res = result(&job, "dist.rpmlint", Outcome::Passed);
     let reason = retry_reason(deliver(&sink, &res.routing_key(), res.to_json()).await);
     assert!(
         reason.contains("ResultsDB did not answer within 1 s"),
@@ -300,7 +383,9 @@ async fn the_resultsdb_sink_dead_letters_a_refused_result_with_the_servers_messa
         FakeResultsDb::start(&["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION", "CRASHED"]).await;
     let db = TestDb::create().await;
     let sink = resultsdb_sink(&db, &resultsdb).await;
-    let res = result(&job("xchat-0.5-1.fc20"), "dist.abicheck", Outcome::Aborted);
+    let job = job("xchat-0.5-1.fc20");
+    dispatch(&sink.pool, &job).await;
+    let res = result(&job, "dist.abicheck", Outcome::Aborted);
     let reason = dead_letter_reason(deliver(&sink, &res.routing_key(), res.to_json()).await);
     assert_eq!(
         reason,
@@ -326,5 +411,268 @@ async fn the_resultsdb_sink_dead_letters_a_refused_result_with_the_servers_messa
         resultsdb.requests().len(),
         1,
         "not retried, nothing more posted"
+    );
+}
+
+/// Rows of `table` about job `job_id`.
+async fn rows(db: &TestDb, table: &str, job_id: Uuid) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE job_id = $1"),
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_result_for_a_job_never_requested_waits_its_grace_then_is_dead_lettered() {
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let job = job("xchat-0.5-1.fc20");
+    let res = result(&job, "dist.rpmlint", Outcome::Passed);
+    let (waiting, _) = postgres_sink(&deployment(600), &pool);
+    let reason =
+        retry_reason(deliver_as(&waiting, "tb-runner", &res.routing_key(), res.to_json()).await);
+    assert!(
+        reason.contains("which the reporter never saw requested"),
+        "{reason}"
+    );
+    assert!(reason.contains("waiting up to 600s"), "{reason}");
+    let (refusing, _) = postgres_sink(&deployment(0), &pool);
+    let reason = dead_letter_reason(
+        deliver_as(&refusing, "tb-runner", &res.routing_key(), res.to_json()).await,
+    );
+    assert!(
+        reason.ends_with(&format!(
+            "is for job {}, which the reporter never saw requested (no `queued` status from the \
+             rules service or the operator) (within 0s)",
+            job.job_id
+        )),
+        "{reason}"
+    );
+    assert_eq!(rows(&db, "results", job.job_id).await, 0);
+}
+
+#[tokio::test]
+async fn a_runner_reports_only_on_a_job_the_provisioner_dispatched() {
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let (results, statuses) = postgres_sink(&deployment(0), &pool);
+    let job = job("xchat-0.5-1.fc20");
+    let deliver_status = |user: &'static str, state| {
+        let s = status(&job, state, time(-5));
+        let statuses = &statuses;
+        async move { deliver_as(statuses, user, &s.routing_key(), s.to_json()).await }
+    };
+    assert_eq!(deliver_status("tb-rules", JobState::Queued).await, done());
+    let passed = result(&job, "dist.rpmlint", Outcome::Passed);
+    let reason = dead_letter_reason(
+        deliver_as(
+            &results,
+            "tb-runner",
+            &passed.routing_key(),
+            passed.to_json(),
+        )
+        .await,
+    );
+    assert!(
+        reason.contains("which was never dispatched to a runner"),
+        "{reason}"
+    );
+    let reason = dead_letter_reason(deliver_status("tb-runner", JobState::Running).await);
+    assert!(reason.contains("never dispatched"), "{reason}");
+    // The provisioner may crash a job it cannot serve before dispatching it.
+    let crashed = result(&job, "dist.other", Outcome::Crashed);
+    assert_eq!(
+        deliver_as(
+            &results,
+            "tb-provisioner",
+            &crashed.routing_key(),
+            crashed.to_json()
+        )
+        .await,
+        done()
+    );
+    // Only the provisioner dispatches.
+    let reason = dead_letter_reason(deliver_status("tb-runner", JobState::Provisioned).await);
+    assert!(
+        reason.contains(
+            "broker user \"tb-runner\", which may not send it; it must come from the \
+                         provisioner's \"tb-provisioner\" or the operator's \"guest\""
+        ),
+        "{reason}"
+    );
+    assert_eq!(
+        deliver_status("tb-provisioner", JobState::Provisioned).await,
+        done()
+    );
+    assert_eq!(deliver_status("tb-runner", JobState::Running).await, done());
+    for _ in 0..2 {
+        // A redelivery (or the job re-run by another runner instance) changes nothing.
+        assert_eq!(
+            deliver_as(
+                &results,
+                "tb-runner",
+                &passed.routing_key(),
+                passed.to_json()
+            )
+            .await,
+            done()
+        );
+    }
+    assert_eq!(rows(&db, "results", job.job_id).await, 2);
+    let dispatched_by: Option<String> = db
+        .client()
+        .await
+        .query_one(
+            "SELECT dispatched_by FROM job_records WHERE job_id = $1",
+            &[&job.job_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dispatched_by.as_deref(), Some("tb-provisioner"));
+}
+
+#[tokio::test]
+async fn a_result_from_another_user_or_about_another_item_is_refused_and_not_stored() {
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let job = job("xchat-0.5-1.fc20");
+    dispatch(&pool, &job).await;
+    let (results, _) = postgres_sink(&deployment(0), &pool);
+    let forged = result(&job, "dist.rpmlint", Outcome::Passed);
+    for (user, says) in [
+        (
+            "tb-rules",
+            "published by broker user \"tb-rules\", which may not send it",
+        ),
+        (
+            "intruder",
+            "published by broker user \"intruder\", which may not send it",
+        ),
+    ] {
+        let reason = dead_letter_reason(
+            deliver_as(&results, user, &forged.routing_key(), forged.to_json()).await,
+        );
+        assert!(reason.contains(says), "{reason}");
+        assert!(reason.contains("the runner's \"tb-runner\""), "{reason}");
+    }
+    let no_user = results
+        .handle(
+            Incoming::new(&forged.routing_key(), forged.to_json()),
+            &Recorder::new(),
+        )
+        .await;
+    assert!(dead_letter_reason(no_user).contains("without a user_id"));
+    // From the runner's user, but about a package the job was not asked to check.
+    let mut retargeted = forged.clone();
+    retargeted.item = "glibc-9.99-1.fc99".into();
+    retargeted.result_id = TaskResult::derive_id(
+        job.job_id,
+        &retargeted.testcase,
+        &retargeted.item,
+        &retargeted.item_type,
+        &retargeted.arch,
+    );
+    let key = retargeted.routing_key();
+    let reason =
+        dead_letter_reason(deliver_as(&results, "tb-runner", &key, retargeted.to_json()).await);
+    assert!(
+        reason.contains(
+            "says item \"glibc-9.99-1.fc99\", but its job was requested with \"xchat-0.5-1.fc20\""
+        ),
+        "{reason}"
+    );
+    assert_eq!(rows(&db, "results", job.job_id).await, 0, "nothing stored");
+    // A task the operator lets report on other items may.
+    let mut config = deployment(0);
+    config.reporter.tasks_reporting_other_items = vec![job.task.name.clone()];
+    let (allowed, _) = postgres_sink(&config, &pool);
+    assert_eq!(
+        deliver_as(&allowed, "tb-runner", &key, retargeted.to_json()).await,
+        done()
+    );
+    assert_eq!(rows(&db, "results", job.job_id).await, 1);
+}
+
+#[tokio::test]
+async fn a_job_is_described_once_and_its_statuses_must_agree_with_it() {
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let (_, statuses) = postgres_sink(&deployment(0), &pool);
+    let job = job("xchat-0.5-1.fc20");
+    let queued = status(&job, JobState::Queued, time(-5));
+    assert_eq!(
+        deliver_as(&statuses, "tb-rules", "job.queued", queued.to_json()).await,
+        done()
+    );
+    let other = JobRequest {
+        item: "glibc-9.99-1.fc99".into(),
+        ..job.clone()
+    };
+    for (user, state) in [
+        ("tb-rules", JobState::Queued),
+        ("tb-provisioner", JobState::Provisioned),
+    ] {
+        let s = status(&other, state, time(-4));
+        let reason =
+            dead_letter_reason(deliver_as(&statuses, user, &s.routing_key(), s.to_json()).await);
+        assert!(
+            reason.contains("says item \"glibc-9.99-1.fc99\""),
+            "{reason}"
+        );
+    }
+    let running = status(&job, JobState::Running, time(-3));
+    let reason = dead_letter_reason(
+        deliver_as(
+            &statuses,
+            "tb-provisioner",
+            "job.running",
+            running.to_json(),
+        )
+        .await,
+    );
+    assert!(reason.contains("the runner's \"tb-runner\""), "{reason}");
+    let item: String = db
+        .client()
+        .await
+        .query_one("SELECT item FROM jobs WHERE job_id = $1", &[&job.job_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(item, "xchat-0.5-1.fc20");
+    assert_eq!(
+        rows(&db, "job_events", job.job_id).await,
+        1,
+        "only the queued status"
+    );
+}
+
+#[tokio::test]
+async fn the_resultsdb_sink_posts_no_forged_result() {
+    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    let db = TestDb::create().await;
+    let sink = resultsdb_sink(&db, &resultsdb).await;
+    let known = job("xchat-0.5-1.fc20");
+    dispatch(&sink.pool, &known).await;
+    let forged = result(&known, "dist.rpmlint", Outcome::Passed);
+    let mut never_requested = result(&job("glibc-9.99-1.fc99"), "dist.rpmlint", Outcome::Passed);
+    never_requested.finished_at = time(-3600);
+    let reason = dead_letter_reason(
+        deliver_as(&sink, "intruder", &forged.routing_key(), forged.to_json()).await,
+    );
+    assert!(reason.contains("broker user \"intruder\""), "{reason}");
+    // Sent an hour ago, but this sink started just now: it waits its grace (600 s by default).
+    let key = never_requested.routing_key();
+    let reason = retry_reason(deliver(&sink, &key, never_requested.to_json()).await);
+    assert!(reason.contains("never saw requested"), "{reason}");
+    assert!(
+        resultsdb.requests().is_empty(),
+        "{:?}",
+        resultsdb.requests()
     );
 }

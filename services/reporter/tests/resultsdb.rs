@@ -14,7 +14,9 @@ use taskbot::Config;
 use uuid::Uuid;
 
 use support::fake_resultsdb::{FakeResultsDb, Fault, ALL_OUTCOMES};
-use support::{job, result, wait_until, RunningReporter, TestDb};
+use support::{
+    job, publish_dispatched, result, wait_dispatched, wait_until, RunningReporter, TestDb,
+};
 
 struct Setup {
     test_db: TestDb,
@@ -103,6 +105,9 @@ async fn result_is_posted_in_resultsdb_format_once_even_when_delivered_again() {
     let s = setup(&resultsdb).await;
     let reporter = RunningReporter::start_ready(&s.config, &s.test_db).await;
     let job = job("xchat-0.5-1.fc20");
+    publish_dispatched(&s.broker, &job).await;
+    // Else the first copies would wait for the job, each its own back-off.
+    wait_dispatched(&s.test_db, &job).await;
     let res = result(&job, "dist.rpmlint", Outcome::NeedsInspection);
 
     // Two copies at once (a publisher that retried): handled concurrently, posted once.
@@ -176,7 +181,9 @@ async fn unavailable_resultsdb_is_retried_and_the_result_posted_once() {
     resultsdb.fail_next(Fault::Status(503));
     let s = setup(&resultsdb).await;
     let reporter = RunningReporter::start_ready(&s.config, &s.test_db).await;
-    let res = result(&job("ansible-1.8.3-1.el7"), "dist.rpmlint", Outcome::Passed);
+    let job = job("ansible-1.8.3-1.el7");
+    publish_dispatched(&s.broker, &job).await;
+    let res = result(&job, "dist.rpmlint", Outcome::Passed);
     s.publish(&res).await;
     let id = s.wait_posted(res.result_id).await;
     reporter.stop().await;
@@ -198,7 +205,9 @@ async fn refused_result_is_dead_lettered_with_the_servers_message_and_kept_in_po
         FakeResultsDb::start(&["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION", "CRASHED"]).await;
     let s = setup(&resultsdb).await;
     let reporter = RunningReporter::start_ready(&s.config, &s.test_db).await;
-    let res = result(&job("xchat-0.5-1.fc20"), "dist.abicheck", Outcome::Aborted);
+    let job = job("xchat-0.5-1.fc20");
+    publish_dispatched(&s.broker, &job).await;
+    let res = result(&job, "dist.abicheck", Outcome::Aborted);
     s.publish(&res).await;
 
     let t = &s.broker.topology;

@@ -16,7 +16,7 @@ use taskbot::topology::Sink;
 use uuid::Uuid;
 
 use support::fake_resultsdb::{FakeResultsDb, Fault, ALL_OUTCOMES};
-use support::{job, result, status, time, wait_until, RunningReporter, TestDb};
+use support::{job, publish_dispatched, result, status, time, wait_until, RunningReporter, TestDb};
 
 async fn publish_result(broker: &TestBroker, r: &TaskResult) {
     let t = &broker.topology;
@@ -65,6 +65,7 @@ async fn a_hanging_resultsdb_does_not_delay_postgres_or_jsonl() {
     let client = test_db.client().await;
 
     let job = job("xchat-0.5-1.fc20");
+    publish_dispatched(&broker, &job).await;
     let results: Vec<TaskResult> = ["dist.a", "dist.b", "dist.c", "dist.d", "dist.e"]
         .iter()
         .map(|tc| result(&job, tc, Outcome::Passed))
@@ -90,8 +91,8 @@ async fn a_hanging_resultsdb_does_not_delay_postgres_or_jsonl() {
         Duration::from_secs(5),
         || async {
             count(&client, "SELECT count(*) FROM results").await == 5
-                && count(&client, "SELECT count(*) FROM job_events").await == 1
-                && read_lines(&jsonl_path).len() == 6
+                && count(&client, "SELECT count(*) FROM job_events").await == 3
+                && read_lines(&jsonl_path).len() == 8
         },
     )
     .await;

@@ -14,7 +14,10 @@ use taskbot::testing::{test_config, TestBroker};
 use taskbot_reporter::db;
 use uuid::Uuid;
 
-use support::{declare_sinks, job, result, status, time, wait_until, RunningReporter, TestDb};
+use support::{
+    declare_sinks, job, publish_dispatched, result, status, time, wait_dispatched, wait_until,
+    RunningReporter, TestDb,
+};
 use taskbot::topology::Sink;
 
 /// A `job_events` row: status id, state, at, service, detail.
@@ -69,6 +72,7 @@ async fn migrating_twice_is_a_no_op_and_concurrent_migrations_do_not_fail() {
         tables,
         [
             "job_events",
+            "job_records",
             "jobs",
             "results",
             "resultsdb_deliveries",
@@ -96,6 +100,80 @@ async fn migrating_twice_is_a_no_op_and_concurrent_migrations_do_not_fail() {
     b.close();
 }
 
+/// A database migrated before job records existed keeps its jobs' results acceptable: its jobs
+/// become records, dispatched when their history has a `provisioned` status.
+#[tokio::test]
+async fn jobs_stored_before_schema_v4_are_carried_over_as_job_records() {
+    let test_db = TestDb::create().await;
+    let client = test_db.client().await;
+    for (i, script) in store::MIGRATIONS[..3].iter().enumerate() {
+        client.batch_execute(script).await.unwrap();
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS taskbot_schema_migrations (version integer PRIMARY                  KEY, applied_at timestamptz NOT NULL DEFAULT now());                  INSERT INTO taskbot_schema_migrations (version) VALUES ({})",
+                i + 1
+            ))
+            .await
+            .unwrap();
+    }
+    let (old, undispatched) = (job("xchat-0.5-1.fc20"), job("ansible-1.8.3-1.el7"));
+    for j in [&old, &undispatched] {
+        client
+            .execute(
+                "INSERT INTO jobs (job_id, state, item, item_type, arch, task_name, task_repo, \
+                 task_ref, rule, event_id, event_topic, created_at, updated_at) \
+                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), now())",
+                &[
+                    &j.job_id,
+                    &j.item,
+                    &j.item_type,
+                    &j.arch,
+                    &j.task.name,
+                    &j.task.repo,
+                    &j.task.git_ref,
+                    &j.rule,
+                    &j.event_id,
+                    &j.event_topic,
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .execute(
+            "INSERT INTO job_events (status_id, job_id, state, at, service) \
+             VALUES ($1, $2, 'provisioned', now(), 'provisioner@old')",
+            &[&Uuid::new_v4(), &old.job_id],
+        )
+        .await
+        .unwrap();
+    let mut config = test_config();
+    config.postgres.url = test_db.url.clone();
+    let pool = db::connect_pool(&config.postgres).unwrap();
+    assert_eq!(
+        store::migrate(&pool).await.unwrap(),
+        store::MIGRATIONS.len() - 3
+    );
+    let pg = pool.get().await.unwrap();
+    let record = store::job_record(&pg, old.job_id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            record.item.as_str(),
+            record.task.clone(),
+            record.rule.as_str()
+        ),
+        (old.item.as_str(), old.task.clone(), old.rule.as_str())
+    );
+    assert_eq!(record.dispatched_by.as_deref(), Some("provisioner@old"));
+    let record = store::job_record(&pg, undispatched.job_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.dispatched_by, None);
+    drop(pg);
+    pool.close();
+}
+
 #[tokio::test]
 async fn results_and_statuses_are_stored_once_and_a_finished_job_stays_finished() {
     let test_db = TestDb::create().await;
@@ -108,24 +186,33 @@ async fn results_and_statuses_are_stored_once_and_a_finished_job_stays_finished(
 
     let job = job("xchat-0.5-1.fc20");
     let res = result(&job, "dist.rpmlint", Outcome::Failed);
-    // The same result twice, as after a redelivery, then another one: once that is stored, both
-    // copies ahead of it have been taken, and stopping the reporter waits for their handling.
     let other = result(&job, "dist.other", Outcome::Passed);
+    let queued = status(&job, JobState::Queued, time(-30));
+    let provisioned = status(&job, JobState::Provisioned, time(-25));
+    let running = status(&job, JobState::Running, time(-20));
+    let done = status(&job, JobState::Done, time(-10));
+    // The reporter takes a runner's results only for a job it saw requested and dispatched; once
+    // it has, the same result twice (as after a redelivery), then another one: once that is
+    // stored, both copies ahead of it have been taken, and stopping the reporter waits for their
+    // handling. (A result that arrives before its job's statuses waits: handlers.rs.)
+    for s in [&queued, &queued, &provisioned] {
+        broker
+            .publish(&t.results_exchange(), &s.routing_key(), s.to_json())
+            .await;
+    }
+    wait_dispatched(&test_db, &job).await;
     for r in [&res, &res, &other] {
         broker
             .publish(&t.results_exchange(), &r.routing_key(), r.to_json())
             .await;
     }
-    let queued = status(&job, JobState::Queued, time(-30));
-    let running = status(&job, JobState::Running, time(-20));
-    let done = status(&job, JobState::Done, time(-10));
-    for s in [&queued, &queued, &done, &done] {
+    for s in [&done, &done] {
         broker
             .publish(&t.results_exchange(), &s.routing_key(), s.to_json())
             .await;
     }
     wait_until(
-        "the job is done with two events",
+        "the job is done with three events",
         Duration::from_secs(15),
         || async {
             count(
@@ -134,7 +221,7 @@ async fn results_and_statuses_are_stored_once_and_a_finished_job_stays_finished(
                 &job.job_id,
             )
             .await
-                == 2
+                == 3
                 && count(
                     &client,
                     "SELECT count(*) FROM jobs WHERE job_id = $1 AND state = 'done'",
@@ -153,14 +240,14 @@ async fn results_and_statuses_are_stored_once_and_a_finished_job_stays_finished(
             .publish(&t.results_exchange(), &s.routing_key(), s.to_json())
             .await;
     }
-    wait_until("four events stored", Duration::from_secs(15), || async {
+    wait_until("five events stored", Duration::from_secs(15), || async {
         count(
             &client,
             "SELECT count(*) FROM job_events WHERE job_id = $1",
             &job.job_id,
         )
         .await
-            == 4
+            == 5
     })
     .await;
     wait_until(
@@ -254,18 +341,24 @@ async fn results_and_statuses_are_stored_once_and_a_finished_job_stays_finished(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
-    let expected: Vec<_> = [&queued, &running, &done, &reporting_from_skewed_clock]
-        .iter()
-        .map(|s| {
-            (
-                s.status_id,
-                s.state.to_string(),
-                s.at,
-                s.service.clone(),
-                s.detail.clone(),
-            )
-        })
-        .collect();
+    let expected: Vec<_> = [
+        &queued,
+        &provisioned,
+        &running,
+        &done,
+        &reporting_from_skewed_clock,
+    ]
+    .iter()
+    .map(|s| {
+        (
+            s.status_id,
+            s.state.to_string(),
+            s.at,
+            s.service.clone(),
+            s.detail.clone(),
+        )
+    })
+    .collect();
     assert_eq!(history, expected);
     broker.cleanup().await;
 }
@@ -280,6 +373,7 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_the_reporter_keeps_goi
     let reporter = RunningReporter::start_ready(&config, &test_db).await;
 
     let job = job("ansible-1.8.3-1.el7");
+    publish_dispatched(&broker, &job).await;
     let not_json = b"{not json".to_vec();
     let a_status_on_the_results_queue = status(&job, JobState::Running, time(0)).to_json();
     // PostgreSQL cannot store NUL characters: retrying would never help.

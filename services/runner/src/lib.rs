@@ -71,6 +71,11 @@ pub struct RunnerHandler {
     pub http: reqwest::Client,
     /// What local steps run in; `None` only with `runner.sandbox = "none"`.
     pub sandbox: Option<std::sync::Arc<sandbox::Sandbox>>,
+    /// The provisioner's broker user (`amqp.user_name(Service::Provisioner)`): a run message is
+    /// honoured only when its AMQP `user_id` is this one. Only the provisioner dispatches jobs;
+    /// anything else on the run queue (a message injected by whoever could publish there) is
+    /// dead-lettered, and no result is published for it: the job is not the runner's to report.
+    pub provisioner_user: String,
 }
 
 /// `/metrics`: the runner's task slots (`runner.concurrency`) per arch.
@@ -89,9 +94,31 @@ fn slots_busy(arch: &str) -> taskbot::ops::Gauge {
         .with(&[arch])
 }
 
+impl RunnerHandler {
+    /// Why a run message published by broker user `user` must not be run, if so.
+    pub fn sender_refusal(&self, user: Option<&str>) -> Option<String> {
+        let expected = &self.provisioner_user;
+        match user {
+            Some(user) if user == expected => None,
+            Some(user) => Some(format!(
+                "run message published by broker user {user:?}; only the provisioner's user \
+                 {expected:?} dispatches jobs, so it is not run"
+            )),
+            None => Some(format!(
+                "run message published without a user_id; only the provisioner's user \
+                 {expected:?} dispatches jobs, so it is not run"
+            )),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Handler for RunnerHandler {
     async fn handle(&self, incoming: Incoming, ctx: &dyn DeliveryContext) -> Disposition {
+        if let Some(reason) = self.sender_refusal(incoming.user_id.as_deref()) {
+            tracing::warn!(%reason, "run message refused");
+            return Disposition::DeadLetter(reason);
+        }
         match ProvisionedJob::from_json(&incoming.body) {
             Ok(provisioned) => {
                 let _busy = slots_busy(&self.arch).track();

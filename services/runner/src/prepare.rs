@@ -55,6 +55,30 @@ impl RunnerHandler {
                 job.task.repo
             ));
         }
+        self.vm_refusal(&provisioned.machine)
+    }
+
+    /// Why the VM a run message names is not one this runner may log into: a host outside
+    /// `runner.vm_hosts`, or a key other than `runner.vm_ssh_key`. The runner reaches VMs only
+    /// with its own configuration, never with paths or hosts a message chose.
+    fn vm_refusal(&self, machine: &Machine) -> Option<String> {
+        let Machine::Vm { host, key_path, .. } = machine else {
+            return None;
+        };
+        let settings = &self.settings;
+        if !settings.vm_hosts.iter().any(|allowed| allowed == host) {
+            return Some(format!(
+                "the job's VM is on host {host:?}, which is not in runner.vm_hosts {:?}",
+                settings.vm_hosts
+            ));
+        }
+        if Path::new(key_path) != settings.vm_ssh_key {
+            return Some(format!(
+                "the job's VM is reached with key {key_path:?}, not this runner's \
+                 runner.vm_ssh_key {:?}",
+                settings.vm_ssh_key.display().to_string()
+            ));
+        }
         None
     }
 
@@ -155,12 +179,13 @@ impl RunnerHandler {
         machine: &Machine,
         job_dir: &Path,
     ) -> Result<Option<Remote>, String> {
+        // The key is the runner's own (`vm_refusal` checked the message names the same one).
         let Machine::Vm {
             host,
             port,
             user,
-            key_path,
             host_keys,
+            ..
         } = machine
         else {
             return Ok(None);
@@ -184,7 +209,7 @@ impl RunnerHandler {
             host: host.clone(),
             port: *port,
             user: user.clone(),
-            key_path: key_path.clone(),
+            key_path: self.settings.vm_ssh_key.display().to_string(),
             known_hosts: known_hosts.map(Arc::new),
         }))
     }
@@ -278,6 +303,7 @@ mod tests {
             shutdown: Shutdown::new(std::future::pending()),
             http: reqwest::Client::new(),
             sandbox: None,
+            provisioner_user: "guest".into(),
         }
     }
 
@@ -324,17 +350,32 @@ mod tests {
             .as_deref(),
             Some("job for arch aarch64 reached the runner for x86_64")
         );
-        let vm = Machine::Vm {
-            host: "vm1".into(),
+        let vm = |host: &str, key: &str| Machine::Vm {
+            host: host.into(),
             port: 22,
             user: "root".into(),
-            key_path: "/k".into(),
+            key_path: key.into(),
             host_keys: Vec::new(),
         };
-        // A job provisioned on a VM runs there (over SSH), so it is not refused.
+        let example = |machine| provisioned("file:///srv/tasks/example", "x86_64", machine);
+        // A job provisioned on a VM runs there (over SSH), so it is not refused, when the VM is
+        // on a host and reached with the key of the runner's own configuration.
+        let key = "/var/lib/taskbot/vm/id_ed25519";
+        assert_eq!(h.refusal(&example(vm("127.0.0.1", key))), None);
         assert_eq!(
-            h.refusal(&provisioned("file:///srv/tasks/example", "x86_64", vm)),
-            None
+            h.refusal(&example(vm("evil.example", key))).as_deref(),
+            Some(
+                "the job's VM is on host \"evil.example\", which is not in runner.vm_hosts \
+                 [\"127.0.0.1\"]"
+            )
+        );
+        assert_eq!(
+            h.refusal(&example(vm("127.0.0.1", "/etc/shadow")))
+                .as_deref(),
+            Some(
+                "the job's VM is reached with key \"/etc/shadow\", not this runner's \
+                 runner.vm_ssh_key \"/var/lib/taskbot/vm/id_ed25519\""
+            )
         );
     }
 

@@ -33,6 +33,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         http: http_client()?,
         sandbox: sandbox(&settings).await?.map(Arc::new),
+        provisioner_user: config
+            .amqp
+            .user_name(taskbot::identity::Service::Provisioner),
     });
     let spec = ConsumerSpec {
         queue: topology.run_queue(&arch),
@@ -40,7 +43,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         concurrency: settings.concurrency,
         retry_delay: Duration::from_secs(2),
     };
-    tracing::info!(arch = %arch, queue = %spec.queue, concurrency = settings.concurrency, "runner starting");
+    tracing::info!(arch = %arch, queue = %spec.queue, concurrency = settings.concurrency,
+        provisioner_user = %handler.provisioner_user, "runner starting; run messages are honoured only from the provisioner's broker user");
     register_slots(&arch, settings.concurrency);
     // Prefetch = concurrency: a job waiting in the client's buffer behind running ones would be
     // unacked all that time, and RabbitMQ's consumer timeout counts from delivery.

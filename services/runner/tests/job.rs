@@ -22,6 +22,9 @@ use taskbot::testing::Recorder;
 use taskbot::{Shutdown, Topology};
 use taskbot_runner::RunnerHandler;
 
+/// The provisioner's broker user in these tests: run messages come from it.
+const PROVISIONER: &str = "tb-provisioner";
+
 /// One test's runner settings and directories.
 struct Harness {
     dirs: Dirs,
@@ -60,6 +63,7 @@ impl Harness {
             shutdown,
             http: reqwest::Client::new(),
             sandbox: common::sandbox(),
+            provisioner_user: PROVISIONER.into(),
         }
     }
 
@@ -79,7 +83,7 @@ impl Harness {
 
     /// Hand `job` to `handler` as the consume loop does, and sort what it published.
     async fn run_on(&self, handler: &RunnerHandler, job: &ProvisionedJob, ctx: &Recorder) -> Ran {
-        let incoming = Incoming::new(&job.job.arch, job.to_json());
+        let incoming = Incoming::new(&job.job.arch, job.to_json()).with_user_id(PROVISIONER);
         let disposition = handler.handle(incoming, ctx).await;
         let results_exchange = self.topology.results_exchange();
         let statuses = ctx
@@ -224,6 +228,75 @@ async fn job_for_another_arch_crashes_without_cloning() {
         !h.settings.mirror_dir.exists(),
         "nothing was fetched into a mirror"
     );
+}
+
+#[tokio::test]
+async fn a_run_message_not_from_the_provisioner_is_dead_lettered_and_never_run() {
+    let h = Harness::new();
+    let repo = h
+        .dirs
+        .task("ok", "name: ok\nrun: touch \"${TASKBOT_ARTIFACTS}ran\"\n");
+    let injected = job("ok", &repo, "main", "pkg-1-1", "x86_64");
+    let handler = h.handler(Shutdown::new(std::future::pending()));
+    for (user, says) in [
+        (
+            Some("tb-runner"),
+            "run message published by broker user \"tb-runner\"",
+        ),
+        (None, "run message published without a user_id"),
+    ] {
+        let ctx = Recorder::new();
+        let mut incoming = Incoming::new("x86_64", injected.to_json());
+        incoming.user_id = user.map(str::to_string);
+        match handler.handle(incoming, &ctx).await {
+            Disposition::DeadLetter(reason) => {
+                assert!(reason.starts_with(says), "{reason}");
+                assert!(
+                    reason.ends_with("only the provisioner's user \"tb-provisioner\" dispatches jobs, so it is not run"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected DeadLetter, got {other:?}"),
+        }
+        assert!(
+            ctx.published().is_empty(),
+            "no status: {:?}",
+            ctx.published()
+        );
+    }
+    assert!(!h.job_artifacts(&injected).exists(), "nothing ran");
+    assert!(!h.settings.mirror_dir.exists(), "nothing was fetched");
+}
+
+#[tokio::test]
+async fn a_vm_on_a_host_or_with_a_key_the_runner_does_not_know_crashes_without_cloning() {
+    let h = Harness::new();
+    let repo = h.dirs.task(
+        "vm",
+        "name: vm\nenvironment: {provision: vm}\nrun: 'true'\n",
+    );
+    let on = |host: &str, key: &str| ProvisionedJob {
+        machine: taskbot::messages::Machine::Vm {
+            host: host.into(),
+            port: 2222,
+            user: "root".into(),
+            key_path: key.into(),
+            host_keys: Vec::new(),
+        },
+        ..job("vm", &repo, "main", "pkg-1-1", "x86_64")
+    };
+    let own_key = h.settings.vm_ssh_key.display().to_string();
+    let cases = [
+        (on("evil.example", &own_key), "the job's VM is on host \"evil.example\", which is not in runner.vm_hosts [\"127.0.0.1\"]".to_string()),
+        (on("127.0.0.1", "/etc/shadow"), format!("the job's VM is reached with key \"/etc/shadow\", not this runner's runner.vm_ssh_key {own_key:?}")),
+    ];
+    for (j, expected) in &cases {
+        let (states, results) = h.outcome_of(j, 1).await;
+        assert_eq!(states, CRASHED_BEFORE_RUNNING);
+        assert_eq!(results[0].note.as_deref(), Some(expected.as_str()));
+        assert!(!h.job_artifacts(j).exists());
+    }
+    assert!(!h.settings.mirror_dir.exists(), "nothing was fetched");
 }
 
 #[tokio::test]

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{check_ending, example_task_files, job, job_with_args, states, Dirs, FULL_LIFE};
+use taskbot::amqp::Outgoing;
 use taskbot::amqp::REASON_HEADER;
 use taskbot::messages::{JobState, JobStatus, Message, Outcome, ProvisionedJob, TaskResult};
-use taskbot::testing::{test_config, TestBroker};
+use taskbot::testing::{test_config, TestBroker, TestBrokerUser};
 use taskbot::{Config, Shutdown};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -270,6 +271,56 @@ async fn malformed_job_is_dead_lettered_with_the_reason() {
     assert_eq!(dead.body, b"{not json");
     let reason = dead.header(REASON_HEADER).unwrap();
     assert!(reason.starts_with("body is not valid JSON"), "{reason}");
+    world.finish(vec![runner]).await;
+}
+
+#[tokio::test]
+async fn a_run_message_injected_by_another_broker_user_is_dead_lettered_and_never_run() {
+    let world = World::new("x86_64").await;
+    let t = world.broker.topology.clone();
+    let intruder = TestBrokerUser::create(&t.namespace);
+    let repo = world
+        .dirs
+        .task("ok", "name: ok\nrun: touch \"${TASKBOT_ARTIFACTS}ran\"\n");
+    let runner = world.start_runner("x86_64");
+    let injected = job("ok", &repo, "main", "pkg-1-1", "x86_64");
+    let (conn, publisher) = intruder.publisher().await;
+    publisher
+        .publish(&Outgoing::new(
+            t.run_exchange(),
+            "x86_64",
+            injected.to_json(),
+        ))
+        .await
+        .expect("the broker takes it");
+    let dead = world
+        .broker
+        .get(&t.dead_letter_queue(&t.run_queue("x86_64")), WAIT)
+        .await
+        .expect("the injected run message dead-lettered");
+    let reason = dead.header(REASON_HEADER).unwrap();
+    assert_eq!(
+        reason,
+        format!(
+            "run message published by broker user {:?}; only the provisioner's user \"guest\" \
+             dispatches jobs, so it is not run",
+            intruder.name
+        )
+    );
+    // The same job from the provisioner's user (here the test broker's `guest`) runs.
+    let dispatched = job("ok", &repo, "main", "pkg-2-1", "x86_64");
+    world.submit(&dispatched).await;
+    let (states, _) = world.outcome_of(&dispatched, 1).await;
+    assert_eq!(states, FULL_LIFE);
+    assert!(
+        !world.job_artifacts(&injected).exists(),
+        "the injected job never ran"
+    );
+    assert!(
+        world.other_statuses.lock().unwrap().is_empty(),
+        "and no status was published for it"
+    );
+    let _ = conn.close(200, "done").await;
     world.finish(vec![runner]).await;
 }
 

@@ -70,12 +70,13 @@ impl Harness {
             shutdown: Shutdown::new(std::future::pending()),
             http: reqwest::Client::new(),
             sandbox: common::sandbox(),
+            provisioner_user: "tb-provisioner".into(),
         }
     }
 
     async fn run(&self, job: &ProvisionedJob) -> Ran {
         let ctx = Recorder::new();
-        let incoming = Incoming::new(&job.job.arch, job.to_json());
+        let incoming = Incoming::new(&job.job.arch, job.to_json()).with_user_id("tb-provisioner");
         let disposition = self.handler().handle(incoming, &ctx).await;
         let Disposition::Done(out) = disposition else {
             panic!("job came to no verdict: {disposition:?}");

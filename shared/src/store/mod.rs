@@ -3,12 +3,14 @@
 //! ([`pool`]). The reporter writes the store, the api reads it: this module is the contract
 //! between them.
 
+pub mod jobs;
 pub mod pool;
 pub mod schema;
 pub mod write;
 
 use deadpool_postgres::PoolError;
 
+pub use jobs::{job_record, record_dispatched, record_requested, JobRecord};
 pub use pool::{connect_pool, database_name, PoolOptions};
 pub use schema::{migrate, MIGRATIONS};
 pub use write::{

@@ -18,6 +18,9 @@ pub const JOBS: &str = "jobs";
 pub const JOB_EVENTS: &str = "job_events";
 /// What the ResultsDB sink has delivered.
 pub const RESULTSDB_DELIVERIES: &str = "resultsdb_deliveries";
+/// Every job the reporter saw requested, and by whom it was dispatched: what binds results and
+/// statuses to their job.
+pub const JOB_RECORDS: &str = "job_records";
 /// Which migrations a database has run.
 pub const SCHEMA_MIGRATIONS: &str = "taskbot_schema_migrations";
 
@@ -27,6 +30,7 @@ pub const TABLES: &[&str] = &[
     JOBS,
     JOB_EVENTS,
     RESULTSDB_DELIVERIES,
+    JOB_RECORDS,
     SCHEMA_MIGRATIONS,
 ];
 
@@ -116,6 +120,38 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE results ADD COLUMN id bigserial UNIQUE;
     CREATE INDEX results_finished_at_idx ON results (finished_at);
     CREATE INDEX jobs_created_at_idx ON jobs (created_at);
+    "#,
+    // v4: the record of each job as requested (its `queued` status, from the rules or the
+    // operator's user) and dispatched (its `provisioned` status, from the provisioner's user);
+    // the reporter accepts a job's results and statuses only when they agree with it. Jobs
+    // stored before are carried over as requested (and dispatched when a `provisioned` status
+    // of theirs was recorded), so their late results are still accepted.
+    r#"
+    CREATE TABLE job_records (
+        job_id        uuid PRIMARY KEY,
+        item          text NOT NULL,
+        item_type     text NOT NULL,
+        arch          text NOT NULL,
+        task_name     text NOT NULL,
+        task_repo     text NOT NULL,
+        task_ref      text NOT NULL,
+        rule          text NOT NULL,
+        event_id      text NOT NULL,
+        requested_by  text NOT NULL,
+        requested_at  timestamptz NOT NULL DEFAULT now(),
+        dispatched_by text,
+        dispatched_at timestamptz
+    );
+    INSERT INTO job_records (job_id, item, item_type, arch, task_name, task_repo, task_ref,
+                             rule, event_id, requested_by, dispatched_by, dispatched_at)
+        SELECT j.job_id, j.item, j.item_type, j.arch, j.task_name, j.task_repo, j.task_ref,
+               j.rule, j.event_id, '(before schema v4)', p.service, p.at
+        FROM jobs j
+        LEFT JOIN LATERAL (
+            SELECT service, at FROM job_events e
+            WHERE e.job_id = j.job_id AND e.state = 'provisioned'
+            ORDER BY at LIMIT 1
+        ) p ON true;
     "#,
 ];
 

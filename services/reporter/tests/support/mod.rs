@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use taskbot::messages::{JobRequest, JobState, JobStatus, Outcome, TaskRef, TaskResult};
+use taskbot::messages::{JobRequest, JobState, JobStatus, Message, Outcome, TaskRef, TaskResult};
 use taskbot::{Config, Shutdown};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -139,4 +139,48 @@ pub fn status(job: &JobRequest, state: JobState, at: DateTime<Utc>) -> JobStatus
     let mut status = JobStatus::new(job, state, "test@host", Some(format!("now {state}")));
     status.at = at;
     status
+}
+
+/// Announce `job` as requested and dispatched, as the rules service and the provisioner do: its
+/// `queued` and `provisioned` statuses on the results exchange (published as the test broker's
+/// user, every service's in the tests). The reporter accepts a runner's results and statuses only
+/// for such a job. Returns the two statuses.
+pub async fn publish_dispatched(
+    broker: &taskbot::testing::TestBroker,
+    job: &JobRequest,
+) -> [JobStatus; 2] {
+    let statuses = [
+        status(job, JobState::Queued, time(-50)),
+        status(job, JobState::Provisioned, time(-45)),
+    ];
+    for s in &statuses {
+        broker
+            .publish(
+                &broker.topology.results_exchange(),
+                &s.routing_key(),
+                s.to_json(),
+            )
+            .await;
+    }
+    statuses
+}
+
+/// Wait until the running reporter has recorded `job` as dispatched (after
+/// [`publish_dispatched`]), for a test whose results must not wait for it.
+pub async fn wait_dispatched(db: &TestDb, job: &JobRequest) {
+    let client = db.client().await;
+    wait_until(
+        "the job recorded as dispatched",
+        Duration::from_secs(15),
+        || async {
+            client
+                .query_opt(
+                    "SELECT 1 FROM job_records WHERE job_id = $1 AND dispatched_by IS NOT NULL",
+                    &[&job.job_id],
+                )
+                .await
+                .is_ok_and(|row| row.is_some())
+        },
+    )
+    .await;
 }
