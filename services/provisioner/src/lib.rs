@@ -25,7 +25,7 @@ use taskbot::messages::{
     TaskResult, VmRequest,
 };
 use taskbot::routes::Publishable;
-use taskbot::{Config, Shutdown, Topology};
+use taskbot::{Config, Service, Shutdown, Topology};
 use vm::{BootSpec, Disk, Lease, VmError, VmPool, VmSettings};
 
 pub struct ProvisionerHandler {
@@ -442,6 +442,35 @@ impl Handler for ProvisionerHandler {
 /// Destroys the VM of each job whose final status (`done`, `crashed`) arrives.
 pub struct FinishedHandler {
     pub vm: Arc<VmBackend>,
+    /// The broker users whose final statuses end a VM's job: the runner's (the job ran), the
+    /// provisioner's own (it gave up on the job) and the operator's. A status from anyone else
+    /// could otherwise destroy a running job's VM.
+    pub senders: Vec<String>,
+}
+
+impl FinishedHandler {
+    pub fn new(vm: Arc<VmBackend>, config: &Config) -> FinishedHandler {
+        let amqp = &config.amqp;
+        let mut senders = vec![
+            amqp.user_name(Service::Runner),
+            amqp.user_name(Service::Provisioner),
+            amqp::url_user(&amqp.url),
+        ];
+        senders.dedup();
+        FinishedHandler { vm, senders }
+    }
+
+    /// Why a status from `user_id` cannot end a job, if it cannot.
+    fn refusal(&self, user_id: Option<&str>) -> Option<String> {
+        match user_id {
+            Some(user) if self.senders.iter().any(|s| s == user) => None,
+            Some(user) => Some(format!(
+                "a final status from broker user {user:?} cannot end a VM's job (accepted: {:?})",
+                self.senders
+            )),
+            None => Some("a final status without a user_id cannot end a VM's job".into()),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -452,6 +481,9 @@ impl Handler for FinishedHandler {
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
         if status.state.is_final() {
+            if let Some(reason) = self.refusal(incoming.user_id.as_deref()) {
+                return Disposition::DeadLetter(reason);
+            }
             let job_id = status.job_id;
             let lease = self
                 .vm
@@ -539,7 +571,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             &config.amqp,
             &topology,
             finished,
-            Arc::new(FinishedHandler { vm }),
+            Arc::new(FinishedHandler::new(vm, &config)),
             shutdown
         ),
     );
@@ -1075,6 +1107,8 @@ mod tests {
         assert!(s.pool.booted().is_empty());
     }
 
+    /// A final status from a runner ends its job's VM, the VMs of other jobs stay; a final status
+    /// from any other broker user (or none) is dead-lettered and destroys nothing.
     #[tokio::test]
     async fn a_final_status_destroys_the_jobs_vm_and_others_leave_it() {
         let j = vm_job("x86_64");
@@ -1082,16 +1116,35 @@ mod tests {
             (lease(j.job_id, 2001), true),
             (lease(uuid::Uuid::from_u128(5), 2002), true),
         ]));
-        let finished = FinishedHandler {
-            vm: Arc::new(s.handler.vm.unwrap()),
+        let mut config = Config::default();
+        let runner = taskbot::config::AmqpUser {
+            name: "tb-runner".into(),
+            password_file: None,
         };
+        config.amqp.users.insert("runner".into(), runner);
+        let finished = FinishedHandler::new(Arc::new(s.handler.vm.unwrap()), &config);
         let status = |state| JobStatus::new(&j, state, "runner@test", None);
+        let deliver = |state, user: Option<&str>| {
+            let incoming = Incoming::new("job.x", status(state).to_json());
+            match user {
+                Some(user) => incoming.with_user_id(user),
+                None => incoming,
+            }
+        };
+        for user in [Some("tb-task"), None] {
+            let d = finished
+                .handle(deliver(JobState::Done, user), &Recorder::new())
+                .await;
+            assert!(matches!(d, Disposition::DeadLetter(ref why) if why.contains("cannot end")));
+        }
+        assert_eq!(
+            s.pool.job_ids().len(),
+            2,
+            "a forged final status ends no VM"
+        );
         for state in [JobState::Running, JobState::Done] {
             let d = finished
-                .handle(
-                    Incoming::new("job.x", status(state).to_json()),
-                    &Recorder::new(),
-                )
+                .handle(deliver(state, Some("tb-runner")), &Recorder::new())
                 .await;
             assert_eq!(d, Disposition::Done(Vec::new()));
             if state == JobState::Running {
