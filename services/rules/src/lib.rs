@@ -155,9 +155,11 @@ impl RulesHandler {
             }
             tracing::info!(%event_id, job_id = %job.job_id, rule = %job.rule,
                 task = %job.task.name, item = %job.item, arch = %job.arch, "job requested");
-            out.push(job.outgoing(&self.topology));
+            // The `queued` status first: the reporter records the job from it, and the
+            // provisioner's statuses for the job would otherwise wait for it.
             let status = JobStatus::new(job, JobState::Queued, &self.instance, None);
             out.push(status.outgoing(&self.topology));
+            out.push(job.outgoing(&self.topology));
         }
         Disposition::Done(out)
     }

@@ -356,7 +356,7 @@ pub fn submit(args: &SubmitArgs) -> Result<String, Failure> {
         let (conn, publisher, topology) = publisher(&config).await?;
         for job in &jobs {
             let status = JobStatus::new(job, JobState::Queued, "taskbot-cli", None);
-            let messages = [job.outgoing(&topology), status.outgoing(&topology)];
+            let messages = [status.outgoing(&topology), job.outgoing(&topology)];
             publisher.publish_all(&messages).await.map_err(|e| {
                 Failure::input(format!("taskbot: the broker did not take the job: {e}"))
             })?;
