@@ -202,7 +202,22 @@ impl Management {
             "read": permissions.read,
         });
         let path = format!("permissions/{}/{}", self.vhost, segment(name));
-        self.send(reqwest::Method::PUT, &path, Some(grant)).await
+        self.send(reqwest::Method::PUT, &path, Some(grant)).await?;
+        let path = format!("topic-permissions/{}/{}", self.vhost, segment(name));
+        // Earlier topic permissions go first, so none is left that the topology no longer gives.
+        match self.send(reqwest::Method::DELETE, &path, None).await {
+            Err(e) if !e.contains("404") => return Err(e),
+            _ => {}
+        }
+        for topic in &permissions.topics {
+            let grant = serde_json::json!({
+                "exchange": topic.exchange,
+                "write": topic.write,
+                "read": topic.read,
+            });
+            self.send(reqwest::Method::PUT, &path, Some(grant)).await?;
+        }
+        Ok(())
     }
 
     /// Remove broker user `name`; a user that does not exist is no error.

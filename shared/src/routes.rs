@@ -95,6 +95,17 @@ impl Route {
         }
     }
 
+    /// The start every routing key of these messages has, where two routes share an exchange:
+    /// statuses and results both go to the results exchange, and the broker tells them apart by
+    /// this (topic permissions, [`crate::topology::Permissions::topics`]).
+    pub fn key_prefix(self) -> Option<&'static str> {
+        match self {
+            Route::JobStatus => Some("job."),
+            Route::TaskResult => Some("result."),
+            _ => None,
+        }
+    }
+
     /// The routes `role` publishes.
     pub fn published_by(role: Role) -> Vec<Route> {
         Route::ALL
@@ -245,6 +256,7 @@ mod tests {
 
         let status = JobStatus::new(&job, JobState::Provisioned, "provisioner@host", None);
         let out = status.outgoing(&t);
+        assert!(out.routing_key.starts_with(Route::JobStatus.key_prefix().unwrap()));
         let status_id = status.status_id.to_string();
         assert_eq!(
             route(&out),
@@ -254,6 +266,7 @@ mod tests {
 
         let result = TaskResult::crashed(&job, "runner@host", "boom");
         let out = result.outgoing(&t);
+        assert!(out.routing_key.starts_with(Route::TaskResult.key_prefix().unwrap()));
         let result_id = result.result_id.to_string();
         assert_eq!(
             route(&out),

@@ -96,8 +96,8 @@ fn warn_about_guest(config: &Config) {
     if user == "guest" {
         tracing::warn!(
             user,
-            "logging in to the broker as guest, which is for local development only: give every \
-             service its own user (taskbot setup-users, docs/security.md)"
+            "the broker user guest is for local development only: give every service its own \
+             user (taskbot setup-users, docs/security.md)"
         );
     }
 }

@@ -26,7 +26,7 @@ mod permissions;
 pub use crate::config::Sink;
 use crate::config::{Config, ReporterConfig};
 use crate::identity::{Role, Service};
-pub use permissions::Permissions;
+pub use permissions::{Permissions, TopicPermission};
 
 /// Highest job priority; run and provisioner queues are priority queues up to this.
 pub const MAX_PRIORITY: u8 = 9;

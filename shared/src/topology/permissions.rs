@@ -14,6 +14,10 @@
 //!   read its own queues and the exchanges they are bound to; the command line reads the
 //!   dead-letter queues (`taskbot dlq`).
 //!
+//! On the results exchange, which carries both job statuses and results, **topic permissions**
+//! (regular expressions on the routing key) tell them apart: the rules service may publish
+//! `job.…` statuses there but no `result.…`, so it cannot forge a verdict.
+//!
 //! Every name is escaped, so a namespace's dots match only dots.
 
 use super::Topology;
@@ -29,6 +33,17 @@ pub struct Permissions {
     pub write: String,
     pub read: String,
     pub tags: &'static str,
+    /// Routing keys this user may publish with, per topic exchange that carries more than one
+    /// route (the results exchange).
+    pub topics: Vec<TopicPermission>,
+}
+
+/// What a user may publish to one topic exchange, by routing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPermission {
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
 }
 
 impl Topology {
@@ -66,7 +81,30 @@ impl Topology {
                 Role::Cli | Role::Service(Service::Api) => "management",
                 Role::Service(_) => "",
             },
+            topics: self.topic_permissions(role),
         }
+    }
+
+    /// The routing keys `role` may publish to the results exchange with: the key prefixes of the
+    /// routes it publishes there. Empty when it publishes none (the exchange permission already
+    /// refuses it).
+    fn topic_permissions(&self, role: Role) -> Vec<TopicPermission> {
+        let exchange = self.results_exchange();
+        let mut prefixes: Vec<String> = Route::published_by(role)
+            .into_iter()
+            .filter(|route| route.exchange(self).as_deref() == Some(exchange.as_str()))
+            .filter_map(|route| route.key_prefix())
+            .map(regex_escape)
+            .collect();
+        if prefixes.is_empty() {
+            return Vec::new();
+        }
+        prefixes.sort();
+        vec![TopicPermission {
+            exchange,
+            write: format!("^(?:{})", prefixes.join("|")),
+            read: ".*".into(),
+        }]
     }
 
     /// Every dead-letter queue of the topology, the sink queues' included.
@@ -137,6 +175,21 @@ mod tests {
         for queue in ["tb-1.sink.postgres.results", "tb-1.results", "tb-1.rules"] {
             assert!(!allows(&p.configure, queue), "{queue}: {}", p.configure);
         }
+    }
+
+    #[test]
+    fn the_rules_publish_statuses_but_no_results() {
+        let t = topology();
+        let rules = t.permissions(Service::Rules.into());
+        assert_eq!(rules.topics.len(), 1);
+        assert_eq!(rules.topics[0].exchange, "tb-1.results");
+        assert!(allows(&rules.topics[0].write, "job.queued"));
+        assert!(!allows(&rules.topics[0].write, "result.PASSED.dist.rpmlint"));
+        let runner = t.permissions(Service::Runner.into());
+        assert!(allows(&runner.topics[0].write, "result.PASSED.dist.rpmlint"));
+        assert!(allows(&runner.topics[0].write, "job.done"));
+        assert!(!allows(&runner.topics[0].write, "jobs.done"));
+        assert!(t.permissions(Service::Reporter.into()).topics.is_empty());
     }
 
     #[test]
