@@ -67,7 +67,11 @@ pub fn amqp_user_name(namespace: &str, role: Role) -> String {
 
 /// Make or update every account of `admin`'s namespace (see the module's documentation), with the
 /// password files in `secrets_dir`; the database's too when `database`.
-pub async fn set_up(admin: &Config, secrets_dir: &Path, database: bool) -> Result<Accounts, String> {
+pub async fn set_up(
+    admin: &Config,
+    secrets_dir: &Path,
+    database: bool,
+) -> Result<Accounts, String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -149,9 +153,15 @@ async fn set_up_database(
     let sql_error = |what: &str, e: tokio_postgres::Error| {
         format!("{what} in database {database}: {}", crate::error_chain(&e))
     };
-    roles::create(&client, &database, &names, &reporter_password, &api_password)
-        .await
-        .map_err(|e| sql_error("cannot make the roles", e))?;
+    roles::create(
+        &client,
+        &database,
+        &names,
+        &reporter_password,
+        &api_password,
+    )
+    .await
+    .map_err(|e| sql_error("cannot make the roles", e))?;
     let owner = roles::acting_as(&admin.postgres, &names.owner);
     let pool = crate::store::connect_pool(
         &owner,
@@ -175,7 +185,10 @@ async fn set_up_database(
         password_file: Some(file),
     };
     Ok(BTreeMap::from([
-        ("reporter".to_string(), account(&names.reporter, reporter_file)),
+        (
+            "reporter".to_string(),
+            account(&names.reporter, reporter_file),
+        ),
         ("api".to_string(), account(&names.api, api_file)),
     ]))
 }
@@ -249,12 +262,11 @@ mod tests {
             "[amqp.users.runner]\nname = \"tb-runner\"\n\
              password_file = \"/etc/taskbot/secrets/amqp-runner.password\"\n\n"
         );
-        let parsed: Config = figment::Figment::from(figment::providers::Serialized::defaults(
-            Config::default(),
-        ))
-        .merge(<figment::providers::Toml as figment::providers::Format>::string(&snippet))
-        .extract()
-        .unwrap();
+        let parsed: Config =
+            figment::Figment::from(figment::providers::Serialized::defaults(Config::default()))
+                .merge(<figment::providers::Toml as figment::providers::Format>::string(&snippet))
+                .extract()
+                .unwrap();
         assert_eq!(parsed.amqp.users, accounts.amqp);
         assert_eq!(amqp_user_name("tb", Role::Cli), "tb-cli");
     }

@@ -194,8 +194,12 @@ impl Management {
         permissions: &crate::topology::Permissions,
     ) -> Result<(), String> {
         let user = serde_json::json!({"password": password, "tags": permissions.tags});
-        self.send(reqwest::Method::PUT, &format!("users/{}", segment(name)), Some(user))
-            .await?;
+        self.send(
+            reqwest::Method::PUT,
+            &format!("users/{}", segment(name)),
+            Some(user),
+        )
+        .await?;
         let grant = serde_json::json!({
             "configure": permissions.configure,
             "write": permissions.write,
@@ -245,7 +249,11 @@ impl Management {
             .map_err(|e| format!("cannot list the broker's users: {e}"))?;
         Ok(body
             .as_array()
-            .map(|l| l.iter().filter_map(|u| Some(u["name"].as_str()?.to_string())).collect())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|u| Some(u["name"].as_str()?.to_string()))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

@@ -131,8 +131,12 @@ pub trait Publishable: Message {
 /// On the events exchange under its topic (what the rules match on).
 impl Publishable for Event {
     fn outgoing(&self, topology: &Topology) -> Outgoing {
-        Outgoing::new(exchange_of(Route::Event, topology), &self.topic, self.to_json())
-            .with_message_id(&self.id)
+        Outgoing::new(
+            exchange_of(Route::Event, topology),
+            &self.topic,
+            self.to_json(),
+        )
+        .with_message_id(&self.id)
     }
 }
 
@@ -140,18 +144,26 @@ impl Publishable for Event {
 /// priority queue).
 impl Publishable for JobRequest {
     fn outgoing(&self, topology: &Topology) -> Outgoing {
-        Outgoing::new(exchange_of(Route::JobRequest, topology), &self.arch, self.to_json())
-            .with_message_id(self.job_id.to_string())
-            .with_priority(self.priority)
+        Outgoing::new(
+            exchange_of(Route::JobRequest, topology),
+            &self.arch,
+            self.to_json(),
+        )
+        .with_message_id(self.job_id.to_string())
+        .with_priority(self.priority)
     }
 }
 
 /// On the run exchange under its arch (so on that arch's run queue), with the job's priority.
 impl Publishable for ProvisionedJob {
     fn outgoing(&self, topology: &Topology) -> Outgoing {
-        Outgoing::new(exchange_of(Route::ProvisionedJob, topology), &self.job.arch, self.to_json())
-            .with_message_id(self.job.job_id.to_string())
-            .with_priority(self.job.priority)
+        Outgoing::new(
+            exchange_of(Route::ProvisionedJob, topology),
+            &self.job.arch,
+            self.to_json(),
+        )
+        .with_message_id(self.job.job_id.to_string())
+        .with_priority(self.job.priority)
     }
 }
 
@@ -256,7 +268,9 @@ mod tests {
 
         let status = JobStatus::new(&job, JobState::Provisioned, "provisioner@host", None);
         let out = status.outgoing(&t);
-        assert!(out.routing_key.starts_with(Route::JobStatus.key_prefix().unwrap()));
+        assert!(out
+            .routing_key
+            .starts_with(Route::JobStatus.key_prefix().unwrap()));
         let status_id = status.status_id.to_string();
         assert_eq!(
             route(&out),
@@ -266,7 +280,9 @@ mod tests {
 
         let result = TaskResult::crashed(&job, "runner@host", "boom");
         let out = result.outgoing(&t);
-        assert!(out.routing_key.starts_with(Route::TaskResult.key_prefix().unwrap()));
+        assert!(out
+            .routing_key
+            .starts_with(Route::TaskResult.key_prefix().unwrap()));
         let result_id = result.result_id.to_string();
         assert_eq!(
             route(&out),

@@ -28,15 +28,20 @@ const DATABASE_ROLES: [Role; 2] = [
 /// `reporter.resultsdb_auth_header`.
 pub fn resolve(mut config: Config, role: Option<Role>) -> Result<Config, ConfigError> {
     check_keys(&config)?;
-    if let Some((name, password)) = amqp_login(&config, role)? {
+    if let Some(login) = amqp_login(&config, role)? {
         let amqp = &mut config.amqp;
-        amqp.url = with_userinfo(&amqp.url, &name, password.as_deref());
-        amqp.management_url = with_userinfo(&amqp.management_url, &name, password.as_deref());
+        let user = login
+            .user
+            .unwrap_or_else(|| crate::amqp::url_user(&amqp.url));
+        let password = login.password.as_deref();
+        amqp.url = with_userinfo(&amqp.url, &user, password);
+        amqp.management_url = with_userinfo(&amqp.management_url, &user, password);
     }
     let uses_database = role.is_none_or(|r| DATABASE_ROLES.contains(&r));
     if uses_database {
-        if let Some((name, password)) = database_login(&config, role)? {
-            config.postgres.url = with_postgres_login(&config.postgres.url, &name, password);
+        if let Some(login) = database_login(&config, role)? {
+            config.postgres.url =
+                with_postgres_login(&config.postgres.url, &login.user, login.password);
         }
     }
     if role == Some(Role::Service(Service::Reporter)) {
@@ -76,53 +81,61 @@ fn keys_of(roles: &[Role]) -> String {
     roles.iter().map(|r| r.key()).collect::<Vec<_>>().join(", ")
 }
 
+/// Who to log in as: a user (`None`: the URL's) and a password (`None`: the URL's).
+struct Login {
+    user: Option<String>,
+    password: Option<String>,
+}
+
 /// The broker login of `role`: its own user, else the URL's user with `amqp.password_file`;
 /// `None` when the URL stays as it is.
-fn amqp_login(
-    config: &Config,
-    role: Option<Role>,
-) -> Result<Option<(String, Option<String>)>, ConfigError> {
-    let own = role.and_then(|r| Some((r, config.amqp.users.get(r.key())?)));
-    if let Some((role, account)) = own {
-        let key = format!("amqp.users.{}.password_file", role.key());
-        return Ok(Some(account_login(account, &key)?));
-    }
-    match &config.amqp.password_file {
-        Some(file) => Ok(Some((
-            crate::amqp::url_user(&config.amqp.url),
-            Some(read_secret("amqp.password_file", file)?),
-        ))),
-        None => Ok(None),
-    }
+fn amqp_login(config: &Config, role: Option<Role>) -> Result<Option<Login>, ConfigError> {
+    let accounts = &config.amqp.users;
+    login(accounts, "amqp", role, config.amqp.password_file.as_deref())
 }
 
 /// The database login of `role`: its own role, else the URL's user with
 /// `postgres.password_file`; `None` when the URL stays as it is.
-fn database_login(
-    config: &Config,
-    role: Option<Role>,
-) -> Result<Option<(Option<String>, Option<String>)>, ConfigError> {
-    let own = role.and_then(|r| Some((r, config.postgres.users.get(r.key())?)));
-    if let Some((role, account)) = own {
-        let key = format!("postgres.users.{}.password_file", role.key());
-        let (name, password) = account_login(account, &key)?;
-        return Ok(Some((Some(name), password)));
-    }
-    match &config.postgres.password_file {
-        Some(file) => Ok(Some((
-            None,
-            Some(read_secret("postgres.password_file", file)?),
-        ))),
-        None => Ok(None),
-    }
+fn database_login(config: &Config, role: Option<Role>) -> Result<Option<Login>, ConfigError> {
+    let accounts = &config.postgres.users;
+    login(
+        accounts,
+        "postgres",
+        role,
+        config.postgres.password_file.as_deref(),
+    )
 }
 
-fn account_login(account: &Account, key: &str) -> Result<(String, Option<String>), ConfigError> {
-    let password = match &account.password_file {
-        Some(file) => Some(read_secret(key, file)?),
-        None => None,
-    };
-    Ok((account.name.clone(), password))
+/// `role`'s account among `accounts` (`[<section>.users]`), else the URL's user with the
+/// section's own `password_file`.
+fn login(
+    accounts: &std::collections::BTreeMap<String, Account>,
+    section: &str,
+    role: Option<Role>,
+    url_password_file: Option<&Path>,
+) -> Result<Option<Login>, ConfigError> {
+    if let Some((role, account)) = role.and_then(|r| Some((r, accounts.get(r.key())?))) {
+        let password = match &account.password_file {
+            Some(file) => {
+                let key = format!("{section}.users.{}.password_file", role.key());
+                Some(read_secret(&key, file)?)
+            }
+            None => None,
+        };
+        let user = Some(account.name.clone());
+        return Ok(Some(Login { user, password }));
+    }
+    match url_password_file {
+        Some(file) => {
+            let key = format!("{section}.password_file");
+            let password = Some(read_secret(&key, file)?);
+            Ok(Some(Login {
+                user: None,
+                password,
+            }))
+        }
+        None => Ok(None),
+    }
 }
 
 fn resolve_resultsdb_header(config: &mut Config) -> Result<(), ConfigError> {
@@ -145,7 +158,8 @@ fn resolve_resultsdb_header(config: &mut Config) -> Result<(), ConfigError> {
 /// errors; the content never appears in one.
 pub fn read_secret(key: &str, file: &Path) -> Result<String, ConfigError> {
     let problem = |what: String| ConfigError::new(format!("  {key}: {} {what}", file.display()));
-    let text = std::fs::read_to_string(file).map_err(|e| problem(format!("cannot be read: {e}")))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| problem(format!("cannot be read: {e}")))?;
     let line = text
         .strip_suffix('\n')
         .map(|t| t.strip_suffix('\r').unwrap_or(t))
@@ -286,11 +300,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         let file = secret(dir.path(), "runner", "s3cr3t/+\n");
-        config.amqp.users.insert("runner".into(), account("tb-runner", &file));
+        config
+            .amqp
+            .users
+            .insert("runner".into(), account("tb-runner", &file));
         let other = dir.path().join("unreadable-by-the-runner");
-        config.amqp.users.insert("reporter".into(), account("tb-reporter", &other));
+        config
+            .amqp
+            .users
+            .insert("reporter".into(), account("tb-reporter", &other));
         config.reporter.resultsdb_auth_header_file = Some(other.clone());
-        config.postgres.users.insert("api".into(), account("tb_api", &other));
+        config
+            .postgres
+            .users
+            .insert("api".into(), account("tb_api", &other));
         let runner = resolve(config.clone(), Some(Service::Runner.into())).unwrap();
         assert_eq!(
             runner.amqp.url,
@@ -310,10 +333,16 @@ mod tests {
     fn a_missing_file_is_an_error_naming_key_and_file() {
         let mut config = Config::default();
         let file = PathBuf::from("/nonexistent/taskbot/reporter.pw");
-        config.postgres.users.insert("reporter".into(), account("tb_reporter", &file));
+        config
+            .postgres
+            .users
+            .insert("reporter".into(), account("tb_reporter", &file));
         let err = resolve(config, Some(Service::Reporter.into())).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("postgres.users.reporter.password_file"), "{text}");
+        assert!(
+            text.contains("postgres.users.reporter.password_file"),
+            "{text}"
+        );
         assert!(text.contains("/nonexistent/taskbot/reporter.pw"), "{text}");
     }
 
@@ -323,7 +352,10 @@ mod tests {
         let mut config = Config::default();
         config.postgres.url = "postgres://postgres@db:5432/results?sslmode=disable".into();
         let pw = secret(dir.path(), "pg", "p@ss\r\n");
-        config.postgres.users.insert("reporter".into(), account("tb_reporter", &pw));
+        config
+            .postgres
+            .users
+            .insert("reporter".into(), account("tb_reporter", &pw));
         let header = secret(dir.path(), "h", "Authorization: Bearer tok\n");
         config.reporter.resultsdb_auth_header_file = Some(header);
         let reporter = resolve(config.clone(), Some(Service::Reporter.into())).unwrap();
@@ -354,7 +386,10 @@ mod tests {
         config.postgres.password_file = Some(secret(dir.path(), "p", "it's\n"));
         let admin = resolve(config, None).unwrap();
         assert_eq!(admin.amqp.url, "amqp://admin:adm@broker/vh");
-        assert_eq!(admin.amqp.management_url, "http://admin:adm@127.0.0.1:15672");
+        assert_eq!(
+            admin.amqp.management_url,
+            "http://admin:adm@127.0.0.1:15672"
+        );
         assert_eq!(admin.amqp.login_role(), None);
         assert_eq!(
             admin.postgres.url,
@@ -367,15 +402,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         let empty = secret(dir.path(), "e", "\n");
-        config.amqp.users.insert("runnner".into(), account("x", &empty));
-        config.postgres.users.insert("runner".into(), account("x", &empty));
+        config
+            .amqp
+            .users
+            .insert("runnner".into(), account("x", &empty));
+        config
+            .postgres
+            .users
+            .insert("runner".into(), account("x", &empty));
         let text = resolve(config, None).unwrap_err().to_string();
-        assert!(text.contains("amqp.users.runnner: no such service"), "{text}");
-        assert!(text.contains("postgres.users.runner: only reporter, api"), "{text}");
-        assert!(read_secret("k", &empty).unwrap_err().to_string().contains("is empty"));
+        assert!(
+            text.contains("amqp.users.runnner: no such service"),
+            "{text}"
+        );
+        assert!(
+            text.contains("postgres.users.runner: only reporter, api"),
+            "{text}"
+        );
+        assert!(read_secret("k", &empty)
+            .unwrap_err()
+            .to_string()
+            .contains("is empty"));
         let two = secret(dir.path(), "t", "a\nb\n");
         let err = read_secret("k", &two).unwrap_err().to_string();
-        assert!(err.contains("more than one line") && !err.contains("a\nb"), "{err}");
+        assert!(
+            err.contains("more than one line") && !err.contains("a\nb"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -253,10 +253,8 @@ impl Topology {
         };
         match service {
             Service::Rules => self.work_queues_named(&[self.rules_queue()]),
-            Service::Provisioner => self.work_queues_named(&[
-                self.provisioner_queue(),
-                self.provisioner_finished_queue(),
-            ]),
+            Service::Provisioner => self
+                .work_queues_named(&[self.provisioner_queue(), self.provisioner_finished_queue()]),
             Service::Runner => self.arches.iter().map(|a| self.run_queue_spec(a)).collect(),
             Service::Reporter => self.sink_queues(&self.sinks),
             Service::Bridge | Service::Api => Vec::new(),
@@ -378,7 +376,11 @@ impl Topology {
 
 impl Topology {
     /// Declare the dead-letter queue of `source` and bind it to the dead-letter exchange.
-    async fn declare_dead_letter_queue(&self, channel: &Channel, source: &str) -> lapin::Result<()> {
+    async fn declare_dead_letter_queue(
+        &self,
+        channel: &Channel,
+        source: &str,
+    ) -> lapin::Result<()> {
         let dlq = self.dead_letter_queue(source);
         declare_queue(channel, &dlq, FieldTable::default()).await?;
         channel
@@ -498,11 +500,14 @@ mod tests {
 
     #[test]
     fn each_service_owns_only_the_queues_it_consumes() {
-        let mut t = Topology::new("tb", &["x86_64".into(), "noarch".into()])
-            .with_sinks(&[Sink::Postgres]);
+        let mut t =
+            Topology::new("tb", &["x86_64".into(), "noarch".into()]).with_sinks(&[Sink::Postgres]);
         t.vm_leases = true;
         let owned = |s: Service| -> Vec<String> {
-            t.owned_queues(s.into()).into_iter().map(|q| q.name).collect()
+            t.owned_queues(s.into())
+                .into_iter()
+                .map(|q| q.name)
+                .collect()
         };
         assert_eq!(owned(Service::Rules), ["tb.rules"]);
         assert_eq!(

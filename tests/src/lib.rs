@@ -201,26 +201,28 @@ pub struct TestAccounts {
 
 impl TestAccounts {
     /// Make (or update, when `admin` changed) the accounts of `admin`'s namespace, with their
-    /// password files in `secrets_dir`; returns them as the configuration names them.
-    pub fn set_up(admin: &Config, secrets_dir: &Path) -> (TestAccounts, taskbot::accounts::Accounts) {
+    /// password files in `secrets_dir`; returns them as the configuration names them. The guard
+    /// that removes them is [`TestAccounts::guard`].
+    pub fn set_up(admin: &Config, secrets_dir: &Path) -> taskbot::accounts::Accounts {
         let (config, dir) = (admin.clone(), secrets_dir.to_path_buf());
-        let accounts = on_own_runtime(move || async move {
-            taskbot::accounts::set_up(&config, &dir, true).await
-        })
-        .unwrap_or_else(|e| panic!("cannot make the test's accounts: {e}"));
+        on_own_runtime(move || async move { taskbot::accounts::set_up(&config, &dir, true).await })
+            .unwrap_or_else(|e| panic!("cannot make the test's accounts: {e}"))
+    }
+
+    /// What removes the accounts of `admin`'s namespace when dropped.
+    pub fn guard(admin: &Config) -> TestAccounts {
         let mut admin = admin.clone();
         // Dropped once the test's database is gone: reach the server through the admin database.
         admin.postgres.url = taskbot::testing::postgres_url();
-        (TestAccounts { admin }, accounts)
+        TestAccounts { admin }
     }
 }
 
 impl Drop for TestAccounts {
     fn drop(&mut self) {
         let admin = self.admin.clone();
-        let removed = on_own_runtime(move || async move {
-            taskbot::accounts::tear_down(&admin, true).await
-        });
+        let removed =
+            on_own_runtime(move || async move { taskbot::accounts::tear_down(&admin, true).await });
         if let Err(e) = removed {
             eprintln!("could not remove the test's accounts: {e}");
         }
@@ -327,8 +329,10 @@ impl Deployment {
     /// follow the new topology; call before starting services).
     pub fn configure(&mut self, change: impl FnOnce(&mut Config)) {
         change(&mut self.admin);
-        let (accounts, made) = TestAccounts::set_up(&self.admin, &self.secrets_dir());
-        self.accounts = Some(accounts);
+        if self.accounts.is_none() {
+            self.accounts = Some(TestAccounts::guard(&self.admin));
+        }
+        let made = TestAccounts::set_up(&self.admin, &self.secrets_dir());
         self.config = self.admin.clone();
         made.apply(&mut self.config);
         std::fs::write(&self.config_file, to_toml(&self.config)).unwrap();

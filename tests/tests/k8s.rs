@@ -302,9 +302,17 @@ fn each_service_mounts_only_its_own_secrets_and_they_hold_its_password_files() {
         }
         for file in files {
             let file = file.unwrap_or_else(|| panic!("{what}: no password_file"));
-            assert_eq!(file.parent(), Some(dir), "{what}: {} not mounted", file.display());
+            assert_eq!(
+                file.parent(),
+                Some(dir),
+                "{what}: {} not mounted",
+                file.display()
+            );
             let key = file.file_name().unwrap().to_str().unwrap();
-            assert!(secret[key].is_string(), "{what}: {secret_name} has no {key}");
+            assert!(
+                secret[key].is_string(),
+                "{what}: {secret_name} has no {key}"
+            );
         }
         // The administrators' URLs are for the setup Job only.
         let env = pod["containers"][0]["env"].as_array().unwrap();

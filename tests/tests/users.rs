@@ -43,7 +43,11 @@ fn refused<T: std::fmt::Debug>(result: &Result<T, impl std::fmt::Display>) -> bo
 /// message was still let in.
 async fn publish_allowed(config: &Config, role: Role, exchange: &str, key_prefix: &str) -> bool {
     let (conn, publisher) = connect_as(config, role).await;
-    let exchange = if exchange == "amq.default" { "" } else { exchange };
+    let exchange = if exchange == "amq.default" {
+        ""
+    } else {
+        exchange
+    };
     let key = format!("{key_prefix}permission-probe");
     let probe = Outgoing::new(exchange, &key, b"{}".to_vec());
     let result = publisher.publish(&probe).await;
@@ -95,7 +99,10 @@ async fn a_service_may_not_touch_another_services_queues() {
     let deleted = channel
         .queue_delete(&results_queue, QueueDeleteOptions::default())
         .await;
-    assert!(refused(&deleted), "a runner deletes the results queue: {deleted:?}");
+    assert!(
+        refused(&deleted),
+        "a runner deletes the results queue: {deleted:?}"
+    );
 
     let channel = conn.create_channel().await.unwrap();
     let consumed = channel
@@ -106,7 +113,10 @@ async fn a_service_may_not_touch_another_services_queues() {
             FieldTable::default(),
         )
         .await;
-    assert!(refused(&consumed), "a runner consumes the results: {consumed:?}");
+    assert!(
+        refused(&consumed),
+        "a runner consumes the results: {consumed:?}"
+    );
 
     let channel = conn.create_channel().await.unwrap();
     let options = QueueDeclareOptions {
@@ -131,7 +141,10 @@ async fn a_service_may_not_touch_another_services_queues() {
     let exchange = channel
         .exchange_delete(&t.results_exchange(), Default::default())
         .await;
-    assert!(refused(&exchange), "a runner deletes the results exchange: {exchange:?}");
+    assert!(
+        refused(&exchange),
+        "a runner deletes the results exchange: {exchange:?}"
+    );
     let _ = conn.close(200, "done").await;
     d.shutdown().await;
 }
@@ -164,14 +177,25 @@ async fn the_command_line_and_the_api_read_queue_figures_but_not_messages() {
         let management = taskbot::management::Management::new(&login(&d.config, role)).unwrap();
         let status = management.status(&d.config.amqp.namespace).await.unwrap();
         let stages: Vec<&str> = status.stages.iter().map(|s| s.stage.as_str()).collect();
-        assert!(stages.contains(&"rules"), "{role} sees the queues: {stages:?}");
+        assert!(
+            stages.contains(&"rules"),
+            "{role} sees the queues: {stages:?}"
+        );
     }
     let (conn, _) = connect_as(&d.config, Role::Cli).await;
     let channel = conn.create_channel().await.unwrap();
-    let dead = taskbot::amqp::dead_letters::peek(&channel, &t.dead_letter_queue(&t.rules_queue()), 1).await;
-    assert!(dead.is_ok(), "the command line reads dead letters: {dead:?}");
+    let dead =
+        taskbot::amqp::dead_letters::peek(&channel, &t.dead_letter_queue(&t.rules_queue()), 1)
+            .await;
+    assert!(
+        dead.is_ok(),
+        "the command line reads dead letters: {dead:?}"
+    );
     let live = taskbot::amqp::dead_letters::peek(&channel, &t.rules_queue(), 1).await;
-    assert!(refused(&live), "the command line takes live messages: {live:?}");
+    assert!(
+        refused(&live),
+        "the command line takes live messages: {live:?}"
+    );
     let _ = conn.close(200, "done").await;
     d.shutdown().await;
 }
@@ -193,15 +217,27 @@ async fn the_api_role_reads_the_store_and_cannot_write_it() {
              'koji_build', 'x86_64', 't', 'r', 'main', 'r', 'e', now())",
         )
         .await;
-    let code = insert.as_ref().err().and_then(|e| e.code()).map(|c| c.code());
-    assert_eq!(code, Some("42501"), "the api's INSERT is refused: {insert:?}");
+    let code = insert
+        .as_ref()
+        .err()
+        .and_then(|e| e.code())
+        .map(|c| c.code());
+    assert_eq!(
+        code,
+        Some("42501"),
+        "the api's INSERT is refused: {insert:?}"
+    );
     let create = api.batch_execute("CREATE TABLE mine (x int)").await;
     assert!(create.is_err(), "the api makes a table: {create:?}");
 
     let reporter = client(Service::Reporter).await;
     let drop = reporter.batch_execute("DROP TABLE results").await;
     let code = drop.as_ref().err().and_then(|e| e.code()).map(|c| c.code());
-    assert_eq!(code, Some("42501"), "the reporter drops the results: {drop:?}");
+    assert_eq!(
+        code,
+        Some("42501"),
+        "the reporter drops the results: {drop:?}"
+    );
     d.shutdown().await;
 }
 
@@ -239,12 +275,23 @@ async fn a_service_with_a_missing_or_wrong_password_file_says_which() {
 
     let wrong = d.dir.path().join("wrong-secret");
     std::fs::write(&wrong, "not-the-password\n").unwrap();
-    let index = d.start_with_env("rules-wrong", "rules", &[], &[(key, wrong.to_str().unwrap())]);
+    let index = d.start_with_env(
+        "rules-wrong",
+        "rules",
+        &[],
+        &[(key, wrong.to_str().unwrap())],
+    );
     let log = wait_for_log(&d, index, "refused the login");
     assert!(log.contains("refused the login"), "{log}");
-    assert!(log.contains(wrong.to_str().unwrap()), "names the file: {log}");
+    assert!(
+        log.contains(wrong.to_str().unwrap()),
+        "names the file: {log}"
+    );
     assert!(!log.contains("not-the-password"), "{log}");
-    assert_eq!(d.broker.consumers(&d.broker.topology.rules_queue()).await, 0);
+    assert_eq!(
+        d.broker.consumers(&d.broker.topology.rules_queue()).await,
+        0
+    );
     d.shutdown().await;
 }
 
@@ -252,14 +299,22 @@ async fn a_service_with_a_missing_or_wrong_password_file_says_which() {
 async fn no_password_reaches_a_log_and_guest_is_warned_about() {
     let mut d = Deployment::new("rules: []\n", &[], free_port()).await;
     d.start_all();
-    d.start("api", "api", &["--listen", &format!("127.0.0.1:{}", free_port())]);
+    d.start(
+        "api",
+        "api",
+        &["--listen", &format!("127.0.0.1:{}", free_port())],
+    );
     d.wait_until_consuming(TIMEOUT).await;
     let passwords: Vec<String> = std::fs::read_dir(d.secrets_dir())
         .unwrap()
         .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
         .map(|text| text.trim().to_string())
         .collect();
-    assert_eq!(passwords.len(), 7 + 2, "a broker user per role, two database roles");
+    assert_eq!(
+        passwords.len(),
+        7 + 2,
+        "a broker user per role, two database roles"
+    );
     let status = std::process::Command::new(taskbot_tests::binary("taskbot"))
         .arg("status")
         .env("TASKBOT_CONFIG", &d.config_file)
@@ -273,9 +328,15 @@ async fn no_password_reaches_a_log_and_guest_is_warned_about() {
     let logs = d.logs() + &shown;
     assert!(logs.contains("consuming"), "{logs}");
     for password in &passwords {
-        assert!(!logs.contains(password.as_str()), "a password in the logs:\n{logs}");
+        assert!(
+            !logs.contains(password.as_str()),
+            "a password in the logs:\n{logs}"
+        );
     }
-    assert!(!logs.contains("guest is for local development only"), "{logs}");
+    assert!(
+        !logs.contains("guest is for local development only"),
+        "{logs}"
+    );
 
     // Without a user of its own a service logs in as the URL's guest, and says what that means.
     std::fs::write(&d.config_file, taskbot_tests::to_toml(&d.admin)).unwrap();
@@ -283,4 +344,63 @@ async fn no_password_reaches_a_log_and_guest_is_warned_about() {
     let log = wait_for_log(&d, index, "guest is for local development only");
     assert!(log.contains("guest is for local development only"), "{log}");
     d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_users_prints_the_accounts_and_delete_removes_them_keeping_the_results() {
+    let db = taskbot_tests::TestDb::create().await;
+    let mut admin = taskbot::testing::test_config();
+    admin.postgres.url = db.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("admin.toml");
+    std::fs::write(&config_file, taskbot_tests::to_toml(&admin)).unwrap();
+    let secrets = dir.path().join("secrets");
+    let setup = |extra: &[&str]| {
+        let output = std::process::Command::new(taskbot_tests::binary("taskbot"))
+            .args(["setup-users", "--secrets-dir", secrets.to_str().unwrap()])
+            .args(extra)
+            .env("TASKBOT_CONFIG", &config_file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "{stderr}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let snippet = setup(&[]);
+    assert_eq!(setup(&[]), snippet, "running it again changes nothing");
+    let snippet_file = dir.path().join("users.toml");
+    std::fs::write(&snippet_file, &snippet).unwrap();
+    let with_users: Config = Config::figment(Some(&snippet_file), &[]).extract().unwrap();
+    assert_eq!(with_users.amqp.users.len(), Role::ALL.len(), "{snippet}");
+    assert_eq!(with_users.postgres.users.len(), 2, "{snippet}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(secrets.join("amqp-runner.password"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let roles = taskbot::store::roles::RoleNames::new(&admin.amqp.namespace);
+    let pg = db.client().await;
+    let role_count = "SELECT count(*) FROM pg_roles WHERE rolname = ANY($1)";
+    let names = vec![
+        roles.owner.clone(),
+        roles.reporter.clone(),
+        roles.api.clone(),
+    ];
+    let n: i64 = pg.query_one(role_count, &[&names]).await.unwrap().get(0);
+    assert_eq!(n, 3);
+    setup(&["--delete"]);
+    let n: i64 = pg.query_one(role_count, &[&names]).await.unwrap().get(0);
+    assert_eq!(n, 0, "the roles are gone");
+    let results = pg.query_one("SELECT count(*) FROM results", &[]).await;
+    assert!(results.is_ok(), "the tables stay: {results:?}");
+    let management = taskbot::management::Management::new(&admin).unwrap();
+    let users = management.user_names().await.unwrap();
+    let prefix = format!("{}-", admin.amqp.namespace);
+    assert!(!users.iter().any(|u| u.starts_with(&prefix)), "{users:?}");
+    taskbot::testing::TestBroker::new(&admin)
+        .await
+        .cleanup()
+        .await;
 }

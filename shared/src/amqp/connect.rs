@@ -79,7 +79,9 @@ pub async fn connect_with_retry(
 /// retried, so a service outlives its user being re-made.
 pub fn login_refused(err: &lapin::Error) -> bool {
     let text = err.to_string().to_ascii_uppercase();
-    text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED") || text.contains("ACCESSREFUSED")
+    text.contains("ACCESS_REFUSED")
+        || text.contains("ACCESS-REFUSED")
+        || text.contains("ACCESSREFUSED")
 }
 
 /// Exponential back-off from 0.5 s up to a maximum, with jitter so a fleet of services that lost

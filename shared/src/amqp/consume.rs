@@ -197,7 +197,9 @@ async fn open_session(
     let publisher = Publisher::new(conn, &spec.name)
         .await?
         .with_user_id(&*login.user);
-    topology.declare_for(login.role, publisher.channel()).await?;
+    topology
+        .declare_for(login.role, publisher.channel())
+        .await?;
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())

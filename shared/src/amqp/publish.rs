@@ -199,7 +199,9 @@ impl ReliablePublisher {
                 .await?
                 .with_user_id(url_user(&self.config.url));
             let login = self.config.login_role();
-            self.topology.declare_for(login, publisher.channel()).await?;
+            self.topology
+                .declare_for(login, publisher.channel())
+                .await?;
             Ok::<_, lapin::Error>(publisher)
         }
         .await;

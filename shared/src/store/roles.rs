@@ -145,9 +145,16 @@ pub async fn drop_all(admin: &Client, names: &RoleNames) -> Result<(), tokio_pos
         return Ok(());
     }
     let list = existing.join(", ");
+    // One role at a time: PostgreSQL fails ("could not find tuple for default ACL") dropping in
+    // one statement the owner's default privileges and the grants they name.
+    let each: Vec<String> = existing
+        .iter()
+        .map(|r| format!("DROP OWNED BY {r};"))
+        .collect();
     admin
         .batch_execute(&format!(
-            "REASSIGN OWNED BY {list} TO CURRENT_USER; DROP OWNED BY {list}; DROP ROLE {list};"
+            "REASSIGN OWNED BY {list} TO CURRENT_USER; {} DROP ROLE {list};",
+            each.join(" ")
         ))
         .await
 }
@@ -159,7 +166,10 @@ pub fn acting_as(config: &PostgresConfig, role: &str) -> PostgresConfig {
     let url = &config.url;
     let url = if url.contains("://") {
         let separator = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{separator}options={}", option.replace(' ', "%20").replace('=', "%3D"))
+        format!(
+            "{url}{separator}options={}",
+            option.replace(' ', "%20").replace('=', "%3D")
+        )
     } else {
         format!("{url} options='{option}'")
     };

@@ -184,9 +184,15 @@ mod tests {
         assert_eq!(rules.topics.len(), 1);
         assert_eq!(rules.topics[0].exchange, "tb-1.results");
         assert!(allows(&rules.topics[0].write, "job.queued"));
-        assert!(!allows(&rules.topics[0].write, "result.PASSED.dist.rpmlint"));
+        assert!(!allows(
+            &rules.topics[0].write,
+            "result.PASSED.dist.rpmlint"
+        ));
         let runner = t.permissions(Service::Runner.into());
-        assert!(allows(&runner.topics[0].write, "result.PASSED.dist.rpmlint"));
+        assert!(allows(
+            &runner.topics[0].write,
+            "result.PASSED.dist.rpmlint"
+        ));
         assert!(allows(&runner.topics[0].write, "job.done"));
         assert!(!allows(&runner.topics[0].write, "jobs.done"));
         assert!(t.permissions(Service::Reporter.into()).topics.is_empty());
