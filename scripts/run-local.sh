@@ -3,6 +3,10 @@
 # RabbitMQ and PostgreSQL, feeds them the real sample bus messages through a local ZeroMQ
 # publisher, prints the results stored, and keeps running until Ctrl-C (or, with
 # TASKBOT_RUN_ONCE=1, stops once the results are in).
+#
+# Every service logs in as its own broker user and the reporter and the api as their own database
+# roles, made by `taskbot setup-users` with passwords in .run/secrets/ (docs/security.md): the
+# local broker's `guest` is only the administrator that makes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -23,10 +27,14 @@ mkdir -p "$state"/{logs,tasks,work,artifacts}
 # (committing again when the folder changed, so edits to tasks/ show up).
 sh tasks/mkrepos.sh "$state/tasks" >/dev/null
 
+# The services' configuration: no administrator's credentials (each service logs in as its own
+# user, from the accounts below).
 cat > "$state/taskbot.toml" <<TOML
 arches = ["x86_64", "aarch64", "noarch"]
 [amqp]
 namespace = "taskbot"
+url = "amqp://127.0.0.1:5672/%2f"
+management_url = "http://127.0.0.1:15672"
 [bridge]
 endpoints = ["$zmq_endpoint"]
 [rules]
@@ -40,10 +48,19 @@ task_timeout_secs = 300
 [reporter]
 jsonl_path = "$state/results.jsonl"
 [postgres]
-url = "postgres://postgres@127.0.0.1:5432/taskbot"
+url = "postgres://127.0.0.1:5432/taskbot"
 TOML
-# The config may hold credentials: readable by the services only (tasks never see it: the
-# runner's sandbox hides its directory).
+# One broker user per service and the database roles, made as the administrator (the local
+# broker's guest, PostgreSQL's postgres); the password files are kept from run to run.
+log "making the services' broker users and database roles (taskbot setup-users)"
+TASKBOT_CONFIG="$state/taskbot.toml" \
+  TASKBOT_AMQP__URL="amqp://guest:guest@127.0.0.1:5672/%2f" \
+  TASKBOT_AMQP__MANAGEMENT_URL="http://guest:guest@127.0.0.1:15672" \
+  TASKBOT_POSTGRES__URL="postgres://postgres@127.0.0.1:5432/taskbot" \
+  "$bin/taskbot" setup-users --secrets-dir "$state/secrets" >"$state/users.toml"
+# TOML tables go after the top-level keys and sections above, so appending is enough.
+cat "$state/users.toml" >>"$state/taskbot.toml"
+# Readable by the services only (tasks never see it: the runner's sandbox hides its directory).
 chmod 600 "$state/taskbot.toml"
 export TASKBOT_CONFIG="$state/taskbot.toml"
 
@@ -116,6 +133,7 @@ Where to look:
                     /openapi.json; or: target/debug/taskbot results, target/debug/taskbot job <id>
   dashboard         http://127.0.0.1:8080/dashboard (queues, runners, jobs; a job's page shows its log)
   queues            target/debug/taskbot status (or watch); dead letters: target/debug/taskbot dlq list
+  broker users      .run/users.toml (one per service, passwords in .run/secrets/, docs/security.md)
   health, metrics   http://127.0.0.1:PORT/healthz, /readyz, /metrics with PORT 9181 (bridge),
                     9182 (rules), 9183 (provisioner), 9184 (reporter), 9190-9192 (runners)
   dead letters      queues ending in .dead (the bridge's hold the malformed bus messages)

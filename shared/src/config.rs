@@ -91,24 +91,45 @@ pub struct AmqpConfig {
     /// RabbitMQ's management HTTP API (its management plugin), with credentials, read by
     /// `taskbot status` for queue depths, consumers and rates. The services never use it.
     pub management_url: String,
+    /// The password of the URL's own user, read from this file at start (it replaces any password
+    /// in `url` and `management_url`). For a process with no user of its own below: in production
+    /// only an administrator running `taskbot setup-users`.
+    pub password_file: Option<PathBuf>,
     /// One broker user per service (`[amqp.users.runner]`, keyed by the service's config
-    /// section), each with only the permissions its service needs (docs/security.md). A service
-    /// with an entry logs in as that user instead of the URL's; every service also reads the
-    /// others' names, to check who published what it consumes (the AMQP `user_id`).
+    /// section, and `cli` for the `taskbot` command line), each with only the permissions its
+    /// service needs (docs/security.md). A service with an entry logs in as that user, with the
+    /// password from its `password_file`, instead of the URL's (on `management_url` too); every
+    /// service also reads the others' names, to check who published what it consumes (the AMQP
+    /// `user_id`).
     pub users: BTreeMap<String, AmqpUser>,
 }
 
-/// A broker user of one service.
+/// An account of one service (or the command line) on the broker or the database.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AmqpUser {
-    /// The user name, e.g. `taskbot-runner`.
+pub struct Account {
+    /// The user (role) name, e.g. `taskbot-runner` or `taskbot_reporter`.
     pub name: String,
-    /// The file holding its password (one line), readable only by the service's own OS user.
+    /// The file holding its password (one line; a trailing newline is ignored), readable only by
+    /// the service's own OS user. Unset: the URL's password, if any.
     pub password_file: Option<PathBuf>,
 }
 
+/// A broker user of one service.
+pub type AmqpUser = Account;
+
 impl AmqpConfig {
+    /// The role whose own user `url` logs in as (`[amqp.users.<key>]` with that name), or `None`
+    /// for any other user: an administrator (`guest` in local development), who may declare the
+    /// whole topology ([`crate::Topology::declare_for`]).
+    pub fn login_role(&self) -> Option<crate::identity::Role> {
+        let user = crate::amqp::url_user(&self.url);
+        self.users
+            .iter()
+            .find(|(_, account)| account.name == user)
+            .and_then(|(key, _)| crate::identity::Role::from_key(key))
+    }
+
     /// The broker user `service` logs in as: its `[amqp.users.<section>]` name, else the URL's
     /// (`guest` when the URL names none). Consumers compare a message's `user_id` with this.
     pub fn user_name(&self, service: Service) -> String {
@@ -127,6 +148,7 @@ impl Default for AmqpConfig {
             prefetch: 10,
             reconnect_max_secs: 30,
             management_url: "http://guest:guest@127.0.0.1:15672".into(),
+            password_file: None,
             users: BTreeMap::new(),
         }
     }
@@ -501,6 +523,10 @@ pub struct ReporterConfig {
     /// An extra header sent with every ResultsDB request, as `Name: value` (e.g.
     /// `Authorization: Bearer s3cret`), for a ResultsDB behind an authenticating proxy.
     pub resultsdb_auth_header: Option<String>,
+    /// A file holding that header (one line, `Name: value`), read at start: the way to give a
+    /// token without writing it into the configuration. Not together with
+    /// `resultsdb_auth_header`.
+    pub resultsdb_auth_header_file: Option<PathBuf>,
     /// Longest pause, in seconds, between two attempts to post one result (the pause doubles from
     /// 0.5 s, with jitter).
     pub resultsdb_retry_max_secs: u64,
@@ -545,6 +571,7 @@ impl Default for ReporterConfig {
             resultsdb_url: None,
             resultsdb_timeout_secs: 30,
             resultsdb_auth_header: None,
+            resultsdb_auth_header_file: None,
             resultsdb_retry_max_secs: 60,
             resultsdb_concurrency: 4,
             job_url_template: None,
@@ -609,6 +636,15 @@ pub struct PostgresConfig {
     pub url: String,
     /// Connections kept by the pool.
     pub pool_size: usize,
+    /// The password of the URL's own user, read from this file at start (it replaces any
+    /// password in `url`): for an administrator running `taskbot setup-users`, or a deployment
+    /// without per-service roles.
+    pub password_file: Option<PathBuf>,
+    /// The database role of the reporter (`[postgres.users.reporter]`, which writes) and of the
+    /// api (`[postgres.users.api]`, which only reads): the service logs in as it, with the
+    /// password from its `password_file`, instead of the URL's user. `taskbot setup-users` makes
+    /// them (docs/security.md).
+    pub users: BTreeMap<String, Account>,
 }
 
 impl Default for PostgresConfig {
@@ -616,6 +652,8 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: "postgres://postgres@127.0.0.1:5432/test".into(),
             pool_size: 4,
+            password_file: None,
+            users: BTreeMap::new(),
         }
     }
 }

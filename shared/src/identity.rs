@@ -87,6 +87,54 @@ impl Service {
     }
 }
 
+/// Who logs in to the broker (and, for two of them, the database): one of the services, or the
+/// `taskbot` command line. Each has its own broker user (`[amqp.users.<key>]`) with only the
+/// permissions its part of the topology needs ([`crate::topology::Permissions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Service(Service),
+    /// The `taskbot` command line of an operator (`submit`, `replay`, `dlq`, `status`).
+    Cli,
+}
+
+impl Role {
+    pub const ALL: [Role; 7] = [
+        Role::Service(Service::Bridge),
+        Role::Service(Service::Rules),
+        Role::Service(Service::Provisioner),
+        Role::Service(Service::Runner),
+        Role::Service(Service::Reporter),
+        Role::Service(Service::Api),
+        Role::Cli,
+    ];
+
+    /// Its key in `[amqp.users.<key>]` and `[postgres.users.<key>]`: the service's config section,
+    /// or `cli`; also the last part of the user names `taskbot setup-users` makes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Service(service) => service.section(),
+            Role::Cli => "cli",
+        }
+    }
+
+    /// The role whose key is `key`.
+    pub fn from_key(key: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.key() == key)
+    }
+}
+
+impl From<Service> for Role {
+    fn from(service: Service) -> Role {
+        Role::Service(service)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -116,5 +164,15 @@ mod tests {
             "a section is not a binary"
         );
         assert_eq!(Service::from_name("taskbot"), None);
+    }
+
+    #[test]
+    fn every_role_has_its_own_key() {
+        for role in Role::ALL {
+            assert_eq!(Role::from_key(role.key()), Some(role));
+        }
+        assert_eq!(Role::from(Service::Bridge).key(), "bridge");
+        assert_eq!(Role::Cli.key(), "cli");
+        assert_eq!(Role::from_key("fedmsg-bridge"), None, "keys are sections");
     }
 }

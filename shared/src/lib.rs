@@ -2,6 +2,8 @@
 //! telemetry, the health and metrics endpoints ([`ops`]) and shutdown. Services depend on this
 //! crate only for these concerns, so there is one place to change each.
 
+#[cfg(all(feature = "management", feature = "postgres"))]
+pub mod accounts;
 pub mod amqp;
 pub mod artifacts;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod management;
 pub mod messages;
 pub mod ops;
 pub mod routes;
+pub mod secrets;
 pub mod service;
 pub mod setup;
 pub mod shutdown;
@@ -25,7 +28,7 @@ pub mod topology;
 
 pub use config::Config;
 pub use errors::error_chain;
-pub use identity::Service;
+pub use identity::{Role, Service};
 pub use messages::{
     Environment, Event, JobRequest, JobState, JobStatus, Machine, Message, Outcome, ProvisionedJob,
     TaskRef, TaskResult,

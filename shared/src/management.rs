@@ -1,7 +1,9 @@
 //! What a deployment's queues hold, from RabbitMQ's management HTTP API (its management
 //! plugin): depths, consumers, rates and dead letters of every queue of a namespace, sorted into
 //! the pipeline's stages. Read by `taskbot status` and the api's dashboard; the services never
-//! use it (they talk AMQP only). Behind the `management` feature, as it needs an HTTP client.
+//! use it (they talk AMQP only). `taskbot setup-users` also makes and removes the per-service
+//! users through it ([`Management::put_user`]). Behind the `management` feature, as it needs an
+//! HTTP client.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -183,6 +185,108 @@ impl Management {
         })
     }
 
+    /// Make (or update) broker user `name` with `password`, its tags and its permissions on the
+    /// vhost: what `taskbot setup-users` does for each service. Needs an administrator's login.
+    pub async fn put_user(
+        &self,
+        name: &str,
+        password: &str,
+        permissions: &crate::topology::Permissions,
+    ) -> Result<(), String> {
+        let user = serde_json::json!({"password": password, "tags": permissions.tags});
+        self.send(
+            reqwest::Method::PUT,
+            &format!("users/{}", segment(name)),
+            Some(user),
+        )
+        .await?;
+        let grant = serde_json::json!({
+            "configure": permissions.configure,
+            "write": permissions.write,
+            "read": permissions.read,
+        });
+        let path = format!("permissions/{}/{}", self.vhost, segment(name));
+        self.send(reqwest::Method::PUT, &path, Some(grant)).await?;
+        let path = format!("topic-permissions/{}/{}", self.vhost, segment(name));
+        // Earlier topic permissions go first, so none is left that the topology no longer gives.
+        match self.send(reqwest::Method::DELETE, &path, None).await {
+            Err(e) if !e.contains("404") => return Err(e),
+            _ => {}
+        }
+        for topic in &permissions.topics {
+            let grant = serde_json::json!({
+                "exchange": topic.exchange,
+                "write": topic.write,
+                "read": topic.read,
+            });
+            self.send(reqwest::Method::PUT, &path, Some(grant)).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove broker user `name`; a user that does not exist is no error.
+    pub async fn delete_user(&self, name: &str) -> Result<(), String> {
+        let path = format!("users/{}", segment(name));
+        match self.send(reqwest::Method::DELETE, &path, None).await {
+            Err(e) if e.contains("404") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The names of the broker's users.
+    pub async fn user_names(&self) -> Result<Vec<String>, String> {
+        let url = format!("{}/api/users?columns=name", self.base);
+        let response = self
+            .client
+            .get(&url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| format!("cannot list the broker's users: {e}"))?;
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| format!("cannot list the broker's users: {e}"))?;
+        Ok(body
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|u| Some(u["name"].as_str()?.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// One request to `/api/<path>`, failing on any status but success (the body says why).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(), String> {
+        let url = format!("{}/api/{path}", self.base);
+        let mut request = self
+            .client
+            .request(method.clone(), &url)
+            .basic_auth(&self.user, Some(&self.password));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{method} {}/api/{path}: {e}", self.base))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        Err(format!(
+            "{method} {}/api/{path}: HTTP status {status} (user {}): {text}",
+            self.base, self.user
+        ))
+    }
+
     /// The stages of `namespace`'s pipeline, from every queue of the vhost.
     pub async fn status(&self, namespace: &str) -> Result<Status, String> {
         Ok(classify(namespace, &self.queues().await?))
@@ -220,6 +324,19 @@ impl Management {
             .map(|list| list.iter().filter_map(QueueStats::from_api).collect())
             .unwrap_or_default())
     }
+}
+
+/// `text` as one path segment of the management API (user names may hold any character).
+fn segment(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -11,8 +11,116 @@
 //! declarations, which the AMQP layer itself uses), so neither depends on the AMQP layer.
 
 use crate::amqp::Outgoing;
+use crate::identity::{Role, Service};
 use crate::messages::{Event, JobRequest, JobStatus, Message, ProvisionedJob, TaskResult};
 use crate::topology::Topology;
+
+/// Every kind of message Taskbot publishes, with its exchange and who publishes it: the table the
+/// broker users' write permissions are derived from ([`crate::topology::Permissions`]), so a
+/// service that starts publishing something new is refused by the broker until it is listed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// [`Event`]s: from the bus (the bridge), announced by tasks (the runner), replayed (`taskbot
+    /// replay`).
+    Event,
+    /// [`JobRequest`]s: from the rules, or `taskbot submit`.
+    JobRequest,
+    /// [`ProvisionedJob`]s, the run messages runners obey: only the provisioner.
+    ProvisionedJob,
+    /// [`JobStatus`]es: `queued` (the rules, `taskbot submit`), `provisioning`/`provisioned` (the
+    /// provisioner), the rest (the runner).
+    JobStatus,
+    /// [`TaskResult`]s: the runner, and the provisioner's CRASHED results for jobs it cannot serve.
+    TaskResult,
+    /// Dead letters, from every consumer and the bridge.
+    DeadLetter,
+    /// Results republished for fedora-messaging (the reporter's sink, when enabled).
+    FedoraMessaging,
+    /// Dead letters moved back to their queue through the default exchange (`taskbot dlq retry`).
+    Requeue,
+}
+
+/// The name RabbitMQ gives the default exchange (`""`) in permissions.
+pub const DEFAULT_EXCHANGE_PERMISSION_NAME: &str = "amq.default";
+
+impl Route {
+    pub const ALL: [Route; 8] = [
+        Route::Event,
+        Route::JobRequest,
+        Route::ProvisionedJob,
+        Route::JobStatus,
+        Route::TaskResult,
+        Route::DeadLetter,
+        Route::FedoraMessaging,
+        Route::Requeue,
+    ];
+
+    /// The exchange these messages go to, as named in permissions (the default exchange is
+    /// `amq.default` there); `None` for fedora-messaging when that sink is off.
+    pub fn exchange(self, topology: &Topology) -> Option<String> {
+        Some(match self {
+            Route::Event => topology.events_exchange(),
+            Route::JobRequest => topology.jobs_exchange(),
+            Route::ProvisionedJob => topology.run_exchange(),
+            Route::JobStatus | Route::TaskResult => topology.results_exchange(),
+            Route::DeadLetter => topology.dead_letter_exchange(),
+            Route::FedoraMessaging => topology.fedora_messaging_exchange.clone()?,
+            Route::Requeue => DEFAULT_EXCHANGE_PERMISSION_NAME.to_string(),
+        })
+    }
+
+    /// Who publishes these messages.
+    pub fn publishers(self) -> &'static [Role] {
+        use Service::*;
+        match self {
+            Route::Event => &[Role::Service(Bridge), Role::Service(Runner), Role::Cli],
+            Route::JobRequest => &[Role::Service(Rules), Role::Cli],
+            Route::ProvisionedJob => &[Role::Service(Provisioner)],
+            Route::JobStatus => &[
+                Role::Service(Rules),
+                Role::Service(Provisioner),
+                Role::Service(Runner),
+                Role::Cli,
+            ],
+            Route::TaskResult => &[Role::Service(Provisioner), Role::Service(Runner)],
+            Route::DeadLetter => &[
+                Role::Service(Bridge),
+                Role::Service(Rules),
+                Role::Service(Provisioner),
+                Role::Service(Runner),
+                Role::Service(Reporter),
+            ],
+            Route::FedoraMessaging => &[Role::Service(Reporter)],
+            Route::Requeue => &[Role::Cli],
+        }
+    }
+
+    /// The start every routing key of these messages has, where two routes share an exchange:
+    /// statuses and results both go to the results exchange, and the broker tells them apart by
+    /// this (topic permissions, [`crate::topology::Permissions::topics`]).
+    pub fn key_prefix(self) -> Option<&'static str> {
+        match self {
+            Route::JobStatus => Some("job."),
+            Route::TaskResult => Some("result."),
+            _ => None,
+        }
+    }
+
+    /// The routes `role` publishes.
+    pub fn published_by(role: Role) -> Vec<Route> {
+        Route::ALL
+            .into_iter()
+            .filter(|r| r.publishers().contains(&role))
+            .collect()
+    }
+}
+
+/// The exchange of a route every topology has.
+fn exchange_of(route: Route, topology: &Topology) -> String {
+    route
+        .exchange(topology)
+        .expect("only fedora-messaging may be absent")
+}
 
 /// A message type and the one way it is published.
 pub trait Publishable: Message {
@@ -23,8 +131,12 @@ pub trait Publishable: Message {
 /// On the events exchange under its topic (what the rules match on).
 impl Publishable for Event {
     fn outgoing(&self, topology: &Topology) -> Outgoing {
-        Outgoing::new(topology.events_exchange(), &self.topic, self.to_json())
-            .with_message_id(&self.id)
+        Outgoing::new(
+            exchange_of(Route::Event, topology),
+            &self.topic,
+            self.to_json(),
+        )
+        .with_message_id(&self.id)
     }
 }
 
@@ -32,18 +144,26 @@ impl Publishable for Event {
 /// priority queue).
 impl Publishable for JobRequest {
     fn outgoing(&self, topology: &Topology) -> Outgoing {
-        Outgoing::new(topology.jobs_exchange(), &self.arch, self.to_json())
-            .with_message_id(self.job_id.to_string())
-            .with_priority(self.priority)
+        Outgoing::new(
+            exchange_of(Route::JobRequest, topology),
+            &self.arch,
+            self.to_json(),
+        )
+        .with_message_id(self.job_id.to_string())
+        .with_priority(self.priority)
     }
 }
 
 /// On the run exchange under its arch (so on that arch's run queue), with the job's priority.
 impl Publishable for ProvisionedJob {
     fn outgoing(&self, topology: &Topology) -> Outgoing {
-        Outgoing::new(topology.run_exchange(), &self.job.arch, self.to_json())
-            .with_message_id(self.job.job_id.to_string())
-            .with_priority(self.job.priority)
+        Outgoing::new(
+            exchange_of(Route::ProvisionedJob, topology),
+            &self.job.arch,
+            self.to_json(),
+        )
+        .with_message_id(self.job.job_id.to_string())
+        .with_priority(self.job.priority)
     }
 }
 
@@ -51,7 +171,7 @@ impl Publishable for ProvisionedJob {
 impl Publishable for JobStatus {
     fn outgoing(&self, topology: &Topology) -> Outgoing {
         Outgoing::new(
-            topology.results_exchange(),
+            exchange_of(Route::JobStatus, topology),
             self.routing_key(),
             self.to_json(),
         )
@@ -63,7 +183,7 @@ impl Publishable for JobStatus {
 impl Publishable for TaskResult {
     fn outgoing(&self, topology: &Topology) -> Outgoing {
         Outgoing::new(
-            topology.results_exchange(),
+            exchange_of(Route::TaskResult, topology),
             self.routing_key(),
             self.to_json(),
         )
@@ -112,6 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn only_the_provisioner_publishes_run_messages_and_the_runner_no_jobs() {
+        let runner = Route::published_by(Role::Service(Service::Runner));
+        assert!(!runner.contains(&Route::ProvisionedJob), "{runner:?}");
+        assert!(!runner.contains(&Route::JobRequest), "{runner:?}");
+        assert!(runner.contains(&Route::TaskResult) && runner.contains(&Route::JobStatus));
+        assert_eq!(
+            Route::ProvisionedJob.publishers(),
+            [Role::Service(Service::Provisioner)]
+        );
+        assert!(Route::published_by(Role::Service(Service::Api)).is_empty());
+        let t = Topology::new("tb", &[]);
+        assert_eq!(Route::FedoraMessaging.exchange(&t), None);
+        assert_eq!(Route::Requeue.exchange(&t).as_deref(), Some("amq.default"));
+    }
+
+    #[test]
     fn every_message_type_has_its_exchange_key_and_id() {
         let t = Topology::new("tb", &[]);
         let job = job();
@@ -132,6 +268,9 @@ mod tests {
 
         let status = JobStatus::new(&job, JobState::Provisioned, "provisioner@host", None);
         let out = status.outgoing(&t);
+        assert!(out
+            .routing_key
+            .starts_with(Route::JobStatus.key_prefix().unwrap()));
         let status_id = status.status_id.to_string();
         assert_eq!(
             route(&out),
@@ -141,6 +280,9 @@ mod tests {
 
         let result = TaskResult::crashed(&job, "runner@host", "boom");
         let out = result.outgoing(&t);
+        assert!(out
+            .routing_key
+            .starts_with(Route::TaskResult.key_prefix().unwrap()));
         let result_id = result.result_id.to_string();
         assert_eq!(
             route(&out),

@@ -1,6 +1,7 @@
 //! What every service's `main` does once its flags are parsed, so each `main.rs` stays a few lines
 //! and all services behave alike: a bad configuration exits with status 2 and the list of bad
-//! keys; logging is set up from the config; `/healthz`, `/readyz` and `/metrics` are served on the
+//! keys; the service's secrets are read from their files ([`crate::secrets`]; a missing one exits
+//! with status 2 too); logging is set up from the config; `/healthz`, `/readyz` and `/metrics` are served on the
 //! service's `ops_listen` address ([`crate::ops`]); the service runs until SIGTERM or Ctrl-C; a
 //! failure (an ops address already in use included) is logged and exits with status 1.
 
@@ -46,6 +47,15 @@ where
         }
     };
     telemetry::init(&config.log);
+    let config = match crate::secrets::resolve(config, Some(service.into())) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    warn_about_guest(&config);
     // Kept until `run` returns; dropping it stops the endpoints.
     let _ops_server = match config.ops_listen(service) {
         Some(address) => match ops::serve(address, ops::global().clone()).await {
@@ -76,6 +86,19 @@ where
             eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `guest` is RabbitMQ's administrator (which it accepts from localhost only): a task on the
+/// broker's host that finds it may do anything. Said at every start, as the sandbox's `none` is.
+fn warn_about_guest(config: &Config) {
+    let user = crate::amqp::url_user(&config.amqp.url);
+    if user == "guest" {
+        tracing::warn!(
+            user,
+            "the broker user guest is for local development only: give every service its own \
+             user (taskbot setup-users, docs/security.md)"
+        );
     }
 }
 

@@ -12,7 +12,8 @@ use crate::config::AmqpConfig;
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
 
-/// Declare `topology` on a connection named `name`, waiting for the broker (with back-off) until
+/// Declare what this login declares of `topology` ([`Topology::declare_for`]: a service's own
+/// queues with its own user, everything as an administrator) on a connection named `name`, waiting for the broker (with back-off) until
 /// it takes the declarations, then run `check` on a channel of its own: a check of what the
 /// service needs beyond the topology, such as a passive declare of an exchange it publishes to
 /// (which closes its channel when the exchange is missing, hence a channel of its own).
@@ -37,7 +38,7 @@ where
         };
         let declared = async {
             let channel = conn.create_channel().await?;
-            topology.declare(&channel).await?;
+            topology.declare_for(config.login_role(), &channel).await?;
             let _ = channel.close(200, "declared").await;
             conn.create_channel().await
         }

@@ -1,8 +1,13 @@
 //! Names of every exchange and queue, and their declaration.
 //!
-//! Every service declares the whole topology at start (declarations are idempotent), so services
-//! can start in any order and a message published before its consumer first ran is kept, not
-//! dropped as unroutable. `docs/architecture.md` draws the same picture.
+//! The whole topology is declared by `taskbot setup-users` (with an administrator's login), which
+//! also makes every service's broker user; a service logged in as its own user then declares only
+//! the queues it owns ([`Topology::owned_queues`]) at every (re)connection, since its user may
+//! configure nothing else ([`Permissions`]). A process logged in as an administrator (`guest` in
+//! local development) declares the whole topology, as every service did before per-service users.
+//! Declarations are idempotent, so services start in any order and a message published before its
+//! consumer first ran is kept, not dropped as unroutable. `docs/architecture.md` draws the same
+//! picture, `docs/security.md` says why.
 //!
 //! The reporter's sink queues are declared for the sinks the configuration enables
 //! ([`Topology::for_config`]); every service reads the same configuration, so every service
@@ -16,8 +21,12 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
+mod permissions;
+
 pub use crate::config::Sink;
 use crate::config::{Config, ReporterConfig};
+use crate::identity::{Role, Service};
+pub use permissions::{Permissions, TopicPermission};
 
 /// Highest job priority; run and provisioner queues are priority queues up to this.
 pub const MAX_PRIORITY: u8 = 9;
@@ -34,6 +43,9 @@ pub struct Topology {
     /// Whether the provisioner runs VMs, and so listens for jobs' final statuses to destroy
     /// their VMs (its `provisioner.finished` queue).
     pub vm_leases: bool,
+    /// The exchange the reporter's fedora-messaging sink publishes to, when that sink is enabled
+    /// (it is not Taskbot's to declare, but the reporter's user must be allowed to write to it).
+    pub fedora_messaging_exchange: Option<String>,
 }
 
 impl Topology {
@@ -45,6 +57,7 @@ impl Topology {
             arches: arches.to_vec(),
             sinks: Vec::new(),
             vm_leases: false,
+            fedora_messaging_exchange: None,
         }
     }
 
@@ -60,6 +73,10 @@ impl Topology {
         let mut topology = Topology::new(&config.amqp.namespace, &config.arches)
             .with_sinks(&sinks_in_use(&config.reporter));
         topology.vm_leases = config.provisioner.vm.is_some();
+        if topology.sinks.contains(&Sink::FedoraMessaging) {
+            topology.fedora_messaging_exchange =
+                Some(config.reporter.fedora_messaging_exchange.clone());
+        }
         topology
     }
 
@@ -227,7 +244,67 @@ impl Topology {
         sources
     }
 
-    /// Declare everything. Safe to call from every service at every (re)connection.
+    /// The queues `role` owns: it declares them at every (re)connection (with their dead-letter
+    /// queues and bindings) and consumes them. A runner owns the run queue of every arch of its
+    /// topology (one broker user serves the runners of all arches).
+    pub fn owned_queues(&self, role: Role) -> Vec<QueueSpec> {
+        let Role::Service(service) = role else {
+            return Vec::new();
+        };
+        match service {
+            Service::Rules => self.work_queues_named(&[self.rules_queue()]),
+            Service::Provisioner => self
+                .work_queues_named(&[self.provisioner_queue(), self.provisioner_finished_queue()]),
+            Service::Runner => self.arches.iter().map(|a| self.run_queue_spec(a)).collect(),
+            Service::Reporter => self.sink_queues(&self.sinks),
+            Service::Bridge | Service::Api => Vec::new(),
+        }
+    }
+
+    /// The work queues of this topology among `names`.
+    fn work_queues_named(&self, names: &[String]) -> Vec<QueueSpec> {
+        self.work_queues()
+            .into_iter()
+            .filter(|q| names.contains(&q.name))
+            .collect()
+    }
+
+    /// The sources whose dead-letter queue `role` declares: those of its own queues, and for the
+    /// bridge its pseudo-queue.
+    pub fn owned_dead_letter_sources(&self, role: Role) -> Vec<String> {
+        let mut sources: Vec<String> = self
+            .owned_queues(role)
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+        if role == Role::Service(Service::Bridge) {
+            sources.push(self.bridge_source());
+        }
+        sources
+    }
+
+    /// Declare what `login` may declare: with a service's own user ([`AmqpConfig::login_role`]
+    /// says which), its own queues ([`Self::owned_queues`]); with an administrator's login
+    /// (`None`), everything ([`Self::declare`]).
+    ///
+    /// [`AmqpConfig::login_role`]: crate::config::AmqpConfig::login_role
+    pub async fn declare_for(&self, login: Option<Role>, channel: &Channel) -> lapin::Result<()> {
+        let Some(role) = login else {
+            return self.declare(channel).await;
+        };
+        for queue in self.owned_queues(role) {
+            self.declare_work_queue(channel, &queue).await?;
+        }
+        if role == Role::Service(Service::Bridge) {
+            self.declare_dead_letter_queue(channel, &self.bridge_source())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Declare everything: exchanges, work, sink and dead-letter queues, bindings. What
+    /// `taskbot setup-users` does, and every process logged in as an administrator at every
+    /// (re)connection.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -245,17 +322,7 @@ impl Topology {
                 .await?;
         }
         for source in self.dead_letter_sources() {
-            let dlq = self.dead_letter_queue(&source);
-            declare_queue(channel, &dlq, FieldTable::default()).await?;
-            channel
-                .queue_bind(
-                    &dlq,
-                    &self.dead_letter_exchange(),
-                    &source,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            self.declare_dead_letter_queue(channel, &source).await?;
         }
         for queue in self.work_queues() {
             self.declare_work_queue(channel, &queue).await?;
@@ -273,17 +340,7 @@ impl Topology {
         channel: &Channel,
         queue: &QueueSpec,
     ) -> lapin::Result<()> {
-        let dlq = self.dead_letter_queue(&queue.name);
-        declare_queue(channel, &dlq, FieldTable::default()).await?;
-        channel
-            .queue_bind(
-                &dlq,
-                &self.dead_letter_exchange(),
-                &queue.name,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        self.declare_dead_letter_queue(channel, &queue.name).await?;
         let mut args = FieldTable::default();
         // Messages the broker itself dead-letters (rejected without requeue, expired) land in the
         // queue's own dead-letter queue instead of vanishing.
@@ -314,6 +371,27 @@ impl Topology {
                 .await?;
         }
         Ok(())
+    }
+}
+
+impl Topology {
+    /// Declare the dead-letter queue of `source` and bind it to the dead-letter exchange.
+    async fn declare_dead_letter_queue(
+        &self,
+        channel: &Channel,
+        source: &str,
+    ) -> lapin::Result<()> {
+        let dlq = self.dead_letter_queue(source);
+        declare_queue(channel, &dlq, FieldTable::default()).await?;
+        channel
+            .queue_bind(
+                &dlq,
+                &self.dead_letter_exchange(),
+                source,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
     }
 }
 
@@ -409,6 +487,7 @@ mod tests {
             "added once, after the others"
         );
         assert_eq!(runner.sinks, t.sinks);
+        assert_eq!(t.fedora_messaging_exchange, None, "that sink is off");
         config.provisioner.vm = Some(Default::default());
         let with_vms = Topology::for_config(&config);
         assert!(with_vms.vm_leases);
@@ -417,6 +496,45 @@ mod tests {
             names.contains(&"tb.provisioner.finished".to_string()),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn each_service_owns_only_the_queues_it_consumes() {
+        let mut t =
+            Topology::new("tb", &["x86_64".into(), "noarch".into()]).with_sinks(&[Sink::Postgres]);
+        t.vm_leases = true;
+        let owned = |s: Service| -> Vec<String> {
+            t.owned_queues(s.into())
+                .into_iter()
+                .map(|q| q.name)
+                .collect()
+        };
+        assert_eq!(owned(Service::Rules), ["tb.rules"]);
+        assert_eq!(
+            owned(Service::Provisioner),
+            ["tb.provisioner", "tb.provisioner.finished"]
+        );
+        assert_eq!(owned(Service::Runner), ["tb.run.x86_64", "tb.run.noarch"]);
+        assert_eq!(
+            owned(Service::Reporter),
+            ["tb.sink.postgres.results", "tb.sink.postgres.status"]
+        );
+        assert!(owned(Service::Bridge).is_empty() && owned(Service::Api).is_empty());
+        assert!(t.owned_queues(Role::Cli).is_empty());
+        assert_eq!(
+            t.owned_dead_letter_sources(Service::Bridge.into()),
+            ["tb.fedmsg-bridge"]
+        );
+        // Together they are every queue of the topology: nothing is left for nobody to declare.
+        let mut all: Vec<String> = Role::ALL
+            .into_iter()
+            .flat_map(|r| t.owned_dead_letter_sources(r))
+            .collect();
+        let mut expected = t.dead_letter_sources();
+        expected.extend(t.sink_queues(&t.sinks).into_iter().map(|q| q.name));
+        all.sort();
+        expected.sort();
+        assert_eq!(all, expected);
     }
 
     #[test]

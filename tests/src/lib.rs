@@ -141,6 +141,11 @@ impl Service {
         false
     }
 
+    /// Its exit status, once it has exited.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -187,7 +192,66 @@ impl Drop for Service {
     }
 }
 
-/// A whole local deployment for one test: config file, task repositories, database, namespace.
+/// The broker users and database roles of one test's namespace, made by the same code as
+/// `taskbot setup-users` ([`taskbot::accounts`]) and removed when this is dropped (after the
+/// test's database: a role owning objects in it cannot be dropped before).
+pub struct TestAccounts {
+    admin: Config,
+}
+
+impl TestAccounts {
+    /// Make (or update, when `admin` changed) the accounts of `admin`'s namespace, with their
+    /// password files in `secrets_dir`; returns them as the configuration names them. The guard
+    /// that removes them is [`TestAccounts::guard`].
+    pub fn set_up(admin: &Config, secrets_dir: &Path) -> taskbot::accounts::Accounts {
+        let (config, dir) = (admin.clone(), secrets_dir.to_path_buf());
+        on_own_runtime(move || async move { taskbot::accounts::set_up(&config, &dir, true).await })
+            .unwrap_or_else(|e| panic!("cannot make the test's accounts: {e}"))
+    }
+
+    /// What removes the accounts of `admin`'s namespace when dropped.
+    pub fn guard(admin: &Config) -> TestAccounts {
+        let mut admin = admin.clone();
+        // Dropped once the test's database is gone: reach the server through the admin database.
+        admin.postgres.url = taskbot::testing::postgres_url();
+        TestAccounts { admin }
+    }
+}
+
+impl Drop for TestAccounts {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let removed =
+            on_own_runtime(move || async move { taskbot::accounts::tear_down(&admin, true).await });
+        if let Err(e) = removed {
+            eprintln!("could not remove the test's accounts: {e}");
+        }
+    }
+}
+
+/// Run `make()`'s future to its end on a runtime of its own, in a thread of its own: callable
+/// from sync code, from inside a test's runtime, and from `Drop` while panicking.
+fn on_own_runtime<F, Fut, T>(make: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(make())
+    })
+    .join()
+    .expect("the accounts thread")
+}
+
+/// A whole local deployment for one test: config file, task repositories, database, namespace,
+/// and one broker user per service (and database roles for the reporter and the api), as
+/// `taskbot setup-users` makes them: the services log in as those, never as `guest`, which only
+/// the test itself (`broker`) and the setup use.
 pub struct Deployment {
     pub config: Config,
     pub dir: tempfile::TempDir,
@@ -195,6 +259,11 @@ pub struct Deployment {
     pub database: Option<TestDb>,
     pub broker: TestBroker,
     pub services: Vec<Service>,
+    /// The administrator's configuration (`guest`, the database's superuser): `config` without
+    /// the per-service accounts.
+    pub admin: Config,
+    /// Declared after `database`, so dropped after it.
+    accounts: Option<TestAccounts>,
 }
 
 impl Deployment {
@@ -230,17 +299,25 @@ impl Deployment {
         config.log.level = "info".into();
 
         let config_file = dir.path().join("taskbot.toml");
-        std::fs::write(&config_file, to_toml(&config)).unwrap();
         let broker = TestBroker::new(&config).await;
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        Deployment {
+        let mut deployment = Deployment {
+            admin: config.clone(),
             config,
             dir,
             config_file,
             database: Some(database),
             broker,
             services: Vec::new(),
-        }
+            accounts: None,
+        };
+        deployment.configure(|_| {});
+        deployment
+    }
+
+    /// Where the accounts' password files are.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.dir.path().join("secrets")
     }
 
     /// Use these arches (the config file is rewritten; call before starting services).
@@ -248,9 +325,16 @@ impl Deployment {
         self.configure(|config| config.arches = arches.iter().map(|a| a.to_string()).collect());
     }
 
-    /// Change the configuration (the config file is rewritten; call before starting services).
+    /// Change the configuration (the config file is rewritten, and the accounts' permissions
+    /// follow the new topology; call before starting services).
     pub fn configure(&mut self, change: impl FnOnce(&mut Config)) {
-        change(&mut self.config);
+        change(&mut self.admin);
+        if self.accounts.is_none() {
+            self.accounts = Some(TestAccounts::guard(&self.admin));
+        }
+        let made = TestAccounts::set_up(&self.admin, &self.secrets_dir());
+        self.config = self.admin.clone();
+        made.apply(&mut self.config);
         std::fs::write(&self.config_file, to_toml(&self.config)).unwrap();
     }
 
@@ -374,14 +458,15 @@ impl Deployment {
         for s in &mut self.services {
             s.terminate(Duration::from_secs(10));
         }
-        // Dropping the database handle drops the database.
+        // Dropping the database handle drops the database; then its roles can go.
         self.database.take();
+        self.accounts.take();
         self.broker.cleanup().await;
     }
 }
 
 /// The config as the TOML file the binaries read.
-fn to_toml(config: &Config) -> String {
+pub fn to_toml(config: &Config) -> String {
     let value = serde_json::to_value(config).unwrap();
     let mut out = String::new();
     let obj = value.as_object().unwrap();

@@ -38,7 +38,8 @@ fn compose_file_is_valid_and_has_every_service() {
             "rules",
             "runner-aarch64",
             "runner-noarch",
-            "runner-x86_64"
+            "runner-x86_64",
+            "setup-users"
         ]
     );
 }

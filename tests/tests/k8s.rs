@@ -266,3 +266,63 @@ fn one_pinned_runner_and_one_queue_scaler_per_arch() {
         assert!(auths.contains(auth), "no TriggerAuthentication {auth}");
     }
 }
+
+#[test]
+fn each_service_mounts_only_its_own_secrets_and_they_hold_its_password_files() {
+    let docs = documents();
+    let config = deployed_config(&docs);
+    let secrets: BTreeMap<&str, &Value> = of_kind(&docs, "Secret")
+        .into_iter()
+        .map(|s| (name(s), &s["stringData"]))
+        .collect();
+    for deployment in of_kind(&docs, "Deployment") {
+        let pod = &deployment["spec"]["template"]["spec"];
+        let binary = pod["containers"][0]["command"][0].as_str().unwrap();
+        let role = taskbot::Role::from(Service::from_name(binary).unwrap());
+        let what = format!("Deployment {}", name(deployment));
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "secrets")
+            .unwrap_or_else(|| panic!("{what}: no secrets volume"));
+        let secret_name = volume["secret"]["secretName"].as_str().unwrap();
+        assert_eq!(secret_name, format!("taskbot-{}", role.key()), "{what}");
+        let secret = secrets[secret_name];
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "secrets")
+            .unwrap_or_else(|| panic!("{what}: secrets not mounted"));
+        let dir = Path::new(mount["mountPath"].as_str().unwrap());
+        let mut files = vec![config.amqp.users[role.key()].password_file.clone()];
+        if let Some(account) = config.postgres.users.get(role.key()) {
+            files.push(account.password_file.clone());
+        }
+        for file in files {
+            let file = file.unwrap_or_else(|| panic!("{what}: no password_file"));
+            assert_eq!(
+                file.parent(),
+                Some(dir),
+                "{what}: {} not mounted",
+                file.display()
+            );
+            let key = file.file_name().unwrap().to_str().unwrap();
+            assert!(
+                secret[key].is_string(),
+                "{what}: {secret_name} has no {key}"
+            );
+        }
+        // The administrators' URLs are for the setup Job only.
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        assert!(
+            env.iter().all(|e| e.get("valueFrom").is_none()),
+            "{what}: a secret in the environment (a task could read it)"
+        );
+    }
+    let jobs = of_kind(&docs, "Job");
+    assert_eq!(jobs.len(), 1, "the setup-users Job");
+    let command = &jobs[0]["spec"]["template"]["spec"]["containers"][0]["command"];
+    assert_eq!(command[1], "setup-users");
+}

@@ -39,6 +39,24 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Inspect dead letters, put them back where they came from, or delete them.
     Dlq(DlqArgs),
+    /// Make (or update) one broker user per service with only the permissions it needs, declare
+    /// the whole topology, make the database roles (the reporter writes, the api reads) and
+    /// migrate the schema; passwords are generated into files (mode 0600) and the configuration
+    /// naming them is printed. Run with an administrator's login (docs/security.md).
+    SetupUsers(SetupUsersArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SetupUsersArgs {
+    /// Where the password files are (made with mode 0700; files already there are kept).
+    #[arg(long, value_name = "DIR", default_value = "/etc/taskbot/secrets")]
+    pub secrets_dir: PathBuf,
+    /// Leave PostgreSQL alone (only the broker users).
+    #[arg(long)]
+    pub no_database: bool,
+    /// Remove the namespace's users (and database roles) instead.
+    #[arg(long)]
+    pub delete: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -58,6 +58,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Submit(args) => ops_cmd::submit(&args),
         Command::Replay(args) => ops_cmd::replay(&args),
         Command::Dlq(args) => ops_cmd::dlq(&args),
+        Command::SetupUsers(args) => ops_cmd::setup_users(&args),
     };
     match result {
         Ok(output) => {

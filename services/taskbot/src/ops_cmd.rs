@@ -128,8 +128,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::input(format!("taskbot: cannot start: {e}")))
 }
 
+/// The configuration with the command line's own secrets read from their files (its broker user
+/// `[amqp.users.cli]`, else the URL's user with `amqp.password_file`).
 fn load_config() -> Result<Config, Failure> {
-    Config::load(&[]).map_err(|e| Failure::config(format!("taskbot: {e}")))
+    let config = Config::load(&[]).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
+    taskbot::secrets::resolve(config, Some(taskbot::Role::Cli))
+        .map_err(|e| Failure::config(format!("taskbot: {e}")))
 }
 
 /// Jobs by their latest state, from the api (`/api/v1/job-states`).
@@ -291,9 +295,11 @@ async fn publisher(config: &Config) -> Result<(lapin::Connection, Publisher, Top
         .await
         .map_err(|e| Failure::input(format!("taskbot: cannot open a channel: {e}")))?
         .with_user_id(amqp::url_user(&config.amqp.url));
+    // With its own user the command line may declare nothing (`taskbot setup-users` did);
+    // logged in as an administrator it declares everything, as before per-service users.
     let topology = Topology::for_config(config);
     topology
-        .declare(publisher.channel())
+        .declare_for(config.amqp.login_role(), publisher.channel())
         .await
         .map_err(|e| Failure::input(format!("taskbot: cannot declare the topology: {e}")))?;
     Ok((conn, publisher, topology))
@@ -301,13 +307,40 @@ async fn publisher(config: &Config) -> Result<(lapin::Connection, Publisher, Top
 
 /// A URL without its password, for messages.
 fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+    taskbot::secrets::redact_url(url)
+}
+
+/// `taskbot setup-users`: every broker user of the namespace with its permissions, the whole
+/// topology, and (unless `--no-database`) the database roles with the schema migrated; prints the
+/// configuration that makes the services use them. Run as an administrator: the config's own
+/// URLs (and `amqp.password_file`, `postgres.password_file`) log in.
+pub fn setup_users(args: &crate::cli::SetupUsersArgs) -> Result<String, Failure> {
+    let config = Config::load(&[]).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
+    let admin = taskbot::secrets::resolve(config, None)
+        .map_err(|e| Failure::config(format!("taskbot: {e}")))?;
+    let database = !args.no_database;
+    runtime()?.block_on(async {
+        if args.delete {
+            taskbot::accounts::tear_down(&admin, database)
+                .await
+                .map_err(|e| Failure::input(format!("taskbot: {e}")))?;
+            return Ok(format!(
+                "removed the users of namespace {:?}\n",
+                admin.amqp.namespace
+            ));
         }
-        _ => url.to_string(),
-    }
+        let dir = std::path::absolute(&args.secrets_dir)
+            .map_err(|e| Failure::input(format!("taskbot: {}: {e}", args.secrets_dir.display())))?;
+        let accounts = taskbot::accounts::set_up(&admin, &dir, database)
+            .await
+            .map_err(|e| Failure::input(format!("taskbot: {e}")))?;
+        Ok(format!(
+            "# Made by `taskbot setup-users` for namespace {:?}; add to the configuration.\n\
+             # Each password file must be readable by its service's OS user only.\n\n{}",
+            admin.amqp.namespace,
+            accounts.snippet()
+        ))
+    })
 }
 
 /// The job request `taskbot submit` publishes: like one from the rules, with the rule

@@ -43,6 +43,25 @@ pub async fn connect_with_retry(
         }
         match connect(&config.url, name).await {
             Ok(conn) => return Some(conn),
+            Err(err) if login_refused(&err) => {
+                let wait = backoff.next_delay();
+                let user = url_user(&config.url);
+                let password_file = config
+                    .users
+                    .values()
+                    .find(|account| account.name == user)
+                    .and_then(|account| account.password_file.as_ref())
+                    .or(config.password_file.as_ref())
+                    .map(|file| file.display().to_string())
+                    .unwrap_or_else(|| "(the URL's password)".into());
+                tracing::error!(user, password_file, error = %err, retry_in_ms = wait.as_millis() as u64,
+                    "the broker refused the login: a wrong password in the password file, or a user \
+                     taskbot setup-users has not made");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => return None,
+                }
+            }
             Err(err) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "cannot reach the broker");
@@ -53,6 +72,16 @@ pub async fn connect_with_retry(
             }
         }
     }
+}
+
+/// Whether the broker turned the login down (a wrong user or password), as opposed to being out
+/// of reach: worth an error of its own, since waiting does not fix it until someone does. Still
+/// retried, so a service outlives its user being re-made.
+pub fn login_refused(err: &lapin::Error) -> bool {
+    let text = err.to_string().to_ascii_uppercase();
+    text.contains("ACCESS_REFUSED")
+        || text.contains("ACCESS-REFUSED")
+        || text.contains("ACCESSREFUSED")
 }
 
 /// Exponential back-off from 0.5 s up to a maximum, with jitter so a fleet of services that lost

@@ -15,6 +15,7 @@ use super::connect::{connect_with_retry, url_user, Backoff};
 use super::message::{incoming_from, Disposition, Incoming, Outgoing};
 use super::publish::{PublishError, Publisher};
 use crate::config::AmqpConfig;
+use crate::identity::Role;
 use crate::ops::{self, Ending};
 use crate::shutdown::Shutdown;
 use crate::topology::Topology;
@@ -108,8 +109,11 @@ pub async fn consume(
         let Some(conn) = connect_with_retry(config, &worker.spec.name, &mut shutdown).await else {
             break;
         };
-        let user = url_user(&config.url);
-        let session = match open_session(&conn, topology, &worker.spec, prefetch, &user).await {
+        let login = Login {
+            user: url_user(&config.url),
+            role: config.login_role(),
+        };
+        let session = match open_session(&conn, topology, &worker.spec, prefetch, &login).await {
             Ok(session) => session,
             Err(err) => {
                 tracing::warn!(queue = %queue, error = %err, "cannot start consuming");
@@ -174,17 +178,28 @@ struct Session {
     consumer: lapin::Consumer,
 }
 
-/// Declare the topology and start consuming `spec.queue` on `conn`, with `prefetch` unacked
-/// deliveries at most (without it the client buffers the whole queue).
+/// Who the connection logged in as: the broker user its messages are stamped with, and the role
+/// whose own user that is (which says what it declares, [`Topology::declare_for`]).
+struct Login {
+    user: String,
+    role: Option<Role>,
+}
+
+/// Declare what this login declares and start consuming `spec.queue` on `conn`, with `prefetch`
+/// unacked deliveries at most (without it the client buffers the whole queue).
 async fn open_session(
     conn: &lapin::Connection,
     topology: &Topology,
     spec: &ConsumerSpec,
     prefetch: u16,
-    user: &str,
+    login: &Login,
 ) -> lapin::Result<Session> {
-    let publisher = Publisher::new(conn, &spec.name).await?.with_user_id(user);
-    topology.declare(publisher.channel()).await?;
+    let publisher = Publisher::new(conn, &spec.name)
+        .await?
+        .with_user_id(&*login.user);
+    topology
+        .declare_for(login.role, publisher.channel())
+        .await?;
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())

@@ -20,7 +20,7 @@ pub mod dead_letters;
 mod message;
 mod publish;
 
-pub use connect::{connect, connect_with_retry, url_user, Backoff};
+pub use connect::{connect, connect_with_retry, login_refused, url_user, Backoff};
 pub use consume::{consume, ConsumerSpec, DeliveryContext, Handler};
 pub(crate) use message::incoming_from;
 pub use message::{

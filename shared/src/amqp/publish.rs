@@ -198,7 +198,10 @@ impl ReliablePublisher {
             let publisher = Publisher::new(&conn, &self.name)
                 .await?
                 .with_user_id(url_user(&self.config.url));
-            self.topology.declare(publisher.channel()).await?;
+            let login = self.config.login_role();
+            self.topology
+                .declare_for(login, publisher.channel())
+                .await?;
             Ok::<_, lapin::Error>(publisher)
         }
         .await;

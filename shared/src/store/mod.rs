@@ -5,6 +5,7 @@
 
 pub mod jobs;
 pub mod pool;
+pub mod roles;
 pub mod schema;
 pub mod write;
 
@@ -29,6 +30,9 @@ pub enum StoreError {
     /// A stored row this version cannot read back (edited by hand, or by a newer version).
     #[error("unreadable row: {0}")]
     Corrupt(String),
+    /// This role may not do it (a migration run as the reporter's role): waiting does not help.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
 }
 
 impl StoreError {
@@ -40,7 +44,7 @@ impl StoreError {
         match self {
             StoreError::Query(err) => sql_state(err).is_some_and(|code| code.starts_with("22")),
             StoreError::Corrupt(_) => true,
-            StoreError::Pool(_) => false,
+            StoreError::Pool(_) | StoreError::NotPermitted(_) => false,
         }
     }
 
@@ -56,7 +60,7 @@ impl StoreError {
                     .iter()
                     .any(|class| code.starts_with(class)),
             },
-            StoreError::Corrupt(_) => false,
+            StoreError::Corrupt(_) | StoreError::NotPermitted(_) => false,
         }
     }
 }

@@ -176,7 +176,20 @@ pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
-    tx.batch_execute(MIGRATIONS_TABLE_DDL).await?;
+    // Only when missing: a role that may not create tables (the reporter's own, when
+    // `taskbot setup-users` made the schema's owner) must still find an up-to-date schema fine.
+    let exists: bool = tx
+        .query_one(
+            "SELECT to_regclass('taskbot_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        tx.batch_execute(MIGRATIONS_TABLE_DDL)
+            .await
+            .map_err(not_permitted)?;
+    }
     let applied: Vec<i32> = tx
         .query("SELECT version FROM taskbot_schema_migrations", &[])
         .await?
@@ -198,7 +211,7 @@ pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {
         if applied.contains(&version) {
             continue;
         }
-        tx.batch_execute(script).await?;
+        tx.batch_execute(script).await.map_err(not_permitted)?;
         tx.execute(
             "INSERT INTO taskbot_schema_migrations (version, applied_at) VALUES ($1, now())",
             &[&version],
@@ -209,6 +222,18 @@ pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {
     }
     tx.commit().await?;
     Ok(count)
+}
+
+/// A migration refused for want of privilege (SQLSTATE 42501) says who may run it.
+fn not_permitted(err: tokio_postgres::Error) -> StoreError {
+    if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        return StoreError::NotPermitted(format!(
+            "{}: the schema needs migrating and this role may not; run `taskbot setup-users` \
+             (as the database's administrator), which migrates as the schema's owner",
+            crate::error_chain(&err)
+        ));
+    }
+    StoreError::Query(err)
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ impl TestDb {
             &taskbot::config::PostgresConfig {
                 url: self.url.clone(),
                 pool_size: 2,
+                ..Default::default()
             },
             &taskbot::store::PoolOptions {
                 application_name: "taskbot-api-test",

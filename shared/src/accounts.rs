@@ -1,0 +1,273 @@
+//! Making a deployment's accounts (`taskbot setup-users`, and the test harness): one broker user
+//! per role with the permissions the topology gives it ([`Topology::permissions`]), the whole
+//! topology declared once, and (optionally) the database roles ([`crate::store::roles`]) with the
+//! schema migrated as its owner. Passwords are generated into files of mode 0600 in a directory
+//! of mode 0700, and a file that is already there is kept, so running it again changes nothing a
+//! running service depends on.
+//!
+//! Run with an administrator's login: the config's own URLs, resolved with
+//! [`crate::secrets::resolve`] and no role (`amqp.password_file`, `postgres.password_file`).
+//! Behind the `management` and `postgres` features.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Account, Config};
+use crate::identity::{Role, Service};
+use crate::management::Management;
+use crate::store::roles::{self, RoleNames};
+use crate::topology::Topology;
+
+/// The accounts made for one deployment, as its configuration names them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Accounts {
+    /// `[amqp.users.<key>]`.
+    pub amqp: BTreeMap<String, Account>,
+    /// `[postgres.users.<key>]` (empty when the database was left alone).
+    pub postgres: BTreeMap<String, Account>,
+}
+
+impl Accounts {
+    /// Put these accounts into `config` (as the snippet would).
+    pub fn apply(&self, config: &mut Config) {
+        config.amqp.users.extend(self.amqp.clone());
+        config.postgres.users.extend(self.postgres.clone());
+    }
+
+    /// The configuration that makes every service use its account, as TOML.
+    pub fn snippet(&self) -> String {
+        let mut out = String::new();
+        for (section, accounts) in [("amqp", &self.amqp), ("postgres", &self.postgres)] {
+            for (key, account) in accounts {
+                let _ = writeln!(out, "[{section}.users.{key}]");
+                let _ = writeln!(out, "name = {}", toml_string(&account.name));
+                if let Some(file) = &account.password_file {
+                    let file = toml_string(&file.display().to_string());
+                    let _ = writeln!(out, "password_file = {file}");
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn toml_string(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
+}
+
+/// The broker user of `role` in `namespace`: `<namespace>-<key>`, e.g. `taskbot-runner`.
+pub fn amqp_user_name(namespace: &str, role: Role) -> String {
+    format!("{namespace}-{}", role.key())
+}
+
+/// Make or update every account of `admin`'s namespace (see the module's documentation), with the
+/// password files in `secrets_dir`; the database's too when `database`.
+pub async fn set_up(
+    admin: &Config,
+    secrets_dir: &Path,
+    database: bool,
+) -> Result<Accounts, String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(secrets_dir)
+        .map_err(|e| format!("cannot create {}: {e}", secrets_dir.display()))?;
+    let topology = Topology::for_config(admin);
+    let management = Management::new(admin)?;
+    let mut accounts = Accounts::default();
+    for role in Role::ALL {
+        let file = secrets_dir.join(format!("amqp-{}.password", role.key()));
+        let password = password_in(&file)?;
+        let name = amqp_user_name(&admin.amqp.namespace, role);
+        management
+            .put_user(&name, &password, &topology.permissions(role))
+            .await?;
+        let account = Account {
+            name,
+            password_file: Some(file),
+        };
+        accounts.amqp.insert(role.key().to_string(), account);
+    }
+    declare_topology(admin, &topology).await?;
+    if database {
+        accounts.postgres = set_up_database(admin, secrets_dir).await?;
+    }
+    Ok(accounts)
+}
+
+/// Remove every account of `admin`'s namespace (the database roles too when `database`; the
+/// tables stay, owned by the administrator). The topology stays.
+pub async fn tear_down(admin: &Config, database: bool) -> Result<(), String> {
+    let management = Management::new(admin)?;
+    for role in Role::ALL {
+        let name = amqp_user_name(&admin.amqp.namespace, role);
+        management.delete_user(&name).await?;
+    }
+    if database {
+        let client = admin_client(admin).await?;
+        roles::drop_all(&client, &RoleNames::new(&admin.amqp.namespace))
+            .await
+            .map_err(|e| format!("cannot drop the database roles: {}", crate::error_chain(&e)))?;
+    }
+    Ok(())
+}
+
+/// Declare the whole topology once, as an administrator, so every queue exists before any service
+/// publishes (each service then declares only its own queues).
+async fn declare_topology(admin: &Config, topology: &Topology) -> Result<(), String> {
+    let url = &admin.amqp.url;
+    let conn = crate::amqp::connect(url, "taskbot-setup-users")
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach the broker at {}: {e}",
+                crate::secrets::redact_url(url)
+            )
+        })?;
+    let declared = async {
+        let channel = conn.create_channel().await?;
+        topology.declare(&channel).await?;
+        channel.close(200, "declared").await
+    }
+    .await;
+    let _ = conn.close(200, "done").await;
+    declared.map_err(|e| format!("cannot declare the topology: {e}"))
+}
+
+/// The reporter's and the api's roles, the owner role, and the schema migrated as the owner.
+async fn set_up_database(
+    admin: &Config,
+    secrets_dir: &Path,
+) -> Result<BTreeMap<String, Account>, String> {
+    let names = RoleNames::new(&admin.amqp.namespace);
+    let file = |role: Service| secrets_dir.join(format!("postgres-{}.password", role.section()));
+    let (reporter_file, api_file) = (file(Service::Reporter), file(Service::Api));
+    let (reporter_password, api_password) = (password_in(&reporter_file)?, password_in(&api_file)?);
+    let client = admin_client(admin).await?;
+    let database = crate::store::database_name(&admin.postgres.url);
+    let sql_error = |what: &str, e: tokio_postgres::Error| {
+        format!("{what} in database {database}: {}", crate::error_chain(&e))
+    };
+    roles::create(
+        &client,
+        &database,
+        &names,
+        &reporter_password,
+        &api_password,
+    )
+    .await
+    .map_err(|e| sql_error("cannot make the roles", e))?;
+    let owner = roles::acting_as(&admin.postgres, &names.owner);
+    let pool = crate::store::connect_pool(
+        &owner,
+        &crate::store::PoolOptions {
+            application_name: "taskbot-setup-users",
+            read_only: false,
+            connect_timeout: Duration::from_secs(10),
+            wait_timeout: Duration::from_secs(30),
+            create_timeout: Duration::from_secs(10),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let migrated = crate::store::migrate(&pool).await;
+    pool.close();
+    migrated.map_err(|e| format!("cannot migrate database {database}: {e}"))?;
+    roles::grant(&client, &names)
+        .await
+        .map_err(|e| sql_error("cannot grant the roles", e))?;
+    let account = |name: &str, file: PathBuf| Account {
+        name: name.to_string(),
+        password_file: Some(file),
+    };
+    Ok(BTreeMap::from([
+        (
+            "reporter".to_string(),
+            account(&names.reporter, reporter_file),
+        ),
+        ("api".to_string(), account(&names.api, api_file)),
+    ]))
+}
+
+async fn admin_client(admin: &Config) -> Result<tokio_postgres::Client, String> {
+    let url = &admin.postgres.url;
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                crate::secrets::redact_url(url),
+                crate::error_chain(&e)
+            )
+        })?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The password kept in `file`, or a new one written there (mode 0600).
+fn password_in(file: &Path) -> Result<String, String> {
+    if file.exists() {
+        return crate::secrets::read_secret("password file", file).map_err(|e| e.to_string());
+    }
+    let password = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+    writeln!(out, "{password}").map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_password_file_is_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("amqp-runner.password");
+        let first = password_in(&file).unwrap();
+        assert_eq!(first.len(), 64);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(password_in(&file).unwrap(), first, "kept on the second run");
+    }
+
+    #[test]
+    fn the_snippet_is_the_configuration_of_the_accounts() {
+        let mut accounts = Accounts::default();
+        accounts.amqp.insert(
+            "runner".into(),
+            Account {
+                name: "tb-runner".into(),
+                password_file: Some("/etc/taskbot/secrets/amqp-runner.password".into()),
+            },
+        );
+        let snippet = accounts.snippet();
+        assert_eq!(
+            snippet,
+            "[amqp.users.runner]\nname = \"tb-runner\"\n\
+             password_file = \"/etc/taskbot/secrets/amqp-runner.password\"\n\n"
+        );
+        let parsed: Config =
+            figment::Figment::from(figment::providers::Serialized::defaults(Config::default()))
+                .merge(<figment::providers::Toml as figment::providers::Format>::string(&snippet))
+                .extract()
+                .unwrap();
+        assert_eq!(parsed.amqp.users, accounts.amqp);
+        assert_eq!(amqp_user_name("tb", Role::Cli), "tb-cli");
+    }
+}
