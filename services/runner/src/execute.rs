@@ -1,5 +1,5 @@
 //! Running one step of a task: `sh -c "<command>"` in the clone, in a process group of its own,
-//! with its output in the step's log and a time limit; on this host always inside the job's
+//! with its output drained from a pipe into the job's log and a time limit; on this host always inside the job's
 //! sandbox ([`crate::sandbox`]) unless the operator turned it off.
 //!
 //! The process group matters: a task's shell starts children (test suites, `sleep`, daemons), and
@@ -8,7 +8,7 @@
 //! background processes), the whole group gets SIGKILL.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,8 +16,13 @@ use std::time::Duration;
 
 use taskbot::Shutdown;
 
+use crate::log::OutputSink;
 use crate::sandbox::{Sandbox, Step};
-use tokio::io::AsyncWriteExt as _;
+
+/// How long the step's output is still read once the step ended: its pipe ends when the last
+/// process holding it is gone, which in the sandbox is at once; one that escaped the process
+/// group (only possible unsandboxed) must not hold the job up.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything needed to start one step of a task.
 #[derive(Debug, Clone)]
@@ -28,8 +33,8 @@ pub struct TaskCommand {
     pub cwd: PathBuf,
     /// Variables added to the runner's environment (see [`task_env`]).
     pub env: Vec<(String, String)>,
-    /// Where stdout and stderr go, together (the step's own log).
-    pub log_path: PathBuf,
+    /// Where stdout and stderr go, together: the job's log, through one pipe the runner drains.
+    pub output: OutputSink,
     pub timeout: Duration,
     /// Where the step runs: in the sandbox on this host (local jobs), or as it is (a VM job's
     /// `ssh` command, which needs the runner's key; the VM is that job's sandbox).
@@ -122,20 +127,9 @@ fn env_key(key: &str) -> String {
 
 /// Run the task to its end, its time limit, or shutdown.
 pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
-    let log = match open_log(task).await {
-        Ok(log) => log,
-        Err(e) => {
-            return RunEnd::FailedToStart(format!(
-                "cannot create the log {}: {e}",
-                task.log_path.display()
-            ))
-        }
-    };
-    let (stdout, stderr) = match (log.try_clone(), log.try_clone()) {
-        (Ok(out), Ok(err)) => (out, err),
-        (Err(e), _) | (_, Err(e)) => {
-            return RunEnd::FailedToStart(format!("cannot share the log with the task: {e}"))
-        }
+    let (pipe, stdout, stderr) = match output_pipe() {
+        Ok(ends) => ends,
+        Err(e) => return RunEnd::FailedToStart(format!("cannot make the step's output pipe: {e}")),
     };
     let mut command = match &task.confinement {
         Some(confinement) => match confined_command(task, confinement).await {
@@ -150,10 +144,15 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
         .stderr(Stdio::from(stderr))
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    // The command holds the runner's copies of the pipe's write end: without them the pipe
+    // ends once the step's processes are gone.
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => return RunEnd::FailedToStart(format!("cannot start sh: {e}")),
     };
+    let mut drain = tokio::spawn(task.output.clone().drain(pipe));
     // With process_group(0) the group id is the child's pid.
     let pgid = child.id();
     let end = tokio::select! {
@@ -174,7 +173,20 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
         // Reap the shell so it does not linger as a zombie.
         let _ = child.wait().await;
     }
+    if tokio::time::timeout(DRAIN_GRACE, &mut drain).await.is_err() {
+        drain.abort();
+        let _ = drain.await;
+    }
     end
+}
+
+/// A pipe for the step's stdout and stderr: the runner's reading end, and two writing ends.
+fn output_pipe() -> std::io::Result<(tokio::net::unix::pipe::Receiver, OwnedFd, OwnedFd)> {
+    let (reader, writer) = std::io::pipe()?;
+    let writer = OwnedFd::from(writer);
+    let second = writer.try_clone()?;
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
+    Ok((reader, writer, second))
 }
 
 /// `sh -c` in the sandbox, once the step's writable directories belong to the sandbox user.
@@ -209,16 +221,6 @@ fn unconfined_command(task: &TaskCommand) -> tokio::process::Command {
     }
     command.envs(task.env.iter().map(|(k, v)| (k, v)));
     command
-}
-
-/// The step's log, opened with `tokio::fs` (not on the runtime's threads) and handed over as a
-/// plain file: the task's stdout and stderr are written straight into it.
-async fn open_log(task: &TaskCommand) -> std::io::Result<File> {
-    let mut log = tokio::fs::File::create(&task.log_path).await?;
-    log.write_all(format!("$ sh -c {:?}\n", task.script).as_bytes())
-        .await?;
-    log.flush().await?;
-    Ok(log.into_std().await)
 }
 
 fn exit_of(status: std::process::ExitStatus) -> TaskExit {
@@ -257,36 +259,48 @@ fn kill_group(pgid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::JobLog;
     use taskbot::messages::{JobRequest, TaskRef};
 
     fn never() -> Shutdown {
         Shutdown::new(std::future::pending())
     }
 
-    fn command(dir: &Path, script: &str, timeout: Duration) -> TaskCommand {
+    fn command(dir: &Path, script: &str, timeout: Duration, log: &JobLog) -> TaskCommand {
         TaskCommand {
             script: script.into(),
             cwd: dir.to_path_buf(),
             env: vec![("TASKBOT_ITEM".into(), "xchat-1-1".into())],
-            log_path: dir.join("task.log"),
+            output: log.output(),
             timeout,
             confinement: None,
         }
     }
 
+    async fn log_in(dir: &Path) -> JobLog {
+        JobLog::create(&dir.join("task.log"), 1 << 20).await.unwrap()
+    }
+
+    /// Run `task` to its end, then what its log holds.
+    async fn run_and_read(task: TaskCommand, log: JobLog, dir: &Path) -> (RunEnd, String) {
+        let end = run(&task, &mut never()).await;
+        drop(task);
+        log.close().await;
+        (end, std::fs::read_to_string(dir.join("task.log")).unwrap())
+    }
+
     #[tokio::test]
     async fn output_and_exit_code_are_captured() {
         let dir = tempfile::tempdir().unwrap();
+        let log = log_in(dir.path()).await;
         let task = command(
             dir.path(),
             "echo out $TASKBOT_ITEM; echo err >&2; exit 3",
             Duration::from_secs(10),
+            &log,
         );
-        assert_eq!(
-            run(&task, &mut never()).await,
-            RunEnd::Exited(TaskExit::Code(3))
-        );
-        let log = std::fs::read_to_string(dir.path().join("task.log")).unwrap();
+        let (end, log) = run_and_read(task, log, dir.path()).await;
+        assert_eq!(end, RunEnd::Exited(TaskExit::Code(3)));
         assert!(log.contains("out xchat-1-1\n"), "{log}");
         assert!(log.contains("err\n"), "{log}");
     }
@@ -296,23 +310,23 @@ mod tests {
         // Set for this test process only; no other test reads it.
         std::env::set_var("TASKBOT_AMQP__URL", "amqp://secret@broker");
         let dir = tempfile::tempdir().unwrap();
+        let log = log_in(dir.path()).await;
         let task = command(
             dir.path(),
             "echo \"url=${TASKBOT_AMQP__URL:-unset}\"",
             Duration::from_secs(10),
+            &log,
         );
-        assert_eq!(
-            run(&task, &mut never()).await,
-            RunEnd::Exited(TaskExit::Code(0))
-        );
-        let log = std::fs::read_to_string(dir.path().join("task.log")).unwrap();
+        let (end, log) = run_and_read(task, log, dir.path()).await;
+        assert_eq!(end, RunEnd::Exited(TaskExit::Code(0)));
         assert!(log.contains("url=unset"), "{log}");
     }
 
     #[tokio::test]
     async fn signal_death_is_reported_as_such() {
         let dir = tempfile::tempdir().unwrap();
-        let task = command(dir.path(), "kill -TERM $$", Duration::from_secs(10));
+        let log = log_in(dir.path()).await;
+        let task = command(dir.path(), "kill -TERM $$", Duration::from_secs(10), &log);
         assert_eq!(
             run(&task, &mut never()).await,
             RunEnd::Exited(TaskExit::Signal(libc::SIGTERM))
@@ -323,10 +337,12 @@ mod tests {
     async fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("bg.pid");
+        let log = log_in(dir.path()).await;
         let task = command(
             dir.path(),
             &format!("sleep 30 & echo $! > {}; wait", pid_file.display()),
             Duration::from_millis(500),
+            &log,
         );
         let started = std::time::Instant::now();
         assert_eq!(
@@ -350,7 +366,8 @@ mod tests {
     #[tokio::test]
     async fn shutdown_interrupts_the_task() {
         let dir = tempfile::tempdir().unwrap();
-        let task = command(dir.path(), "sleep 30", Duration::from_secs(60));
+        let log = log_in(dir.path()).await;
+        let task = command(dir.path(), "sleep 30", Duration::from_secs(60), &log);
         let mut shutdown = Shutdown::new(tokio::time::sleep(Duration::from_millis(300)));
         let started = std::time::Instant::now();
         assert_eq!(run(&task, &mut shutdown).await, RunEnd::Interrupted);
@@ -360,7 +377,8 @@ mod tests {
     #[tokio::test]
     async fn missing_directory_fails_to_start() {
         let dir = tempfile::tempdir().unwrap();
-        let mut task = command(dir.path(), "true", Duration::from_secs(10));
+        let log = log_in(dir.path()).await;
+        let mut task = command(dir.path(), "true", Duration::from_secs(10), &log);
         task.cwd = dir.path().join("nope");
         assert!(matches!(
             run(&task, &mut never()).await,

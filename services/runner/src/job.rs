@@ -9,6 +9,7 @@ use taskbot::amqp::{DeliveryContext, Disposition};
 use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, ProvisionedJob};
 
+use crate::artifacts::Allowance;
 use crate::finish;
 use crate::prepare::Prepared;
 use crate::report::{self, ResultFactory, Verdict};
@@ -136,7 +137,16 @@ impl RunnerHandler {
             .run_steps(job, &prepared, &mut steps, factory, ctx)
             .await
         {
-            Ok(ended) => finish::conclude(job, prepared, &steps, ended, clone_dir, factory).await,
+            Ok(ended) => {
+                let allowance = Allowance::new(
+                    self.settings.max_artifact_bytes,
+                    self.settings.max_artifact_files,
+                );
+                let pushed = steps.pushed;
+                drop(steps);
+                finish::conclude(job, prepared, pushed, ended, clone_dir, allowance, factory)
+                    .await
+            }
             Err(hand_back) => {
                 prepared.log.close().await;
                 Err(hand_back)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use taskbot::artifacts::{STEPS_DIR, TASK_LOG};
+use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{JobRequest, Machine, ProvisionedJob};
 use uuid::Uuid;
 
@@ -89,7 +89,9 @@ impl RunnerHandler {
             return Err(crashed(reason));
         }
         let artifacts = self.artifacts_dir(job.job_id);
-        let log = open_artifacts(&artifacts).await.map_err(crashed)?;
+        let log = open_artifacts(&artifacts, self.settings.max_log_bytes)
+            .await
+            .map_err(crashed)?;
         let budget = task_budget(
             task.effective_timeout_secs(self.settings.task_timeout_secs),
             self.settings.consumer_timeout_secs,
@@ -169,9 +171,9 @@ impl RunnerHandler {
     }
 }
 
-/// Create the job's artifacts directory (with the folder of the step logs) and open its log.
-async fn open_artifacts(artifacts: &Path) -> Result<JobLog, String> {
-    tokio::fs::create_dir_all(artifacts.join(STEPS_DIR))
+/// Create the job's artifacts directory and open its log, keeping at most `max_log_bytes`.
+async fn open_artifacts(artifacts: &Path, max_log_bytes: u64) -> Result<JobLog, String> {
+    tokio::fs::create_dir_all(artifacts)
         .await
         .map_err(|e| {
             format!(
@@ -180,7 +182,7 @@ async fn open_artifacts(artifacts: &Path) -> Result<JobLog, String> {
             )
         })?;
     let path = artifacts.join(TASK_LOG);
-    JobLog::create(&path)
+    JobLog::create(&path, max_log_bytes)
         .await
         .map_err(|e| format!("cannot create the log {}: {e}", path.display()))
 }
