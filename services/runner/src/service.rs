@@ -81,6 +81,13 @@ async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
     if let Some(name) = settings.task_env.keys().find(|k| !valid_env_name(k)) {
         anyhow::bail!("runner.task_env: {name:?} is not a variable a task may be given (letters, digits and _, not starting with a digit or TASKBOT_)");
     }
+    if settings.max_log_bytes < crate::log::MIN_LOG_BYTES {
+        anyhow::bail!(
+            "runner.max_log_bytes: {} is below the smallest log kept, {} bytes",
+            settings.max_log_bytes,
+            crate::log::MIN_LOG_BYTES
+        );
+    }
     if settings.allowed_repos.is_empty() {
         tracing::warn!(
             "runner.allowed_repos is empty: every job will crash until it lists task repositories"
