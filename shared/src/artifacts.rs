@@ -88,7 +88,10 @@ pub fn check_regular(meta: &Metadata) -> Result<(), String> {
         return Err("not a regular file".into());
     }
     if meta.nlink() != 1 {
-        return Err(format!("{} hard links; only files with one are kept", meta.nlink()));
+        return Err(format!(
+            "{} hard links; only files with one are kept",
+            meta.nlink()
+        ));
     }
     Ok(())
 }

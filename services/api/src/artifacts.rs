@@ -92,7 +92,11 @@ pub fn list(dir: &File) -> Vec<(String, bool, u64)> {
             let served = meta.is_dir() || check_regular(&meta).is_ok();
             served.then(|| {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                (name, meta.is_dir(), if meta.is_dir() { 0 } else { meta.len() })
+                (
+                    name,
+                    meta.is_dir(),
+                    if meta.is_dir() { 0 } else { meta.len() },
+                )
             })
         })
         .collect();
@@ -179,7 +183,10 @@ fn file_response(file: File, meta: &Metadata, request: &str) -> Response {
     });
     (
         [
-            (header::CONTENT_TYPE, content_type(FsPath::new(request)).to_string()),
+            (
+                header::CONTENT_TYPE,
+                content_type(FsPath::new(request)).to_string(),
+            ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
             (header::CONTENT_LENGTH, meta.len().to_string()),
         ],
@@ -249,7 +256,14 @@ mod tests {
         let fifo = std::ffi::CString::new(job.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: mkfifo reads a valid C string.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-        for path in ["escape", "up/secret", "latest.log", "inside/task.log", "hard", "fifo"] {
+        for path in [
+            "escape",
+            "up/secret",
+            "latest.log",
+            "inside/task.log",
+            "hard",
+            "fifo",
+        ] {
             assert!(matches!(resolve(&job, path), Resolve::Refused(_)), "{path}");
         }
         match resolve(&job, "logs/task.log") {

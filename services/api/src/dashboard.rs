@@ -45,7 +45,10 @@ pub struct LogTail {
 pub async fn read_tail(path: &std::path::Path, max: u64) -> Option<LogTail> {
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
     // As the artifacts are served: no symbolic link followed, a regular file of one link.
-    let (dir, name) = (path.parent()?.to_path_buf(), std::path::PathBuf::from(path.file_name()?));
+    let (dir, name) = (
+        path.parent()?.to_path_buf(),
+        std::path::PathBuf::from(path.file_name()?),
+    );
     let opened = tokio::task::spawn_blocking(move || {
         let file = taskbot::artifacts::open_beneath(&dir, &name).ok()?;
         taskbot::artifacts::check_regular(&file.metadata().ok()?).ok()?;

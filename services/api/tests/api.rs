@@ -520,8 +520,11 @@ async fn artifacts_are_served_and_traversal_is_refused() {
     }
     // The ones that reach the resolver are refused as such, not merely not found.
     for refused in ["escape", "etc/passwd", "hard.txt", "latest.log"] {
-        let (status, _) =
-            raw_get(f.api.addr, &format!("/api/v1/jobs/{id}/artifacts/{refused}")).await;
+        let (status, _) = raw_get(
+            f.api.addr,
+            &format!("/api/v1/jobs/{id}/artifacts/{refused}"),
+        )
+        .await;
         assert_eq!(status, 403, "{refused}");
     }
     let (status, _) = raw_get(

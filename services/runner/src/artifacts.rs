@@ -146,7 +146,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, std::fs::Metadata)>) {
 /// Copy every regular file of a single link under `root` that matches one of `globs` to the
 /// same relative path under `dest`, within `allowance`. Never over a file already there (the
 /// runner's own log).
-pub fn copy_matching(root: &Path, dest: &Path, globs: &[String], allowance: &mut Allowance) -> Tidied {
+pub fn copy_matching(
+    root: &Path,
+    dest: &Path,
+    globs: &[String],
+    allowance: &mut Allowance,
+) -> Tidied {
     let mut files = Vec::new();
     if globs.is_empty() {
         return Tidied::default();
@@ -171,7 +176,10 @@ pub fn copy_matching(root: &Path, dest: &Path, globs: &[String], allowance: &mut
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|_| std::fs::copy(root.join(&relative), &target));
-        tidied.note(relative, copied.map(drop).map_err(|e| Refusal::Kind(e.to_string())));
+        tidied.note(
+            relative,
+            copied.map(drop).map_err(|e| Refusal::Kind(e.to_string())),
+        );
     }
     tidied
 }
@@ -225,7 +233,10 @@ mod tests {
         let refused: Vec<&str> = tidied.refused.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(refused, ["out/h.log", "out/p.log", "task.log"]);
         assert!(tidied.refused[0].1.contains("2 hard links"), "{tidied:?}");
-        assert!(tidied.refused[1].1.contains("not a regular file"), "{tidied:?}");
+        assert!(
+            tidied.refused[1].1.contains("not a regular file"),
+            "{tidied:?}"
+        );
         assert_eq!(tidied.refused[2].1, "already in the artifacts");
         assert_eq!((allowance.files, allowance.bytes), (2, 2));
         assert_eq!(
@@ -264,13 +275,22 @@ mod tests {
         assert_eq!(tidied.kept, ["a.txt", "c.txt", "sub/d.txt"]);
         let over: Vec<&str> = tidied.over_cap.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(over, ["b.bin", "sub/e.txt"]);
-        assert!(tidied.over_cap[0].1.contains("runner.max_artifact_bytes"), "{tidied:?}");
-        assert!(tidied.over_cap[1].1.contains("runner.max_artifact_files"), "{tidied:?}");
+        assert!(
+            tidied.over_cap[0].1.contains("runner.max_artifact_bytes"),
+            "{tidied:?}"
+        );
+        assert!(
+            tidied.over_cap[1].1.contains("runner.max_artifact_files"),
+            "{tidied:?}"
+        );
         let refused: Vec<&str> = tidied.refused.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(refused, ["fifo", "hard", "sub/pw", "up"]);
         assert_eq!((allowance.files, allowance.bytes), (3, 9));
         for gone in ["b.bin", "sub/e.txt", "fifo", "hard", "sub/pw", "up"] {
-            assert!(d.join(gone).symlink_metadata().is_err(), "{gone} is still there");
+            assert!(
+                d.join(gone).symlink_metadata().is_err(),
+                "{gone} is still there"
+            );
         }
         // The host file itself is untouched, only its second name is gone.
         assert_eq!(

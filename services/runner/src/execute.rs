@@ -47,7 +47,7 @@ pub struct Confinement {
     pub sandbox: std::sync::Arc<Sandbox>,
     /// The clone and the job's artifacts directory; made the sandbox user's before the step.
     pub writable: Vec<PathBuf>,
-    /// The runner's own files inside those (the job log, the step logs): read-only to the step.
+    /// The runner's own files inside those (the job's log): read-only to the step.
     pub protected: Vec<PathBuf>,
 }
 
@@ -278,7 +278,9 @@ mod tests {
     }
 
     async fn log_in(dir: &Path) -> JobLog {
-        JobLog::create(&dir.join("task.log"), 1 << 20).await.unwrap()
+        JobLog::create(&dir.join("task.log"), 1 << 20)
+            .await
+            .unwrap()
     }
 
     /// Run `task` to its end, then what its log holds.

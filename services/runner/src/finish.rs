@@ -50,7 +50,8 @@ pub(crate) async fn conclude(
             return Ok(verdict.with_notices(&log_notice(&end)));
         }
     }
-    let (kept, artifact_notices) = tidy(&artifacts, clone_dir, &task.artifacts, allowance, &log).await;
+    let (kept, artifact_notices) =
+        tidy(&artifacts, clone_dir, &task.artifacts, allowance, &log).await;
     let end = log.finish(report::LOG_TAIL_LINES).await;
     tracing::info!(job_id = %job.job_id, ended = ?ended, artifacts = kept, log_dropped = end.dropped, "task ended");
     let results_path = task.results_path();
@@ -75,7 +76,11 @@ async fn tidy(
     mut allowance: Allowance,
     log: &JobLog,
 ) -> (usize, Vec<String>) {
-    let (dir, clone, globs) = (artifacts.to_path_buf(), clone_dir.to_path_buf(), globs.to_vec());
+    let (dir, clone, globs) = (
+        artifacts.to_path_buf(),
+        clone_dir.to_path_buf(),
+        globs.to_vec(),
+    );
     let done = tokio::task::spawn_blocking(move || {
         let swept = artifacts::sweep(&dir, &[TASK_LOG], &mut allowance);
         let copied = artifacts::copy_matching(&clone, &dir, &globs, &mut allowance);
@@ -128,7 +133,10 @@ fn log_refused(log: &JobLog, what: &str, tidied: &Tidied) {
 fn names(files: &[(String, String)]) -> String {
     const SHOWN: usize = 5;
     let mut text: Vec<&str> = files.iter().take(SHOWN).map(|(p, _)| p.as_str()).collect();
-    let more = format!("and {} more (see {TASK_LOG})", files.len().saturating_sub(SHOWN));
+    let more = format!(
+        "and {} more (see {TASK_LOG})",
+        files.len().saturating_sub(SHOWN)
+    );
     if files.len() > SHOWN {
         text.push(&more);
     }

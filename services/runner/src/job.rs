@@ -144,8 +144,7 @@ impl RunnerHandler {
                 );
                 let pushed = steps.pushed;
                 drop(steps);
-                finish::conclude(job, prepared, pushed, ended, clone_dir, allowance, factory)
-                    .await
+                finish::conclude(job, prepared, pushed, ended, clone_dir, allowance, factory).await
             }
             Err(hand_back) => {
                 prepared.log.close().await;

@@ -161,7 +161,12 @@ impl OutputSink {
     /// while the step runs, however much it prints: what the cap leaves out is read and dropped.
     pub async fn drain(self, mut pipe: impl AsyncRead + Unpin) {
         loop {
-            let Ok(permit) = self.in_flight.clone().acquire_many_owned(OUTPUT_CHUNK).await else {
+            let Ok(permit) = self
+                .in_flight
+                .clone()
+                .acquire_many_owned(OUTPUT_CHUNK)
+                .await
+            else {
                 return;
             };
             let mut chunk = vec![0; OUTPUT_CHUNK as usize];
@@ -234,7 +239,9 @@ impl CappedLog {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let into_head = bytes.len().min(usize::try_from(self.head_room).unwrap_or(usize::MAX));
+        let into_head = bytes
+            .len()
+            .min(usize::try_from(self.head_room).unwrap_or(usize::MAX));
         let (head, rest) = bytes.split_at(into_head);
         if !head.is_empty() {
             let _ = self.file.write_all(head);
@@ -361,14 +368,18 @@ mod tests {
     #[tokio::test]
     async fn a_log_that_cannot_be_created_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(JobLog::create(&dir.path().join("no/such/dir/task.log"), 1 << 20)
-            .await
-            .is_err());
+        assert!(
+            JobLog::create(&dir.path().join("no/such/dir/task.log"), 1 << 20)
+                .await
+                .is_err()
+        );
     }
 
     /// The lines `line 0`, `line 1`, ... `line <count - 1>`.
     fn numbered(count: usize) -> Vec<u8> {
-        (0..count).flat_map(|i| format!("line {i}\n").into_bytes()).collect()
+        (0..count)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect()
     }
 
     #[test]
@@ -383,7 +394,11 @@ mod tests {
             }
             let dropped = log.finish();
             let stored = std::fs::read(&path).unwrap();
-            assert!(stored.len() as u64 <= MIN_LOG_BYTES, "{piece}: {}", stored.len());
+            assert!(
+                stored.len() as u64 <= MIN_LOG_BYTES,
+                "{piece}: {}",
+                stored.len()
+            );
             let kept_head = (MIN_LOG_BYTES / 4) as usize;
             assert_eq!(&stored[..kept_head], &text[..kept_head], "{piece}");
             let stored = String::from_utf8(stored).unwrap();
@@ -411,7 +426,10 @@ mod tests {
         assert_eq!(log.finish(), 0);
         let stored = std::fs::read_to_string(&path).unwrap();
         assert!(stored.ends_with("line 599\n"), "{stored}");
-        assert!(stored.contains("0 bytes of this log were dropped"), "{stored}");
+        assert!(
+            stored.contains("0 bytes of this log were dropped"),
+            "{stored}"
+        );
         let mut log = CappedLog::create(&path, MIN_LOG_BYTES).unwrap();
         log.write(b"short\n");
         assert_eq!(log.finish(), 0);
@@ -430,7 +448,13 @@ mod tests {
         assert_eq!(end.tail.as_deref(), Some("the end"));
         let stored = std::fs::metadata(&path).unwrap().len();
         assert!(stored <= MIN_LOG_BYTES, "{stored}");
-        let (head, ring) = (MIN_LOG_BYTES / 4, MIN_LOG_BYTES - MIN_LOG_BYTES / 4 - NOTES_ROOM);
-        assert_eq!(end.dropped, (50 << 20) + "\nthe end\n".len() as u64 - head - ring);
+        let (head, ring) = (
+            MIN_LOG_BYTES / 4,
+            MIN_LOG_BYTES - MIN_LOG_BYTES / 4 - NOTES_ROOM,
+        );
+        assert_eq!(
+            end.dropped,
+            (50 << 20) + "\nthe end\n".len() as u64 - head - ring
+        );
     }
 }

@@ -173,14 +173,12 @@ impl RunnerHandler {
 
 /// Create the job's artifacts directory and open its log, keeping at most `max_log_bytes`.
 async fn open_artifacts(artifacts: &Path, max_log_bytes: u64) -> Result<JobLog, String> {
-    tokio::fs::create_dir_all(artifacts)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot create the artifacts directory {}: {e}",
-                artifacts.display()
-            )
-        })?;
+    tokio::fs::create_dir_all(artifacts).await.map_err(|e| {
+        format!(
+            "cannot create the artifacts directory {}: {e}",
+            artifacts.display()
+        )
+    })?;
     let path = artifacts.join(TASK_LOG);
     JobLog::create(&path, max_log_bytes)
         .await

@@ -451,16 +451,29 @@ mod tests {
     #[test]
     fn notices_reach_every_note_and_the_detail() {
         let f = factory();
-        let notices = ["task.log passed runner.max_log_bytes".to_string(), "2 artifacts".to_string()];
+        let notices = [
+            "task.log passed runner.max_log_bytes".to_string(),
+            "2 artifacts".to_string(),
+        ];
         let v = f.aborted("timed out").with_notices(&notices);
         assert_eq!(
             v.results[0].note.as_deref(),
             Some("timed out\ntask.log passed runner.max_log_bytes\n2 artifacts")
         );
-        assert_eq!(v.detail, "timed out\ntask.log passed runner.max_log_bytes\n2 artifacts");
-        let reported = crate::results::parse("results:\n  - {item: a, type: t}\n  - {item: b, type: t, note: mine}\n").unwrap();
+        assert_eq!(
+            v.detail,
+            "timed out\ntask.log passed runner.max_log_bytes\n2 artifacts"
+        );
+        let reported = crate::results::parse(
+            "results:\n  - {item: a, type: t}\n  - {item: b, type: t, note: mine}\n",
+        )
+        .unwrap();
         let v = f
-            .finished(&RunEnd::Exited(TaskExit::Code(0)), Some(Ok(reported)), no_log)
+            .finished(
+                &RunEnd::Exited(TaskExit::Code(0)),
+                Some(Ok(reported)),
+                no_log,
+            )
             .with_notices(&notices[..1]);
         let notes: Vec<_> = v.results.iter().map(|r| r.note.as_deref()).collect();
         assert_eq!(

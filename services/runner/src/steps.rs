@@ -91,12 +91,7 @@ impl TimeLimit {
 
 /// What the end of one `prepare` or `run` step means for the task: `Ok` to go on (with how the
 /// task ends if this was its last step), `Err` to stop with this ending.
-fn judge(
-    phase: Phase,
-    step: &NamedStep,
-    end: RunEnd,
-    limit: &TimeLimit,
-) -> Result<Ended, Ended> {
+fn judge(phase: Phase, step: &NamedStep, end: RunEnd, limit: &TimeLimit) -> Result<Ended, Ended> {
     match end {
         RunEnd::Interrupted => Err(Ended::Interrupted),
         RunEnd::TimedOut(after) => Err(Ended::Aborted(limit.step_note(step, after))),

@@ -937,7 +937,9 @@ async fn a_task_printing_500_mb_is_stored_within_the_log_cap_and_still_ends_with
 fn writing_artifacts(h: &Harness, name: &str, files: &[(&str, usize)]) -> ProvisionedJob {
     let script: String = files
         .iter()
-        .map(|(file, bytes)| format!("  head -c {bytes} /dev/zero > \"${{TASKBOT_ARTIFACTS}}{file}\"\n"))
+        .map(|(file, bytes)| {
+            format!("  head -c {bytes} /dev/zero > \"${{TASKBOT_ARTIFACTS}}{file}\"\n")
+        })
         .collect();
     let repo = h.dirs.task(
         name,
@@ -978,7 +980,10 @@ async fn artifacts_past_the_byte_cap_are_removed_and_the_result_says_so() {
         results[0].note.as_deref(),
         Some("exit code 0\n1 artifact file(s) were not kept, over the job's caps (runner.max_artifact_files = 10000, runner.max_artifact_bytes = 1000): b.bin")
     );
-    assert_eq!(files_in(&h.job_artifacts(&big)), ["a.bin", "c.bin", "task.log"]);
+    assert_eq!(
+        files_in(&h.job_artifacts(&big)),
+        ["a.bin", "c.bin", "task.log"]
+    );
     let log = std::fs::read_to_string(h.job_artifacts(&big).join("task.log")).unwrap();
     assert!(
         log.contains("artifact removed: b.bin: over runner.max_artifact_bytes (1000 bytes; this file has 600)"),
@@ -1031,18 +1036,29 @@ async fn links_to_host_files_in_the_artifacts_are_never_kept_nor_given_to_the_ta
     assert_eq!(results[0].outcome, Outcome::Passed);
     let note = results[0].note.as_deref().unwrap();
     assert!(
-        note.starts_with("exit code 0\n6 file(s) in the artifacts were removed as links or special files"),
+        note.starts_with(
+            "exit code 0\n6 file(s) in the artifacts were removed as links or special files"
+        ),
         "{note}"
     );
     assert_eq!(files_in(&artifacts), ["kept.txt", "task.log"]);
     let log = std::fs::read_to_string(artifacts.join("task.log")).unwrap();
-    assert!(!log.contains("host secret"), "the task read the host file: {log}");
+    assert!(
+        !log.contains("host secret"),
+        "the task read the host file: {log}"
+    );
     assert!(log.contains("cat: host-hard: Permission denied"), "{log}");
-    assert!(log.contains("artifact removed: host-hard: 2 hard links"), "{log}");
+    assert!(
+        log.contains("artifact removed: host-hard: 2 hard links"),
+        "{log}"
+    );
     // The host file is whole, still root's, and only its second name is gone.
     let meta = std::fs::metadata(&secret).unwrap();
     assert_eq!(
-        (std::os::unix::fs::MetadataExt::uid(&meta), std::os::unix::fs::MetadataExt::nlink(&meta)),
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::nlink(&meta)
+        ),
         (0, 1)
     );
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret");
