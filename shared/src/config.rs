@@ -393,6 +393,16 @@ pub struct RunnerConfig {
     pub download_max_bytes: u64,
     /// Attempts per download when the server is unreachable or answers 5xx (with back-off).
     pub download_attempts: u32,
+    /// Most bytes of a job's log (`task.log`) kept. Past it the log keeps its first quarter and
+    /// its last bytes, with a note of how much was dropped between them; the task's output is
+    /// still read (so the task never stalls on it), only not stored.
+    pub max_log_bytes: u64,
+    /// Most bytes of files a job may leave in its artifacts directory (its log not counted);
+    /// files past it are removed when the job ends, and its results say so.
+    pub max_artifact_bytes: u64,
+    /// Most files (directories not counted) a job may leave in its artifacts directory, its
+    /// log not counted; the rest are removed when the job ends, and its results say so.
+    pub max_artifact_files: u64,
     /// The broker's `consumer_timeout` in seconds (RabbitMQ's default: 1800; 0 = none). A job's
     /// delivery stays unacked while it runs, so the runner ends a task (ABORTED) before this runs
     /// out rather than lose the job to a closed channel. Raise it in rabbitmq.conf and here for
@@ -483,6 +493,9 @@ impl Default for RunnerConfig {
             mirror_dir: std::env::temp_dir().join("taskbot-mirrors"),
             download_max_bytes: 1024 * 1024 * 1024,
             download_attempts: 4,
+            max_log_bytes: 10 * 1024 * 1024,
+            max_artifact_bytes: 1024 * 1024 * 1024,
+            max_artifact_files: 10_000,
             consumer_timeout_secs: 1800,
             ops_listen: OPS_DEFAULT_RUNNER.into(),
             task_env: Default::default(),

@@ -1,61 +1,107 @@
 //! `/api/v1/jobs/<id>/artifacts/<path>`: a job's logs and artifacts, from
 //! `<artifacts_dir>/<job id>/`, and nothing outside it.
 //!
-//! Tasks write these files, so their names and links are not trusted: the request path may not
-//! hold `..`, `.` or an absolute part, and the file found must, once every symlink is resolved,
-//! still be inside the job's directory (a task could leave `logs -> /etc`). A directory is
-//! answered with the list of its entries.
+//! Tasks write these files, and may still be writing them while they are served, so their names
+//! and links are not trusted: the request path may not hold `..`, `.` or an absolute part, and
+//! the file is opened with `openat2(2)` beneath the job's directory without following any
+//! symbolic link on the way ([`taskbot::artifacts::open_beneath`]), then checked as opened:
+//! only a directory, or a regular file with a single link, is answered. A hard link could be a
+//! host file, a FIFO would hang the reader. What is checked is the open file itself, so swapping
+//! a name after the check changes nothing. A directory is answered with the list of the entries
+//! that would be served.
 
-use std::path::{Component, Path as FsPath, PathBuf};
+use std::fs::{File, Metadata};
+use std::os::fd::AsRawFd as _;
+use std::path::{Component, Path as FsPath};
 
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use taskbot::artifacts::{check_regular, is_link_refusal, open_beneath};
+use tokio::io::AsyncReadExt as _;
 use uuid::Uuid;
 
 use crate::links;
 use crate::store::ApiError;
 use crate::SharedState;
 
-/// Why a request path is refused or not found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a request path leads to.
+#[derive(Debug)]
 pub enum Resolve {
-    /// The file or directory, canonical and inside the job's directory.
-    Found(PathBuf),
+    /// A regular file of one link, open.
+    File(File, Metadata),
+    /// A directory, open.
+    Dir(File),
     NotFound,
-    /// Traversal: `..`, an absolute path, or a link leading outside the job's directory.
-    Refused(&'static str),
+    /// Traversal (`..`, an absolute path), a symbolic link on the way, or a file that is not
+    /// served (a hard link, a FIFO, a device): why.
+    Refused(String),
 }
 
-/// Resolve `request` (relative, `/`-separated) under `job_dir`.
+/// Open `request` (relative, `/`-separated) under `job_dir`.
 pub fn resolve(job_dir: &FsPath, request: &str) -> Resolve {
     let relative = FsPath::new(request);
     for component in relative.components() {
-        match component {
-            Component::Normal(_) => {}
-            Component::ParentDir => return Resolve::Refused("path may not contain '..'"),
-            Component::CurDir => return Resolve::Refused("path may not contain '.'"),
-            Component::RootDir | Component::Prefix(_) => {
-                return Resolve::Refused("path must be relative")
-            }
-        }
+        let why = match component {
+            Component::Normal(_) => continue,
+            Component::ParentDir => "path may not contain '..'",
+            Component::CurDir => "path may not contain '.'",
+            Component::RootDir | Component::Prefix(_) => "path must be relative",
+        };
+        return Resolve::Refused(why.into());
     }
     if request.contains('\0') {
-        return Resolve::Refused("path may not contain NUL");
+        return Resolve::Refused("path may not contain NUL".into());
     }
-    let Ok(root) = job_dir.canonicalize() else {
+    let file = match open_beneath(job_dir, relative) {
+        Ok(file) => file,
+        Err(e) if is_link_refusal(&e) => {
+            return Resolve::Refused(
+                "path is or passes a symbolic link; only regular files are served".into(),
+            )
+        }
+        Err(_) => return Resolve::NotFound,
+    };
+    let Ok(meta) = file.metadata() else {
         return Resolve::NotFound;
     };
-    let Ok(target) = root.join(relative).canonicalize() else {
-        return Resolve::NotFound;
-    };
-    if target.starts_with(&root) {
-        Resolve::Found(target)
-    } else {
-        Resolve::Refused("path leads outside the job's artifacts")
+    if meta.is_dir() {
+        return Resolve::Dir(file);
     }
+    match check_regular(&meta) {
+        Ok(()) => Resolve::File(file, meta),
+        Err(why) => Resolve::Refused(format!("not served: {why}")),
+    }
+}
+
+/// The entries of the open directory `dir` that would be served (directories, and regular files
+/// of one link), as (name, is a directory, size), sorted by name.
+pub fn list(dir: &File) -> Vec<(String, bool, u64)> {
+    // Read through the open descriptor, so the listing is of the directory that was checked.
+    let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, bool, u64)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            // The entry's own metadata, never a link's target.
+            let meta = entry.metadata().ok()?;
+            let served = meta.is_dir() || check_regular(&meta).is_ok();
+            served.then(|| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                (
+                    name,
+                    meta.is_dir(),
+                    if meta.is_dir() { 0 } else { meta.len() },
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn content_type(path: &FsPath) -> &'static str {
@@ -98,69 +144,88 @@ async fn serve(
         return Err(ApiError::not_found("Job not found"));
     };
     let job_dir = state.artifacts_dir.join(job_id.to_string());
-    let request = request.trim_end_matches('/');
-    let target = match tokio::task::spawn_blocking({
-        let job_dir = job_dir.clone();
-        let request = request.to_string();
-        move || resolve(&job_dir, &request)
+    let request = request.trim_end_matches('/').to_string();
+    let lookup = tokio::task::spawn_blocking({
+        let request = request.clone();
+        move || match resolve(&job_dir, &request) {
+            Resolve::Dir(dir) => Ok(Err(list(&dir))),
+            Resolve::File(file, meta) => Ok(Ok((file, meta))),
+            Resolve::NotFound => Err(None),
+            Resolve::Refused(why) => Err(Some(why)),
+        }
     })
     .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "lookup failed"))?
-    {
-        Resolve::Found(target) => target,
-        Resolve::NotFound => return Err(ApiError::not_found("Artifact not found")),
-        Resolve::Refused(why) => {
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "lookup failed"))?;
+    match lookup {
+        Ok(Ok((file, meta))) => Ok(file_response(file, &meta, &request)),
+        Ok(Err(entries)) => Ok(listing(state, headers, job_id, &request, entries)),
+        Err(None) => Err(ApiError::not_found("Artifact not found")),
+        Err(Some(why)) => {
             tracing::warn!(job_id = %job_id, path = request, why, "artifact request refused");
-            return Err(ApiError::new(StatusCode::FORBIDDEN, why));
+            Err(ApiError::new(StatusCode::FORBIDDEN, &why))
         }
+    }
+}
+
+/// The file streamed from the descriptor that was checked, never read whole into memory.
+fn file_response(file: File, meta: &Metadata, request: &str) -> Response {
+    let file = tokio::fs::File::from_std(file);
+    let chunks = futures::stream::unfold(file, |mut file| async move {
+        let mut chunk = vec![0; 64 * 1024];
+        match file.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok::<_, std::io::Error>(chunk), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                content_type(FsPath::new(request)).to_string(),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            (header::CONTENT_LENGTH, meta.len().to_string()),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response()
+}
+
+/// A directory's listing, with links to its entries.
+fn listing(
+    state: &crate::AppState,
+    headers: &HeaderMap,
+    job_id: Uuid,
+    request: &str,
+    entries: Vec<(String, bool, u64)>,
+) -> Response {
+    let base = links::base_url(state, headers);
+    let dir_url = if request.is_empty() {
+        format!("{base}/api/v1/jobs/{job_id}/artifacts/")
+    } else {
+        let encoded: Vec<String> = request.split('/').map(links::encode_segment).collect();
+        format!(
+            "{base}/api/v1/jobs/{job_id}/artifacts/{}/",
+            encoded.join("/")
+        )
     };
-    let metadata = tokio::fs::metadata(&target)
-        .await
-        .map_err(|_| ApiError::not_found("Artifact not found"))?;
-    if metadata.is_dir() {
-        let base = links::base_url(state, headers);
-        let dir_url = if request.is_empty() {
-            format!("{base}/api/v1/jobs/{job_id}/artifacts/")
-        } else {
-            let encoded: Vec<String> = request.split('/').map(links::encode_segment).collect();
-            format!(
-                "{base}/api/v1/jobs/{job_id}/artifacts/{}/",
-                encoded.join("/")
-            )
-        };
-        let mut entries = Vec::new();
-        let mut reader = tokio::fs::read_dir(&target)
-            .await
-            .map_err(|_| ApiError::not_found("Artifact not found"))?;
-        while let Ok(Some(entry)) = reader.next_entry().await {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_dir = entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false);
-            let size = entry.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let entries: Vec<serde_json::Value> = entries
+        .into_iter()
+        .map(|(name, is_dir, size)| {
             let suffix = if is_dir { "/" } else { "" };
-            entries.push(json!({
+            json!({
                 "name": name,
                 "type": if is_dir { "directory" } else { "file" },
                 "size": size,
                 "href": format!("{dir_url}{}{suffix}", links::encode_segment(&name)),
-            }));
-        }
-        entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        return Ok(Json(
-            json!({"job_id": job_id.to_string(), "path": request, "entries": entries}),
-        )
-        .into_response());
-    }
-    let bytes = tokio::fs::read(&target)
-        .await
-        .map_err(|_| ApiError::not_found("Artifact not found"))?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type(&target)),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        bytes,
-    )
-        .into_response())
+            })
+        })
+        .collect();
+    Json(json!({"job_id": job_id.to_string(), "path": request, "entries": entries})).into_response()
 }
 
 #[cfg(test)]
@@ -170,15 +235,14 @@ mod tests {
     #[test]
     fn traversal_is_refused_before_touching_the_disk() {
         let dir = FsPath::new("/nonexistent/job");
-        assert!(matches!(resolve(dir, "../other/x"), Resolve::Refused(_)));
-        assert!(matches!(resolve(dir, "a/../../x"), Resolve::Refused(_)));
-        assert!(matches!(resolve(dir, "/etc/passwd"), Resolve::Refused(_)));
-        assert!(matches!(resolve(dir, "./x"), Resolve::Refused(_)));
-        assert_eq!(resolve(dir, "task.log"), Resolve::NotFound);
+        for path in ["../other/x", "a/../../x", "/etc/passwd", "./x"] {
+            assert!(matches!(resolve(dir, path), Resolve::Refused(_)), "{path}");
+        }
+        assert!(matches!(resolve(dir, "task.log"), Resolve::NotFound));
     }
 
     #[test]
-    fn symlinks_leading_outside_are_refused_and_inside_ones_followed() {
+    fn only_directories_and_regular_files_of_one_link_are_opened() {
         let tmp = tempfile::tempdir().unwrap();
         let job = tmp.path().join("job");
         std::fs::create_dir_all(job.join("logs")).unwrap();
@@ -187,12 +251,28 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path().join("secret"), job.join("escape")).unwrap();
         std::os::unix::fs::symlink(tmp.path(), job.join("up")).unwrap();
         std::os::unix::fs::symlink(job.join("logs/task.log"), job.join("latest.log")).unwrap();
-        assert!(matches!(resolve(&job, "escape"), Resolve::Refused(_)));
-        assert!(matches!(resolve(&job, "up/secret"), Resolve::Refused(_)));
-        match resolve(&job, "latest.log") {
-            Resolve::Found(p) => assert!(p.ends_with("logs/task.log")),
+        std::os::unix::fs::symlink("logs", job.join("inside")).unwrap();
+        std::fs::hard_link(tmp.path().join("secret"), job.join("hard")).unwrap();
+        let fifo = std::ffi::CString::new(job.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        for path in [
+            "escape",
+            "up/secret",
+            "latest.log",
+            "inside/task.log",
+            "hard",
+            "fifo",
+        ] {
+            assert!(matches!(resolve(&job, path), Resolve::Refused(_)), "{path}");
+        }
+        match resolve(&job, "logs/task.log") {
+            Resolve::File(_, meta) => assert_eq!(meta.len(), 2),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(resolve(&job, "logs/task.log"), Resolve::Found(_)));
+        let Resolve::Dir(dir) = resolve(&job, "") else {
+            panic!("the job's directory")
+        };
+        assert_eq!(list(&dir), [("logs".to_string(), true, 0)]);
     }
 }

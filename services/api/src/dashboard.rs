@@ -41,10 +41,20 @@ pub struct LogTail {
 
 /// The last at most `max` bytes of the file at `path`, starting at a line: when reading did not
 /// start at the file's start, the first (likely cut) line is dropped. `None` when there is no
-/// such file or it cannot be read.
+/// such file, it cannot be read, or it is a link (symbolic or hard) or not a regular file.
 pub async fn read_tail(path: &std::path::Path, max: u64) -> Option<LogTail> {
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-    let mut file = tokio::fs::File::open(path).await.ok()?;
+    // As the artifacts are served: no symbolic link followed, a regular file of one link.
+    let (dir, name) = (
+        path.parent()?.to_path_buf(),
+        std::path::PathBuf::from(path.file_name()?),
+    );
+    let opened = tokio::task::spawn_blocking(move || {
+        let file = taskbot::artifacts::open_beneath(&dir, &name).ok()?;
+        taskbot::artifacts::check_regular(&file.metadata().ok()?).ok()?;
+        Some(file)
+    });
+    let mut file = tokio::fs::File::from_std(opened.await.ok()??);
     let size = file.metadata().await.ok()?.len();
     let start = size.saturating_sub(max);
     file.seek(std::io::SeekFrom::Start(start)).await.ok()?;

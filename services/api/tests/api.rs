@@ -445,6 +445,13 @@ async fn artifacts_are_served_and_traversal_is_refused() {
     )
     .unwrap();
     std::os::unix::fs::symlink("/etc", job_dir.join("etc")).unwrap();
+    // A hard link to a host file, and a link within the job's own files: neither is served.
+    std::fs::hard_link(
+        f.artifacts.path().join("secret.txt"),
+        job_dir.join("hard.txt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("logs/rpmlint.log", job_dir.join("latest.log")).unwrap();
 
     let response = reqwest::get(format!("{}/api/v1/jobs/{id}/artifacts/task.log", f.api.url))
         .await
@@ -473,7 +480,7 @@ async fn artifacts_are_served_and_traversal_is_refused() {
         .iter()
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["escape", "etc", "logs", "task.log"]);
+    assert_eq!(names, ["logs", "task.log"], "links are not listed");
     let (status, sub) = f
         .api
         .get(&format!("/api/v1/jobs/{id}/artifacts/logs"))
@@ -496,6 +503,8 @@ async fn artifacts_are_served_and_traversal_is_refused() {
         format!("/api/v1/jobs/{id}/artifacts//etc/passwd"),
         format!("/api/v1/jobs/{id}/artifacts/escape"),
         format!("/api/v1/jobs/{id}/artifacts/etc/passwd"),
+        format!("/api/v1/jobs/{id}/artifacts/hard.txt"),
+        format!("/api/v1/jobs/{id}/artifacts/latest.log"),
         format!("/artifacts/{id}/../secret.txt"),
         format!("/artifacts/{id}/escape"),
         "/api/v1/jobs/..%2f..%2f..%2fetc/artifacts/passwd".to_string(),
@@ -510,8 +519,14 @@ async fn artifacts_are_served_and_traversal_is_refused() {
         assert!(!body.contains("other job"), "{path} leaked: {body}");
     }
     // The ones that reach the resolver are refused as such, not merely not found.
-    let (status, _) = raw_get(f.api.addr, &format!("/api/v1/jobs/{id}/artifacts/escape")).await;
-    assert_eq!(status, 403);
+    for refused in ["escape", "etc/passwd", "hard.txt", "latest.log"] {
+        let (status, _) = raw_get(
+            f.api.addr,
+            &format!("/api/v1/jobs/{id}/artifacts/{refused}"),
+        )
+        .await;
+        assert_eq!(status, 403, "{refused}");
+    }
     let (status, _) = raw_get(
         f.api.addr,
         &format!("/api/v1/jobs/{id}/artifacts/%2e%2e/secret.txt"),

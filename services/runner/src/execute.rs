@@ -1,6 +1,7 @@
 //! Running one step of a task: `sh -c "<command>"` in the clone, in a process group of its own,
-//! with its output in the step's log and a time limit; on this host always inside the job's
-//! sandbox ([`crate::sandbox`]) unless the operator turned it off.
+//! with its output drained from a pipe into the job's log (redacted and capped there) and a time
+//! limit; on this host always inside the job's sandbox ([`crate::sandbox`]) unless the operator
+//! turned it off.
 //!
 //! The process group matters: a task's shell starts children (test suites, `sleep`, daemons), and
 //! killing only the shell would leave them running on the runner's host after the job is over. So
@@ -8,6 +9,7 @@
 //! background processes), the whole group gets SIGKILL.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,10 +18,14 @@ use std::time::Duration;
 
 use taskbot::Shutdown;
 
-use crate::redact::{Redactor, StreamRedactor};
+use crate::log::OutputSink;
 use crate::sandbox::{Sandbox, SecretFds, Step};
 use crate::secrets::Delivered;
-use tokio::io::AsyncWriteExt as _;
+
+/// How long the step's output is still read once the step ended: its pipe ends when the last
+/// process holding it is gone, which in the sandbox is at once; one that escaped the process
+/// group (only possible unsandboxed) must not hold the job up.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything needed to start one step of a task.
 #[derive(Debug, Clone)]
@@ -30,22 +36,16 @@ pub struct TaskCommand {
     pub cwd: PathBuf,
     /// Variables added to the runner's environment (see [`task_env`]).
     pub env: Vec<(String, String)>,
-    /// Where stdout and stderr go, together (the step's own log).
-    pub log_path: PathBuf,
+    /// Where stdout and stderr go, together: the job's log (which redacts and caps them), through
+    /// one pipe the runner drains.
+    pub output: OutputSink,
     pub timeout: Duration,
     /// Where the step runs: in the sandbox on this host (local jobs), or as it is (a VM job's
     /// `ssh` command, which needs the runner's key; the VM is that job's sandbox).
     pub confinement: Option<Confinement>,
     /// The job's secrets, given to a sandboxed step (never to an unconfined one).
     pub secrets: Arc<[Delivered]>,
-    /// What is taken out of the step's output before it reaches its log.
-    pub redactor: Arc<Redactor>,
 }
-
-/// How long a step's output is still read after the step ended: in the sandbox every process of
-/// the step is dead by then, but outside it a process that escaped the group could hold the
-/// output open for ever.
-const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 
 /// A sandboxed step's sandbox and the directories it may write.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub struct Confinement {
     pub sandbox: std::sync::Arc<Sandbox>,
     /// The clone and the job's artifacts directory; made the sandbox user's before the step.
     pub writable: Vec<PathBuf>,
-    /// The runner's own files inside those (the job log, the step logs): read-only to the step.
+    /// The runner's own files inside those (the job's log): read-only to the step.
     pub protected: Vec<PathBuf>,
 }
 
@@ -133,10 +133,11 @@ fn env_key(key: &str) -> String {
 
 /// Run the task to its end, its time limit, or shutdown.
 pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
-    let (mut child, output) = match start(task).await {
+    let (mut child, pipe) = match start(task).await {
         Ok(started) => started,
         Err(reason) => return RunEnd::FailedToStart(reason),
     };
+    let mut drain = tokio::spawn(task.output.clone().drain(pipe));
     // With process_group(0) the group id is the child's pid.
     let pgid = child.id();
     let end = tokio::select! {
@@ -157,22 +158,24 @@ pub async fn run(task: &TaskCommand, shutdown: &mut Shutdown) -> RunEnd {
         // Reap the shell so it does not linger as a zombie.
         let _ = child.wait().await;
     }
-    output.finish().await;
+    if tokio::time::timeout(DRAIN_GRACE, &mut drain).await.is_err() {
+        drain.abort();
+        let _ = drain.await;
+        task.output.line(format_args!(
+            "\n[taskbot: output written more than {} s after the step ended is not kept]",
+            DRAIN_GRACE.as_secs()
+        ));
+    }
     end
 }
 
-/// The step started, its output (stdout and stderr, in one pipe so their order is kept) copied
-/// into its log through the job's redactor. `Err`: why it could not start.
-async fn start(task: &TaskCommand) -> Result<(tokio::process::Child, Output), String> {
-    let log = open_log(task)
-        .await
-        .map_err(|e| format!("cannot create the log {}: {e}", task.log_path.display()))?;
-    let pipe = std::io::pipe().and_then(|(reader, writer)| {
-        let stderr = writer.try_clone()?;
-        Ok((reader, writer, stderr))
-    });
+/// The step started, its stdout and stderr in one pipe (so their order is kept) whose reading
+/// end is returned. `Err`: why it could not start.
+async fn start(
+    task: &TaskCommand,
+) -> Result<(tokio::process::Child, tokio::net::unix::pipe::Receiver), String> {
     let (reader, stdout, stderr) =
-        pipe.map_err(|e| format!("cannot make a pipe for the task's output: {e}"))?;
+        output_pipe().map_err(|e| format!("cannot make the step's output pipe: {e}"))?;
     let (mut command, secret_fds) = match &task.confinement {
         Some(confinement) => confined_command(task, confinement).await?,
         None => (unconfined_command(task), SecretFds::default()),
@@ -183,75 +186,21 @@ async fn start(task: &TaskCommand) -> Result<(tokio::process::Child, Output), St
         .stderr(Stdio::from(stderr))
         .process_group(0)
         .kill_on_drop(true);
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot start sh: {e}"))?;
+    let spawned = command.spawn();
     // Our copies of the pipe's writing end (held by the command) must go, or the output never
-    // ends; the secrets' descriptors are the child's now.
+    // ends once the step's processes are gone; the secrets' descriptors are the child's now.
     drop((command, secret_fds));
-    let output = Output::copy(reader, log, task.redactor.stream())
-        .map_err(|e| format!("cannot read the task's output: {e}"))?;
-    Ok((child, output))
+    let child = spawned.map_err(|e| format!("cannot start sh: {e}"))?;
+    Ok((child, reader))
 }
 
-/// The copying of a step's output into its log, running beside the step.
-struct Output {
-    ended: tokio::sync::oneshot::Sender<()>,
-    copying: tokio::task::JoinHandle<()>,
-}
-
-impl Output {
-    fn copy(
-        reader: std::io::PipeReader,
-        log: tokio::fs::File,
-        redact: StreamRedactor,
-    ) -> std::io::Result<Output> {
-        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())?;
-        let (ended, ended_rx) = tokio::sync::oneshot::channel();
-        let copying = tokio::spawn(copy_output(pipe, log, redact, ended_rx));
-        Ok(Output { ended, copying })
-    }
-
-    /// Wait until everything the step wrote is in its log (at most [`OUTPUT_GRACE`]).
-    async fn finish(self) {
-        let _ = self.ended.send(());
-        // It only fails by panicking, and the log then lacks its end.
-        let _ = self.copying.await;
-    }
-}
-
-/// Copy the output into the log, redacted, until it ends or [`OUTPUT_GRACE`] after `ended`.
-async fn copy_output(
-    mut pipe: tokio::net::unix::pipe::Receiver,
-    mut log: tokio::fs::File,
-    mut redact: StreamRedactor,
-    ended: tokio::sync::oneshot::Receiver<()>,
-) {
-    use tokio::io::AsyncReadExt as _;
-    let give_up = async {
-        let _ = ended.await;
-        tokio::time::sleep(OUTPUT_GRACE).await;
-    };
-    tokio::pin!(give_up);
-    let mut buf = vec![0; 64 * 1024];
-    let mut note = "";
-    loop {
-        let n = tokio::select! {
-            read = pipe.read(&mut buf) => read.unwrap_or(0),
-            _ = &mut give_up => {
-                note = "\n[runner: output written after the step ended is not kept]\n";
-                0
-            }
-        };
-        if n == 0 {
-            break;
-        }
-        // Write errors are ignored, as a full disk must not change the verdict.
-        let _ = log.write_all(&redact.push(&buf[..n])).await;
-    }
-    let _ = log.write_all(&redact.finish()).await;
-    let _ = log.write_all(note.as_bytes()).await;
-    let _ = log.flush().await;
+/// A pipe for the step's stdout and stderr: the runner's reading end, and two writing ends.
+fn output_pipe() -> std::io::Result<(tokio::net::unix::pipe::Receiver, OwnedFd, OwnedFd)> {
+    let (reader, writer) = std::io::pipe()?;
+    let writer = OwnedFd::from(writer);
+    let second = writer.try_clone()?;
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
+    Ok((reader, writer, second))
 }
 
 /// `sh -c` in the sandbox, once the step's writable directories belong to the sandbox user.
@@ -292,16 +241,6 @@ fn unconfined_command(task: &TaskCommand) -> tokio::process::Command {
     command
 }
 
-/// The step's log, opened with `tokio::fs` (not on the runtime's threads), with the command
-/// first.
-async fn open_log(task: &TaskCommand) -> std::io::Result<tokio::fs::File> {
-    let mut log = tokio::fs::File::create(&task.log_path).await?;
-    log.write_all(format!("$ sh -c {:?}\n", task.script).as_bytes())
-        .await?;
-    log.flush().await?;
-    Ok(log)
-}
-
 fn exit_of(status: std::process::ExitStatus) -> TaskExit {
     match (status.code(), status.signal()) {
         (Some(code), _) => TaskExit::Code(code),
@@ -338,38 +277,51 @@ fn kill_group(pgid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::JobLog;
     use taskbot::messages::{JobRequest, TaskRef};
 
     fn never() -> Shutdown {
         Shutdown::new(std::future::pending())
     }
 
-    fn command(dir: &Path, script: &str, timeout: Duration) -> TaskCommand {
+    fn command(dir: &Path, script: &str, timeout: Duration, log: &JobLog) -> TaskCommand {
         TaskCommand {
             script: script.into(),
             cwd: dir.to_path_buf(),
             env: vec![("TASKBOT_ITEM".into(), "xchat-1-1".into())],
-            log_path: dir.join("task.log"),
+            output: log.output(),
             timeout,
             confinement: None,
             secrets: Arc::from([]),
-            redactor: Arc::default(),
         }
+    }
+
+    async fn log_in(dir: &Path) -> JobLog {
+        JobLog::create(&dir.join("task.log"), 1 << 20, Arc::default())
+            .await
+            .unwrap()
+    }
+
+    /// Run `task` to its end, then what its log holds.
+    async fn run_and_read(task: TaskCommand, log: JobLog, dir: &Path) -> (RunEnd, String) {
+        let end = run(&task, &mut never()).await;
+        drop(task);
+        log.close().await;
+        (end, std::fs::read_to_string(dir.join("task.log")).unwrap())
     }
 
     #[tokio::test]
     async fn output_and_exit_code_are_captured() {
         let dir = tempfile::tempdir().unwrap();
+        let log = log_in(dir.path()).await;
         let task = command(
             dir.path(),
             "echo out $TASKBOT_ITEM; echo err >&2; exit 3",
             Duration::from_secs(10),
+            &log,
         );
-        assert_eq!(
-            run(&task, &mut never()).await,
-            RunEnd::Exited(TaskExit::Code(3))
-        );
-        let log = std::fs::read_to_string(dir.path().join("task.log")).unwrap();
+        let (end, log) = run_and_read(task, log, dir.path()).await;
+        assert_eq!(end, RunEnd::Exited(TaskExit::Code(3)));
         assert!(log.contains("out xchat-1-1\n"), "{log}");
         assert!(log.contains("err\n"), "{log}");
     }
@@ -379,23 +331,23 @@ mod tests {
         // Set for this test process only; no other test reads it.
         std::env::set_var("TASKBOT_AMQP__URL", "amqp://secret@broker");
         let dir = tempfile::tempdir().unwrap();
+        let log = log_in(dir.path()).await;
         let task = command(
             dir.path(),
             "echo \"url=${TASKBOT_AMQP__URL:-unset}\"",
             Duration::from_secs(10),
+            &log,
         );
-        assert_eq!(
-            run(&task, &mut never()).await,
-            RunEnd::Exited(TaskExit::Code(0))
-        );
-        let log = std::fs::read_to_string(dir.path().join("task.log")).unwrap();
+        let (end, log) = run_and_read(task, log, dir.path()).await;
+        assert_eq!(end, RunEnd::Exited(TaskExit::Code(0)));
         assert!(log.contains("url=unset"), "{log}");
     }
 
     #[tokio::test]
     async fn signal_death_is_reported_as_such() {
         let dir = tempfile::tempdir().unwrap();
-        let task = command(dir.path(), "kill -TERM $$", Duration::from_secs(10));
+        let log = log_in(dir.path()).await;
+        let task = command(dir.path(), "kill -TERM $$", Duration::from_secs(10), &log);
         assert_eq!(
             run(&task, &mut never()).await,
             RunEnd::Exited(TaskExit::Signal(libc::SIGTERM))
@@ -406,10 +358,12 @@ mod tests {
     async fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("bg.pid");
+        let log = log_in(dir.path()).await;
         let task = command(
             dir.path(),
             &format!("sleep 30 & echo $! > {}; wait", pid_file.display()),
             Duration::from_millis(500),
+            &log,
         );
         let started = std::time::Instant::now();
         assert_eq!(
@@ -433,7 +387,8 @@ mod tests {
     #[tokio::test]
     async fn shutdown_interrupts_the_task() {
         let dir = tempfile::tempdir().unwrap();
-        let task = command(dir.path(), "sleep 30", Duration::from_secs(60));
+        let log = log_in(dir.path()).await;
+        let task = command(dir.path(), "sleep 30", Duration::from_secs(60), &log);
         let mut shutdown = Shutdown::new(tokio::time::sleep(Duration::from_millis(300)));
         let started = std::time::Instant::now();
         assert_eq!(run(&task, &mut shutdown).await, RunEnd::Interrupted);
@@ -443,7 +398,8 @@ mod tests {
     #[tokio::test]
     async fn missing_directory_fails_to_start() {
         let dir = tempfile::tempdir().unwrap();
-        let mut task = command(dir.path(), "true", Duration::from_secs(10));
+        let log = log_in(dir.path()).await;
+        let mut task = command(dir.path(), "true", Duration::from_secs(10), &log);
         task.cwd = dir.path().join("nope");
         assert!(matches!(
             run(&task, &mut never()).await,

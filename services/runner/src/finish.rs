@@ -1,45 +1,63 @@
-//! After the task's steps: its files back from its VM, the artifact globs kept, the log closed,
+//! After the task's steps: its files back from its VM, its artifacts directory tidied (links,
+//! special files and what passes the caps removed) and the artifact globs kept, the log closed,
 //! then the results file and the events read into the job's [`Verdict`] ([`report`] holds the
-//! rules).
+//! rules), with notes of what the caps removed.
+//!
+//! All of this runs once every process of the task is gone (bwrap killed what was left of each
+//! step), so what is checked here is what stays. The sweep comes first, then the files kept
+//! are redacted of the job's secrets ([`scrub_artifacts`]; never through a link, as none is
+//! left), and last the verdict is redacted too.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use taskbot::artifacts::EVENTS_FILE;
+use taskbot::artifacts::{EVENTS_FILE, TASK_LOG};
 use taskbot::messages::{JobRequest, JobState};
 
-use crate::execute::{RunEnd, TaskExit};
+use crate::artifacts::{self, Allowance, Tidied};
+use crate::execute::RunEnd;
 use crate::job::HandBack;
-use crate::log::JobLog;
+use crate::log::{JobLog, LogEnd};
 use crate::prepare::Prepared;
+use crate::redact::{self, Redactor};
 use crate::remote::Remote;
 use crate::report::{self, ResultFactory, Verdict};
-use crate::steps::{Ended, StepRunner};
+use crate::steps::Ended;
 use crate::task_files;
 use crate::{events, results};
 
-/// The verdict on a job whose steps `ended`, its task cloned in `clone_dir`, with the job's
-/// secrets taken out of whatever of the task's output reached it (a note, data, a quoted log,
-/// an event).
+/// Lines about single artifacts the log gets at most (a task could leave millions of links).
+const ARTIFACT_LINES: usize = 100;
+
+/// The verdict on a job whose steps `ended`, its task cloned in `clone_dir`; `pushed` when its
+/// clone went into its VM; `allowance` what it may leave in its artifacts directory. The job's
+/// secrets are taken out of whatever of the task's output reached the verdict (a note, data, a
+/// quoted log, an event, a file name).
 pub(crate) async fn conclude(
     job: &JobRequest,
     prepared: Prepared,
-    steps: &StepRunner,
+    pushed: bool,
     ended: Ended,
     clone_dir: &Path,
+    allowance: Allowance,
     factory: &mut ResultFactory,
 ) -> Result<Verdict, HandBack> {
     let redactor = prepared.redactor.clone();
-    let mut verdict = unredacted(job, prepared, steps, ended, clone_dir, factory).await?;
+    let mut verdict =
+        unredacted(job, prepared, pushed, ended, clone_dir, allowance, factory).await?;
     redactor.verdict(&mut verdict);
     Ok(verdict)
 }
 
+/// [`conclude`] up to the verdict's redaction: the artifacts tidied then redacted, the log
+/// closed, the results and events read.
 async fn unredacted(
     job: &JobRequest,
     prepared: Prepared,
-    steps: &StepRunner,
+    pushed: bool,
     ended: Ended,
     clone_dir: &Path,
+    allowance: Allowance,
     factory: &mut ResultFactory,
 ) -> Result<Verdict, HandBack> {
     let Prepared {
@@ -47,25 +65,144 @@ async fn unredacted(
         remote,
         artifacts,
         log,
+        redactor,
         ..
     } = prepared;
     if let Some(remote) = &remote {
-        if let Err(reason) = pull_back(remote, clone_dir, &artifacts, steps.pushed, &log).await {
-            steps.scrub_artifacts(&log).await;
-            let tail = log.finish(report::LOG_TAIL_LINES).await;
-            return Ok(factory.crashed(&reason, tail.as_deref()));
+        if let Err(reason) = pull_back(remote, clone_dir, &artifacts, pushed, &log).await {
+            // What did come back is regular files only ([`Remote::pull`]).
+            scrub_artifacts(&artifacts, &redactor, &log).await;
+            let end = log.finish(report::LOG_TAIL_LINES).await;
+            let verdict = factory.crashed(&reason, end.tail.as_deref());
+            return Ok(verdict.with_notices(&log_notice(&end)));
         }
     }
-    let copied = steps.copy_artifacts(&task.artifacts, &log).await;
-    steps.scrub_artifacts(&log).await;
-    let tail = log.finish(report::LOG_TAIL_LINES).await;
-    tracing::info!(job_id = %job.job_id, ended = ?ended, artifacts = copied, "task ended");
+    // First what may not stay goes (links, special files, what passes the caps), so that only
+    // the job's own regular files are read for its secrets.
+    let (kept, artifact_notices) =
+        tidy(&artifacts, clone_dir, &task.artifacts, allowance, &log).await;
+    scrub_artifacts(&artifacts, &redactor, &log).await;
+    let end = log.finish(report::LOG_TAIL_LINES).await;
+    tracing::info!(job_id = %job.job_id, ended = ?ended, artifacts = kept, log_dropped = end.dropped, "task ended");
     let results_path = task.results_path();
     let files = TaskFiles {
         results: (clone_dir, &results_path),
         events: (&artifacts, Path::new(EVENTS_FILE)),
     };
-    verdict(job, ended, files, factory, tail).await
+    let mut notices = log_notice(&end);
+    notices.extend(artifact_notices);
+    let verdict = verdict(job, ended, files, factory, end.tail).await?;
+    Ok(verdict.with_notices(&notices))
+}
+
+/// The artifacts directory rid of what a job may not keep ([`artifacts::sweep`]), then the
+/// files of the clone matching the task's `artifacts` globs copied in, within the same
+/// allowance; each decision logged. Returns how many files are kept and the notices for the
+/// results.
+async fn tidy(
+    artifacts: &Path,
+    clone_dir: &Path,
+    globs: &[String],
+    mut allowance: Allowance,
+    log: &JobLog,
+) -> (usize, Vec<String>) {
+    let (dir, clone, globs) = (
+        artifacts.to_path_buf(),
+        clone_dir.to_path_buf(),
+        globs.to_vec(),
+    );
+    let done = tokio::task::spawn_blocking(move || {
+        let swept = artifacts::sweep(&dir, &[TASK_LOG], &mut allowance);
+        let copied = artifacts::copy_matching(&clone, &dir, &globs, &mut allowance);
+        (swept, copied, allowance)
+    })
+    .await;
+    let Ok((swept, copied, allowance)) = done else {
+        log.line("== cannot tidy the artifacts: runner failure");
+        return (0, Vec::new());
+    };
+    log_refused(log, "artifact removed", &swept);
+    log_refused(log, "artifact not kept", &copied);
+    for path in copied.kept.iter().take(ARTIFACT_LINES) {
+        log.line(format_args!("artifact kept: {path}"));
+    }
+    let mut notices = Vec::new();
+    if !swept.refused.is_empty() {
+        notices.push(format!(
+            "{} file(s) in the artifacts were removed as links or special files (only regular files with one link are kept): {}",
+            swept.refused.len(),
+            names(&swept.refused)
+        ));
+    }
+    let over: Vec<(String, String)> = swept.over_cap.into_iter().chain(copied.over_cap).collect();
+    if !over.is_empty() {
+        notices.push(format!(
+            "{} artifact file(s) were not kept, over the job's caps (runner.max_artifact_files = {}, runner.max_artifact_bytes = {}): {}",
+            over.len(),
+            allowance.max_files,
+            allowance.max_bytes,
+            names(&over)
+        ));
+    }
+    (swept.kept.len() + copied.kept.len(), notices)
+}
+
+/// Redact, in place, the files of the `artifacts` directory that hold one of the job's secrets
+/// (the events file, what the task wrote or had copied there), saying in the log which were.
+/// The log itself is redacted as it is written, so it is left alone. Also run when a job is
+/// handed back, as its artifacts stay until its next attempt.
+pub(crate) async fn scrub_artifacts(artifacts: &Path, redactor: &Arc<Redactor>, log: &JobLog) {
+    if redactor.is_empty() {
+        return;
+    }
+    let (redactor, dir) = (redactor.clone(), artifacts.to_path_buf());
+    let skip = vec![dir.join(TASK_LOG)];
+    let scrubbed = tokio::task::spawn_blocking(move || redact::scrub_dir(&redactor, &dir, &skip))
+        .await
+        .unwrap_or_else(|e| vec![Err(format!("runner failure: {e}"))]);
+    for line in scrubbed {
+        match line {
+            Ok(path) => log.line(format_args!("artifact redacted (it held a secret): {path}")),
+            Err(e) => log.line(format_args!("artifact not redacted: {e}")),
+        }
+    }
+}
+
+/// One log line per file `tidied` refused, at most [`ARTIFACT_LINES`] of them.
+fn log_refused(log: &JobLog, what: &str, tidied: &Tidied) {
+    let all = tidied.refused.iter().chain(&tidied.over_cap);
+    for (path, why) in all.clone().take(ARTIFACT_LINES) {
+        log.line(format_args!("{what}: {path}: {why}"));
+    }
+    let more = all.count().saturating_sub(ARTIFACT_LINES);
+    if more > 0 {
+        log.line(format_args!("{what}: and {more} more"));
+    }
+}
+
+/// The first few paths of `files`, for a note.
+fn names(files: &[(String, String)]) -> String {
+    const SHOWN: usize = 5;
+    let mut text: Vec<&str> = files.iter().take(SHOWN).map(|(p, _)| p.as_str()).collect();
+    let more = format!(
+        "and {} more (see {TASK_LOG})",
+        files.len().saturating_sub(SHOWN)
+    );
+    if files.len() > SHOWN {
+        text.push(&more);
+    }
+    text.join(", ")
+}
+
+/// The notice of a log the cap cut, if it was.
+fn log_notice(end: &LogEnd) -> Vec<String> {
+    if end.dropped == 0 {
+        return Vec::new();
+    }
+    vec![format!(
+        "{TASK_LOG} passed runner.max_log_bytes: {} bytes of output were dropped from its middle (its start and its end are kept)",
+        end.dropped
+    )]
 }
 
 /// The task's files, back from its VM before anything reads them. `Err` (the CRASHED reason)
@@ -109,18 +246,9 @@ async fn verdict(
     let mut ran_to_end = false;
     let mut verdict = match ended {
         Ended::Interrupted => return Err(HandBack::shutdown()),
-        Ended::Crashed { reason, step_log } => {
-            factory.step_log_url = step_log;
-            factory.crashed(&reason, tail.as_deref())
-        }
-        Ended::Aborted { note, step_log } => {
-            factory.step_log_url = step_log;
-            factory.aborted(&note)
-        }
-        Ended::Ran { end, step_log } => {
-            if !matches!(end, RunEnd::Exited(TaskExit::Code(0))) {
-                factory.step_log_url = step_log;
-            }
+        Ended::Crashed(reason) => factory.crashed(&reason, tail.as_deref()),
+        Ended::Aborted(note) => factory.aborted(&note),
+        Ended::Ran(end) => {
             let results_file = match end {
                 RunEnd::Exited(_) => read_results(files.results).await,
                 _ => None,

@@ -7,6 +7,7 @@ use taskbot::amqp::{DeliveryContext, Disposition};
 use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, ProvisionedJob};
 
+use crate::artifacts::Allowance;
 use crate::finish;
 use crate::prepare::Prepared;
 use crate::report::{self, ResultFactory, Verdict};
@@ -130,10 +131,20 @@ impl RunnerHandler {
             .run_steps(job, &prepared, &mut steps, factory, ctx)
             .await
         {
-            Ok(ended) => finish::conclude(job, prepared, &steps, ended, clone_dir, factory).await,
+            Ok(ended) => {
+                let allowance = Allowance::new(
+                    self.settings.max_artifact_bytes,
+                    self.settings.max_artifact_files,
+                );
+                let pushed = steps.pushed;
+                drop(steps);
+                finish::conclude(job, prepared, pushed, ended, clone_dir, allowance, factory).await
+            }
             Err(hand_back) => {
                 // The artifacts stay for the job's next run to overwrite: not with a secret.
-                steps.scrub_artifacts(&prepared.log).await;
+                drop(steps);
+                finish::scrub_artifacts(&prepared.artifacts, &prepared.redactor, &prepared.log)
+                    .await;
                 prepared.log.close().await;
                 Err(hand_back)
             }

@@ -5,15 +5,16 @@
 //! `cloning` → `prepare.rs` (allowlist and arch check, fetch into the repository's mirror and clone
 //! from it, read `taskbot.yaml`, check the item type, arch and environment the task accepts, the
 //! VM, the artifacts directory and its log (`log.rs`), the time budget) → `running` → `steps.rs`
-//! (downloads, `prepare` steps, `run` steps, each step in its own process group with its own log
-//! and time limit; then `cleanup` steps whatever happened) → `finish.rs` (the task's files back
-//! from its VM, the `artifacts` globs copied, results and events read into a verdict) →
-//! `reporting` → results and the final `done` or `crashed` status, published with confirms before
-//! the input is acked. The secrets a job is granted ([`secrets`]) reach its sandboxed steps only
-//! and are taken out ([`redact`]) of its step output as it streams, its log, its artifacts and
-//! its verdict. Whatever goes wrong with the task itself ends as a result (CRASHED,
-//! ABORTED, FAILED) so the job never silently disappears; only broker trouble and shutdown hand
-//! the job back to the queue. What a job leaves in its artifacts directory is named in
+//! (downloads, `prepare` steps, `run` steps, each step in its own process group, its output
+//! drained into the job's log, redacted then capped, with its time limit; then `cleanup` steps
+//! whatever happened) → `finish.rs` (the task's files back from its VM, the artifacts directory
+//! swept of links and what passes the caps, the `artifacts` globs copied, what is kept redacted,
+//! results and events read into a verdict) → `reporting` → results and the final `done` or
+//! `crashed` status, published with confirms before the input is acked. The secrets a job is
+//! granted ([`secrets`]) reach its sandboxed steps only and are taken out ([`redact`]) of its
+//! log (before its cap), its artifacts and its verdict. Whatever goes wrong with the task
+//! itself ends as a result (CRASHED, ABORTED, FAILED) so the job never silently disappears;
+//! only broker trouble and shutdown hand the job back to the queue. What a job leaves in its artifacts directory is named in
 //! [`taskbot::artifacts`].
 //!
 //! The delivery stays unacked while the task runs (at-least-once), so the task's time is capped

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use taskbot::artifacts::{STEPS_DIR, TASK_LOG};
+use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{JobRequest, Machine, ProvisionedJob};
 use uuid::Uuid;
 
@@ -125,8 +125,9 @@ impl RunnerHandler {
         let allowed = secrets::for_job(&self.settings, job).map_err(crashed)?;
         let redactor = Arc::new(Redactor::new(&allowed));
         let artifacts = self.artifacts_dir(job.job_id);
-        let mut log = open_artifacts(&artifacts).await.map_err(crashed)?;
-        log.redact_with(redactor.clone());
+        let log = open_artifacts(&artifacts, self.settings.max_log_bytes, redactor.clone())
+            .await
+            .map_err(crashed)?;
         let budget = task_budget(
             task.effective_timeout_secs(self.settings.task_timeout_secs),
             self.settings.consumer_timeout_secs,
@@ -215,18 +216,21 @@ impl RunnerHandler {
     }
 }
 
-/// Create the job's artifacts directory (with the folder of the step logs) and open its log.
-async fn open_artifacts(artifacts: &Path) -> Result<JobLog, String> {
-    tokio::fs::create_dir_all(artifacts.join(STEPS_DIR))
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot create the artifacts directory {}: {e}",
-                artifacts.display()
-            )
-        })?;
+/// Create the job's artifacts directory and open its log, keeping at most `max_log_bytes` of
+/// what `redactor` left of everything written to it.
+async fn open_artifacts(
+    artifacts: &Path,
+    max_log_bytes: u64,
+    redactor: Arc<Redactor>,
+) -> Result<JobLog, String> {
+    tokio::fs::create_dir_all(artifacts).await.map_err(|e| {
+        format!(
+            "cannot create the artifacts directory {}: {e}",
+            artifacts.display()
+        )
+    })?;
     let path = artifacts.join(TASK_LOG);
-    JobLog::create(&path)
+    JobLog::create(&path, max_log_bytes, redactor)
         .await
         .map_err(|e| format!("cannot create the log {}: {e}", path.display()))
 }

@@ -1,5 +1,5 @@
 //! Taking the secrets a job was given out of everything the runner keeps or publishes of it: the
-//! step logs and the job's log (as the output streams in), the artifacts directory, results
+//! job's log (as the output streams in, before its cap), the artifacts directory, results
 //! (notes, data, names) and events. Each occurrence becomes `[secret:<name>]`.
 //!
 //! Looked for, per secret: its value (without surrounding blank space), the value as a JSON
@@ -144,10 +144,15 @@ impl Redactor {
         };
         let mut i = 0;
         while i < buf.len() {
-            if !self.starts[usize::from(buf[i])] {
-                scanned.output.push(buf[i]);
-                i += 1;
-                continue;
+            // Copy at once the run of bytes no secret starts with (most of any output).
+            let run = buf[i..]
+                .iter()
+                .position(|&b| self.starts[usize::from(b)])
+                .unwrap_or(buf.len() - i);
+            scanned.output.extend_from_slice(&buf[i..i + run]);
+            i += run;
+            if i == buf.len() {
+                break;
             }
             let rest = &buf[i..];
             let may_grow = |p: &Pattern| p.bytes.len() > rest.len() && p.bytes.starts_with(rest);
@@ -249,10 +254,12 @@ fn base64(groups: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Redact, in place, every regular file under `dir` but those in `skip` (the logs, redacted as
-/// they were written). A file that held a secret is replaced by its redacted copy (same mode and
-/// owner; never written through a link, so a hard link to a host file stays untouched); the
-/// paths of those files, relative to `dir`, are returned, with the errors met.
+/// Redact, in place, every regular file of one link under `dir` but those in `skip` (the log,
+/// redacted as it was written). A file that held a secret is replaced by its redacted copy (same
+/// mode and owner; never written through a link); the paths of those files, relative to `dir`,
+/// are returned, with the errors met. A file of several links may be a host file: it is neither
+/// read nor copied (a copy would be a file of one link, which the api serves), and the sweep at
+/// the job's end removes it ([`crate::artifacts::sweep`]), as nothing serves it meanwhile.
 pub fn scrub_dir(
     redactor: &Arc<Redactor>,
     dir: &std::path::Path,
@@ -279,7 +286,7 @@ pub fn scrub_dir(
                 .to_string();
             if meta.is_dir() {
                 pending.push(path);
-            } else if meta.is_file() {
+            } else if meta.is_file() && std::os::unix::fs::MetadataExt::nlink(&meta) == 1 {
                 match scrub_file(redactor, &path, &meta) {
                     Ok(true) => done.push(Ok(shown)),
                     Ok(false) => {}
@@ -418,6 +425,7 @@ mod tests {
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(outside.path(), VALUE).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        std::fs::hard_link(outside.path(), dir.path().join("hard")).unwrap();
         let done = scrub_dir(&r, dir.path(), &[dir.path().join("task.log")]);
         assert_eq!(done, vec![Ok("sub/leak.txt".to_string())]);
         let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
@@ -426,5 +434,8 @@ mod tests {
         assert_eq!(read("task.log"), VALUE, "skipped");
         // A link is not followed: what it points to is not the job's.
         assert_eq!(std::fs::read_to_string(outside.path()).unwrap(), VALUE);
+        // Nor is a second link to it copied.
+        let hard = std::fs::symlink_metadata(dir.path().join("hard")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&hard), 2);
     }
 }

@@ -1,7 +1,7 @@
 //! Running a task inside the VM its job was provisioned on (`Machine::Vm`), over SSH.
 //!
 //! The clone (with its downloads) is copied into the VM before the first step; each step runs as
-//! a local `ssh` process whose remote command is the step, so step logs, time limits and kills
+//! a local `ssh` process whose remote command is the step, so step output, time limits and kills
 //! work exactly as for local steps (killing the local `ssh` ends the session; the VM itself is
 //! destroyed when the job ends). Afterwards the task's working directory and artifacts directory
 //! are copied back, regular files only (a task in a VM is not trusted to plant links on the
@@ -123,7 +123,7 @@ impl Remote {
     }
 
     /// Copy the task's working directory back over the clone, and its artifacts into
-    /// `artifacts` (never over a file already there: the runner's own logs). Regular files only.
+    /// `artifacts` (never over a file already there: the runner's own log). Regular files only.
     pub async fn pull(&self, clone: &Path, artifacts: &Path) -> Result<usize, String> {
         let staging = tokio::task::spawn_blocking(tempfile::tempdir)
             .await

@@ -41,9 +41,6 @@ pub struct ResultFactory {
     pub artifacts_location: String,
     /// Where the task's log is, once there is one.
     pub log_url: Option<String>,
-    /// The log of the step that failed or timed out, linked as `step_log` in the data of the
-    /// runner's own result.
-    pub step_log_url: Option<String>,
 }
 
 /// The results of a job and how it ended.
@@ -57,6 +54,29 @@ pub struct Verdict {
     pub detail: String,
 }
 
+impl Verdict {
+    /// The verdict with `notices` (what the runner's caps removed) added to every result's note
+    /// and to the final status's detail, each on a line of its own: whoever reads a result
+    /// learns that its log or artifacts are not whole.
+    pub fn with_notices(mut self, notices: &[String]) -> Verdict {
+        if notices.is_empty() {
+            return self;
+        }
+        let text = notices.join("\n");
+        let add = |to: &mut String| {
+            if !to.is_empty() {
+                to.push('\n');
+            }
+            to.push_str(&text);
+        };
+        for result in &mut self.results {
+            add(result.note.get_or_insert_with(String::new));
+        }
+        add(&mut self.detail);
+        self
+    }
+}
+
 impl ResultFactory {
     pub fn new(job: &JobRequest, runner: &str, artifacts_location: String) -> Self {
         ResultFactory {
@@ -65,7 +85,6 @@ impl ResultFactory {
             testcase: job.default_testcase(),
             artifacts_location,
             log_url: None,
-            step_log_url: None,
         }
     }
 
@@ -101,10 +120,6 @@ impl ResultFactory {
 
     /// A result about the job's own item.
     fn job_result(&self, outcome: Outcome, note: String) -> TaskResult {
-        let mut data = BTreeMap::new();
-        if let Some(url) = &self.step_log_url {
-            data.insert("step_log".to_string(), url.clone().into());
-        }
         self.result(
             self.testcase.clone(),
             outcome,
@@ -112,7 +127,7 @@ impl ResultFactory {
             self.job.item_type.clone(),
             self.job.arch.clone(),
             Some(note),
-            data,
+            BTreeMap::new(),
         )
     }
 
@@ -417,16 +432,12 @@ mod tests {
     }
 
     #[test]
-    fn aborted_and_crashed_link_the_step_log() {
-        let mut f = factory();
-        f.step_log_url = Some("https://a.example/7/steps/02-slow.log".into());
+    fn aborted_links_the_log() {
+        let f = factory();
         let v = f.aborted("step slow timed out after 1s (its own timeout: 1s)");
         assert_eq!(v.state, JobState::Done);
         assert_eq!(v.results[0].outcome, Outcome::Aborted);
-        assert_eq!(
-            v.results[0].data["step_log"],
-            "https://a.example/7/steps/02-slow.log"
-        );
+        assert!(v.results[0].data.is_empty());
         assert_eq!(
             v.results[0].log_url.as_deref(),
             Some("https://a.example/7/task.log")
@@ -435,6 +446,45 @@ mod tests {
             v.detail,
             "step slow timed out after 1s (its own timeout: 1s)"
         );
+    }
+
+    #[test]
+    fn notices_reach_every_note_and_the_detail() {
+        let f = factory();
+        let notices = [
+            "task.log passed runner.max_log_bytes".to_string(),
+            "2 artifacts".to_string(),
+        ];
+        let v = f.aborted("timed out").with_notices(&notices);
+        assert_eq!(
+            v.results[0].note.as_deref(),
+            Some("timed out\ntask.log passed runner.max_log_bytes\n2 artifacts")
+        );
+        assert_eq!(
+            v.detail,
+            "timed out\ntask.log passed runner.max_log_bytes\n2 artifacts"
+        );
+        let reported = crate::results::parse(
+            "results:\n  - {item: a, type: t}\n  - {item: b, type: t, note: mine}\n",
+        )
+        .unwrap();
+        let v = f
+            .finished(
+                &RunEnd::Exited(TaskExit::Code(0)),
+                Some(Ok(reported)),
+                no_log,
+            )
+            .with_notices(&notices[..1]);
+        let notes: Vec<_> = v.results.iter().map(|r| r.note.as_deref()).collect();
+        assert_eq!(
+            notes,
+            [
+                Some("task.log passed runner.max_log_bytes"),
+                Some("mine\ntask.log passed runner.max_log_bytes")
+            ]
+        );
+        let untouched = f.aborted("timed out");
+        assert_eq!(untouched.clone().with_notices(&[]), untouched);
     }
 
     #[test]

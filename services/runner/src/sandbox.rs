@@ -321,8 +321,15 @@ use std::os::unix::process::CommandExt as _;
 
 /// `lchown` every entry of the tree at `root`, never following symbolic links.
 fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(root)?;
+    // A file with a second link may be a host file (say, one left by an earlier attempt of the
+    // job): giving it away would give the host file. It stays the runner's, and is removed
+    // with the artifacts a job may not keep.
+    if !meta.is_dir() && std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        return Ok(());
+    }
     std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
-    if !std::fs::symlink_metadata(root)?.is_dir() {
+    if !meta.is_dir() {
         return Ok(());
     }
     for entry in std::fs::read_dir(root)? {

@@ -92,6 +92,13 @@ async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
         let names: Vec<&String> = settings.secrets.keys().collect();
         tracing::info!(secrets = ?names, "task secrets configured (values re-read for every job that gets one)");
     }
+    if settings.max_log_bytes < crate::log::MIN_LOG_BYTES {
+        anyhow::bail!(
+            "runner.max_log_bytes: {} is below the smallest log kept, {} bytes",
+            settings.max_log_bytes,
+            crate::log::MIN_LOG_BYTES
+        );
+    }
     if settings.allowed_repos.is_empty() {
         tracing::warn!(
             "runner.allowed_repos is empty: every job will crash until it lists task repositories"

@@ -1,13 +1,13 @@
 //! Running a prepared task: its downloads, then its `prepare` and `run` steps within the task's
 //! time limit, then its `cleanup` steps whatever happened. Each step runs in its own process group
-//! ([`execute`]), here or in the job's VM, with its output in its own log
-//! (`steps/NN-name.log`), appended to the job's log when it ends.
+//! ([`execute`]), here or in the job's VM, with its output streamed into the job's log between
+//! a line naming the step (`== step 02-setup: ...`) and one saying how it ended.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use taskbot::artifacts::{step_log_name, EVENTS_FILE, STEPS_DIR, TASK_LOG};
+use taskbot::artifacts::{step_name, EVENTS_FILE, TASK_LOG};
 use taskbot::download::{self, DownloadSpec, RetryPolicy};
 use taskbot::messages::JobRequest;
 use taskbot::Shutdown;
@@ -17,11 +17,10 @@ use crate::execute::{self, Confinement, RunEnd, TaskCommand, TaskExit};
 use crate::job::HandBack;
 use crate::log::JobLog;
 use crate::prepare::Prepared;
-use crate::redact::Redactor;
 use crate::remote::{self, Remote};
 use crate::secrets::Delivered;
 use crate::task::{self, Escape, NamedStep, Phase, TaskFile, TemplateVars};
-use crate::{artifacts, report, RunnerHandler};
+use crate::{report, RunnerHandler};
 
 /// Default limit of each cleanup step, in seconds.
 pub const CLEANUP_TIMEOUT_SECS: u64 = 60;
@@ -30,20 +29,11 @@ pub const CLEANUP_TIMEOUT_SECS: u64 = 60;
 #[derive(Debug)]
 pub(crate) enum Ended {
     /// The run steps ran; the last one's end (the first that failed, or the last that passed).
-    Ran {
-        end: RunEnd,
-        step_log: Option<String>,
-    },
+    Ran(RunEnd),
     /// A download or prepare step failed: the check itself never ran.
-    Crashed {
-        reason: String,
-        step_log: Option<String>,
-    },
+    Crashed(String),
     /// Time ran out.
-    Aborted {
-        note: String,
-        step_log: Option<String>,
-    },
+    Aborted(String),
     /// The runner is shutting down.
     Interrupted,
 }
@@ -103,40 +93,27 @@ impl TimeLimit {
 
 /// What the end of one `prepare` or `run` step means for the task: `Ok` to go on (with how the
 /// task ends if this was its last step), `Err` to stop with this ending.
-fn judge(
-    phase: Phase,
-    step: &NamedStep,
-    end: RunEnd,
-    step_log: String,
-    limit: &TimeLimit,
-) -> Result<Ended, Ended> {
-    let step_log = Some(step_log);
+fn judge(phase: Phase, step: &NamedStep, end: RunEnd, limit: &TimeLimit) -> Result<Ended, Ended> {
     match end {
         RunEnd::Interrupted => Err(Ended::Interrupted),
-        RunEnd::TimedOut(after) => Err(Ended::Aborted {
-            note: limit.step_note(step, after),
-            step_log,
-        }),
-        RunEnd::Exited(TaskExit::Code(0)) => Ok(Ended::Ran { end, step_log }),
-        RunEnd::Exited(exit) if phase == Phase::Prepare => Err(Ended::Crashed {
-            reason: format!(
-                "prepare step {} failed: {}",
-                step.name,
-                report::outcome_of_exit(exit).1
-            ),
-            step_log,
-        }),
-        RunEnd::FailedToStart(reason) if phase == Phase::Prepare => Err(Ended::Crashed {
-            reason: format!("prepare step {} could not start: {reason}", step.name),
-            step_log,
-        }),
+        RunEnd::TimedOut(after) => Err(Ended::Aborted(limit.step_note(step, after))),
+        RunEnd::Exited(TaskExit::Code(0)) => Ok(Ended::Ran(end)),
+        RunEnd::Exited(exit) if phase == Phase::Prepare => Err(Ended::Crashed(format!(
+            "prepare step {} failed: {}",
+            step.name,
+            report::outcome_of_exit(exit).1
+        ))),
+        RunEnd::FailedToStart(reason) if phase == Phase::Prepare => Err(Ended::Crashed(format!(
+            "prepare step {} could not start: {reason}",
+            step.name
+        ))),
         // A failing step ends the run: its exit code is the task's.
-        end => Err(Ended::Ran { end, step_log }),
+        end => Err(Ended::Ran(end)),
     }
 }
 
 /// How a local job's steps are confined: they may write the clone and the artifacts directory,
-/// but not the runner's logs in it.
+/// but not the runner's log in it.
 fn confinement(
     handler: &RunnerHandler,
     prepared: &Prepared,
@@ -150,12 +127,12 @@ fn confinement(
     Some(Confinement {
         sandbox,
         writable: vec![clone_dir.to_path_buf(), artifacts.clone()],
-        protected: vec![artifacts.join(TASK_LOG), artifacts.join(STEPS_DIR)],
+        protected: vec![artifacts.join(TASK_LOG)],
     })
 }
 
-/// Runs a task's steps one by one: each in its own process group, with its output in
-/// `steps/NN-name.log` and then appended to the combined `task.log`.
+/// Runs a task's steps one by one: each in its own process group, with its output streamed into
+/// the job's `task.log`.
 pub(crate) struct StepRunner {
     vars: TemplateVars,
     env: Vec<(String, String)>,
@@ -164,8 +141,6 @@ pub(crate) struct StepRunner {
     remote: Option<Remote>,
     pub pushed: bool,
     cwd: PathBuf,
-    artifacts: PathBuf,
-    artifacts_location: String,
     counter: usize,
     shutdown: Shutdown,
     http: reqwest::Client,
@@ -174,7 +149,6 @@ pub(crate) struct StepRunner {
     /// The sandbox of local steps (`None` for a VM job, or with `runner.sandbox = "none"`).
     confinement: Option<Confinement>,
     secrets: Arc<[Delivered]>,
-    redactor: Arc<Redactor>,
 }
 
 impl StepRunner {
@@ -222,8 +196,6 @@ impl StepRunner {
             remote: prepared.remote.clone(),
             pushed: false,
             cwd: clone_dir.to_path_buf(),
-            artifacts: prepared.artifacts.clone(),
-            artifacts_location: artifacts_location.to_string(),
             counter: 0,
             shutdown: handler.shutdown.clone(),
             http: handler.http.clone(),
@@ -231,7 +203,6 @@ impl StepRunner {
             download_attempts: handler.settings.download_attempts,
             confinement: confinement(handler, prepared, clone_dir),
             secrets: prepared.secrets.clone(),
-            redactor: prepared.redactor.clone(),
         }
     }
 
@@ -256,14 +227,11 @@ impl StepRunner {
         if let Err(ended) = self.download_all(task, log, limit).await {
             return ended;
         }
-        let mut last = Ended::Ran {
-            end: RunEnd::Exited(TaskExit::Code(0)),
-            step_log: None,
-        };
+        let mut last = Ended::Ran(RunEnd::Exited(TaskExit::Code(0)));
         for phase in [Phase::Prepare, Phase::Run] {
             for step in task.steps(phase) {
-                let (end, step_log) = self.run(&step, log, limit.deadline).await;
-                match judge(phase, &step, end, step_log, limit) {
+                let end = self.run(&step, log, limit.deadline).await;
+                match judge(phase, &step, end, limit) {
                     Ok(passed) if phase == Phase::Run => last = passed,
                     Ok(_) => {}
                     Err(ended) => return ended,
@@ -286,7 +254,7 @@ impl StepRunner {
             let step_deadline = until.map_or(Instant::now() + limit, |end| {
                 end.min(Instant::now() + limit)
             });
-            let (end, _) = self.run(&step, log, step_deadline).await;
+            let end = self.run(&step, log, step_deadline).await;
             if end == RunEnd::Interrupted {
                 return Err(HandBack::shutdown());
             }
@@ -306,7 +274,7 @@ impl StepRunner {
             first_pause: Duration::from_secs(1),
         };
         for (i, d) in task.downloads.iter().enumerate() {
-            let spec = self.download_spec(i, d).map_err(crashed)?;
+            let spec = self.download_spec(i, d).map_err(Ended::Crashed)?;
             let url = &spec.url;
             let (mut shutdown, mut progress) = (self.shutdown.clone(), log.writer());
             let download = download::download(&self.http, &spec, policy, &mut progress);
@@ -316,13 +284,8 @@ impl StepRunner {
             };
             match result {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(crashed(format!("download {url} failed: {e}"))),
-                Err(_) => {
-                    return Err(Ended::Aborted {
-                        note: limit.note(&format!("downloads ({url})")),
-                        step_log: None,
-                    })
-                }
+                Ok(Err(e)) => return Err(Ended::Crashed(format!("download {url} failed: {e}"))),
+                Err(_) => return Err(Ended::Aborted(limit.note(&format!("downloads ({url})")))),
             }
         }
         Ok(())
@@ -351,45 +314,39 @@ impl StepRunner {
         })
     }
 
-    /// Run one step until it ends, its own timeout or `deadline`. Returns how it ended and the
-    /// location (URL or path) of its log.
-    async fn run(&mut self, step: &NamedStep, log: &JobLog, deadline: Instant) -> (RunEnd, String) {
+    /// Run one step until it ends, its own timeout or `deadline`; how it ended.
+    async fn run(&mut self, step: &NamedStep, log: &JobLog, deadline: Instant) -> RunEnd {
         self.counter += 1;
-        let file_name = step_log_name(self.counter, &step.name);
-        let step_log = self.artifacts.join(STEPS_DIR).join(&file_name);
-        let location = format!("{}/{STEPS_DIR}/{file_name}", self.artifacts_location);
+        let numbered = step_name(self.counter, &step.name);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let timeout = step
             .timeout
             .map_or(remaining, |own| Duration::from_secs(own).min(remaining));
-        log.line(format_args!("== step {file_name}: {}", step.run));
+        log.line(format_args!("== step {numbered}: {}", step.run));
         let script = match self.script(step, timeout).await {
             Ok(script) => script,
             Err(end) => {
-                log.line(format_args!("== step {file_name}: {}", describe_end(&end)));
-                return (end, location);
+                log.line(format_args!("== step {numbered}: {}", describe_end(&end)));
+                return end;
             }
         };
         let command = TaskCommand {
             script,
             cwd: self.cwd.clone(),
             env: self.env.clone(),
-            log_path: step_log.clone(),
+            output: log.output(),
             timeout,
             confinement: self.confinement.clone(),
             secrets: self.secrets.clone(),
-            redactor: self.redactor.clone(),
         };
         let started = Instant::now();
         let end = execute::run(&command, &mut self.shutdown).await;
-        // The step's own log, then the combined one.
-        log.append_file(step_log);
         log.line(format_args!(
-            "== step {file_name}: {} after {:.1}s",
+            "== step {numbered}: {} after {:.1}s",
             describe_end(&end),
             started.elapsed().as_secs_f64()
         ));
-        (end, location)
+        end
     }
 
     /// The shell command of a step as it runs: rendered, and for a VM wrapped in `ssh` (the clone
@@ -413,61 +370,6 @@ impl StepRunner {
             self.pushed = true;
         }
         Ok(remote.step_command(&script, &self.env))
-    }
-
-    /// Copy the files matching `globs` (relative to the clone) into the artifacts directory,
-    /// keeping their relative paths. Only regular files (a symlink could point anywhere on the
-    /// host), never over a file already there (the runner's own logs).
-    pub async fn copy_artifacts(&self, globs: &[String], log: &JobLog) -> usize {
-        if globs.is_empty() {
-            return 0;
-        }
-        let (root, dest, globs) = (self.cwd.clone(), self.artifacts.clone(), globs.to_vec());
-        let copied =
-            tokio::task::spawn_blocking(move || artifacts::copy_matching(&root, &dest, &globs))
-                .await
-                .unwrap_or_else(|e| vec![Err(format!("runner failure: {e}"))]);
-        let mut count = 0;
-        for line in copied {
-            match line {
-                Ok(path) => {
-                    count += 1;
-                    log.line(format_args!("artifact kept: {path}"));
-                }
-                Err(e) => log.line(format_args!("artifact not kept: {e}")),
-            }
-        }
-        count
-    }
-}
-
-impl StepRunner {
-    /// Redact, in place, the files of the artifacts directory that hold one of the job's secrets
-    /// (the events file, what the task wrote or had copied there); the logs were redacted as
-    /// they were written. Says in the log which files were.
-    pub async fn scrub_artifacts(&self, log: &JobLog) {
-        if self.redactor.is_empty() {
-            return;
-        }
-        let (redactor, dir) = (self.redactor.clone(), self.artifacts.clone());
-        let skip = vec![dir.join(TASK_LOG), dir.join(STEPS_DIR)];
-        let scrubbed =
-            tokio::task::spawn_blocking(move || crate::redact::scrub_dir(&redactor, &dir, &skip))
-                .await
-                .unwrap_or_else(|e| vec![Err(format!("runner failure: {e}"))]);
-        for line in scrubbed {
-            match line {
-                Ok(path) => log.line(format_args!("artifact redacted (it held a secret): {path}")),
-                Err(e) => log.line(format_args!("artifact not redacted: {e}")),
-            }
-        }
-    }
-}
-
-fn crashed(reason: String) -> Ended {
-    Ended::Crashed {
-        reason,
-        step_log: None,
     }
 }
 

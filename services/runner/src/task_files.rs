@@ -8,11 +8,10 @@
 //! symbolic link followed anywhere on the path, must be a regular file with one link, and is
 //! read up to a size cap: anything else is refused with a reason, never read.
 
-use std::fs::File;
 use std::io::Read as _;
-use std::os::fd::{AsRawFd as _, FromRawFd as _};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
+
+use taskbot::artifacts::{check_regular, is_link_refusal, open_beneath};
 
 /// Largest task file read (results, events, `taskbot.yaml`), in bytes.
 pub const MAX_TASK_FILE_BYTES: u64 = 1024 * 1024;
@@ -26,7 +25,7 @@ pub fn read_beneath(
     let file = match open_beneath(root, relative) {
         Ok(file) => file,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if is_link_refusal(&e) => {
             return Err(format!(
                 "{} is a symbolic link, lies behind one or outside the job's directory; task files must be regular files in it",
                 relative.display()
@@ -37,16 +36,7 @@ pub fn read_beneath(
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot inspect {}: {e}", relative.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", relative.display()));
-    }
-    if meta.nlink() != 1 {
-        return Err(format!(
-            "{} has {} hard links; task files must have one",
-            relative.display(),
-            meta.nlink()
-        ));
-    }
+    check_regular(&meta).map_err(|why| format!("{}: {why}", relative.display()))?;
     if meta.len() > max_bytes {
         return Err(format!(
             "{} is {} bytes, over the limit of {max_bytes}",
@@ -65,43 +55,6 @@ pub fn read_beneath(
         ));
     }
     Ok(Some(bytes))
-}
-
-/// The kernel's `struct open_how` (libc's is not constructible outside the crate).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-/// `relative` opened read-only beneath `root`, no symbolic link followed, without blocking on a
-/// FIFO.
-fn open_beneath(root: &Path, relative: &Path) -> std::io::Result<File> {
-    let dir = File::open(root)?;
-    let path = std::ffi::CString::new(relative.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
-    };
-    // SAFETY: openat2 reads `path` (a valid C string) and `how` (a valid open_how of the size
-    // given) and returns a new descriptor or -1; nothing else is touched.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a descriptor openat2 just returned and nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]

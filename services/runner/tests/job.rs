@@ -595,7 +595,7 @@ async fn invalid_results_file_crashes_quoting_the_log() {
         .split_once("\n--- end of task.log ---\n")
         .expect("log quoted");
     assert!(
-        tail.contains("\nstep one done\n== step 01-run.log: exit code 0 after"),
+        tail.contains("\nstep one done\n== step 01-run: exit code 0 after"),
         "{tail}"
     );
     assert!(r.log_url.is_some());
@@ -705,27 +705,9 @@ testcase: dist.v1
     assert_eq!(read("out/copy.log").as_bytes(), rpm.as_slice());
     assert_eq!(read("out/prepared.txt"), "tag=f40\n");
     assert_eq!(read("cleaned.txt"), "cleaned\n");
-    assert_eq!(
-        read("steps/03-check.log").lines().last(),
-        Some("checked pkg-1.0-1.fc40")
-    );
-    let steps: Vec<String> = {
-        let mut v: Vec<String> = std::fs::read_dir(artifacts.join("steps"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(
-        steps,
-        [
-            "01-prepare-1.log",
-            "02-setup.log",
-            "03-check.log",
-            "04-run-2.log",
-            "05-cleanup-1.log"
-        ]
+    assert!(
+        !artifacts.join("steps").exists(),
+        "step output is stored once, in task.log"
     );
     let log = read("task.log");
     for expected in [
@@ -733,10 +715,13 @@ testcase: dist.v1
         "attempt 2/",
         "23 bytes saved as",
         "environment: needs packages coreutils",
-        "== step 02-setup.log: exit code 0 after",
-        "checked pkg-1.0-1.fc40",
+        "== step 01-prepare-1: mkdir -p out",
+        "== step 02-setup: exit code 0 after",
+        "== step 03-check: cat rpms/*.rpm",
+        "checked pkg-1.0-1.fc40\n== step 03-check: exit code 0 after",
+        "== step 04-run-2: exit code 0 after",
         "artifact kept: out/copy.log",
-        "== step 05-cleanup-1.log: exit code 0",
+        "== step 05-cleanup-1: exit code 0",
     ] {
         assert!(log.contains(expected), "{expected:?} missing from:\n{log}");
     }
@@ -841,11 +826,11 @@ async fn step_timeout_aborts_naming_the_step_and_cleanup_still_runs() {
         r.note.as_deref(),
         Some("step slow timed out after 1s (its own timeout: 1s)")
     );
-    let step_log = h.job_artifacts(&slow).join("steps/02-slow.log");
-    assert_eq!(r.data["step_log"], step_log.display().to_string());
-    assert!(std::fs::read_to_string(&step_log)
-        .unwrap()
-        .contains("sleeping"));
+    let log = std::fs::read_to_string(h.job_artifacts(&slow).join("task.log")).unwrap();
+    assert!(
+        log.contains("== step 02-slow: echo sleeping; sleep 30\nsleeping\n== step 02-slow: timed out after 1s"),
+        "{log}"
+    );
     assert_eq!(
         std::fs::read_to_string(h.job_artifacts(&slow).join("cleanup.txt")).unwrap(),
         "done\n"
@@ -978,4 +963,176 @@ async fn crashed_on_a_link_unread(h: &Harness, job: &ProvisionedJob) {
         !note.contains("root:x:0:0"),
         "a host file leaked into the note: {note}"
     );
+}
+
+#[tokio::test]
+async fn a_task_printing_500_mb_is_stored_within_the_log_cap_and_still_ends_with_its_verdict() {
+    let mut h = Harness::new();
+    h.settings.max_log_bytes = 1024 * 1024;
+    let repo = h.dirs.task(
+        "loud",
+        "name: loud\nrun: |\n  echo first words\n  head -c 500M /dev/zero | tr '\\0' y\n  echo\n  echo last words\n  exit 3\n",
+    );
+    let loud = job("loud", &repo, "main", "pkg-1-1", "x86_64");
+
+    let (states, results) = h.outcome_of(&loud, 1).await;
+    assert_eq!(states, FULL_LIFE);
+    let r = &results[0];
+    assert_eq!(r.outcome, Outcome::Failed);
+    let note = r.note.as_deref().unwrap();
+    let (verdict, notice) = note.split_once('\n').expect("a notice after the verdict");
+    assert_eq!(verdict, "exit code 3");
+    let dropped: u64 = notice
+        .strip_prefix("task.log passed runner.max_log_bytes: ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped bytes in {notice:?}"));
+    assert!(dropped > 499 * 1024 * 1024, "{dropped}");
+
+    let path = h.job_artifacts(&loud).join("task.log");
+    let stored = std::fs::metadata(&path).unwrap().len();
+    assert!(stored <= 1024 * 1024, "task.log has {stored} bytes");
+    let log = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+    assert!(log.starts_with("task loud ("), "the head is kept");
+    assert!(log.contains("\nfirst words\n"));
+    assert!(log.contains(&format!(
+        "[taskbot: {dropped} bytes of this log were dropped here (runner.max_log_bytes = 1048576)"
+    )));
+    assert!(
+        log.contains("\nlast words\n== step 01-run: exit code 3 after"),
+        "the tail is kept"
+    );
+    let entries: Vec<_> = std::fs::read_dir(h.job_artifacts(&loud)).unwrap().collect();
+    assert_eq!(entries.len(), 1, "task.log only: {entries:?}");
+}
+
+/// A task that writes `files` (name, bytes) into its artifacts directory.
+fn writing_artifacts(h: &Harness, name: &str, files: &[(&str, usize)]) -> ProvisionedJob {
+    let script: String = files
+        .iter()
+        .map(|(file, bytes)| {
+            format!("  head -c {bytes} /dev/zero > \"${{TASKBOT_ARTIFACTS}}{file}\"\n")
+        })
+        .collect();
+    let repo = h.dirs.task(
+        name,
+        &format!("name: {name}\nrun: |\n  mkdir -p \"${{TASKBOT_ARTIFACTS}}sub\"\n{script}"),
+    );
+    job(name, &repo, "main", "pkg-1-1", "x86_64")
+}
+
+/// The files left in `dir`, relative, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.symlink_metadata().unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap();
+                out.push(relative.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn artifacts_past_the_byte_cap_are_removed_and_the_result_says_so() {
+    let mut h = Harness::new();
+    h.settings.max_artifact_bytes = 1000;
+    let big = writing_artifacts(&h, "big", &[("a.bin", 600), ("b.bin", 600), ("c.bin", 300)]);
+
+    let (states, results) = h.outcome_of(&big, 1).await;
+    assert_eq!(states, FULL_LIFE);
+    assert_eq!(results[0].outcome, Outcome::Passed);
+    assert_eq!(
+        results[0].note.as_deref(),
+        Some("exit code 0\n1 artifact file(s) were not kept, over the job's caps (runner.max_artifact_files = 10000, runner.max_artifact_bytes = 1000): b.bin")
+    );
+    assert_eq!(
+        files_in(&h.job_artifacts(&big)),
+        ["a.bin", "c.bin", "task.log"]
+    );
+    let log = std::fs::read_to_string(h.job_artifacts(&big).join("task.log")).unwrap();
+    assert!(
+        log.contains("artifact removed: b.bin: over runner.max_artifact_bytes (1000 bytes; this file has 600)"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn artifacts_past_the_file_count_cap_are_removed_and_the_result_says_so() {
+    let mut h = Harness::new();
+    h.settings.max_artifact_files = 2;
+    let files: Vec<(String, usize)> = (1..=8).map(|i| (format!("sub/{i}.txt"), 1)).collect();
+    let files: Vec<(&str, usize)> = files.iter().map(|(f, n)| (f.as_str(), *n)).collect();
+    let many = writing_artifacts(&h, "many", &files);
+
+    let (states, results) = h.outcome_of(&many, 1).await;
+    assert_eq!(states, FULL_LIFE);
+    assert_eq!(results[0].outcome, Outcome::Passed);
+    assert_eq!(
+        results[0].note.as_deref(),
+        Some("exit code 0\n6 artifact file(s) were not kept, over the job's caps (runner.max_artifact_files = 2, runner.max_artifact_bytes = 1073741824): sub/3.txt, sub/4.txt, sub/5.txt, sub/6.txt, sub/7.txt, and 1 more (see task.log)")
+    );
+    assert_eq!(
+        files_in(&h.job_artifacts(&many)),
+        ["sub/1.txt", "sub/2.txt", "task.log"]
+    );
+}
+
+#[tokio::test]
+async fn links_to_host_files_in_the_artifacts_are_never_kept_nor_given_to_the_task() {
+    let h = Harness::new();
+    let repo = h.dirs.task(
+        "links",
+        "name: links\nrun: |\n  cd \"$TASKBOT_ARTIFACTS\"\n  ln -s /etc/passwd passwd\n  ln -s / root\n  echo mine > own\n  ln own own-too\n  echo kept > kept.txt\n  cat host-hard host-sym || true\n",
+    );
+    let links = job("links", &repo, "main", "pkg-1-1", "x86_64");
+    // What an earlier attempt of the job could have left: a hard link to a host file only root
+    // may read, and a symbolic link to it.
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("secret");
+    std::fs::write(&secret, "host secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let artifacts = h.job_artifacts(&links);
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::hard_link(&secret, artifacts.join("host-hard")).unwrap();
+    std::os::unix::fs::symlink(&secret, artifacts.join("host-sym")).unwrap();
+
+    let (states, results) = h.outcome_of(&links, 1).await;
+    assert_eq!(states, FULL_LIFE);
+    assert_eq!(results[0].outcome, Outcome::Passed);
+    let note = results[0].note.as_deref().unwrap();
+    assert!(
+        note.starts_with(
+            "exit code 0\n6 file(s) in the artifacts were removed as links or special files"
+        ),
+        "{note}"
+    );
+    assert_eq!(files_in(&artifacts), ["kept.txt", "task.log"]);
+    let log = std::fs::read_to_string(artifacts.join("task.log")).unwrap();
+    assert!(
+        !log.contains("host secret"),
+        "the task read the host file: {log}"
+    );
+    assert!(log.contains("cat: host-hard: Permission denied"), "{log}");
+    assert!(
+        log.contains("artifact removed: host-hard: 2 hard links"),
+        "{log}"
+    );
+    // The host file is whole, still root's, and only its second name is gone.
+    let meta = std::fs::metadata(&secret).unwrap();
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::nlink(&meta)
+        ),
+        (0, 1)
+    );
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret");
 }

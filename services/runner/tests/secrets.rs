@@ -1,7 +1,7 @@
 //! Secrets for tasks (`runner.secrets`), through whole jobs without a broker, in the real
 //! sandbox: a task that prints its secret every way it can leaves only `[secret:<name>]` in its
-//! logs, artifacts, results and events; a task not allowed the secret gets no trace of it, even
-//! while another job holds it; no command line on the host shows it.
+//! log (capped or not), artifacts, results and events; a task not allowed the secret gets no
+//! trace of it, even while another job holds it; no command line on the host shows it.
 
 mod common;
 
@@ -218,7 +218,18 @@ async fn a_task_that_prints_its_secret_leaves_only_markers() {
         );
     }
     assert!(Harness::artifact(&ran, "events.jsonl").contains(MARKER));
-    assert!(Harness::artifact(&ran, "steps/03-run-3.log").contains(&format!("split:{MARKER}")));
+    // The output is stored once, in task.log: the split write within its step's lines.
+    assert!(
+        !ran.artifacts.iter().any(|(p, _)| p.starts_with("steps/")),
+        "{:?}",
+        ran.artifacts.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    let step_3 = log
+        .split("== step 03-run-3: ")
+        .nth(1)
+        .and_then(|rest| rest.split("== step 04-").next())
+        .unwrap_or_else(|| panic!("no step 03-run-3: {log}"));
+    assert!(step_3.contains(&format!("split:{MARKER}")), "{step_3}");
 
     // The results and events published carry the marker, never the value.
     let r = &ran.results[0];
@@ -230,6 +241,36 @@ async fn a_task_that_prints_its_secret_leaves_only_markers() {
     assert_eq!(ran.events[0].msg["token"], MARKER);
     let published = serde_json::to_string(&(&ran.results, &ran.events)).unwrap();
     assert!(!published.contains(VALUE), "{published}");
+}
+
+/// A log past `runner.max_log_bytes` is cut after redaction: wherever the cut falls (the
+/// secret is printed at every offset around it), neither the head nor the tail kept holds any
+/// piece of the value.
+#[tokio::test]
+async fn a_capped_log_holds_no_piece_of_the_secret() {
+    let mut h = Harness::new();
+    h.settings.max_log_bytes = 16 * 1024;
+    // 2,000 times the value after a growing run of dots, as one write at a time: 4 KiB in, the
+    // head's end and then the tail's start fall on every place of one of them.
+    let yaml = r#"name: leaky
+run: 'i=0; pad=""; while [ $i -lt 2000 ]; do printf "%s%s" "$pad" "$KOJI_TOKEN"; pad="$pad."; [ ${#pad} -gt 40 ] && pad=""; i=$((i+1)); done; echo; echo done'
+"#;
+    let repo = h.dirs.task("leaky", yaml);
+    let ran = h
+        .run(&job("leaky", &repo, "main", "pkg-1-1.fc40", "x86_64"))
+        .await;
+    assert_eq!(ran.states, FULL_LIFE);
+    let log = Harness::artifact(&ran, "task.log");
+    assert!(log.len() <= 16 * 1024, "{}", log.len());
+    assert!(log.contains("is cut here"), "{log}");
+    assert!(log.contains("bytes of this log were dropped here"), "{log}");
+    assert!(log.contains(MARKER) && log.contains("\ndone\n"), "{log}");
+    // The marker holds "koji-token"; the value's other pieces must be nowhere.
+    for piece in ["s3cr3t", "3cr3t-k", "token-4", "n-4242"] {
+        assert!(!log.contains(piece), "{piece} in the log:\n{log}");
+    }
+    let note = ran.results[0].note.as_deref().unwrap_or_default();
+    assert!(note.contains("passed runner.max_log_bytes"), "{note}");
 }
 
 #[tokio::test]
