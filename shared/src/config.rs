@@ -17,8 +17,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{
-    Service, OPS_DEFAULT_BRIDGE, OPS_DEFAULT_PROVISIONER, OPS_DEFAULT_REPORTER, OPS_DEFAULT_RULES,
-    OPS_DEFAULT_RUNNER,
+    Role, Service, OPS_DEFAULT_BRIDGE, OPS_DEFAULT_PROVISIONER, OPS_DEFAULT_REPORTER,
+    OPS_DEFAULT_RULES, OPS_DEFAULT_RUNNER,
 };
 
 /// The environment variable naming the config file.
@@ -130,10 +130,11 @@ impl AmqpConfig {
             .and_then(|(key, _)| crate::identity::Role::from_key(key))
     }
 
-    /// The broker user `service` logs in as: its `[amqp.users.<section>]` name, else the URL's
-    /// (`guest` when the URL names none). Consumers compare a message's `user_id` with this.
-    pub fn user_name(&self, service: Service) -> String {
-        match self.users.get(service.section()) {
+    /// The broker user `role` (a service, or the `taskbot` command line) logs in as: its
+    /// `[amqp.users.<key>]` name, else the URL's (`guest` when the URL names none). Consumers
+    /// compare a message's `user_id` with this.
+    pub fn user_name(&self, role: impl Into<Role>) -> String {
+        match self.users.get(role.into().key()) {
             Some(user) => user.name.clone(),
             None => crate::amqp::url_user(&self.url),
         }

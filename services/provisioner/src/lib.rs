@@ -454,7 +454,7 @@ impl FinishedHandler {
         let mut senders = vec![
             amqp.user_name(Service::Runner),
             amqp.user_name(Service::Provisioner),
-            amqp::url_user(&amqp.url),
+            amqp.user_name(taskbot::Role::Cli),
         ];
         senders.dedup();
         FinishedHandler { vm, senders }

@@ -48,7 +48,8 @@ pub struct Senders {
     pub rules: String,
     pub provisioner: String,
     pub runner: String,
-    /// The operator's user: `amqp.url`'s, which the `taskbot` command line logs in as.
+    /// The operator's user: the `taskbot` command line's (`[amqp.users.cli]`), which
+    /// `taskbot submit` and `taskbot dlq retry` publish as.
     pub operator: String,
 }
 
@@ -59,7 +60,7 @@ impl Senders {
             rules: amqp.user_name(Service::Rules),
             provisioner: amqp.user_name(Service::Provisioner),
             runner: amqp.user_name(Service::Runner),
-            operator: taskbot::amqp::url_user(&amqp.url),
+            operator: amqp.user_name(taskbot::Role::Cli),
         }
     }
 

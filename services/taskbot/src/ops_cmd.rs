@@ -596,6 +596,16 @@ impl DlqBroker<'_> {
             if source.ends_with(".fedmsg-bridge") {
                 continue; // the bridge has no queue to retry into: replay the bus message
             }
+            if self.is_run_queue(source) {
+                // Runners honour run messages only from the provisioner's broker user, and a
+                // run message names a machine that may be gone: the job is re-requested instead.
+                let _ = writeln!(
+                    out,
+                    "{source}: not re-queued (runners take run messages only from the \
+                     provisioner); submit the job again with `taskbot submit`"
+                );
+                continue;
+            }
             let dead = self.topology.dead_letter_queue(source);
             if self.count(&dead).await?.unwrap_or(0) == 0 {
                 continue;
@@ -614,6 +624,12 @@ impl DlqBroker<'_> {
         }
         let _ = writeln!(out, "{total} dead letters re-queued");
         Ok(out)
+    }
+
+    /// Whether `queue` is a runner's run queue.
+    fn is_run_queue(&self, queue: &str) -> bool {
+        let prefix = self.topology.run_queue("");
+        queue.starts_with(&prefix) && queue.len() > prefix.len()
     }
 
     /// `dlq purge --yes`: every dead letter of each queue, gone.

@@ -240,6 +240,25 @@ async fn dead_letters_are_listed_shown_retried_and_purged_losing_none() {
     );
     assert_eq!(broker.depth(&t.rules_queue()).await, 0);
 
+    // A run message is not re-queued: runners take run messages only from the provisioner.
+    let run = t.run_queue("x86_64");
+    let run_dead = t.dead_letter_queue(&run);
+    dead_letter(
+        &broker,
+        &run,
+        "{\"job\": 1}",
+        "published by broker user \"x\"",
+    )
+    .await;
+    let retried = ok(&taskbot(
+        &broker,
+        &["dlq", "retry", "--queue", "run.x86_64"],
+    ));
+    assert!(retried.contains("taskbot submit"), "{retried}");
+    assert!(retried.contains("0 dead letters re-queued"), "{retried}");
+    assert_eq!(broker.depth(&run_dead).await, 1, "left where it was");
+    assert_eq!(broker.depth(&run).await, 0);
+
     // `purge` needs --yes.
     let refused = taskbot(&broker, &["dlq", "purge", "--queue", "rules"]);
     assert_eq!(refused.status.code(), Some(1));
