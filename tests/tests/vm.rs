@@ -136,6 +136,35 @@ async fn publish(d: &Deployment, topic: &str, msg: serde_json::Value) {
 }
 
 /// (outcome, note, job id) of each result of `item`, by testcase.
+/// Wait until the log of the job of `item` shows the task printed `line`.
+async fn task_output(d: &Deployment, item: &str, line: &str, timeout: Duration) {
+    let db = d.db().await;
+    let row = db
+        .query_one("select job_id from jobs where item = $1", &[&item])
+        .await
+        .unwrap();
+    let job_id: uuid::Uuid = row.get(0);
+    let log = d
+        .config
+        .runner
+        .artifacts_dir
+        .join(job_id.to_string())
+        .join(taskbot::artifacts::TASK_LOG);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never printed {line:?}:\n{text}\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn results_of(
     d: &Deployment,
     item: &str,
@@ -347,6 +376,9 @@ async fn a_job_redelivered_onto_its_used_vm_is_crashed_and_the_vm_destroyed() {
         w.d.wait_for_count(&running, 1, Duration::from_secs(120))
             .await;
     assert_eq!(count, 1, "{}", w.d.logs());
+    // Killed only once the task runs in the VM (the VM is claimed when the clone is copied in,
+    // after the `running` status): a runner killed before that leaves the VM unused.
+    task_output(&w.d, item, "started", Duration::from_secs(60)).await;
     let runner =
         w.d.services
             .iter_mut()
