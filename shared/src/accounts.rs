@@ -61,13 +61,17 @@ fn toml_string(text: &str) -> String {
 }
 
 /// The broker user of the `[amqp.users.<key>]` entry `key` in `namespace`: `<namespace>-<key>`,
-/// e.g. `taskbot-rules` or `taskbot-runner-x86_64`.
+/// e.g. `taskbot-rules`; for the runners of an arch `<namespace>-runner-<arch>`, e.g.
+/// `taskbot-runner-x86_64`.
 pub fn amqp_user_name(namespace: &str, key: &str) -> String {
-    format!("{namespace}-{key}")
+    match crate::identity::runner_key_arch(key) {
+        Some(arch) => format!("{namespace}-runner-{arch}"),
+        None => format!("{namespace}-{key}"),
+    }
 }
 
 /// The broker users of a deployment, by `[amqp.users.<key>]` key, with their permissions: one per
-/// role, except that the runners have one per arch of `topology` (`runner-<arch>`), which may
+/// role, except that the runners have one per arch of `topology` (`runner_<arch>`), which may
 /// consume only that arch's run queue, instead of one shared by all arches.
 pub fn broker_users(topology: &Topology) -> Vec<(String, Permissions)> {
     let runner = Role::Service(Service::Runner);
@@ -291,6 +295,7 @@ mod tests {
                 .unwrap();
         assert_eq!(parsed.amqp.users, accounts.amqp);
         assert_eq!(amqp_user_name("tb", "cli"), "tb-cli");
+        assert_eq!(amqp_user_name("tb", "runner_x86_64"), "tb-runner-x86_64");
     }
 
     #[test]
@@ -307,8 +312,8 @@ mod tests {
                 "reporter",
                 "api",
                 "cli",
-                "runner-x86_64",
-                "runner-aarch64"
+                "runner_x86_64",
+                "runner_aarch64"
             ],
             "no user shared by the runners of every arch"
         );

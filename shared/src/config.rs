@@ -101,7 +101,7 @@ pub struct AmqpConfig {
     /// password from its `password_file`, instead of the URL's (on `management_url` too); every
     /// service also reads the others' names, to check who published what it consumes (the AMQP
     /// `user_id`). The runners of each arch have a user of their own,
-    /// `[amqp.users.runner-<arch>]` (e.g. `runner-x86_64`), which reads only that arch's run
+    /// `[amqp.users.runner_<arch>]` (e.g. `runner_x86_64`), which reads only that arch's run
     /// queue; `[amqp.users.runner]` is the user of runners whose arch has none.
     pub users: BTreeMap<String, AmqpUser>,
 }
@@ -133,7 +133,7 @@ impl AmqpConfig {
     }
 
     /// The broker user the runners of `arch` log in as: their arch's own
-    /// (`[amqp.users.runner-<arch>]`), else the shared runner's ([`Self::user_name`]).
+    /// (`[amqp.users.runner_<arch>]`), else the shared runner's ([`Self::user_name`]).
     pub fn runner_user_name(&self, arch: &str) -> String {
         match self.users.get(&crate::identity::runner_arch_key(arch)) {
             Some(user) => user.name.clone(),
@@ -179,7 +179,7 @@ pub struct RunnerUsers {
     /// The user of runners whose arch has none of its own: `[amqp.users.runner]`, else the URL's
     /// (`guest` in local development) when no arch has a user of its own; else none.
     pub shared: Option<String>,
-    /// Arch to user (`[amqp.users.runner-<arch>]`).
+    /// Arch to user (`[amqp.users.runner_<arch>]`).
     pub by_arch: BTreeMap<String, String>,
 }
 

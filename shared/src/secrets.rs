@@ -57,7 +57,7 @@ fn check_keys(config: &Config) -> Result<(), ConfigError> {
     for key in config.amqp.users.keys() {
         if Role::from_amqp_key(key).is_none() {
             problems.push(format!(
-                "  amqp.users.{key}: no such service (one of: {}, or runner-<arch>)",
+                "  amqp.users.{key}: no such service (one of: {}, or runner_<arch>)",
                 keys_of(&Role::ALL)
             ));
         }
@@ -96,7 +96,7 @@ fn amqp_login(config: &Config, role: Option<Role>) -> Result<Option<Login>, Conf
 }
 
 /// The `[amqp.users.<key>]` entry `role` logs in with: for a runner, its arch's own
-/// (`runner-<arch>`, from `runner.arch`) when there is one, else the shared `runner`.
+/// (`runner_<arch>`, from `runner.arch`) when there is one, else the shared `runner`.
 fn amqp_key(config: &Config, role: Role) -> String {
     if role == Role::Service(Service::Runner) {
         if let Some(arch) = &config.runner.arch {
@@ -347,7 +347,7 @@ mod tests {
         let x86 = secret(dir.path(), "x86", "x86-pw\n");
         let shared = secret(dir.path(), "shared", "shared-pw\n");
         let users = &mut config.amqp.users;
-        users.insert("runner-x86_64".into(), account("tb-runner-x86_64", &x86));
+        users.insert("runner_x86_64".into(), account("tb-runner-x86_64", &x86));
         users.insert("runner".into(), account("tb-runner", &shared));
         let as_runner_of = |arch: &str| {
             let mut config = config.clone();
@@ -461,14 +461,14 @@ mod tests {
         config
             .amqp
             .users
-            .insert("runner-".into(), account("x", &empty));
+            .insert("runner_".into(), account("x", &empty));
         config
             .postgres
             .users
             .insert("runner".into(), account("x", &empty));
         let text = resolve(config, None).unwrap_err().to_string();
         assert!(
-            text.contains("amqp.users.runner-: no such service"),
+            text.contains("amqp.users.runner_: no such service"),
             "{text}"
         );
         assert!(

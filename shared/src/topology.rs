@@ -81,7 +81,7 @@ impl Topology {
     }
 
     /// The same topology with `arch` as its only arch: the part the runners of `arch` own. Their
-    /// broker user (`[amqp.users.runner-<arch>]`) may declare and consume that arch's run queue
+    /// broker user (`[amqp.users.runner_<arch>]`) may declare and consume that arch's run queue
     /// only ([`Topology::permissions`] of this topology), and a runner's own queue must exist even
     /// for an arch missing from `arches`.
     pub fn only_arch(mut self, arch: &str) -> Self {

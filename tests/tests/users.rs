@@ -483,12 +483,12 @@ async fn setup_users_prints_the_accounts_and_delete_removes_them_keeping_the_res
         "one per role, the runners one per arch: {snippet}"
     );
     assert!(
-        snippet.contains("[amqp.users.runner-x86_64]") && !snippet.contains("[amqp.users.runner]"),
+        snippet.contains("[amqp.users.runner_x86_64]") && !snippet.contains("[amqp.users.runner]"),
         "{snippet}"
     );
     assert_eq!(with_users.postgres.users.len(), 2, "{snippet}");
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(secrets.join("amqp-runner-x86_64.password"))
+        &std::fs::metadata(secrets.join("amqp-runner_x86_64.password"))
             .unwrap()
             .permissions(),
     );

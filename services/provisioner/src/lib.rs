@@ -1129,7 +1129,7 @@ mod tests {
                 name: format!("tb-runner-{arch}"),
                 password_file: None,
             };
-            config.amqp.users.insert(format!("runner-{arch}"), runner);
+            config.amqp.users.insert(format!("runner_{arch}"), runner);
         }
         let finished = FinishedHandler::new(Arc::new(s.handler.vm.unwrap()), &config);
         assert_eq!(

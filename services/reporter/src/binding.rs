@@ -171,7 +171,7 @@ pub fn runner_of_arch(
         )),
         None => Err(format!(
             "{what} was published by broker user {user:?}, but its job is for arch {arch}, whose \
-             runners have no broker user (no [amqp.users.runner-{arch}] or [amqp.users.runner])"
+             runners have no broker user (no [amqp.users.runner_{arch}] or [amqp.users.runner])"
         )),
     }
 }
@@ -587,7 +587,7 @@ mod tests {
         let mut no_shared = s.clone();
         no_shared.runners.shared = None;
         let err = runner_of_arch(&no_shared, Role::Runner, shared, "noarch", "r").unwrap_err();
-        assert!(err.contains("no [amqp.users.runner-noarch]"), "{err}");
+        assert!(err.contains("no [amqp.users.runner_noarch]"), "{err}");
         // Only a runner's messages are held to an arch.
         let provisioner = Some("tb-provisioner");
         assert_eq!(

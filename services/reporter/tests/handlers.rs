@@ -609,7 +609,7 @@ fn deployment_with_runner_arch_users() -> Config {
             name: format!("tb-runner-{arch}"),
             password_file: None,
         };
-        config.amqp.users.insert(format!("runner-{arch}"), user);
+        config.amqp.users.insert(format!("runner_{arch}"), user);
     }
     config
 }

@@ -24,7 +24,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let settings = settings(&config.runner).await?;
     remove_stale_job_dirs(&settings.work_dir).await;
-    // Only its own arch: its broker user (`[amqp.users.runner-<arch>]`) may touch no other run
+    // Only its own arch: its broker user (`[amqp.users.runner_<arch>]`) may touch no other run
     // queue.
     let topology = Topology::for_config(&config).only_arch(&arch);
     let handler = Arc::new(RunnerHandler {
