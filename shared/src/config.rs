@@ -891,6 +891,26 @@ mod tests {
     }
 
     #[test]
+    fn a_runner_arch_user_is_set_from_a_file_or_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[amqp.users.runner_x86_64]\nname = \"tb-runner-x86_64\"\n",
+            )?;
+            jail.set_env(
+                "TASKBOT_AMQP__USERS__RUNNER_AARCH64__NAME",
+                "tb-runner-aarch64",
+            );
+            let cfg: Config = Config::figment(Some(Path::new("t.toml")), &[]).extract()?;
+            let runners = cfg.amqp.runner_users();
+            assert_eq!(runners.of_arch("x86_64"), Some("tb-runner-x86_64"));
+            assert_eq!(runners.of_arch("aarch64"), Some("tb-runner-aarch64"));
+            assert_eq!(runners.of_arch("noarch"), None, "no shared runner user");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn task_secrets_read_with_their_optional_keys() {
         Jail::expect_with(|jail| {
             jail.create_file(
