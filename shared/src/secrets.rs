@@ -1,5 +1,5 @@
-//! Secrets read from files at start: each process's broker password (`[amqp.users.<key>]`,
-//! `amqp.password_file`), its database password (`[postgres.users.<key>]`,
+//! Secrets read from files at start: each process's broker password (`[amqp.users.<key>]`, for a
+//! runner its arch's `[amqp.users.runner_<arch>]` when there is one; `amqp.password_file`), its database password (`[postgres.users.<key>]`,
 //! `postgres.password_file`) and the reporter's ResultsDB header
 //! (`reporter.resultsdb_auth_header_file`).
 //!
