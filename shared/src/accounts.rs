@@ -43,7 +43,7 @@ impl Accounts {
         let mut out = String::new();
         for (section, accounts) in [("amqp", &self.amqp), ("postgres", &self.postgres)] {
             for (key, account) in accounts {
-                let _ = writeln!(out, "[{section}.users.{key}]");
+                let _ = writeln!(out, "[{section}.users.{}]", toml_key(key));
                 let _ = writeln!(out, "name = {}", toml_string(&account.name));
                 if let Some(file) = &account.password_file {
                     let file = toml_string(&file.display().to_string());
@@ -53,6 +53,17 @@ impl Accounts {
             }
         }
         out
+    }
+}
+
+/// `key` as a TOML key: bare when it can be (`runner_x86_64`), else quoted (an arch named
+/// with other characters).
+fn toml_key(key: &str) -> String {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !key.is_empty() && key.chars().all(bare) {
+        key.to_string()
+    } else {
+        toml_string(key)
     }
 }
 
@@ -276,17 +287,25 @@ mod tests {
     fn the_snippet_is_the_configuration_of_the_accounts() {
         let mut accounts = Accounts::default();
         accounts.amqp.insert(
-            "runner".into(),
+            "runner_x86_64".into(),
             Account {
-                name: "tb-runner".into(),
-                password_file: Some("/etc/taskbot/secrets/amqp-runner.password".into()),
+                name: "tb-runner-x86_64".into(),
+                password_file: Some("/etc/taskbot/secrets/amqp-runner_x86_64.password".into()),
+            },
+        );
+        accounts.amqp.insert(
+            "runner_arm.v7".into(),
+            Account {
+                name: "tb-runner-arm.v7".into(),
+                password_file: None,
             },
         );
         let snippet = accounts.snippet();
         assert_eq!(
             snippet,
-            "[amqp.users.runner]\nname = \"tb-runner\"\n\
-             password_file = \"/etc/taskbot/secrets/amqp-runner.password\"\n\n"
+            "[amqp.users.\"runner_arm.v7\"]\nname = \"tb-runner-arm.v7\"\n\n\
+             [amqp.users.runner_x86_64]\nname = \"tb-runner-x86_64\"\n\
+             password_file = \"/etc/taskbot/secrets/amqp-runner_x86_64.password\"\n\n"
         );
         let parsed: Config =
             figment::Figment::from(figment::providers::Serialized::defaults(Config::default()))
