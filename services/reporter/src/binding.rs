@@ -15,7 +15,10 @@
 //!    must have been requested (its `queued` status accepted) and, for a runner's messages,
 //!    dispatched (its `provisioned` status from the provisioner accepted); the message must agree
 //!    with the recorded job (item, type, arch, task, rule, event), and a result's id must be the
-//!    one its content derives. A message for a job not (yet) known is handed back to its queue
+//!    one its content derives. A runner's message must come from the broker user of the runners
+//!    of the job's recorded arch ([`runner_of_arch`]; without job records, of the arch the
+//!    message names): the runners of each arch have their own user, which reads only that arch's
+//!    run queue, so no other arch's runner was dispatched the job. A message for a job not (yet) known is handed back to its queue
 //!    for `reporter.unknown_job_grace_secs` (its `queued` status may simply not be handled yet:
 //!    results and statuses travel on different queues), then dead-lettered with the reason.
 
