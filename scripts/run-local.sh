@@ -4,9 +4,10 @@
 # publisher, prints the results stored, and keeps running until Ctrl-C (or, with
 # TASKBOT_RUN_ONCE=1, stops once the results are in).
 #
-# Every service logs in as its own broker user and the reporter and the api as their own database
-# roles, made by `taskbot setup-users` with passwords in .run/secrets/ (docs/security.md): the
-# local broker's `guest` is only the administrator that makes them.
+# Every service logs in as its own broker user (the runners of each arch as their arch's, which
+# reads only that arch's run queue) and the reporter and the api as their own database roles,
+# made by `taskbot setup-users` with passwords in .run/secrets/ (docs/security.md): the local
+# broker's `guest` is only the administrator that makes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -50,7 +51,7 @@ jsonl_path = "$state/results.jsonl"
 [postgres]
 url = "postgres://127.0.0.1:5432/taskbot"
 TOML
-# One broker user per service and the database roles, made as the administrator (the local
+# One broker user per service (per arch for the runners) and the database roles, made as the administrator (the local
 # broker's guest, PostgreSQL's postgres); the password files are kept from run to run.
 log "making the services' broker users and database roles (taskbot setup-users)"
 TASKBOT_CONFIG="$state/taskbot.toml" \
@@ -133,7 +134,7 @@ Where to look:
                     /openapi.json; or: target/debug/taskbot results, target/debug/taskbot job <id>
   dashboard         http://127.0.0.1:8080/dashboard (queues, runners, jobs; a job's page shows its log)
   queues            target/debug/taskbot status (or watch); dead letters: target/debug/taskbot dlq list
-  broker users      .run/users.toml (one per service, passwords in .run/secrets/, docs/security.md)
+  broker users      .run/users.toml (one per service and runner arch, passwords in .run/secrets/, docs/security.md)
   health, metrics   http://127.0.0.1:PORT/healthz, /readyz, /metrics with PORT 9181 (bridge),
                     9182 (rules), 9183 (provisioner), 9184 (reporter), 9190-9192 (runners)
   dead letters      queues ending in .dead (the bridge's hold the malformed bus messages)

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{Account, Config};
-use crate::identity::{Role, Service};
+use crate::identity::{runner_arch_key, Role, Service};
 use crate::management::Management;
 use crate::store::roles::{self, RoleNames};
-use crate::topology::Topology;
+use crate::topology::{Permissions, Topology};
 
 /// The accounts made for one deployment, as its configuration names them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,7 +43,7 @@ impl Accounts {
         let mut out = String::new();
         for (section, accounts) in [("amqp", &self.amqp), ("postgres", &self.postgres)] {
             for (key, account) in accounts {
-                let _ = writeln!(out, "[{section}.users.{key}]");
+                let _ = writeln!(out, "[{section}.users.{}]", toml_key(key));
                 let _ = writeln!(out, "name = {}", toml_string(&account.name));
                 if let Some(file) = &account.password_file {
                     let file = toml_string(&file.display().to_string());
@@ -56,13 +56,46 @@ impl Accounts {
     }
 }
 
+/// `key` as a TOML key: bare when it can be (`runner_x86_64`), else quoted (an arch named
+/// with other characters).
+fn toml_key(key: &str) -> String {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !key.is_empty() && key.chars().all(bare) {
+        key.to_string()
+    } else {
+        toml_string(key)
+    }
+}
+
 fn toml_string(text: &str) -> String {
     serde_json::Value::String(text.to_string()).to_string()
 }
 
-/// The broker user of `role` in `namespace`: `<namespace>-<key>`, e.g. `taskbot-runner`.
-pub fn amqp_user_name(namespace: &str, role: Role) -> String {
-    format!("{namespace}-{}", role.key())
+/// The broker user of the `[amqp.users.<key>]` entry `key` in `namespace`: `<namespace>-<key>`,
+/// e.g. `taskbot-rules`; for the runners of an arch `<namespace>-runner-<arch>`, e.g.
+/// `taskbot-runner-x86_64`.
+pub fn amqp_user_name(namespace: &str, key: &str) -> String {
+    match crate::identity::runner_key_arch(key) {
+        Some(arch) => format!("{namespace}-runner-{arch}"),
+        None => format!("{namespace}-{key}"),
+    }
+}
+
+/// The broker users of a deployment, by `[amqp.users.<key>]` key, with their permissions: one per
+/// role, except that the runners have one per arch of `topology` (`runner_<arch>`), which may
+/// consume only that arch's run queue, instead of one shared by all arches.
+pub fn broker_users(topology: &Topology) -> Vec<(String, Permissions)> {
+    let runner = Role::Service(Service::Runner);
+    let mut users: Vec<(String, Permissions)> = Role::ALL
+        .into_iter()
+        .filter(|role| *role != runner)
+        .map(|role| (role.key().to_string(), topology.permissions(role)))
+        .collect();
+    for arch in &topology.arches {
+        let of_arch = topology.clone().only_arch(arch);
+        users.push((runner_arch_key(arch), of_arch.permissions(runner)));
+    }
+    users
 }
 
 /// Make or update every account of `admin`'s namespace (see the module's documentation), with the
@@ -80,18 +113,16 @@ pub async fn set_up(
     let topology = Topology::for_config(admin);
     let management = Management::new(admin)?;
     let mut accounts = Accounts::default();
-    for role in Role::ALL {
-        let file = secrets_dir.join(format!("amqp-{}.password", role.key()));
+    for (key, permissions) in broker_users(&topology) {
+        let file = secrets_dir.join(format!("amqp-{key}.password"));
         let password = password_in(&file)?;
-        let name = amqp_user_name(&admin.amqp.namespace, role);
-        management
-            .put_user(&name, &password, &topology.permissions(role))
-            .await?;
+        let name = amqp_user_name(&admin.amqp.namespace, &key);
+        management.put_user(&name, &password, &permissions).await?;
         let account = Account {
             name,
             password_file: Some(file),
         };
-        accounts.amqp.insert(role.key().to_string(), account);
+        accounts.amqp.insert(key, account);
     }
     declare_topology(admin, &topology).await?;
     if database {
@@ -104,8 +135,14 @@ pub async fn set_up(
 /// tables stay, owned by the administrator). The topology stays.
 pub async fn tear_down(admin: &Config, database: bool) -> Result<(), String> {
     let management = Management::new(admin)?;
-    for role in Role::ALL {
-        let name = amqp_user_name(&admin.amqp.namespace, role);
+    let mut keys: Vec<String> = broker_users(&Topology::for_config(admin))
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    // The user runners of every arch shared before each arch had its own.
+    keys.push(Role::Service(Service::Runner).key().to_string());
+    for key in keys {
+        let name = amqp_user_name(&admin.amqp.namespace, &key);
         management.delete_user(&name).await?;
     }
     if database {
@@ -250,17 +287,25 @@ mod tests {
     fn the_snippet_is_the_configuration_of_the_accounts() {
         let mut accounts = Accounts::default();
         accounts.amqp.insert(
-            "runner".into(),
+            "runner_x86_64".into(),
             Account {
-                name: "tb-runner".into(),
-                password_file: Some("/etc/taskbot/secrets/amqp-runner.password".into()),
+                name: "tb-runner-x86_64".into(),
+                password_file: Some("/etc/taskbot/secrets/amqp-runner_x86_64.password".into()),
+            },
+        );
+        accounts.amqp.insert(
+            "runner_arm.v7".into(),
+            Account {
+                name: "tb-runner-arm.v7".into(),
+                password_file: None,
             },
         );
         let snippet = accounts.snippet();
         assert_eq!(
             snippet,
-            "[amqp.users.runner]\nname = \"tb-runner\"\n\
-             password_file = \"/etc/taskbot/secrets/amqp-runner.password\"\n\n"
+            "[amqp.users.\"runner_arm.v7\"]\nname = \"tb-runner-arm.v7\"\n\n\
+             [amqp.users.runner_x86_64]\nname = \"tb-runner-x86_64\"\n\
+             password_file = \"/etc/taskbot/secrets/amqp-runner_x86_64.password\"\n\n"
         );
         let parsed: Config =
             figment::Figment::from(figment::providers::Serialized::defaults(Config::default()))
@@ -268,6 +313,43 @@ mod tests {
                 .extract()
                 .unwrap();
         assert_eq!(parsed.amqp.users, accounts.amqp);
-        assert_eq!(amqp_user_name("tb", Role::Cli), "tb-cli");
+        assert_eq!(amqp_user_name("tb", "cli"), "tb-cli");
+        assert_eq!(amqp_user_name("tb", "runner_x86_64"), "tb-runner-x86_64");
+    }
+
+    #[test]
+    fn the_runners_of_each_arch_have_a_user_reading_only_their_run_queue() {
+        let topology = Topology::new("tb", &["x86_64".into(), "aarch64".into()]);
+        let users = broker_users(&topology);
+        let keys: Vec<&str> = users.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "bridge",
+                "rules",
+                "provisioner",
+                "reporter",
+                "api",
+                "cli",
+                "runner_x86_64",
+                "runner_aarch64"
+            ],
+            "no user shared by the runners of every arch"
+        );
+        let (_, x86) = &users[6];
+        let allows = |pattern: &str, name: &str| regex::Regex::new(pattern).unwrap().is_match(name);
+        assert!(allows(&x86.read, "tb.run.x86_64"));
+        assert!(!allows(&x86.read, "tb.run.aarch64"), "{}", x86.read);
+        assert!(
+            !allows(&x86.configure, "tb.run.aarch64.dead"),
+            "{}",
+            x86.configure
+        );
+        assert!(allows(&x86.write, "tb.results") && allows(&x86.write, "tb.events"));
+        let shared = topology.permissions(Service::Runner.into());
+        assert_eq!(
+            x86.topics, shared.topics,
+            "publishes what every runner publishes"
+        );
     }
 }

@@ -95,12 +95,14 @@ pub struct AmqpConfig {
     /// in `url` and `management_url`). For a process with no user of its own below: in production
     /// only an administrator running `taskbot setup-users`.
     pub password_file: Option<PathBuf>,
-    /// One broker user per service (`[amqp.users.runner]`, keyed by the service's config
+    /// One broker user per service (`[amqp.users.rules]`, keyed by the service's config
     /// section, and `cli` for the `taskbot` command line), each with only the permissions its
     /// service needs (docs/security.md). A service with an entry logs in as that user, with the
     /// password from its `password_file`, instead of the URL's (on `management_url` too); every
     /// service also reads the others' names, to check who published what it consumes (the AMQP
-    /// `user_id`).
+    /// `user_id`). The runners of each arch have a user of their own,
+    /// `[amqp.users.runner_<arch>]` (e.g. `runner_x86_64`), which reads only that arch's run
+    /// queue; `[amqp.users.runner]` is the user of runners whose arch has none.
     pub users: BTreeMap<String, AmqpUser>,
 }
 
@@ -127,7 +129,36 @@ impl AmqpConfig {
         self.users
             .iter()
             .find(|(_, account)| account.name == user)
-            .and_then(|(key, _)| crate::identity::Role::from_key(key))
+            .and_then(|(key, _)| crate::identity::Role::from_amqp_key(key))
+    }
+
+    /// The broker user the runners of `arch` log in as: their arch's own
+    /// (`[amqp.users.runner_<arch>]`), else the shared runner's ([`Self::user_name`]).
+    pub fn runner_user_name(&self, arch: &str) -> String {
+        match self.users.get(&crate::identity::runner_arch_key(arch)) {
+            Some(user) => user.name.clone(),
+            None => self.user_name(crate::identity::Service::Runner),
+        }
+    }
+
+    /// The broker users runners log in as, by arch.
+    pub fn runner_users(&self) -> RunnerUsers {
+        let by_arch = self
+            .users
+            .iter()
+            .filter_map(|(key, user)| {
+                let arch = crate::identity::runner_key_arch(key)?;
+                Some((arch.to_string(), user.name.clone()))
+            })
+            .collect();
+        // Without `[amqp.users.runner]`, the URL's user is the runners' only where no arch has a
+        // user of its own (local development as guest); else it is this service's own user.
+        let runner = crate::identity::Service::Runner;
+        let shared = match self.users.contains_key(Role::from(runner).key()) {
+            true => Some(self.user_name(runner)),
+            false => BTreeMap::is_empty(&by_arch).then(|| self.user_name(runner)),
+        };
+        RunnerUsers { shared, by_arch }
     }
 
     /// The broker user `role` (a service, or the `taskbot` command line) logs in as: its
@@ -138,6 +169,38 @@ impl AmqpConfig {
             Some(user) => user.name.clone(),
             None => crate::amqp::url_user(&self.url),
         }
+    }
+}
+
+/// The broker users that runners log in as: one per arch that has its own, and the shared one of
+/// the runners of every other arch. Who may report on a job depends on the job's arch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunnerUsers {
+    /// The user of runners whose arch has none of its own: `[amqp.users.runner]`, else the URL's
+    /// (`guest` in local development) when no arch has a user of its own; else none.
+    pub shared: Option<String>,
+    /// Arch to user (`[amqp.users.runner_<arch>]`).
+    pub by_arch: BTreeMap<String, String>,
+}
+
+impl RunnerUsers {
+    /// The user the runners of `arch` log in as, the only one that may report on its jobs.
+    pub fn of_arch(&self, arch: &str) -> Option<&str> {
+        self.by_arch
+            .get(arch)
+            .or(self.shared.as_ref())
+            .map(String::as_str)
+    }
+
+    /// Every runner user, the shared one first, each once.
+    pub fn all(&self) -> Vec<&str> {
+        let mut users: Vec<&str> = self.shared.iter().map(String::as_str).collect();
+        for user in self.by_arch.values() {
+            if !users.contains(&user.as_str()) {
+                users.push(user);
+            }
+        }
+        users
     }
 }
 
@@ -823,6 +886,26 @@ mod tests {
             assert_eq!(cfg.runner.allowed_repos, vec!["file:///srv/".to_string()]);
             assert_eq!(cfg.runner.arch.as_deref(), Some("aarch64"));
             assert_eq!(cfg.postgres, PostgresConfig::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_runner_arch_user_is_set_from_a_file_or_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[amqp.users.runner_x86_64]\nname = \"tb-runner-x86_64\"\n",
+            )?;
+            jail.set_env(
+                "TASKBOT_AMQP__USERS__RUNNER_AARCH64__NAME",
+                "tb-runner-aarch64",
+            );
+            let cfg: Config = Config::figment(Some(Path::new("t.toml")), &[]).extract()?;
+            let runners = cfg.amqp.runner_users();
+            assert_eq!(runners.of_arch("x86_64"), Some("tb-runner-x86_64"));
+            assert_eq!(runners.of_arch("aarch64"), Some("tb-runner-aarch64"));
+            assert_eq!(runners.of_arch("noarch"), None, "no shared runner user");
             Ok(())
         });
     }

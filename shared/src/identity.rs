@@ -121,6 +121,34 @@ impl Role {
     pub fn from_key(key: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.key() == key)
     }
+
+    /// The role whose broker user an `[amqp.users.<key>]` entry is: a role's own key, or the
+    /// key of the runners of one arch ([`runner_arch_key`]), which are the runner's.
+    pub fn from_amqp_key(key: &str) -> Option<Role> {
+        match runner_key_arch(key) {
+            Some(_) => Some(Role::Service(Service::Runner)),
+            None => Role::from_key(key),
+        }
+    }
+}
+
+const RUNNER_ARCH_KEY_PREFIX: &str = "runner_";
+
+/// The `[amqp.users.<key>]` key of the broker user of the runners of `arch`: `runner_x86_64`
+/// (an underscore, so that it can be set from the environment too:
+/// `TASKBOT_AMQP__USERS__RUNNER_X86_64__NAME`).
+/// Runners of different arches log in as different users, each of which may read only its own
+/// arch's run queue, so the reporter can tell which arch's runner published a result (the AMQP
+/// `user_id`) and refuse one for a job dispatched to another arch. The user's name is
+/// `<namespace>-runner-x86_64` ([`crate::accounts::amqp_user_name`]).
+pub fn runner_arch_key(arch: &str) -> String {
+    format!("{RUNNER_ARCH_KEY_PREFIX}{arch}")
+}
+
+/// The arch whose runners' key `key` is ([`runner_arch_key`]), if it is one.
+pub fn runner_key_arch(key: &str) -> Option<&str> {
+    key.strip_prefix(RUNNER_ARCH_KEY_PREFIX)
+        .filter(|arch| !arch.is_empty())
 }
 
 impl From<Service> for Role {
@@ -174,5 +202,23 @@ mod tests {
         assert_eq!(Role::from(Service::Bridge).key(), "bridge");
         assert_eq!(Role::Cli.key(), "cli");
         assert_eq!(Role::from_key("fedmsg-bridge"), None, "keys are sections");
+    }
+
+    #[test]
+    fn the_runners_of_an_arch_have_a_key_of_their_own() {
+        let runner = Role::Service(Service::Runner);
+        assert_eq!(runner_arch_key("x86_64"), "runner_x86_64");
+        assert_eq!(runner_key_arch("runner_x86_64"), Some("x86_64"));
+        assert_eq!(runner_key_arch("runner"), None);
+        assert_eq!(Role::from_amqp_key("runner_x86_64"), Some(runner));
+        assert_eq!(Role::from_amqp_key("runner"), Some(runner));
+        assert_eq!(Role::from_amqp_key("cli"), Some(Role::Cli));
+        assert_eq!(Role::from_amqp_key("runner_"), None, "no arch");
+        assert_eq!(Role::from_amqp_key("rules_x86_64"), None);
+        assert_eq!(
+            Role::from_key("runner_x86_64"),
+            None,
+            "not a role's own key"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Secrets read from files at start: each process's broker password (`[amqp.users.<key>]`,
-//! `amqp.password_file`), its database password (`[postgres.users.<key>]`,
+//! Secrets read from files at start: each process's broker password (`[amqp.users.<key>]`, for a
+//! runner its arch's `[amqp.users.runner_<arch>]` when there is one; `amqp.password_file`), its database password (`[postgres.users.<key>]`,
 //! `postgres.password_file`) and the reporter's ResultsDB header
 //! (`reporter.resultsdb_auth_header_file`).
 //!
@@ -55,9 +55,9 @@ pub fn resolve(mut config: Config, role: Option<Role>) -> Result<Config, ConfigE
 fn check_keys(config: &Config) -> Result<(), ConfigError> {
     let mut problems = Vec::new();
     for key in config.amqp.users.keys() {
-        if Role::from_key(key).is_none() {
+        if Role::from_amqp_key(key).is_none() {
             problems.push(format!(
-                "  amqp.users.{key}: no such service (one of: {})",
+                "  amqp.users.{key}: no such service (one of: {}, or runner_<arch>)",
                 keys_of(&Role::ALL)
             ));
         }
@@ -90,34 +90,45 @@ struct Login {
 /// The broker login of `role`: its own user, else the URL's user with `amqp.password_file`;
 /// `None` when the URL stays as it is.
 fn amqp_login(config: &Config, role: Option<Role>) -> Result<Option<Login>, ConfigError> {
-    let accounts = &config.amqp.users;
-    login(accounts, "amqp", role, config.amqp.password_file.as_deref())
+    let key = role.map(|r| amqp_key(config, r));
+    let file = config.amqp.password_file.as_deref();
+    login(&config.amqp.users, "amqp", key.as_deref(), file)
+}
+
+/// The `[amqp.users.<key>]` entry `role` logs in with: for a runner, its arch's own
+/// (`runner_<arch>`, from `runner.arch`) when there is one, else the shared `runner`.
+fn amqp_key(config: &Config, role: Role) -> String {
+    if role == Role::Service(Service::Runner) {
+        if let Some(arch) = &config.runner.arch {
+            let key = crate::identity::runner_arch_key(arch);
+            if config.amqp.users.contains_key(&key) {
+                return key;
+            }
+        }
+    }
+    role.key().to_string()
 }
 
 /// The database login of `role`: its own role, else the URL's user with
 /// `postgres.password_file`; `None` when the URL stays as it is.
 fn database_login(config: &Config, role: Option<Role>) -> Result<Option<Login>, ConfigError> {
-    let accounts = &config.postgres.users;
-    login(
-        accounts,
-        "postgres",
-        role,
-        config.postgres.password_file.as_deref(),
-    )
+    let key = role.map(|r| r.key());
+    let file = config.postgres.password_file.as_deref();
+    login(&config.postgres.users, "postgres", key, file)
 }
 
-/// `role`'s account among `accounts` (`[<section>.users]`), else the URL's user with the
+/// The account `key` among `accounts` (`[<section>.users]`), else the URL's user with the
 /// section's own `password_file`.
 fn login(
     accounts: &std::collections::BTreeMap<String, Account>,
     section: &str,
-    role: Option<Role>,
+    key: Option<&str>,
     url_password_file: Option<&Path>,
 ) -> Result<Option<Login>, ConfigError> {
-    if let Some((role, account)) = role.and_then(|r| Some((r, accounts.get(r.key())?))) {
+    if let Some((key, account)) = key.and_then(|k| Some((k, accounts.get(k)?))) {
         let password = match &account.password_file {
             Some(file) => {
-                let key = format!("{section}.users.{}.password_file", role.key());
+                let key = format!("{section}.users.{key}.password_file");
                 Some(read_secret(&key, file)?)
             }
             None => None,
@@ -330,6 +341,47 @@ mod tests {
     }
 
     #[test]
+    fn a_runner_logs_in_as_its_archs_user_else_the_shared_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        let x86 = secret(dir.path(), "x86", "x86-pw\n");
+        let shared = secret(dir.path(), "shared", "shared-pw\n");
+        let users = &mut config.amqp.users;
+        users.insert("runner_x86_64".into(), account("tb-runner-x86_64", &x86));
+        users.insert("runner".into(), account("tb-runner", &shared));
+        let as_runner_of = |arch: &str| {
+            let mut config = config.clone();
+            config.runner.arch = Some(arch.into());
+            resolve(config, Some(Service::Runner.into())).unwrap()
+        };
+        let x86_runner = as_runner_of("x86_64");
+        assert_eq!(
+            x86_runner.amqp.url,
+            "amqp://tb-runner-x86_64:x86-pw@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(x86_runner.amqp.login_role(), Some(Service::Runner.into()));
+        let other = as_runner_of("s390x");
+        assert_eq!(crate::amqp::url_user(&other.amqp.url), "tb-runner");
+        let runners = config.amqp.runner_users();
+        assert_eq!(runners.of_arch("x86_64"), Some("tb-runner-x86_64"));
+        assert_eq!(runners.of_arch("aarch64"), Some("tb-runner"));
+        assert_eq!(runners.all(), ["tb-runner", "tb-runner-x86_64"]);
+        let mut per_arch_only = config.amqp.clone();
+        per_arch_only.users.remove("runner");
+        let runners = per_arch_only.runner_users();
+        assert_eq!(runners.of_arch("aarch64"), None, "not the URL's user");
+        assert_eq!(runners.all(), ["tb-runner-x86_64"]);
+        let guest = Config::default().amqp.runner_users();
+        assert_eq!(guest.of_arch("aarch64"), Some("guest"), "local development");
+        assert_eq!(config.amqp.runner_user_name("x86_64"), "tb-runner-x86_64");
+        // Another service's login is unaffected by a runner arch in the config.
+        let mut rules = config.clone();
+        rules.runner.arch = Some("x86_64".into());
+        let rules = resolve(rules, Some(Service::Rules.into())).unwrap();
+        assert_eq!(rules.amqp.url, config.amqp.url);
+    }
+
+    #[test]
     fn a_missing_file_is_an_error_naming_key_and_file() {
         let mut config = Config::default();
         let file = PathBuf::from("/nonexistent/taskbot/reporter.pw");
@@ -407,10 +459,18 @@ mod tests {
             .users
             .insert("runnner".into(), account("x", &empty));
         config
+            .amqp
+            .users
+            .insert("runner_".into(), account("x", &empty));
+        config
             .postgres
             .users
             .insert("runner".into(), account("x", &empty));
         let text = resolve(config, None).unwrap_err().to_string();
+        assert!(
+            text.contains("amqp.users.runner_: no such service"),
+            "{text}"
+        );
         assert!(
             text.contains("amqp.users.runnner: no such service"),
             "{text}"

@@ -64,7 +64,7 @@ impl Topology {
     /// The topology of a deployment, the one every service declares: its namespace, arches, the
     /// sinks its reporter feeds ([`sinks_in_use`]) and, with the VM backend, the provisioner's
     /// lease queue. Every service uses this, so the results exchange always has the sinks' queues
-    /// bound. A runner adds its own arch ([`Topology::with_arch`]).
+    /// bound. A runner keeps only its own arch ([`Topology::only_arch`]).
     ///
     /// The topology reads the configuration, never the other way round: the configuration is
     /// plain data that every module interprets (as the AMQP layer reads `amqp`), and the names
@@ -80,12 +80,12 @@ impl Topology {
         topology
     }
 
-    /// The same topology, also declaring the run queue of `arch` (a runner's own queue must exist
-    /// even for an arch missing from `arches`).
-    pub fn with_arch(mut self, arch: &str) -> Self {
-        if !self.arches.iter().any(|a| a == arch) {
-            self.arches.push(arch.to_string());
-        }
+    /// The same topology with `arch` as its only arch: the part the runners of `arch` own. Their
+    /// broker user (`[amqp.users.runner_<arch>]`) may declare and consume that arch's run queue
+    /// only ([`Topology::permissions`] of this topology), and a runner's own queue must exist even
+    /// for an arch missing from `arches`.
+    pub fn only_arch(mut self, arch: &str) -> Self {
+        self.arches = vec![arch.to_string()];
         self
     }
 
@@ -246,7 +246,8 @@ impl Topology {
 
     /// The queues `role` owns: it declares them at every (re)connection (with their dead-letter
     /// queues and bindings) and consumes them. A runner owns the run queue of every arch of its
-    /// topology (one broker user serves the runners of all arches).
+    /// topology: a runner's topology, and its user's, has only its own arch
+    /// ([`Topology::only_arch`]).
     pub fn owned_queues(&self, role: Role) -> Vec<QueueSpec> {
         let Role::Service(service) = role else {
             return Vec::new();
@@ -471,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn a_deployment_topology_follows_its_config_and_a_runner_adds_its_arch() {
+    fn a_deployment_topology_follows_its_config_and_a_runner_keeps_its_arch() {
         let mut config = Config::default();
         config.amqp.namespace = "tb".into();
         config.arches = vec!["x86_64".into()];
@@ -480,12 +481,14 @@ mod tests {
         assert_eq!(t.namespace, "tb");
         assert_eq!(t.sinks, [Sink::Postgres, Sink::Jsonl]);
         assert!(!t.vm_leases);
-        let runner = t.clone().with_arch("s390x").with_arch("x86_64");
-        assert_eq!(
-            runner.arches,
-            ["x86_64", "s390x"],
-            "added once, after the others"
-        );
+        let runner = t.clone().only_arch("s390x");
+        assert_eq!(runner.arches, ["s390x"], "even one missing from arches");
+        let owned: Vec<_> = runner
+            .owned_queues(Service::Runner.into())
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+        assert_eq!(owned, ["tb.run.s390x"]);
         assert_eq!(runner.sinks, t.sinks);
         assert_eq!(t.fedora_messaging_exchange, None, "that sink is off");
         config.provisioner.vm = Some(Default::default());

@@ -249,7 +249,8 @@ where
 }
 
 /// A whole local deployment for one test: config file, task repositories, database, namespace,
-/// and one broker user per service (and database roles for the reporter and the api), as
+/// and one broker user per service (the runners: one per arch, so the pipeline tests exercise the
+/// reporter's check of a runner's arch) and database roles for the reporter and the api, as
 /// `taskbot setup-users` makes them: the services log in as those, never as `guest`, which only
 /// the test itself (`broker`) and the setup use.
 pub struct Deployment {

@@ -280,6 +280,14 @@ fn each_service_mounts_only_its_own_secrets_and_they_hold_its_password_files() {
         let binary = pod["containers"][0]["command"][0].as_str().unwrap();
         let role = taskbot::Role::from(Service::from_name(binary).unwrap());
         let what = format!("Deployment {}", name(deployment));
+        // Its `[amqp.users.<key>]`: a runner's is its arch's own (`runner_<arch>`).
+        let key = match pod["containers"][0]["args"].as_array() {
+            Some(args) if role == taskbot::Role::from(Service::Runner) => {
+                assert_eq!(args[0], "--arch", "{what}");
+                taskbot::identity::runner_arch_key(args[1].as_str().unwrap())
+            }
+            _ => role.key().to_string(),
+        };
         let volume = pod["volumes"]
             .as_array()
             .unwrap()
@@ -287,7 +295,9 @@ fn each_service_mounts_only_its_own_secrets_and_they_hold_its_password_files() {
             .find(|v| v["name"] == "secrets")
             .unwrap_or_else(|| panic!("{what}: no secrets volume"));
         let secret_name = volume["secret"]["secretName"].as_str().unwrap();
-        assert_eq!(secret_name, format!("taskbot-{}", role.key()), "{what}");
+        // Secret names take no `_` (DNS names): `taskbot-runner-x86-64`.
+        let own_secret = format!("taskbot-{}", key.replace('_', "-"));
+        assert_eq!(secret_name, own_secret, "{what}");
         let secret = secrets[secret_name];
         let mount = pod["containers"][0]["volumeMounts"]
             .as_array()
@@ -296,7 +306,9 @@ fn each_service_mounts_only_its_own_secrets_and_they_hold_its_password_files() {
             .find(|m| m["name"] == "secrets")
             .unwrap_or_else(|| panic!("{what}: secrets not mounted"));
         let dir = Path::new(mount["mountPath"].as_str().unwrap());
-        let mut files = vec![config.amqp.users[role.key()].password_file.clone()];
+        let account = config.amqp.users.get(&key);
+        let account = account.unwrap_or_else(|| panic!("{what}: no [amqp.users.{key}]"));
+        let mut files = vec![account.password_file.clone()];
         if let Some(account) = config.postgres.users.get(role.key()) {
             files.push(account.password_file.clone());
         }
@@ -325,4 +337,30 @@ fn each_service_mounts_only_its_own_secrets_and_they_hold_its_password_files() {
     assert_eq!(jobs.len(), 1, "the setup-users Job");
     let command = &jobs[0]["spec"]["template"]["spec"]["containers"][0]["command"];
     assert_eq!(command[1], "setup-users");
+    // The Job sees every service's Secret, to make each user with the password its service has.
+    let projected: BTreeSet<&str> = jobs[0]["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["projected"]["sources"].as_array())
+        .flatten()
+        .filter_map(|source| source["secret"]["name"].as_str())
+        .collect();
+    let services: BTreeSet<&str> = secrets
+        .keys()
+        .copied()
+        .filter(|s| *s != "taskbot-secrets")
+        .collect();
+    assert_eq!(projected, services, "the setup Job's secrets");
+    // The users config.yaml names are those `taskbot setup-users` makes, a runner user per arch.
+    let made: BTreeSet<String> = taskbot::accounts::broker_users(&Topology::for_config(&config))
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    let named: BTreeSet<String> = config.amqp.users.keys().cloned().collect();
+    assert_eq!(named, made);
+    for (key, account) in &config.amqp.users {
+        let name = taskbot::accounts::amqp_user_name(&config.amqp.namespace, key);
+        assert_eq!(account.name, name, "[amqp.users.{key}]");
+    }
 }

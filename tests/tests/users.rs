@@ -15,17 +15,35 @@ use taskbot_tests::{free_port, Deployment};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `config` as `role` resolves it at start: its own user and password.
+/// `config` as `role` resolves it at start: its own user and password (a runner's: the x86_64
+/// runners').
 fn login(config: &Config, role: Role) -> Config {
-    taskbot::secrets::resolve(config.clone(), Some(role)).expect("the role's secrets")
+    let mut config = config.clone();
+    if role == Role::Service(Service::Runner) && config.runner.arch.is_none() {
+        config.runner.arch = Some("x86_64".into());
+    }
+    taskbot::secrets::resolve(config, Some(role)).expect("the role's secrets")
+}
+
+/// `config` as a runner of `arch` resolves it at start (`runner --arch <arch>`).
+fn runner_login(config: &Config, arch: &str) -> Config {
+    let mut config = config.clone();
+    config.runner.arch = Some(arch.into());
+    login(&config, Role::Service(Service::Runner))
 }
 
 /// A connection and confirm-mode publisher as `role`'s broker user.
 async fn connect_as(config: &Config, role: Role) -> (lapin::Connection, Publisher) {
-    let url = login(config, role).amqp.url;
+    connect_with(login(config, role), &role.to_string()).await
+}
+
+/// A connection and confirm-mode publisher as `login`'s broker user (`who` says whose, in a
+/// failure).
+async fn connect_with(login: Config, who: &str) -> (lapin::Connection, Publisher) {
+    let url = login.amqp.url;
     let conn = amqp::connect(&url, "taskbot-permission-test")
         .await
-        .unwrap_or_else(|e| panic!("{role} logs in: {e}"));
+        .unwrap_or_else(|e| panic!("{who} logs in: {e}"));
     let publisher = Publisher::new(&conn, "taskbot-permission-test")
         .await
         .unwrap()
@@ -124,7 +142,11 @@ async fn a_service_may_not_touch_another_services_queues() {
         ..Default::default()
     };
     let own = channel
-        .queue_declare(&t.run_queue("x86_64"), options, run_queue_args(&t))
+        .queue_declare(
+            &t.run_queue("x86_64"),
+            options,
+            run_queue_args(&t, "x86_64"),
+        )
         .await;
     assert!(own.is_ok(), "a runner declares its own queue: {own:?}");
     let mine = channel
@@ -149,10 +171,94 @@ async fn a_service_may_not_touch_another_services_queues() {
     d.shutdown().await;
 }
 
-/// The arguments a run queue is declared with (a declaration must repeat them).
-fn run_queue_args(t: &Topology) -> FieldTable {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_of_one_arch_may_not_take_another_archs_jobs() {
+    let d = Deployment::new("rules: []\n", &[], free_port()).await;
+    let t = Topology::for_config(&d.config);
+    assert_eq!(d.config.arches, ["x86_64", "noarch"]);
+    let login = runner_login(&d.config, "noarch");
+    let user = amqp::url_user(&login.amqp.url);
+    assert_eq!(user, format!("{}-runner-noarch", d.config.amqp.namespace));
+    let (conn, _) = connect_with(login, "the noarch runner").await;
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let channel = conn.create_channel().await.unwrap();
+    let own = channel
+        .queue_declare(
+            &t.run_queue("noarch"),
+            options,
+            run_queue_args(&t, "noarch"),
+        )
+        .await;
+    assert!(own.is_ok(), "it declares its own run queue: {own:?}");
+    let mine = channel
+        .basic_consume(
+            &t.run_queue("noarch"),
+            "runner",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert!(mine.is_ok(), "it consumes its own run queue: {mine:?}");
+
+    let channel = conn.create_channel().await.unwrap();
+    let other = channel
+        .basic_consume(
+            &t.run_queue("x86_64"),
+            "thief",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert!(refused(&other), "it consumes x86_64's jobs: {other:?}");
+    let channel = conn.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            &t.run_queue("x86_64"),
+            options,
+            run_queue_args(&t, "x86_64"),
+        )
+        .await;
+    assert!(
+        refused(&declared),
+        "it declares x86_64's queue: {declared:?}"
+    );
+    let channel = conn.create_channel().await.unwrap();
+    let dead = taskbot::amqp::dead_letters::peek(
+        &channel,
+        &t.dead_letter_queue(&t.run_queue("x86_64")),
+        1,
+    )
+    .await;
+    assert!(refused(&dead), "it reads x86_64's dead letters: {dead:?}");
+    let _ = conn.close(200, "done").await;
+
+    // What every runner publishes, it still may; and no user is shared by the runners of all
+    // arches any more.
+    let results = t.results_exchange();
+    for arch in ["x86_64", "noarch"] {
+        let mut config = d.config.clone();
+        config.runner.arch = Some(arch.into());
+        let runner = Role::Service(Service::Runner);
+        assert!(
+            publish_allowed(&config, runner, &results, "result.").await,
+            "{arch}"
+        );
+        assert!(
+            !publish_allowed(&config, runner, &t.run_exchange(), "").await,
+            "{arch}"
+        );
+    }
+    assert!(!d.config.amqp.users.contains_key("runner"));
+    d.shutdown().await;
+}
+
+/// The arguments the run queue of `arch` is declared with (a declaration must repeat them).
+fn run_queue_args(t: &Topology, arch: &str) -> FieldTable {
     use lapin::types::AMQPValue;
-    let queue = t.run_queue("x86_64");
+    let queue = t.run_queue(arch);
     let mut args = FieldTable::default();
     args.insert(
         "x-dead-letter-exchange".into(),
@@ -312,8 +418,8 @@ async fn no_password_reaches_a_log_and_guest_is_warned_about() {
         .collect();
     assert_eq!(
         passwords.len(),
-        7 + 2,
-        "a broker user per role, two database roles"
+        6 + 2 + 2,
+        "a broker user per role but the runner, one per runner arch, two database roles"
     );
     let status = std::process::Command::new(taskbot_tests::binary("taskbot"))
         .arg("status")
@@ -371,10 +477,18 @@ async fn setup_users_prints_the_accounts_and_delete_removes_them_keeping_the_res
     let snippet_file = dir.path().join("users.toml");
     std::fs::write(&snippet_file, &snippet).unwrap();
     let with_users: Config = Config::figment(Some(&snippet_file), &[]).extract().unwrap();
-    assert_eq!(with_users.amqp.users.len(), Role::ALL.len(), "{snippet}");
+    assert_eq!(
+        with_users.amqp.users.len(),
+        Role::ALL.len() - 1 + admin.arches.len(),
+        "one per role, the runners one per arch: {snippet}"
+    );
+    assert!(
+        snippet.contains("[amqp.users.runner_x86_64]") && !snippet.contains("[amqp.users.runner]"),
+        "{snippet}"
+    );
     assert_eq!(with_users.postgres.users.len(), 2, "{snippet}");
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(secrets.join("amqp-runner.password"))
+        &std::fs::metadata(secrets.join("amqp-runner_x86_64.password"))
             .unwrap()
             .permissions(),
     );

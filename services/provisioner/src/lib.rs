@@ -442,20 +442,27 @@ impl Handler for ProvisionerHandler {
 /// Destroys the VM of each job whose final status (`done`, `crashed`) arrives.
 pub struct FinishedHandler {
     pub vm: Arc<VmBackend>,
-    /// The broker users whose final statuses end a VM's job: the runner's (the job ran), the
-    /// provisioner's own (it gave up on the job) and the operator's. A status from anyone else
-    /// could otherwise destroy a running job's VM.
+    /// The broker users whose final statuses end a VM's job: the runners' of every arch (the job
+    /// ran), the provisioner's own (it gave up on the job) and the operator's. A status from
+    /// anyone else could otherwise destroy a running job's VM. (Which arch's runner may end which
+    /// job is the reporter's check; a VM job's runner is the one its arch's queue reached.)
     pub senders: Vec<String>,
 }
 
 impl FinishedHandler {
     pub fn new(vm: Arc<VmBackend>, config: &Config) -> FinishedHandler {
         let amqp = &config.amqp;
-        let mut senders = vec![
-            amqp.user_name(Service::Runner),
+        let mut senders: Vec<String> = amqp
+            .runner_users()
+            .all()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        senders.extend([
             amqp.user_name(Service::Provisioner),
             amqp.user_name(taskbot::Role::Cli),
-        ];
+        ]);
+        senders.sort();
         senders.dedup();
         FinishedHandler { vm, senders }
     }
@@ -1117,12 +1124,23 @@ mod tests {
             (lease(uuid::Uuid::from_u128(5), 2002), true),
         ]));
         let mut config = Config::default();
-        let runner = taskbot::config::AmqpUser {
-            name: "tb-runner".into(),
-            password_file: None,
-        };
-        config.amqp.users.insert("runner".into(), runner);
+        for arch in ["x86_64", "aarch64"] {
+            let runner = taskbot::config::AmqpUser {
+                name: format!("tb-runner-{arch}"),
+                password_file: None,
+            };
+            config.amqp.users.insert(format!("runner_{arch}"), runner);
+        }
         let finished = FinishedHandler::new(Arc::new(s.handler.vm.unwrap()), &config);
+        assert_eq!(
+            finished.senders,
+            ["guest", "tb-runner-aarch64", "tb-runner-x86_64"],
+            "the runners of every arch, the provisioner and the operator (guest here)"
+        );
+        assert!(
+            finished.refusal(Some("tb-runner")).is_some(),
+            "no shared runner user"
+        );
         let status = |state| JobStatus::new(&j, state, "runner@test", None);
         let deliver = |state, user: Option<&str>| {
             let incoming = Incoming::new("job.x", status(state).to_json());
@@ -1144,7 +1162,7 @@ mod tests {
         );
         for state in [JobState::Running, JobState::Done] {
             let d = finished
-                .handle(deliver(state, Some("tb-runner")), &Recorder::new())
+                .handle(deliver(state, Some("tb-runner-x86_64")), &Recorder::new())
                 .await;
             assert_eq!(d, Disposition::Done(Vec::new()));
             if state == JobState::Running {

@@ -15,7 +15,10 @@
 //!    must have been requested (its `queued` status accepted) and, for a runner's messages,
 //!    dispatched (its `provisioned` status from the provisioner accepted); the message must agree
 //!    with the recorded job (item, type, arch, task, rule, event), and a result's id must be the
-//!    one its content derives. A message for a job not (yet) known is handed back to its queue
+//!    one its content derives. A runner's message must come from the broker user of the runners
+//!    of the job's recorded arch ([`runner_of_arch`]; without job records, of the arch the
+//!    message names): the runners of each arch have their own user, which reads only that arch's
+//!    run queue, so no other arch's runner was dispatched the job. A message for a job not (yet) known is handed back to its queue
 //!    for `reporter.unknown_job_grace_secs` (its `queued` status may simply not be handled yet:
 //!    results and statuses travel on different queues), then dead-lettered with the reason.
 
@@ -24,7 +27,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use taskbot::amqp::Disposition;
-use taskbot::config::Config;
+use taskbot::config::{Config, RunnerUsers};
 use taskbot::identity::Service;
 use taskbot::messages::{JobRequest, JobState, JobStatus, Outcome, TaskResult};
 use taskbot::store::{self, JobRecord, StoreError};
@@ -47,7 +50,8 @@ fn failure(what: &str, err: StoreError) -> Disposition {
 pub struct Senders {
     pub rules: String,
     pub provisioner: String,
-    pub runner: String,
+    /// The runners', by arch: a runner reports only on jobs of its own arch ([`runner_of_arch`]).
+    pub runners: RunnerUsers,
     /// The operator's user: the `taskbot` command line's (`[amqp.users.cli]`), which
     /// `taskbot submit` and `taskbot dlq retry` publish as.
     pub operator: String,
@@ -59,17 +63,18 @@ impl Senders {
         Senders {
             rules: amqp.user_name(Service::Rules),
             provisioner: amqp.user_name(Service::Provisioner),
-            runner: amqp.user_name(Service::Runner),
+            runners: amqp.runner_users(),
             operator: amqp.user_name(taskbot::Role::Cli),
         }
     }
 
-    fn user(&self, role: Role) -> &str {
+    /// The users that may speak for `role` (the runners of any arch, for the runner).
+    fn users(&self, role: Role) -> Vec<&str> {
         match role {
-            Role::Requester => &self.rules,
-            Role::Provisioner => &self.provisioner,
-            Role::Runner => &self.runner,
-            Role::Operator => &self.operator,
+            Role::Requester => vec![&self.rules],
+            Role::Provisioner => vec![&self.provisioner],
+            Role::Runner => self.runners.all(),
+            Role::Operator => vec![&self.operator],
         }
     }
 }
@@ -115,7 +120,7 @@ fn role_of(
         let mut names: Vec<String> = roles
             .iter()
             .chain(&[Role::Operator])
-            .map(|r| format!("{} {:?}", r.describe(), senders.user(*r)))
+            .map(|r| format!("{} {}", r.describe(), quoted(&senders.users(*r))))
             .collect();
         names.dedup();
         names.join(" or ")
@@ -131,7 +136,7 @@ fn role_of(
         .iter()
         .chain(&[Role::Operator])
         .copied()
-        .find(|r| senders.user(*r) == user)
+        .find(|r| senders.users(*r).contains(&user))
         .ok_or_else(|| {
             format!(
                 "{what} was published by broker user {user:?}, which may not send it; it must \
@@ -139,6 +144,39 @@ fn role_of(
                 expected()
             )
         })
+}
+
+/// `users` quoted, joined with "or".
+fn quoted(users: &[&str]) -> String {
+    let quoted: Vec<String> = users.iter().map(|u| format!("{u:?}")).collect();
+    quoted.join(" or ")
+}
+
+/// For a message of a runner (`role`), that its `user` is the user of the runners of `arch`,
+/// the arch of its job, as the job was dispatched: the runner of another arch (another broker
+/// user) may not report on it.
+pub fn runner_of_arch(
+    senders: &Senders,
+    role: Role,
+    user: Option<&str>,
+    arch: &str,
+    what: &str,
+) -> Result<(), String> {
+    if role != Role::Runner {
+        return Ok(());
+    }
+    let user = user.unwrap_or_default();
+    match senders.runners.of_arch(arch) {
+        Some(expected) if user == expected => Ok(()),
+        Some(expected) => Err(format!(
+            "{what} was published by broker user {user:?}, but its job is for arch {arch}, whose \
+             runners log in as {expected:?}: a runner reports only on jobs of its own arch"
+        )),
+        None => Err(format!(
+            "{what} was published by broker user {user:?}, but its job is for arch {arch}, whose \
+             runners have no broker user (no [amqp.users.runner_{arch}] or [amqp.users.runner])"
+        )),
+    }
 }
 
 /// Who may publish a status of `state`.
@@ -338,8 +376,17 @@ impl Binding {
         result: &TaskResult,
     ) -> Result<(), Disposition> {
         let role = result_role(&self.senders, result, user).map_err(Disposition::DeadLetter)?;
+        let of_job = format!("result {} of job {}", result.result_id, result.job_id);
+        let from_runner_of = |arch: &str| {
+            runner_of_arch(&self.senders, role, user, arch, &of_job)
+                .map_err(Disposition::DeadLetter)
+        };
         let Some(pool) = &self.jobs else {
-            return Ok(());
+            // No job records: the arch the result names (any, for a task reporting on others).
+            if self.other_item_tasks.contains(&result.task.name) {
+                return Ok(());
+            }
+            return from_runner_of(&result.arch);
         };
         let what = format!("result {}", result.result_id);
         let client = self.client(pool, &what).await?;
@@ -347,6 +394,7 @@ impl Binding {
             .await
             .map_err(|e| failure(&what, e))?;
         let record = self.known(record, role, &what, result.job_id, result.finished_at)?;
+        from_runner_of(&record.arch)?;
         let other_items = self.other_item_tasks.contains(&record.task.name);
         match result_disagreement(&record, result, other_items) {
             Some(reason) => Err(Disposition::DeadLetter(reason)),
@@ -363,10 +411,16 @@ impl Binding {
         record: bool,
     ) -> Result<(), Disposition> {
         let role = status_role(&self.senders, status, user).map_err(Disposition::DeadLetter)?;
-        let Some(pool) = &self.jobs else {
-            return Ok(());
-        };
         let what = format!("{} status {}", status.state, status.status_id);
+        let from_runner_of = |arch: &str| {
+            let of_job = format!("{what} of job {}", status.job_id);
+            runner_of_arch(&self.senders, role, user, arch, &of_job)
+                .map_err(Disposition::DeadLetter)
+        };
+        let Some(pool) = &self.jobs else {
+            // No job records: the arch the status's copy of its job names.
+            return from_runner_of(&status.job.arch);
+        };
         let failed = |e: StoreError| failure(&what, e);
         let client = self.client(pool, &what).await?;
         let user = user.unwrap_or_default();
@@ -386,6 +440,7 @@ impl Binding {
                 .map_err(failed)?
         };
         let stored = self.known(stored, role, &what, status.job_id, status.at)?;
+        from_runner_of(&stored.arch)?;
         if let Some(reason) = job_disagreement(&stored, &status.job, &what) {
             return Err(Disposition::DeadLetter(reason));
         }
@@ -407,9 +462,23 @@ mod tests {
         Senders {
             rules: "tb-rules".into(),
             provisioner: "tb-provisioner".into(),
-            runner: "tb-runner".into(),
+            runners: RunnerUsers {
+                shared: Some("tb-runner".into()),
+                by_arch: Default::default(),
+            },
             operator: "tb-operator".into(),
         }
+    }
+
+    /// [`senders`] with a user for the runners of each of x86_64 and aarch64.
+    fn senders_by_arch() -> Senders {
+        let mut s = senders();
+        for arch in ["x86_64", "aarch64"] {
+            s.runners
+                .by_arch
+                .insert(arch.into(), format!("tb-runner-{arch}"));
+        }
+        s
     }
 
     fn job() -> JobRequest {
@@ -490,11 +559,62 @@ mod tests {
     }
 
     #[test]
+    fn a_runner_reports_only_on_jobs_of_its_own_arch() {
+        let (s, job) = (senders_by_arch(), job());
+        let passed = result(&job, Outcome::Passed);
+        for user in ["tb-runner-x86_64", "tb-runner-aarch64"] {
+            assert_eq!(
+                result_role(&s, &passed, Some(user)),
+                Ok(Role::Runner),
+                "{user}"
+            );
+        }
+        let x86 = Some("tb-runner-x86_64");
+        assert_eq!(runner_of_arch(&s, Role::Runner, x86, "x86_64", "r"), Ok(()));
+        let aarch64 = Some("tb-runner-aarch64");
+        let err = runner_of_arch(&s, Role::Runner, aarch64, "x86_64", "result r").unwrap_err();
+        assert_eq!(
+            err,
+            "result r was published by broker user \"tb-runner-aarch64\", but its job is for \
+             arch x86_64, whose runners log in as \"tb-runner-x86_64\": a runner reports only on \
+             jobs of its own arch"
+        );
+        // An arch without a user of its own is the shared runner user's, and only its.
+        let shared = Some("tb-runner");
+        assert_eq!(
+            runner_of_arch(&s, Role::Runner, shared, "noarch", "r"),
+            Ok(())
+        );
+        assert!(runner_of_arch(&s, Role::Runner, x86, "noarch", "r").is_err());
+        assert!(runner_of_arch(&s, Role::Runner, shared, "x86_64", "r").is_err());
+        let mut no_shared = s.clone();
+        no_shared.runners.shared = None;
+        let err = runner_of_arch(&no_shared, Role::Runner, shared, "noarch", "r").unwrap_err();
+        assert!(err.contains("no [amqp.users.runner_noarch]"), "{err}");
+        // Only a runner's messages are held to an arch.
+        let provisioner = Some("tb-provisioner");
+        assert_eq!(
+            runner_of_arch(&s, Role::Provisioner, provisioner, "x86_64", "r"),
+            Ok(())
+        );
+        let err = result_role(&s, &passed, Some("tb-rules")).unwrap_err();
+        assert!(
+            err.contains(
+                "the runner's \"tb-runner\" or \"tb-runner-aarch64\" or \"tb-runner-x86_64\""
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn where_services_share_a_user_the_least_demanding_role_fits() {
         let s = Senders {
             rules: "guest".into(),
             provisioner: "guest".into(),
-            runner: "guest".into(),
+            runners: RunnerUsers {
+                shared: Some("guest".into()),
+                by_arch: Default::default(),
+            },
             operator: "guest".into(),
         };
         let crashed = result(&job(), Outcome::Crashed);

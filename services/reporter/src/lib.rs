@@ -379,7 +379,7 @@ fn binding(config: &Config, topology: &Topology, stores: &Stores) -> Binding {
     let binding = Binding::new(config, keeps_jobs.then(|| stores.jobs_pool.clone()));
     let senders = &binding.senders;
     tracing::info!(rules = %senders.rules, provisioner = %senders.provisioner,
-        runner = %senders.runner, operator = %senders.operator,
+        runners = ?senders.runners.all(), operator = %senders.operator,
         "results and statuses are accepted only from these broker users");
     if !keeps_jobs {
         tracing::warn!(

@@ -599,6 +599,80 @@ async fn a_result_from_another_user_or_about_another_item_is_refused_and_not_sto
     assert_eq!(rows(&db, "results", job.job_id).await, 1);
 }
 
+/// A deployment whose runners log in as one user per arch (`tb-runner-x86_64`,
+/// `tb-runner-aarch64`), as `taskbot setup-users` makes them.
+fn deployment_with_runner_arch_users() -> Config {
+    let mut config = deployment(0);
+    config.amqp.users.remove("runner");
+    for arch in ["x86_64", "aarch64"] {
+        let user = AmqpUser {
+            name: format!("tb-runner-{arch}"),
+            password_file: None,
+        };
+        config.amqp.users.insert(format!("runner_{arch}"), user);
+    }
+    config
+}
+
+#[tokio::test]
+async fn a_runner_of_another_arch_cannot_report_on_a_job() {
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let job = job("xchat-0.5-1.fc20");
+    assert_eq!(job.arch, "x86_64");
+    dispatch(&pool, &job).await;
+    let (results, statuses) = postgres_sink(&deployment_with_runner_arch_users(), &pool);
+    let passed = result(&job, "dist.rpmlint", Outcome::Passed);
+    let running = status(&job, JobState::Running, time(-5));
+    let (result_key, status_key) = (passed.routing_key(), running.routing_key());
+    let aarch64 = "tb-runner-aarch64";
+    for (handler, key, body) in [
+        (&results as &dyn Handler, &result_key, passed.to_json()),
+        (&statuses, &status_key, running.to_json()),
+    ] {
+        let reason = dead_letter_reason(deliver_as(handler, aarch64, key, body).await);
+        assert!(
+            reason.contains(
+                "was published by broker user \"tb-runner-aarch64\", but its job is for arch \
+                 x86_64, whose runners log in as \"tb-runner-x86_64\""
+            ),
+            "{reason}"
+        );
+    }
+    // Nor by claiming the job was for its own arch (a result's id follows its arch).
+    let mut claimed = passed.clone();
+    claimed.arch = "aarch64".into();
+    claimed.result_id = TaskResult::derive_id(
+        job.job_id,
+        &claimed.testcase,
+        &claimed.item,
+        &claimed.item_type,
+        &claimed.arch,
+    );
+    let reason = dead_letter_reason(
+        deliver_as(&results, aarch64, &claimed.routing_key(), claimed.to_json()).await,
+    );
+    assert!(
+        reason.contains("whose runners log in as \"tb-runner-x86_64\""),
+        "{reason}"
+    );
+    assert_eq!(rows(&db, "results", job.job_id).await, 0, "nothing stored");
+    // The job's own arch's runners may; a user shared by every arch no longer exists.
+    let x86 = "tb-runner-x86_64";
+    assert_eq!(
+        deliver_as(&statuses, x86, &status_key, running.to_json()).await,
+        done()
+    );
+    assert_eq!(
+        deliver_as(&results, x86, &result_key, passed.to_json()).await,
+        done()
+    );
+    assert_eq!(rows(&db, "results", job.job_id).await, 1);
+    let reason =
+        dead_letter_reason(deliver_as(&results, "tb-runner", &result_key, passed.to_json()).await);
+    assert!(reason.contains("which may not send it"), "{reason}");
+}
+
 #[tokio::test]
 async fn a_job_is_described_once_and_its_statuses_must_agree_with_it() {
     let db = TestDb::create().await;

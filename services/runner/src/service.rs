@@ -24,7 +24,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let settings = settings(&config.runner).await?;
     remove_stale_job_dirs(&settings.work_dir).await;
-    let topology = Topology::for_config(&config).with_arch(&arch);
+    // Only its own arch: its broker user (`[amqp.users.runner_<arch>]`) may touch no other run
+    // queue.
+    let topology = Topology::for_config(&config).only_arch(&arch);
     let handler = Arc::new(RunnerHandler {
         topology: topology.clone(),
         arch: arch.clone(),
@@ -44,7 +46,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         retry_delay: Duration::from_secs(2),
     };
     tracing::info!(arch = %arch, queue = %spec.queue, concurrency = settings.concurrency,
-        provisioner_user = %handler.provisioner_user, "runner starting; run messages are honoured only from the provisioner's broker user");
+        user = %amqp::url_user(&config.amqp.url), provisioner_user = %handler.provisioner_user,
+        "runner starting; run messages are honoured only from the provisioner's broker user");
     register_slots(&arch, settings.concurrency);
     // Prefetch = concurrency: a job waiting in the client's buffer behind running ones would be
     // unacked all that time, and RabbitMQ's consumer timeout counts from delivery.

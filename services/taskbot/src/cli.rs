@@ -39,9 +39,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Inspect dead letters, put them back where they came from, or delete them.
     Dlq(DlqArgs),
-    /// Make (or update) one broker user per service with only the permissions it needs, declare
-    /// the whole topology, make the database roles (the reporter writes, the api reads) and
-    /// migrate the schema; passwords are generated into files (mode 0600) and the configuration
+    /// Make (or update) one broker user per service (the runners: one per arch) with only the
+    /// permissions it needs, declare the whole topology, make the database roles (the reporter
+    /// writes, the api reads) and migrate the schema; passwords are generated into files (mode 0600) and the configuration
     /// naming them is printed. Run with an administrator's login (docs/security.md).
     SetupUsers(SetupUsersArgs),
 }
