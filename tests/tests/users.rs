@@ -509,6 +509,13 @@ async fn setup_users_prints_the_accounts_and_delete_removes_them_keeping_the_res
     assert_eq!(n, 0, "the roles are gone");
     let results = pg.query_one("SELECT count(*) FROM results", &[]).await;
     assert!(results.is_ok(), "the tables stay: {results:?}");
+    // Setting up again over those tables (now the administrator's, as in a database from
+    // before the roles) hands them back to the owner, so migrations and grants work again.
+    assert_eq!(setup(&[]), snippet, "the same accounts, the same passwords");
+    let owners = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner <> $1";
+    let n: i64 = pg.query_one(owners, &[&roles.owner]).await.unwrap().get(0);
+    assert_eq!(n, 0, "every store table is the owner's again");
+    setup(&["--delete"]);
     let management = taskbot::management::Management::new(&admin).unwrap();
     let users = management.user_names().await.unwrap();
     let prefix = format!("{}-", admin.amqp.namespace);

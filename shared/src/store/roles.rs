@@ -98,10 +98,29 @@ pub async fn create(
              REVOKE CREATE ON SCHEMA public FROM PUBLIC;
              GRANT USAGE, CREATE ON SCHEMA public TO {owner};
              GRANT USAGE ON SCHEMA public TO {reporter}, {api};
-             GRANT CONNECT ON DATABASE {} TO {reporter}, {api};",
-            quote_ident(database)
+             GRANT CONNECT ON DATABASE {} TO {reporter}, {api};
+             {}",
+            quote_ident(database),
+            adopt_tables(&owner)
         ))
         .await
+}
+
+/// Hand the store's tables that already exist to the owner: a database migrated before the
+/// roles existed (by an administrator), or whose roles `setup-users --delete` removed, has them
+/// owned by someone else, and the owner could then neither migrate nor grant them. Their serial
+/// columns' sequences follow their tables.
+fn adopt_tables(owner: &str) -> String {
+    super::schema::TABLES
+        .iter()
+        .map(|table| {
+            format!(
+                "ALTER TABLE IF EXISTS {} OWNER TO {owner};",
+                quote_ident(table)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Grant the reporter and the api what they may do on the store's tables (made by the
