@@ -11,6 +11,7 @@ pub mod config;
 pub mod download;
 pub mod errors;
 pub mod identity;
+pub mod limits;
 #[cfg(feature = "management")]
 pub mod management;
 pub mod messages;

@@ -28,6 +28,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use taskbot::amqp::{self, Backoff, ConsumerSpec, Disposition, Handler};
 use taskbot::config::ReporterConfig;
+use taskbot::limits;
 use taskbot::messages::{JobStatus, Message, TaskResult};
 use taskbot::setup;
 use taskbot::store::{self, StoreError};
@@ -44,9 +45,13 @@ use crate::resultsdb::{ResultsDb, ResultsDbSink};
 /// enough not to spin.
 pub const RETRY_DELAY: Duration = Duration::from_secs(2);
 
-/// Decode a result, refusing what cannot be stored or posted. The error is a dead-letter reason.
+/// Decode a result, refusing what cannot be stored or posted (a value over its limit in
+/// [`taskbot::limits`], checked before any sink touches its store). The error is a dead-letter
+/// reason.
 pub fn decode_result(body: &[u8]) -> Result<TaskResult, String> {
     let result = TaskResult::from_json(body).map_err(|e| e.to_string())?;
+    limits::check_result(&result)
+        .map_err(|e| format!("result {} cannot be stored: {e}", result.result_id))?;
     if result.testcase.trim().is_empty() {
         return Err(format!(
             "result {} has an empty testcase (ResultsDB requires a name)",
@@ -57,9 +62,12 @@ pub fn decode_result(body: &[u8]) -> Result<TaskResult, String> {
 }
 
 /// Decode a job status, refusing one whose job id disagrees with the job it carries: storing it
-/// would file the history under one job and the job's details under another.
+/// would file the history under one job and the job's details under another, and one with a value
+/// over its limit in [`taskbot::limits`].
 pub fn decode_status(body: &[u8]) -> Result<JobStatus, String> {
     let status = JobStatus::from_json(body).map_err(|e| e.to_string())?;
+    limits::check_status(&status)
+        .map_err(|e| format!("status {} cannot be stored: {e}", status.status_id))?;
     if status.job_id != status.job.job_id {
         return Err(format!(
             "status {} is for job {} but carries job {}",
@@ -69,11 +77,16 @@ pub fn decode_status(body: &[u8]) -> Result<JobStatus, String> {
     Ok(status)
 }
 
-/// What to do with a message whose database write failed: dead-letter it when its content is the
-/// cause (retrying would loop forever), else retry. Nothing is acked before it is committed.
+/// What to do with a message whose database write failed: dead-letter it, with the SQLSTATE, when
+/// its content is the cause (retrying would loop forever and hold up every message behind it),
+/// else retry after [`RETRY_DELAY`]. Nothing is acked before it is committed.
 pub fn store_failure(what: &str, err: &StoreError) -> Disposition {
     if err.is_caused_by_data() {
-        Disposition::DeadLetter(format!("PostgreSQL refused {what}: {err}"))
+        let code = err
+            .sql_state()
+            .map(|c| format!(" (SQLSTATE {c})"))
+            .unwrap_or_default();
+        Disposition::DeadLetter(format!("PostgreSQL refused {what}{code}: {err}"))
     } else {
         Disposition::Retry(format!("cannot store {what}: {err}"))
     }

@@ -750,3 +750,205 @@ async fn the_resultsdb_sink_posts_no_forged_result() {
         resultsdb.requests()
     );
 }
+
+// Poison messages: every store error is either the message's fault (dead-lettered at once, with
+// the SQLSTATE, so the queue moves on) or the store's (retried). One test per class, against
+// the real PostgreSQL.
+
+/// Text that does not compress (PostgreSQL compresses long values before indexing them), so
+/// `bytes` of it is too big for a B-tree index entry however it is stored.
+fn incompressible(bytes: usize) -> String {
+    let mut text = String::with_capacity(bytes + 32);
+    while text.len() < bytes {
+        text.push_str(&Uuid::new_v4().simple().to_string());
+    }
+    text.truncate(bytes);
+    text
+}
+
+/// Like [`dispatch`], with the reporter's limits checked by the handlers.
+async fn queued_is_stored(statuses: &StatusHandler, job: &JobRequest) {
+    let s = status(job, JobState::Queued, time(-50));
+    assert_eq!(
+        deliver(statuses, &s.routing_key(), s.to_json()).await,
+        done()
+    );
+}
+
+#[tokio::test]
+async fn a_status_with_an_oversized_item_is_dead_lettered_at_once_and_the_next_job_is_stored() {
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let (_, statuses) = postgres_sink(&Config::default(), &pool);
+    // The measured case: a 300 KB package name, which broke the `jobs` index and was retried
+    // every 2 s while the jobs behind it waited.
+    let poison = job(&incompressible(300_000));
+    let s = status(&poison, JobState::Queued, time(-50));
+    let reason = dead_letter_reason(deliver(&statuses, &s.routing_key(), s.to_json()).await);
+    assert!(
+        reason.contains("job: item is 300000 bytes, over the limit of 1024 bytes"),
+        "{reason}"
+    );
+    for table in ["jobs", "job_records", "job_events"] {
+        assert_eq!(rows(&db, table, poison.job_id).await, 0, "{table}");
+    }
+    let next = job("xchat-0.5-1.fc20");
+    queued_is_stored(&statuses, &next).await;
+    assert_eq!(rows(&db, "jobs", next.job_id).await, 1);
+}
+
+#[tokio::test]
+async fn a_value_too_big_for_its_index_is_poison_sqlstate_54() {
+    // Defence in depth: were a value over an index's size to get past the limits, the store's
+    // refusal (program limit exceeded) still dead-letters it instead of retrying it forever.
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let mut client = pool.get().await.unwrap();
+    let poison = job(&incompressible(300_000));
+    let s = status(&poison, JobState::Queued, time(-50));
+    let err = taskbot::store::record_status(&mut client, &s)
+        .await
+        .unwrap_err();
+    assert_eq!(err.sql_state(), Some("54000"), "{err}");
+    let reason = dead_letter_reason(taskbot_reporter::store_failure("the status", &err));
+    assert!(
+        reason.starts_with("PostgreSQL refused the status (SQLSTATE 54000): "),
+        "{reason}"
+    );
+    assert!(reason.contains("index row"), "{reason}");
+    assert_eq!(rows(&db, "jobs", poison.job_id).await, 0);
+}
+
+#[tokio::test]
+async fn a_value_postgresql_cannot_hold_is_poison_sqlstate_22() {
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let client = pool.get().await.unwrap();
+    let mut res = result(&job("x-1-1"), "dist.nul", Outcome::Passed);
+    res.note = Some("binary\u{0}junk".into());
+    let err = taskbot::store::insert_result(&client, &res)
+        .await
+        .unwrap_err();
+    assert!(
+        err.sql_state().is_some_and(|c| c.starts_with("22")),
+        "{err}"
+    );
+    let reason = dead_letter_reason(taskbot_reporter::store_failure("the result", &err));
+    assert!(reason.contains("(SQLSTATE 22"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_constraint_violation_is_dead_lettered_sqlstate_23_and_the_queue_moves_on() {
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let (results, statuses) = postgres_sink(&Config::default(), &pool);
+    let job = job("xchat-0.5-1.fc20");
+    for state in [JobState::Queued, JobState::Provisioned] {
+        let s = status(&job, state, time(-50));
+        assert_eq!(
+            deliver(&statuses, &s.routing_key(), s.to_json()).await,
+            done()
+        );
+    }
+    // A rule the database holds that this result breaks (an operator's CHECK constraint):
+    // storing it again can never succeed.
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE results ADD CONSTRAINT short_testcase CHECK (octet_length(testcase) <= 20)")
+        .await
+        .unwrap();
+    let refused = result(&job, "dist.a-rather-long-testcase", Outcome::Passed);
+    let reason =
+        dead_letter_reason(deliver(&results, &refused.routing_key(), refused.to_json()).await);
+    assert!(
+        reason.starts_with(&format!(
+            "PostgreSQL refused result {} (SQLSTATE 23514): ",
+            refused.result_id
+        )),
+        "{reason}"
+    );
+    assert!(reason.contains("short_testcase"), "{reason}");
+    let next = result(&job, "dist.rpmlint", Outcome::Passed);
+    assert_eq!(
+        deliver(&results, &next.routing_key(), next.to_json()).await,
+        done()
+    );
+    assert_eq!(rows(&db, "results", job.job_id).await, 1);
+}
+
+#[tokio::test]
+async fn a_misconfigured_database_is_retried_not_dead_lettered_sqlstate_42() {
+    // A missing table (42P01) is never one message's fault: every message would fail alike, so
+    // they wait in their queue, in order, until the database is fixed.
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let (_, statuses) = postgres_sink(&Config::default(), &pool);
+    let admin = db.client().await;
+    admin
+        .batch_execute("ALTER TABLE jobs RENAME TO jobs_moved")
+        .await
+        .unwrap();
+    let job = job("xchat-0.5-1.fc20");
+    let s = status(&job, JobState::Queued, time(-50));
+    let reason = retry_reason(deliver(&statuses, &s.routing_key(), s.to_json()).await);
+    assert!(reason.contains("jobs"), "{reason}");
+    admin
+        .batch_execute("ALTER TABLE jobs_moved RENAME TO jobs")
+        .await
+        .unwrap();
+    assert_eq!(
+        deliver(&statuses, &s.routing_key(), s.to_json()).await,
+        done()
+    );
+}
+
+#[tokio::test]
+async fn a_store_outage_is_retried_and_the_message_stored_once_it_is_back() {
+    let db = TestDb::create().await;
+    let pool = migrated(&db).await;
+    let (_, statuses) = postgres_sink(&Config::default(), &pool);
+    let job = job("xchat-0.5-1.fc20");
+    queued_is_stored(&statuses, &job).await;
+    // The database goes away: the reporter's connections are cut (SQLSTATE 57P01) and new ones
+    // refused, as while PostgreSQL restarts.
+    let admin = taskbot::testing::connect_postgres(&taskbot::testing::postgres_url()).await;
+    let outage = |allow: bool| {
+        format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name, db.name
+        )
+    };
+    let held = pool.get().await.unwrap();
+    admin.batch_execute(&outage(false)).await.unwrap();
+    // A write on a connection that was cut (admin shutdown, or the socket closed): retried.
+    let err = taskbot::store::job_record(&held, job.job_id)
+        .await
+        .unwrap_err();
+    assert!(!err.is_caused_by_data(), "{err}");
+    retry_reason(taskbot_reporter::store_failure("the status", &err));
+    drop(held);
+    let running = status(&job, JobState::Provisioned, time(-40));
+    // New connections are refused meanwhile: handed back each time, never dead-lettered.
+    for _ in 0..2 {
+        let reason =
+            retry_reason(deliver(&statuses, &running.routing_key(), running.to_json()).await);
+        assert!(
+            reason.contains("cannot get a database connection"),
+            "{reason}"
+        );
+    }
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            db.name
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        deliver(&statuses, &running.routing_key(), running.to_json()).await,
+        done()
+    );
+    assert_eq!(rows(&db, "job_events", job.job_id).await, 2);
+}

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::Utc;
 use serde_json::Value;
+use taskbot::limits;
 use taskbot::messages::{
     check_schema, DecodeError, Environment, Event, JobRequest, Message, TaskRef,
 };
@@ -332,7 +333,7 @@ impl Action {
             None => None,
         };
         let now = Utc::now();
-        Ok(self
+        let jobs: Vec<JobRequest> = self
             .arches
             .iter()
             .map(|arch| JobRequest {
@@ -351,7 +352,14 @@ impl Action {
                 vm: vm.clone(),
                 created_at: now,
             })
-            .collect())
+            .collect();
+        // A job with a value no store can hold (an item rendered from a hostile event, an event
+        // id too long) would be refused by every stage after this one: it is not requested, and
+        // the rule is skipped for this event with the reason; the event's other jobs still are.
+        for job in &jobs {
+            limits::check_job(job).map_err(|e| format!("no job requested: {e}"))?;
+        }
+        Ok(jobs)
     }
 }
 

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::Utc;
 use taskbot::amqp::{Disposition, Outgoing};
 use taskbot::artifacts::TASK_LOG;
+use taskbot::limits;
 use taskbot::messages::{Event, JobRequest, JobState, JobStatus, Outcome, TaskResult};
 use taskbot::routes::Publishable;
 use taskbot::Topology;
@@ -300,15 +301,25 @@ pub fn disposition(
     verdict: &Verdict,
     runner: &str,
 ) -> Disposition {
+    // Notes and the detail are free text a task's output may fill: shortened to what the stores
+    // hold (saying so) rather than published whole and refused downstream.
     let mut out: Vec<Outgoing> = verdict
         .results
         .iter()
-        .map(|r| r.outgoing(topology))
+        .map(|r| match &r.note {
+            Some(note) if limits::check_text("note", note, limits::MAX_NOTE_BYTES).is_err() => {
+                let mut fitted = r.clone();
+                fitted.note = Some(limits::fit_note(note));
+                fitted.outgoing(topology)
+            }
+            _ => r.outgoing(topology),
+        })
         .collect();
     if verdict.state == JobState::Done {
         out.extend(verdict.events.iter().map(|e| e.outgoing(topology)));
     }
-    let status = JobStatus::new(job, verdict.state, runner, Some(verdict.detail.clone()));
+    let detail = limits::fit_note(&verdict.detail);
+    let status = JobStatus::new(job, verdict.state, runner, Some(detail));
     out.push(status_message(topology, &status));
     Disposition::Done(out)
 }
@@ -651,6 +662,39 @@ mod tests {
             panic!("expected Done");
         };
         assert!(out.iter().all(|o| o.exchange != "tb.events"));
+    }
+
+    #[test]
+    fn what_no_store_can_hold_crashes_the_job_or_is_shortened_before_publishing() {
+        let topology = Topology::new("tb", &[]);
+        // An item over its limit in the results file: CRASHED, naming the field and the limit.
+        let long_item = "i".repeat(taskbot::limits::MAX_ITEM_BYTES + 1);
+        let reported =
+            crate::results::parse(&format!("results:\n  - {{item: {long_item}, type: t}}\n"));
+        let v = factory().finished(&RunEnd::Exited(TaskExit::Code(0)), Some(reported), no_log);
+        assert_eq!(v.state, JobState::Crashed);
+        assert_eq!(
+            v.results[0].note.as_deref(),
+            Some("invalid results file: results[0]: item is 1025 bytes, over the limit of 1024 bytes")
+        );
+        // A crash quoting a log of huge lines with a NUL: published with its note and detail
+        // shortened, and every message passes the reporter's checks.
+        let tail = format!("{}\0\n", "x".repeat(taskbot::limits::MAX_NOTE_BYTES));
+        let crashed = factory().crashed(&"r".repeat(70_000), Some(&tail));
+        let Disposition::Done(out) = disposition(&topology, &job(), &crashed, "r") else {
+            panic!("expected Done");
+        };
+        let result = TaskResult::from_json(&out[0].body).unwrap();
+        taskbot::limits::check_result(&result).unwrap();
+        assert!(result.note.unwrap().contains("[note shortened: "));
+        let status = JobStatus::from_json(&out[1].body).unwrap();
+        taskbot::limits::check_status(&status).unwrap();
+        // A note within the limits is published as it is.
+        let v = factory().crashed("boom", Some("last line"));
+        let Disposition::Done(out) = disposition(&topology, &job(), &v, "r") else {
+            panic!("expected Done");
+        };
+        assert_eq!(TaskResult::from_json(&out[0].body).unwrap(), v.results[0]);
     }
 
     /// `job()` stamps `created_at` with the clock; compare everything else.

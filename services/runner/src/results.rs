@@ -20,6 +20,9 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use taskbot::limits::{
+    self, check_text, MAX_ARCH_BYTES, MAX_ITEM_BYTES, MAX_ITEM_TYPE_BYTES, MAX_NAME_BYTES,
+};
 use taskbot::messages::Outcome;
 
 use crate::task::{check_testcase, relative_inside};
@@ -98,16 +101,23 @@ fn entry_to_result(entry: Entry) -> Result<ReportedResult, String> {
             )
         })?,
     };
+    // What no store can hold ends the job CRASHED naming the field and its limit: shortening an
+    // item, type, testcase or data value would make it name something else. (The note is free
+    // text: an over-long one is shortened when the verdict is published.)
+    check_text("item", &entry.item, MAX_ITEM_BYTES)?;
+    check_text("type", &entry.item_type, MAX_ITEM_TYPE_BYTES)?;
     if let Some(name) = &entry.checkname {
         check_testcase(name).map_err(|e| format!("checkname: {e}"))?;
     }
     if let Some(artifact) = &entry.artifact {
         relative_inside(artifact).map_err(|e| format!("artifact: {e}"))?;
+        check_text("artifact", artifact, MAX_NAME_BYTES)?;
     }
     if let Some(arch) = &entry.arch {
         if arch.trim().is_empty() {
             return Err("arch: must not be empty".into());
         }
+        check_text("arch", arch, MAX_ARCH_BYTES)?;
     }
     let mut data = BTreeMap::new();
     for (key, value) in entry.extra {
@@ -115,6 +125,7 @@ fn entry_to_result(entry: Entry) -> Result<ReportedResult, String> {
             .map_err(|e| format!("{key}: cannot be represented as data: {e}"))?;
         data.insert(key, json);
     }
+    limits::check_data(&data)?;
     Ok(ReportedResult {
         item: entry.item,
         item_type: entry.item_type,
@@ -230,5 +241,41 @@ results:
     fn unknown_top_level_key_is_refused() {
         let err = parse("results:\n  - {item: a, type: t}\nresluts: []\n").unwrap_err();
         assert!(err.contains("unknown field `resluts`"), "{err}");
+    }
+
+    #[test]
+    fn values_no_store_can_hold_refuse_the_file_naming_the_field_and_limit() {
+        let long = "a".repeat(limits::MAX_ITEM_BYTES + 1);
+        let err = parse(&format!("results:\n  - {{item: {long}, type: t}}\n")).unwrap_err();
+        assert_eq!(
+            err,
+            "results[0]: item is 1025 bytes, over the limit of 1024 bytes"
+        );
+        let err = parse("results:\n  - {item: \"a\\0b\", type: t}\n").unwrap_err();
+        assert!(err.starts_with("results[0]: item contains a NUL"), "{err}");
+        let err = parse(&format!(
+            "results:\n  - {{item: a, type: t, checkname: {}}}\n",
+            "c".repeat(limits::MAX_TESTCASE_BYTES + 1)
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("results[0]: checkname: is 256 bytes, over the limit of 255"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "results:\n  - {{item: a, type: t, log: {}}}\n",
+            "l".repeat(limits::MAX_DATA_VALUE_BYTES)
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("results[0]: data value \"log\" is 8194 bytes"),
+            "{err}"
+        );
+        // A long note is no reason to refuse the file: it is shortened when published.
+        let note = "n".repeat(limits::MAX_NOTE_BYTES * 2);
+        let parsed = parse(&format!(
+            "results:\n  - {{item: a, type: t, note: {note}}}\n"
+        ));
+        assert_eq!(parsed.unwrap()[0].note.as_deref(), Some(note.as_str()));
     }
 }

@@ -591,6 +591,13 @@ pub fn check_testcase(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
+    let max = taskbot::limits::MAX_TESTCASE_BYTES;
+    if name.len() > max {
+        return Err(format!(
+            "is {} bytes, over the limit of {max} bytes",
+            name.len()
+        ));
+    }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))

@@ -35,16 +35,43 @@ pub enum StoreError {
     NotPermitted(String),
 }
 
+/// The SQLSTATE classes of errors that the values written cause, so that writing the same message
+/// again can never succeed: 22 data exception (a NUL character, which `text` and `jsonb` cannot
+/// hold; a malformed value), 23 integrity constraint violation (a row that contradicts one already
+/// stored), 54 program limit exceeded (a value too big for its index: `index row size 3480
+/// exceeds btree maximum 2704`). Transient conflicts (serialization failure 40001, deadlock
+/// 40P01) are class 40 and are retried.
+///
+/// Class 42 (syntax error or access rule violation: a revoked grant, a dropped table) is not
+/// here: our statements are fixed, so it is never one message's fault. Dead-lettering would move
+/// every message to the dead-letter queue until an operator fixed the database; retrying keeps
+/// them in order where they are and resumes by itself once it is fixed.
+pub const POISON_CLASSES: &[&str] = &["22", "23", "54"];
+
+/// Whether an error with SQLSTATE `code` is caused by the message being written
+/// ([`POISON_CLASSES`]).
+pub fn sqlstate_is_poison(code: &str) -> bool {
+    POISON_CLASSES.iter().any(|class| code.starts_with(class))
+}
+
 impl StoreError {
-    /// Whether the message being handled is the cause, so retrying can never succeed: PostgreSQL's
-    /// class 22 "data exception" (e.g. a NUL character, which `text` and `jsonb` cannot hold), or
-    /// a row we cannot read. Everything else (connection lost, server restarting, lock timeouts,
-    /// even bugs in our SQL) is worth retrying: a stuck queue is visible and loses nothing.
+    /// Whether the message being handled is the cause, so retrying can never succeed: an error of
+    /// one of the [`POISON_CLASSES`], or a row we cannot read. Everything else (connection lost,
+    /// server restarting or out of resources, lock timeouts, a misconfigured database) is worth
+    /// retrying: the message waits, and a stuck queue is visible and loses nothing.
     pub fn is_caused_by_data(&self) -> bool {
         match self {
-            StoreError::Query(err) => sql_state(err).is_some_and(|code| code.starts_with("22")),
+            StoreError::Query(err) => sql_state(err).is_some_and(sqlstate_is_poison),
             StoreError::Corrupt(_) => true,
             StoreError::Pool(_) | StoreError::NotPermitted(_) => false,
+        }
+    }
+
+    /// The SQLSTATE PostgreSQL answered with, when it did.
+    pub fn sql_state(&self) -> Option<&str> {
+        match self {
+            StoreError::Query(err) => sql_state(err),
+            _ => None,
         }
     }
 
@@ -67,4 +94,23 @@ impl StoreError {
 
 fn sql_state(err: &tokio_postgres::Error) -> Option<&str> {
     err.code().map(|c| c.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_constraint_and_limit_classes_are_poison_the_rest_is_retried() {
+        for code in ["22021", "22P05", "22001", "23505", "23503", "54000"] {
+            assert!(sqlstate_is_poison(code), "{code}");
+        }
+        // Connection, resources, operator intervention, rollbacks, configuration: not the
+        // message's fault.
+        for code in [
+            "08006", "53300", "57P01", "40001", "40P01", "42501", "42P01", "XX000",
+        ] {
+            assert!(!sqlstate_is_poison(code), "{code}");
+        }
+    }
 }

@@ -337,3 +337,33 @@ fn numbers_compare_by_value() {
     ));
     assert!(!loosely_equal(&serde_json::json!(2), &serde_json::json!(1)));
 }
+
+#[test]
+fn a_job_with_a_value_no_store_can_hold_is_not_requested_and_the_rule_says_why() {
+    let e = engine(RULES).unwrap();
+    // A package name of 300 KB: the job would be refused by every stage after the rules.
+    let mut ev = koji_event(1);
+    ev.msg["name"] = "a".repeat(300_000).into();
+    let out = e.evaluate(&ev);
+    assert!(out.jobs.is_empty(), "{:?}", out.jobs.len());
+    assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
+    let (rule, reason) = &out.skipped[0];
+    assert_eq!(rule, "example-on-koji-build");
+    assert!(
+        reason.starts_with("no job requested: item is 300012 bytes, over the limit of 1024 bytes"),
+        "{reason}"
+    );
+    let mut ev = koji_event(1);
+    ev.msg["name"] = "nul\u{0}name".into();
+    let reason = &e.evaluate(&ev).skipped[0].1;
+    assert!(reason.contains("item contains a NUL character"), "{reason}");
+    let mut ev = koji_event(1);
+    ev.id = "i".repeat(taskbot::limits::MAX_NAME_BYTES + 1);
+    let reason = &e.evaluate(&ev).skipped[0].1;
+    assert!(reason.contains("event_id is 4097 bytes"), "{reason}");
+    // An item at the limit is still a job.
+    let mut ev = koji_event(1);
+    let at_limit = taskbot::limits::MAX_ITEM_BYTES - "-1.8.3-1.el7".len();
+    ev.msg["name"] = "a".repeat(at_limit).into();
+    assert_eq!(e.evaluate(&ev).jobs.len(), 2);
+}
