@@ -229,7 +229,9 @@ impl<'a> Scanner<'a> {
 
     /// The block indentation in force: the column of the innermost open block collection.
     fn block_indent(&self) -> isize {
-        self.blocks.last().map_or(-1, |(column, _)| *column as isize)
+        self.blocks
+            .last()
+            .map_or(-1, |(column, _)| *column as isize)
     }
 
     /// At the start of a line: skip block scalar lines, continue plain scalars, close the block
@@ -266,7 +268,11 @@ impl<'a> Scanner<'a> {
             return Ok(());
         }
         self.plain_open = false;
-        while self.blocks.last().is_some_and(|(column, _)| *column > indent) {
+        while self
+            .blocks
+            .last()
+            .is_some_and(|(column, _)| *column > indent)
+        {
             self.blocks.pop();
         }
         Ok(())
@@ -420,9 +426,8 @@ impl<'a> Scanner<'a> {
         while self.pos < self.bytes.len() && self.line_break().is_none() {
             let byte = self.bytes[self.pos];
             let next = self.bytes.get(self.pos + 1).copied();
-            let ends_value = |n: Option<u8>| {
-                in_flow && matches!(n, Some(b',' | b'[' | b']' | b'{' | b'}'))
-            };
+            let ends_value =
+                |n: Option<u8>| in_flow && matches!(n, Some(b',' | b'[' | b']' | b'{' | b'}'));
             if byte == b':' && (self.blank_or_end_at(self.pos + 1) || ends_value(next)) {
                 if !in_flow {
                     let end = self.pos;
@@ -454,8 +459,10 @@ fn check_alias_expansion(text: &str) -> Result<(), OverBudget> {
         limit: text.len() + MAX_ALIAS_NODES,
         exceeded: Cell::new(false),
     };
-    let result: Result<(), serde_norway::Error> =
-        serde::de::DeserializeSeed::deserialize(&counter, serde_norway::Deserializer::from_str(text));
+    let result: Result<(), serde_norway::Error> = serde::de::DeserializeSeed::deserialize(
+        &counter,
+        serde_norway::Deserializer::from_str(text),
+    );
     match result {
         Err(e) if counter.exceeded.get() => {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
@@ -554,7 +561,6 @@ impl<'de> serde::de::Visitor<'de> for &NodeCounter {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,12 +578,19 @@ mod tests {
 
     #[test]
     fn deep_flow_nesting_is_refused_where_it_passes_the_limit() {
-        let text = format!("rules:\n  x: {}{}\n", "[".repeat(40_000), "]".repeat(40_000));
+        let text = format!(
+            "rules:\n  x: {}{}\n",
+            "[".repeat(40_000),
+            "]".repeat(40_000)
+        );
         let err = refusal(&text, YamlBudget::DEFAULT);
         // Two block mappings, then the 63rd `[` is the 65th level.
         assert_eq!((err.line, err.column), (2, 6 + 62));
         assert!(err.message.contains("deeper than the limit of 64"), "{err}");
-        let err = refusal(&format!("{}1{}", "{a: ".repeat(100), "}".repeat(100)), depth(3));
+        let err = refusal(
+            &format!("{}1{}", "{a: ".repeat(100), "}".repeat(100)),
+            depth(3),
+        );
         assert_eq!((err.line, err.column), (1, 13));
     }
 
@@ -585,7 +598,9 @@ mod tests {
     fn deep_block_nesting_is_refused_compact_or_indented() {
         let err = refusal(&format!("{}x\n", "- ".repeat(40_000)), depth(10));
         assert_eq!((err.line, err.column), (1, 21));
-        let indented: String = (0..20).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+        let indented: String = (0..20)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
         let err = refusal(&indented, depth(10));
         assert_eq!((err.line, err.column), (11, 11));
         assert!(check(&indented, &depth(20)).is_ok());
@@ -659,12 +674,19 @@ mod tests {
     fn alias_bombs_are_refused_and_honest_aliases_pass() {
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for level in 0..9 {
-            let previous = if level == 0 { "a".to_string() } else { format!("b{}", level - 1) };
+            let previous = if level == 0 {
+                "a".to_string()
+            } else {
+                format!("b{}", level - 1)
+            };
             let refs = vec![format!("*{previous}"); 10].join(", ");
             bomb += &format!("b{level}: &b{level} [{refs}]\n");
         }
         let err = refusal(&bomb, YamlBudget::DEFAULT);
-        assert!(err.message.contains("aliases expand to more than 100000"), "{err}");
+        assert!(
+            err.message.contains("aliases expand to more than 100000"),
+            "{err}"
+        );
         assert!(err.line >= 1, "{err}");
 
         let honest = "defaults: &d {arches: [x86_64, aarch64], priority: 3}\n\

@@ -316,7 +316,11 @@ pub fn read_text(path: &Path, max_bytes: u64) -> Result<String, RulesError> {
         column: 0,
         message,
     };
-    let too_large = |size: u64| refuse(format!("the file is {size} bytes, over the limit of {max_bytes} (rules.max_file_bytes)"));
+    let too_large = |size: u64| {
+        refuse(format!(
+            "the file is {size} bytes, over the limit of {max_bytes} (rules.max_file_bytes)"
+        ))
+    };
     let file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot read: {e}")))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     if size > max_bytes {

@@ -327,16 +327,28 @@ mod tests {
         let err = refused(&mut watcher, &deep);
         // `rules` and the sequence are two levels; the 63rd `[` is the 65th.
         assert_eq!((err.line, err.column), (2, 4 + 63), "{err}");
-        assert!(err.message.contains("nested deeper than the limit of 64 levels"), "{err}");
+        assert!(
+            err.message
+                .contains("nested deeper than the limit of 64 levels"),
+            "{err}"
+        );
 
         let mut bomb = String::from("sets:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for level in 0..9 {
-            let previous = if level == 0 { "a".into() } else { format!("b{}", level - 1) };
+            let previous = if level == 0 {
+                "a".into()
+            } else {
+                format!("b{}", level - 1)
+            };
             let refs = vec![format!("*{previous}"); 10].join(", ");
             bomb += &format!("  b{level}: &b{level} [{refs}]\n");
         }
         let err = refused(&mut watcher, &bomb);
-        assert!(err.message.contains("aliases expand to more than 100000 nodes"), "{err}");
+        assert!(
+            err.message
+                .contains("aliases expand to more than 100000 nodes"),
+            "{err}"
+        );
         assert!(err.line >= 2, "placed in the document: {err}");
 
         let many_keys: String = std::iter::once("sets:\n".to_string())
@@ -345,7 +357,10 @@ mod tests {
         let err = refused(&mut watcher, &many_keys);
         assert_eq!(
             err.message,
-            format!("the file is {} bytes, over the limit of 400000 (rules.max_file_bytes)", many_keys.len())
+            format!(
+                "the file is {} bytes, over the limit of 400000 (rules.max_file_bytes)",
+                many_keys.len()
+            )
         );
     }
 

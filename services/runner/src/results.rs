@@ -230,22 +230,34 @@ results:
 
     #[test]
     fn hostile_files_are_refused_before_parsing_with_their_position() {
-        let deep = format!("results:\n  - {{item: a, type: t, x: {}", "[".repeat(150_000));
+        let deep = format!(
+            "results:\n  - {{item: a, type: t, x: {}",
+            "[".repeat(150_000)
+        );
         assert!(deep.len() > 150_000);
         let err = parse(&deep).unwrap_err();
         // `results`, the sequence and the entry are three levels; the 62nd `[` is the 65th.
         let column = "  - {item: a, type: t, x: ".len() + 62;
         assert_eq!(
             err,
-            format!("collections nested deeper than the limit of 64 levels at line 2 column {column}")
+            format!(
+                "collections nested deeper than the limit of 64 levels at line 2 column {column}"
+            )
         );
-        let mut bomb = String::from("results:\n  - {item: a, type: t, l0: &l0 [x, x, x, x, x, x, x, x, x, x]}\n");
+        let mut bomb = String::from(
+            "results:\n  - {item: a, type: t, l0: &l0 [x, x, x, x, x, x, x, x, x, x]}\n",
+        );
         for level in 1..10 {
             let refs = vec![format!("*l{}", level - 1); 10].join(", ");
             bomb += &format!("  - {{item: a, type: t, l{level}: &l{level} [{refs}]}}\n");
         }
         let err = parse(&bomb).unwrap_err();
-        assert!(err.starts_with("aliases expand to more than 100000 nodes beyond the file's own at line "), "{err}");
+        assert!(
+            err.starts_with(
+                "aliases expand to more than 100000 nodes beyond the file's own at line "
+            ),
+            "{err}"
+        );
     }
 
     #[test]
