@@ -287,9 +287,24 @@ pub struct RulesConfig {
     /// reloaded (so is any file on SIGHUP); one that does not load is refused and the rules in
     /// force stay.
     pub reload_interval_ms: u64,
+    /// Largest rules file accepted, in bytes: a larger one is refused unread.
+    pub max_file_bytes: u64,
+    /// Deepest nesting of YAML collections accepted in the rules file; deeper is refused before
+    /// parsing (crate::yaml_budget).
+    pub max_depth: usize,
     /// Address of the rules service's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
     /// free one, logged). Also `--ops-listen`.
     pub ops_listen: String,
+}
+
+impl RulesConfig {
+    /// The limits the rules file is checked against before it is parsed.
+    pub fn yaml_budget(&self) -> crate::yaml_budget::YamlBudget {
+        crate::yaml_budget::YamlBudget {
+            max_bytes: self.max_file_bytes,
+            max_depth: self.max_depth,
+        }
+    }
 }
 
 impl Default for RulesConfig {
@@ -298,6 +313,8 @@ impl Default for RulesConfig {
             file: PathBuf::from("deploy/rules.yaml"),
             task_base_url: None,
             reload_interval_ms: 2000,
+            max_file_bytes: crate::yaml_budget::YamlBudget::DEFAULT.max_bytes,
+            max_depth: crate::yaml_budget::YamlBudget::DEFAULT.max_depth,
             ops_listen: OPS_DEFAULT_RULES.into(),
         }
     }

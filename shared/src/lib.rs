@@ -26,6 +26,7 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod topology;
+pub mod yaml_budget;
 
 pub use config::Config;
 pub use errors::error_chain;

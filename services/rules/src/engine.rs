@@ -368,5 +368,11 @@ impl Action {
 #[cfg(test)]
 fn compile_for_tests(text: &str) -> Result<Engine, RulesError> {
     let arches = ["x86_64".to_string(), "aarch64".into(), "noarch".into()];
-    Engine::from_text(text, "rules.yaml", &arches, Some("file:///srv/tasks"))
+    Engine::from_text(
+        text,
+        "rules.yaml",
+        &arches,
+        Some("file:///srv/tasks"),
+        &taskbot::yaml_budget::YamlBudget::DEFAULT,
+    )
 }

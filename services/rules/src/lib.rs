@@ -23,7 +23,7 @@ use watch::{watch_rules, RulesWatcher};
 
 /// Read, parse and compile a rules file against the deployment's config.
 pub fn load_rules(path: &Path, config: &Config) -> Result<Engine, RulesError> {
-    compile_rules(&read_text(path)?, path, config)
+    compile_rules(&read_text(path, config.rules.max_file_bytes)?, path, config)
 }
 
 /// Parse and compile `text`, the text of the rules file at `path`.
@@ -33,6 +33,7 @@ fn compile_rules(text: &str, path: &Path, config: &Config) -> Result<Engine, Rul
         &path.display().to_string(),
         &config.arches,
         config.rules.task_base_url.as_deref(),
+        &config.rules.yaml_budget(),
     )
 }
 

@@ -36,6 +36,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use taskbot::messages::Environment;
+use taskbot::yaml_budget::{self, YamlBudget};
 
 /// The whole file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -265,8 +266,24 @@ pub struct RulesError {
 }
 
 impl RulesFile {
-    /// Parse YAML text; `file` is only used in error messages.
+    /// Parse YAML text within the default budget; `file` is only used in error messages.
     pub fn parse(text: &str, file: &str) -> Result<RulesFile, RulesError> {
+        Self::parse_within(text, file, &YamlBudget::DEFAULT)
+    }
+
+    /// Parse YAML text, first refusing it if it is over `budget` (too large or nested too deep
+    /// for the parser to get through quickly: see taskbot::yaml_budget).
+    pub fn parse_within(
+        text: &str,
+        file: &str,
+        budget: &YamlBudget,
+    ) -> Result<RulesFile, RulesError> {
+        yaml_budget::check(text, budget).map_err(|e| RulesError {
+            file: file.to_string(),
+            line: e.line,
+            column: e.column,
+            message: e.message,
+        })?;
         serde_norway::from_str(text).map_err(|e| {
             let (line, column) = e
                 .location()
@@ -286,19 +303,35 @@ impl RulesFile {
             }
         })
     }
-
-    pub fn read(path: &Path) -> Result<RulesFile, RulesError> {
-        Self::parse(&read_text(path)?, &path.display().to_string())
-    }
 }
 
-/// The text of the rules file at `path`; a file that cannot be read is refused like one that
-/// does not parse, naming the file.
-pub fn read_text(path: &Path) -> Result<String, RulesError> {
-    std::fs::read_to_string(path).map_err(|e| RulesError {
+/// The text of the rules file at `path`; a file that cannot be read, or is larger than
+/// `max_bytes`, is refused like one that does not parse, naming the file (and unread, when it is
+/// too large).
+pub fn read_text(path: &Path, max_bytes: u64) -> Result<String, RulesError> {
+    use std::io::Read as _;
+    let refuse = |message: String| RulesError {
         file: path.display().to_string(),
         line: 0,
         column: 0,
-        message: format!("cannot read: {e}"),
-    })
+        message,
+    };
+    let too_large = |size: u64| {
+        refuse(format!(
+            "the file is {size} bytes, over the limit of {max_bytes} (rules.max_file_bytes)"
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot read: {e}")))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > max_bytes {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refuse(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|_| refuse("cannot read: the file is not UTF-8 text".into()))
 }

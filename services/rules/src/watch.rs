@@ -128,7 +128,7 @@ impl RulesWatcher {
     fn read(&mut self, stamp: Option<Stamp>) -> Result<String, RulesError> {
         let now = SystemTime::now();
         self.trusted = stamp.filter(|s| s.settled(now, self.settle));
-        read_text(&self.path)
+        read_text(&self.path, self.config.rules.max_file_bytes)
     }
 
     /// Compile what was read, and remember it as the text last read.
@@ -300,6 +300,85 @@ mod tests {
         .unwrap();
         let err = RulesWatcher::load(config(file.clone())).err().unwrap();
         assert_eq!((err.file, err.line), (file.display().to_string(), 4));
+    }
+
+    /// What a check of `text`, written to the watcher's file, refused.
+    fn refused(watcher: &mut RulesWatcher, text: &str) -> RulesError {
+        std::fs::write(&watcher.path, text).unwrap();
+        match watcher.check(false) {
+            Check::Refused(err) => {
+                assert_eq!(err.file, watcher.path.display().to_string());
+                err
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hostile_files_are_refused_with_their_position_and_the_rules_in_force_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rules.yaml");
+        std::fs::write(&file, rules("good")).unwrap();
+        let mut config = config(file.clone());
+        config.rules.max_file_bytes = 400_000;
+        let (mut watcher, _) = RulesWatcher::load(config).unwrap();
+
+        let deep = format!("rules:\n  - {}{}\n", "[".repeat(40_000), "]".repeat(40_000));
+        let err = refused(&mut watcher, &deep);
+        // `rules` and the sequence are two levels; the 63rd `[` is the 65th.
+        assert_eq!((err.line, err.column), (2, 4 + 63), "{err}");
+        assert!(
+            err.message
+                .contains("nested deeper than the limit of 64 levels"),
+            "{err}"
+        );
+
+        let mut bomb = String::from("sets:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 0..9 {
+            let previous = if level == 0 {
+                "a".into()
+            } else {
+                format!("b{}", level - 1)
+            };
+            let refs = vec![format!("*{previous}"); 10].join(", ");
+            bomb += &format!("  b{level}: &b{level} [{refs}]\n");
+        }
+        let err = refused(&mut watcher, &bomb);
+        assert!(
+            err.message
+                .contains("aliases expand to more than 100000 nodes"),
+            "{err}"
+        );
+        assert!(err.line >= 2, "placed in the document: {err}");
+
+        let many_keys: String = std::iter::once("sets:\n".to_string())
+            .chain((0..40_000).map(|i| format!("  set{i}: [v]\n")))
+            .collect();
+        let err = refused(&mut watcher, &many_keys);
+        assert_eq!(
+            err.message,
+            format!(
+                "the file is {} bytes, over the limit of 400000 (rules.max_file_bytes)",
+                many_keys.len()
+            )
+        );
+    }
+
+    #[test]
+    fn a_large_honest_file_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rules.yaml");
+        let mut text = String::from("tasks:\n  t: { repo: t }\nrules:\n");
+        for i in 0..2_000 {
+            text += &format!(
+                "  - name: r{i}\n    when: {{ topic: a.b, where: {{ any: [{{ path: 'msg.builds[*].nvr', regex: '^p{i}-' }}] }} }}\n    \
+                 do: [{{ task: t, item: \"{{{{ msg.name }}}}\", item_type: k, arches: [noarch] }}]\n"
+            );
+        }
+        assert!(text.len() > 300_000);
+        std::fs::write(&file, &text).unwrap();
+        let (_, engine) = RulesWatcher::load(config(file)).unwrap();
+        assert_eq!(engine.rule_count(), 2_000);
     }
 
     #[test]

@@ -72,6 +72,8 @@ struct Entry {
 /// Parse a results file's text. The error is fit for a CRASHED result's note: the YAML parser's
 /// message with its line and column, or the entry (`results[2]`) and key at fault.
 pub fn parse(text: &str) -> Result<Vec<ReportedResult>, String> {
+    taskbot::yaml_budget::check(text, &crate::task_files::TASK_FILE_BUDGET)
+        .map_err(|e| e.to_string())?;
     let file: ResultsFile = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     if file.results.is_empty() {
         // A task that checked something says so; an empty list is far more often a bug in the task
@@ -233,6 +235,38 @@ results:
         let err = parse("results:\n  - {item: '', type: t}\n").unwrap_err();
         assert!(
             err.starts_with("results[0]: item: must not be empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hostile_files_are_refused_before_parsing_with_their_position() {
+        let deep = format!(
+            "results:\n  - {{item: a, type: t, x: {}",
+            "[".repeat(150_000)
+        );
+        assert!(deep.len() > 150_000);
+        let err = parse(&deep).unwrap_err();
+        // `results`, the sequence and the entry are three levels; the 62nd `[` is the 65th.
+        let column = "  - {item: a, type: t, x: ".len() + 62;
+        assert_eq!(
+            err,
+            format!(
+                "collections nested deeper than the limit of 64 levels at line 2 column {column}"
+            )
+        );
+        let mut bomb = String::from(
+            "results:\n  - {item: a, type: t, l0: &l0 [x, x, x, x, x, x, x, x, x, x]}\n",
+        );
+        for level in 1..10 {
+            let refs = vec![format!("*l{}", level - 1); 10].join(", ");
+            bomb += &format!("  - {{item: a, type: t, l{level}: &l{level} [{refs}]}}\n");
+        }
+        let err = parse(&bomb).unwrap_err();
+        assert!(
+            err.starts_with(
+                "aliases expand to more than 100000 nodes beyond the file's own at line "
+            ),
             "{err}"
         );
     }

@@ -252,6 +252,8 @@ pub struct NamedStep {
 impl TaskFile {
     /// Parse and validate the file's text.
     pub fn parse(text: &str) -> Result<TaskFile, TaskFileError> {
+        taskbot::yaml_budget::check(text, &crate::task_files::TASK_FILE_BUDGET)
+            .map_err(|e| TaskFileError::Invalid(e.to_string()))?;
         let task: TaskFile =
             serde_norway::from_str(text).map_err(|e| TaskFileError::Invalid(e.to_string()))?;
         task.validate().map_err(TaskFileError::Invalid)?;
@@ -895,6 +897,19 @@ testcase: dist.rpmcheck
         assert_eq!(
             vars.render("no templates", Escape::Shell).unwrap(),
             "no templates"
+        );
+    }
+
+    #[test]
+    fn deeply_nested_file_is_refused_before_parsing() {
+        let text = format!("name: t\nrun: x\nenv: {}\n", "{a: ".repeat(100_000));
+        let err = TaskFile::parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "invalid {TASK_FILE}: collections nested deeper than the limit of 64 levels at line 3 column {}",
+                "env: ".len() + 63 * "{a: ".len() + 1
+            )
         );
     }
 

@@ -12,9 +12,18 @@ use std::io::Read as _;
 use std::path::Path;
 
 use taskbot::artifacts::{check_regular, is_link_refusal, open_beneath};
+use taskbot::yaml_budget::YamlBudget;
 
 /// Largest task file read (results, events, `taskbot.yaml`), in bytes.
 pub const MAX_TASK_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The limits `taskbot.yaml` and `results.yml` are checked against before they are parsed
+/// (taskbot::yaml_budget): a task could otherwise nest brackets so that the YAML parser spends
+/// minutes on one file, past the task's time limit.
+pub const TASK_FILE_BUDGET: YamlBudget = YamlBudget {
+    max_bytes: MAX_TASK_FILE_BYTES,
+    max_depth: YamlBudget::DEFAULT.max_depth,
+};
 
 /// The bytes of `relative` under `root`, `None` if it does not exist, or why it was refused.
 pub fn read_beneath(

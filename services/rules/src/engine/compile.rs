@@ -53,14 +53,16 @@ impl Engine {
         Ok(Engine { rules, index })
     }
 
-    /// Parse and compile the text of a rules file named `file_name` (in error messages).
+    /// Parse (within `budget`) and compile the text of a rules file named `file_name` (in error
+    /// messages).
     pub fn from_text(
         text: &str,
         file_name: &str,
         arches: &[String],
         task_base_url: Option<&str>,
+        budget: &taskbot::yaml_budget::YamlBudget,
     ) -> Result<Engine, RulesError> {
-        let file = RulesFile::parse(text, file_name)?;
+        let file = RulesFile::parse_within(text, file_name, budget)?;
         Engine::compile(&file, text, file_name, arches, task_base_url)
     }
 }
