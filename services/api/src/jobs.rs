@@ -31,7 +31,10 @@ pub const JOB_QUERY_KEYS: &[&str] = &[
 /// Any other key is a 400 naming the accepted ones: a misspelt filter would otherwise list every
 /// job as if it matched.
 pub fn job_conditions(query: &[(String, String)]) -> Result<Conditions, ApiError> {
-    if let Some((key, _)) = query.iter().find(|(k, _)| !JOB_QUERY_KEYS.contains(&k.as_str())) {
+    if let Some((key, _)) = query
+        .iter()
+        .find(|(k, _)| !JOB_QUERY_KEYS.contains(&k.as_str()))
+    {
         return Err(ApiError::bad_request(format!(
             "unknown query key {key:?}; the accepted keys are {}",
             JOB_QUERY_KEYS.join(", ")

@@ -626,7 +626,7 @@ mod tests {
             MAX_DATA_FILTERS
         );
         assert!(ResultFilter::parse(&q(&[(":like", "x")])).is_err());
-        let many = vec!["a"; MAX_DATA_FILTERS + 1].join(",");
+        let many = ["a"; MAX_DATA_FILTERS + 1].join(",");
         assert!(ResultFilter::parse(&q(&[("_distinct_on", many.as_str())])).is_err());
     }
 

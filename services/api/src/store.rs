@@ -194,9 +194,10 @@ impl From<tokio_postgres::Error> for ApiError {
             }
             // Data exceptions: the request's values (the only data in the api's queries) are
             // not valid for the database, e.g. a character PostgreSQL cannot store.
-            Some(c) if c.starts_with("22") => {
-                ApiError::bad_request(format!("invalid value in the request: {}", db_message(&err)))
-            }
+            Some(c) if c.starts_with("22") => ApiError::bad_request(format!(
+                "invalid value in the request: {}",
+                db_message(&err)
+            )),
             // Connection trouble, server shutting down, too many connections: it may pass.
             Some(c) if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
                 tracing::warn!(error = %error_chain(&err), "database unavailable");

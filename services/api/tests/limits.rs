@@ -65,19 +65,29 @@ async fn thousands_of_filter_keys_are_refused_naming_the_accepted_keys() {
         .await;
     assert_eq!(status, 400, "{body}");
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains("5000 keys filter result data, at most 10"), "{message}");
+    assert!(
+        message.contains("5000 keys filter result data, at most 10"),
+        "{message}"
+    );
     for reserved in ["outcome", "testcases:like", "since", "_distinct_on", "page"] {
         assert!(message.contains(reserved), "{reserved} missing: {message}");
     }
     let (status, body) = api
-        .get(&format!("/api/v2.0/results/latest?{}", query[..11].join("&")))
+        .get(&format!(
+            "/api/v2.0/results/latest?{}",
+            query[..11].join("&")
+        ))
         .await;
     assert_eq!(status, 400, "{body}");
     // Ten data filters are still a query.
     let (status, body) = api
         .get(&format!("/api/v2.0/results?{}", query[..10].join("&")))
         .await;
-    assert_eq!((status, &body["data"]), (200, &serde_json::json!([])), "{body}");
+    assert_eq!(
+        (status, &body["data"]),
+        (200, &serde_json::json!([])),
+        "{body}"
+    );
     api.stop().await;
 }
 
@@ -98,7 +108,10 @@ async fn malformed_input_is_a_bad_request_everywhere() {
         (format!("/api/v2.0/results?item={long_value}"), "too long"),
         ("/api/v2.0/results?:like=x".to_string(), "key name"),
         ("/api/v2.0/results?limit=many".to_string(), "not an integer"),
-        ("/api/v1/jobs?stat=queued".to_string(), "accepted keys are state"),
+        (
+            "/api/v1/jobs?stat=queued".to_string(),
+            "accepted keys are state",
+        ),
     ] {
         let (status, body) = api.get(&path).await;
         assert_eq!(status, 400, "{path}: {body}");
