@@ -208,6 +208,7 @@ async fn set_up_database(
             connect_timeout: Duration::from_secs(10),
             wait_timeout: Duration::from_secs(30),
             create_timeout: Duration::from_secs(10),
+            statement_timeout: None,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -764,6 +764,13 @@ pub struct ApiConfig {
     /// Where the job artifacts served by the api are; without it, `runner.artifacts_dir` (the
     /// usual case: the api runs where the runner keeps them, or on a shared volume).
     pub artifacts_dir: Option<PathBuf>,
+    /// Longest a query of the api may run (or wait for a lock), in milliseconds; PostgreSQL
+    /// cancels it then and the request answers 504. Callers shape the api's queries, so without
+    /// this one request can keep a database backend busy for minutes. 0 counts as 1.
+    pub statement_timeout_ms: u64,
+    /// Store requests that may wait for a free connection when all `postgres.pool_size` are in
+    /// use; beyond that a request is refused at once with 503 instead of queueing without bound.
+    pub max_waiting_requests: usize,
 }
 
 impl Default for ApiConfig {
@@ -772,6 +779,8 @@ impl Default for ApiConfig {
             listen: "127.0.0.1:8080".into(),
             public_url: None,
             artifacts_dir: None,
+            statement_timeout_ms: 5000,
+            max_waiting_requests: 32,
         }
     }
 }

@@ -338,7 +338,7 @@ pub async fn dashboard(State(state): State<SharedState>) -> Result<Response, Api
         Ok(management) => management.status(&state.namespace).await,
         Err(e) => Err(e.clone()),
     };
-    let client = state.pool.get().await?;
+    let client = state.store.client().await?;
     let states = client
         .query(
             "SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state",
@@ -380,7 +380,7 @@ pub async fn job(
     let Ok(id) = Uuid::parse_str(&id) else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "Not found"));
     };
-    let client = state.pool.get().await?;
+    let client = state.store.client().await?;
     let Some(row) = client
         .query_opt(
             "SELECT job_id, state, task_name, item, arch, updated_at FROM jobs WHERE job_id = $1",

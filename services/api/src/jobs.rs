@@ -19,9 +19,27 @@ use crate::{AppState, SharedState};
 const JOB_COLUMNS: &str = "j.job_id, j.state, j.item, j.item_type, j.arch, j.task_name, \
     j.task_repo, j.task_ref, j.rule, j.event_id, j.event_topic, j.created_at, j.updated_at";
 
+/// Every key `GET /jobs` accepts (its filters, paging, and the JSONP leftovers ResultsDB clients
+/// send).
+pub const JOB_QUERY_KEYS: &[&str] = &[
+    "state", "item", "task", "arch", "type", "since", "page", "limit", "callback", "_",
+];
+
 /// The conditions of `GET /jobs`: `state`, `item`, `task`, `arch` (comma = OR, different keys =
 /// AND) and `since=START[,END]` on the job's creation time.
+///
+/// Any other key is a 400 naming the accepted ones: a misspelt filter would otherwise list every
+/// job as if it matched.
 pub fn job_conditions(query: &[(String, String)]) -> Result<Conditions, ApiError> {
+    if let Some((key, _)) = query
+        .iter()
+        .find(|(k, _)| !JOB_QUERY_KEYS.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown query key {key:?}; the accepted keys are {}",
+            JOB_QUERY_KEYS.join(", ")
+        )));
+    }
     let mut c = Conditions::default();
     for (key, column) in [
         ("state", "j.state"),
@@ -115,7 +133,7 @@ pub async fn list_jobs(
 /// `GET /api/v1/job-states`: how many jobs are in each state now (their latest state), for
 /// `taskbot status`. States no job is in are left out.
 pub async fn job_states(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
-    let client = state.pool.get().await?;
+    let client = state.store.client().await?;
     let rows = client
         .query(
             "SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state",
@@ -141,7 +159,7 @@ pub async fn get_job(
 ) -> Result<Json<Value>, ApiError> {
     let id = links::path_id(&id, "Job not found")?;
     let base = links::base_url(&state, &headers);
-    let client = state.pool.get().await?;
+    let client = state.store.client().await?;
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.job_id = $1");
     let row = links::row_by_id(&client, &sql, &id, "Job not found").await?;
     let mut job = job_json(&row, &state, &base)?;

@@ -13,6 +13,7 @@
 
 pub mod artifacts;
 pub mod dashboard;
+pub mod input;
 pub mod jobs;
 pub mod links;
 pub mod resultsdb;
@@ -27,7 +28,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use deadpool_postgres::Pool;
 use serde_json::json;
 use taskbot::{Config, Shutdown};
 use tokio::net::TcpListener;
@@ -66,7 +66,8 @@ pub const ROUTES: &[&str] = &[
 
 /// What every handler needs.
 pub struct AppState {
-    pub pool: Pool,
+    /// The database, by request class (see [`store::Store`]).
+    pub store: store::Store,
     /// `api.public_url` without its trailing slash; `None` means "from the request's Host".
     pub public_url: Option<String>,
     /// Root of the job artifact directories (`<artifacts_dir>/<job id>/`).
@@ -84,7 +85,7 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     pub fn new(config: &Config) -> anyhow::Result<AppState> {
         Ok(AppState {
-            pool: store::connect_pool(&config.postgres)?,
+            store: store::Store::connect(config)?,
             public_url: config
                 .api
                 .public_url
@@ -141,6 +142,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/dashboard", get(dashboard::dashboard))
         .route("/dashboard/jobs/{id}", get(dashboard::job))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(input::check_request))
         .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
 }
@@ -181,7 +183,7 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Ready when the database answers and the reporter has created the tables: before that, every
 /// store endpoint would answer 503.
 async fn readyz(State(state): State<SharedState>) -> Response {
-    match store::check_ready(&state.pool).await {
+    match state.store.check_ready().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -152,7 +152,7 @@ impl Paging {
         let limit = c.param(self.fetch());
         let offset = c.param(self.offset());
         let sql = format!("{} LIMIT {limit} OFFSET {offset}", select(&c));
-        let client = state.pool.get().await?;
+        let client = state.store.client().await?;
         let mut rows = client.query(&sql, &c.refs()).await?;
         let (prev, next) = self.links(&mut rows, url, query);
         let data = rows.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;

@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::input::MAX_DATA_FILTERS;
 use crate::links::{self, list, Paging};
 use crate::store::{ApiError, Conditions};
 use crate::{AppState, SharedState};
@@ -35,8 +36,9 @@ pub const OUTCOMES: &[&str] = &[
     "CRASHED",
 ];
 
-/// Query keys with a meaning of their own; every other key filters `data`.
-const RESERVED_KEYS: &[&str] = &[
+/// Query keys with a meaning of their own; every other key filters `data` (at most
+/// [`MAX_DATA_FILTERS`] of them).
+pub const RESERVED_KEYS: &[&str] = &[
     "page",
     "limit",
     "since",
@@ -124,6 +126,20 @@ impl ResultFilter {
                 keys.push(key);
             }
         }
+        if keys.len() > MAX_DATA_FILTERS {
+            return Err(ApiError::bad_request(format!(
+                "too many filters: {} keys filter result data, at most {MAX_DATA_FILTERS}; the \
+                 other accepted keys are {}",
+                keys.len(),
+                RESERVED_KEYS.join(", ")
+            )));
+        }
+        if filter.distinct_on.len() > MAX_DATA_FILTERS {
+            return Err(ApiError::bad_request(format!(
+                "_distinct_on: {} keys, at most {MAX_DATA_FILTERS}",
+                filter.distinct_on.len()
+            )));
+        }
         for key in keys {
             let values = list(query, key).unwrap_or_default();
             let (name, like) = match key.split_once(':') {
@@ -135,6 +151,11 @@ impl ResultFilter {
                 }
                 None => (key, false),
             };
+            if name.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "{key:?}: a data filter needs a key name"
+                )));
+            }
             filter.data.push(DataFilter {
                 key: name.to_string(),
                 like,
@@ -352,7 +373,7 @@ pub async fn get_results_latest(
         partition.join(", "),
         c.where_sql()
     );
-    let client = state.pool.get().await?;
+    let client = state.store.client().await?;
     let rows = client.query(&sql, &c.refs()).await?;
     let data = rows
         .iter()
@@ -370,7 +391,7 @@ pub async fn get_result(
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::not_found("Result not found");
     let base = links::base_url(&state, &headers);
-    let client = state.pool.get().await?;
+    let client = state.store.client().await?;
     let row = if let Ok(uuid) = Uuid::parse_str(id.trim()) {
         client
             .query_opt(
@@ -449,7 +470,7 @@ pub async fn get_testcase(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let base = links::base_url(&state, &headers);
-    let client = state.pool.get().await?;
+    let client = state.store.client().await?;
     let row = client
         .query_opt(
             "SELECT r.testcase, r.task_repo FROM results r WHERE r.testcase = $1 \
@@ -522,7 +543,7 @@ pub async fn get_group(
 ) -> Result<Json<Value>, ApiError> {
     let uuid = links::path_id(&uuid, "Group not found")?;
     let base = links::base_url(&state, &headers);
-    let client = state.pool.get().await?;
+    let client = state.store.client().await?;
     let sql = format!("SELECT * FROM ({GROUPS_SQL} HAVING r.job_id = $1) AS g");
     let row = links::row_by_id(&client, &sql, &uuid, "Group not found").await?;
     Ok(Json(group_json(&row, &base)?))
@@ -540,10 +561,9 @@ pub async fn healthcheck(State(state): State<SharedState>) -> Response {
     }
 }
 
+/// Through the health pool, so busy store queries do not make the api look dead.
 async fn health(state: &AppState) -> Result<(), ApiError> {
-    let client = state.pool.get().await?;
-    client.query_one("SELECT 1", &[]).await?;
-    Ok(())
+    state.store.check_alive().await
 }
 
 #[cfg(test)]
@@ -588,6 +608,26 @@ mod tests {
         assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
         assert!(err.message.contains("GREAT"), "{}", err.message);
         assert!(ResultFilter::parse(&q(&[("item:regex", "x")])).is_err());
+    }
+
+    #[test]
+    fn data_filters_are_capped_and_named() {
+        let keys: Vec<String> = (0..=MAX_DATA_FILTERS).map(|i| format!("k{i}")).collect();
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+        let err = ResultFilter::parse(&q(&pairs)).unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("at most 10"), "{}", err.message);
+        assert!(err.message.contains("testcases:like"), "{}", err.message);
+        // Repeating one key is one filter; reserved keys are not data filters.
+        let mut pairs = pairs[..MAX_DATA_FILTERS].to_vec();
+        pairs.extend([("k0", "w"), ("outcome", "PASSED"), ("page", "1")]);
+        assert_eq!(
+            ResultFilter::parse(&q(&pairs)).unwrap().data.len(),
+            MAX_DATA_FILTERS
+        );
+        assert!(ResultFilter::parse(&q(&[(":like", "x")])).is_err());
+        let many = ["a"; MAX_DATA_FILTERS + 1].join(",");
+        assert!(ResultFilter::parse(&q(&[("_distinct_on", many.as_str())])).is_err());
     }
 
     #[test]

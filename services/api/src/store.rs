@@ -1,6 +1,7 @@
-//! The PostgreSQL side: a read-only pool, the errors handlers answer with, and a small builder for
+//! The PostgreSQL side: read-only pools per request class, the errors handlers answer with, and a small builder for
 //! the filtered queries the endpoints make.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -10,12 +11,108 @@ use deadpool_postgres::{Pool, PoolError};
 use taskbot::config::PostgresConfig;
 use taskbot::error_chain;
 use taskbot::store::schema::READ_TABLES;
+use taskbot::Config;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::types::ToSql;
 
-/// A pool for `config.url`; connecting is lazy, so this fails only on an invalid URL.
+/// The api's two request classes, each with connections of its own, so one class cannot starve
+/// the other:
 ///
-/// Every session is read-only: the api must never change the store.
-pub fn connect_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
+/// - store queries (every `/api/...` and dashboard read): `postgres.pool_size` connections, each
+///   query cancelled after `api.statement_timeout_ms`, and at most `api.max_waiting_requests`
+///   requests waiting for a connection (more are refused with 503 at once);
+/// - health checks (`/readyz`, `/api/v2.0/healthcheck`): a small pool of their own answering
+///   from a catalogue lookup that takes no table lock, so slow or blocked store queries cannot
+///   make the api look dead.
+pub struct Store {
+    queries: Pool,
+    health: Pool,
+    /// One permit per store request being answered or waiting for a connection.
+    permits: Arc<Semaphore>,
+}
+
+/// Connections the health checks keep: enough for a probe or two at once.
+const HEALTH_POOL_SIZE: usize = 2;
+/// Health checks are a catalogue lookup: anything slower means the database is in trouble.
+const HEALTH_STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Store {
+    /// Both pools for `config.postgres.url`; connecting is lazy, so this fails only on an
+    /// invalid URL. Every session is read-only: the api must never change the store.
+    pub fn connect(config: &Config) -> anyhow::Result<Store> {
+        let queries = connect_pool(
+            &config.postgres,
+            Duration::from_millis(config.api.statement_timeout_ms),
+            Duration::from_secs(10),
+        )?;
+        let health_config = PostgresConfig {
+            pool_size: HEALTH_POOL_SIZE,
+            ..config.postgres.clone()
+        };
+        let health = connect_pool(
+            &health_config,
+            HEALTH_STATEMENT_TIMEOUT,
+            Duration::from_secs(2),
+        )?;
+        let permits = config.postgres.pool_size.max(1) + config.api.max_waiting_requests;
+        Ok(Store {
+            queries,
+            health,
+            permits: Arc::new(Semaphore::new(permits)),
+        })
+    }
+
+    /// A connection for a store query, or 503 at once when as many requests as allowed are
+    /// already answered or waiting.
+    pub async fn client(&self) -> Result<StoreClient, ApiError> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!("api busy: every store connection is in use and the queue is full");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api busy: too many requests are waiting for the database, retry later",
+            )
+        })?;
+        let client = self.queries.get().await?;
+        Ok(StoreClient {
+            client,
+            _permit: permit,
+        })
+    }
+
+    /// Ok when the database answers and holds every table the api reads, asked through the
+    /// health pool.
+    pub async fn check_ready(&self) -> Result<(), ApiError> {
+        check_ready(&self.health).await
+    }
+
+    /// Ok when the database answers `SELECT 1`, through the health pool.
+    pub async fn check_alive(&self) -> Result<(), ApiError> {
+        let client = self.health.get().await?;
+        client.query_one("SELECT 1", &[]).await?;
+        Ok(())
+    }
+}
+
+/// A store connection, holding its request's place (see [`Store::client`]) until dropped.
+pub struct StoreClient {
+    client: deadpool_postgres::Object,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for StoreClient {
+    type Target = deadpool_postgres::Object;
+
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+/// A read-only pool for `config.url` whose sessions cancel statements after `statement_timeout`.
+fn connect_pool(
+    config: &PostgresConfig,
+    statement_timeout: Duration,
+    wait_timeout: Duration,
+) -> anyhow::Result<Pool> {
     taskbot::store::connect_pool(
         config,
         &taskbot::store::PoolOptions {
@@ -23,8 +120,9 @@ pub fn connect_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
             read_only: true,
             connect_timeout: Duration::from_secs(5),
             // A request facing a dead database gets a 503 quickly, not a hang.
-            wait_timeout: Duration::from_secs(10),
+            wait_timeout,
             create_timeout: Duration::from_secs(5),
+            statement_timeout: Some(statement_timeout),
         },
     )
 }
@@ -85,6 +183,21 @@ impl From<tokio_postgres::Error> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store not ready: the reporter has not created the tables yet",
             ),
+            // query_canceled: the statement ran (or waited for a lock) past the timeout.
+            Some("57014") => {
+                tracing::warn!(error = %error_chain(&err), "query cancelled by the statement timeout");
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "query timeout: the database did not answer within the api's statement \
+                     timeout (api.statement_timeout_ms); narrow the filters or retry later",
+                )
+            }
+            // Data exceptions: the request's values (the only data in the api's queries) are
+            // not valid for the database, e.g. a character PostgreSQL cannot store.
+            Some(c) if c.starts_with("22") => ApiError::bad_request(format!(
+                "invalid value in the request: {}",
+                db_message(&err)
+            )),
             // Connection trouble, server shutting down, too many connections: it may pass.
             Some(c) if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
                 tracing::warn!(error = %error_chain(&err), "database unavailable");
@@ -105,8 +218,15 @@ impl From<tokio_postgres::Error> for ApiError {
     }
 }
 
-/// Ok when the database answers and holds every table the api reads.
-pub async fn check_ready(pool: &Pool) -> Result<(), ApiError> {
+/// The database's own message of `err` (without the connection details of its chain).
+fn db_message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map_or_else(|| err.to_string(), |e| e.message().to_string())
+}
+
+/// Ok when the database answers and holds every table the api reads. `to_regclass` takes no
+/// lock, so a table locked by a writer (or a migration) does not block it.
+async fn check_ready(pool: &Pool) -> Result<(), ApiError> {
     let client = pool.get().await?;
     let names: Vec<String> = READ_TABLES.iter().map(|t| t.to_string()).collect();
     let row = client

@@ -17,6 +17,7 @@ pub fn connect_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
             // A handler facing a dead database returns Retry instead of hanging.
             wait_timeout: Duration::from_secs(30),
             create_timeout: Duration::from_secs(15),
+            statement_timeout: None,
         },
     )
 }

@@ -24,6 +24,10 @@ pub struct PoolOptions {
     /// facing a dead database gets an error (retry, 503) instead of hanging.
     pub wait_timeout: Duration,
     pub create_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` for every session, if any: a query running longer (or
+    /// waiting longer for a lock) is cancelled with SQLSTATE 57014. For a service whose queries
+    /// are shaped by its callers (the api), so no request can keep a backend busy for long.
+    pub statement_timeout: Option<Duration>,
 }
 
 /// A pool for `config.url`. Connecting is lazy: this fails only on an invalid URL.
@@ -38,11 +42,20 @@ pub fn connect_pool(config: &PostgresConfig, options: &PoolOptions) -> anyhow::R
     if pg.get_application_name().is_none() {
         pg.application_name(options.application_name);
     }
+    let mut settings = Vec::new();
     if options.read_only {
-        let read_only = "-c default_transaction_read_only=on";
+        settings.push("-c default_transaction_read_only=on".to_string());
+    }
+    if let Some(timeout) = options.statement_timeout {
+        // At least 1 ms: 0 would mean "no timeout" to PostgreSQL.
+        let ms = timeout.as_millis().max(1);
+        settings.push(format!("-c statement_timeout={ms}"));
+    }
+    if !settings.is_empty() {
+        let ours = settings.join(" ");
         let all = match pg.get_options() {
-            Some(existing) => format!("{existing} {read_only}"),
-            None => read_only.to_string(),
+            Some(existing) => format!("{existing} {ours}"),
+            None => ours,
         };
         pg.options(&all);
     }

@@ -60,6 +60,7 @@ impl TestDb {
                 connect_timeout: Duration::from_secs(5),
                 wait_timeout: Duration::from_secs(10),
                 create_timeout: Duration::from_secs(5),
+                statement_timeout: None,
             },
         )
         .expect("pool")
