@@ -1,14 +1,17 @@
 //! One job's life, from its delivery to its [`Disposition`], each phase announced as a job status:
 //! `cloning` → [`prepare`](crate::prepare) → `running` → [`steps`](crate::steps) →
-//! [`finish`](crate::finish) → `reporting` → results and the final status, which the consume loop
-//! publishes (with confirms) before it acks the delivery.
+//! [`finish`](crate::finish) → the outcome kept in the [`outbox`](crate::outbox) → `reporting` →
+//! results and the final status, which the consume loop publishes (with confirms) before it
+//! removes the outbox entry and acks the delivery. A job whose outcome is in the outbox is not
+//! run again: its kept messages are published instead.
 
-use taskbot::amqp::{DeliveryContext, Disposition};
+use taskbot::amqp::{DeliveryContext, Disposition, Outgoing};
 use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, ProvisionedJob};
 
 use crate::artifacts::Allowance;
 use crate::finish;
+use crate::outbox::{Outbox, Pending};
 use crate::prepare::Prepared;
 use crate::report::{self, ResultFactory, Verdict};
 use crate::steps::{Ended, StepRunner, TimeLimit};
@@ -43,10 +46,85 @@ impl RunnerHandler {
             }
             _ => tracing::info!(job_id = %job.job_id, summary = %verdict.detail, "job done"),
         }
-        report::disposition(&self.topology, job, &verdict, &self.instance)
+        let outcome = report::outcome(&self.topology, job, &verdict, &self.instance);
+        // Kept before anything of it is published: from here on, losing the broker costs a
+        // re-publish when the job comes back, not a re-run.
+        self.keep_outcome(job.job_id, &outcome).await;
+        if let Err(HandBack(reason)) = self
+            .publish_status(ctx, job, JobState::Reporting, None)
+            .await
+        {
+            return Disposition::Retry(format!(
+                "{reason}; the outcome is kept in the outbox and published when the job comes back"
+            ));
+        }
+        Disposition::Done(outcome)
     }
 
-    /// From `cloning` to `reporting`: whatever goes wrong with the task itself is a verdict.
+    /// The job's outcome from the outbox, when an earlier run of it could not have it confirmed
+    /// (the broker went away): published instead of running the task again. A bad entry is
+    /// logged (it was moved aside) and the job runs.
+    pub(crate) async fn kept_outcome(&self, provisioned: &ProvisionedJob) -> Option<Vec<Outgoing>> {
+        let job_id = provisioned.job.job_id;
+        let outbox = self.outbox();
+        let exchanges = vec![
+            self.topology.results_exchange(),
+            self.topology.events_exchange(),
+        ];
+        let pending = tokio::task::spawn_blocking(move || outbox.pending(job_id, &exchanges)).await;
+        match pending {
+            Ok(Pending::Kept(messages)) => {
+                tracing::info!(%job_id, messages = messages.len(), "job finished before: publishing its outcome from the outbox, not running it again");
+                Some(messages)
+            }
+            Ok(Pending::None) => None,
+            Ok(Pending::Refused { reason, moved_to }) => {
+                let moved_to = moved_to.map(|p| p.display().to_string());
+                tracing::warn!(%job_id, %reason, moved_to = moved_to.as_deref().unwrap_or("(could not be moved)"), "outbox entry refused; the job runs again");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%job_id, %error, "cannot read the outbox; the job runs again");
+                None
+            }
+        }
+    }
+
+    /// Keep `outcome` in the outbox. A failure is logged, not fatal: the outcome can still be
+    /// published now, it just would not survive a broker outage.
+    async fn keep_outcome(&self, job_id: uuid::Uuid, outcome: &[Outgoing]) {
+        let (outbox, outcome) = (self.outbox(), outcome.to_vec());
+        match tokio::task::spawn_blocking(move || outbox.keep(job_id, &outcome)).await {
+            Ok(Ok(path)) => {
+                tracing::debug!(%job_id, path = %path.display(), "outcome kept in the outbox")
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%job_id, dir = %self.outbox().dir().display(), %error, "cannot keep the outcome in the outbox; a broker outage now would cost a re-run")
+            }
+            Err(error) => tracing::warn!(%job_id, %error, "cannot keep the outcome in the outbox"),
+        }
+    }
+
+    /// Remove the job's outbox entry: all its messages were confirmed.
+    pub(crate) async fn forget_outcome(&self, job_id: uuid::Uuid) {
+        let outbox = self.outbox();
+        match tokio::task::spawn_blocking(move || outbox.remove(job_id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%job_id, path = %self.outbox().path(job_id).display(), %error, "cannot remove the published outcome from the outbox; it is published again if the job comes back")
+            }
+            Err(error) => {
+                tracing::warn!(%job_id, %error, "cannot remove the published outcome from the outbox")
+            }
+        }
+    }
+
+    /// The outbox of this runner's `work_dir`.
+    fn outbox(&self) -> Outbox {
+        Outbox::new(&self.settings.work_dir)
+    }
+
+    /// From `cloning` to the verdict: whatever goes wrong with the task itself is a verdict.
     async fn verdict_of(
         &self,
         provisioned: &ProvisionedJob,
@@ -65,8 +143,6 @@ impl RunnerHandler {
                     .await?
             }
         };
-        self.publish_status(ctx, job, JobState::Reporting, None)
-            .await?;
         Ok(verdict)
     }
 

@@ -10,7 +10,9 @@
 //! whatever happened) → `finish.rs` (the task's files back from its VM, the artifacts directory
 //! swept of links and what passes the caps, the `artifacts` globs copied, what is kept redacted,
 //! results and events read into a verdict) → `reporting` → results and the final `done` or
-//! `crashed` status, published with confirms before the input is acked. The secrets a job is
+//! `crashed` status, published with confirms before the input is acked. The outcome is kept in
+//! the runner's [`outbox`] from the verdict until the broker has confirmed it, so a broker outage
+//! during a task costs a re-publish when the job comes back, not a re-run. The secrets a job is
 //! granted ([`secrets`]) reach its sandboxed steps only and are taken out ([`redact`]) of its
 //! log (before its cap), its artifacts and its verdict. Whatever goes wrong with the task
 //! itself ends as a result (CRASHED, ABORTED, FAILED) so the job never silently disappears;
@@ -33,6 +35,7 @@ mod finish;
 pub mod git;
 mod job;
 mod log;
+pub mod outbox;
 mod prepare;
 pub mod redact;
 pub mod remote;
@@ -123,9 +126,19 @@ impl Handler for RunnerHandler {
         match ProvisionedJob::from_json(&incoming.body) {
             Ok(provisioned) => {
                 let _busy = slots_busy(&self.arch).track();
+                if let Some(kept) = self.kept_outcome(&provisioned).await {
+                    return Disposition::Done(kept);
+                }
                 self.run_job(&provisioned, ctx).await
             }
             Err(e) => Disposition::DeadLetter(e.to_string()),
+        }
+    }
+
+    /// Every final message of the job is confirmed: its outcome leaves the outbox.
+    async fn confirmed(&self, incoming: &Incoming, _published: &[taskbot::amqp::Outgoing]) {
+        if let Ok(provisioned) = ProvisionedJob::from_json(&incoming.body) {
+            self.forget_outcome(provisioned.job.job_id).await;
         }
     }
 }

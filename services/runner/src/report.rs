@@ -301,6 +301,17 @@ pub fn disposition(
     verdict: &Verdict,
     runner: &str,
 ) -> Disposition {
+    Disposition::Done(outcome(topology, job, verdict, runner))
+}
+
+/// The messages that publish `verdict`, in order: its results, then (only when done) the events
+/// the task announced, then the final status.
+pub fn outcome(
+    topology: &Topology,
+    job: &JobRequest,
+    verdict: &Verdict,
+    runner: &str,
+) -> Vec<Outgoing> {
     // Notes and the detail are free text a task's output may fill: shortened to what the stores
     // hold (saying so) rather than published whole and refused downstream.
     let mut out: Vec<Outgoing> = verdict
@@ -321,7 +332,7 @@ pub fn disposition(
     let detail = limits::fit_note(&verdict.detail);
     let status = JobStatus::new(job, verdict.state, runner, Some(detail));
     out.push(status_message(topology, &status));
-    Disposition::Done(out)
+    out
 }
 
 /// A job status as an outgoing message ([`Publishable::outgoing`], as every service sends it).

@@ -24,6 +24,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let settings = settings(&config.runner).await?;
     remove_stale_job_dirs(&settings.work_dir).await;
+    sweep_outbox(&settings.work_dir).await;
     // Only its own arch: its broker user (`[amqp.users.runner_<arch>]`) may touch no other run
     // queue.
     let topology = Topology::for_config(&config).only_arch(&arch);
@@ -148,6 +149,28 @@ async fn remove_stale_job_dirs(work_dir: &std::path::Path) {
             tracing::warn!(work_dir = %work_dir.display(), %error, "cannot look for killed runners' job directories")
         }
         Err(error) => tracing::warn!(%error, "cannot look for killed runners' job directories"),
+    }
+}
+
+/// Say which finished jobs' outcomes wait in the outbox for their jobs to come back, and remove
+/// those older than [`outbox::MAX_ENTRY_AGE`] (their job was run on another host, or is gone).
+/// Trouble is logged, never fatal.
+async fn sweep_outbox(work_dir: &std::path::Path) {
+    let outbox = crate::outbox::Outbox::new(work_dir);
+    let dir = outbox.dir().to_path_buf();
+    match tokio::task::spawn_blocking(move || outbox.sweep(crate::outbox::MAX_ENTRY_AGE)).await {
+        Ok(Ok(swept)) => {
+            for path in &swept.removed {
+                tracing::warn!(path = %path.display(), "removed an outbox entry older than 30 days; its job never came back to a runner of this host");
+            }
+            for path in &swept.waiting {
+                tracing::info!(path = %path.display(), "a finished job's outcome waits in the outbox; it is published when the job is delivered again");
+            }
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot look through the outbox")
+        }
+        Err(error) => tracing::warn!(%error, "cannot look through the outbox"),
     }
 }
 

@@ -84,7 +84,11 @@ impl Harness {
     /// Hand `job` to `handler` as the consume loop does, and sort what it published.
     async fn run_on(&self, handler: &RunnerHandler, job: &ProvisionedJob, ctx: &Recorder) -> Ran {
         let incoming = Incoming::new(&job.job.arch, job.to_json()).with_user_id(PROVISIONER);
-        let disposition = handler.handle(incoming, ctx).await;
+        let disposition = handler.handle(incoming.clone(), ctx).await;
+        // The consume loop has every final message confirmed, then tells the handler.
+        if let Disposition::Done(out) = &disposition {
+            handler.confirmed(&incoming, out).await;
+        }
         let results_exchange = self.topology.results_exchange();
         let statuses = ctx
             .published()
@@ -319,6 +323,112 @@ async fn refused_running_status_hands_the_job_back_before_the_task_runs() {
     assert!(ran.results.is_empty(), "no verdict");
     assert!(!h.job_artifacts(&j).join("ran").exists());
     check_ending(&j, &ran.statuses, &[], &h.work_dir());
+}
+
+/// A task that notes each of its runs in its artifacts directory (kept across a job's runs).
+const COUNTED: &str = "name: counted\nrun: echo run >> \"${TASKBOT_ARTIFACTS}runs.txt\"\n";
+
+fn runs(h: &Harness, job: &ProvisionedJob) -> usize {
+    std::fs::read_to_string(h.job_artifacts(job).join("runs.txt"))
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+fn outbox_entry(h: &Harness, job: &ProvisionedJob) -> PathBuf {
+    h.work_dir().join(format!("outbox/{}.json", job.job.job_id))
+}
+
+/// The broker goes away while the task runs: the `reporting` status is refused once the task has
+/// run. The outcome stays in the outbox; when the job comes back it is published from there and
+/// the task is not run again; once confirmed, the entry is gone.
+#[tokio::test]
+async fn an_outcome_the_broker_could_not_take_is_published_from_the_outbox_not_run_again() {
+    let h = Harness::new();
+    let repo = h.dirs.task("counted", COUNTED);
+    let j = job("counted", &repo, "main", "pkg-1-1", "x86_64");
+    let first = h.run(&j, &Recorder::new().failing_after(2)).await;
+    assert_eq!(
+        first.disposition,
+        Disposition::Retry(
+            "cannot publish the reporting status: broker refused the message (nack); the outcome is kept in the outbox and published when the job comes back".into()
+        )
+    );
+    assert_eq!(
+        states(&first.statuses),
+        [JobState::Cloning, JobState::Running]
+    );
+    assert_eq!(runs(&h, &j), 1);
+    assert!(outbox_entry(&h, &j).is_file());
+    check_ending(&j, &first.statuses, &[], &h.work_dir());
+
+    // Redelivered: only the kept outcome is published, and the task did not run again.
+    let again = h.run(&j, &Recorder::new()).await;
+    assert_eq!(states(&again.statuses), [JobState::Done]);
+    assert_eq!(again.results.len(), 1);
+    assert_eq!(again.results[0].outcome, Outcome::Passed);
+    check_ending(&j, &again.statuses, &again.results, &h.work_dir());
+    assert_eq!(runs(&h, &j), 1, "the finished task ran again");
+    assert!(
+        !outbox_entry(&h, &j).exists(),
+        "entry left after its confirm"
+    );
+
+    // With the entry gone, the same job would run (the entry is all that stopped it).
+    let third = h.run(&j, &Recorder::new()).await;
+    assert_eq!(states(&third.statuses), FULL_LIFE);
+    assert_eq!(runs(&h, &j), 2);
+    assert_eq!(
+        third.results[0].result_id, again.results[0].result_id,
+        "same result id"
+    );
+}
+
+/// The consume loop could not have the final messages confirmed (the handler is never told they
+/// were): the next delivery of the job publishes the same messages, without running the task.
+#[tokio::test]
+async fn final_messages_never_confirmed_are_published_again_from_the_outbox() {
+    let h = Harness::new();
+    let repo = h.dirs.task("counted", COUNTED);
+    let j = job("counted", &repo, "main", "pkg-1-1", "x86_64");
+    let handler = h.handler(Shutdown::new(std::future::pending()));
+    let incoming = Incoming::new("x86_64", j.to_json()).with_user_id(PROVISIONER);
+    let Disposition::Done(first) = handler.handle(incoming.clone(), &Recorder::new()).await else {
+        panic!("the job has a verdict");
+    };
+    assert!(outbox_entry(&h, &j).is_file());
+    let ctx = Recorder::new();
+    let Disposition::Done(again) = handler.handle(incoming, &ctx).await else {
+        panic!("the kept outcome is published");
+    };
+    assert_eq!(again, first, "the same messages, ids and all");
+    assert!(ctx.published().is_empty(), "no status: nothing ran");
+    assert_eq!(runs(&h, &j), 1);
+}
+
+/// A cut or foreign outbox entry never stops the runner: it is moved aside, named in the log,
+/// and the job runs.
+#[tokio::test]
+async fn a_corrupt_outbox_entry_is_moved_aside_and_the_job_runs() {
+    let h = Harness::new();
+    let repo = h.dirs.task("counted", COUNTED);
+    let j = job("counted", &repo, "main", "pkg-1-1", "x86_64");
+    let entry = outbox_entry(&h, &j);
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    std::fs::write(&entry, "{\"format\": 1, \"job_id\": ").unwrap();
+    let ran = h.run(&j, &Recorder::new()).await;
+    assert_eq!(states(&ran.statuses), FULL_LIFE);
+    assert_eq!(runs(&h, &j), 1);
+    assert!(!entry.exists(), "the confirmed outcome's entry is removed");
+    let refused: Vec<String> = std::fs::read_dir(entry.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].starts_with(&format!("{}.json.", j.job.job_id))
+            && refused[0].ends_with(".refused"),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]
