@@ -34,6 +34,7 @@ pub fn test_config() -> Config {
     config.amqp.url = amqp_url();
     config.amqp.namespace = unique_namespace();
     config.amqp.reconnect_max_secs = 2;
+    config.amqp.management_url = management_url();
     config.postgres.url = postgres_url();
     // Any free port for each service's /healthz, /readyz and /metrics, so services (and tests run
     // in parallel) never collide; the harness reads the port from the service's log.

@@ -520,3 +520,131 @@ fn toml_value(v: &serde_json::Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A RabbitMQ node of one test's own (its own node name, ports and directories in a temporary
+/// directory, the management plugin enabled), for tests that stop and restart the broker: the
+/// machine's shared broker is never restarted. The node is stopped and its directory removed
+/// when this is dropped.
+pub struct PrivateBroker {
+    pub node: String,
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`
+    pub amqp_url: String,
+    /// `http://guest:guest@127.0.0.1:<port>`
+    pub management_url: String,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateBroker {
+    /// Start the node and wait until its management API answers.
+    pub fn start() -> PrivateBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let (amqp, management, dist) = (free_port(), free_port(), free_port());
+        let node = format!(
+            "taskbot-test-{}@localhost",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let path = dir.path();
+        std::fs::write(
+            path.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = {amqp}\nmanagement.tcp.port = {management}\nmanagement.tcp.ip = 127.0.0.1\n"),
+        )
+        .unwrap();
+        std::fs::write(path.join("enabled_plugins"), "[rabbitmq_management].\n").unwrap();
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(path.join(sub)).unwrap();
+        }
+        // The server script runs the node as the `rabbitmq` user: it must own the directory.
+        let owned = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(path)
+            .status()
+            .expect("chown runs");
+        assert!(
+            owned.success(),
+            "cannot give {} to user rabbitmq",
+            path.display()
+        );
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = std::fs::File::create(path.join("server.log")).unwrap();
+        Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", amqp.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path.join("log"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", path.join("feature_flags"))
+            .env("RABBITMQ_CONFIG_FILE", path.join("rabbitmq.conf"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                path.join("enabled_plugins"),
+            )
+            .current_dir(path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("rabbitmq-server runs");
+        let broker = PrivateBroker {
+            amqp_url: format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"),
+            management_url: format!("http://guest:guest@127.0.0.1:{management}"),
+            node,
+            dir,
+        };
+        broker.wait_until_up();
+        broker
+    }
+
+    fn wait_until_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let overview = format!("{}/api/overview", self.management_url);
+        loop {
+            let up = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &overview])
+                .status()
+                .is_ok_and(|s| s.success());
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private RabbitMQ node {} did not start:\n{}",
+                self.node,
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn ctl(&self, command: &str) {
+        let status = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.node, command])
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(
+            status.success(),
+            "rabbitmqctl {command} on {} failed",
+            self.node
+        );
+    }
+
+    /// Stop the broker (its Erlang node stays up, as in `rabbitmqctl stop_app`): every
+    /// connection is closed, durable queues and persistent messages stay on disk.
+    pub fn stop_app(&self) {
+        self.ctl("stop_app");
+    }
+
+    /// Start the broker again and wait until it answers.
+    pub fn start_app(&self) {
+        self.ctl("start_app");
+        self.wait_until_up();
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.node, "stop"])
+            .status();
+    }
+}

@@ -1,0 +1,133 @@
+//! A broker restart during a task costs a re-publish, not a re-run: the runner keeps the
+//! finished job's outcome in its outbox and publishes it when the job comes back (issue 14).
+//!
+//! The broker restarted is a RabbitMQ node of the test's own ([`PrivateBroker`]), never the
+//! machine's shared one; this file has one test, as it points the test harness at that node
+//! through the environment.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use taskbot::messages::{Event, Message};
+use taskbot::testing::TestBroker;
+use taskbot_tests::{free_port, Deployment, PrivateBroker};
+
+const RULES: &str = r#"
+tasks:
+  slow: { repo: slow, ref: main }
+rules:
+  - name: slow-on-test-event
+    when: { topic: org.taskbot.test.outbox }
+    do:
+      - task: slow
+        item: "{{ msg.nvr }}"
+        item_type: koji_build
+        arches: [x86_64]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_finished_while_the_broker_restarted_runs_once_and_is_stored_once() {
+    let broker = PrivateBroker::start();
+    // Read by `taskbot::testing::test_config`, which `Deployment` uses; set before any other
+    // thread of this test binary runs.
+    std::env::set_var("TASKBOT_TEST_AMQP_URL", &broker.amqp_url);
+    std::env::set_var("TASKBOT_TEST_MANAGEMENT_URL", &broker.management_url);
+
+    let tasks = tempfile::tempdir().unwrap();
+    let slow = tasks.path().join("slow");
+    std::fs::create_dir_all(&slow).unwrap();
+    std::fs::write(
+        slow.join("taskbot.yaml"),
+        "name: slow\ndescription: Outlives a broker restart.\nrun: sh run.sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        slow.join("run.sh"),
+        "echo start >> \"${TASKBOT_ARTIFACTS}starts.txt\"\nsleep 10\nexit 0\n",
+    )
+    .unwrap();
+    let mut d = Deployment::new(RULES, &[("slow", slow.as_path())], free_port()).await;
+    d.start("reporter", "reporter", &[]);
+    d.start("provisioner", "provisioner", &[]);
+    d.start("rules", "rules", &[]);
+    d.start("runner-x86_64", "runner", &["--arch", "x86_64"]);
+    d.start("runner-noarch", "runner", &["--arch", "noarch"]);
+    d.wait_until_consuming(Duration::from_secs(60)).await;
+
+    let event = Event {
+        id: format!("outbox-{}", uuid::Uuid::new_v4()),
+        topic: "org.taskbot.test.outbox".into(),
+        source: "test".into(),
+        sent_at: None,
+        received_at: Utc::now(),
+        username: None,
+        msg: serde_json::json!({ "nvr": "outboxpkg-1-1" }),
+    };
+    let t = d.broker.topology.clone();
+    d.broker
+        .publish(&t.events_exchange(), &event.topic, event.to_json())
+        .await;
+
+    let artifacts = d.config.runner.artifacts_dir.clone();
+    let marker = move || -> Option<std::path::PathBuf> {
+        std::fs::read_dir(&artifacts)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("starts.txt"))
+            .find(|p| p.exists())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while marker().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "task never started\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The broker goes away while the task runs and is back before it ends.
+    broker.stop_app();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.start_app();
+    d.broker = TestBroker::new(&d.config).await;
+
+    let n = d
+        .wait_for_count(
+            "select count(*) from results where item = 'outboxpkg-1-1'",
+            1,
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(n, 1, "no result after the broker restart\n{}", d.logs());
+    d.wait_for_count(
+        "select count(*) from jobs where state = 'done'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    // Give a second run (or a duplicate) the time to show up before counting.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let db = d.db().await;
+    let results: i64 = db
+        .query_one("select count(*) from results", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(results, 1, "stored once");
+    let starts = std::fs::read_to_string(marker().unwrap())
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(starts, 1, "the finished task ran again\n{}", d.logs());
+    assert!(
+        d.logs().contains("publishing its outcome from the outbox"),
+        "{}",
+        d.logs()
+    );
+    let outbox = d.config.runner.work_dir.join("outbox");
+    let left: Vec<_> = std::fs::read_dir(&outbox)
+        .map(|e| e.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "outbox entries left: {left:?}");
+    d.shutdown().await;
+}
