@@ -531,6 +531,8 @@ pub struct PrivateBroker {
     pub amqp_url: String,
     /// `http://guest:guest@127.0.0.1:<port>`
     pub management_url: String,
+    /// The `rabbitmq-server` process started.
+    server: Child,
     dir: tempfile::TempDir,
 }
 
@@ -567,7 +569,7 @@ impl PrivateBroker {
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let out = std::fs::File::create(path.join("server.log")).unwrap();
-        Command::new("rabbitmq-server")
+        let server = Command::new("rabbitmq-server")
             .env("RABBITMQ_NODENAME", &node)
             .env("RABBITMQ_NODE_PORT", amqp.to_string())
             .env("RABBITMQ_DIST_PORT", dist.to_string())
@@ -589,6 +591,7 @@ impl PrivateBroker {
             amqp_url: format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"),
             management_url: format!("http://guest:guest@127.0.0.1:{management}"),
             node,
+            server,
             dir,
         };
         broker.wait_until_up();
@@ -646,5 +649,13 @@ impl Drop for PrivateBroker {
         let _ = Command::new("rabbitmqctl")
             .args(["-q", "-n", &self.node, "stop"])
             .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.server.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if matches!(self.server.try_wait(), Ok(None)) {
+            let _ = self.server.kill();
+            let _ = self.server.wait();
+        }
     }
 }
