@@ -74,7 +74,10 @@ impl PrivateBroker {
         let node = Command::new(SERVER)
             .current_dir(d)
             .env("HOME", d)
-            .env("RABBITMQ_NODENAME", format!("taskbot-test-{}@localhost", self.port))
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("taskbot-test-{}@localhost", self.port),
+            )
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))

@@ -50,7 +50,10 @@ async fn a_service_reconnects_within_a_second_of_a_long_outage_ending() {
     let outage_began = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Ok((200, _)) = http_get(address, "/readyz").await {
-        assert!(Instant::now() < deadline, "still ready with the broker dead");
+        assert!(
+            Instant::now() < deadline,
+            "still ready with the broker dead"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(OUTAGE.saturating_sub(outage_began.elapsed())).await;
@@ -58,7 +61,9 @@ async fn a_service_reconnects_within_a_second_of_a_long_outage_ending() {
     let accepting = broker.resume();
     let ready = ready_at(address, Duration::from_secs(60), &d).await;
     let reconnect = ready.duration_since(accepting);
-    println!("reconnected {reconnect:?} after the broker accepted connections again (outage {OUTAGE:?})");
+    println!(
+        "reconnected {reconnect:?} after the broker accepted connections again (outage {OUTAGE:?})"
+    );
 
     // Consuming for real: a job request sent now is handled (acked) by the provisioner.
     let client = TestBroker::new(&config).await;
@@ -79,7 +84,11 @@ async fn a_service_reconnects_within_a_second_of_a_long_outage_ending() {
         if sample(&metrics, &acked) == Some(1.0) {
             break;
         }
-        assert!(Instant::now() < deadline, "job not handled after the outage:\n{metrics}\n{}", d.logs());
+        assert!(
+            Instant::now() < deadline,
+            "job not handled after the outage:\n{metrics}\n{}",
+            d.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     d.shutdown().await;

@@ -218,14 +218,20 @@ mod tests {
         let mut shutdown = Shutdown::new(std::future::pending());
         let opener = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(400)).await;
-            tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap()
+            tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap()
         });
         // Ending as BrokerBack rather than Elapsed is what shows it did not wait out the 30 s.
         let waited = wait_or_broker_back(&url, Duration::from_secs(30), &mut shutdown).await;
         assert_eq!(waited, Waited::BrokerBack);
         let _listener = opener.await.unwrap();
         let waited = wait_or_broker_back(&url, Duration::from_millis(300), &mut shutdown).await;
-        assert_eq!(waited, Waited::Elapsed, "an open port does not shorten the back-off");
+        assert_eq!(
+            waited,
+            Waited::Elapsed,
+            "an open port does not shorten the back-off"
+        );
     }
 
     #[test]
