@@ -63,7 +63,11 @@ async fn wait_until_both_subscribed(d: &Deployment, bus: &zmq::Socket, tap: &str
         if seen.values().any(|&copies| copies >= 2) {
             return;
         }
-        assert!(Instant::now() < deadline, "bridges never subscribed\n{}", d.logs());
+        assert!(
+            Instant::now() < deadline,
+            "bridges never subscribed\n{}",
+            d.logs()
+        );
     }
 }
 
@@ -119,7 +123,11 @@ async fn two_bridges_one_killed_repeatedly_lose_and_duplicate_nothing() {
     let missing: Vec<u64> = (1..=EVENTS)
         .filter(|i| !requested.contains_key(&format!("item-{i}")))
         .collect();
-    assert!(missing.is_empty(), "never requested: {missing:?}\n{}", d.logs());
+    assert!(
+        missing.is_empty(),
+        "never requested: {missing:?}\n{}",
+        d.logs()
+    );
     let twice: Vec<_> = requested.iter().filter(|(_, &n)| n > 1).collect();
     assert!(twice.is_empty(), "requested more than once: {twice:?}");
     assert_eq!(requested.len() as u64, EVENTS);
@@ -127,7 +135,12 @@ async fn two_bridges_one_killed_repeatedly_lose_and_duplicate_nothing() {
     // The redundancy was real: the events exchange carried twins (both bridges published), which
     // the rules service dropped.
     let mut copies = 0;
-    while d.broker.get(&feed, Duration::from_millis(500)).await.is_some() {
+    while d
+        .broker
+        .get(&feed, Duration::from_millis(500))
+        .await
+        .is_some()
+    {
         copies += 1;
     }
     assert!(copies > EVENTS, "only {copies} copies of {EVENTS} events");
@@ -136,7 +149,12 @@ async fn two_bridges_one_killed_repeatedly_lose_and_duplicate_nothing() {
 
     // The steady bridge saw every sequence number in order; a jump of 5 is one gap.
     let address = d.services[steady].ops_address(Duration::from_secs(10));
-    assert_eq!(gaps(address).await, 0.0, "{}", d.services[steady].log_text());
+    assert_eq!(
+        gaps(address).await,
+        0.0,
+        "{}",
+        d.services[steady].log_text()
+    );
     send(&bus, TOPIC, &envelope(TOPIC, EVENTS + 6, "feed-after-gap"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while gaps(address).await < 1.0 {

@@ -61,11 +61,7 @@ impl GapDetector {
 /// service).
 pub fn sender_of(source: &str, username: Option<&str>, topic: &str) -> String {
     let service: Vec<&str> = topic.splitn(5, '.').take(4).collect();
-    format!(
-        "{source} {} {}",
-        username.unwrap_or("-"),
-        service.join(".")
-    )
+    format!("{source} {} {}", username.unwrap_or("-"), service.join("."))
 }
 
 #[cfg(test)]

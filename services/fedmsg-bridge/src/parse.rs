@@ -652,7 +652,12 @@ mod tests {
             .into_iter()
             .find(|s| s["msg_id"] == "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f")
             .unwrap();
-        let Routed::Event { id, outgoing, sequence } = route(&t, &frames(&envelope), MAX, SOURCE) else {
+        let Routed::Event {
+            id,
+            outgoing,
+            sequence,
+        } = route(&t, &frames(&envelope), MAX, SOURCE)
+        else {
             panic!("the Koji sample must be an event");
         };
         assert_eq!(id, "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f");
@@ -681,7 +686,11 @@ mod tests {
         let sender = format!("{SOURCE} apache org.fedoraproject.prod.buildsys");
         assert_eq!(sequence, Some((sender, 85)));
         // A negative, fractional or textual `i` is no sequence number, and no reason to refuse.
-        for odd in [serde_json::json!(-1), serde_json::json!(1.5), serde_json::json!("7")] {
+        for odd in [
+            serde_json::json!(-1),
+            serde_json::json!(1.5),
+            serde_json::json!("7"),
+        ] {
             let mut e = untag.clone();
             e["i"] = odd.clone();
             let Routed::Event { sequence, .. } = route(&t, &frames(&e), MAX, SOURCE) else {
