@@ -123,8 +123,54 @@ pub struct Event {
     /// The producer's user name, when the bus says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// The message body (fedmsg's `msg`).
+    /// The message body (fedmsg's `msg`): always a JSON object, as fedmsg's are; anything else
+    /// is refused when decoding, so rules never evaluate a list or a number as a body.
+    #[serde(deserialize_with = "msg_object")]
     pub msg: serde_json::Value,
+}
+
+/// The kind of JSON value whose text is `raw` (leading whitespace allowed), for error messages:
+/// `object`, `array`, `string`, `boolean`, `null` or `number`.
+pub fn json_kind(raw: &str) -> &'static str {
+    match raw.trim_start().as_bytes().first() {
+        Some(b'{') => "object",
+        Some(b'[') => "array",
+        Some(b'"') => "string",
+        Some(b't' | b'f') => "boolean",
+        Some(b'n') => "null",
+        _ => "number",
+    }
+}
+
+/// Why an event's `msg` is refused, if it is: it must be an object.
+pub fn refuse_event_msg(raw: &str) -> Option<String> {
+    match json_kind(raw) {
+        "object" => None,
+        kind => Some(format!("`msg` is a JSON {kind}, not an object")),
+    }
+}
+
+fn msg_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    let msg = serde_json::Value::deserialize(d)?;
+    match msg.is_object() {
+        true => Ok(msg),
+        false => Err(serde::de::Error::custom(
+            refuse_event_msg(&msg.to_string()).unwrap_or_default(),
+        )),
+    }
+}
+
+/// A job's priority, refused above [`crate::topology::MAX_PRIORITY`]: the queues order only up
+/// to that, so a higher one would be accepted and silently mean the maximum.
+fn job_priority<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let max = crate::topology::MAX_PRIORITY;
+    let priority = u64::deserialize(d)?;
+    match u8::try_from(priority) {
+        Ok(p) if p <= max => Ok(p),
+        _ => Err(serde::de::Error::custom(format!(
+            "priority {priority} is above the highest, {max}"
+        ))),
+    }
 }
 
 impl Message for Event {
@@ -223,8 +269,8 @@ pub struct JobRequest {
     /// Extra arguments passed to the task.
     #[serde(default)]
     pub args: BTreeMap<String, String>,
-    /// Higher runs first where the queue supports priorities (0–9).
-    #[serde(default)]
+    /// Higher runs first where the queue supports priorities (0–9; a higher one is refused).
+    #[serde(default, deserialize_with = "job_priority")]
     pub priority: u8,
     #[serde(default)]
     pub environment: Environment,

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use taskbot::testing::{test_config, TestBroker};
 use taskbot::Config;
 
+pub mod private_broker;
+pub use private_broker::PrivateBroker;
+
 /// The workspace's top directory.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,6 +9,7 @@
 //! thread stops reading, and ZeroMQ's own high-water mark drops messages at the publisher. That
 //! loss is explicit and bounded instead of the bridge's memory growing without limit.
 
+mod gaps;
 mod parse;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,8 +22,9 @@ use taskbot::config::BridgeConfig;
 use taskbot::{Config, Shutdown, Topology};
 use tokio::sync::mpsc;
 
+pub use gaps::{sender_of, GapDetector, Sequence};
 pub use parse::{
-    dead_letter, parse_fedmsg, route, Malformed, Routed, FEDMSG_SOURCE_HEADER,
+    dead_letter, parse_fedmsg, parse_with_sequence, route, Malformed, Routed, FEDMSG_SOURCE_HEADER,
     MAX_AMQP_SHORT_STRING, TRUNCATED_FROM_HEADER,
 };
 
@@ -34,6 +36,8 @@ const STATS_INTERVAL: Duration = Duration::from_secs(60);
 /// The longest shutdown spends publishing what was already buffered. Bounded because a broker
 /// that is up but blocking publishers (memory alarm) would otherwise hold shutdown forever.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The `/metrics` counter of gaps in a sender's sequence numbers (see [`gaps`]).
+pub const GAPS_METRIC: &str = "taskbot_bridge_gaps_total";
 
 /// One message as read from one endpoint.
 struct Received {
@@ -97,6 +101,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         publisher,
         counters: counters.clone(),
         max_bytes: config.bridge.max_message_bytes,
+        gaps: std::sync::Mutex::new(GapDetector::default()),
+        gaps_metric: taskbot::ops::global()
+            .registry
+            .counter(
+                GAPS_METRIC,
+                "Jumps in a fedmsg sender's sequence numbers: bus messages that never reached \
+                 this bridge (backfill them from datagrepper with `taskbot replay`)",
+                &[],
+            )
+            .with(&[]),
     };
 
     // Connect now rather than at the first message, so the bridge is ready (/readyz) while the
@@ -157,6 +171,9 @@ struct Bridge {
     publisher: ReliablePublisher,
     counters: Arc<Counters>,
     max_bytes: usize,
+    /// Only the forwarding task uses it; a mutex because `route` takes `&self`.
+    gaps: std::sync::Mutex<GapDetector>,
+    gaps_metric: taskbot::ops::Counter,
 }
 
 impl Bridge {
@@ -168,8 +185,15 @@ impl Bridge {
             &received.source,
         );
         match &routed {
-            Routed::Event { id, outgoing } => {
+            Routed::Event {
+                id,
+                outgoing,
+                sequence,
+            } => {
                 tracing::debug!(event_id = %id, topic = %outgoing.routing_key, source = %received.source, "event received");
+                if let Some((sender, i)) = sequence {
+                    self.check_sequence(sender, *i, id);
+                }
             }
             Routed::DeadLetter { reason, .. } => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -182,6 +206,27 @@ impl Bridge {
             }
         }
         routed
+    }
+
+    /// Log and count a jump in `sender`'s sequence numbers at `i` (message `id`).
+    fn check_sequence(&self, sender: &str, i: u64, id: &str) {
+        let seen = self
+            .gaps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(sender, i);
+        match seen {
+            Sequence::Gap { missing } => {
+                self.gaps_metric.inc();
+                tracing::warn!(%sender, missing, before = i, event_id = %id,
+                    "gap in the sender's sequence numbers: bus messages were lost before reaching \
+                     this bridge (backfill from datagrepper with `taskbot replay`)");
+            }
+            Sequence::Restarted => {
+                tracing::info!(%sender, i, "the sender's sequence numbers started again (it restarted)");
+            }
+            Sequence::First | Sequence::InOrder => {}
+        }
     }
 
     /// Publish what arrives until shutdown (logging the counters every [`STATS_INTERVAL`]).

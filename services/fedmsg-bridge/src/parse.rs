@@ -11,6 +11,8 @@ use taskbot::messages::{derive_uuid, Event};
 use taskbot::routes::Publishable;
 use taskbot::Topology;
 
+use crate::gaps::sender_of;
+
 /// Longest topic and `msg_id` the bridge accepts: they become the AMQP routing key and
 /// `message_id`, which are AMQP short strings. Longer ones would not be refused by the client
 /// library but silently corrupt the frame, the broker would drop the connection, and the publisher
@@ -135,6 +137,16 @@ pub fn parse_fedmsg(
     max_bytes: usize,
     source: &str,
 ) -> Result<Event, Malformed> {
+    parse_with_sequence(frames, max_bytes, source).map(|(event, _)| event)
+}
+
+/// [`parse_fedmsg`], and the envelope's sequence number `i` when it is a non-negative integer
+/// (for [`crate::gaps`]; a missing or odd `i` is not an error: old producers sent none).
+pub fn parse_with_sequence(
+    frames: &[Vec<u8>],
+    max_bytes: usize,
+    source: &str,
+) -> Result<(Event, Option<u64>), Malformed> {
     let [topic_frame, body] = frames else {
         return Err(Malformed::FrameCount {
             sizes: frames.iter().map(Vec::len).collect(),
@@ -192,7 +204,7 @@ pub fn parse_fedmsg(
         _ => derived_id(topic, &msg, &envelope),
     };
 
-    Ok(Event {
+    let event = Event {
         id,
         topic: topic.to_string(),
         source: source.to_string(),
@@ -204,7 +216,8 @@ pub fn parse_fedmsg(
             .filter(|u| !u.is_empty())
             .map(str::to_string),
         msg,
-    })
+    };
+    Ok((event, envelope.get("i").and_then(Value::as_u64)))
 }
 
 /// `derived-<uuid5>` of the JSON array [topic, msg, timestamp, i, username] with object keys
@@ -269,8 +282,13 @@ fn shorten(s: &str, max: usize) -> &str {
 /// event or a dead letter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Routed {
-    /// A valid message: the event, to the events exchange under its topic.
-    Event { id: String, outgoing: Outgoing },
+    /// A valid message: the event, to the events exchange under its topic, and the sender's
+    /// sequence number `(sender, i)` when the envelope has one (see [`crate::gaps`]).
+    Event {
+        id: String,
+        outgoing: Outgoing,
+        sequence: Option<(String, u64)>,
+    },
     /// A refused message: its raw bytes, to the dead-letter exchange.
     DeadLetter {
         reason: Malformed,
@@ -288,8 +306,12 @@ impl Routed {
 
 /// Decide what to publish for one bus message.
 pub fn route(topology: &Topology, frames: &[Vec<u8>], max_bytes: usize, source: &str) -> Routed {
-    match parse_fedmsg(frames, max_bytes, source) {
-        Ok(event) => Routed::Event {
+    match parse_with_sequence(frames, max_bytes, source) {
+        Ok((event, i)) => Routed::Event {
+            sequence: i.map(|i| {
+                let sender = sender_of(source, event.username.as_deref(), &event.topic);
+                (sender, i)
+            }),
             outgoing: event.outgoing(topology),
             id: event.id,
         },
@@ -630,10 +652,16 @@ mod tests {
             .into_iter()
             .find(|s| s["msg_id"] == "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f")
             .unwrap();
-        let Routed::Event { id, outgoing } = route(&t, &frames(&envelope), MAX, SOURCE) else {
+        let Routed::Event {
+            id,
+            outgoing,
+            sequence,
+        } = route(&t, &frames(&envelope), MAX, SOURCE)
+        else {
             panic!("the Koji sample must be an event");
         };
         assert_eq!(id, "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f");
+        assert_eq!(sequence, None, "this old sample has no `i`");
         assert_eq!(outgoing.exchange, "tb.events");
         assert_eq!(
             outgoing.routing_key,
@@ -643,6 +671,33 @@ mod tests {
         let event = Event::from_json(&outgoing.body).unwrap();
         assert_eq!(event.msg["name"], "ansible");
         assert_eq!(event.msg["new"], 1);
+    }
+
+    #[test]
+    fn the_sequence_number_is_kept_with_its_sender() {
+        let t = Topology::new("tb", &[]);
+        let untag = samples()
+            .into_iter()
+            .find(|s| s["topic"] == "org.fedoraproject.prod.buildsys.untag")
+            .unwrap();
+        let Routed::Event { sequence, .. } = route(&t, &frames(&untag), MAX, SOURCE) else {
+            panic!("the untag sample must be an event");
+        };
+        let sender = format!("{SOURCE} apache org.fedoraproject.prod.buildsys");
+        assert_eq!(sequence, Some((sender, 85)));
+        // A negative, fractional or textual `i` is no sequence number, and no reason to refuse.
+        for odd in [
+            serde_json::json!(-1),
+            serde_json::json!(1.5),
+            serde_json::json!("7"),
+        ] {
+            let mut e = untag.clone();
+            e["i"] = odd.clone();
+            let Routed::Event { sequence, .. } = route(&t, &frames(&e), MAX, SOURCE) else {
+                panic!("`i` = {odd} must still be an event");
+            };
+            assert_eq!(sequence, None, "`i` = {odd}");
+        }
     }
 
     #[test]

@@ -660,6 +660,25 @@ mod tests {
         assert_eq!(out[0].routing_key, "result.CRASHED.example");
     }
 
+    /// The queues order priorities 0–9 only: a job asking for more is refused with the reason,
+    /// not provisioned as if it had the highest.
+    #[test]
+    fn a_priority_above_the_highest_is_dead_lettered() {
+        let mut body: serde_json::Value = serde_json::from_slice(&job("x86_64").to_json()).unwrap();
+        for (priority, accepted) in [(9, true), (10, false), (200, false), (300, false)] {
+            body["priority"] = priority.into();
+            let incoming = Incoming::new("x", serde_json::to_vec(&body).unwrap());
+            match handler().decide(&incoming) {
+                Disposition::DeadLetter(reason) if !accepted => assert!(
+                    reason.contains(&format!("priority {priority} is above the highest, 9")),
+                    "{reason}"
+                ),
+                Disposition::Done(_) if accepted => {}
+                other => panic!("priority {priority}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn garbage_is_dead_lettered() {
         match handler().decide(&Incoming::new("x", b"{}".to_vec())) {

@@ -21,3 +21,19 @@ pub fn connect_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
         },
     )
 }
+
+/// A pool of one connection for the readiness check ([`ping`]): never shared with the sinks.
+pub fn check_pool(config: &PostgresConfig) -> anyhow::Result<Pool> {
+    let config = PostgresConfig {
+        pool_size: 1,
+        ..config.clone()
+    };
+    connect_pool(&config)
+}
+
+/// `select 1`: whether PostgreSQL answers.
+pub async fn ping(pool: &Pool) -> anyhow::Result<()> {
+    let client = pool.get().await?;
+    client.simple_query("select 1").await?;
+    Ok(())
+}

@@ -33,7 +33,7 @@ use taskbot::messages::{JobStatus, Message, TaskResult};
 use taskbot::setup;
 use taskbot::store::{self, StoreError};
 use taskbot::topology::Sink;
-use taskbot::{Config, Shutdown, Topology};
+use taskbot::{ops, Config, Shutdown, Topology};
 
 use crate::binding::Binding;
 use crate::fedora_messaging::FedoraMessagingSink;
@@ -380,9 +380,38 @@ async fn run_with_db(
         tracing::info!("shutdown requested before the database was ready");
         return Ok(());
     }
-    futures::future::join_all(consumers.with_db(&stores, resultsdb)).await;
+    let database = ops::global().readiness.dependency("PostgreSQL");
+    database.set(true);
+    let check_pool = db::check_pool(&consumers.config.postgres)?;
+    let watch = watch_database(check_pool, database, shutdown.clone());
+    let consume = futures::future::join_all(consumers.with_db(&stores, resultsdb));
+    futures::future::join(consume, watch).await;
     stores.close();
     Ok(())
+}
+
+/// How often the reporter checks that PostgreSQL answers, for `/readyz`.
+const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Keep the reporter's `PostgreSQL` readiness current until shutdown: a `select 1` every
+/// [`DATABASE_CHECK_EVERY`], within as long, on a connection of its own (the sinks' may all be
+/// busy, and waiting for one would make a slow sink look like an unreachable database).
+async fn watch_database(pool: Pool, ready: ops::ReadyFlag, mut shutdown: Shutdown) {
+    while !shutdown.is_triggered() {
+        let answered = tokio::time::timeout(DATABASE_CHECK_EVERY, db::ping(&pool)).await;
+        let up = matches!(answered, Ok(Ok(())));
+        if up != ready.get() {
+            match up {
+                true => tracing::info!("PostgreSQL answers again; ready"),
+                false => tracing::warn!(?answered, "PostgreSQL does not answer; not ready"),
+            }
+        }
+        ready.set(up);
+        tokio::select! {
+            _ = tokio::time::sleep(DATABASE_CHECK_EVERY) => {}
+            _ = shutdown.wait() => {}
+        }
+    }
 }
 
 /// The binding of results to their jobs. Its job records are kept by the PostgreSQL sink; without

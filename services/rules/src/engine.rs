@@ -176,6 +176,12 @@ impl Engine {
                 found: view.schema.map_or_else(|| "(none)".into(), Cow::into_owned),
             });
         }
+        if let Some(reason) = taskbot::messages::refuse_event_msg(view.msg.get()) {
+            return Err(DecodeError::Fields {
+                schema: Event::SCHEMA,
+                reason,
+            });
+        }
         let plan = self.candidates(&view.topic);
         if plan.is_empty() {
             return Ok(Decision {

@@ -65,13 +65,82 @@ pub async fn connect_with_retry(
             Err(err) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "cannot reach the broker");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait() => return None,
+                match wait_or_broker_back(&config.url, wait, shutdown).await {
+                    Waited::Shutdown => return None,
+                    Waited::BrokerBack => {
+                        tracing::info!("the broker's port accepts connections again; connecting");
+                        backoff.reset();
+                    }
+                    Waited::Elapsed => {}
                 }
             }
         }
     }
+}
+
+/// How often a service that cannot reach the broker checks whether the broker's port accepts TCP
+/// connections again. A TCP probe is cheap for both sides (no handshake, nothing in the broker's
+/// log worth reading), unlike an AMQP connection attempt, so it can run far more often than the
+/// back-off lets attempts run: reconnection follows the broker's return within about this long,
+/// however long the outage was.
+pub const BROKER_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How a wait between connection attempts ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    /// The whole back-off delay passed.
+    Elapsed,
+    /// The broker's port was closed when the wait began and accepts connections now.
+    BrokerBack,
+    Shutdown,
+}
+
+/// Wait out `delay`, but end it early when the broker's port, closed when the wait begins,
+/// accepts connections again. When the port is open from the start (the broker answers TCP but
+/// the attempt failed further on: still booting, TLS, a vhost missing) only the back-off applies,
+/// so a broker that refuses us is not hammered.
+async fn wait_or_broker_back(url: &str, delay: Duration, shutdown: &mut Shutdown) -> Waited {
+    let deadline = tokio::time::Instant::now() + delay;
+    let address = broker_address(url);
+    let probing = match &address {
+        Some((host, port)) => !port_accepts(host, *port).await,
+        None => false,
+    };
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Waited::Elapsed;
+        }
+        let step = if probing {
+            BROKER_PROBE_INTERVAL.min(deadline - now)
+        } else {
+            deadline - now
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(step) => {}
+            _ = shutdown.wait() => return Waited::Shutdown,
+        }
+        if let (true, Some((host, port))) = (probing, &address) {
+            if port_accepts(host, *port).await {
+                return Waited::BrokerBack;
+            }
+        }
+    }
+}
+
+/// The host and port an AMQP URL connects to (the scheme's default port when it names none).
+fn broker_address(url: &str) -> Option<(String, u16)> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
+    Some((uri.authority.host, uri.authority.port))
+}
+
+/// Whether `host:port` accepts a TCP connection within one probe interval (closed at once).
+async fn port_accepts(host: &str, port: u16) -> bool {
+    let attempt = tokio::net::TcpStream::connect((host, port));
+    matches!(
+        tokio::time::timeout(BROKER_PROBE_INTERVAL, attempt).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Whether the broker turned the login down (a wrong user or password), as opposed to being out
@@ -128,6 +197,41 @@ mod tests {
         );
         assert_eq!(url_user("amqp://127.0.0.1:5672/%2f"), "guest");
         assert_eq!(url_user("amqps://a%40b:x@broker/vh"), "a@b");
+    }
+
+    #[test]
+    fn the_address_of_a_url_defaults_the_port_by_scheme() {
+        let at = |url| broker_address(url).unwrap();
+        assert_eq!(at("amqp://u:p@broker:5700/%2f"), ("broker".into(), 5700));
+        assert_eq!(at("amqp://127.0.0.1/%2f"), ("127.0.0.1".into(), 5672));
+        assert_eq!(at("amqps://broker/vh"), ("broker".into(), 5671));
+    }
+
+    /// A wait that began with the port closed ends within about one probe interval of the port
+    /// opening, long before the back-off delay; one that began with the port open waits it out.
+    #[tokio::test]
+    async fn a_wait_ends_when_the_broker_port_opens() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let url = format!("amqp://127.0.0.1:{port}/%2f");
+        let mut shutdown = Shutdown::new(std::future::pending());
+        let opener = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap()
+        });
+        // Ending as BrokerBack rather than Elapsed is what shows it did not wait out the 30 s.
+        let waited = wait_or_broker_back(&url, Duration::from_secs(30), &mut shutdown).await;
+        assert_eq!(waited, Waited::BrokerBack);
+        let _listener = opener.await.unwrap();
+        let waited = wait_or_broker_back(&url, Duration::from_millis(300), &mut shutdown).await;
+        assert_eq!(
+            waited,
+            Waited::Elapsed,
+            "an open port does not shorten the back-off"
+        );
     }
 
     #[test]

@@ -367,3 +367,29 @@ fn a_job_with_a_value_no_store_can_hold_is_not_requested_and_the_rule_says_why()
     ev.msg["name"] = "a".repeat(at_limit).into();
     assert_eq!(e.evaluate(&ev).jobs.len(), 2);
 }
+
+/// An injected event whose `msg` is not an object is refused with the reason, whether or not a
+/// rule names its topic (the rules service dead-letters what `evaluate_message` refuses).
+#[test]
+fn an_event_whose_msg_is_not_an_object_is_refused() {
+    let e = engine(RULES).unwrap();
+    for topic in [
+        "org.fedoraproject.prod.buildsys.build.state.change",
+        "org.fedoraproject.prod.pagure.issue.new",
+    ] {
+        for (msg, kind) in [
+            (serde_json::json!([1, 2]), "array"),
+            (serde_json::json!("text"), "string"),
+            (serde_json::json!(null), "null"),
+        ] {
+            let mut event = koji_event(1);
+            event.topic = topic.into();
+            event.msg = msg;
+            let err = e.evaluate_message(&event.to_json()).unwrap_err();
+            let want = format!("`msg` is a JSON {kind}, not an object");
+            assert!(err.to_string().contains(&want), "{topic}: {err}");
+            let err = Event::from_json(&event.to_json()).unwrap_err();
+            assert!(err.to_string().contains(&want), "Event::from_json: {err}");
+        }
+    }
+}
