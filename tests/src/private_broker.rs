@@ -1,7 +1,9 @@
 //! A RabbitMQ node of one test's own, for tests that stop the broker: stopping the machine's
 //! shared broker would disturb every test running beside them. The node runs from the installed
 //! `rabbitmq-server` with its own name, ports, data and log directories (in a temporary directory
-//! removed on drop), no plugins and the default `guest` user.
+//! removed on drop), the default `guest` user, and no plugins unless a test asks for the
+//! management API ([`PrivateBroker::with_management`]: deployments make their broker users
+//! through it).
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -20,28 +22,52 @@ pub struct PrivateBroker {
     /// Where clients connect (127.0.0.1).
     pub port: u16,
     dist_port: u16,
+    /// The management API's port, when its plugin is enabled.
+    management_port: Option<u16>,
     node: Option<Child>,
 }
 
 impl PrivateBroker {
     /// Start a node and wait until it accepts connections.
     pub fn start() -> PrivateBroker {
+        PrivateBroker::launch(false)
+    }
+
+    /// Start a node with the management plugin and wait until its API answers too.
+    pub fn with_management() -> PrivateBroker {
+        PrivateBroker::launch(true)
+    }
+
+    fn launch(management: bool) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap();
         let (port, dist_port) = (free_port(), free_port());
-        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
-        std::fs::write(
-            dir.path().join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
-        )
-        .unwrap();
+        let management_port = management.then(free_port);
+        let mut conf = format!("listeners.tcp.default = 127.0.0.1:{port}\n");
+        let mut plugins = "[].\n";
+        if let Some(m) = management_port {
+            conf.push_str(&format!(
+                "management.tcp.port = {m}\nmanagement.tcp.ip = 127.0.0.1\n"
+            ));
+            plugins = "[rabbitmq_management].\n";
+        }
+        std::fs::write(dir.path().join("enabled_plugins"), plugins).unwrap();
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
         let mut broker = PrivateBroker {
             dir,
             port,
             dist_port,
+            management_port,
             node: None,
         };
         broker.resume();
         broker
+    }
+
+    /// `http://guest:guest@127.0.0.1:PORT` of the management API (only
+    /// [`PrivateBroker::with_management`] has one).
+    pub fn management_url(&self) -> String {
+        let port = self.management_port.expect("started with_management");
+        format!("http://guest:guest@127.0.0.1:{port}")
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
@@ -92,7 +118,31 @@ impl PrivateBroker {
             .spawn()
             .unwrap_or_else(|e| panic!("start {SERVER}: {e}"));
         self.node = Some(node);
-        self.wait_until_accepting(Duration::from_secs(120))
+        let accepting = self.wait_until_accepting(Duration::from_secs(120));
+        if self.management_port.is_some() {
+            self.wait_for_management(Duration::from_secs(120));
+        }
+        accepting
+    }
+
+    fn wait_for_management(&mut self, timeout: Duration) {
+        let overview = format!("{}/api/overview", self.management_url());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let up = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &overview])
+                .status()
+                .is_ok_and(|s| s.success());
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private broker's management API did not answer within {timeout:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn wait_until_accepting(&mut self, timeout: Duration) -> Instant {

@@ -2,8 +2,8 @@
 //! `cloning` → [`prepare`](crate::prepare) → `running` → [`steps`](crate::steps) →
 //! [`finish`](crate::finish) → the outcome kept in the [`outbox`](crate::outbox) → `reporting` →
 //! results and the final status, which the consume loop publishes (with confirms) before it
-//! removes the outbox entry and acks the delivery. A job whose outcome is in the outbox is not
-//! run again: its kept messages are published instead.
+//! marks the outbox entry published and acks the delivery. A job whose outcome is in the outbox
+//! (pending or published) is not run again: its kept messages are published instead.
 
 use taskbot::amqp::{DeliveryContext, Disposition, Outgoing};
 use taskbot::artifacts::TASK_LOG;
@@ -105,16 +105,16 @@ impl RunnerHandler {
         }
     }
 
-    /// Remove the job's outbox entry: all its messages were confirmed.
+    /// Mark the job's outbox entry published: all its messages were confirmed.
     pub(crate) async fn forget_outcome(&self, job_id: uuid::Uuid) {
         let outbox = self.outbox();
-        match tokio::task::spawn_blocking(move || outbox.remove(job_id)).await {
+        match tokio::task::spawn_blocking(move || outbox.mark_published(job_id)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                tracing::warn!(%job_id, path = %self.outbox().path(job_id).display(), %error, "cannot remove the published outcome from the outbox; it is published again if the job comes back")
+                tracing::warn!(%job_id, path = %self.outbox().path(job_id).display(), %error, "cannot mark the outcome published in the outbox; it is published again if the job comes back")
             }
             Err(error) => {
-                tracing::warn!(%job_id, %error, "cannot remove the published outcome from the outbox")
+                tracing::warn!(%job_id, %error, "cannot mark the outcome published in the outbox")
             }
         }
     }

@@ -6,9 +6,12 @@
 //! the broker hands the job out again once it is back. So, as soon as the verdict is known and
 //! before anything of it is published, the runner writes the job's final messages (its results,
 //! the events it announced, its final status, each with its message id) to
-//! `runner.work_dir/outbox/<job id>.json`, atomically. The entry is removed once the consume loop
-//! has had every one of them confirmed (just before the ack, [`Handler::confirmed`]). When a job
-//! arrives that has an entry, its messages are published again instead of running the task.
+//! `runner.work_dir/outbox/<job id>.json`, atomically. Once the consume loop has had every one of
+//! them confirmed (just before the ack, [`Handler::confirmed`]) the entry is marked published
+//! (`<job id>.published.json`), and kept until the start sweep removes it by age: a run message
+//! can come more than once (the provisioner publishes it again when the broker died before its
+//! own ack). When a job arrives that has an entry, pending or published, its messages are
+//! published again instead of running the task.
 //!
 //! Republishing is safe: result ids and status ids are derived or kept, so the reporter stores a
 //! result once whatever the number of copies. Runners sharing a `work_dir` (one host) share the
@@ -39,6 +42,8 @@ pub const MAX_ENTRY_BYTES: u64 = 256 * 1024 * 1024;
 /// Entries older than this are removed at the runner's start: their job went to a runner of
 /// another host, or will never come back.
 pub const MAX_ENTRY_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The middle of a published entry's name (`<job id>.published.json`).
+const PUBLISHED: &str = "published";
 /// The version of the entry's format.
 const FORMAT: u32 = 1;
 
@@ -165,10 +170,25 @@ impl Outbox {
         written.map(|()| path)
     }
 
-    /// What the outbox holds for `job_id`, every message on one of `exchanges`. A bad entry is
-    /// moved aside, never left to be refused again.
+    /// The entry of `job_id` once its messages were all confirmed: kept (until the start sweep
+    /// removes it by age), because a run message can arrive more than once (a provisioner that
+    /// published it and lost the broker before its own ack publishes it again), and a copy of a
+    /// finished job must not run it again.
+    pub fn published_path(&self, job_id: Uuid) -> PathBuf {
+        self.dir.join(format!("{job_id}.{PUBLISHED}.json"))
+    }
+
+    /// What the outbox holds for `job_id`, pending or published, every message on one of
+    /// `exchanges`. A bad entry is moved aside, never left to be refused again.
     pub fn pending(&self, job_id: Uuid, exchanges: &[String]) -> Pending {
-        let path = self.path(job_id);
+        match self.read(&self.path(job_id), job_id, exchanges) {
+            Pending::None => self.read(&self.published_path(job_id), job_id, exchanges),
+            found => found,
+        }
+    }
+
+    fn read(&self, path: &Path, job_id: Uuid, exchanges: &[String]) -> Pending {
+        let path = path.to_path_buf();
         match read_entry(&path, job_id, exchanges) {
             Ok(None) => Pending::None,
             Ok(Some(messages)) => Pending::Kept(messages),
@@ -183,9 +203,10 @@ impl Outbox {
         }
     }
 
-    /// Remove `job_id`'s entry (none is fine): its messages were all confirmed.
-    pub fn remove(&self, job_id: Uuid) -> io::Result<()> {
-        match fs::remove_file(self.path(job_id)) {
+    /// Mark `job_id`'s entry published (none is fine): its messages were all confirmed. It is
+    /// kept as [`Outbox::published_path`], so a later copy of the job is answered from it.
+    pub fn mark_published(&self, job_id: Uuid) -> io::Result<()> {
+        match fs::rename(self.path(job_id), self.published_path(job_id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -219,7 +240,7 @@ impl Outbox {
                 if is_entry {
                     swept.removed.push(path);
                 }
-            } else if is_entry {
+            } else if is_entry && !name.ends_with(&format!(".{PUBLISHED}.json")) {
                 swept.waiting.push(path);
             }
         }
@@ -309,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_outcome_reads_back_whole_and_goes_once_removed() {
+    fn a_kept_outcome_reads_back_whole_and_stays_once_published() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::new(dir.path());
         let job = Uuid::new_v4();
@@ -326,9 +347,22 @@ mod tests {
             1,
             "no temporary left"
         );
-        outbox.remove(job).unwrap();
+        outbox.mark_published(job).unwrap();
+        assert!(!outbox.path(job).exists());
+        assert!(outbox.published_path(job).is_file());
+        assert_eq!(
+            outbox.pending(job, &exchanges()),
+            Pending::Kept(messages()),
+            "a finished job's copy is answered from its published entry"
+        );
+        outbox.mark_published(job).unwrap();
+        let swept = outbox.sweep(MAX_ENTRY_AGE).unwrap();
+        assert!(
+            swept.waiting.is_empty(),
+            "a published entry waits for nothing"
+        );
+        outbox.sweep(Duration::ZERO).unwrap();
         assert_eq!(outbox.pending(job, &exchanges()), Pending::None);
-        outbox.remove(job).unwrap();
     }
 
     #[test]

@@ -338,6 +338,11 @@ fn outbox_entry(h: &Harness, job: &ProvisionedJob) -> PathBuf {
     h.work_dir().join(format!("outbox/{}.json", job.job.job_id))
 }
 
+fn published_entry(h: &Harness, job: &ProvisionedJob) -> PathBuf {
+    h.work_dir()
+        .join(format!("outbox/{}.published.json", job.job.job_id))
+}
+
 /// The broker goes away while the task runs: the `reporting` status is refused once the task has
 /// run. The outcome stays in the outbox; when the job comes back it is published from there and
 /// the task is not run again; once confirmed, the entry is gone.
@@ -370,13 +375,15 @@ async fn an_outcome_the_broker_could_not_take_is_published_from_the_outbox_not_r
     assert_eq!(runs(&h, &j), 1, "the finished task ran again");
     assert!(
         !outbox_entry(&h, &j).exists(),
-        "entry left after its confirm"
+        "entry left pending after its confirm"
     );
+    assert!(published_entry(&h, &j).is_file(), "kept as published");
 
-    // With the entry gone, the same job would run (the entry is all that stopped it).
+    // Another copy of the run message (a provisioner that published it twice around a broker
+    // crash): the job is done, so its outcome is published again, and the task still not run.
     let third = h.run(&j, &Recorder::new()).await;
-    assert_eq!(states(&third.statuses), FULL_LIFE);
-    assert_eq!(runs(&h, &j), 2);
+    assert_eq!(states(&third.statuses), [JobState::Done]);
+    assert_eq!(runs(&h, &j), 1, "a copy of a finished job ran it again");
     assert_eq!(
         third.results[0].result_id, again.results[0].result_id,
         "same result id"
@@ -418,10 +425,15 @@ async fn a_corrupt_outbox_entry_is_moved_aside_and_the_job_runs() {
     let ran = h.run(&j, &Recorder::new()).await;
     assert_eq!(states(&ran.statuses), FULL_LIFE);
     assert_eq!(runs(&h, &j), 1);
-    assert!(!entry.exists(), "the confirmed outcome's entry is removed");
+    assert!(
+        !entry.exists(),
+        "the confirmed outcome's entry is no longer pending"
+    );
+    assert!(published_entry(&h, &j).is_file());
     let refused: Vec<String> = std::fs::read_dir(entry.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".refused"))
         .collect();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(
