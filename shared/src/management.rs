@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::text::percent_encode;
 use crate::Config;
 
 /// One queue as RabbitMQ's management API reports it.
@@ -196,7 +197,7 @@ impl Management {
         let user = serde_json::json!({"password": password, "tags": permissions.tags});
         self.send(
             reqwest::Method::PUT,
-            &format!("users/{}", segment(name)),
+            &format!("users/{}", percent_encode(name)),
             Some(user),
         )
         .await?;
@@ -205,9 +206,9 @@ impl Management {
             "write": permissions.write,
             "read": permissions.read,
         });
-        let path = format!("permissions/{}/{}", self.vhost, segment(name));
+        let path = format!("permissions/{}/{}", self.vhost, percent_encode(name));
         self.send(reqwest::Method::PUT, &path, Some(grant)).await?;
-        let path = format!("topic-permissions/{}/{}", self.vhost, segment(name));
+        let path = format!("topic-permissions/{}/{}", self.vhost, percent_encode(name));
         // Earlier topic permissions go first, so none is left that the topology no longer gives.
         match self.send(reqwest::Method::DELETE, &path, None).await {
             Err(e) if !e.contains("404") => return Err(e),
@@ -226,7 +227,7 @@ impl Management {
 
     /// Remove broker user `name`; a user that does not exist is no error.
     pub async fn delete_user(&self, name: &str) -> Result<(), String> {
-        let path = format!("users/{}", segment(name));
+        let path = format!("users/{}", percent_encode(name));
         match self.send(reqwest::Method::DELETE, &path, None).await {
             Err(e) if e.contains("404") => Ok(()),
             other => other,
@@ -324,19 +325,6 @@ impl Management {
             .map(|list| list.iter().filter_map(QueueStats::from_api).collect())
             .unwrap_or_default())
     }
-}
-
-/// `text` as one path segment of the management API (user names may hold any character).
-fn segment(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use crate::config::{Account, Config, ConfigError};
 use crate::identity::{Role, Service};
+use crate::text::percent_encode;
 
 /// The roles that have a database account.
 const DATABASE_ROLES: [Role; 2] = [
@@ -235,19 +236,6 @@ fn postgres_url_user(url: &str) -> Option<String> {
     let userinfo = &authority[..authority.rfind('@')?];
     let user = userinfo.split(':').next().unwrap_or(userinfo);
     Some(percent_decode(user))
-}
-
-/// Everything but RFC 3986's unreserved characters percent-encoded.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 fn percent_decode(text: &str) -> String {

@@ -78,6 +78,21 @@ impl<'a> Iterator for TemplatePieces<'a> {
 
 impl FusedIterator for TemplatePieces<'_> {}
 
+/// `text` with everything but RFC 3986's unreserved characters percent-encoded: safe as a URL's
+/// user, password or path segment whatever it holds (broker user names and passwords, the
+/// management API's paths).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// The glob of an `artifacts:` entry, matched against a path relative to the clone (with `/`
 /// separators), segment by segment: `*` matches any run of characters within one segment, `?`
 /// one byte (one character of an ASCII name), and a `**` segment any number of segments

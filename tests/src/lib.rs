@@ -392,6 +392,45 @@ impl Deployment {
         self.start("fedmsg-bridge", "fedmsg-bridge", &[]);
     }
 
+    /// Publish a test event on `topic` with `msg` (as a bus bridge would), under a fresh id.
+    pub async fn publish_event(&self, topic: &str, msg: serde_json::Value) {
+        let event = taskbot::messages::Event {
+            id: format!("test-{}", uuid::Uuid::new_v4()),
+            topic: topic.into(),
+            source: "test".into(),
+            sent_at: None,
+            received_at: chrono::Utc::now(),
+            username: None,
+            msg,
+        };
+        let t = self.broker.topology.clone();
+        let body = taskbot::messages::Message::to_json(&event);
+        self.broker.publish(&t.events_exchange(), topic, body).await;
+    }
+
+    /// The first job artifacts directory holding `file` (a task writes it when it starts), once
+    /// there is one; panics with the services' logs after `timeout`.
+    pub async fn wait_for_artifact(&self, file: &str, timeout: Duration) -> PathBuf {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let found = std::fs::read_dir(&self.config.runner.artifacts_dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join(file))
+                .find(|p| p.exists());
+            if let Some(path) = found {
+                return path;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no job wrote {file}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Wait until every work queue has a consumer: the services are connected and consuming.
     pub async fn wait_until_consuming(&self, timeout: Duration) {
         // The pipeline's queues, and the PostgreSQL sink's, which the reporter consumes.

@@ -5,10 +5,8 @@
 //! machine's shared one; this file has one test, as it points the test harness at that node
 //! through the environment.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
-use taskbot::messages::{Event, Message};
 use taskbot::testing::TestBroker;
 use taskbot_tests::{free_port, Deployment, PrivateBroker};
 
@@ -54,37 +52,14 @@ async fn a_task_finished_while_the_broker_restarted_runs_once_and_is_stored_once
     d.start("runner-noarch", "runner", &["--arch", "noarch"]);
     d.wait_until_consuming(Duration::from_secs(60)).await;
 
-    let event = Event {
-        id: format!("outbox-{}", uuid::Uuid::new_v4()),
-        topic: "org.taskbot.test.outbox".into(),
-        source: "test".into(),
-        sent_at: None,
-        received_at: Utc::now(),
-        username: None,
-        msg: serde_json::json!({ "nvr": "outboxpkg-1-1" }),
-    };
-    let t = d.broker.topology.clone();
-    d.broker
-        .publish(&t.events_exchange(), &event.topic, event.to_json())
+    d.publish_event(
+        "org.taskbot.test.outbox",
+        serde_json::json!({ "nvr": "outboxpkg-1-1" }),
+    )
+    .await;
+    let starts = d
+        .wait_for_artifact("starts.txt", Duration::from_secs(60))
         .await;
-
-    let artifacts = d.config.runner.artifacts_dir.clone();
-    let marker = move || -> Option<std::path::PathBuf> {
-        std::fs::read_dir(&artifacts)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("starts.txt"))
-            .find(|p| p.exists())
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while marker().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "task never started\n{}",
-            d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // The broker dies (SIGKILL) while the task runs, and comes back on the same data.
     broker.kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -114,10 +89,7 @@ async fn a_task_finished_while_the_broker_restarted_runs_once_and_is_stored_once
         .unwrap()
         .get(0);
     assert_eq!(results, 1, "stored once");
-    let starts = std::fs::read_to_string(marker().unwrap())
-        .unwrap()
-        .lines()
-        .count();
+    let starts = std::fs::read_to_string(&starts).unwrap().lines().count();
     assert_eq!(starts, 1, "the finished task ran again\n{}", d.logs());
     assert!(
         d.logs().contains("publishing its outcome from the outbox"),

@@ -242,38 +242,16 @@ async fn runner_killed_mid_job_completes_it_once_after_restart() {
     d.start("runner-noarch", "runner", &["--arch", "noarch"]);
     d.wait_until_consuming(Duration::from_secs(60)).await;
 
-    let event = Event {
-        id: format!("2026-{}", uuid::Uuid::new_v4()),
-        topic: "org.taskbot.test.slow".into(),
-        source: "test".into(),
-        sent_at: None,
-        received_at: Utc::now(),
-        username: None,
-        msg: serde_json::json!({"name": "slowpkg-1-1"}),
-    };
-    let t = d.broker.topology.clone();
-    d.broker
-        .publish(&t.events_exchange(), &event.topic, event.to_json())
-        .await;
+    d.publish_event(
+        "org.taskbot.test.slow",
+        serde_json::json!({"name": "slowpkg-1-1"}),
+    )
+    .await;
 
     // Wait until the task is running, then kill its runner without warning.
-    let artifacts = d.config.runner.artifacts_dir.clone();
-    let marker = move || -> Option<std::path::PathBuf> {
-        std::fs::read_dir(&artifacts)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("starts.txt"))
-            .find(|p| p.exists())
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while marker().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "task never started\n{}",
-            d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let starts = d
+        .wait_for_artifact("starts.txt", Duration::from_secs(60))
+        .await;
     d.services[runner].kill_hard();
     // Nothing of the task outlives its runner (the sandbox dies with it).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -325,10 +303,7 @@ async fn runner_killed_mid_job_completes_it_once_after_restart() {
         "completed exactly once"
     );
     // It was started twice: the killed run, and the redelivered one.
-    let starts = std::fs::read_to_string(marker().unwrap())
-        .unwrap()
-        .lines()
-        .count();
+    let starts = std::fs::read_to_string(&starts).unwrap().lines().count();
     assert_eq!(starts, 2, "the killed job ran again after the restart");
     d.shutdown().await;
 }

@@ -46,14 +46,14 @@ impl RunnerHandler {
             }
             _ => tracing::info!(job_id = %job.job_id, summary = %verdict.detail, "job done"),
         }
+        // Made before the outcome, whose final status must be the later one: stores order a
+        // job's history by the statuses' own times.
+        let reporting = JobStatus::new(job, JobState::Reporting, &self.instance, None);
         let outcome = report::outcome(&self.topology, job, &verdict, &self.instance);
         // Kept before anything of it is published: from here on, losing the broker costs a
         // re-publish when the job comes back, not a re-run.
         self.keep_outcome(job.job_id, &outcome).await;
-        if let Err(HandBack(reason)) = self
-            .publish_status(ctx, job, JobState::Reporting, None)
-            .await
-        {
+        if let Err(HandBack(reason)) = self.publish(ctx, &reporting).await {
             return Disposition::Retry(format!(
                 "{reason}; the outcome is kept in the outbox and published when the job comes back"
             ));
@@ -259,9 +259,17 @@ impl RunnerHandler {
         state: JobState,
         detail: Option<String>,
     ) -> Result<(), HandBack> {
-        let status = JobStatus::new(job, state, &self.instance, detail);
-        ctx.publish(&report::status_message(&self.topology, &status))
+        self.publish(ctx, &JobStatus::new(job, state, &self.instance, detail))
             .await
-            .map_err(|e| HandBack(format!("cannot publish the {state} status: {e}")))
+    }
+
+    /// Publish `status`, confirmed; a broker that refuses hands the job back.
+    async fn publish(&self, ctx: &dyn DeliveryContext, status: &JobStatus) -> Result<(), HandBack> {
+        ctx.publish(&report::status_message(&self.topology, status))
+            .await
+            .map_err(|e| {
+                let state = status.state;
+                HandBack(format!("cannot publish the {state} status: {e}"))
+            })
     }
 }

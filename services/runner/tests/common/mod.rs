@@ -173,6 +173,17 @@ pub fn check_ending(
     results: &[TaskResult],
     work_dir: &Path,
 ) {
+    // Stores order a job's history by the statuses' own times: in the order they were sent.
+    for pair in statuses.windows(2) {
+        assert!(
+            pair[0].at <= pair[1].at,
+            "{} at {} is sent before {} at {}",
+            pair[0].state,
+            pair[0].at,
+            pair[1].state,
+            pair[1].at
+        );
+    }
     for s in statuses {
         assert_eq!(s.job, job.job, "every status carries the whole job request");
         assert!(
