@@ -12,7 +12,7 @@
 mod gaps;
 mod parse;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,26 +46,46 @@ struct Received {
     frames: Vec<Vec<u8>>,
 }
 
-/// What the bridge has done since it started; logged every minute and at shutdown.
-#[derive(Debug, Default)]
+/// The `/metrics` counter of bus messages by what became of them (`outcome`: `received`,
+/// `published`, `malformed`, `dropped`).
+pub const MESSAGES_METRIC: &str = "taskbot_bridge_messages_total";
+
+/// What the bridge has done since it started: exported on `/metrics` ([`MESSAGES_METRIC`]), and
+/// logged every minute and at shutdown.
 struct Counters {
     /// Messages read from ZeroMQ.
-    received: AtomicU64,
+    received: taskbot::ops::Counter,
     /// Events the broker confirmed.
-    published: AtomicU64,
+    published: taskbot::ops::Counter,
     /// Messages refused (and dead-lettered, unless shutdown came first).
-    malformed: AtomicU64,
-    /// Messages read but not confirmed by the broker before shutdown.
-    dropped: AtomicU64,
+    malformed: taskbot::ops::Counter,
+    /// Messages read but not confirmed by the broker before shutdown, or not taken into a full
+    /// buffer.
+    dropped: taskbot::ops::Counter,
 }
 
 impl Counters {
+    fn new() -> Counters {
+        let family = taskbot::ops::global().registry.counter(
+            MESSAGES_METRIC,
+            "Bus messages by what became of them: received from ZeroMQ, published (confirmed by \
+             the broker), malformed (dead-lettered), dropped (never confirmed)",
+            &["outcome"],
+        );
+        Counters {
+            received: family.with(&["received"]),
+            published: family.with(&["published"]),
+            malformed: family.with(&["malformed"]),
+            dropped: family.with(&["dropped"]),
+        }
+    }
+
     fn log(&self, what: &str) {
         tracing::info!(
-            received = self.received.load(Ordering::Relaxed),
-            published = self.published.load(Ordering::Relaxed),
-            malformed = self.malformed.load(Ordering::Relaxed),
-            dropped = self.dropped.load(Ordering::Relaxed),
+            received = self.received.get(),
+            published = self.published.get(),
+            malformed = self.malformed.get(),
+            dropped = self.dropped.get(),
             "{what}"
         );
     }
@@ -79,7 +99,7 @@ impl Counters {
 /// Fails only at start, on a configuration ZeroMQ refuses (no endpoint, a malformed endpoint).
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let sockets = subscribe_all(&config.bridge)?;
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::new());
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::channel(config.bridge.buffer.max(1));
     let receiver = {
@@ -135,7 +155,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     if left > 0 {
         tracing::warn!(count = left, "buffered messages dropped at shutdown");
-        counters.dropped.fetch_add(left, Ordering::Relaxed);
+        counters.dropped.inc_by(left);
     }
     bridge.publisher.close().await;
     let joined = tokio::task::spawn_blocking(move || receiver.join()).await;
@@ -196,7 +216,7 @@ impl Bridge {
                 }
             }
             Routed::DeadLetter { reason, .. } => {
-                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                self.counters.malformed.inc();
                 let topic = received
                     .frames
                     .first()
@@ -295,13 +315,13 @@ impl Bridge {
     fn count(&self, routed: &Routed, confirmed: bool) {
         match (routed, confirmed) {
             (Routed::Event { .. }, true) => {
-                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                self.counters.published.inc();
             }
             (Routed::DeadLetter { .. }, true) => {}
             (_, false) => {
                 let routing_key = &routed.outgoing().routing_key;
                 tracing::warn!(%routing_key, "shutting down before the broker took a message; dropped");
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped.inc();
             }
         }
     }
@@ -360,7 +380,7 @@ fn receive(
                     continue;
                 }
             };
-            counters.received.fetch_add(1, Ordering::Relaxed);
+            counters.received.inc();
             let received = Received {
                 source: source.clone(),
                 frames,
@@ -368,7 +388,7 @@ fn receive(
             if tx.blocking_send(received).is_err() {
                 // Shutting down: the channel was closed; this one message is not counted as
                 // buffered, so it is dropped like anything still queued inside ZeroMQ.
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                counters.dropped.inc();
                 return;
             }
         }

@@ -167,6 +167,22 @@ async fn bus_messages_become_events_and_malformed_ones_are_dead_lettered() {
     );
     assert_eq!(broker.depth(&dead).await, 0, "nothing else was refused");
 
+    // The same counts on /metrics (the bridge's own registry: this test runs it in-process).
+    let metrics = taskbot::ops::global().registry.render();
+    let count = |outcome: &str| {
+        let series = format!(
+            "{}{{outcome=\"{outcome}\"}}",
+            taskbot_fedmsg_bridge::MESSAGES_METRIC
+        );
+        taskbot::ops::sample(&metrics, &series).unwrap_or_default()
+    };
+    assert_eq!(count("malformed"), 2.0, "{metrics}");
+    // The probes, the Pagure message (filtered out by prefix, so never received) aside: the
+    // two bad messages and the Koji one were read, the Koji one published.
+    assert!(count("received") >= 3.0, "{metrics}");
+    assert!(count("published") >= 1.0, "{metrics}");
+    assert_eq!(count("dropped"), 0.0, "{metrics}");
+
     let _ = stop.send(());
     let result = tokio::time::timeout(Duration::from_secs(10), service)
         .await
