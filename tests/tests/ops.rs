@@ -222,3 +222,33 @@ async fn readyz_follows_the_broker_connection() {
     wait_for_status(address, "/readyz", 200, &d).await;
     d.shutdown().await;
 }
+
+/// The reporter's `/readyz` follows PostgreSQL: 503 naming it while the database refuses
+/// connections (its connections cut, as while PostgreSQL restarts), 200 again once it is back;
+/// `/healthz` stays 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reporters_readyz_follows_postgresql() {
+    let mut d = Deployment::new("rules: []\n", &[], free_port()).await;
+    let index = d.start("reporter", "reporter", &[]);
+    let address = d.services[index].ops_address(TIMEOUT);
+    wait_for_status(address, "/readyz", 200, &d).await;
+
+    let name = d.database.as_ref().expect("a test database").name.clone();
+    let admin = taskbot::testing::connect_postgres(&taskbot::testing::postgres_url()).await;
+    let allow = |allow: bool| {
+        format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+    };
+    admin.batch_execute(&allow(false)).await.unwrap();
+    let body = wait_for_status(address, "/readyz", 503, &d).await;
+    assert!(body.contains("cannot reach PostgreSQL"), "{body}");
+    let (status, _) = http_get(address, "/healthz").await.unwrap();
+    assert_eq!(status, 200, "alive while the database is away");
+
+    admin.batch_execute(&allow(true)).await.unwrap();
+    wait_for_status(address, "/readyz", 200, &d).await;
+    d.shutdown().await;
+}
