@@ -437,7 +437,7 @@ async fn dot_segments_do_not_leave_the_allowed_repos() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_to_another_host_is_not_followed() {
-    escape_is_refused("redirected", "cannot clone repository").await;
+    escape_is_refused("redirected", "outside runner.allowed_repos").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,50 @@ pub fn repo_allowed(url: &str, allowed: &[String]) -> bool {
     crate::repo_url::allowed(url, allowed)
 }
 
+/// Why an http(s) repository must not be cloned because it redirects outside
+/// `runner.allowed_repos`, if it does.
+///
+/// libgit2 refuses redirects to another host (`RemoteRedirect::None`) but follows those within
+/// one, wherever they lead, and offers no hook to check them. So the runner first makes git's
+/// own first request (the refs advertisement, `info/refs?service=git-upload-pack`) itself,
+/// without following redirects: a redirect whose repository is outside the allowed prefixes is
+/// refused; one inside them is fine. A server that answered this request one way and libgit2's
+/// another would be hostile, and a hostile allowed server can serve any content without a
+/// redirect at all: list only servers you trust. An unreachable server is left to the clone,
+/// which reports it.
+pub async fn redirect_refusal(url: &str, allowed: &[String]) -> Option<String> {
+    let url = crate::repo_url::normalize(url).ok()?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return None;
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .ok()?;
+    let probe = format!("{url}/info/refs?service=git-upload-pack");
+    let answer = client.get(&probe).send().await.ok()?;
+    if !answer.status().is_redirection() {
+        return None;
+    }
+    let location = answer
+        .headers()
+        .get(reqwest::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    let target = answer.url().join(location).ok()?;
+    let mut repository = target.clone();
+    repository.set_query(None);
+    let path = repository.path().trim_end_matches("/info/refs").to_string();
+    repository.set_path(&path);
+    if repo_allowed(repository.as_str(), allowed) {
+        return None;
+    }
+    Some(format!(
+        "repository {url} redirects to {target}, outside runner.allowed_repos"
+    ))
+}
+
 /// Why a task could not be fetched; the text goes into a CRASHED result's note.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -146,8 +190,8 @@ fn fetch_all(repo: &Repository, url: &str) -> Result<usize, git2::Error> {
     let mut options = FetchOptions::new();
     options.prune(FetchPrune::On);
     // An allowed server that answers with a redirect could send the fetch to another host;
-    // libgit2 refuses such off-site redirects here. (Redirects within the same host are still
-    // followed: libgit2 offers no hook to check their target against runner.allowed_repos.)
+    // libgit2 refuses such off-site redirects here. (Redirects within the same host it follows:
+    // [`redirect_refusal`] checks them before the fetch.)
     options.follow_redirects(RemoteRedirect::None);
     remote.fetch(
         &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
@@ -314,6 +358,31 @@ mod tests {
             0,
             "the redirect was followed"
         );
+    }
+
+    /// A redirect within the same host is checked against the allowed prefixes before libgit2,
+    /// which would follow it, is asked to fetch.
+    #[tokio::test]
+    async fn a_redirect_within_the_host_must_stay_inside_the_allowed_prefixes() {
+        let (url, _) =
+            redirecting_server(|_| "/elsewhere/evil/info/refs?service=git-upload-pack".into());
+        let prefix = url.trim_end_matches("quick").to_string();
+        let refused = redirect_refusal(&url, &[prefix]).await;
+        let why = refused.expect("a redirect out of the allowed prefix is refused");
+        assert!(why.contains("/elsewhere/evil/info/refs"), "{why}");
+        assert!(why.contains("outside runner.allowed_repos"), "{why}");
+
+        let (url, _) =
+            redirecting_server(|_| "/tasks/quick.git/info/refs?service=git-upload-pack".into());
+        let prefix = url.trim_end_matches("quick").to_string();
+        assert_eq!(
+            redirect_refusal(&url, &[prefix]).await,
+            None,
+            "inside: fine"
+        );
+        // Not http: nothing to probe.
+        let file = ["file:///srv/tasks/".to_string()];
+        assert_eq!(redirect_refusal("file:///srv/tasks/x", &file).await, None);
     }
 
     #[test]

@@ -154,6 +154,11 @@ impl RunnerHandler {
         job: &JobRequest,
         clone_dir: &Path,
     ) -> Result<(Fetched, TaskFile), String> {
+        if let Some(refusal) =
+            git::redirect_refusal(&job.task.repo, &self.settings.allowed_repos).await
+        {
+            return Err(refusal);
+        }
         let (url, git_ref, dest, mirrors) = (
             job.task.repo.clone(),
             job.task.git_ref.clone(),
