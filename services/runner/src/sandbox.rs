@@ -711,7 +711,7 @@ mod hostile {
         // The step's init is gone, so the kernel has killed the rest of its namespace.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let left = processes_with(&format!("sleep\0{marker}"));
+            let left = taskbot::testing::processes_running(&format!("sleep\0{marker}"));
             if left == 0 {
                 break;
             }
@@ -751,7 +751,7 @@ mod hostile {
             .spawn()
             .unwrap();
         let started = std::time::Instant::now() + Duration::from_secs(5);
-        while processes_with(&format!("sleep\0{marker}")) < 2 {
+        while taskbot::testing::processes_running(&format!("sleep\0{marker}")) < 2 {
             assert!(
                 std::time::Instant::now() < started,
                 "the step never started"
@@ -761,7 +761,7 @@ mod hostile {
         runner.start_kill().unwrap();
         runner.wait().await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while processes_with(&format!("sleep\0{marker}")) > 0 {
+        while taskbot::testing::processes_running(&format!("sleep\0{marker}")) > 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the step's processes outlived the runner"
@@ -779,18 +779,5 @@ mod hostile {
             out.contains("refused") && !out.contains("connected"),
             "{out}"
         );
-    }
-
-    /// Host processes whose command line contains `needle` (arguments joined by NULs).
-    fn processes_with(needle: &str) -> usize {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                    .unwrap_or(false)
-            })
-            .count()
     }
 }

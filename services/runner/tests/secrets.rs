@@ -318,7 +318,7 @@ run: |
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         let mut looked = 0;
         while std::time::Instant::now() < deadline {
-            looked += command_lines_with(VALUE);
+            looked += taskbot::testing::processes_running(VALUE);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         looked
@@ -331,17 +331,4 @@ run: |
     assert!(log.contains("looked"), "{log}");
     assert!(!log.contains("secrets:"), "{log}");
     assert!(!log.contains(VALUE) && !log.contains(MARKER), "{log}");
-}
-
-/// Host processes whose command line contains `needle`.
-fn command_lines_with(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .count()
 }
