@@ -23,16 +23,12 @@ fn consumer_margin(consumer: Duration) -> Duration {
 /// and takes the job away. `consumer_timeout_secs` 0 means the broker has none.
 pub fn task_budget(task_secs: u64, consumer_timeout_secs: u64, elapsed: Duration) -> Budget {
     let limit = Duration::from_secs(task_secs.max(1));
-    if consumer_timeout_secs == 0 {
+    let Some(left) = time_left(consumer_timeout_secs, elapsed) else {
         return Budget {
             limit,
             capped: false,
         };
-    }
-    let consumer = Duration::from_secs(consumer_timeout_secs);
-    let left = consumer
-        .saturating_sub(consumer_margin(consumer))
-        .saturating_sub(elapsed);
+    };
     if left < limit {
         Budget {
             limit: left,
@@ -44,6 +40,20 @@ pub fn task_budget(task_secs: u64, consumer_timeout_secs: u64, elapsed: Duration
             capped: false,
         }
     }
+}
+
+/// How much of a delivery's consumer timeout (received `elapsed` ago) is left for running the
+/// task, the margin kept aside; `None` when the broker has no consumer timeout (0).
+pub fn time_left(consumer_timeout_secs: u64, elapsed: Duration) -> Option<Duration> {
+    if consumer_timeout_secs == 0 {
+        return None;
+    }
+    let consumer = Duration::from_secs(consumer_timeout_secs);
+    Some(
+        consumer
+            .saturating_sub(consumer_margin(consumer))
+            .saturating_sub(elapsed),
+    )
 }
 
 /// Until when cleanup steps may run: half the margin before the consumer timeout, leaving the

@@ -10,6 +10,7 @@ use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{JobRequest, JobState, JobStatus, Machine, ProvisionedJob};
 
 use crate::artifacts::Allowance;
+use crate::claim::JobClaim;
 use crate::finish;
 use crate::outbox::{Outbox, Pending};
 use crate::prepare::Prepared;
@@ -20,6 +21,9 @@ use crate::RunnerHandler;
 
 /// Why a job was abandoned without a verdict: it goes back to the queue.
 pub(crate) struct HandBack(pub String);
+
+/// How often a copy of a job waiting for its claim looks again.
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl HandBack {
     /// The runner is stopping: another runner (or this one, restarted) runs the job again.
@@ -59,6 +63,53 @@ impl RunnerHandler {
             ));
         }
         Disposition::Done(outcome)
+    }
+
+    /// Claim the job on this host ([`crate::claim`]), waiting while another runner sharing the
+    /// work directory handles a copy of it. Handed back when the runner stops meanwhile, or when
+    /// the wait would outlive this delivery's consumer timeout. `None`: the claim could not be
+    /// made (the work directory's trouble, logged); the job runs unclaimed rather than not at all.
+    pub(crate) async fn claim(
+        &self,
+        provisioned: &ProvisionedJob,
+        ctx: &dyn DeliveryContext,
+    ) -> Result<Option<JobClaim>, HandBack> {
+        let job_id = provisioned.job.job_id;
+        let mut shutdown = self.shutdown.clone();
+        let mut logged = false;
+        loop {
+            let work_dir = self.settings.work_dir.clone();
+            match tokio::task::spawn_blocking(move || JobClaim::try_take(&work_dir, job_id)).await {
+                Ok(Ok(Some(claim))) => return Ok(Some(claim)),
+                Ok(Ok(None)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%job_id, %error, "cannot claim the job in runner.work_dir; running it unclaimed");
+                    return Ok(None);
+                }
+                Err(error) => {
+                    tracing::warn!(%job_id, %error, "cannot claim the job; running it unclaimed");
+                    return Ok(None);
+                }
+            }
+            if !logged {
+                tracing::info!(%job_id, "another runner on this host is handling this job; waiting for it, then publishing its outcome");
+                logged = true;
+            }
+            let elapsed = ctx.received_at().elapsed();
+            if crate::budget::time_left(self.settings.consumer_timeout_secs, elapsed)
+                .is_some_and(|left| left.is_zero())
+            {
+                return Err(HandBack(
+                    "another runner on this host is still handling this job; it goes back to \
+                     the queue before the broker's consumer timeout"
+                        .into(),
+                ));
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return Err(HandBack::shutdown()),
+                _ = tokio::time::sleep(CLAIM_POLL) => {}
+            }
+        }
     }
 
     /// The job's outcome from the outbox, when an earlier run of it could not have it confirmed

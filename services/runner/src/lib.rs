@@ -29,6 +29,7 @@
 
 pub mod artifacts;
 pub mod budget;
+pub mod claim;
 pub mod events;
 pub mod execute;
 mod finish;
@@ -126,6 +127,10 @@ impl Handler for RunnerHandler {
         match ProvisionedJob::from_json(&incoming.body) {
             Ok(provisioned) => {
                 let _busy = slots_busy(&self.arch).track();
+                let _claim = match self.claim(&provisioned, ctx).await {
+                    Ok(claim) => claim,
+                    Err(job::HandBack(reason)) => return Disposition::Retry(reason),
+                };
                 if let Some(kept) = self.kept_outcome(&provisioned).await {
                     return Disposition::Done(kept);
                 }

@@ -24,6 +24,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let settings = settings(&config.runner).await?;
     remove_stale_job_dirs(&settings.work_dir).await;
+    remove_unclaimed(&settings.work_dir).await;
     sweep_outbox(&settings.work_dir).await;
     // Only its own arch: its broker user (`[amqp.users.runner_<arch>]`) may touch no other run
     // queue.
@@ -149,6 +150,20 @@ async fn remove_stale_job_dirs(work_dir: &std::path::Path) {
             tracing::warn!(work_dir = %work_dir.display(), %error, "cannot look for killed runners' job directories")
         }
         Err(error) => tracing::warn!(%error, "cannot look for killed runners' job directories"),
+    }
+}
+
+/// Remove the job claims killed runners left ([`crate::claim::remove_unclaimed`]). Trouble is
+/// logged, never fatal: a claim file left behind costs a few bytes.
+async fn remove_unclaimed(work_dir: &std::path::Path) {
+    let dir = work_dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || crate::claim::remove_unclaimed(&dir)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(removed)) => tracing::info!(removed, "removed killed runners' job claims"),
+        Ok(Err(error)) => {
+            tracing::warn!(work_dir = %work_dir.display(), %error, "cannot look for killed runners' job claims")
+        }
+        Err(error) => tracing::warn!(%error, "cannot look for killed runners' job claims"),
     }
 }
 

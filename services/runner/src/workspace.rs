@@ -175,7 +175,7 @@ fn remove_entry(path: &Path) -> io::Result<()> {
 }
 
 /// An exclusive `flock`, waiting for it or not.
-fn lock(file: &File, wait: bool) -> io::Result<()> {
+pub(crate) fn lock(file: &File, wait: bool) -> io::Result<()> {
     let operation = if wait {
         libc::LOCK_EX
     } else {
@@ -194,7 +194,7 @@ fn lock(file: &File, wait: bool) -> io::Result<()> {
 }
 
 /// Whether `path` still names the file `file` has open.
-fn same_file(file: &File, path: &Path) -> bool {
+pub(crate) fn same_file(file: &File, path: &Path) -> bool {
     match (file.metadata(), std::fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,

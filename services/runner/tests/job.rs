@@ -412,6 +412,74 @@ async fn final_messages_never_confirmed_are_published_again_from_the_outbox() {
     assert_eq!(runs(&h, &j), 1);
 }
 
+/// A task that notes its runs and takes long enough for a second copy to arrive meanwhile.
+const SLOW_COUNTED: &str =
+    "name: slow-counted\nrun: echo run >> \"${TASKBOT_ARTIFACTS}runs.txt\"; sleep 2\n";
+
+/// Two copies of one run message (a provisioner killed before its ack published it twice)
+/// reach two runners sharing a work directory at once: the task runs once; the second copy
+/// waits for the first and publishes the same outcome, from the outbox.
+#[tokio::test]
+async fn a_second_copy_of_a_running_job_waits_for_it_and_does_not_run_it_again() {
+    let h = Harness::new();
+    let repo = h.dirs.task("slow-counted", SLOW_COUNTED);
+    let j = job("slow-counted", &repo, "main", "pkg-1-1", "x86_64");
+    let (first, second) = (
+        h.handler(Shutdown::new(std::future::pending())),
+        h.handler(Shutdown::new(std::future::pending())),
+    );
+    let (ctx1, ctx2) = (Recorder::new(), Recorder::new());
+    let incoming = Incoming::new("x86_64", j.to_json()).with_user_id(PROVISIONER);
+    let copy = async {
+        // The second copy arrives once the first is running its task.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while runs(&h, &j) == 0 {
+            assert!(Instant::now() < deadline, "the first copy never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        second.handle(incoming.clone(), &ctx2).await
+    };
+    let (one, two) = tokio::join!(first.handle(incoming.clone(), &ctx1), copy);
+    let (Disposition::Done(one), Disposition::Done(two)) = (one, two) else {
+        panic!("both copies end with the outcome");
+    };
+    assert_eq!(runs(&h, &j), 1, "the task ran twice");
+    assert_eq!(two, one, "the same messages, ids and all");
+    assert!(
+        ctx2.published().is_empty(),
+        "the copy published no status of its own"
+    );
+}
+
+/// A copy waiting for its claim goes back to the queue when its runner stops.
+#[tokio::test]
+async fn a_copy_waiting_for_its_claim_is_handed_back_at_shutdown() {
+    let h = Harness::new();
+    let repo = h.dirs.task("slow-counted", SLOW_COUNTED);
+    let j = job("slow-counted", &repo, "main", "pkg-1-1", "x86_64");
+    let _held = taskbot_runner::claim::JobClaim::try_take(&h.work_dir(), j.job.job_id)
+        .unwrap()
+        .expect("free");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handler = h.handler(Shutdown::new(async {
+        let _ = stopped.await;
+    }));
+    let incoming = Incoming::new("x86_64", j.to_json()).with_user_id(PROVISIONER);
+    let ctx = Recorder::new();
+    let handled = handler.handle(incoming, &ctx);
+    let stopper = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let _ = stop.send(());
+    };
+    let (disposition, ()) = tokio::join!(handled, stopper);
+    assert_eq!(
+        disposition,
+        Disposition::Retry("the runner is shutting down; the job goes back to the queue".into())
+    );
+    assert_eq!(runs(&h, &j), 0, "the task ran without its claim");
+    assert!(ctx.published().is_empty());
+}
+
 /// A cut or foreign outbox entry never stops the runner: it is moved aside, named in the log,
 /// and the job runs.
 #[tokio::test]
