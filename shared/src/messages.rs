@@ -439,6 +439,17 @@ impl JobStatus {
         }
     }
 
+    /// A status that a job passes once whoever publishes it: its id is derived from the job and
+    /// the state, so a copy made again for a redelivered input (a service killed between its
+    /// publish and its ack handles the input twice) is the same message to the stores, which
+    /// record it once, and the job's history does not show the step twice.
+    pub fn once(job: &JobRequest, state: JobState, service: &str, detail: Option<String>) -> Self {
+        JobStatus {
+            status_id: Uuid::new_v5(&job.job_id, state.as_str().as_bytes()),
+            ..JobStatus::new(job, state, service, detail)
+        }
+    }
+
     /// Routing key on the results exchange: `job.<state>`.
     pub fn routing_key(&self) -> String {
         format!("job.{}", self.state)
@@ -596,6 +607,29 @@ mod tests {
             vm: None,
             created_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn a_status_made_once_per_job_has_the_same_id_for_every_copy() {
+        let j = job();
+        let first = JobStatus::once(&j, JobState::Queued, "rules@a", None);
+        let copy = JobStatus::once(&j, JobState::Queued, "rules@b", None);
+        assert_eq!(first.status_id, copy.status_id);
+        let provisioned = JobStatus::once(&j, JobState::Provisioned, "p", None);
+        assert_ne!(first.status_id, provisioned.status_id, "one per state");
+        let other = JobRequest {
+            job_id: Uuid::new_v4(),
+            ..j.clone()
+        };
+        assert_ne!(
+            JobStatus::once(&other, JobState::Queued, "rules@a", None).status_id,
+            first.status_id
+        );
+        assert_ne!(
+            JobStatus::new(&j, JobState::Queued, "rules@a", None).status_id,
+            JobStatus::new(&j, JobState::Queued, "rules@a", None).status_id,
+            "statuses of real repeats (a run again after a kill) stay apart"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use taskbot::testing::{test_config, TestBroker};
 use taskbot::Config;
 
 pub mod private_broker;
+pub mod private_postgres;
 pub use private_broker::PrivateBroker;
+pub use private_postgres::PrivatePostgres;
 
 /// The workspace's top directory.
 pub fn workspace_root() -> PathBuf {
@@ -114,6 +116,10 @@ pub struct Service {
     pub name: String,
     child: Child,
     pub log: PathBuf,
+    /// How it was started, for [`Deployment::restart`].
+    binary_name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Service {
@@ -356,29 +362,60 @@ impl Deployment {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> usize {
-        let log = self
-            .dir
-            .path()
-            .join("logs")
-            .join(format!("{name}-{}.log", self.services.len()));
+        let service = self.spawn(
+            name,
+            binary_name,
+            args.iter().map(|a| a.to_string()).collect(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        self.services.push(service);
+        self.services.len() - 1
+    }
+
+    fn spawn(
+        &self,
+        name: &str,
+        binary_name: &str,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Service {
+        let logs = self.dir.path().join("logs");
+        let log = (0..)
+            .map(|n| logs.join(format!("{name}-{n}.log")))
+            .find(|path| !path.exists())
+            .unwrap();
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(binary(binary_name))
-            .args(args)
+            .args(&args)
             .env("TASKBOT_CONFIG", &self.config_file)
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("start {binary_name}: {e}"));
-        self.services.push(Service {
+        Service {
             name: name.to_string(),
             child,
             log,
-        });
-        self.services.len() - 1
+            binary_name: binary_name.to_string(),
+            args,
+            env,
+        }
+    }
+
+    /// Kill service `index` with SIGKILL (a crash) and start it again as it was started, with a
+    /// new log file beside the old one.
+    pub fn restart(&mut self, index: usize) {
+        self.services[index].kill_hard();
+        let old = &self.services[index];
+        let (name, binary_name) = (old.name.clone(), old.binary_name.clone());
+        let fresh = self.spawn(&name, &binary_name, old.args.clone(), old.env.clone());
+        self.services[index] = fresh;
     }
 
     /// Start the five services (one runner per arch).

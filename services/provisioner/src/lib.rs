@@ -232,14 +232,16 @@ impl ProvisionerHandler {
             tracing::warn!(job_id = %job.job_id, %reason, "job cannot be provisioned");
             return Disposition::Done(self.crashed(&job, &reason));
         }
-        let provisioning = JobStatus::new(&job, JobState::Provisioning, &self.instance, None);
+        // Provisioning on the local host decides the same thing for every copy of the request:
+        // its statuses are recorded once however often the request is delivered.
+        let provisioning = JobStatus::once(&job, JobState::Provisioning, &self.instance, None);
         let provisioned = ProvisionedJob {
             job: job.clone(),
             machine: Machine::Local,
             provisioner: "local".into(),
             provisioned_at: Utc::now(),
         };
-        let queued = JobStatus::new(
+        let queued = JobStatus::once(
             &job,
             JobState::Provisioned,
             &self.instance,
@@ -636,6 +638,26 @@ mod tests {
         assert_eq!(p.job, j);
         assert_eq!(p.machine, Machine::Local);
         assert_eq!(out[1].priority, Some(3));
+    }
+
+    /// A provisioner killed between its publish and its ack gets the request again: the copies
+    /// of the statuses are the same messages, so the job's history shows each step once.
+    #[test]
+    fn a_redelivered_local_job_gives_the_same_statuses() {
+        let j = job("x86_64");
+        let first = outputs(handler().decide(&Incoming::new("x86_64", j.to_json())));
+        let again = outputs(handler().decide(&Incoming::new("x86_64", j.to_json())));
+        for index in [0, 2] {
+            assert_eq!(first[index].message_id, again[index].message_id);
+            let (a, b) = (
+                JobStatus::from_json(&first[index].body).unwrap(),
+                JobStatus::from_json(&again[index].body).unwrap(),
+            );
+            assert_eq!(a.status_id, b.status_id);
+        }
+        assert_ne!(first[0].message_id, first[2].message_id);
+        let other = outputs(handler().decide(&Incoming::new("x86_64", job("x86_64").to_json())));
+        assert_ne!(other[0].message_id, first[0].message_id, "another job's");
     }
 
     #[test]

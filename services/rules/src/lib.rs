@@ -157,8 +157,10 @@ impl RulesHandler {
             tracing::info!(%event_id, job_id = %job.job_id, rule = %job.rule,
                 task = %job.task.name, item = %job.item, arch = %job.arch, "job requested");
             // The `queued` status first: the reporter records the job from it, and the
-            // provisioner's statuses for the job would otherwise wait for it.
-            let status = JobStatus::new(job, JobState::Queued, &self.instance, None);
+            // provisioner's statuses for the job would otherwise wait for it. The same message
+            // for every copy of the event this service no longer remembers (it restarted, or
+            // another rules service took it): the history shows the job queued once.
+            let status = JobStatus::once(job, JobState::Queued, &self.instance, None);
             out.push(status.outgoing(&self.topology));
             out.push(job.outgoing(&self.topology));
         }

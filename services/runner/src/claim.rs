@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::workspace::{lock, same_file, LOCK_SUFFIX};
 
 /// The claims' directory in a work directory.
-const CLAIMS: &str = "claims";
+pub const CLAIMS_DIR: &str = "claims";
 
 /// A job claimed by this runner; the claim ends (and its file goes) when this is dropped.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ pub struct JobClaim {
 impl JobClaim {
     /// Claim `job_id` if no live runner holds it; `None` when one does.
     pub fn try_take(work_dir: &Path, job_id: Uuid) -> io::Result<Option<JobClaim>> {
-        let dir = work_dir.join(CLAIMS);
+        let dir = work_dir.join(CLAIMS_DIR);
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{job_id}{LOCK_SUFFIX}"));
         loop {
@@ -71,7 +71,7 @@ impl Drop for JobClaim {
 
 /// Remove the claim files no live runner holds (left by killed runners); returns how many.
 pub fn remove_unclaimed(work_dir: &Path) -> io::Result<usize> {
-    let entries = match std::fs::read_dir(work_dir.join(CLAIMS)) {
+    let entries = match std::fs::read_dir(work_dir.join(CLAIMS_DIR)) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
@@ -145,31 +145,28 @@ mod tests {
 
     #[test]
     fn a_claim_is_free_once_its_process_dies() {
+        use std::io::BufRead as _;
         use std::os::unix::process::CommandExt as _;
         let work = tempfile::tempdir().unwrap();
         let job = Uuid::new_v4();
         let path = work.path().join("claims").join(format!("{job}.lock"));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, "").unwrap();
-        // Another process holds the lock (flock(1) from util-linux; `-o`: its command does not
-        // inherit the lock), then is killed.
+        // Another process holds the claim (flock(1) from util-linux, which says so once it
+        // does; `-o`: its command does not inherit the lock), then is killed.
         let mut holder = std::process::Command::new("flock")
             .arg("-o")
             .arg(&path)
-            .args(["sleep", "60"])
+            .args(["-c", "echo locked; exec sleep 60"])
+            .stdout(std::process::Stdio::piped())
             .process_group(0)
             .spawn()
             .expect("flock(1) runs");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while JobClaim::try_take(work.path(), job).unwrap().is_some() {
-            // Not yet locked by the holder: our take removed the file; put it back.
-            std::fs::write(&path, "").unwrap();
-            assert!(
-                std::time::Instant::now() < deadline,
-                "flock(1) never locked"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "locked\n");
+        assert!(JobClaim::try_take(work.path(), job).unwrap().is_none());
         // SAFETY: kill(2) on the process group we made; no memory is involved.
         unsafe { libc::killpg(holder.id() as i32, libc::SIGKILL) };
         holder.wait().unwrap();

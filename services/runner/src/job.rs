@@ -55,8 +55,13 @@ impl RunnerHandler {
         let reporting = JobStatus::new(job, JobState::Reporting, &self.instance, None);
         let outcome = report::outcome(&self.topology, job, &verdict, &self.instance);
         // Kept before anything of it is published: from here on, losing the broker costs a
-        // re-publish when the job comes back, not a re-run.
-        self.keep_outcome(job.job_id, &outcome).await;
+        // re-publish when the job comes back, not a re-run. The `reporting` status is kept
+        // first, so a job whose outcome comes from the outbox still has its whole history.
+        let reporting_message = report::status_message(&self.topology, &reporting);
+        let kept: Vec<Outgoing> = std::iter::once(reporting_message)
+            .chain(outcome.iter().cloned())
+            .collect();
+        self.keep_outcome(job.job_id, &kept).await;
         if let Err(HandBack(reason)) = self.publish(ctx, &reporting).await {
             return Disposition::Retry(format!(
                 "{reason}; the outcome is kept in the outbox and published when the job comes back"

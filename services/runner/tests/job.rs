@@ -114,6 +114,11 @@ impl Harness {
                     ran.events.push(Event::from_json(&m.body).unwrap());
                     continue;
                 }
+                // An outcome from the outbox starts with the `reporting` status kept with it.
+                if m.routing_key.starts_with("job.") {
+                    ran.statuses.push(JobStatus::from_json(&m.body).unwrap());
+                    continue;
+                }
                 let result = TaskResult::from_json(&m.body).unwrap();
                 assert_eq!(m.routing_key, result.routing_key());
                 assert_eq!(m.message_id, Some(result.result_id.to_string()));
@@ -366,9 +371,13 @@ async fn an_outcome_the_broker_could_not_take_is_published_from_the_outbox_not_r
     assert!(outbox_entry(&h, &j).is_file());
     check_ending(&j, &first.statuses, &[], &h.work_dir());
 
-    // Redelivered: only the kept outcome is published, and the task did not run again.
+    // Redelivered: only the kept outcome is published, the `reporting` status the broker
+    // refused first, and the task did not run again.
     let again = h.run(&j, &Recorder::new()).await;
-    assert_eq!(states(&again.statuses), [JobState::Done]);
+    assert_eq!(
+        states(&again.statuses),
+        [JobState::Reporting, JobState::Done]
+    );
     assert_eq!(again.results.len(), 1);
     assert_eq!(again.results[0].outcome, Outcome::Passed);
     check_ending(&j, &again.statuses, &again.results, &h.work_dir());
@@ -382,7 +391,10 @@ async fn an_outcome_the_broker_could_not_take_is_published_from_the_outbox_not_r
     // Another copy of the run message (a provisioner that published it twice around a broker
     // crash): the job is done, so its outcome is published again, and the task still not run.
     let third = h.run(&j, &Recorder::new()).await;
-    assert_eq!(states(&third.statuses), [JobState::Done]);
+    assert_eq!(
+        states(&third.statuses),
+        [JobState::Reporting, JobState::Done]
+    );
     assert_eq!(runs(&h, &j), 1, "a copy of a finished job ran it again");
     assert_eq!(
         third.results[0].result_id, again.results[0].result_id,
@@ -407,7 +419,11 @@ async fn final_messages_never_confirmed_are_published_again_from_the_outbox() {
     let Disposition::Done(again) = handler.handle(incoming, &ctx).await else {
         panic!("the kept outcome is published");
     };
-    assert_eq!(again, first, "the same messages, ids and all");
+    assert_eq!(
+        again[0].routing_key, "job.reporting",
+        "kept with the outcome"
+    );
+    assert_eq!(again[1..], first, "the same messages, ids and all");
     assert!(ctx.published().is_empty(), "no status: nothing ran");
     assert_eq!(runs(&h, &j), 1);
 }
@@ -444,7 +460,8 @@ async fn a_second_copy_of_a_running_job_waits_for_it_and_does_not_run_it_again()
         panic!("both copies end with the outcome");
     };
     assert_eq!(runs(&h, &j), 1, "the task ran twice");
-    assert_eq!(two, one, "the same messages, ids and all");
+    assert_eq!(two[0].routing_key, "job.reporting", "kept with the outcome");
+    assert_eq!(two[1..], one, "the same messages, ids and all");
     assert!(
         ctx2.published().is_empty(),
         "the copy published no status of its own"

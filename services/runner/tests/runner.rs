@@ -165,13 +165,21 @@ impl World {
         for runner in runners {
             runner.stop().await;
         }
-        // The outbox (the runner's record of published outcomes) stays; no job directory does.
+        // The outbox (the runner's record of published outcomes) and the claims' directory stay;
+        // no job directory does, and no claim.
+        let kept = [
+            taskbot_runner::outbox::OUTBOX_DIR,
+            taskbot_runner::claim::CLAIMS_DIR,
+        ];
         let left: Vec<_> = std::fs::read_dir(self.work_dir())
             .unwrap()
             .map(|e| e.unwrap().file_name())
-            .filter(|name| name != taskbot_runner::outbox::OUTBOX_DIR)
+            .filter(|name| !kept.iter().any(|k| name == k))
             .collect();
         assert!(left.is_empty(), "no clone is left behind: {left:?}");
+        let claims = self.work_dir().join(taskbot_runner::claim::CLAIMS_DIR);
+        let claimed = std::fs::read_dir(&claims).map_or(0, |d| d.count());
+        assert_eq!(claimed, 0, "a claim outlived its job");
         self.broker.cleanup().await;
     }
 }
@@ -402,7 +410,13 @@ async fn shutdown_kills_the_task_and_hands_the_job_back() {
             .is_none(),
         "no result for an interrupted job"
     );
-    assert_eq!(std::fs::read_dir(world.work_dir()).unwrap().count(), 0);
+    // Nothing in the work directory but the claims' (emptied: `finish` checks it).
+    let left: Vec<_> = std::fs::read_dir(world.work_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != taskbot_runner::claim::CLAIMS_DIR)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     world.finish(vec![]).await;
 }
 
