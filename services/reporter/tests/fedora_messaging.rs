@@ -503,3 +503,46 @@ async fn changes_and_failures_publishes_every_failure_and_changes_back_to_passin
         );
     }
 }
+
+#[tokio::test]
+async fn the_reporters_database_role_may_keep_the_change_state() {
+    // The roles `taskbot setup-users` makes: the schema migrated as its owner, the sink running
+    // as the reporter's role, which may read, insert and update but not create or delete.
+    let db = TestDb::create().await;
+    let mut config = test_config();
+    config.postgres.url = db.url.clone();
+    let names = taskbot::store::roles::RoleNames::new(&config.amqp.namespace);
+    let admin = db.client().await;
+    taskbot::store::roles::create(&admin, &db.name, &names, "r-secret", "a-secret")
+        .await
+        .unwrap();
+    let owner = taskbot::store::roles::acting_as(&config.postgres, &names.owner);
+    let owner_pool = taskbot_reporter::db::connect_pool(&owner).unwrap();
+    taskbot::store::migrate(&owner_pool).await.unwrap();
+    owner_pool.close();
+    taskbot::store::roles::grant(&admin, &names).await.unwrap();
+
+    let reporter = taskbot::store::roles::acting_as(&config.postgres, &names.reporter);
+    let pool = taskbot_reporter::db::connect_pool(&reporter).unwrap();
+    let changes = ChangeLog {
+        pool: pool.clone(),
+        mode: FedoraMessagingNotify::Changes,
+    };
+    let item = "zsh-5.9-1.fc40";
+    let first = run_of(item, Outcome::Passed, -20);
+    let change = run_of(item, Outcome::Failed, -10);
+    let decided = async {
+        Ok::<_, taskbot::store::StoreError>([
+            changes.decide(&first).await?,
+            changes.decide(&run_of(item, Outcome::Passed, -15)).await?,
+            changes.decide(&change).await?,
+            changes.decide(&change).await?,
+        ])
+    }
+    .await;
+    pool.close();
+    taskbot::store::roles::drop_all(&admin, &names)
+        .await
+        .unwrap();
+    assert_eq!(decided.unwrap(), [true, false, true, true]);
+}
