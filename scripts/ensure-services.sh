@@ -93,8 +93,12 @@ ensure_fedora_messaging_venv() {
   if [ -x "$venv/bin/fedora-messaging" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
   fi
-  # Debian's python3 lacks venv (and ensurepip) until python3-venv is installed.
-  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_install python3-venv; fi
+  # Debian's python3 cannot make a virtualenv until python3-venv is installed.
+  if have dpkg-query; then
+    apt_install python3-venv
+  elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    log "python3 cannot make virtualenvs (no venv/ensurepip): install them by hand"; exit 1
+  fi
   log "installing fedora-messaging $FEDORA_MESSAGING_VERSION and taskbot-messages into $venv"
   mkdir -p "$(dirname "$venv")"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
