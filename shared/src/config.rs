@@ -640,8 +640,21 @@ pub struct ReporterConfig {
     /// Topic (routing key) of the fedora-messaging messages; `{testcase}`, `{outcome}`
     /// (lower case), `{arch}` and `{item_type}` are replaced.
     pub fedora_messaging_topic: String,
-    /// The `fedora_messaging_schema` header of those messages.
+    /// The `fedora_messaging_schema` header of those messages: the entry-point name of their
+    /// message class in the `taskbot-messages` Python package.
     pub fedora_messaging_schema: String,
+    /// The `fedora_messaging_schema_package` header: the Python distribution holding that class,
+    /// named as fedora-messaging names it (lower case, `_` for `-` and `.`), so a consumer
+    /// without it is told what to install.
+    pub fedora_messaging_schema_package: String,
+    /// AMQP priority of those messages (also sent as the `priority` header, as fedora-messaging
+    /// does); honoured only by queues declared with `x-max-priority`.
+    pub fedora_messaging_priority: u8,
+    /// Which results the fedora-messaging sink publishes: `all`, `changes` (only a result whose
+    /// outcome differs from the previous one for its testcase, item and arch) or
+    /// `changes-and-failures` (those plus every failure). The last two keep their state in
+    /// PostgreSQL.
+    pub fedora_messaging_notify: FedoraMessagingNotify,
     /// Address of the reporter's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
     /// free one, logged). Also `--ops-listen`.
     pub ops_listen: String,
@@ -675,9 +688,38 @@ impl Default for ReporterConfig {
             fedora_messaging_exchange: "amq.topic".into(),
             fedora_messaging_topic: "org.fedoraproject.prod.taskbot.result.new".into(),
             fedora_messaging_schema: "taskbot.result.v1".into(),
+            fedora_messaging_schema_package: "taskbot_messages".into(),
+            fedora_messaging_priority: 0,
+            fedora_messaging_notify: FedoraMessagingNotify::All,
             ops_listen: OPS_DEFAULT_REPORTER.into(),
             unknown_job_grace_secs: 600,
             tasks_reporting_other_items: Vec::new(),
+        }
+    }
+}
+
+/// Which results the fedora-messaging sink publishes (`reporter.fedora_messaging_notify`).
+/// Maintainers of the earlier system asked to hear about a change, not about every passing run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FedoraMessagingNotify {
+    /// Every result.
+    #[default]
+    All,
+    /// A result whose outcome differs from the previous one for its testcase, item and arch (the
+    /// first one included).
+    Changes,
+    /// Those, and every result that is not PASSED or INFO.
+    ChangesAndFailures,
+}
+
+impl FedoraMessagingNotify {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FedoraMessagingNotify::All => "all",
+            FedoraMessagingNotify::Changes => "changes",
+            FedoraMessagingNotify::ChangesAndFailures => "changes-and-failures",
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - `resultsdb`: results posted to ResultsDB (`<ns>.sink.resultsdb`);
 //! - `jsonl`: results and statuses appended to a rotating JSON-lines file (`<ns>.sink.jsonl`);
 //! - `fedora-messaging`: results republished as fedora-messaging messages
-//!   (`<ns>.sink.fedora-messaging`).
+//!   (`<ns>.sink.fedora-messaging`), every one or only changes of outcome ([`notify`]).
 //!
 //! Each sink acknowledges a message only once what it says is committed (row, HTTP 201 and its
 //! record, fsynced line, confirmed publish), so nothing is lost while a store is down: the
@@ -17,6 +17,7 @@ pub mod binding;
 pub mod db;
 pub mod fedora_messaging;
 pub mod jsonl;
+pub mod notify;
 pub mod postgres;
 pub mod resultsdb;
 
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use taskbot::amqp::{self, Backoff, ConsumerSpec, Disposition, Handler};
-use taskbot::config::ReporterConfig;
+use taskbot::config::{FedoraMessagingNotify, ReporterConfig};
 use taskbot::limits;
 use taskbot::messages::{JobStatus, Message, TaskResult};
 use taskbot::setup;
@@ -38,6 +39,7 @@ use taskbot::{ops, Config, Shutdown, Topology};
 use crate::binding::Binding;
 use crate::fedora_messaging::FedoraMessagingSink;
 use crate::jsonl::{JsonlSink, JsonlWriter};
+use crate::notify::ChangeLog;
 use crate::resultsdb::{ResultsDb, ResultsDbSink};
 
 /// Pause before a delivery that failed transiently (database or ResultsDB down) is handed back
@@ -223,32 +225,50 @@ impl<'a> Consumers<'a> {
     }
 
     /// The sinks that need no database, started at once: the JSON-lines file (when `jsonl` is
-    /// open) and fedora-messaging (when enabled).
+    /// open) and fedora-messaging (when enabled and publishing every result).
     fn without_db(&self, jsonl: Option<JsonlWriter>) -> Vec<Consumer<'a>> {
-        let (t, rc) = (self.topology, &self.config.reporter);
+        let t = self.topology;
         let mut consumers = Vec::new();
         if let Some(writer) = jsonl {
             let sink = Arc::new(JsonlSink::new(writer, self.binding.clone()));
             consumers.push(self.start(t.jsonl_queue(), "jsonl", 1, RETRY_DELAY, sink));
         }
-        if t.sinks.contains(&Sink::FedoraMessaging) {
-            let sink = Arc::new(FedoraMessagingSink {
-                exchange: rc.fedora_messaging_exchange.clone(),
-                topic: rc.fedora_messaging_topic.clone(),
-                schema: rc.fedora_messaging_schema.clone(),
-                binding: self.binding.clone(),
-            });
-            let queue = t.fedora_messaging_queue();
-            consumers.push(self.start(queue, "fedora-messaging", 1, RETRY_DELAY, sink));
+        if t.sinks.contains(&Sink::FedoraMessaging) && !fedora_messaging_needs_db(self.config) {
+            consumers.push(self.fedora_messaging(None));
         }
         consumers
     }
 
-    /// The sinks that need the database (once it is prepared): PostgreSQL (when enabled) and
-    /// ResultsDB (when `resultsdb` is configured).
+    /// The fedora-messaging sink's consume loop, tracking changes of outcome in `changes` (when
+    /// it publishes only those).
+    fn fedora_messaging(&self, changes: Option<ChangeLog>) -> Consumer<'a> {
+        let rc = &self.config.reporter;
+        let sink = Arc::new(FedoraMessagingSink {
+            exchange: rc.fedora_messaging_exchange.clone(),
+            topic: rc.fedora_messaging_topic.clone(),
+            schema: rc.fedora_messaging_schema.clone(),
+            schema_package: rc.fedora_messaging_schema_package.clone(),
+            priority: rc.fedora_messaging_priority,
+            namespace: self.config.amqp.namespace.clone(),
+            binding: self.binding.clone(),
+            changes,
+        });
+        let queue = self.topology.fedora_messaging_queue();
+        self.start(queue, "fedora-messaging", 1, RETRY_DELAY, sink)
+    }
+
+    /// The sinks that need the database (once it is prepared): PostgreSQL (when enabled),
+    /// ResultsDB (when `resultsdb` is configured) and fedora-messaging (when it publishes only
+    /// changes).
     fn with_db(&self, stores: &Stores, resultsdb: Option<ResultsDb>) -> Vec<Consumer<'a>> {
         let (t, config) = (self.topology, self.config);
         let mut consumers = Vec::new();
+        if t.sinks.contains(&Sink::FedoraMessaging) && fedora_messaging_needs_db(config) {
+            consumers.push(self.fedora_messaging(Some(ChangeLog {
+                pool: stores.fedora_messaging_pool.clone(),
+                mode: config.reporter.fedora_messaging_notify,
+            })));
+        }
         if t.sinks.contains(&Sink::Postgres) {
             // Results and statuses share the pool; each handler holds one connection at a time,
             // so half the pool each keeps them from waiting on each other.
@@ -301,6 +321,11 @@ impl<'a> Consumers<'a> {
     }
 }
 
+/// Whether the fedora-messaging sink keeps state in PostgreSQL: when it publishes only changes.
+fn fedora_messaging_needs_db(config: &Config) -> bool {
+    config.reporter.fedora_messaging_notify != FedoraMessagingNotify::All
+}
+
 /// The reporter's database pools. The ResultsDB sink has a pool of its own: while ResultsDB
 /// hangs, its handlers hold connections, and those must not be the ones the PostgreSQL sink needs.
 struct Stores {
@@ -309,6 +334,8 @@ struct Stores {
     /// The binding's checks of job records, from every sink: a pool of their own, so they never
     /// wait for the connections a sink's writes hold.
     jobs_pool: Pool,
+    /// The fedora-messaging sink's record of outcomes (one delivery at a time: one connection).
+    fedora_messaging_pool: Pool,
     /// The database's name, for logs (its URL may hold a password).
     database: String,
 }
@@ -317,7 +344,10 @@ impl Stores {
     fn connect(config: &Config) -> anyhow::Result<Stores> {
         let mut resultsdb_pg = config.postgres.clone();
         resultsdb_pg.pool_size = config.reporter.resultsdb_concurrency.max(1);
+        let mut fedora_messaging_pg = config.postgres.clone();
+        fedora_messaging_pg.pool_size = 1;
         Ok(Stores {
+            fedora_messaging_pool: db::connect_pool(&fedora_messaging_pg)?,
             pool: db::connect_pool(&config.postgres)?,
             resultsdb_pool: db::connect_pool(&resultsdb_pg)?,
             jobs_pool: db::connect_pool(&config.postgres)?,
@@ -329,6 +359,7 @@ impl Stores {
         self.pool.close();
         self.resultsdb_pool.close();
         self.jobs_pool.close();
+        self.fedora_messaging_pool.close();
     }
 }
 
@@ -367,7 +398,9 @@ async fn run_with_db(
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let sinks = &consumers.topology.sinks;
-    if !sinks.contains(&Sink::Postgres) && resultsdb.is_none() {
+    let fedora_messaging =
+        sinks.contains(&Sink::FedoraMessaging) && fedora_messaging_needs_db(consumers.config);
+    if !sinks.contains(&Sink::Postgres) && resultsdb.is_none() && !fedora_messaging {
         return Ok(());
     }
     let migrate_pool = if sinks.contains(&Sink::Postgres) {

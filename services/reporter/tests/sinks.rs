@@ -378,16 +378,32 @@ async fn fedora_messaging_sink_publishes_results_with_fedora_messaging_propertie
     );
     assert_eq!(*props.delivery_mode(), Some(2));
     let message_id = props.message_id().as_ref().map(|s| s.to_string());
-    assert_eq!(message_id, Some(failed.result_id.to_string()));
-    assert!(Uuid::parse_str(message_id.as_deref().unwrap()).is_ok());
+    let message_id = Uuid::parse_str(message_id.as_deref().expect("a message_id")).unwrap();
+    assert_eq!(message_id.get_version_num(), 4, "a random UUID4");
+    assert_eq!(*props.priority(), Some(0));
     let headers = props.headers().as_ref().expect("headers").inner();
-    match headers.get("fedora_messaging_schema") {
-        Some(AMQPValue::LongString(s)) => assert_eq!(s.to_string(), "taskbot.result.v1"),
-        other => panic!("fedora_messaging_schema: {other:?}"),
-    }
+    let string = |key: &str| match headers.get(key) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("{key}: {other:?}"),
+    };
+    assert_eq!(string("fedora_messaging_schema"), "taskbot.result.v1");
+    assert_eq!(
+        string("fedora_messaging_schema_package"),
+        "taskbot_messages"
+    );
+    assert_eq!(string("taskbot_result_id"), failed.result_id.to_string());
+    assert_eq!(string("taskbot_namespace"), ns);
     match headers.get("fedora_messaging_severity") {
-        Some(AMQPValue::LongLongInt(20)) => {}
-        other => panic!("fedora_messaging_severity: {other:?}"),
+        Some(AMQPValue::LongLongInt(30)) => {}
+        other => panic!("fedora_messaging_severity of a failure: {other:?}"),
+    }
+    match headers.get("priority") {
+        Some(AMQPValue::LongLongInt(0)) => {}
+        other => panic!("priority: {other:?}"),
+    }
+    match headers.get("fedora_messaging_rpm_xchat") {
+        Some(AMQPValue::Boolean(true)) => {}
+        other => panic!("fedora_messaging_rpm_xchat: {other:?}"),
     }
     let sent_at = match headers.get("sent-at") {
         Some(AMQPValue::LongString(s)) => s.to_string(),

@@ -71,6 +71,8 @@ async fn migrating_twice_is_a_no_op_and_concurrent_migrations_do_not_fail() {
     assert_eq!(
         tables,
         [
+            "fedora_messaging_notices",
+            "fedora_messaging_outcomes",
             "job_events",
             "job_records",
             "jobs",

@@ -67,6 +67,8 @@ struct Kept {
     priority: Option<u8>,
     headers: Vec<(String, String)>,
     int_headers: Vec<(String, i64)>,
+    #[serde(default)]
+    bool_headers: Vec<(String, bool)>,
     content_encoding: Option<String>,
 }
 
@@ -83,6 +85,7 @@ impl Kept {
             priority: msg.priority,
             headers: msg.headers.clone(),
             int_headers: msg.int_headers.clone(),
+            bool_headers: msg.bool_headers.clone(),
             content_encoding: msg.content_encoding.clone(),
         })
     }
@@ -96,6 +99,7 @@ impl Kept {
             priority: self.priority,
             headers: self.headers,
             int_headers: self.int_headers,
+            bool_headers: self.bool_headers,
             content_encoding: self.content_encoding,
         }
     }

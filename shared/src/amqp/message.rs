@@ -29,6 +29,9 @@ pub struct Outgoing {
     /// Integer-valued headers (sent as AMQP long-long integers), for consumers that check header
     /// types, such as fedora-messaging's `fedora_messaging_severity`.
     pub int_headers: Vec<(String, i64)>,
+    /// Boolean-valued headers, such as fedora-messaging's filter flags
+    /// (`fedora_messaging_rpm_<name>` = `true`), which its library sends as AMQP booleans.
+    pub bool_headers: Vec<(String, bool)>,
     /// AMQP `content_encoding` (fedora-messaging consumers expect `utf-8`).
     pub content_encoding: Option<String>,
 }
@@ -43,12 +46,18 @@ impl Outgoing {
             priority: None,
             headers: Vec::new(),
             int_headers: Vec::new(),
+            bool_headers: Vec::new(),
             content_encoding: None,
         }
     }
 
     pub fn with_int_header(mut self, key: &str, value: i64) -> Self {
         self.int_headers.push((key.to_string(), value));
+        self
+    }
+
+    pub fn with_bool_header(mut self, key: &str, value: bool) -> Self {
+        self.bool_headers.push((key.to_string(), value));
         self
     }
 

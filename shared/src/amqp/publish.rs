@@ -81,6 +81,9 @@ impl Publisher {
         for (k, v) in &msg.int_headers {
             headers.insert(k.as_str().into(), AMQPValue::LongLongInt(*v));
         }
+        for (k, v) in &msg.bool_headers {
+            headers.insert(k.as_str().into(), AMQPValue::Boolean(*v));
+        }
         let mut props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)

@@ -21,6 +21,12 @@ pub const RESULTSDB_DELIVERIES: &str = "resultsdb_deliveries";
 /// Every job the reporter saw requested, and by whom it was dispatched: what binds results and
 /// statuses to their job.
 pub const JOB_RECORDS: &str = "job_records";
+/// The fedora-messaging sink's latest outcome per testcase, item and arch (the previous outcome
+/// it compares a result with under `reporter.fedora_messaging_notify = "changes"`).
+pub const FEDORA_MESSAGING_OUTCOMES: &str = "fedora_messaging_outcomes";
+/// The fedora-messaging sink's decision per result (publish or not), so a redelivered result gets
+/// the decision its first delivery made.
+pub const FEDORA_MESSAGING_NOTICES: &str = "fedora_messaging_notices";
 /// Which migrations a database has run.
 pub const SCHEMA_MIGRATIONS: &str = "taskbot_schema_migrations";
 
@@ -31,6 +37,8 @@ pub const TABLES: &[&str] = &[
     JOB_EVENTS,
     RESULTSDB_DELIVERIES,
     JOB_RECORDS,
+    FEDORA_MESSAGING_OUTCOMES,
+    FEDORA_MESSAGING_NOTICES,
     SCHEMA_MIGRATIONS,
 ];
 
@@ -152,6 +160,28 @@ pub const MIGRATIONS: &[&str] = &[
             WHERE e.job_id = j.job_id AND e.state = 'provisioned'
             ORDER BY at LIMIT 1
         ) p ON true;
+    "#,
+    // v5: the fedora-messaging sink's state for publishing changes only: the latest outcome of
+    // each testcase on each item and arch (by the result's `finished_at`, so a late result does
+    // not count as the latest), and its decision on each result it handled, by result id, so a
+    // result redelivered after a crash is published (or not) exactly as first decided.
+    r#"
+    CREATE TABLE fedora_messaging_outcomes (
+        testcase    text NOT NULL,
+        item        text NOT NULL,
+        item_type   text NOT NULL,
+        arch        text NOT NULL,
+        outcome     text NOT NULL,
+        result_id   uuid NOT NULL,
+        finished_at timestamptz NOT NULL,
+        PRIMARY KEY (testcase, item, item_type, arch)
+    );
+    CREATE TABLE fedora_messaging_notices (
+        result_id        uuid PRIMARY KEY,
+        publish          boolean NOT NULL,
+        previous_outcome text,
+        decided_at       timestamptz NOT NULL DEFAULT now()
+    );
     "#,
 ];
 
