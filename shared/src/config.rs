@@ -819,13 +819,19 @@ impl Config {
     /// `None` when neither is set (the group then links to the job's log). The reporter's sink
     /// and the api's ResultsDB view both use this, so the link is the same in every store.
     pub fn job_page_url(&self, job_id: uuid::Uuid) -> Option<String> {
+        self.job_page_template()
+            .map(|t| t.replace("{job_id}", &job_id.to_string()))
+    }
+
+    /// [`Config::job_page_url`] as a template with `{job_id}`.
+    pub fn job_page_template(&self) -> Option<String> {
         if let Some(template) = &self.reporter.job_url_template {
-            return Some(template.replace("{job_id}", &job_id.to_string()));
+            return Some(template.clone());
         }
         self.api
             .public_url
             .as_deref()
-            .map(|base| format!("{}/dashboard/jobs/{job_id}", base.trim_end_matches('/')))
+            .map(|base| format!("{}/dashboard/jobs/{{job_id}}", base.trim_end_matches('/')))
     }
 
     /// Load from the process environment (`TASKBOT_CONFIG`, `TASKBOT_*`), with `overrides` (from

@@ -635,7 +635,10 @@ impl TaskResult {
     /// the status's, so the job's final result (later) supersedes it in ResultsDB's `latest`.
     pub fn interim(status: &JobStatus, testcase: &str) -> Option<TaskResult> {
         let (outcome, note) = match status.state {
-            JobState::Queued => (Outcome::Queued, "queued: waiting for a machine and a runner"),
+            JobState::Queued => (
+                Outcome::Queued,
+                "queued: waiting for a machine and a runner",
+            ),
             JobState::Running => (Outcome::Running, "running"),
             _ => return None,
         };
@@ -704,7 +707,10 @@ mod tests {
     fn interim_results_stand_for_queued_and_running_statuses_only() {
         let mut j = job();
         j.scenario = Some("fedup".into());
-        assert!(j.known_testcases().is_empty(), "nothing declared, nothing guessed");
+        assert!(
+            j.known_testcases().is_empty(),
+            "nothing declared, nothing guessed"
+        );
         j.testcases = vec!["dist.a".into(), "dist.b".into()];
         let queued = JobStatus::new(&j, JobState::Queued, "rules", None);
         assert_eq!(queued.known_testcases(), ["dist.a", "dist.b"]);
@@ -713,8 +719,14 @@ mod tests {
         assert!(!a.outcome.is_final());
         assert_eq!(a.finished_at, queued.at);
         assert_eq!(a.data["scenario"], "fedup");
-        assert_eq!(TaskResult::interim(&queued, "dist.a").unwrap().result_id, a.result_id);
-        assert_ne!(TaskResult::interim(&queued, "dist.b").unwrap().result_id, a.result_id);
+        assert_eq!(
+            TaskResult::interim(&queued, "dist.a").unwrap().result_id,
+            a.result_id
+        );
+        assert_ne!(
+            TaskResult::interim(&queued, "dist.b").unwrap().result_id,
+            a.result_id
+        );
         let mut running = JobStatus::new(&j, JobState::Running, "runner", None);
         running.testcases = vec!["dist.c".into()];
         assert_eq!(running.known_testcases(), ["dist.c"]);

@@ -267,37 +267,66 @@ mod tests {
     fn bad_profiles_are_refused_saying_why() {
         let cases = [
             (OutcomeProfile::Named("fedroa".into()), "unknown profile"),
-            (custom(&["PASSED", "WAIVED"], &[]), "\"WAIVED\" is not an outcome"),
-            (custom(&["PASSED", "INFO", "FAILED"], &[]), "NEEDS_INSPECTION is neither accepted nor mapped"),
+            (
+                custom(&["PASSED", "WAIVED"], &[]),
+                "\"WAIVED\" is not an outcome",
+            ),
+            (
+                custom(&["PASSED", "INFO", "FAILED"], &[]),
+                "NEEDS_INSPECTION is neither accepted nor mapped",
+            ),
             (
                 custom(
                     &["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION"],
-                    &[("ABORTED", "CRASHED"), ("CRASHED", "FAILED"), ("QUEUED", "skip"), ("RUNNING", "skip")],
+                    &[
+                        ("ABORTED", "CRASHED"),
+                        ("CRASHED", "FAILED"),
+                        ("QUEUED", "skip"),
+                        ("RUNNING", "skip"),
+                    ],
                 ),
                 "ABORTED = CRASHED, which is not accepted",
             ),
             (
                 custom(
                     &["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION"],
-                    &[("ABORTED", "PASSED"), ("CRASHED", "FAILED"), ("QUEUED", "skip"), ("RUNNING", "skip")],
+                    &[
+                        ("ABORTED", "PASSED"),
+                        ("CRASHED", "FAILED"),
+                        ("QUEUED", "skip"),
+                        ("RUNNING", "skip"),
+                    ],
                 ),
                 "would make gating pass",
             ),
             (
                 custom(
                     &["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION"],
-                    &[("ABORTED", "FAILED"), ("CRASHED", "FAILED"), ("QUEUED", "INFO"), ("RUNNING", "skip")],
+                    &[
+                        ("ABORTED", "FAILED"),
+                        ("CRASHED", "FAILED"),
+                        ("QUEUED", "INFO"),
+                        ("RUNNING", "skip"),
+                    ],
                 ),
                 "interim state cannot be posted as a verdict",
             ),
             (
                 custom(
                     &["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION"],
-                    &[("ABORTED", "skip"), ("CRASHED", "FAILED"), ("QUEUED", "skip"), ("RUNNING", "skip")],
+                    &[
+                        ("ABORTED", "skip"),
+                        ("CRASHED", "FAILED"),
+                        ("QUEUED", "skip"),
+                        ("RUNNING", "skip"),
+                    ],
                 ),
                 "only QUEUED and RUNNING may be skipped",
             ),
-            (custom(&["PASSED"], &[("GREAT", "PASSED")]), "\"GREAT\" is not a Taskbot outcome"),
+            (
+                custom(&["PASSED"], &[("GREAT", "PASSED")]),
+                "\"GREAT\" is not a Taskbot outcome",
+            ),
         ];
         for (profile, expected) in cases {
             let err = profile.resolve().unwrap_err();
@@ -313,9 +342,11 @@ mod tests {
             resultsdb_outcomes: OutcomeProfile,
         }
         let read = |text: &str| -> R {
-            figment::Figment::from(<figment::providers::Toml as figment::providers::Format>::string(text))
-                .extract()
-                .unwrap()
+            figment::Figment::from(
+                <figment::providers::Toml as figment::providers::Format>::string(text),
+            )
+            .extract()
+            .unwrap()
         };
         let r = read("resultsdb_outcomes = \"fedora\"");
         assert_eq!(r.resultsdb_outcomes, OutcomeProfile::Named("fedora".into()));

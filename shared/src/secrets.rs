@@ -152,7 +152,10 @@ fn login(
 
 fn resolve_resultsdb_header(config: &mut Config) -> Result<(), ConfigError> {
     let reporter = &mut config.reporter;
-    match (&reporter.resultsdb_username, &reporter.resultsdb_password_file) {
+    match (
+        &reporter.resultsdb_username,
+        &reporter.resultsdb_password_file,
+    ) {
         (None, None) => {}
         (Some(user), Some(file)) => {
             if reporter.resultsdb_auth_header.is_some()
@@ -438,7 +441,10 @@ mod tests {
                 crate::text::base64("taskbot:s3cr\u{e9}t-pw".as_bytes())
             )
         );
-        assert!(!header.contains("s3cr"), "the password is encoded, not in clear");
+        assert!(
+            !header.contains("s3cr"),
+            "the password is encoded, not in clear"
+        );
         // Other roles never read it.
         let runner = resolve(config.clone(), Some(Role::Service(Service::Rules))).unwrap();
         assert_eq!(runner.reporter.resultsdb_auth_header, None);

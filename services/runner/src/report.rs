@@ -600,9 +600,16 @@ mod tests {
         let mut f = factory();
         f.testcases = vec!["dist.a".into(), "dist.b".into()];
         let crashed = f.crashed("prepare step failed", None);
-        let names: Vec<&str> = crashed.results.iter().map(|r| r.testcase.as_str()).collect();
+        let names: Vec<&str> = crashed
+            .results
+            .iter()
+            .map(|r| r.testcase.as_str())
+            .collect();
         assert_eq!(names, ["dist.a", "dist.b"]);
-        assert!(crashed.results.iter().all(|r| r.outcome == Outcome::Crashed));
+        assert!(crashed
+            .results
+            .iter()
+            .all(|r| r.outcome == Outcome::Crashed));
         assert_ne!(crashed.results[0].result_id, crashed.results[1].result_id);
         let timed_out = f.finished(&RunEnd::TimedOut(Duration::from_secs(5)), None, no_log);
         assert_eq!(timed_out.state, JobState::Done);
@@ -631,7 +638,10 @@ mod tests {
         let b = v.results.iter().find(|r| r.testcase == "dist.b").unwrap();
         assert_eq!(b.outcome, Outcome::Crashed);
         assert!(
-            b.note.as_deref().unwrap().contains("declares testcase dist.b"),
+            b.note
+                .as_deref()
+                .unwrap()
+                .contains("declares testcase dist.b"),
             "{b:?}"
         );
         assert_eq!(v.results.len(), 2);
@@ -647,7 +657,10 @@ mod tests {
         let v = f.finished(&RunEnd::Exited(TaskExit::Code(0)), Some(reported), no_log);
         assert_eq!(v.results[0].data["scenario"], "fedup-minimal");
         assert_eq!(v.results[1].data["scenario"], "own");
-        assert_eq!(f.crashed("x", None).results[0].data["scenario"], "fedup-minimal");
+        assert_eq!(
+            f.crashed("x", None).results[0].data["scenario"],
+            "fedup-minimal"
+        );
     }
 
     /// docs/tasks.md: "CRASHED results end the job in state `crashed`" — the task's own too.
