@@ -555,7 +555,11 @@ pub async fn get_group(
     let client = state.store.client().await?;
     let sql = format!("SELECT * FROM ({GROUPS_SQL} HAVING r.job_id = $1) AS g");
     let row = links::row_by_id(&client, &sql, &uuid, "Group not found").await?;
-    Ok(Json(group_json(&row, &base, state.job_page_template.as_deref())?))
+    Ok(Json(group_json(
+        &row,
+        &base,
+        state.job_page_template.as_deref(),
+    )?))
 }
 
 /// `GET /healthcheck`: as ResultsDB, OK only when the database answers.
