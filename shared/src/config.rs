@@ -621,13 +621,24 @@ pub struct ReporterConfig {
     /// token without writing it into the configuration. Not together with
     /// `resultsdb_auth_header`.
     pub resultsdb_auth_header_file: Option<PathBuf>,
+    /// HTTP Basic user for writing to ResultsDB, as Fedora's instance wants (a per-service
+    /// account); with `resultsdb_password_file`. Not together with `resultsdb_auth_header(_file)`.
+    pub resultsdb_username: Option<String>,
+    /// File holding that user's password (one line), read at start; never logged.
+    pub resultsdb_password_file: Option<PathBuf>,
+    /// Which outcomes the ResultsDB instance accepts and what Taskbot's outcomes are posted as
+    /// there: `"upstream"` (default), `"fedora"`, or a table `{accepted = [...], map = {...}}`
+    /// (taskbot::outcomes). Checked at start.
+    pub resultsdb_outcomes: crate::outcomes::OutcomeProfile,
     /// Longest pause, in seconds, between two attempts to post one result (the pause doubles from
     /// 0.5 s, with jitter).
     pub resultsdb_retry_max_secs: u64,
     /// Results posted to ResultsDB at once; a result waiting to be retried holds one of these.
     pub resultsdb_concurrency: usize,
     /// Link to a job's page, given to ResultsDB as the job group's `ref_url`; `{job_id}` is
-    /// replaced (e.g. `https://taskbot.example/jobs/{job_id}`). Unset: the job's log URL.
+    /// replaced (e.g. `https://taskbot.example/jobs/{job_id}`). Unset: the api's dashboard page
+    /// of the job when `api.public_url` is set, else the job's log URL (the same link in every
+    /// store and in the api: [`Config::job_page_url`]).
     pub job_url_template: Option<String>,
     /// File that results and job statuses are appended to, one JSON object per line.
     pub jsonl_path: Option<PathBuf>,
@@ -679,6 +690,9 @@ impl Default for ReporterConfig {
             resultsdb_timeout_secs: 30,
             resultsdb_auth_header: None,
             resultsdb_auth_header_file: None,
+            resultsdb_username: None,
+            resultsdb_password_file: None,
+            resultsdb_outcomes: Default::default(),
             resultsdb_retry_max_secs: 60,
             resultsdb_concurrency: 4,
             job_url_template: None,
@@ -842,6 +856,26 @@ impl ConfigError {
 }
 
 impl Config {
+    /// The public link to a job, the `ref_url` of its ResultsDB group: `reporter.job_url_template`
+    /// (`{job_id}` replaced), else the api's dashboard page of the job under `api.public_url`;
+    /// `None` when neither is set (the group then links to the job's log). The reporter's sink
+    /// and the api's ResultsDB view both use this, so the link is the same in every store.
+    pub fn job_page_url(&self, job_id: uuid::Uuid) -> Option<String> {
+        self.job_page_template()
+            .map(|t| t.replace("{job_id}", &job_id.to_string()))
+    }
+
+    /// [`Config::job_page_url`] as a template with `{job_id}`.
+    pub fn job_page_template(&self) -> Option<String> {
+        if let Some(template) = &self.reporter.job_url_template {
+            return Some(template.clone());
+        }
+        self.api
+            .public_url
+            .as_deref()
+            .map(|base| format!("{}/dashboard/jobs/{{job_id}}", base.trim_end_matches('/')))
+    }
+
     /// Load from the process environment (`TASKBOT_CONFIG`, `TASKBOT_*`), with `overrides` (from
     /// the command line) on top.
     pub fn load(overrides: &[(&str, String)]) -> Result<Config, ConfigError> {

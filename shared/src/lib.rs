@@ -16,6 +16,7 @@ pub mod limits;
 pub mod management;
 pub mod messages;
 pub mod ops;
+pub mod outcomes;
 pub mod routes;
 pub mod secrets;
 pub mod service;

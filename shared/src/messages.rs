@@ -281,6 +281,17 @@ pub struct JobRequest {
     /// of the job id: the rule and event that set it are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmRequest>,
+    /// The testcases the job reports, as the rule declares them (`testcases:`). The reporter
+    /// posts a QUEUED result for each while the job waits, so gating sees "not yet there"
+    /// instead of "missing".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub testcases: Vec<String>,
+    /// The variant of the task this job runs (the rule's `scenario:`, e.g. one of upgrade-tests'
+    /// configurations), carried as the `scenario` data key of its results: Greenwave keeps one
+    /// latest result per testcase, scenario and arch. Not part of the job id (the args that make
+    /// the variant are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -320,6 +331,13 @@ impl JobRequest {
     /// ran): the task's name as the rules call it, e.g. `dist.rpmlint`.
     pub fn default_testcase(&self) -> String {
         self.task.name.clone()
+    }
+
+    /// The testcases the job is declared to report before its task file is read: the rule's
+    /// `testcases` (none when the rule declares none: a task's results often name testcases
+    /// other than its name, so guessing would leave a QUEUED result nothing supersedes).
+    pub fn known_testcases(&self) -> Vec<String> {
+        self.testcases.clone()
     }
 }
 
@@ -420,6 +438,11 @@ pub struct JobStatus {
     pub detail: Option<String>,
     /// The job as requested, so a store can build the job's record from any one status.
     pub job: JobRequest,
+    /// The testcases the job will report, when the publisher knows better than the job request:
+    /// the runner's `running` status carries those the task file declares (`testcases`, else
+    /// its `testcase`). Empty: the job's own [`JobRequest::known_testcases`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub testcases: Vec<String>,
 }
 
 impl Message for JobStatus {
@@ -436,6 +459,17 @@ impl JobStatus {
             service: service.to_string(),
             detail,
             job: job.clone(),
+            testcases: Vec::new(),
+        }
+    }
+
+    /// The testcases this status says the job will report ([`JobStatus::testcases`], else the
+    /// job's).
+    pub fn known_testcases(&self) -> Vec<String> {
+        if self.testcases.is_empty() {
+            self.job.known_testcases()
+        } else {
+            self.testcases.clone()
         }
     }
 
@@ -456,8 +490,11 @@ impl JobStatus {
     }
 }
 
-/// A result's verdict. The first four are ResultsDB's own; ABORTED and CRASHED are the extras Fedora
-/// configures and Taskotron tasks produce.
+/// A result's verdict. The first four are ResultsDB's own; ABORTED and CRASHED are what Taskotron
+/// tasks and the runner produce (ResultsDB instances accept them or not: the ResultsDB sink maps
+/// them, `reporter.resultsdb_outcomes`). QUEUED and RUNNING are not verdicts but interim states,
+/// posted while a job waits and runs (Fedora's ResultsDB accepts them for that); tasks cannot
+/// report them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
@@ -467,6 +504,8 @@ pub enum Outcome {
     NeedsInspection,
     Aborted,
     Crashed,
+    Queued,
+    Running,
 }
 
 impl Outcome {
@@ -478,7 +517,31 @@ impl Outcome {
             Outcome::NeedsInspection => "NEEDS_INSPECTION",
             Outcome::Aborted => "ABORTED",
             Outcome::Crashed => "CRASHED",
+            Outcome::Queued => "QUEUED",
+            Outcome::Running => "RUNNING",
         }
+    }
+
+    /// Every outcome, final ones first.
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Passed,
+        Outcome::Info,
+        Outcome::Failed,
+        Outcome::NeedsInspection,
+        Outcome::Aborted,
+        Outcome::Crashed,
+        Outcome::Queued,
+        Outcome::Running,
+    ];
+
+    /// A verdict, as opposed to QUEUED and RUNNING (which a later result supersedes).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Outcome::Queued | Outcome::Running)
+    }
+
+    /// Whether gating counts it as passing (Greenwave: PASSED and INFO).
+    pub fn passes(self) -> bool {
+        matches!(self, Outcome::Passed | Outcome::Info)
     }
 
     /// Parse case-insensitively, as ResultsDB does (it upper-cases what it receives).
@@ -490,6 +553,8 @@ impl Outcome {
             "NEEDS_INSPECTION" => Some(Outcome::NeedsInspection),
             "ABORTED" => Some(Outcome::Aborted),
             "CRASHED" => Some(Outcome::Crashed),
+            "QUEUED" => Some(Outcome::Queued),
+            "RUNNING" => Some(Outcome::Running),
             _ => None,
         }
     }
@@ -575,6 +640,44 @@ impl TaskResult {
         }
     }
 
+    /// The interim QUEUED or RUNNING result a `queued` or `running` status stands for, one per
+    /// testcase the job is known to report (`None` for other states). Its id is derived from
+    /// the status and the testcase, so a redelivered status gives the same result; its time is
+    /// the status's, so the job's final result (later) supersedes it in ResultsDB's `latest`.
+    pub fn interim(status: &JobStatus, testcase: &str) -> Option<TaskResult> {
+        let (outcome, note) = match status.state {
+            JobState::Queued => (
+                Outcome::Queued,
+                "queued: waiting for a machine and a runner",
+            ),
+            JobState::Running => (Outcome::Running, "running"),
+            _ => return None,
+        };
+        let job = &status.job;
+        let key = serde_json::json!([status.status_id, testcase, outcome.as_str()]);
+        let mut data = BTreeMap::new();
+        if let Some(scenario) = &job.scenario {
+            data.insert("scenario".to_string(), scenario.clone().into());
+        }
+        Some(TaskResult {
+            result_id: derive_uuid(key.to_string().as_bytes()),
+            job_id: job.job_id,
+            testcase: testcase.to_string(),
+            outcome,
+            item: job.item.clone(),
+            item_type: job.item_type.clone(),
+            arch: job.arch.clone(),
+            note: Some(note.to_string()),
+            log_url: None,
+            data,
+            task: job.task.clone(),
+            event_id: job.event_id.clone(),
+            rule: job.rule.clone(),
+            runner: status.service.clone(),
+            finished_at: status.at,
+        })
+    }
+
     /// Routing key on the results exchange: `result.<outcome>.<testcase>`.
     pub fn routing_key(&self) -> String {
         format!("result.{}.{}", self.outcome, self.testcase)
@@ -605,6 +708,8 @@ mod tests {
             environment: Environment::Local,
             destructive: false,
             vm: None,
+            testcases: Vec::new(),
+            scenario: None,
             created_at: Utc::now(),
         }
     }
@@ -630,6 +735,43 @@ mod tests {
             JobStatus::new(&j, JobState::Queued, "rules@a", None).status_id,
             "statuses of real repeats (a run again after a kill) stay apart"
         );
+    }
+
+    #[test]
+    fn interim_results_stand_for_queued_and_running_statuses_only() {
+        let mut j = job();
+        j.scenario = Some("fedup".into());
+        assert!(
+            j.known_testcases().is_empty(),
+            "nothing declared, nothing guessed"
+        );
+        j.testcases = vec!["dist.a".into(), "dist.b".into()];
+        let queued = JobStatus::new(&j, JobState::Queued, "rules", None);
+        assert_eq!(queued.known_testcases(), ["dist.a", "dist.b"]);
+        let a = TaskResult::interim(&queued, "dist.a").unwrap();
+        assert_eq!(a.outcome, Outcome::Queued);
+        assert!(!a.outcome.is_final());
+        assert_eq!(a.finished_at, queued.at);
+        assert_eq!(a.data["scenario"], "fedup");
+        assert_eq!(
+            TaskResult::interim(&queued, "dist.a").unwrap().result_id,
+            a.result_id
+        );
+        assert_ne!(
+            TaskResult::interim(&queued, "dist.b").unwrap().result_id,
+            a.result_id
+        );
+        let mut running = JobStatus::new(&j, JobState::Running, "runner", None);
+        running.testcases = vec!["dist.c".into()];
+        assert_eq!(running.known_testcases(), ["dist.c"]);
+        let r = TaskResult::interim(&running, "dist.c").unwrap();
+        assert_eq!(r.outcome, Outcome::Running);
+        assert_ne!(r.result_id, a.result_id);
+        let done = JobStatus::new(&j, JobState::Done, "runner", None);
+        assert_eq!(TaskResult::interim(&done, "dist.a"), None);
+        // Final results never share an id with an interim one.
+        let final_id = TaskResult::derive_id(j.job_id, "dist.a", &j.item, &j.item_type, &j.arch);
+        assert_ne!(final_id, a.result_id);
     }
 
     #[test]

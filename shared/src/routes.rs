@@ -217,6 +217,8 @@ mod tests {
             environment: Default::default(),
             destructive: false,
             vm: None,
+            testcases: Vec::new(),
+            scenario: None,
             created_at: chrono::Utc::now(),
         }
     }

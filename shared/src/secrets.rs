@@ -152,6 +152,36 @@ fn login(
 
 fn resolve_resultsdb_header(config: &mut Config) -> Result<(), ConfigError> {
     let reporter = &mut config.reporter;
+    match (
+        &reporter.resultsdb_username,
+        &reporter.resultsdb_password_file,
+    ) {
+        (None, None) => {}
+        (Some(user), Some(file)) => {
+            if reporter.resultsdb_auth_header.is_some()
+                || reporter.resultsdb_auth_header_file.is_some()
+            {
+                return Err(ConfigError::new(
+                    "  reporter.resultsdb_password_file: set together with \
+                     reporter.resultsdb_auth_header(_file); keep only one way to log in",
+                ));
+            }
+            if user.is_empty() || user.contains(':') {
+                return Err(ConfigError::new(
+                    "  reporter.resultsdb_username: must be non-empty and without ':' (HTTP Basic)",
+                ));
+            }
+            let password = read_secret("reporter.resultsdb_password_file", file)?;
+            reporter.resultsdb_auth_header = Some(basic_auth_header(user, &password));
+            return Ok(());
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "  reporter.resultsdb_username and reporter.resultsdb_password_file: set both \
+                 (HTTP Basic) or neither",
+            ))
+        }
+    }
     let Some(file) = &reporter.resultsdb_auth_header_file else {
         return Ok(());
     };
@@ -164,6 +194,14 @@ fn resolve_resultsdb_header(config: &mut Config) -> Result<(), ConfigError> {
     reporter.resultsdb_auth_header =
         Some(read_secret("reporter.resultsdb_auth_header_file", file)?);
     Ok(())
+}
+
+/// The `Authorization: Basic ...` header line of `user` and `password` (RFC 7617).
+pub fn basic_auth_header(user: &str, password: &str) -> String {
+    format!(
+        "Authorization: Basic {}",
+        crate::text::base64(format!("{user}:{password}").as_bytes())
+    )
 }
 
 /// The one line of a secret file, its trailing newline removed. `key` names the setting in
@@ -384,6 +422,41 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("/nonexistent/taskbot/reporter.pw"), "{text}");
+    }
+
+    #[test]
+    fn resultsdb_basic_credentials_come_from_a_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rdb");
+        std::fs::write(&file, "s3cr\u{e9}t-pw\n").unwrap();
+        let mut config = Config::default();
+        config.reporter.resultsdb_username = Some("taskbot".into());
+        config.reporter.resultsdb_password_file = Some(file.clone());
+        let reporter = resolve(config.clone(), Some(Role::Service(Service::Reporter))).unwrap();
+        let header = reporter.reporter.resultsdb_auth_header.unwrap();
+        assert_eq!(
+            header,
+            format!(
+                "Authorization: Basic {}",
+                crate::text::base64("taskbot:s3cr\u{e9}t-pw".as_bytes())
+            )
+        );
+        assert!(
+            !header.contains("s3cr"),
+            "the password is encoded, not in clear"
+        );
+        // Other roles never read it.
+        let runner = resolve(config.clone(), Some(Role::Service(Service::Rules))).unwrap();
+        assert_eq!(runner.reporter.resultsdb_auth_header, None);
+        let mut both = config.clone();
+        both.reporter.resultsdb_auth_header = Some("X: y".into());
+        let err = resolve(both, Some(Role::Service(Service::Reporter))).unwrap_err();
+        assert!(err.to_string().contains("keep only one"), "{err}");
+        let mut half = config;
+        half.reporter.resultsdb_username = None;
+        let err = resolve(half, Some(Role::Service(Service::Reporter))).unwrap_err();
+        assert!(err.to_string().contains("set both"), "{err}");
+        assert!(!err.to_string().contains("s3cr"), "{err}");
     }
 
     #[test]

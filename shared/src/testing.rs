@@ -221,6 +221,8 @@ pub fn job_request(task: crate::messages::TaskRef, item: &str, arch: &str) -> cr
         environment: Default::default(),
         destructive: false,
         vm: None,
+        testcases: Vec::new(),
+        scenario: None,
         created_at: chrono::Utc::now(),
     }
 }

@@ -210,10 +210,11 @@ impl Topology {
                         false,
                     ));
                 }
+                // `queued` and `running` statuses become QUEUED and RUNNING results there.
                 Sink::Resultsdb => queues.push(QueueSpec::new(
                     self.resultsdb_queue(),
                     results.clone(),
-                    &["result.#"],
+                    &["result.#", "job.queued", "job.running"],
                     false,
                 )),
                 Sink::Jsonl => queues.push(QueueSpec::new(
@@ -556,7 +557,10 @@ mod tests {
             [
                 ("tb.sink.postgres.results".to_string(), keys(&["result.#"])),
                 ("tb.sink.postgres.status".to_string(), keys(&["job.#"])),
-                ("tb.sink.resultsdb".to_string(), keys(&["result.#"])),
+                (
+                    "tb.sink.resultsdb".to_string(),
+                    keys(&["result.#", "job.queued", "job.running"])
+                ),
                 ("tb.sink.jsonl".to_string(), keys(&["result.#", "job.#"])),
                 ("tb.sink.fedora-messaging".to_string(), keys(&["result.#"])),
             ]

@@ -78,6 +78,9 @@ pub struct AppState {
     pub management: Result<taskbot::management::Management, String>,
     /// `amqp.namespace`: whose queues the dashboard shows.
     pub namespace: String,
+    /// The public link to a job ([`Config::job_page_template`], `{job_id}` in it): the
+    /// `ref_url` of its ResultsDB group, as the reporter's sink posts it.
+    pub job_page_template: Option<String>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -103,6 +106,7 @@ impl AppState {
                 .map(|u| u.trim_end_matches('/').to_string()),
             management: taskbot::management::Management::new(config),
             namespace: config.amqp.namespace.clone(),
+            job_page_template: config.job_page_template(),
         })
     }
 }

@@ -34,6 +34,8 @@ pub const OUTCOMES: &[&str] = &[
     "NEEDS_INSPECTION",
     "ABORTED",
     "CRASHED",
+    "QUEUED",
+    "RUNNING",
 ];
 
 /// Query keys with a meaning of their own; every other key filters `data` (at most
@@ -58,7 +60,7 @@ fn column_for_data_key(key: &str) -> Option<&'static str> {
     match key {
         "item" => Some("r.item"),
         "type" => Some("r.item_type"),
-        "arch" => Some("r.arch"),
+        "arch" | "system_architecture" => Some("r.arch"),
         _ => None,
     }
 }
@@ -274,6 +276,7 @@ pub fn resultsdb_data(task_data: &Value, item: &str, item_type: &str, arch: &str
     out.insert("item".into(), json!([item]));
     out.insert("type".into(), json!([item_type]));
     out.insert("arch".into(), json!([arch]));
+    out.insert("system_architecture".into(), json!([arch]));
     Value::Object(out)
 }
 
@@ -494,12 +497,18 @@ const GROUPS_SQL: &str = "SELECT r.job_id, \
        max(r.log_url) AS ref_url, count(*) AS results_count, min(r.stored_at) AS first_stored \
      FROM results r GROUP BY r.job_id";
 
-fn group_json(row: &Row, base: &str) -> Result<Value, ApiError> {
+/// A group as the sink posts it: its `ref_url` is the job's public page when the configuration
+/// gives one ([`taskbot::Config::job_page_url`]), else the job's log, so both agree.
+fn group_json(row: &Row, base: &str, job_page: Option<&str>) -> Result<Value, ApiError> {
     let uuid: Uuid = row.try_get("job_id")?;
+    let ref_url = match job_page {
+        Some(template) => Some(template.replace("{job_id}", &uuid.to_string())),
+        None => row.try_get::<_, Option<String>>("ref_url")?,
+    };
     Ok(json!({
         "uuid": uuid.to_string(),
         "description": row.try_get::<_, Option<String>>("description")?,
-        "ref_url": row.try_get::<_, Option<String>>("ref_url")?,
+        "ref_url": ref_url,
         "results": format!("{base}/api/v2.0/results?groups={uuid}"),
         "results_count": row.try_get::<_, i64>("results_count")?,
         "href": format!("{base}/api/v2.0/groups/{uuid}"),
@@ -530,7 +539,7 @@ pub async fn get_groups(
     let url = format!("{base}/api/v2.0/groups");
     paging
         .answer(&state, c, select, &url, &query, |row| {
-            group_json(row, &base)
+            group_json(row, &base, state.job_page_template.as_deref())
         })
         .await
 }
@@ -546,7 +555,11 @@ pub async fn get_group(
     let client = state.store.client().await?;
     let sql = format!("SELECT * FROM ({GROUPS_SQL} HAVING r.job_id = $1) AS g");
     let row = links::row_by_id(&client, &sql, &uuid, "Group not found").await?;
-    Ok(Json(group_json(&row, &base)?))
+    Ok(Json(group_json(
+        &row,
+        &base,
+        state.job_page_template.as_deref(),
+    )?))
 }
 
 /// `GET /healthcheck`: as ResultsDB, OK only when the database answers.
@@ -653,6 +666,7 @@ mod tests {
         assert_eq!(data["item"], json!(["xchat-1-1.fc40"]));
         assert_eq!(data["type"], json!(["koji_build"]));
         assert_eq!(data["arch"], json!(["x86_64"]));
+        assert_eq!(data["system_architecture"], json!(["x86_64"]));
     }
 
     #[test]

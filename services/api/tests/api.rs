@@ -95,6 +95,7 @@ async fn results_have_the_resultsdb_shape_newest_first() {
             "item": ["xchat-0.5-1.fc40"],
             "type": ["koji_build"],
             "arch": ["x86_64"],
+            "system_architecture": ["x86_64"],
             "errors": ["10"],
             "koji_task_id": ["1010"],
             "checked": ["spec", "rpm"],

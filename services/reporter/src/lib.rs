@@ -260,7 +260,7 @@ impl<'a> Consumers<'a> {
     /// The sinks that need the database (once it is prepared): PostgreSQL (when enabled),
     /// ResultsDB (when `resultsdb` is configured) and fedora-messaging (when it publishes only
     /// changes).
-    fn with_db(&self, stores: &Stores, resultsdb: Option<ResultsDb>) -> Vec<Consumer<'a>> {
+    fn with_db(&self, stores: &Stores, resultsdb: Option<ResultsDbTarget>) -> Vec<Consumer<'a>> {
         let (t, config) = (self.topology, self.config);
         let mut consumers = Vec::new();
         if t.sinks.contains(&Sink::FedoraMessaging) && fedora_messaging_needs_db(config) {
@@ -295,12 +295,13 @@ impl<'a> Consumers<'a> {
                 }),
             ));
         }
-        if let Some(rdb) = resultsdb {
+        if let Some((rdb, outcomes)) = resultsdb {
             let rc = &config.reporter;
             let sink = ResultsDbSink::new(
                 stores.resultsdb_pool.clone(),
                 rdb,
-                rc.job_url_template.clone(),
+                config.job_page_template(),
+                outcomes.clone(),
                 rc.resultsdb_retry_max_secs,
                 self.shutdown.clone(),
                 self.binding.clone(),
@@ -365,7 +366,10 @@ impl Stores {
 
 /// The ResultsDB client when that sink is enabled, and the JSON-lines file opened when that one
 /// is: what can be wrong in the configuration, checked before waiting for anything.
-fn open_sinks(config: &Config) -> anyhow::Result<(Option<ResultsDb>, Option<JsonlWriter>)> {
+/// The ResultsDB client and what each outcome is posted as there.
+type ResultsDbTarget = (ResultsDb, taskbot::outcomes::OutcomeMap);
+
+fn open_sinks(config: &Config) -> anyhow::Result<(Option<ResultsDbTarget>, Option<JsonlWriter>)> {
     let (rc, sinks) = (&config.reporter, enabled_sinks(&config.reporter)?);
     let names: Vec<&str> = sinks.iter().map(|s| s.as_str()).collect();
     tracing::info!(sinks = ?names, "reporter sinks enabled");
@@ -373,8 +377,15 @@ fn open_sinks(config: &Config) -> anyhow::Result<(Option<ResultsDb>, Option<Json
         (Some(url), true) => {
             let timeout = Duration::from_secs(rc.resultsdb_timeout_secs.max(1));
             let rdb = ResultsDb::new(url, timeout, rc.resultsdb_auth_header.as_deref())?;
-            tracing::info!(url = %rdb.results_url(), "results will be posted to ResultsDB");
-            Some(rdb)
+            let outcomes = rc
+                .resultsdb_outcomes
+                .resolve()
+                .map_err(anyhow::Error::msg)?;
+            // The credentials are never logged; only whether there are any.
+            tracing::info!(url = %rdb.results_url(), outcomes = %outcomes.name,
+                authenticated = rc.resultsdb_auth_header.is_some(),
+                "results will be posted to ResultsDB");
+            Some((rdb, outcomes))
         }
         _ => None,
     };
@@ -394,7 +405,7 @@ fn open_sinks(config: &Config) -> anyhow::Result<(Option<ResultsDb>, Option<Json
 async fn run_with_db(
     consumers: &Consumers<'_>,
     stores: Stores,
-    resultsdb: Option<ResultsDb>,
+    resultsdb: Option<ResultsDbTarget>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let sinks = &consumers.topology.sinks;

@@ -14,13 +14,14 @@ use deadpool_postgres::Pool;
 use serde_json::{json, Map, Value};
 use taskbot::amqp::{Backoff, DeliveryContext, Disposition, Handler, Incoming};
 use taskbot::error_chain;
-use taskbot::messages::TaskResult;
+use taskbot::messages::{check_schema, JobStatus, Message, TaskResult};
+use taskbot::outcomes::{OutcomeMap, Posted};
 use taskbot::store::{self, StoreError};
 use taskbot::Shutdown;
 use uuid::Uuid;
 
 use crate::binding::Binding;
-use crate::{decode_result, store_failure};
+use crate::{decode_result, decode_status, store_failure};
 
 /// The most of a server's error message quoted in a dead-letter reason.
 const MAX_MESSAGE_CHARS: usize = 500;
@@ -30,40 +31,66 @@ pub fn job_url(template: &str, job_id: Uuid) -> String {
     template.replace("{job_id}", &job_id.to_string())
 }
 
-/// The `POST /results` body for a result. The job is the result's group; its `ref_url` is the
-/// job's page when one is configured (`job_url`), else its logs.
-pub fn payload(result: &TaskResult, job_url: Option<&str>) -> Value {
-    let group_ref = job_url
+/// The `POST /results` body for a result, with its outcome as `outcomes` posts it; `None` when
+/// the profile skips it (an interim state the instance does not accept).
+///
+/// The job is the result's group; its `ref_url` is the job's public page (`job_url`, from
+/// [`taskbot::Config::job_page_url`]) when there is one, else the result's log; with neither,
+/// the group gets no `ref_url` key, since ResultsDB would overwrite a link an earlier result
+/// gave the group with a null one. A mapped outcome keeps the original in the note
+/// (`ABORTED: timed out after 300s`) and in the `taskbot_outcome` data key.
+pub fn payload(result: &TaskResult, job_url: Option<&str>, outcomes: &OutcomeMap) -> Option<Value> {
+    let (outcome, mapped) = match outcomes.posted(result.outcome) {
+        Posted::Skip => return None,
+        Posted::Same => (result.outcome, false),
+        Posted::As(to) => (*to, true),
+    };
+    let mut data = data(result);
+    let note = if mapped {
+        data.insert("taskbot_outcome".into(), json!([result.outcome.as_str()]));
+        Some(match &result.note {
+            Some(note) => format!("{}: {note}", result.outcome),
+            None => result.outcome.to_string(),
+        })
+    } else {
+        result.note.clone()
+    };
+    let mut group = json!({
+        "uuid": result.job_id.to_string(),
+        "description": format!(
+            "Taskbot job {}: {} on {} ({})",
+            result.job_id, result.task.name, result.item, result.arch
+        ),
+    });
+    if let Some(link) = job_url
         .map(str::to_string)
-        .or_else(|| result.log_url.clone());
-    json!({
+        .or_else(|| result.log_url.clone())
+    {
+        group["ref_url"] = json!(link);
+    }
+    Some(json!({
         "testcase": {
             "name": result.testcase,
             "ref_url": result.task.repo,
         },
-        "outcome": result.outcome.as_str(),
-        "note": result.note,
+        "outcome": outcome.as_str(),
+        "note": note,
         "ref_url": result.log_url,
-        "groups": [{
-            "uuid": result.job_id.to_string(),
-            "description": format!(
-                "Taskbot job {}: {} on {} ({})",
-                result.job_id, result.task.name, result.item, result.arch
-            ),
-            "ref_url": group_ref,
-        }],
-        "data": data(result),
+        "groups": [group],
+        "data": data,
         // ResultsDB parses `%Y-%m-%dT%H:%M:%S.%f` plus an optional `Z`: the fraction is
         // mandatory, so always give microseconds.
         "submit_time": result.finished_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-    })
+    }))
 }
 
 /// The result's `data` in the form ResultsDB accepts: string or list-of-strings values, no `:` in
 /// keys (ResultsDB uses `key:like` in queries and refuses such keys with HTTP 400, so `a:b`
 /// becomes `a_b`; if that name is taken too, the values are merged into one list rather than one
-/// silently replacing the other). `item`, `type` and `arch` always come from the result itself,
-/// overriding same-named task data, because consumers filter on them.
+/// silently replacing the other). `item`, `type`, `arch` and `system_architecture` (the key
+/// Greenwave keeps one latest result per, with `scenario`) always come from the result itself,
+/// overriding same-named task data, because consumers filter on them; `scenario` comes from the
+/// task or the rule (the runner puts it in the data).
 pub fn data(result: &TaskResult) -> Map<String, Value> {
     let mut out = Map::new();
     for (key, value) in &result.data {
@@ -82,6 +109,7 @@ pub fn data(result: &TaskResult) -> Map<String, Value> {
     out.insert("item".into(), json!([result.item]));
     out.insert("type".into(), json!([result.item_type]));
     out.insert("arch".into(), json!([result.arch]));
+    out.insert("system_architecture".into(), json!([result.arch]));
     out
 }
 
@@ -307,6 +335,8 @@ pub struct ResultsDbSink {
     pub pool: Pool,
     pub resultsdb: ResultsDb,
     pub job_url_template: Option<String>,
+    /// What each outcome is posted as (`reporter.resultsdb_outcomes`).
+    pub outcomes: OutcomeMap,
     pub retry_max_secs: u64,
     /// Ends a retry pause early on shutdown.
     pub shutdown: Shutdown,
@@ -316,10 +346,12 @@ pub struct ResultsDbSink {
 }
 
 impl ResultsDbSink {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Pool,
         resultsdb: ResultsDb,
         job_url_template: Option<String>,
+        outcomes: OutcomeMap,
         retry_max_secs: u64,
         shutdown: Shutdown,
         binding: std::sync::Arc<Binding>,
@@ -328,6 +360,7 @@ impl ResultsDbSink {
             pool,
             resultsdb,
             job_url_template,
+            outcomes,
             retry_max_secs,
             shutdown,
             binding,
@@ -357,19 +390,32 @@ impl ResultsDbSink {
     /// Handle one delivery, pausing before a retry (a result whose job is not known yet waits
     /// the same way).
     pub async fn process(&self, incoming: &Incoming) -> Disposition {
-        let result = match decode_result(&incoming.body) {
-            Ok(r) => r,
-            Err(reason) => return Disposition::DeadLetter(reason),
-        };
         let user = incoming.user_id.as_deref();
-        let outcome = match self.binding.admit_result(user, &result).await {
-            Ok(()) => self.deliver(&result).await,
-            Err(refused) => refused,
+        let (key, outcome) = if check_schema(&incoming.body, JobStatus::SCHEMA).is_ok() {
+            let status = match decode_status(&incoming.body) {
+                Ok(s) => s,
+                Err(reason) => return Disposition::DeadLetter(reason),
+            };
+            let outcome = match self.binding.admit_status(user, &status, false).await {
+                Ok(()) => self.deliver_interim(&status).await,
+                Err(refused) => refused,
+            };
+            (status.status_id, outcome)
+        } else {
+            let result = match decode_result(&incoming.body) {
+                Ok(r) => r,
+                Err(reason) => return Disposition::DeadLetter(reason),
+            };
+            let outcome = match self.binding.admit_result(user, &result).await {
+                Ok(()) => self.deliver(&result).await,
+                Err(refused) => refused,
+            };
+            (result.result_id, outcome)
         };
         match outcome {
             Disposition::Retry(reason) => {
-                let wait = self.next_delay(result.result_id);
-                tracing::warn!(result_id = %result.result_id, %reason,
+                let wait = self.next_delay(key);
+                tracing::warn!(message_id = %key, %reason,
                     retry_in_ms = wait.as_millis() as u64, "ResultsDB delivery failed; will retry");
                 let mut shutdown = self.shutdown.clone();
                 tokio::select! {
@@ -379,10 +425,27 @@ impl ResultsDbSink {
                 Disposition::Retry(reason)
             }
             other => {
-                self.forget(result.result_id);
+                self.forget(key);
                 other
             }
         }
+    }
+
+    /// A `queued` or `running` status: the QUEUED or RUNNING result of each testcase the job is
+    /// declared to report ([`TaskResult::interim`]), posted one by one; those already posted
+    /// (by an earlier delivery of the status) are skipped. The job's final results come later
+    /// and have later submit times, so they supersede these in `/results/latest`.
+    async fn deliver_interim(&self, status: &JobStatus) -> Disposition {
+        for testcase in status.known_testcases() {
+            let Some(result) = TaskResult::interim(status, &testcase) else {
+                break;
+            };
+            match self.deliver(&result).await {
+                Disposition::Done(_) => {}
+                other => return other,
+            }
+        }
+        Disposition::Done(Vec::new())
     }
 
     async fn deliver(&self, result: &TaskResult) -> Disposition {
@@ -408,7 +471,11 @@ impl ResultsDbSink {
             .job_url_template
             .as_deref()
             .map(|t| job_url(t, result.job_id));
-        let body = payload(result, job_url.as_deref());
+        let Some(body) = payload(result, job_url.as_deref(), &self.outcomes) else {
+            tracing::debug!(result_id = %result.result_id, outcome = %result.outcome,
+                profile = %self.outcomes.name, "outcome not posted to this ResultsDB");
+            return Disposition::Done(Vec::new());
+        };
         match self.resultsdb.post(&body).await {
             PostOutcome::Posted { id } => {
                 if id.is_none() {
@@ -488,11 +555,23 @@ mod tests {
         }
     }
 
+    fn upstream() -> OutcomeMap {
+        taskbot::outcomes::OutcomeProfile::default()
+            .resolve()
+            .unwrap()
+    }
+
+    fn fedora() -> OutcomeMap {
+        taskbot::outcomes::OutcomeProfile::Named("fedora".into())
+            .resolve()
+            .unwrap()
+    }
+
     #[test]
     fn payload_has_resultsdb_shape() {
         let r = result();
         assert_eq!(
-            payload(&r, None),
+            payload(&r, None, &upstream()).unwrap(),
             json!({
                 "testcase": {"name": "dist.rpmlint", "ref_url": "https://git.example/rpmlint.git"},
                 "outcome": "NEEDS_INSPECTION",
@@ -507,6 +586,7 @@ mod tests {
                     "item": ["xchat-0.5-1.fc20"],
                     "type": ["koji_build"],
                     "arch": ["x86_64"],
+                    "system_architecture": ["x86_64"],
                     "errors": "5",
                     "tags": ["a", "2", "true"],
                     "koji_task": "12345",
@@ -522,10 +602,41 @@ mod tests {
         let mut r = result();
         r.note = None;
         r.log_url = None;
-        let p = payload(&r, None);
+        let p = payload(&r, None, &upstream()).unwrap();
         assert_eq!(p["note"], Value::Null);
         assert_eq!(p["ref_url"], Value::Null);
-        assert_eq!(p["groups"][0]["ref_url"], Value::Null);
+        assert!(
+            p["groups"][0].get("ref_url").is_none(),
+            "no null ref_url: ResultsDB would erase the group's link with it"
+        );
+    }
+
+    #[test]
+    fn outcomes_are_posted_as_the_profile_says_keeping_the_original() {
+        let mut r = result();
+        r.outcome = Outcome::Aborted;
+        r.note = Some("timed out after 300s".into());
+        let p = payload(&r, None, &fedora()).unwrap();
+        assert_eq!(p["outcome"], "CRASHED");
+        assert_eq!(p["note"], "ABORTED: timed out after 300s");
+        assert_eq!(p["data"]["taskbot_outcome"], json!(["ABORTED"]));
+        let p = payload(&r, None, &upstream()).unwrap();
+        assert_eq!(p["outcome"], "NEEDS_INSPECTION");
+        r.outcome = Outcome::Crashed;
+        let p = payload(&r, None, &fedora()).unwrap();
+        assert_eq!(p["outcome"], "CRASHED");
+        assert_eq!(
+            p["note"], "timed out after 300s",
+            "unmapped: the note as it is"
+        );
+        assert!(p["data"].get("taskbot_outcome").is_none());
+        r.outcome = Outcome::Running;
+        assert_eq!(payload(&r, None, &fedora()).unwrap()["outcome"], "RUNNING");
+        assert_eq!(
+            payload(&r, None, &upstream()),
+            None,
+            "upstream skips interim states"
+        );
     }
 
     #[test]
@@ -536,7 +647,7 @@ mod tests {
             url,
             "https://taskbot.example/jobs/00000000-0000-0000-0000-000000000abc"
         );
-        let p = payload(&r, Some(&url));
+        let p = payload(&r, Some(&url), &upstream()).unwrap();
         assert_eq!(p["groups"][0]["ref_url"], json!(url));
         assert_eq!(
             p["ref_url"],

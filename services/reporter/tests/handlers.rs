@@ -22,7 +22,7 @@ use taskbot_reporter::postgres::{ResultsHandler, StatusHandler};
 use taskbot_reporter::resultsdb::{ResultsDb, ResultsDbSink};
 use uuid::Uuid;
 
-use support::fake_resultsdb::{FakeResultsDb, Fault, ALL_OUTCOMES};
+use support::fake_resultsdb::{FakeResultsDb, Fault, FEDORA_OUTCOMES, UPSTREAM_OUTCOMES};
 use support::{job, result, status, time, TestDb};
 
 /// A pool on `url`, as the reporter makes it.
@@ -291,10 +291,17 @@ async fn resultsdb_sink(db: &TestDb, resultsdb: &FakeResultsDb) -> ResultsDbSink
         pool.clone(),
         server,
         Some("https://taskbot.example/jobs/{job_id}".into()),
+        fedora_profile(),
         1,
         Shutdown::new(std::future::pending()),
         binding(&pool),
     )
+}
+
+fn fedora_profile() -> taskbot::outcomes::OutcomeMap {
+    taskbot::outcomes::OutcomeProfile::Named("fedora".into())
+        .resolve()
+        .unwrap()
 }
 
 /// `resultsdb_id` of the recorded delivery of `id`, if one is recorded.
@@ -312,7 +319,7 @@ async fn recorded_delivery(db: &TestDb, id: Uuid) -> Option<Option<i64>> {
 
 #[tokio::test]
 async fn the_resultsdb_sink_posts_a_result_once_and_records_resultsdbs_id() {
-    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    let resultsdb = FakeResultsDb::start(FEDORA_OUTCOMES).await;
     let db = TestDb::create().await;
     let sink = resultsdb_sink(&db, &resultsdb).await;
     let job = job("xchat-0.5-1.fc20");
@@ -336,8 +343,10 @@ async fn the_resultsdb_sink_posts_a_result_once_and_records_resultsdbs_id() {
         requests[0].body,
         taskbot_reporter::resultsdb::payload(
             &res,
-            Some(&format!("https://taskbot.example/jobs/{}", job.job_id))
+            Some(&format!("https://taskbot.example/jobs/{}", job.job_id)),
+            &fedora_profile(),
         )
+        .unwrap()
     );
     let stored = resultsdb.stored();
     assert_eq!(stored.len(), 1);
@@ -350,7 +359,7 @@ async fn the_resultsdb_sink_posts_a_result_once_and_records_resultsdbs_id() {
 
 #[tokio::test]
 async fn the_resultsdb_sink_retries_an_unavailable_resultsdb_then_posts_once() {
-    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    let resultsdb = FakeResultsDb::start(FEDORA_OUTCOMES).await;
     resultsdb.fail_next(Fault::Hang(Duration::from_secs(5)));
     resultsdb.fail_next(Fault::Status(503));
     let db = TestDb::create().await;
@@ -378,23 +387,23 @@ async fn the_resultsdb_sink_retries_an_unavailable_resultsdb_then_posts_once() {
 
 #[tokio::test]
 async fn the_resultsdb_sink_dead_letters_a_refused_result_with_the_servers_message() {
-    // A deployment without the ABORTED extra outcome refuses ABORTED results with HTTP 400.
-    let resultsdb =
-        FakeResultsDb::start(&["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION", "CRASHED"]).await;
+    // A profile that does not fit the instance (fedora's, against upstream's four outcomes):
+    // CRASHED is refused with HTTP 400 and ResultsDB's validation report.
+    let resultsdb = FakeResultsDb::start(UPSTREAM_OUTCOMES).await;
     let db = TestDb::create().await;
     let sink = resultsdb_sink(&db, &resultsdb).await;
     let job = job("xchat-0.5-1.fc20");
     dispatch(&sink.pool, &job).await;
-    let res = result(&job, "dist.abicheck", Outcome::Aborted);
+    let res = result(&job, "dist.abicheck", Outcome::Crashed);
     let reason = dead_letter_reason(deliver(&sink, &res.routing_key(), res.to_json()).await);
-    assert_eq!(
-        reason,
-        taskbot_reporter::resultsdb::refused_reason(
-            &res,
-            400,
-            "outcome must be one of [\"PASSED\", \"INFO\", \"FAILED\", \"NEEDS_INSPECTION\", \
-             \"CRASHED\"]"
-        )
+    assert!(reason.contains("(HTTP 400)"), "{reason}");
+    assert!(
+        reason.contains("must be one of: PASSED, INFO, FAILED, NEEDS_INSPECTION"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("only the ResultsDB copy is missing"),
+        "{reason}"
     );
     assert_eq!(recorded_delivery(&db, res.result_id).await, None);
     assert_eq!(resultsdb.requests().len(), 1);
@@ -728,7 +737,7 @@ async fn a_job_is_described_once_and_its_statuses_must_agree_with_it() {
 
 #[tokio::test]
 async fn the_resultsdb_sink_posts_no_forged_result() {
-    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    let resultsdb = FakeResultsDb::start(FEDORA_OUTCOMES).await;
     let db = TestDb::create().await;
     let sink = resultsdb_sink(&db, &resultsdb).await;
     let known = job("xchat-0.5-1.fc20");

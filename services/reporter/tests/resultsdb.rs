@@ -13,10 +13,11 @@ use taskbot::testing::{test_config, TestBroker};
 use taskbot::Config;
 use uuid::Uuid;
 
-use support::fake_resultsdb::{FakeResultsDb, Fault, ALL_OUTCOMES};
+use support::fake_resultsdb::{FakeResultsDb, Fault, FEDORA_OUTCOMES, UPSTREAM_OUTCOMES};
 use support::{
     job, publish_dispatched, result, wait_dispatched, wait_until, RunningReporter, TestDb,
 };
+use taskbot::outcomes::OutcomeProfile;
 
 struct Setup {
     test_db: TestDb,
@@ -101,7 +102,7 @@ impl Setup {
 
 #[tokio::test]
 async fn result_is_posted_in_resultsdb_format_once_even_when_delivered_again() {
-    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    let resultsdb = FakeResultsDb::start(FEDORA_OUTCOMES).await;
     let s = setup(&resultsdb).await;
     let reporter = RunningReporter::start_ready(&s.config, &s.test_db).await;
     let job = job("xchat-0.5-1.fc20");
@@ -156,6 +157,7 @@ async fn result_is_posted_in_resultsdb_format_once_even_when_delivered_again() {
                 "item": ["xchat-0.5-1.fc20"],
                 "type": ["koji_build"],
                 "arch": ["x86_64"],
+                "system_architecture": ["x86_64"],
                 "errors": "5",
                 "koji_task_id": "1234567",
                 "checked": ["spec", "rpm"],
@@ -175,7 +177,7 @@ async fn result_is_posted_in_resultsdb_format_once_even_when_delivered_again() {
 
 #[tokio::test]
 async fn unavailable_resultsdb_is_retried_and_the_result_posted_once() {
-    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    let resultsdb = FakeResultsDb::start(FEDORA_OUTCOMES).await;
     // First a server that hangs past the reporter's 1 s timeout, then one answering 503.
     resultsdb.fail_next(Fault::Hang(Duration::from_secs(5)));
     resultsdb.fail_next(Fault::Status(503));
@@ -200,14 +202,15 @@ async fn unavailable_resultsdb_is_retried_and_the_result_posted_once() {
 
 #[tokio::test]
 async fn refused_result_is_dead_lettered_with_the_servers_message_and_kept_in_postgres() {
-    // A deployment without the ABORTED extra outcome refuses ABORTED results with HTTP 400.
-    let resultsdb =
-        FakeResultsDb::start(&["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION", "CRASHED"]).await;
-    let s = setup(&resultsdb).await;
+    // A profile that does not fit the instance (fedora's, against upstream's four outcomes):
+    // CRASHED is refused with HTTP 400 and ResultsDB's validation report.
+    let resultsdb = FakeResultsDb::start(UPSTREAM_OUTCOMES).await;
+    let mut s = setup(&resultsdb).await;
+    s.config.reporter.resultsdb_outcomes = OutcomeProfile::Named("fedora".into());
     let reporter = RunningReporter::start_ready(&s.config, &s.test_db).await;
     let job = job("xchat-0.5-1.fc20");
     publish_dispatched(&s.broker, &job).await;
-    let res = result(&job, "dist.abicheck", Outcome::Aborted);
+    let res = result(&job, "dist.abicheck", Outcome::Crashed);
     s.publish(&res).await;
 
     let t = &s.broker.topology;
@@ -222,10 +225,8 @@ async fn refused_result_is_dead_lettered_with_the_servers_message_and_kept_in_po
     assert_eq!(dead.body, res.to_json(), "the original message is kept");
     let reason = dead.header(REASON_HEADER).expect("reason header");
     assert!(
-        reason.contains(
-            "HTTP 400): outcome must be one of [\"PASSED\", \"INFO\", \"FAILED\", \
-             \"NEEDS_INSPECTION\", \"CRASHED\"]"
-        ),
+        reason.contains("HTTP 400): {\"validation_error\"")
+            && reason.contains("must be one of: PASSED, INFO, FAILED, NEEDS_INSPECTION"),
         "{reason}"
     );
     assert!(

@@ -15,7 +15,7 @@ use taskbot::testing::{test_config, TestBroker};
 use taskbot::topology::Sink;
 use uuid::Uuid;
 
-use support::fake_resultsdb::{FakeResultsDb, Fault, ALL_OUTCOMES};
+use support::fake_resultsdb::{FakeResultsDb, Fault, FEDORA_OUTCOMES};
 use support::{job, publish_dispatched, result, status, time, wait_until, RunningReporter, TestDb};
 
 async fn publish_result(broker: &TestBroker, r: &TaskResult) {
@@ -46,7 +46,7 @@ async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn a_hanging_resultsdb_does_not_delay_postgres_or_jsonl() {
-    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    let resultsdb = FakeResultsDb::start(FEDORA_OUTCOMES).await;
     for _ in 0..100 {
         resultsdb.fail_next(Fault::Hang(Duration::from_secs(3)));
     }
@@ -137,7 +137,7 @@ async fn a_hanging_resultsdb_does_not_delay_postgres_or_jsonl() {
 
 #[tokio::test]
 async fn resultsdb_sink_alone_posts_once_with_the_auth_header_and_the_job_page() {
-    let resultsdb = FakeResultsDb::start(ALL_OUTCOMES).await;
+    let resultsdb = FakeResultsDb::start(FEDORA_OUTCOMES).await;
     let test_db = TestDb::create().await;
     let mut config = test_config();
     config.postgres.url = test_db.url.clone();

@@ -108,6 +108,8 @@ struct Action {
     environment: Environment,
     destructive: bool,
     vm: Option<VmTemplates>,
+    testcases: Vec<String>,
+    scenario: Option<Template>,
 }
 
 /// `for_each: <path with [*]>` and the name (`as:`) its elements get in templates.
@@ -338,6 +340,10 @@ impl Action {
             Some(vm) => Some(vm.render(scope)?),
             None => None,
         };
+        let scenario = match &self.scenario {
+            Some(t) => Some(t.render(scope)?).filter(|s| !s.is_empty()),
+            None => None,
+        };
         let now = Utc::now();
         let jobs: Vec<JobRequest> = self
             .arches
@@ -356,6 +362,8 @@ impl Action {
                 environment: self.environment,
                 destructive: self.destructive,
                 vm: vm.clone(),
+                testcases: self.testcases.clone(),
+                scenario: scenario.clone(),
                 created_at: now,
             })
             .collect();

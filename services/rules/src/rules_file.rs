@@ -231,6 +231,16 @@ pub struct ActionSpec {
     /// ISO. Values are templates.
     #[serde(default)]
     pub vm: Option<VmSpec>,
+    /// The testcases the task reports (e.g. `[dist.upgradepath]`); default: the task's name.
+    /// The reporter posts a QUEUED result for each as soon as the job is requested, so gating
+    /// sees the test as waiting rather than missing.
+    #[serde(default)]
+    pub testcases: Vec<String>,
+    /// The variant this action runs, given to every result as the `scenario` data key (a
+    /// template, like `item`). Greenwave keeps one latest result per testcase, scenario and arch, so variants of
+    /// one testcase do not hide each other.
+    #[serde(default)]
+    pub scenario: Option<String>,
 }
 
 /// An action's `vm:`.

@@ -294,8 +294,10 @@ impl RunnerHandler {
     ) -> Result<Ended, HandBack> {
         let (commit, budget) = (&prepared.fetched.commit, prepared.budget);
         let detail = format!("commit {commit}, time limit {}s", budget.limit.as_secs());
-        self.publish_status(ctx, job, JobState::Running, Some(detail))
-            .await?;
+        // The testcases the task file declares, so the reporter's RUNNING results name them.
+        let mut running = JobStatus::new(job, JobState::Running, &self.instance, Some(detail));
+        running.testcases = factory.testcases.clone();
+        self.publish(ctx, &running).await?;
         factory.log_url = Some(format!("{}/{TASK_LOG}", factory.artifacts_location));
         tracing::info!(job_id = %job.job_id, task = %prepared.task.name, commit = %commit, item = %job.item, arch = %job.arch, "task started");
 

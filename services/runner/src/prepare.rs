@@ -114,6 +114,9 @@ impl RunnerHandler {
         if let Some(testcase) = &task.testcase {
             factory.testcase = testcase.clone();
         }
+        if let Some(declared) = task.declared_testcases() {
+            factory.testcases = declared;
+        }
         let crashed = |reason: String| factory.crashed(&reason, None);
         let remote = self
             .remote_for(machine, job_dir.path())

@@ -42,6 +42,12 @@ pub struct ResultFactory {
     pub artifacts_location: String,
     /// Where the task's log is, once there is one.
     pub log_url: Option<String>,
+    /// The testcases the job is declared to report: the task file's `testcases` (or its
+    /// `testcase`) once it has been read, the rule's `testcases` until then; empty when nothing
+    /// declares any. QUEUED and RUNNING results were posted for these, so each must end with a
+    /// verdict: a crash or a timeout gives every one of them its CRASHED or ABORTED result, and
+    /// one the task did not report on the job's item gets a CRASHED result saying so.
+    pub testcases: Vec<String>,
 }
 
 /// The results of a job and how it ended.
@@ -86,7 +92,26 @@ impl ResultFactory {
             testcase: job.default_testcase(),
             artifacts_location,
             log_url: None,
+            testcases: job.known_testcases(),
         }
+    }
+
+    /// The testcases a verdict about the whole job (a crash, a timeout) is given for: every
+    /// declared one, else the default testcase.
+    fn job_testcases(&self) -> Vec<String> {
+        if self.testcases.is_empty() {
+            vec![self.testcase.clone()]
+        } else {
+            self.testcases.clone()
+        }
+    }
+
+    /// One result about the job's own item per [`ResultFactory::job_testcases`].
+    fn job_results(&self, outcome: Outcome, note: &str) -> Vec<TaskResult> {
+        self.job_testcases()
+            .into_iter()
+            .map(|testcase| self.job_result_for(testcase, outcome, note.to_string()))
+            .collect()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -100,6 +125,12 @@ impl ResultFactory {
         note: Option<String>,
         data: BTreeMap<String, serde_json::Value>,
     ) -> TaskResult {
+        let mut data = data;
+        // The rule's variant, unless the task said which scenario its result is of.
+        if let Some(scenario) = &self.job.scenario {
+            data.entry("scenario".into())
+                .or_insert_with(|| scenario.clone().into());
+        }
         TaskResult {
             result_id: TaskResult::derive_id(self.job.job_id, &testcase, &item, &item_type, &arch),
             job_id: self.job.job_id,
@@ -121,8 +152,13 @@ impl ResultFactory {
 
     /// A result about the job's own item.
     fn job_result(&self, outcome: Outcome, note: String) -> TaskResult {
+        self.job_result_for(self.testcase.clone(), outcome, note)
+    }
+
+    /// A result of `testcase` about the job's own item.
+    fn job_result_for(&self, testcase: String, outcome: Outcome, note: String) -> TaskResult {
         self.result(
-            self.testcase.clone(),
+            testcase,
             outcome,
             self.job.item.clone(),
             self.job.item_type.clone(),
@@ -137,7 +173,7 @@ impl ResultFactory {
     pub fn aborted(&self, note: &str) -> Verdict {
         Verdict {
             events: Vec::new(),
-            results: vec![self.job_result(Outcome::Aborted, note.to_string())],
+            results: self.job_results(Outcome::Aborted, note),
             state: JobState::Done,
             detail: note.to_string(),
         }
@@ -151,7 +187,7 @@ impl ResultFactory {
         };
         Verdict {
             events: Vec::new(),
-            results: vec![self.job_result(Outcome::Crashed, note)],
+            results: self.job_results(Outcome::Crashed, &note),
             state: JobState::Crashed,
             detail: reason.to_string(),
         }
@@ -168,13 +204,7 @@ impl ResultFactory {
     ) -> Verdict {
         match end {
             RunEnd::TimedOut(limit) => {
-                let note = format!("timed out after {}s", limit.as_secs());
-                Verdict {
-                    events: Vec::new(),
-                    results: vec![self.job_result(Outcome::Aborted, note.clone())],
-                    state: JobState::Done,
-                    detail: note,
-                }
+                self.aborted(&format!("timed out after {}s", limit.as_secs()))
             }
             RunEnd::FailedToStart(reason) => self.crashed(
                 &format!("the task could not start: {reason}"),
@@ -214,7 +244,23 @@ impl ResultFactory {
         }
     }
 
-    fn done(&self, results: Vec<TaskResult>) -> Verdict {
+    /// The verdict of a task that reported `results`: `done`, unless one of them is CRASHED
+    /// (the task's own, or the runner's for a declared testcase it did not report), which ends
+    /// the job `crashed` as docs/tasks.md says.
+    fn done(&self, mut results: Vec<TaskResult>) -> Verdict {
+        for testcase in &self.testcases {
+            let reported = results
+                .iter()
+                .any(|r| &r.testcase == testcase && r.item == self.job.item);
+            if !reported {
+                let note = format!(
+                    "the task declares testcase {testcase} but reported no result for it on {}",
+                    self.job.item
+                );
+                results.push(self.job_result_for(testcase.clone(), Outcome::Crashed, note));
+            }
+        }
+        let crashed = results.iter().any(|r| r.outcome == Outcome::Crashed);
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for r in &results {
             *counts.entry(r.outcome.as_str()).or_default() += 1;
@@ -224,7 +270,11 @@ impl ResultFactory {
             detail: format!("{} result(s): {}", results.len(), summary.join(", ")),
             results,
             events: Vec::new(),
-            state: JobState::Done,
+            state: if crashed {
+                JobState::Crashed
+            } else {
+                JobState::Done
+            },
         }
     }
 
@@ -368,6 +418,8 @@ mod tests {
             environment: Default::default(),
             destructive: false,
             vm: None,
+            testcases: Vec::new(),
+            scenario: None,
             created_at: Utc::now(),
         }
     }
@@ -539,6 +591,88 @@ mod tests {
         );
         assert_ne!(a.result_id, b.result_id);
         assert_eq!(v.detail, "2 result(s): 1 FAILED, 1 NEEDS_INSPECTION");
+    }
+
+    /// QUEUED and RUNNING results were posted for each declared testcase: a crash and a timeout
+    /// give each its verdict, so none is left "running" in ResultsDB.
+    #[test]
+    fn crashes_and_timeouts_give_every_declared_testcase_its_verdict() {
+        let mut f = factory();
+        f.testcases = vec!["dist.a".into(), "dist.b".into()];
+        let crashed = f.crashed("prepare step failed", None);
+        let names: Vec<&str> = crashed
+            .results
+            .iter()
+            .map(|r| r.testcase.as_str())
+            .collect();
+        assert_eq!(names, ["dist.a", "dist.b"]);
+        assert!(crashed
+            .results
+            .iter()
+            .all(|r| r.outcome == Outcome::Crashed));
+        assert_ne!(crashed.results[0].result_id, crashed.results[1].result_id);
+        let timed_out = f.finished(&RunEnd::TimedOut(Duration::from_secs(5)), None, no_log);
+        assert_eq!(timed_out.state, JobState::Done);
+        let outcomes: Vec<(&str, Outcome)> = timed_out
+            .results
+            .iter()
+            .map(|r| (r.testcase.as_str(), r.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [("dist.a", Outcome::Aborted), ("dist.b", Outcome::Aborted)]
+        );
+        // Nothing declared: one result under the default testcase, as before.
+        assert_eq!(factory().crashed("x", None).results.len(), 1);
+    }
+
+    #[test]
+    fn a_declared_testcase_the_task_did_not_report_gets_a_crashed_result() {
+        let mut f = factory();
+        f.testcases = vec!["dist.a".into(), "dist.b".into()];
+        let reported = crate::results::parse(
+            "results:\n  - {item: xchat-0.5-1.fc20, type: koji_build, checkname: dist.a, outcome: PASSED}\n",
+        );
+        let v = f.finished(&RunEnd::Exited(TaskExit::Code(0)), Some(reported), no_log);
+        assert_eq!(v.state, JobState::Crashed);
+        let b = v.results.iter().find(|r| r.testcase == "dist.b").unwrap();
+        assert_eq!(b.outcome, Outcome::Crashed);
+        assert!(
+            b.note
+                .as_deref()
+                .unwrap()
+                .contains("declares testcase dist.b"),
+            "{b:?}"
+        );
+        assert_eq!(v.results.len(), 2);
+    }
+
+    #[test]
+    fn the_rules_scenario_is_every_results_unless_the_task_gives_one() {
+        let mut f = factory();
+        f.job.scenario = Some("fedup-minimal".into());
+        let reported = crate::results::parse(
+            "results:\n  - {item: a, type: koji_build, outcome: PASSED}\n  - {item: b, type: koji_build, outcome: PASSED, scenario: own}\n",
+        );
+        let v = f.finished(&RunEnd::Exited(TaskExit::Code(0)), Some(reported), no_log);
+        assert_eq!(v.results[0].data["scenario"], "fedup-minimal");
+        assert_eq!(v.results[1].data["scenario"], "own");
+        assert_eq!(
+            f.crashed("x", None).results[0].data["scenario"],
+            "fedup-minimal"
+        );
+    }
+
+    /// docs/tasks.md: "CRASHED results end the job in state `crashed`" — the task's own too.
+    #[test]
+    fn a_tasks_own_crashed_result_ends_the_job_crashed() {
+        let reported = crate::results::parse(
+            "results:\n  - {item: a-1-1, type: koji_build, outcome: PASSED}\n  - {item: b-1-1, type: koji_build, outcome: CRASHED, note: lost its machine}\n",
+        );
+        let v = factory().finished(&RunEnd::Exited(TaskExit::Code(0)), Some(reported), no_log);
+        assert_eq!(v.state, JobState::Crashed, "{v:?}");
+        assert_eq!(v.results.len(), 2, "both results are kept");
+        assert_eq!(v.detail, "2 result(s): 1 CRASHED, 1 PASSED");
     }
 
     #[test]

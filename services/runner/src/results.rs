@@ -97,7 +97,8 @@ fn entry_to_result(entry: Entry) -> Result<ReportedResult, String> {
     let outcome = match entry.outcome.as_deref() {
         // Taskotron's rule: a result without an outcome needs a person to look at it.
         None => Outcome::NeedsInspection,
-        Some(text) => Outcome::parse(text).ok_or_else(|| {
+        // QUEUED and RUNNING are interim states Taskbot posts itself, not verdicts.
+        Some(text) => Outcome::parse(text).filter(|o| o.is_final()).ok_or_else(|| {
             format!(
                 "outcome: {text:?} is not one of PASSED, INFO, FAILED, NEEDS_INSPECTION, ABORTED, CRASHED"
             )
@@ -201,6 +202,11 @@ results:
         .unwrap_err();
         assert!(
             err.starts_with("results[1]: outcome: \"GREAT\" is not one of"),
+            "{err}"
+        );
+        let err = parse("results:\n  - {item: a, type: t, outcome: RUNNING}\n").unwrap_err();
+        assert!(
+            err.starts_with("results[0]: outcome: \"RUNNING\" is not one of"),
             "{err}"
         );
     }

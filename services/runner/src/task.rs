@@ -16,6 +16,7 @@
 //! artifacts: ["out/*.log"]          # globs, relative to the clone, copied into the artifacts
 //! cleanup: [rm -rf /tmp/mine]       # steps run whatever happened
 //! testcase: dist.example            # testcase of results that do not name one
+//! testcases: [dist.example]         # every testcase it reports (default: [testcase])
 //! ```
 //!
 //! The format is deliberately strict (unknown keys are refused): earlier systems changed their task
@@ -91,6 +92,13 @@ pub struct TaskFile {
     /// otherwise.
     #[serde(default)]
     pub testcase: Option<String>,
+    /// Every testcase the task reports on the job's item, when it reports several (e.g.
+    /// `[dist.abicheck, dist.abicheck.strict]`). The reporter posts a RUNNING result for each
+    /// while the task runs, and each must get a verdict: one the task does not report ends the
+    /// job CRASHED for that testcase. Default: `[testcase]` when `testcase` is set, else the
+    /// rule's `testcases`.
+    #[serde(default)]
+    pub testcases: Vec<String>,
 }
 
 /// `environment:` — what the task needs. The runner checks and records it; it does not install
@@ -347,10 +355,25 @@ impl TaskFile {
         if let Some(testcase) = &self.testcase {
             check_testcase(testcase).map_err(|e| format!("testcase: {e}"))?;
         }
+        for (i, testcase) in self.testcases.iter().enumerate() {
+            check_testcase(testcase).map_err(|e| format!("testcases[{i}]: {e}"))?;
+            if self.testcases[..i].contains(testcase) {
+                return Err(format!("testcases[{i}]: {testcase} is listed twice"));
+            }
+        }
         if let Some(results) = &self.results {
             relative_inside(results).map_err(|e| format!("results: {e}"))?;
         }
         Ok(())
+    }
+
+    /// The testcases the task file declares it reports: `testcases`, else `[testcase]`; `None`
+    /// when it declares neither (the rule's `testcases` stand).
+    pub fn declared_testcases(&self) -> Option<Vec<String>> {
+        if !self.testcases.is_empty() {
+            return Some(self.testcases.clone());
+        }
+        self.testcase.as_ref().map(|t| vec![t.clone()])
     }
 
     fn run_steps_raw(&self) -> Vec<Step> {
@@ -816,6 +839,14 @@ testcase: dist.rpmcheck
         (
             "name: t\nrun: x\ntestcase: my test\n",
             "testcase: \"my test\" contains ' '",
+        ),
+        (
+            "name: t\nrun: x\ntestcases: [dist.a, dist.a]\n",
+            "testcases[1]: dist.a is listed twice",
+        ),
+        (
+            "name: t\nrun: x\ntestcases: [dist.a, \"b c\"]\n",
+            "testcases[1]: \"b c\" contains ' '",
         ),
         (
             "name: t\nrun: x\nprepare: [{run: y, timeout: 0}]\n",

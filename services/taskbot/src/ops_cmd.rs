@@ -373,6 +373,8 @@ pub fn manual_job(args: &SubmitArgs, arch: &str, event_id: &str) -> Result<JobRe
         environment: Default::default(),
         destructive: false,
         vm: None,
+        testcases: Vec::new(),
+        scenario: None,
         created_at: chrono::Utc::now(),
     })
 }

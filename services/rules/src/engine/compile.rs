@@ -169,6 +169,10 @@ impl Compiler<'_> {
             Some(vm) => Some(VmTemplates::compile(vm, spec.environment, parse).map_err(place)?),
             None => None,
         };
+        let scenario = match &spec.scenario {
+            Some(text) => Some(parse(text, "scenario").map_err(place)?),
+            None => None,
+        };
         Ok(Action {
             task: TaskRef {
                 name: spec.task.clone(),
@@ -185,6 +189,8 @@ impl Compiler<'_> {
             environment: spec.environment,
             destructive: spec.destructive,
             vm,
+            testcases: testcases(rule, &spec.testcases, at)?,
+            scenario,
         })
     }
 
@@ -287,4 +293,28 @@ fn resolve_repo(repo: &str, base: Option<&str>) -> String {
         Some(base) => format!("{}/{}", base.trim_end_matches('/'), repo),
         None => repo.to_string(),
     }
+}
+
+/// An action's `testcases:`, checked: names ResultsDB accepts (non-empty, no surrounding blanks),
+/// each once.
+fn testcases(
+    rule: &str,
+    names: &[String],
+    at: &RuleLocator<'_>,
+) -> Result<Vec<String>, RulesError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        if name.trim().is_empty() || name.trim() != name {
+            return Err(at.error(format!(
+                "rule {rule:?}: testcases: {name:?} is not a testcase name (empty or with \
+                 surrounding blanks)"
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(at.error(format!(
+                "rule {rule:?}: testcases: {name:?} is listed twice"
+            )));
+        }
+    }
+    Ok(names.to_vec())
 }

@@ -393,3 +393,18 @@ fn an_event_whose_msg_is_not_an_object_is_refused() {
         }
     }
 }
+
+#[test]
+fn an_actions_testcases_and_scenario_reach_its_jobs() {
+    let text = "tasks:\n  upgrade: { repo: file:///srv/tasks/upgrade }\nrules:\n  - name: r\n    when: { topic: org.fedoraproject.prod.buildsys.build.state.change }\n    do:\n      - task: upgrade\n        item: \"{{ msg.name }}\"\n        item_type: koji_build\n        arches: [x86_64]\n        testcases: [dist.upgrade, dist.upgrade.rollback]\n        scenario: \"{{ msg.instance }}-minimal\"\n";
+    let out = engine(text).unwrap().evaluate(&koji_event(1));
+    assert_eq!(out.jobs.len(), 1);
+    assert_eq!(
+        out.jobs[0].testcases,
+        ["dist.upgrade", "dist.upgrade.rollback"]
+    );
+    assert_eq!(out.jobs[0].scenario.as_deref(), Some("primary-minimal"));
+    let twice = text.replace("dist.upgrade.rollback", "dist.upgrade");
+    let err = engine(&twice).unwrap_err().to_string();
+    assert!(err.contains("listed twice"), "{err}");
+}
