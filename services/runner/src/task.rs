@@ -370,13 +370,12 @@ impl TaskFile {
         Ok(())
     }
 
-    /// The testcases the task file declares it reports: `testcases`, else `[testcase]`; `None`
-    /// when it declares neither (the rule's `testcases` stand).
+    /// The testcases the task file declares it reports (`testcases`); `None` when it declares
+    /// none (the rule's `testcases` stand). `testcase` is not a declaration: it names the results
+    /// that name none, and a task reporting other testcases (cloud-smoke's `hostname`, `disk`,
+    /// `network`) never reports it.
     pub fn declared_testcases(&self) -> Option<Vec<String>> {
-        if !self.testcases.is_empty() {
-            return Some(self.testcases.clone());
-        }
-        self.testcase.as_ref().map(|t| vec![t.clone()])
+        (!self.testcases.is_empty()).then(|| self.testcases.clone())
     }
 
     fn run_steps_raw(&self) -> Vec<Step> {

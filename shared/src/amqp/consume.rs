@@ -10,7 +10,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connect::{connect_with_retry, url_user, Backoff};
 use super::message::{incoming_from, Disposition, Incoming, Outgoing};
@@ -85,8 +85,9 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// The pause before handing back a delivery after `failures_in_a_row` transient failures on its
 /// consumer (this one included): `base`, doubled for each earlier failure, at most
-/// [`MAX_RETRY_DELAY`] (or `base`, if that is longer). A delivery handled since resets the count,
-/// so one store outage costs the pipeline no more than the outage plus one pause.
+/// [`MAX_RETRY_DELAY`] (or `base`, if that is longer). A delivery handled since resets the count
+/// and cuts short the pauses past `base` under way, so one store outage costs the pipeline no
+/// more than the outage plus `base`.
 pub fn retry_pause(base: Duration, failures_in_a_row: u32) -> Duration {
     let doublings = failures_in_a_row.saturating_sub(1).min(16);
     base.saturating_mul(1 << doublings)
@@ -114,6 +115,8 @@ pub async fn consume(
         slots: Arc::new(Semaphore::new(concurrency)),
         concurrency,
         failures_in_a_row: Default::default(),
+        handled: Default::default(),
+        handled_signal: Default::default(),
     });
     let queue = worker.spec.queue.as_str();
     let mut backoff = Backoff::new(config.reconnect_max_secs);
@@ -177,9 +180,33 @@ struct Worker {
     concurrency: usize,
     /// Transient failures in a row on this consumer, for [`retry_pause`].
     failures_in_a_row: std::sync::atomic::AtomicU32,
+    /// Deliveries handled (acked) so far, and the wake-up of those waiting to retry when one is:
+    /// a pause grown long while the store was down ends as soon as anything works again.
+    handled: std::sync::atomic::AtomicU64,
+    handled_signal: tokio::sync::Notify,
 }
 
 impl Worker {
+    /// Wait `pause` before a failed delivery is handed back, but once the base delay is over,
+    /// no longer than until another delivery is handled: the pause grows only while nothing
+    /// succeeds (a store that is down), and messages that waited for another to arrive first
+    /// (a job's status before its `queued`) go again as soon as it has.
+    async fn pause_before_retry(&self, pause: Duration) {
+        let base = self.spec.retry_delay.min(pause);
+        let seen = self.handled.load(Ordering::Relaxed);
+        tokio::time::sleep(base).await;
+        let notified = self.handled_signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.handled.load(Ordering::Relaxed) != seen {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause - base) => {}
+            _ = notified => {}
+        }
+    }
+
     /// Wait until every delivery in flight is settled: they ack on the session's channel, so
     /// its connection must stay open until then.
     async fn drain(&self) {
@@ -271,12 +298,11 @@ async fn take_deliveries(mut session: Session, worker: &Arc<Worker>, shutdown: &
         let worker = worker.clone();
         let publisher = session.publisher.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let ctx = BrokerContext {
                 publisher: &publisher,
                 received_at,
             };
-            handle_delivery(delivery, &ctx, &worker).await;
+            handle_delivery(delivery, &ctx, &worker, permit).await;
         });
     }
 }
@@ -298,20 +324,24 @@ async fn handle_delivery(
     delivery: lapin::message::Delivery,
     ctx: &BrokerContext<'_>,
     worker: &Worker,
+    slot: OwnedSemaphorePermit,
 ) {
     let metrics = &ops::global().amqp;
     let queue = &worker.spec.queue;
     let started = Instant::now();
     let _in_flight = metrics.started(queue);
-    let ending = handle_and_settle(delivery, ctx, worker).await;
+    let ending = handle_and_settle(delivery, ctx, worker, slot).await;
     metrics.finished(queue, ending, started.elapsed());
 }
 
-/// Handle one delivery and ack or hand it back; says which, for the metrics.
+/// Handle one delivery and ack or hand it back; says which, for the metrics. `slot` is its place
+/// among the deliveries handled at once, given up while a failed one waits to be handed back:
+/// the others go on meanwhile (one of them may be what it waits for, a job's `queued` status).
 async fn handle_and_settle(
     delivery: lapin::message::Delivery,
     ctx: &BrokerContext<'_>,
     worker: &Worker,
+    slot: OwnedSemaphorePermit,
 ) -> Ending {
     let (handler, topology, spec) = (worker.handler.as_ref(), &worker.topology, &worker.spec);
     let incoming = incoming_from(&delivery);
@@ -333,7 +363,8 @@ async fn handle_and_settle(
             let failures = worker.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
             let pause = retry_pause(spec.retry_delay, failures);
             tracing::warn!(queue = %spec.queue, %reason, failures_in_a_row = failures, retry_in_ms = pause.as_millis() as u64, "transient failure; will retry");
-            tokio::time::sleep(pause).await;
+            drop(slot);
+            worker.pause_before_retry(pause).await;
             hand_back(&delivery).await;
             return Ending::Rejected;
         }
@@ -350,6 +381,8 @@ async fn handle_and_settle(
         return Ending::AckFailed;
     }
     worker.failures_in_a_row.store(0, Ordering::Relaxed);
+    worker.handled.fetch_add(1, Ordering::Relaxed);
+    worker.handled_signal.notify_waiters();
     if dead_lettered {
         Ending::DeadLettered
     } else {
