@@ -662,7 +662,7 @@ pub struct ReporterConfig {
     /// does); honoured only by queues declared with `x-max-priority`.
     pub fedora_messaging_priority: u8,
     /// Which results the fedora-messaging sink publishes: `all`, `changes` (only a result whose
-    /// outcome differs from the previous one for its testcase, item and arch) or
+    /// outcome differs from the previous one for its testcase, item, arch and scenario) or
     /// `changes-and-failures` (those plus every failure). The last two keep their state in
     /// PostgreSQL.
     pub fedora_messaging_notify: FedoraMessagingNotify,
