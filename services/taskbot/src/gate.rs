@@ -587,11 +587,12 @@ pub fn to_text(item: &str, item_type: &str, decisions: &[Decision], ignored: &[S
             ]);
         }
     }
-    let widths: Vec<usize> = (0..4)
+    const PADDED: [&str; 5] = ["TESTCASE", "SCENARIO", "ARCH", "STATUS", "RESULT"];
+    let widths: Vec<usize> = (0..PADDED.len())
         .map(|i| {
             rows.iter()
                 .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
-                .chain([["TESTCASE", "SCENARIO", "ARCH", "STATUS"][i].len()])
+                .chain([PADDED[i].len()])
                 .max()
                 .unwrap_or(0)
         })
