@@ -484,6 +484,13 @@ pub struct RunnerConfig {
     /// Most files (directories not counted) a job may leave in its artifacts directory, its
     /// log not counted; the rest are removed when the job ends, and its results say so.
     pub max_artifact_files: u64,
+    /// Largest file the runner reads from a task (`taskbot.yaml`, the results file, the events
+    /// file), in bytes: a larger one is refused unread, and the job CRASHED saying so.
+    pub max_task_file_bytes: u64,
+    /// Deepest nesting of YAML collections accepted in `taskbot.yaml` and the results file;
+    /// deeper is refused before parsing (a parser given deep nesting takes minutes, past the
+    /// task's time limit: crate::yaml_budget).
+    pub max_task_file_depth: usize,
     /// The broker's `consumer_timeout` in seconds (RabbitMQ's default: 1800; 0 = none). A job's
     /// delivery stays unacked while it runs, so the runner ends a task (ABORTED) before this runs
     /// out rather than lose the job to a closed channel. Raise it in rabbitmq.conf and here for
@@ -561,6 +568,16 @@ pub enum SandboxMode {
     None,
 }
 
+impl RunnerConfig {
+    /// The limits a task's own files are checked against before they are parsed.
+    pub fn task_file_budget(&self) -> crate::yaml_budget::YamlBudget {
+        crate::yaml_budget::YamlBudget {
+            max_bytes: self.max_task_file_bytes,
+            max_depth: self.max_task_file_depth,
+        }
+    }
+}
+
 impl Default for RunnerConfig {
     fn default() -> Self {
         RunnerConfig {
@@ -577,6 +594,8 @@ impl Default for RunnerConfig {
             max_log_bytes: 10 * 1024 * 1024,
             max_artifact_bytes: 1024 * 1024 * 1024,
             max_artifact_files: 10_000,
+            max_task_file_bytes: 1024 * 1024,
+            max_task_file_depth: crate::yaml_budget::YamlBudget::DEFAULT.max_depth,
             consumer_timeout_secs: 1800,
             ops_listen: OPS_DEFAULT_RUNNER.into(),
             task_env: Default::default(),

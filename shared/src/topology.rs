@@ -173,7 +173,11 @@ impl Topology {
     /// which of them exist depends on the reporter's configuration.
     pub fn work_queues(&self) -> Vec<QueueSpec> {
         let mut queues = vec![
-            QueueSpec::new(self.rules_queue(), self.events_exchange(), &["#"], false),
+            // One rules service consumes at a time (the others stand by): the one that takes
+            // every event remembers the jobs it requested, so an event delivered twice (by two
+            // bridges, or republished) requests its jobs once.
+            QueueSpec::new(self.rules_queue(), self.events_exchange(), &["#"], false)
+                .single_active(),
             QueueSpec::new(self.provisioner_queue(), self.jobs_exchange(), &["#"], true),
         ];
         for arch in &self.arches {
@@ -360,6 +364,9 @@ impl Topology {
                 AMQPValue::ShortShortUInt(MAX_PRIORITY),
             );
         }
+        if queue.single_active {
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        }
         declare_queue(channel, &queue.name, args).await?;
         for key in &queue.binding_keys {
             channel
@@ -442,6 +449,9 @@ pub struct QueueSpec {
     pub exchange: String,
     pub binding_keys: Vec<String>,
     pub priority: bool,
+    /// Declared `x-single-active-consumer`: of all the queue's consumers, the broker delivers to
+    /// one at a time, and to the next when it goes.
+    pub single_active: bool,
 }
 
 impl QueueSpec {
@@ -451,6 +461,14 @@ impl QueueSpec {
             exchange,
             binding_keys: keys.iter().map(|k| k.to_string()).collect(),
             priority,
+            single_active: false,
+        }
+    }
+
+    fn single_active(self) -> Self {
+        QueueSpec {
+            single_active: true,
+            ..self
         }
     }
 }

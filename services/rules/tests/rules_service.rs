@@ -278,3 +278,63 @@ async fn the_same_event_twice_requests_its_jobs_once() {
 
     running.stop().await;
 }
+
+/// Two rules services on one queue (a standby beside the active one, or two started by
+/// mistake): the same event delivered twice still requests its jobs once, because only one of
+/// them consumes at a time (the queue is single-active-consumer) and it remembers what it asked.
+#[tokio::test]
+async fn two_rules_services_request_a_repeated_events_jobs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, example_rules()).unwrap();
+    let mut config = test_config();
+    config.rules.file = rules;
+    let broker = TestBroker::new(&config).await;
+    let t = broker.topology.clone();
+    let mut services = Vec::new();
+    for _ in 0..2 {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = tokio::spawn(taskbot_rules::run(
+            config.clone(),
+            Shutdown::new(async {
+                let _ = stopped.await;
+            }),
+        ));
+        services.push((stop, service));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while broker.consumers(&t.rules_queue()).await < 2 {
+        assert!(std::time::Instant::now() < deadline, "both consume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let event = taskbot::testing::event(
+        "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f",
+        "org.fedoraproject.prod.buildsys.build.state.change",
+        serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7", "new": 1}),
+    );
+    for _ in 0..4 {
+        broker
+            .publish(&t.events_exchange(), &event.topic, event.to_json())
+            .await;
+    }
+    let mut arches = Vec::new();
+    while let Some(msg) = broker
+        .get(&t.provisioner_queue(), Duration::from_secs(2))
+        .await
+    {
+        arches.push(JobRequest::from_json(&msg.body).unwrap().arch);
+    }
+    arches.sort();
+    assert_eq!(
+        arches,
+        ["noarch", "x86_64"],
+        "one job per arch, not one per service"
+    );
+
+    for (stop, service) in services {
+        stop.send(()).unwrap();
+        service.await.unwrap().unwrap();
+    }
+    broker.cleanup().await;
+}

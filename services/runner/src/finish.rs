@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use taskbot::artifacts::{EVENTS_FILE, TASK_LOG};
 use taskbot::messages::{JobRequest, JobState};
+use taskbot::yaml_budget::YamlBudget;
 
 use crate::artifacts::{self, Allowance, Tidied};
 use crate::execute::RunEnd;
@@ -66,6 +67,7 @@ async fn unredacted(
         artifacts,
         log,
         redactor,
+        file_budget,
         ..
     } = prepared;
     if let Some(remote) = &remote {
@@ -88,6 +90,7 @@ async fn unredacted(
     let files = TaskFiles {
         results: (clone_dir, &results_path),
         events: (&artifacts, Path::new(EVENTS_FILE)),
+        budget: file_budget,
     };
     let mut notices = log_notice(&end);
     notices.extend(artifact_notices);
@@ -232,6 +235,8 @@ async fn pull_back(
 struct TaskFiles<'a> {
     results: (&'a Path, &'a Path),
     events: (&'a Path, &'a Path),
+    /// `runner.max_task_file_bytes` and `runner.max_task_file_depth`.
+    budget: YamlBudget,
 }
 
 /// `tail` is the end of the job's log, quoted when the job crashed.
@@ -250,7 +255,7 @@ async fn verdict(
         Ended::Aborted(note) => factory.aborted(&note),
         Ended::Ran(end) => {
             let results_file = match end {
-                RunEnd::Exited(_) => read_results(files.results).await,
+                RunEnd::Exited(_) => read_results(files.results, &files.budget).await,
                 _ => None,
             };
             ran_to_end = matches!(end, RunEnd::Exited(_));
@@ -258,7 +263,7 @@ async fn verdict(
         }
     };
     if verdict.state == JobState::Done && ran_to_end {
-        match read_events(files.events, job).await {
+        match read_events(files.events, files.budget.max_bytes, job).await {
             Ok(events) => verdict.events = events,
             Err(reason) => {
                 verdict = factory.crashed(
@@ -274,9 +279,10 @@ async fn verdict(
 /// The events the task announced; none when it wrote no events file.
 async fn read_events(
     (root, relative): (&Path, &Path),
+    max_bytes: u64,
     job: &JobRequest,
 ) -> Result<Vec<taskbot::Event>, String> {
-    match read_task_file(root, relative).await? {
+    match read_task_file(root, relative, max_bytes).await? {
         Some(text) => events::parse(&text, job),
         None => Ok(Vec::new()),
     }
@@ -285,9 +291,10 @@ async fn read_events(
 /// The parsed results file, or `None` when the task wrote none.
 async fn read_results(
     (root, relative): (&Path, &Path),
+    budget: &YamlBudget,
 ) -> Option<Result<Vec<results::ReportedResult>, String>> {
-    match read_task_file(root, relative).await {
-        Ok(Some(text)) => Some(results::parse(&text)),
+    match read_task_file(root, relative, budget.max_bytes).await {
+        Ok(Some(text)) => Some(results::parse_within(&text, budget)),
         Ok(None) => None,
         Err(e) => Some(Err(e)),
     }
@@ -295,13 +302,16 @@ async fn read_results(
 
 /// A file the task wrote, as text, read off the runtime's threads without following links out
 /// of the job's directory ([`task_files`]); `None` when it wrote none.
-async fn read_task_file(root: &Path, relative: &Path) -> Result<Option<String>, String> {
+async fn read_task_file(
+    root: &Path,
+    relative: &Path,
+    max_bytes: u64,
+) -> Result<Option<String>, String> {
     let (root, relative) = (root.to_path_buf(), relative.to_path_buf());
-    let bytes = tokio::task::spawn_blocking(move || {
-        task_files::read_beneath(&root, &relative, task_files::MAX_TASK_FILE_BYTES)
-    })
-    .await
-    .map_err(|e| format!("runner failure while reading a task file: {e}"))??;
+    let bytes =
+        tokio::task::spawn_blocking(move || task_files::read_beneath(&root, &relative, max_bytes))
+            .await
+            .map_err(|e| format!("runner failure while reading a task file: {e}"))??;
     bytes
         .map(|b| String::from_utf8(b).map_err(|_| "the file is not UTF-8 text".to_string()))
         .transpose()
@@ -316,17 +326,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.yml");
         let file = (dir.path(), Path::new("results.yml"));
-        assert_eq!(read_results(file).await, None);
+        assert_eq!(
+            read_results(file, &task_files::default_budget()).await,
+            None
+        );
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
         assert_eq!(
-            read_results(file).await,
+            read_results(file, &task_files::default_budget()).await,
             Some(Err("the file is not UTF-8 text".into()))
         );
         std::fs::write(&path, "results:\n  - {item: a, type: t}\n").unwrap();
-        assert_eq!(read_results(file).await.unwrap().unwrap().len(), 1);
+        assert_eq!(
+            read_results(file, &task_files::default_budget())
+                .await
+                .unwrap()
+                .unwrap()
+                .len(),
+            1
+        );
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
-        let refused = read_results(file).await.unwrap().unwrap_err();
+        let refused = read_results(file, &task_files::default_budget())
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(
             refused.contains("symbolic link") && !refused.contains("root:"),
             "{refused}"

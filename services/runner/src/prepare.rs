@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use taskbot::artifacts::TASK_LOG;
 use taskbot::messages::{JobRequest, Machine, ProvisionedJob};
+use taskbot::yaml_budget::YamlBudget;
 use uuid::Uuid;
 
 use crate::budget::{task_budget, Budget};
@@ -37,6 +38,8 @@ pub(crate) struct Prepared {
     pub secrets: Arc<[Delivered]>,
     /// Takes the secrets the job may have out of its log, artifacts, results and events.
     pub redactor: Arc<Redactor>,
+    /// What the task's own files (its results and events) may hold.
+    pub file_budget: YamlBudget,
 }
 
 impl RunnerHandler {
@@ -145,6 +148,7 @@ impl RunnerHandler {
             artifacts,
             log,
             budget,
+            file_budget: self.settings.task_file_budget(),
             secrets,
             redactor,
         })
@@ -168,9 +172,10 @@ impl RunnerHandler {
             clone_dir.to_path_buf(),
             self.settings.mirror_dir.clone(),
         );
+        let budget = self.settings.task_file_budget();
         let fetched = tokio::task::spawn_blocking(move || {
             let fetched = git::clone_through_mirror(&url, &git_ref, &mirrors, &dest)?;
-            Ok::<_, git::FetchError>((fetched, TaskFile::load(&dest)))
+            Ok::<_, git::FetchError>((fetched, TaskFile::load(&dest, &budget)))
         })
         .await;
         match fetched {

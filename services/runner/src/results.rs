@@ -69,11 +69,19 @@ struct Entry {
     extra: BTreeMap<String, serde_norway::Value>,
 }
 
-/// Parse a results file's text. The error is fit for a CRASHED result's note: the YAML parser's
-/// message with its line and column, or the entry (`results[2]`) and key at fault.
+/// Parse a results file's text within the default limits ([`parse_within`]).
 pub fn parse(text: &str) -> Result<Vec<ReportedResult>, String> {
-    taskbot::yaml_budget::check(text, &crate::task_files::TASK_FILE_BUDGET)
-        .map_err(|e| e.to_string())?;
+    parse_within(text, &crate::task_files::default_budget())
+}
+
+/// Parse a results file's text; one past `budget` is refused before parsing. The error is fit
+/// for a CRASHED result's note: the YAML parser's message with its line and column, or the
+/// entry (`results[2]`) and key at fault.
+pub fn parse_within(
+    text: &str,
+    budget: &taskbot::yaml_budget::YamlBudget,
+) -> Result<Vec<ReportedResult>, String> {
+    taskbot::yaml_budget::check(text, budget).map_err(|e| e.to_string())?;
     let file: ResultsFile = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     if file.results.is_empty() {
         // A task that checked something says so; an empty list is far more often a bug in the task

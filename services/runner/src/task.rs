@@ -31,6 +31,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use taskbot::text::{template_pieces, Piece};
+use taskbot::yaml_budget::YamlBudget;
 
 /// The file name the runner looks for at the root of a task repository.
 pub const TASK_FILE: &str = "taskbot.yaml";
@@ -258,9 +259,14 @@ pub struct NamedStep {
 }
 
 impl TaskFile {
-    /// Parse and validate the file's text.
+    /// Parse and validate the file's text, within the default limits.
     pub fn parse(text: &str) -> Result<TaskFile, TaskFileError> {
-        taskbot::yaml_budget::check(text, &crate::task_files::TASK_FILE_BUDGET)
+        TaskFile::parse_within(text, &crate::task_files::default_budget())
+    }
+
+    /// Parse and validate the file's text; one past `budget` is refused before parsing.
+    pub fn parse_within(text: &str, budget: &YamlBudget) -> Result<TaskFile, TaskFileError> {
+        taskbot::yaml_budget::check(text, budget)
             .map_err(|e| TaskFileError::Invalid(e.to_string()))?;
         let task: TaskFile =
             serde_norway::from_str(text).map_err(|e| TaskFileError::Invalid(e.to_string()))?;
@@ -268,18 +274,15 @@ impl TaskFile {
         Ok(task)
     }
 
-    /// Read `taskbot.yaml` from the root of a clone.
-    pub fn load(clone_dir: &Path) -> Result<TaskFile, TaskFileError> {
+    /// Read `taskbot.yaml` from the root of a clone, within `budget`.
+    pub fn load(clone_dir: &Path, budget: &YamlBudget) -> Result<TaskFile, TaskFileError> {
         // A repository may hold `taskbot.yaml` as a symbolic link (git checks them out):
         // never followed, as no task file is (crate::task_files).
-        let bytes = crate::task_files::read_beneath(
-            clone_dir,
-            Path::new(TASK_FILE),
-            crate::task_files::MAX_TASK_FILE_BYTES,
-        );
+        let bytes =
+            crate::task_files::read_beneath(clone_dir, Path::new(TASK_FILE), budget.max_bytes);
         match bytes {
             Ok(Some(bytes)) => match String::from_utf8(bytes) {
-                Ok(text) => TaskFile::parse(&text),
+                Ok(text) => TaskFile::parse_within(&text, budget),
                 Err(_) => Err(TaskFileError::Invalid(
                     "cannot read it: not UTF-8 text".into(),
                 )),
@@ -947,14 +950,21 @@ testcase: dist.rpmcheck
     #[test]
     fn missing_file_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(TaskFile::load(dir.path()), Err(TaskFileError::Missing));
+        assert_eq!(
+            TaskFile::load(dir.path(), &crate::task_files::default_budget()),
+            Err(TaskFileError::Missing)
+        );
         std::fs::write(dir.path().join(TASK_FILE), "name: t\nrun: true\n").unwrap();
         assert_eq!(
-            TaskFile::load(dir.path()).unwrap().run,
+            TaskFile::load(dir.path(), &crate::task_files::default_budget())
+                .unwrap()
+                .run,
             RunSpec::Command("true".into())
         );
         std::fs::write(dir.path().join(TASK_FILE), "name: t\nrun: [true, 7]\n").unwrap();
-        let steps = TaskFile::load(dir.path()).unwrap().steps(Phase::Run);
+        let steps = TaskFile::load(dir.path(), &crate::task_files::default_budget())
+            .unwrap()
+            .steps(Phase::Run);
         assert_eq!(
             (steps[0].run.as_str(), steps[1].run.as_str()),
             ("true", "7")

@@ -14,16 +14,13 @@ use std::path::Path;
 use taskbot::artifacts::{check_regular, is_link_refusal, open_beneath};
 use taskbot::yaml_budget::YamlBudget;
 
-/// Largest task file read (results, events, `taskbot.yaml`), in bytes.
-pub const MAX_TASK_FILE_BYTES: u64 = 1024 * 1024;
-
 /// The limits `taskbot.yaml` and `results.yml` are checked against before they are parsed
-/// (taskbot::yaml_budget): a task could otherwise nest brackets so that the YAML parser spends
-/// minutes on one file, past the task's time limit.
-pub const TASK_FILE_BUDGET: YamlBudget = YamlBudget {
-    max_bytes: MAX_TASK_FILE_BYTES,
-    max_depth: YamlBudget::DEFAULT.max_depth,
-};
+/// (taskbot::yaml_budget) when the runner's configuration says none: a task could otherwise nest
+/// brackets so that the YAML parser spends minutes on one file, past the task's time limit. The
+/// runner's own are `runner.max_task_file_bytes` and `runner.max_task_file_depth`.
+pub fn default_budget() -> YamlBudget {
+    taskbot::config::RunnerConfig::default().task_file_budget()
+}
 
 /// The bytes of `relative` under `root`, `None` if it does not exist, or why it was refused.
 pub fn read_beneath(

@@ -808,6 +808,45 @@ async fn invalid_results_file_crashes_quoting_the_log() {
     assert!(r.log_url.is_some());
 }
 
+/// `runner.max_task_file_bytes` and `runner.max_task_file_depth` are the runner's limits on a
+/// task's files, not fixed ones: set low, a `taskbot.yaml` past the size, and a results file past
+/// the depth, are each refused naming the limit, and the job CRASHED.
+#[tokio::test]
+async fn the_configured_task_file_limits_are_the_ones_enforced() {
+    let mut h = Harness::new();
+    h.settings.max_task_file_bytes = 200;
+    h.settings.max_task_file_depth = 3;
+    let padded = format!("name: big\nrun: 'true'\ndescription: {}\n", "x".repeat(300));
+    let big = h.dirs.task("big", &padded);
+    let (states, results) = h
+        .outcome_of(&job("big", &big, "main", "pkg-1-1", "x86_64"), 1)
+        .await;
+    assert_eq!(states, CRASHED_BEFORE_RUNNING);
+    let note = results[0].note.clone().unwrap();
+    assert!(note.contains("over the limit of 200"), "{note}");
+
+    let deep = h.dirs.repo(
+        "deep",
+        &[
+            ("taskbot.yaml", "name: deep\nrun: sh write.sh\n"),
+            (
+                "write.sh",
+                "echo 'results: [{item: a, type: t, data: {a: {b: {c: 1}}}}]' > \"$TASKBOT_RESULTS\"\n",
+            ),
+        ],
+    );
+    let (states, results) = h
+        .outcome_of(&job("deep", &deep, "main", "pkg-1-1", "x86_64"), 1)
+        .await;
+    assert_eq!(states, CRASHED_RUNNING);
+    let note = results[0].note.clone().unwrap();
+    assert!(
+        note.starts_with("invalid results file:")
+            && note.contains("deeper than the limit of 3 levels"),
+        "{note}"
+    );
+}
+
 #[tokio::test]
 async fn several_results_at_a_tag_with_the_task_environment() {
     let h = Harness::new();

@@ -1,6 +1,7 @@
 //! The consume loop: handlers ([`Handler`]) decide, the loop publishes what they decided, waits
 //! for the confirms and only then acks, surviving broker restarts on the way.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,8 +74,23 @@ pub struct ConsumerSpec {
     pub name: String,
     /// Deliveries handled at once (the prefetch is at least this).
     pub concurrency: usize,
-    /// Pause before handing back a delivery whose handling failed transiently.
+    /// Pause before handing back a delivery whose handling failed transiently; doubled for each
+    /// further failure in a row on this consumer, up to [`MAX_RETRY_DELAY`] ([`retry_pause`]).
     pub retry_delay: Duration,
+}
+
+/// The longest pause before a failed delivery is handed back: a store down for an hour is asked
+/// about twice a minute per consumer, not every two seconds.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// The pause before handing back a delivery after `failures_in_a_row` transient failures on its
+/// consumer (this one included): `base`, doubled for each earlier failure, at most
+/// [`MAX_RETRY_DELAY`] (or `base`, if that is longer). A delivery handled since resets the count,
+/// so one store outage costs the pipeline no more than the outage plus one pause.
+pub fn retry_pause(base: Duration, failures_in_a_row: u32) -> Duration {
+    let doublings = failures_in_a_row.saturating_sub(1).min(16);
+    base.saturating_mul(1 << doublings)
+        .min(MAX_RETRY_DELAY.max(base))
 }
 
 /// Consume `spec.queue` until shutdown, surviving broker restarts: on any connection or channel
@@ -97,6 +113,7 @@ pub async fn consume(
         spec,
         slots: Arc::new(Semaphore::new(concurrency)),
         concurrency,
+        failures_in_a_row: Default::default(),
     });
     let queue = worker.spec.queue.as_str();
     let mut backoff = Backoff::new(config.reconnect_max_secs);
@@ -158,6 +175,8 @@ struct Worker {
     /// One permit per delivery handled at once.
     slots: Arc<Semaphore>,
     concurrency: usize,
+    /// Transient failures in a row on this consumer, for [`retry_pause`].
+    failures_in_a_row: std::sync::atomic::AtomicU32,
 }
 
 impl Worker {
@@ -311,8 +330,10 @@ async fn handle_and_settle(
             )]
         }
         Disposition::Retry(reason) => {
-            tracing::warn!(queue = %spec.queue, %reason, retry_in_ms = spec.retry_delay.as_millis() as u64, "transient failure; will retry");
-            tokio::time::sleep(spec.retry_delay).await;
+            let failures = worker.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+            let pause = retry_pause(spec.retry_delay, failures);
+            tracing::warn!(queue = %spec.queue, %reason, failures_in_a_row = failures, retry_in_ms = pause.as_millis() as u64, "transient failure; will retry");
+            tokio::time::sleep(pause).await;
             hand_back(&delivery).await;
             return Ending::Rejected;
         }
@@ -328,9 +349,33 @@ async fn handle_and_settle(
         tracing::warn!(queue = %spec.queue, error = %err, "ack failed; the message will be redelivered");
         return Ending::AckFailed;
     }
+    worker.failures_in_a_row.store(0, Ordering::Relaxed);
     if dead_lettered {
         Ending::DeadLettered
     } else {
         Ending::Acked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_double_from_the_base_up_to_the_cap() {
+        let base = Duration::from_secs(2);
+        let pauses: Vec<u64> = (1..=7).map(|n| retry_pause(base, n).as_secs()).collect();
+        assert_eq!(pauses, [2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(
+            retry_pause(base, 0),
+            base,
+            "the first failure waits the base"
+        );
+        assert_eq!(retry_pause(base, u32::MAX), MAX_RETRY_DELAY);
+        let long = Duration::from_secs(60);
+        assert_eq!(retry_pause(long, 3), long, "a base above the cap is kept");
+        let tiny = Duration::from_millis(1);
+        assert_eq!(retry_pause(tiny, 12), Duration::from_millis(2048));
+        assert_eq!(retry_pause(tiny, 40), MAX_RETRY_DELAY, "no overflow");
     }
 }

@@ -21,7 +21,7 @@ mod message;
 mod publish;
 
 pub use connect::{connect, connect_with_retry, login_refused, url_user, Backoff};
-pub use consume::{consume, ConsumerSpec, DeliveryContext, Handler};
+pub use consume::{consume, retry_pause, ConsumerSpec, DeliveryContext, Handler, MAX_RETRY_DELAY};
 pub(crate) use message::incoming_from;
 pub use message::{
     Disposition, Incoming, Outgoing, EXCHANGE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER,
