@@ -455,8 +455,8 @@ pub struct RunnerConfig {
     pub work_dir: PathBuf,
     /// Where each job's logs and artifacts are kept, under `<artifacts_dir>/<job id>/`.
     pub artifacts_dir: PathBuf,
-    /// Public URL of `artifacts_dir`, used for results' log links; without it results carry the
-    /// local path.
+    /// Public URL of `artifacts_dir`, used for results' log links; unset, `<api.public_url>/artifacts`
+    /// when that is set ([`Config::artifacts_url`]), else results carry the local path.
     pub artifacts_url: Option<String>,
     /// Prefixes of repository URLs the runner may clone. A task's code runs on this host, so
     /// anything else yields a CRASHED result. Empty means nothing is allowed.
@@ -681,7 +681,7 @@ pub struct ReporterConfig {
     /// does); honoured only by queues declared with `x-max-priority`.
     pub fedora_messaging_priority: u8,
     /// Which results the fedora-messaging sink publishes: `all`, `changes` (only a result whose
-    /// outcome differs from the previous one for its testcase, item and arch) or
+    /// outcome differs from the previous one for its testcase, item, arch and scenario) or
     /// `changes-and-failures` (those plus every failure). The last two keep their state in
     /// PostgreSQL.
     pub fedora_messaging_notify: FedoraMessagingNotify,
@@ -884,6 +884,24 @@ impl Config {
             .map(|t| t.replace("{job_id}", &job_id.to_string()))
     }
 
+    /// Where job artifacts are published, the base of results' `ref_url` (log links):
+    /// `runner.artifacts_url`, else `<api.public_url>/artifacts` (the api serves the artifacts
+    /// directory there), else `None` (results then carry the runner host's local path). Without
+    /// a trailing slash. The runner's links and the api's `logs.published` both use this, so
+    /// they agree.
+    pub fn artifacts_url(&self) -> Option<String> {
+        let explicit = self.runner.artifacts_url.as_deref();
+        let from_api = || {
+            self.api
+                .public_url
+                .as_deref()
+                .map(|base| format!("{}/artifacts", base.trim_end_matches('/')))
+        };
+        explicit
+            .map(|url| url.trim_end_matches('/').to_string())
+            .or_else(from_api)
+    }
+
     /// [`Config::job_page_url`] as a template with `{job_id}`.
     pub fn job_page_template(&self) -> Option<String> {
         if let Some(template) = &self.reporter.job_url_template {
@@ -985,6 +1003,22 @@ fn describe(err: figment::Error) -> ConfigError {
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn artifacts_are_published_under_the_api_unless_runner_artifacts_url_says() {
+        let mut config = Config::default();
+        assert_eq!(config.artifacts_url(), None);
+        config.api.public_url = Some("https://taskbot.example.org/".into());
+        assert_eq!(
+            config.artifacts_url().as_deref(),
+            Some("https://taskbot.example.org/artifacts")
+        );
+        config.runner.artifacts_url = Some("https://cdn.example/taskbot/".into());
+        assert_eq!(
+            config.artifacts_url().as_deref(),
+            Some("https://cdn.example/taskbot")
+        );
+    }
 
     #[test]
     fn defaults_then_file_then_env_then_overrides() {

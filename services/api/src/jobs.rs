@@ -16,17 +16,22 @@ use crate::resultsdb::{result_json, RESULT_COLUMNS};
 use crate::store::{ApiError, Conditions};
 use crate::{AppState, SharedState};
 
+/// The columns every job query selects. `testcases` and `scenario` (schema v6) are read through
+/// `to_jsonb(j)`, so an api newer than the database's schema answers (with none) instead of
+/// failing until the reporter has migrated it.
 const JOB_COLUMNS: &str = "j.job_id, j.state, j.item, j.item_type, j.arch, j.task_name, \
-    j.task_repo, j.task_ref, j.rule, j.event_id, j.event_topic, j.created_at, j.updated_at";
+    j.task_repo, j.task_ref, j.rule, j.event_id, j.event_topic, j.created_at, j.updated_at, \
+    (to_jsonb(j) -> 'testcases') AS testcases, (to_jsonb(j) ->> 'scenario') AS scenario";
 
 /// Every key `GET /jobs` accepts (its filters, paging, and the JSONP leftovers ResultsDB clients
 /// send).
 pub const JOB_QUERY_KEYS: &[&str] = &[
-    "state", "item", "task", "arch", "type", "since", "page", "limit", "callback", "_",
+    "state", "item", "task", "arch", "type", "testcase", "since", "page", "limit", "callback", "_",
 ];
 
-/// The conditions of `GET /jobs`: `state`, `item`, `task`, `arch` (comma = OR, different keys =
-/// AND) and `since=START[,END]` on the job's creation time.
+/// The conditions of `GET /jobs`: `state`, `item`, `task`, `arch`, `type`, `testcase` (jobs
+/// declared to report one of them; comma = OR, different keys = AND) and `since=START[,END]` on
+/// the job's creation time.
 ///
 /// Any other key is a 400 naming the accepted ones: a misspelt filter would otherwise list every
 /// job as if it matched.
@@ -57,6 +62,12 @@ pub fn job_conditions(query: &[(String, String)]) -> Result<Conditions, ApiError
             let p = c.param(values);
             c.push(format!("{column} = ANY({p})"));
         }
+    }
+    if let Some(testcases) = list(query, "testcase").filter(|v| !v.is_empty()) {
+        let p = c.param(testcases);
+        c.push(format!(
+            "COALESCE(to_jsonb(j) -> 'testcases', '[]'::jsonb) ?| {p}::text[]"
+        ));
     }
     let (since, until) = links::parse_since(query)?;
     if let Some(since) = since {
@@ -95,6 +106,10 @@ fn job_json(row: &Row, state: &AppState, base: &str) -> Result<Value, ApiError> 
             "ref": row.try_get::<_, String>("task_ref")?,
         },
         "rule": row.try_get::<_, String>("rule")?,
+        "testcases": row
+            .try_get::<_, Option<Value>>("testcases")?
+            .unwrap_or_else(|| json!([])),
+        "scenario": row.try_get::<_, Option<String>>("scenario")?,
         "event": {
             "id": row.try_get::<_, String>("event_id")?,
             "topic": row.try_get::<_, String>("event_topic")?,

@@ -72,7 +72,7 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Root of the job artifact directories (`<artifacts_dir>/<job id>/`).
     pub artifacts_dir: PathBuf,
-    /// `runner.artifacts_url`: where the same files are published elsewhere, if anywhere.
+    /// Where the runners publish the same files ([`Config::artifacts_url`]), if anywhere.
     pub artifacts_url: Option<String>,
     /// RabbitMQ's management API (for the dashboard's queues), or why it cannot be used.
     pub management: Result<taskbot::management::Management, String>,
@@ -99,11 +99,7 @@ impl AppState {
                 .artifacts_dir
                 .clone()
                 .unwrap_or_else(|| config.runner.artifacts_dir.clone()),
-            artifacts_url: config
-                .runner
-                .artifacts_url
-                .as_ref()
-                .map(|u| u.trim_end_matches('/').to_string()),
+            artifacts_url: config.artifacts_url(),
             management: taskbot::management::Management::new(config),
             namespace: config.amqp.namespace.clone(),
             job_page_template: config.job_page_template(),

@@ -401,6 +401,130 @@ async fn jobs_list_filters_and_detail_has_history_results_and_logs() {
     f.api.stop().await;
 }
 
+/// Greenwave's query (`reference`: `/results/latest?item=<NVR>&type=koji_build&testcases=...
+/// &_distinct_on=scenario,system_architecture,system_variant`) over results on three arches and
+/// in two scenarios: one latest result per testcase, arch and scenario.
+#[tokio::test]
+async fn greenwaves_latest_query_keeps_one_result_per_arch_and_scenario() {
+    let db = TestDb::create().await;
+    let item = "fedup-0.9.2-1.fc21";
+    let run = |arch: &str, scenario: Option<&str>, outcome: Outcome, at: i64| {
+        let mut j = job("upgrade-tests", item, arch, at);
+        j.scenario = scenario.map(str::to_string);
+        let mut r = result(&j, "dist.upgrade", outcome, at);
+        if let Some(s) = scenario {
+            r.data.insert("scenario".into(), serde_json::json!(s));
+        }
+        r
+    };
+    let results = [
+        // aarch64 failed, then x86_64 passed later: the failure must stay visible.
+        run("aarch64", None, Outcome::Failed, 10),
+        run("x86_64", None, Outcome::Failed, 11),
+        run("x86_64", None, Outcome::Passed, 12),
+        run("s390x", None, Outcome::Passed, 13),
+        // Two configurations on x86_64, the older one failing, each its own latest.
+        run("x86_64", Some("n-1-minimal"), Outcome::Failed, 14),
+        run("x86_64", Some("n-2-server"), Outcome::Passed, 15),
+        run("x86_64", Some("n-1-minimal"), Outcome::Passed, 16),
+        run("x86_64", Some("n-2-server"), Outcome::Failed, 17),
+    ];
+    for r in &results {
+        db.insert_result(r).await;
+    }
+    let api = RunningApi::start(&db.url, tempfile::tempdir().unwrap().path()).await;
+    let query = format!(
+        "/api/v2.0/results/latest?item={item}&type=koji_build&testcases=dist.upgrade\
+         &_distinct_on=scenario,system_architecture,system_variant"
+    );
+    let (status, body) = api.get(&query).await;
+    assert_eq!(status, 200, "{body}");
+    let mut seen: Vec<(String, String, String)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let first = |key: &str| r["data"][key][0].as_str().unwrap_or("-").to_string();
+            (
+                first("system_architecture"),
+                first("scenario"),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let t = |a: &str, s: &str, o: &str| (a.to_string(), s.to_string(), o.to_string());
+    assert_eq!(
+        seen,
+        [
+            t("aarch64", "-", "FAILED"),
+            t("s390x", "-", "PASSED"),
+            t("x86_64", "-", "PASSED"),
+            t("x86_64", "n-1-minimal", "PASSED"),
+            t("x86_64", "n-2-server", "FAILED"),
+        ]
+    );
+    // Without `_distinct_on`, ResultsDB (and this api) keeps only the newest per testcase.
+    let (_, body) = api
+        .get(&format!(
+            "/api/v2.0/results/latest?item={item}&testcases=dist.upgrade"
+        ))
+        .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["data"][0]["outcome"], "FAILED");
+    api.stop().await;
+}
+
+/// Jobs carry the testcases they are declared to report (the rule's, then the task file's once
+/// the job runs) and their scenario; `testcase=` finds them.
+#[tokio::test]
+async fn jobs_have_their_declared_testcases_and_scenario() {
+    let db = TestDb::create().await;
+    let mut upgrade = job("upgrade-tests", "FEDORA-2024-1", "x86_64", 0);
+    upgrade.testcases = vec!["dist.upgrade".into()];
+    upgrade.scenario = Some("n-1-minimal".into());
+    db.record_status(&status(&upgrade, JobState::Queued, 0))
+        .await;
+    let mut running = status(&upgrade, JobState::Running, 5);
+    running.testcases = vec!["dist.upgrade.logs".into(), "dist.upgrade".into()];
+    db.record_status(&running).await;
+    // A redelivered running status adds nothing twice.
+    db.record_status(&running).await;
+    let plain = job("rpmlint", "FEDORA-2024-1", "x86_64", 1);
+    db.record_status(&status(&plain, JobState::Queued, 1)).await;
+    let api = RunningApi::start(&db.url, tempfile::tempdir().unwrap().path()).await;
+    let (status, j) = api.get(&format!("/api/v1/jobs/{}", upgrade.job_id)).await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(
+        j["testcases"],
+        serde_json::json!(["dist.upgrade", "dist.upgrade.logs"])
+    );
+    assert_eq!(j["scenario"], "n-1-minimal");
+    for (query, expected) in [
+        ("testcase=dist.upgrade.logs", vec![upgrade.job_id]),
+        ("testcase=dist.nothing,dist.upgrade", vec![upgrade.job_id]),
+        ("testcase=dist.rpmlint", vec![]),
+        ("item=FEDORA-2024-1", vec![plain.job_id, upgrade.job_id]),
+    ] {
+        let (status, body) = api.get(&format!("/api/v1/jobs?{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let ids: Vec<String> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect();
+        let expected: Vec<String> = expected.iter().map(|id| id.to_string()).collect();
+        assert_eq!(ids, expected, "{query}");
+    }
+    let (_, body) = api.get("/api/v1/jobs?testcase=dist.rpmlint&item=x").await;
+    assert_eq!(body["data"], serde_json::json!([]));
+    let (_, body) = api.get(&format!("/api/v1/jobs/{}", plain.job_id)).await;
+    assert_eq!(body["testcases"], serde_json::json!([]));
+    assert_eq!(body["scenario"], Value::Null);
+    api.stop().await;
+}
+
 /// A raw HTTP/1.1 GET, so the path reaches the server exactly as written (HTTP clients
 /// normalise `..` away before sending).
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {

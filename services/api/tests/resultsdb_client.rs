@@ -32,6 +32,14 @@ async fn resultsdb_python_client_reads_the_api() {
         .await;
     db.insert_result(&result(&glibc, "abi.check", Outcome::Failed, 12))
         .await;
+    // Greenwave's per-arch view: a FAILED aarch64 result, then a PASSED x86_64 one.
+    let gated = "fedup-0.9.2-1.fc21";
+    let upgrade_arm = job("upgrade-tests", gated, "aarch64", 2);
+    let upgrade_x86 = job("upgrade-tests", gated, "x86_64", 3);
+    db.insert_result(&result(&upgrade_arm, "upgrade.check", Outcome::Failed, 13))
+        .await;
+    db.insert_result(&result(&upgrade_x86, "upgrade.check", Outcome::Passed, 14))
+        .await;
     db.record_status(&status(&xchat, JobState::Done, 20)).await;
     let artifacts = tempfile::tempdir().unwrap();
     let api = RunningApi::start(&db.url, artifacts.path()).await;
@@ -45,7 +53,9 @@ async fn resultsdb_python_client_reads_the_api() {
         "result_id": lint.result_id.to_string(),
         "result_outcome": "PASSED",
         "job_id": xchat.job_id.to_string(),
-        "testcases": ["dist.rpmlint", "dist.rpmgrill", "abi.check"],
+        "testcases": ["dist.rpmlint", "dist.rpmgrill", "abi.check", "upgrade.check"],
+        "gated_item": gated,
+        "gated_latest": [["aarch64", "FAILED"], ["x86_64", "PASSED"]],
     });
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_resultsdb_client.py");

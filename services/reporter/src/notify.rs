@@ -4,7 +4,8 @@
 //! noise; a message when something starts or stops failing is news.
 //!
 //! A result is compared with the latest outcome the sink recorded for the same testcase, item,
-//! item type and arch: "latest" by the results' `finished_at`, so a result arriving late (after a
+//! item type, arch and scenario (the `scenario` data key, e.g. one of upgrade-tests'
+//! configurations: one configuration failing while another passes is not a change): "latest" by the results' `finished_at`, so a result arriving late (after a
 //! newer one for the same key) is not news and does not become the latest.
 //!
 //! The decision is recorded with the result's id, in the same transaction as the new latest
@@ -22,7 +23,7 @@ use taskbot::store::StoreError;
 /// What a result is compared with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Previous {
-    /// No outcome recorded for its testcase, item and arch: the first one is a change.
+    /// No outcome recorded for its testcase, item, arch and scenario: the first one is a change.
     First,
     /// The latest recorded outcome (as stored, e.g. `PASSED`).
     Was(String),
@@ -49,7 +50,17 @@ pub fn should_publish(mode: FedoraMessagingNotify, previous: &Previous, outcome:
     }
 }
 
-/// The class id of the advisory locks taken per testcase, item and arch (the two-key form, whose
+/// The scenario a result is for, as the change key holds it: its `scenario` data key (a string;
+/// any other value as its JSON text), `""` for none.
+pub fn scenario_of(result: &TaskResult) -> String {
+    match result.data.get("scenario") {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The class id of the advisory locks taken per testcase, item, arch and scenario (the two-key form, whose
 /// key space does not overlap the one-key form of the migrations' lock). "fm" in ASCII.
 const LOCK_CLASS: i32 = 0x666d;
 
@@ -67,11 +78,18 @@ impl ChangeLog {
     pub async fn decide(&self, result: &TaskResult) -> Result<bool, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        // One decision at a time per testcase, item and arch, across reporters: two first
+        // One decision at a time per change key, across reporters: two first
         // results for one key must not both see "no outcome yet". Keyed by the same values as
         // the row, so every result of a key (and each redelivery) takes the same lock.
-        let key = serde_json::json!([result.testcase, result.item, result.item_type, result.arch])
-            .to_string();
+        let scenario = scenario_of(result);
+        let key = serde_json::json!([
+            result.testcase,
+            result.item,
+            result.item_type,
+            result.arch,
+            scenario
+        ])
+        .to_string();
         tx.execute(
             "SELECT pg_advisory_xact_lock($1, hashtext($2))",
             &[&LOCK_CLASS, &key],
@@ -90,12 +108,14 @@ impl ChangeLog {
         let latest = tx
             .query_opt(
                 "SELECT outcome, finished_at FROM fedora_messaging_outcomes
-                 WHERE testcase = $1 AND item = $2 AND item_type = $3 AND arch = $4",
+                 WHERE testcase = $1 AND item = $2 AND item_type = $3 AND arch = $4
+                   AND scenario = $5",
                 &[
                     &result.testcase,
                     &result.item,
                     &result.item_type,
                     &result.arch,
+                    &scenario,
                 ],
             )
             .await?;
@@ -110,9 +130,10 @@ impl ChangeLog {
         if previous != Previous::Superseded {
             tx.execute(
                 "INSERT INTO fedora_messaging_outcomes
-                     (testcase, item, item_type, arch, outcome, result_id, finished_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (testcase, item, item_type, arch) DO UPDATE
+                     (testcase, item, item_type, arch, scenario, outcome, result_id,
+                      finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (testcase, item, item_type, arch, scenario) DO UPDATE
                  SET outcome = EXCLUDED.outcome, result_id = EXCLUDED.result_id,
                      finished_at = EXCLUDED.finished_at",
                 &[
@@ -120,6 +141,7 @@ impl ChangeLog {
                     &result.item,
                     &result.item_type,
                     &result.arch,
+                    &scenario,
                     &result.outcome.as_str(),
                     &result.result_id,
                     &result.finished_at,

@@ -475,6 +475,56 @@ async fn a_change_whose_publish_failed_is_published_when_redelivered_though_its_
 }
 
 #[tokio::test]
+async fn each_scenario_has_its_own_latest_outcome() {
+    // upgrade-tests runs in three configurations (scenarios) on one update and arch: one
+    // configuration failing after another passed is news for that configuration only, and a
+    // repeat of a configuration's outcome is no change whatever the others did.
+    let db = TestDb::create().await;
+    let sink = sink_on(&db, FedoraMessagingNotify::Changes).await;
+    let item = "FEDORA-2024-3b2f4c";
+    let run = |scenario: &str, outcome: Outcome, at: i64| {
+        let mut r = run_of(item, outcome, at);
+        r.data.insert("scenario".into(), json!(scenario));
+        r
+    };
+    let runs = [
+        (run("n-1-minimal", Outcome::Passed, -60), true),
+        (run("n-2-server", Outcome::Failed, -50), true),
+        (run("n-1-minimal", Outcome::Passed, -40), false),
+        (run("n-2-server", Outcome::Failed, -30), false),
+        (run_of(item, Outcome::Passed, -20), true),
+    ];
+    for (i, (r, expected)) in runs.iter().enumerate() {
+        let ctx = Recorder::new();
+        assert_eq!(
+            sink.handle(delivery(r), &ctx).await,
+            Disposition::Done(vec![])
+        );
+        assert_eq!(ctx.published().len(), usize::from(*expected), "run {i}");
+    }
+    let client = db.client().await;
+    let latest: Vec<(String, String)> = client
+        .query(
+            "SELECT scenario, outcome FROM fedora_messaging_outcomes ORDER BY scenario",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        latest,
+        [
+            pair("", "PASSED"),
+            pair("n-1-minimal", "PASSED"),
+            pair("n-2-server", "FAILED")
+        ]
+    );
+}
+
+#[tokio::test]
 async fn changes_and_failures_publishes_every_failure_and_changes_back_to_passing() {
     let db = TestDb::create().await;
     let sink = sink_on(&db, FedoraMessagingNotify::ChangesAndFailures).await;

@@ -68,6 +68,8 @@ struct Job {
     args: BTreeMap<String, String>,
     vm: bool,
     destructive: bool,
+    /// The rule's `scenario:`, given to every result of the job.
+    scenario: Option<String>,
 }
 
 fn job(rule: &str, task: &str, item: &str, item_type: &str, arch: &str) -> Job {
@@ -80,6 +82,7 @@ fn job(rule: &str, task: &str, item: &str, item_type: &str, arch: &str) -> Job {
         args: BTreeMap::new(),
         vm: false,
         destructive: false,
+        scenario: None,
     }
 }
 
@@ -100,6 +103,11 @@ impl Job {
 
     fn destructive(mut self) -> Job {
         self.destructive = true;
+        self
+    }
+
+    fn scenario(mut self, scenario: &str) -> Job {
+        self.scenario = Some(scenario.into());
         self
     }
 }
@@ -133,6 +141,7 @@ fn evaluate(engine: &Engine, event: &Event) -> Vec<Job> {
                 args: j.args.clone(),
                 vm: j.environment == Environment::Vm,
                 destructive: j.destructive,
+                scenario: j.scenario.clone(),
             }
         })
         .collect();
@@ -381,6 +390,7 @@ fn a_fedup_update_gets_upgrade_tests_in_three_configurations() {
         .args(&[("config", config), ("release", "21")])
         .in_vm()
         .destructive()
+        .scenario(config)
     };
     // One job per configuration although the update holds two fedup builds.
     assert_eq!(

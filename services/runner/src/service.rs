@@ -22,7 +22,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if arch.is_empty() || arch.contains(['.', '#', '*', ' ']) {
         anyhow::bail!("runner.arch: {arch:?} is not an arch name");
     }
-    let settings = settings(&config.runner).await?;
+    let mut settings = settings(&config.runner).await?;
+    // Unset, results link the api's artifacts (`api.public_url`), as the api's own links do.
+    settings.artifacts_url = config.artifacts_url();
     remove_stale_job_dirs(&settings.work_dir).await;
     remove_unclaimed(&settings.work_dir).await;
     sweep_outbox(&settings.work_dir).await;

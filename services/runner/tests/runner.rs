@@ -200,6 +200,33 @@ impl RunningRunner {
     }
 }
 
+/// With no `runner.artifacts_url`, results link the api's artifacts under `api.public_url`, the
+/// same place the api's job pages and `logs.published` point at, instead of a local path.
+#[tokio::test]
+async fn without_artifacts_url_results_link_the_apis_artifacts() {
+    let mut world = World::new("x86_64").await;
+    world.config.runner.artifacts_url = None;
+    world.config.api.public_url = Some("https://taskbot.example.org/".into());
+    let files = example_task_files();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    let repo = world.dirs.repo("example", &files);
+    let runner = world.start_runner("x86_64");
+    let good = job("example", &repo, "main", "xchat-0.5-1.fc20", "x86_64");
+    world.submit(&good).await;
+    let (_, results) = world.outcome_of(&good, 1).await;
+    let base = format!("https://taskbot.example.org/artifacts/{}", good.job.job_id);
+    assert_eq!(
+        results[0].log_url.as_deref(),
+        Some(format!("{base}/task.log").as_str())
+    );
+    // What the task was told (TASKBOT_ARTIFACTS_URL) agrees.
+    assert_eq!(results[0].data["artifact"], format!("{base}/nvr.txt"));
+    world.finish(vec![runner]).await;
+}
+
 #[tokio::test]
 async fn example_task_passes_a_good_nvr_and_fails_a_broken_one() {
     let mut world = World::new("x86_64").await;

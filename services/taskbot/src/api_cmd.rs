@@ -33,7 +33,7 @@ pub fn api_url(args: &ApiArgs) -> Result<String, Failure> {
 }
 
 /// Percent-encode a query value.
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         match byte {
@@ -47,7 +47,7 @@ fn encode(text: &str) -> String {
 }
 
 /// GET `url` and decode the JSON answer. `what` names the thing for a 404 ("job X").
-fn get(url: &str, what: &str) -> Result<Value, Failure> {
+pub(crate) fn get(url: &str, what: &str) -> Result<Value, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

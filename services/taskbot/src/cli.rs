@@ -26,6 +26,11 @@ pub enum Command {
     Results(ResultsArgs),
     /// Show one job from the api: its state history, results and log links.
     Job(JobArgs),
+    /// What Greenwave's PassingTestCaseRule would decide for an item, from the api: each
+    /// required testcase (per scenario and arch) satisfied, failed, missing, queued or running.
+    /// Exit status 0 when all are satisfied, 3 when one failed, 4 when one is still missing,
+    /// queued or running.
+    Gate(GateArgs),
     /// One screen of the deployment's state: every stage's queue (waiting, being worked on,
     /// consumers, rates, dead letters) from RabbitMQ's management API, runners per arch, and jobs
     /// per state from the api.
@@ -171,6 +176,31 @@ pub struct ResultsArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
     /// Print the api's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GateArgs {
+    /// The item: an NVR (koji_build), an update alias (bodhi_update) or a compose id.
+    pub item: String,
+    /// The item's type (Greenwave's subject type).
+    #[arg(long = "type", value_name = "TYPE", default_value = "koji_build",
+          value_parser = ["koji_build", "bodhi_update", "compose"])]
+    pub item_type: String,
+    /// A testcase that must pass (repeatable), in every scenario and arch it has results for.
+    #[arg(long, value_name = "NAME")]
+    pub testcase: Vec<String>,
+    /// A Greenwave policy file or a dist-git gating.yaml (repeatable): its
+    /// `!PassingTestCaseRule`s (with their `scenario`) in the policies for the item's type.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Vec<PathBuf>,
+    /// Only the policies of this decision context (e.g. bodhi_update_push_stable).
+    #[arg(long, value_name = "CONTEXT")]
+    pub decision_context: Option<String>,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

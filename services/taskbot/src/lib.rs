@@ -1,5 +1,6 @@
 //! The `taskbot` command line. One module per command group (`rules_cmd` for `taskbot rules …`,
-//! `api_cmd` for `taskbot results` and `taskbot job`, which read the api service; `ops_cmd` for
+//! `api_cmd` for `taskbot results` and `taskbot job`, which read the api service; `gate` for
+//! `taskbot gate`, which answers from the api what Greenwave would decide; `ops_cmd` for
 //! `status`, `watch`, `submit`, `replay` and `dlq`, which work on the broker);
 //! [`cli`] holds the clap definitions of all of them, and [`run`] dispatches.
 //!
@@ -10,6 +11,7 @@
 
 pub mod api_cmd;
 pub mod cli;
+pub mod gate;
 pub mod message_input;
 pub mod ops_cmd;
 pub mod rules_cmd;
@@ -48,7 +50,21 @@ impl Failure {
 
 /// Run a parsed command line; prints its output and returns the exit status.
 pub fn run(cli: Cli) -> ExitCode {
+    // `gate` prints its answer whatever it is; its exit status says what the answer was.
+    if let Command::Gate(args) = &cli.command {
+        return match gate::gate(args) {
+            Ok(report) => {
+                let _ = std::io::stdout().lock().write_all(report.output.as_bytes());
+                ExitCode::from(report.status)
+            }
+            Err(failure) => {
+                eprintln!("{}", failure.message);
+                ExitCode::from(failure.status)
+            }
+        };
+    }
     let result = match cli.command {
+        Command::Gate(_) => unreachable!("answered above"),
         Command::Rules(RulesCommand::Check(args)) => rules_cmd::check(&args),
         Command::Rules(RulesCommand::Test(args)) => rules_cmd::test(&args),
         Command::Results(args) => api_cmd::results(&args),

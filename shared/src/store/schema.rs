@@ -21,7 +21,7 @@ pub const RESULTSDB_DELIVERIES: &str = "resultsdb_deliveries";
 /// Every job the reporter saw requested, and by whom it was dispatched: what binds results and
 /// statuses to their job.
 pub const JOB_RECORDS: &str = "job_records";
-/// The fedora-messaging sink's latest outcome per testcase, item and arch (the previous outcome
+/// The fedora-messaging sink's latest outcome per testcase, item, arch and scenario (the previous outcome
 /// it compares a result with under `reporter.fedora_messaging_notify = "changes"`).
 pub const FEDORA_MESSAGING_OUTCOMES: &str = "fedora_messaging_outcomes";
 /// The fedora-messaging sink's decision per result (publish or not), so a redelivered result gets
@@ -182,6 +182,19 @@ pub const MIGRATIONS: &[&str] = &[
         previous_outcome text,
         decided_at       timestamptz NOT NULL DEFAULT now()
     );
+    "#,
+    // v6: what each job is declared to report (the rule's `testcases:`, joined by the task
+    // file's list when the job starts) and its `scenario:`, so the api can say which testcases
+    // of an item are queued or running (`taskbot gate`). The fedora-messaging sink's latest
+    // outcomes are kept per scenario too ('' for none), so one configuration of a test does not
+    // count as a change of another's.
+    r#"
+    ALTER TABLE jobs ADD COLUMN testcases text[] NOT NULL DEFAULT '{}',
+                     ADD COLUMN scenario text;
+    ALTER TABLE fedora_messaging_outcomes ADD COLUMN scenario text NOT NULL DEFAULT '';
+    ALTER TABLE fedora_messaging_outcomes DROP CONSTRAINT fedora_messaging_outcomes_pkey;
+    ALTER TABLE fedora_messaging_outcomes
+        ADD PRIMARY KEY (testcase, item, item_type, arch, scenario);
     "#,
 ];
 

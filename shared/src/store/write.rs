@@ -140,18 +140,33 @@ fn parse_state(text: &str) -> Option<JobState> {
     serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
 }
 
-/// Add a status to the job's history and bring the job's row up to date, in one transaction.
+/// The testcases a status says its job is declared to report: the rule's (on every status's
+/// job request), then those of the task file the status names (`running`), each once.
+pub fn declared_testcases(status: &JobStatus) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for testcase in status.job.testcases.iter().chain(&status.testcases) {
+        if !out.contains(testcase) {
+            out.push(testcase.clone());
+        }
+    }
+    out
+}
+
+/// Add a status to the job's history and bring the job's row up to date (its state, and the
+/// testcases it is declared to report), in one transaction.
 pub async fn record_status(
     client: &mut Object,
     status: &JobStatus,
 ) -> Result<StatusWrite, StoreError> {
     let job = &status.job;
+    let declared = declared_testcases(status);
     let tx = client.transaction().await?;
     let inserted = tx
         .execute(
             "INSERT INTO jobs (job_id, state, item, item_type, arch, task_name, task_repo, \
-             task_ref, rule, event_id, event_topic, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             task_ref, rule, event_id, event_topic, created_at, updated_at, testcases, \
+             scenario) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (job_id) DO NOTHING",
             &[
                 &status.job_id,
@@ -167,6 +182,8 @@ pub async fn record_status(
                 &job.event_topic,
                 &job.created_at,
                 &status.at,
+                &declared,
+                &job.scenario,
             ],
         )
         .await?
@@ -193,6 +210,16 @@ pub async fn record_status(
             tx.execute(
                 "UPDATE jobs SET state = $2, updated_at = $3 WHERE job_id = $1",
                 &[&status.job_id, &status.state.as_str(), &status.at],
+            )
+            .await?;
+        }
+        if !status.testcases.is_empty() {
+            // The task file's list (on the `running` status) joins the rule's, in order, once.
+            tx.execute(
+                "UPDATE jobs SET testcases = testcases || ARRAY(SELECT t FROM \
+                 unnest($2::text[]) WITH ORDINALITY AS u(t, n) \
+                 WHERE t <> ALL(testcases) ORDER BY n) WHERE job_id = $1",
+                &[&status.job_id, &declared],
             )
             .await?;
         }

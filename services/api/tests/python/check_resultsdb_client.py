@@ -6,7 +6,7 @@ Run by services/api/tests/resultsdb_client.rs against an api holding known rows:
 
 API_ROOT is http://host:port/api/v2.0; EXPECTED_JSON describes the rows the test stored:
 {"item": ..., "other_item": ..., "result_id": ..., "job_id": ..., "testcases": [...],
- "total": N}. Exit status 0 when every check passes; an AssertionError otherwise.
+ "total": N, "gated_item": ..., "gated_latest": [[arch, outcome], ...]}. Exit status 0 when every check passes; an AssertionError otherwise.
 """
 
 import json
@@ -71,6 +71,17 @@ def main():
     group = api.get_group(expected["job_id"])
     assert group["uuid"] == expected["job_id"] and group["results_count"] >= 1, group
     assert api.get_groups(uuid=expected["job_id"])["data"][0]["uuid"] == expected["job_id"]
+
+    # Greenwave's query (the client has no call for `latest`; Greenwave makes it with requests,
+    # as here with the client's session): one latest result per testcase, scenario and arch.
+    latest = api.session.get(root + "/results/latest", params={
+        "item": expected["gated_item"], "type": "koji_build", "testcases": "upgrade.check",
+        "_distinct_on": "scenario,system_architecture,system_variant"}).json()
+    seen = sorted([r["data"]["system_architecture"][0], r["outcome"]] for r in latest["data"])
+    assert seen == expected["gated_latest"], latest
+    newest = api.session.get(root + "/results/latest", params={
+        "item": expected["gated_item"], "testcases": "upgrade.check"}).json()
+    assert [r["outcome"] for r in newest["data"]] == ["PASSED"], newest
 
     # Errors come back as the client expects them: HTTP status and the server's message.
     try:
