@@ -303,6 +303,7 @@ mod tests {
             received_at: chrono::Utc::now(),
             username: None,
             msg: serde_json::json!({"update": "x"}),
+            headers: Default::default(),
         };
         let out = event.outgoing(&t);
         assert_eq!(

@@ -44,6 +44,7 @@ fn event_from_envelope(envelope: &Value, fallback_id: &str) -> Event {
         received_at: Utc::now(),
         username: envelope["username"].as_str().map(str::to_string),
         msg: envelope["msg"].clone(),
+        headers: Default::default(),
     }
 }
 
