@@ -14,6 +14,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use taskbot::amqp::{DeliveryContext, Disposition, Handler, Incoming, Outgoing, PublishError};
+use taskbot::fedora_messaging::NAMESPACE_HEADER;
 use taskbot::messages::{Message, Outcome, TaskResult};
 
 use std::sync::Arc;
@@ -35,6 +36,10 @@ pub struct FedoraMessagingSink {
     pub schema: String,
     /// Whether a result is its job's and from its sender ([`Binding`]).
     pub binding: Arc<Binding>,
+    /// The deployment's AMQP namespace, sent as the [`NAMESPACE_HEADER`] header: a
+    /// fedora-messaging bridge of the same deployment that sees the message on the bus drops it
+    /// instead of taking Taskbot's own result back in as an event.
+    pub namespace: String,
 }
 
 /// The severity of a result's message: ERROR for a CRASHED result (the task could not be run:
@@ -64,6 +69,7 @@ impl FedoraMessagingSink {
             .with_header("fedora_messaging_schema", &self.schema)
             .with_int_header("fedora_messaging_severity", severity(result.outcome))
             .with_header("sent-at", now.to_rfc3339_opts(SecondsFormat::Secs, false))
+            .with_header(NAMESPACE_HEADER, &self.namespace)
     }
 
     /// Publish one result, confirmed by the broker before the delivery is acked. Nobody bound
@@ -117,6 +123,7 @@ mod tests {
             topic: topic.into(),
             schema: "taskbot.result.v1".into(),
             binding: Arc::new(Binding::new(&taskbot::Config::default(), None)),
+            namespace: "tb-test".into(),
         }
     }
 
@@ -153,6 +160,7 @@ mod tests {
                     "sent-at".to_string(),
                     "2024-05-06T07:08:09+00:00".to_string()
                 ),
+                ("taskbot_namespace".to_string(), "tb-test".to_string()),
             ]
         );
         assert_eq!(
@@ -214,7 +222,12 @@ mod tests {
         assert_eq!(m.routing_key, "org.example.taskbot.dist.rpmlint.failed");
         assert_eq!(m.message_id, Some(r.result_id.to_string()));
         assert_eq!(m.content_encoding.as_deref(), Some("utf-8"));
-        assert_eq!(m.headers.len(), 2, "{:?}", m.headers);
+        assert_eq!(m.headers.len(), 3, "{:?}", m.headers);
+        assert_eq!(
+            m.headers[2],
+            ("taskbot_namespace".to_string(), "tb-test".to_string()),
+            "the loop guard: a bridge of namespace tb-test drops this message"
+        );
         assert_eq!(
             m.headers[0],
             (

@@ -237,6 +237,7 @@ impl<'a> Consumers<'a> {
                 topic: rc.fedora_messaging_topic.clone(),
                 schema: rc.fedora_messaging_schema.clone(),
                 binding: self.binding.clone(),
+                namespace: self.config.amqp.namespace.clone(),
             });
             let queue = t.fedora_messaging_queue();
             consumers.push(self.start(queue, "fedora-messaging", 1, RETRY_DELAY, sink));
