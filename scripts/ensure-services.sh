@@ -38,7 +38,7 @@ wait_for_port() { # port name seconds
 # Build and runtime dependencies: libzmq for the fedmsg bridge, OpenSSL for git2 and reqwest,
 # git for task repositories, Python 3 for the ResultsDB client checks, docker-compose to validate
 # compose.yaml (no Docker engine needed for that).
-apt_install build-essential pkg-config libzmq3-dev libssl-dev git ca-certificates curl python3 docker-compose
+apt_install build-essential pkg-config libzmq3-dev libssl-dev openssl git ca-certificates curl python3 docker-compose
 # promtool (Debian package prometheus; its server is not started) checks the services' /metrics
 # in tests/tests/ops.rs.
 have promtool || apt_install prometheus
@@ -73,6 +73,17 @@ if ! python3 -c 'import resultsdb_api' >/dev/null 2>&1; then
   log "installing the resultsdb_api Python client"
   python3 -m pip install --quiet resultsdb_api 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages resultsdb_api
+fi
+
+# The real fedora-messaging library with the schema packages of Koji and Bodhi, in a virtualenv of
+# their own (.venv-fm/ at the top of the repository, or $TASKBOT_FM_VENV): the fedora-messaging
+# bridge's tests publish Fedora's messages with it (tests/tests/fedora_messaging.rs).
+fm_venv="${TASKBOT_FM_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv-fm}"
+if ! "$fm_venv/bin/python" -c 'import fedora_messaging, koji_fedoramessaging_messages, bodhi.messages' >/dev/null 2>&1; then
+  if ! python3 -m venv --help >/dev/null 2>&1; then apt_install python3-venv; fi
+  log "installing fedora-messaging, koji-fedoramessaging-messages and bodhi-messages into $fm_venv"
+  python3 -m venv "$fm_venv"
+  "$fm_venv/bin/pip" install --quiet fedora-messaging koji-fedoramessaging-messages bodhi-messages
 fi
 
 if ! have cargo; then

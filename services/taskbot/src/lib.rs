@@ -10,6 +10,7 @@
 
 pub mod api_cmd;
 pub mod cli;
+pub mod datagrepper;
 pub mod message_input;
 pub mod ops_cmd;
 pub mod rules_cmd;

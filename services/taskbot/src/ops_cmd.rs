@@ -414,14 +414,14 @@ pub fn submit(args: &SubmitArgs) -> Result<String, Failure> {
 
 pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
     let config = load_config()?;
-    let (name, text) = message_input::read(&args.file).map_err(Failure::input)?;
-    // A datagrepper dump: {"raw_messages": [...]}; otherwise what `rules test` reads.
-    let text = match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(dump)) if dump.contains_key("raw_messages") => {
-            serde_json::to_string(&dump["raw_messages"]).expect("JSON serialises")
-        }
-        _ => text,
+    let (name, text) = match (&args.file, &args.datagrepper) {
+        (_, Some(url)) => from_datagrepper(args, url)?,
+        (Some(file), None) => message_input::read(file).map_err(Failure::input)?,
+        (None, None) => return Err(Failure::input("taskbot replay: give a FILE or --datagrepper")),
     };
+    if text.trim() == "[]" {
+        return Ok(format!("no messages in {name}\n"));
+    }
     let messages = message_input::parse(&name, &text, config.bridge.max_message_bytes)
         .map_err(|problems| Failure::input(problems.join("\n")))?;
     let total = messages.len();
@@ -462,6 +462,23 @@ pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
         "replayed {total} messages from {name} into {}\n",
         Topology::for_config(&config).events_exchange()
     ))
+}
+
+/// The messages of `--since..--until` from datagrepper at `url`, as a JSON array's text, and the
+/// name to call them by.
+fn from_datagrepper(args: &ReplayArgs, url: &str) -> Result<(String, String), Failure> {
+    let time = |t: &Option<String>| {
+        crate::datagrepper::parse_time(t.as_deref().unwrap_or_default()).map_err(Failure::input)
+    };
+    let (since, until) = (time(&args.since)?, time(&args.until)?);
+    if since > until {
+        return Err(Failure::input("taskbot replay: --since is after --until"));
+    }
+    let messages = runtime()?
+        .block_on(crate::datagrepper::fetch(url, since, until, &args.topic))
+        .map_err(|e| Failure::input(format!("taskbot replay: {e}")))?;
+    let name = format!("datagrepper {} .. {}", since.to_rfc3339(), until.to_rfc3339());
+    Ok((name, Value::Array(messages).to_string()))
 }
 
 /// One dead letter, as `dlq list` and `dlq show` print it.
