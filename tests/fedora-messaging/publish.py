@@ -1,17 +1,18 @@
 """Publish Fedora's messages with the real fedora-messaging library, as Koji and Bodhi do.
 
-    publish.py CONFIG.toml DUMP.jsonl SCENARIO [COUNT]
+    publish.py CONFIG.toml DUMP.jsonl SCENARIO [COUNT [START]]
 
 CONFIG.toml is a fedora-messaging configuration (broker URL, TLS files, exchange, topic prefix).
 Each message is built from the real message classes of the schema packages
 (koji-fedoramessaging-messages, bodhi-messages), validated by them, published with
 fedora_messaging.api.publish (which returns once the broker confirmed it), and written to
-DUMP.jsonl with fedora_messaging.message.dumps: the serialized form `fedora-messaging publish`
-reads and `taskbot replay` takes. Scenarios:
+DUMP.jsonl with fedora_messaging.message.dumps, as a consumer records it (topic = the routing
+key): the serialized form `fedora-messaging publish` reads and `taskbot replay` takes. Scenarios:
 
   fedora   a Koji build state change (bash built), a Bodhi update request to testing and one to
            stable, and a ready-for-testing message asking to re-run the tests
-  koji     COUNT Koji build state changes (different builds), for restart and benchmark tests
+  koji     COUNT Koji build state changes of packages pkgSTART, pkgSTART+1, ... (restart and
+           benchmark tests)
 """
 
 import sys
@@ -65,7 +66,20 @@ def koji_build(name, version, release, build_id):
                 "completion_time": 1772360430.0,
                 "waiting": False,
                 "awaited": None,
-                "result": None,
+                "host_id": 42,
+                "host_name": "buildvm-x86-01.iad2.fedoraproject.org",
+                "parent": None,
+                "result": {
+                    "srpm": f"tasks/{task_id}/{nvr}.src.rpm",
+                    "rpms": [f"tasks/{task_id}/{nvr}.x86_64.rpm", f"tasks/{task_id}/{nvr}.aarch64.rpm"],
+                    "srpms": [f"tasks/{task_id}/{nvr}.src.rpm"],
+                    "logs": [f"tasks/{task_id}/build.log", f"tasks/{task_id}/root.log"],
+                    "brootid": 51234,
+                    "source": {
+                        "source": f"git+https://src.fedoraproject.org/rpms/{name}.git#0123456789abcdef",
+                        "url": f"git+https://src.fedoraproject.org/rpms/{name}.git#0123456789abcdef",
+                    },
+                },
             },
             "creation_time": "2026-03-01T10:13:20+00:00",
             "completion_time": "2026-03-01T10:20:30+00:00",
@@ -143,13 +157,18 @@ def main():
     if scenario == "fedora":
         messages = fedora()
     elif scenario == "koji":
-        count = int(sys.argv[4])
-        messages = [koji_build(f"pkg{n}", "1.0", "1.fc41", 3000000 + n) for n in range(count)]
+        count, start = int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 0
+        messages = [
+            koji_build(f"pkg{n}", "1.0", "1.fc41", 3000000 + n) for n in range(start, start + count)
+        ]
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     with open(dump, "w", encoding="utf-8") as out:
         for m in messages:
             api.publish(m)
+            # As a consumer records it (`fedora-messaging record`): under the routing key it went
+            # out with, the configured topic prefix included.
+            m.topic = m._encoded_routing_key
             out.write(message.dumps(m))
             out.flush()
     print(f"published {len(messages)} messages", flush=True)
