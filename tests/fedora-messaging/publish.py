@@ -15,6 +15,7 @@ key): the serialized form `fedora-messaging publish` reads and `taskbot replay` 
            benchmark tests)
 """
 
+import os
 import sys
 
 from fedora_messaging import api, config, message
@@ -165,7 +166,7 @@ def main():
         raise SystemExit(f"unknown scenario {scenario}")
     with open(dump, "w", encoding="utf-8") as out:
         for m in messages:
-            api.publish(m)
+            api.publish(m, timeout=int(os.environ.get("FM_PUBLISH_TIMEOUT", "30")))
             # As a consumer records it (`fedora-messaging record`): under the routing key it went
             # out with, the configured topic prefix included.
             m.topic = m._encoded_routing_key

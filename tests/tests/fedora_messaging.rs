@@ -64,6 +64,8 @@ fn publisher_config(node: &PrivateBroker, dir: &Path) -> PathBuf {
 fn publish(config: &Path, dump: &Path, args: &[&str]) -> bool {
     let script = workspace_root().join("tests/fedora-messaging/publish.py");
     let out = Command::new(python())
+        // A publish to a broker that was killed fails after this many seconds.
+        .env("FM_PUBLISH_TIMEOUT", "5")
         .arg(&script)
         .arg(config)
         .arg(dump)
