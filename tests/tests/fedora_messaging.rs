@@ -415,3 +415,234 @@ async fn on_a_durable_queue_nothing_is_lost_when_the_external_broker_restarts() 
     assert!(missing.is_empty(), "lost {missing:?}\n{}", d.logs());
     d.shutdown().await;
 }
+
+/// A datagrepper of the test's own, answering `/datagrepper/raw` as Fedora's does (the
+/// `start`, `end`, `page`, `rows_per_page` and `order` arguments; `raw_messages`, `count`,
+/// `pages`, `total`, `arguments`), from `messages` (datagrepper's message shape), with a server
+/// maximum of 2 rows per page, so that even a short period takes several pages.
+async fn serve_datagrepper(messages: Vec<serde_json::Value>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let messages = messages.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let target = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let (status, body) = datagrepper_answer(&target, &messages);
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{address}/datagrepper")
+}
+
+fn datagrepper_answer(target: &str, messages: &[serde_json::Value]) -> (&'static str, String) {
+    let Some(query) = target.strip_prefix("/datagrepper/raw?") else {
+        return ("404 Not Found", "{}".into());
+    };
+    let arg = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    let number = |name: &str| arg(name).and_then(|v| v.parse::<f64>().ok());
+    let (start, end) = (number("start").unwrap_or(0.0), number("end").unwrap_or(f64::MAX));
+    let rows = (number("rows_per_page").unwrap_or(25.0) as usize).clamp(1, 2);
+    let page = (number("page").unwrap_or(1.0) as usize).max(1);
+    let mut selected: Vec<&serde_json::Value> = messages
+        .iter()
+        .filter(|m| {
+            let t = m["timestamp"].as_f64().unwrap();
+            t >= start && t <= end
+        })
+        .collect();
+    selected.sort_by(|a, b| a["timestamp"].as_f64().partial_cmp(&b["timestamp"].as_f64()).unwrap());
+    if arg("order").as_deref() != Some("asc") {
+        selected.reverse();
+    }
+    let total = selected.len();
+    let pages = total.div_ceil(rows).max(1);
+    let raw: Vec<&serde_json::Value> = selected.into_iter().skip((page - 1) * rows).take(rows).collect();
+    let body = serde_json::json!({
+        "arguments": {"start": start, "end": end, "page": page, "rows_per_page": rows,
+                      "order": arg("order").unwrap_or_else(|| "desc".into()), "topics": [],
+                      "categories": [], "users": [], "packages": [], "grouped": false,
+                      "meta": [], "not_topics": [], "not_categories": [], "not_users": [],
+                      "not_packages": [], "contains": [], "delta": null},
+        "count": raw.len(),
+        "pages": pages,
+        "raw_messages": raw,
+        "total": total,
+    });
+    ("200 OK", body.to_string())
+}
+
+/// `text` without terminal colour codes (the text log format colours field names).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What datagrepper stores of a message fedora-messaging serialized.
+fn as_datagrepper(serialized: &serde_json::Value) -> serde_json::Value {
+    let sent = serialized["headers"]["sent-at"].as_str().unwrap();
+    let timestamp = chrono::DateTime::parse_from_rfc3339(sent).unwrap().timestamp() as f64;
+    serde_json::json!({
+        "certificate": null, "crypto": null, "headers": serialized["headers"], "i": 0,
+        "msg": serialized["body"], "msg_id": serialized["id"], "signature": null,
+        "source_name": "datanommer", "source_version": "1.4.0",
+        "timestamp": timestamp, "topic": serialized["topic"], "username": null,
+    })
+}
+
+fn dumped(dump: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dump)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// On the public bus's exclusive queue, what is published while the bridge is disconnected is
+/// gone with the queue: the bridge logs the gap with its time span, and `taskbot replay
+/// --datagrepper` over that span (and before it: a period partly seen already) closes it
+/// without scheduling anything twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_queue_gap_is_logged_and_a_datagrepper_backfill_closes_it() {
+    let mut node = PrivateBroker::with_tls(VHOST, &[PUBLISHER, BRIDGE_USER]);
+    let mut d = deployment(&node, None).await;
+    // Slow reconnection, so that messages published right after the broker is back fall into
+    // the gap.
+    d.configure(|c| c.amqp.reconnect_max_secs = 15);
+    let t = d.broker.topology.clone();
+    let events = d.broker.tap(&t.events_exchange(), "#").await;
+    let jobs = d.broker.tap(&t.jobs_exchange(), "#").await;
+    d.start("rules", "rules", &[]);
+    let bridge = d.start("fedora-messaging-bridge", "fedora-messaging-bridge", &[]);
+    wait_for_log(&d, bridge, "consuming", 1, Duration::from_secs(60));
+    d.wait_for_consumers(&[t.rules_queue()], Duration::from_secs(60))
+        .await;
+    let config = publisher_config(&node, d.dir.path());
+    let before = chrono::Utc::now() - chrono::Duration::seconds(2);
+
+    let seen = d.dir.path().join("seen.jsonl");
+    assert!(publish(&config, &seen, &["fedora"]));
+    let live = collect(&d.broker, &events, Duration::from_secs(60), |g| g.len() >= 4).await;
+    assert_eq!(live.len(), 4, "{}", d.logs());
+
+    node.kill();
+    wait_for_log(&d, bridge, "lost the external broker", 1, Duration::from_secs(30));
+    node.resume();
+    let missed = d.dir.path().join("missed.jsonl");
+    assert!(publish(&config, &missed, &["koji", "3", "500"]));
+    wait_for_log(&d, bridge, "consuming", 2, Duration::from_secs(60));
+
+    // The gap, as logged: `gap_start=… gap_end=…`.
+    let log = strip_ansi(&d.services[bridge].log_text());
+    let line = log
+        .lines()
+        .find(|l| l.contains("exclusive queue; backfill them"))
+        .unwrap_or_else(|| panic!("no gap logged:\n{log}"));
+    let field = |name: &str| {
+        let rest = &line[line.find(&format!("{name}=")).unwrap() + name.len() + 1..];
+        rest.split_whitespace().next().unwrap().to_string()
+    };
+    let (gap_start, gap_end) = (field("gap_start"), field("gap_end"));
+    let parsed = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    assert!(parsed(&gap_start) < parsed(&gap_end), "{line}");
+    let missed_messages = dumped(&missed);
+    for m in &missed_messages {
+        let sent = parsed(m["headers"]["sent-at"].as_str().unwrap());
+        assert!(
+            parsed(&gap_start) <= sent && sent <= parsed(&gap_end),
+            "{m} was sent outside the logged gap {gap_start} .. {gap_end}"
+        );
+    }
+
+    // Datagrepper has everything; a backfill from before the first message to the gap's end.
+    let mut archive: Vec<serde_json::Value> = dumped(&seen).iter().map(as_datagrepper).collect();
+    archive.extend(missed_messages.iter().map(as_datagrepper));
+    let url = serve_datagrepper(archive).await;
+    let since = before.to_rfc3339();
+    let replay = Command::new(binary("taskbot"))
+        .args(["replay", "--datagrepper", &url, "--since", &since, "--until", &gap_end])
+        .env("TASKBOT_CONFIG", &d.config_file)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&replay.stdout).starts_with("replayed 7 messages"),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+
+    // Every missed message is an event now, under its own id.
+    let want: BTreeSet<String> = dumped_ids(&missed).into_iter().collect();
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !want.is_subset(&got) && Instant::now() < deadline {
+        if let Some(m) = d.broker.get(&events, Duration::from_millis(200)).await {
+            got.insert(Event::from_json(&m.body).unwrap().id);
+        }
+    }
+    assert!(want.is_subset(&got), "{want:?} not all in {got:?}");
+
+    // Jobs: the predicted ones of both periods, each requested once although the first
+    // period's messages arrived twice (live, then backfilled).
+    let mut predicted = predicted_jobs(&d, &seen);
+    predicted.extend(predicted_jobs(&d, &missed));
+    assert_eq!(predicted.len(), 10 + 3 * 3);
+    let requested = collect(&d.broker, &jobs, Duration::from_secs(60), |g| {
+        g.len() >= predicted.len()
+    })
+    .await;
+    let ids: Vec<String> = requested
+        .iter()
+        .map(|m| JobRequest::from_json(&m.body).unwrap().job_id.to_string())
+        .collect();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len(), "a job requested twice");
+    assert_eq!(unique, predicted.iter().map(|j| j.0.clone()).collect());
+    let address = d.services[bridge].ops_address(Duration::from_secs(10));
+    let (_, metrics) = http_get(address, "/metrics").await.unwrap();
+    assert_eq!(
+        taskbot::ops::sample(&metrics, "taskbot_fedora_messaging_bridge_gaps_total"),
+        Some(1.0)
+    );
+    d.shutdown().await;
+}

@@ -520,7 +520,7 @@ pub fn dlq(args: &DlqArgs) -> Result<String, Failure> {
 }
 
 /// The queues of this namespace whose dead letters `dlq` looks at: every work and sink queue,
-/// and the bridge's (which has no queue of its own), or only `only` (a full queue name or one
+/// and the bridges' (which have no queue of their own), or only `only` (a full queue name or one
 /// without the namespace).
 fn dead_letter_sources(topology: &Topology, namespace: &str, only: Option<&str>) -> Vec<String> {
     let mut sources: Vec<String> = topology
@@ -530,6 +530,7 @@ fn dead_letter_sources(topology: &Topology, namespace: &str, only: Option<&str>)
         .map(|q| q.name)
         .collect();
     sources.insert(0, format!("{namespace}.fedmsg-bridge"));
+    sources.insert(1, topology.fedora_messaging_bridge_source());
     sources.retain(|source| match only {
         Some(q) => source == q || *source == format!("{namespace}.{q}"),
         None => true,
@@ -610,8 +611,8 @@ impl DlqBroker<'_> {
         let mut out = String::new();
         let mut total = 0;
         for source in sources {
-            if source.ends_with(".fedmsg-bridge") {
-                continue; // the bridge has no queue to retry into: replay the bus message
+            if source.ends_with(".fedmsg-bridge") || source.ends_with(".fedora-messaging-bridge") {
+                continue; // a bridge has no queue to retry into: replay the bus message
             }
             if self.is_run_queue(source) {
                 // Runners honour run messages only from the provisioner's broker user, and a
