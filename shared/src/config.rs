@@ -17,8 +17,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{
-    Role, Service, OPS_DEFAULT_BRIDGE, OPS_DEFAULT_FEDORA_MESSAGING_BRIDGE, OPS_DEFAULT_PROVISIONER, OPS_DEFAULT_REPORTER,
-    OPS_DEFAULT_RULES, OPS_DEFAULT_RUNNER,
+    Role, Service, OPS_DEFAULT_BRIDGE, OPS_DEFAULT_FEDORA_MESSAGING_BRIDGE,
+    OPS_DEFAULT_PROVISIONER, OPS_DEFAULT_REPORTER, OPS_DEFAULT_RULES, OPS_DEFAULT_RUNNER,
 };
 
 /// The environment variable naming the config file.

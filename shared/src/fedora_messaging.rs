@@ -80,21 +80,33 @@ impl Delivery {
 /// Why a bus message cannot be an event. The `Display` text is the dead letter's reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
-    Oversized { bytes: usize, max: usize },
+    Oversized {
+        bytes: usize,
+        max: usize,
+    },
     /// `content_type` is set and is not JSON.
     ContentType(String),
     /// `content_encoding` is set and is not UTF-8 (fedora-messaging always sends `utf-8`).
     ContentEncoding(String),
-    NotUtf8 { valid_up_to: usize },
+    NotUtf8 {
+        valid_up_to: usize,
+    },
     InvalidJson(String),
     /// The body is JSON but not an object (its kind is kept).
     NotAnObject(&'static str),
     MissingTopic,
-    TopicTooLong { bytes: usize },
-    IdTooLong { bytes: usize },
+    TopicTooLong {
+        bytes: usize,
+    },
+    IdTooLong {
+        bytes: usize,
+    },
     /// A recorded message (serialized file, datagrepper) lacks a field or has one of the wrong
     /// type.
-    Field { field: &'static str, problem: String },
+    Field {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl fmt::Display for Refused {
@@ -143,7 +155,11 @@ impl std::error::Error for Refused {}
 /// A missing `content_type` or `content_encoding` is taken as JSON in UTF-8 (fedora-messaging's
 /// own consumer does the same); one that is set to anything else is refused, as is a body that
 /// is not a UTF-8 JSON object.
-pub fn from_delivery(delivery: &Delivery, max_bytes: usize, source: &str) -> Result<Event, Refused> {
+pub fn from_delivery(
+    delivery: &Delivery,
+    max_bytes: usize,
+    source: &str,
+) -> Result<Event, Refused> {
     if delivery.body.len() > max_bytes {
         return Err(Refused::Oversized {
             bytes: delivery.body.len(),
@@ -296,12 +312,14 @@ pub fn amqp_to_json(value: &lapin::types::AMQPValue) -> Value {
         V::LongInt(n) => (*n).into(),
         V::LongUInt(n) => (*n).into(),
         V::LongLongInt(n) => (*n).into(),
-        V::Float(x) => serde_json::Number::from_f64(f64::from(*x)).map_or(Value::Null, Value::Number),
+        V::Float(x) => {
+            serde_json::Number::from_f64(f64::from(*x)).map_or(Value::Null, Value::Number)
+        }
         V::Double(x) => serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number),
-        V::DecimalValue(d) => serde_json::Number::from_f64(
-            f64::from(d.value) / 10f64.powi(i32::from(d.scale)),
-        )
-        .map_or(Value::Null, Value::Number),
+        V::DecimalValue(d) => {
+            serde_json::Number::from_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+                .map_or(Value::Null, Value::Number)
+        }
         V::ShortString(s) => Value::String(s.to_string()),
         V::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         V::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
@@ -515,10 +533,7 @@ mod tests {
                 max: MAX
             }
         );
-        assert_eq!(
-            refused(&|d| d.routing_key.clear()),
-            Refused::MissingTopic
-        );
+        assert_eq!(refused(&|d| d.routing_key.clear()), Refused::MissingTopic);
         assert_eq!(
             refused(&|d| d.message_id = Some("x".repeat(300))),
             Refused::IdTooLong { bytes: 300 }

@@ -299,8 +299,19 @@ fn make_certificates(dir: &Path, users: &[&str]) {
         );
     };
     openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=taskbot test CA",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=taskbot test CA",
     ]);
     std::fs::write(
         dir.join("server.ext"),
@@ -315,12 +326,33 @@ fn make_certificates(dir: &Path, users: &[&str]) {
             format!("{name}.pem"),
         );
         openssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
             &format!("/CN={cn}"),
         ]);
         openssl(&[
-            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", &pem, "-days", "2", "-extfile", ext,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
         ]);
     };
     issue("server", "localhost", "server.ext");
@@ -336,7 +368,12 @@ fn definitions_json(vhost: &str, users: &[&str]) -> String {
     // RabbitMQ's rabbit_password_hashing_sha256: base64(salt ++ sha256(salt ++ password)).
     let salt = [0x90u8, 0x8d, 0xc6, 0x0a];
     let mut hashed = salt.to_vec();
-    hashed.extend(Sha256::new().chain_update(salt).chain_update(b"guest").finalize());
+    hashed.extend(
+        Sha256::new()
+            .chain_update(salt)
+            .chain_update(b"guest")
+            .finalize(),
+    );
     let guest = base64(&hashed);
     let mut all_users = vec![serde_json::json!({
         "name": "guest", "password_hash": guest,
@@ -368,7 +405,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -183,21 +183,19 @@ fn predicted_jobs(d: &Deployment, dump: &Path) -> BTreeSet<(String, String, Stri
 
 /// Publish one raw message to the TLS node's `amq.topic` on `/pubsub` (as `guest`, over its
 /// plain listener): what a broken or foreign producer sends.
-async fn publish_raw(
-    node: &PrivateBroker,
-    topic: &str,
-    body: &[u8],
-    props: BasicProperties,
-) {
+async fn publish_raw(node: &PrivateBroker, topic: &str, body: &[u8], props: BasicProperties) {
     let url = format!("amqp://guest:guest@127.0.0.1:{}/%2Fpubsub", node.port);
     let conn = taskbot::amqp::connect(&url, "test-raw").await.unwrap();
     let channel = conn.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
     channel
-        .confirm_select(Default::default())
-        .await
-        .unwrap();
-    channel
-        .basic_publish("amq.topic", topic, BasicPublishOptions::default(), body, props)
+        .basic_publish(
+            "amq.topic",
+            topic,
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
         .await
         .unwrap()
         .await
@@ -230,18 +228,30 @@ async fn fedoras_messages_over_tls_become_the_predicted_jobs_and_bad_ones_dead_l
         .await;
 
     let dump = d.dir.path().join("fedora.jsonl");
-    assert!(publish(&publisher_config(&node, d.dir.path()), &dump, &["fedora"]));
+    assert!(publish(
+        &publisher_config(&node, d.dir.path()),
+        &dump,
+        &["fedora"]
+    ));
     let ids = dumped_ids(&dump);
     assert_eq!(ids.len(), 4);
 
     // Events: one per message, with fedora-messaging's id and headers.
-    let got = collect(&d.broker, &events, Duration::from_secs(60), |g| g.len() >= 4).await;
+    let got = collect(&d.broker, &events, Duration::from_secs(60), |g| {
+        g.len() >= 4
+    })
+    .await;
     let got: Vec<Event> = got
         .iter()
         .map(|m| Event::from_json(&m.body).unwrap())
         .collect();
     let got_ids: BTreeSet<&str> = got.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(got_ids, ids.iter().map(String::as_str).collect(), "{}", d.logs());
+    assert_eq!(
+        got_ids,
+        ids.iter().map(String::as_str).collect(),
+        "{}",
+        d.logs()
+    );
     let koji = got
         .iter()
         .find(|e| e.topic == "org.fedoraproject.prod.buildsys.build.state.change")
@@ -254,7 +264,10 @@ async fn fedoras_messages_over_tls_become_the_predicted_jobs_and_bad_ones_dead_l
     assert_eq!(koji.headers["fedora_messaging_rpm_bash"], true);
     assert!(koji.sent_at.is_some());
     for id in &ids {
-        assert!(uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 4), "{id}");
+        assert!(
+            uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 4),
+            "{id}"
+        );
     }
 
     // Jobs: exactly those the dry run predicts from the library's own dump of the messages.
@@ -277,7 +290,10 @@ async fn fedoras_messages_over_tls_become_the_predicted_jobs_and_bad_ones_dead_l
     ]
     .into_iter()
     .collect();
-    assert_eq!(tasks, expected, "the shipped rules, on this deployment's arches");
+    assert_eq!(
+        tasks, expected,
+        "the shipped rules, on this deployment's arches"
+    );
     let got = collect(&d.broker, &jobs, Duration::from_secs(60), |g| {
         g.len() >= predicted.len()
     })
@@ -292,8 +308,18 @@ async fn fedoras_messages_over_tls_become_the_predicted_jobs_and_bad_ones_dead_l
     // Bad messages: each dead-lettered on Taskbot's side with its reason.
     let topic = "org.fedoraproject.prod.test.bad";
     let bad: Vec<(&str, Vec<u8>, BasicProperties, &str)> = vec![
-        ("not-json", b"not json".to_vec(), json_props("b1"), "body is not valid JSON"),
-        ("array", b"[1, 2]".to_vec(), json_props("b2"), "body is a JSON array, not an object"),
+        (
+            "not-json",
+            b"not json".to_vec(),
+            json_props("b1"),
+            "body is not valid JSON",
+        ),
+        (
+            "array",
+            b"[1, 2]".to_vec(),
+            json_props("b2"),
+            "body is a JSON array, not an object",
+        ),
         (
             "text",
             b"{}".to_vec(),
@@ -345,12 +371,11 @@ async fn fedoras_messages_over_tls_become_the_predicted_jobs_and_bad_ones_dead_l
     // The own message arrived after the bad ones: once it is counted, nothing else came of it.
     let address = d.services[bridge].ops_address(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let own_series = format!(
-        "taskbot_fedora_messaging_bridge_messages_total{{outcome=\"own\",topic=\"all\"}}"
-    );
+    let own_series =
+        "taskbot_fedora_messaging_bridge_messages_total{outcome=\"own\",topic=\"all\"}";
     loop {
         let (_, metrics) = http_get(address, "/metrics").await.unwrap();
-        if taskbot::ops::sample(&metrics, &own_series) == Some(1.0) {
+        if taskbot::ops::sample(&metrics, own_series) == Some(1.0) {
             assert_eq!(
                 taskbot::ops::sample(
                     &metrics,
@@ -360,10 +385,17 @@ async fn fedoras_messages_over_tls_become_the_predicted_jobs_and_bad_ones_dead_l
             );
             break;
         }
-        assert!(Instant::now() < deadline, "the own message was not counted:\n{metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "the own message was not counted:\n{metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(d.broker.get(&events, Duration::from_millis(500)).await.is_none());
+    assert!(d
+        .broker
+        .get(&events, Duration::from_millis(500))
+        .await
+        .is_none());
     let (status, _) = http_get(address, "/readyz").await.unwrap();
     assert_eq!(status, 200);
     d.shutdown().await;
@@ -402,7 +434,11 @@ async fn on_a_durable_queue_nothing_is_lost_when_the_external_broker_restarts() 
     wait_for_log(&d, bridge, "consuming", 2, Duration::from_secs(60));
 
     let mut want: BTreeSet<String> = dumped_ids(&first).into_iter().collect();
-    assert!(want.len() >= 20 && want.len() < 400, "{} confirmed before the kill", want.len());
+    assert!(
+        want.len() >= 20 && want.len() < 400,
+        "{} confirmed before the kill",
+        want.len()
+    );
     want.extend(dumped_ids(&second));
     let mut seen = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -465,7 +501,10 @@ fn datagrepper_answer(target: &str, messages: &[serde_json::Value]) -> (&'static
             .map(str::to_string)
     };
     let number = |name: &str| arg(name).and_then(|v| v.parse::<f64>().ok());
-    let (start, end) = (number("start").unwrap_or(0.0), number("end").unwrap_or(f64::MAX));
+    let (start, end) = (
+        number("start").unwrap_or(0.0),
+        number("end").unwrap_or(f64::MAX),
+    );
     let rows = (number("rows_per_page").unwrap_or(25.0) as usize).clamp(1, 2);
     let page = (number("page").unwrap_or(1.0) as usize).max(1);
     let mut selected: Vec<&serde_json::Value> = messages
@@ -475,13 +514,22 @@ fn datagrepper_answer(target: &str, messages: &[serde_json::Value]) -> (&'static
             t >= start && t <= end
         })
         .collect();
-    selected.sort_by(|a, b| a["timestamp"].as_f64().partial_cmp(&b["timestamp"].as_f64()).unwrap());
+    selected.sort_by(|a, b| {
+        a["timestamp"]
+            .as_f64()
+            .partial_cmp(&b["timestamp"].as_f64())
+            .unwrap()
+    });
     if arg("order").as_deref() != Some("asc") {
         selected.reverse();
     }
     let total = selected.len();
     let pages = total.div_ceil(rows).max(1);
-    let raw: Vec<&serde_json::Value> = selected.into_iter().skip((page - 1) * rows).take(rows).collect();
+    let raw: Vec<&serde_json::Value> = selected
+        .into_iter()
+        .skip((page - 1) * rows)
+        .take(rows)
+        .collect();
     let body = serde_json::json!({
         "arguments": {"start": start, "end": end, "page": page, "rows_per_page": rows,
                       "order": arg("order").unwrap_or_else(|| "desc".into()), "topics": [],
@@ -517,7 +565,9 @@ fn strip_ansi(text: &str) -> String {
 /// What datagrepper stores of a message fedora-messaging serialized.
 fn as_datagrepper(serialized: &serde_json::Value) -> serde_json::Value {
     let sent = serialized["headers"]["sent-at"].as_str().unwrap();
-    let timestamp = chrono::DateTime::parse_from_rfc3339(sent).unwrap().timestamp() as f64;
+    let timestamp = chrono::DateTime::parse_from_rfc3339(sent)
+        .unwrap()
+        .timestamp() as f64;
     serde_json::json!({
         "certificate": null, "crypto": null, "headers": serialized["headers"], "i": 0,
         "msg": serialized["body"], "msg_id": serialized["id"], "signature": null,
@@ -558,11 +608,20 @@ async fn an_exclusive_queue_gap_is_logged_and_a_datagrepper_backfill_closes_it()
 
     let seen = d.dir.path().join("seen.jsonl");
     assert!(publish(&config, &seen, &["fedora"]));
-    let live = collect(&d.broker, &events, Duration::from_secs(60), |g| g.len() >= 4).await;
+    let live = collect(&d.broker, &events, Duration::from_secs(60), |g| {
+        g.len() >= 4
+    })
+    .await;
     assert_eq!(live.len(), 4, "{}", d.logs());
 
     node.kill();
-    wait_for_log(&d, bridge, "lost the external broker", 1, Duration::from_secs(30));
+    wait_for_log(
+        &d,
+        bridge,
+        "lost the external broker",
+        1,
+        Duration::from_secs(30),
+    );
     node.resume();
     let missed = d.dir.path().join("missed.jsonl");
     assert!(publish(&config, &missed, &["koji", "3", "500"]));
@@ -596,7 +655,15 @@ async fn an_exclusive_queue_gap_is_logged_and_a_datagrepper_backfill_closes_it()
     let url = serve_datagrepper(archive).await;
     let since = before.to_rfc3339();
     let replay = Command::new(binary("taskbot"))
-        .args(["replay", "--datagrepper", &url, "--since", &since, "--until", &gap_end])
+        .args([
+            "replay",
+            "--datagrepper",
+            &url,
+            "--since",
+            &since,
+            "--until",
+            &gap_end,
+        ])
         .env("TASKBOT_CONFIG", &d.config_file)
         .output()
         .unwrap();

@@ -218,9 +218,7 @@ impl Bridge {
             if let Some(since) = lost_at.take() {
                 self.report_gap(since, Utc::now());
             }
-            let ended = self
-                .session(consumer, tasks, &mut stats, shutdown)
-                .await;
+            let ended = self.session(consumer, tasks, &mut stats, shutdown).await;
             ready.set(false);
             let _ = conn.close(200, "closing").await;
             match ended {

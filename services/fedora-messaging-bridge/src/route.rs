@@ -81,7 +81,10 @@ pub fn dead_letter(
     )
     .with_header(EXTERNAL_SOURCE_HEADER, source);
     if let Some(id) = &delivery.message_id {
-        out = out.with_header(MESSAGE_ID_HEADER, taskbot::fedora_messaging::shorten(id, 255));
+        out = out.with_header(
+            MESSAGE_ID_HEADER,
+            taskbot::fedora_messaging::shorten(id, 255),
+        );
     }
     if delivery.body.len() > max_bytes {
         out = out.with_header(TRUNCATED_FROM_HEADER, delivery.body.len().to_string());
@@ -181,7 +184,13 @@ mod tests {
         let Routed::DeadLetter { reason, outgoing } = routed else {
             panic!("must be refused");
         };
-        assert_eq!(reason, Refused::Oversized { bytes: 109, max: 50 });
+        assert_eq!(
+            reason,
+            Refused::Oversized {
+                bytes: 109,
+                max: 50
+            }
+        );
         assert_eq!(outgoing.body.len(), 50);
         assert_eq!(header(&outgoing, TRUNCATED_FROM_HEADER), Some("109"));
     }

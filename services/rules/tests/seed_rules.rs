@@ -482,7 +482,9 @@ fn the_real_samples_trigger_only_the_example_rules() {
 /// the real library with the Koji and Bodhi schema packages' classes) as the fedora-messaging
 /// bridge turns it into an event.
 fn fedora_messaging_fixture(name: &str) -> Event {
-    let path = repo_root().join("tests/fixtures/fedora-messaging").join(name);
+    let path = repo_root()
+        .join("tests/fixtures/fedora-messaging")
+        .join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let message: Value = serde_json::from_str(&text).unwrap();
@@ -500,10 +502,34 @@ fn the_shipped_rules_fire_on_todays_fedora_messaging_bus() {
     );
     let nvr = "bash-5.2.32-1.fc41";
     let mut want = vec![
-        job("example-on-koji-build-complete", "example", nvr, "koji_build", "x86_64"),
-        job("example-on-koji-build-complete", "example", nvr, "koji_build", "aarch64"),
-        job("example-on-koji-build-complete", "example", nvr, "koji_build", "noarch"),
-        job("static-analysis-on-c-package-build-complete", "static-analysis", nvr, "koji_build", "noarch"),
+        job(
+            "example-on-koji-build-complete",
+            "example",
+            nvr,
+            "koji_build",
+            "x86_64",
+        ),
+        job(
+            "example-on-koji-build-complete",
+            "example",
+            nvr,
+            "koji_build",
+            "aarch64",
+        ),
+        job(
+            "example-on-koji-build-complete",
+            "example",
+            nvr,
+            "koji_build",
+            "noarch",
+        ),
+        job(
+            "static-analysis-on-c-package-build-complete",
+            "static-analysis",
+            nvr,
+            "koji_build",
+            "noarch",
+        ),
     ];
     want.sort();
     assert_eq!(evaluate(&engine, &koji), want);
@@ -513,8 +539,20 @@ fn the_shipped_rules_fire_on_todays_fedora_messaging_bus() {
     assert_eq!(
         evaluate(&engine, &testing),
         [
-            job(rule, "rpmlint", "python-requests-2.32.3-1.fc41", "koji_build", "noarch"),
-            job(rule, "rpmlint", "python-urllib3-2.2.3-1.fc41", "koji_build", "noarch"),
+            job(
+                rule,
+                "rpmlint",
+                "python-requests-2.32.3-1.fc41",
+                "koji_build",
+                "noarch"
+            ),
+            job(
+                rule,
+                "rpmlint",
+                "python-urllib3-2.2.3-1.fc41",
+                "koji_build",
+                "noarch"
+            ),
         ]
     );
 
@@ -525,7 +563,13 @@ fn the_shipped_rules_fire_on_todays_fedora_messaging_bus() {
         [
             job(rule, "depcheck", nvr, "koji_build", "aarch64"),
             job(rule, "depcheck", nvr, "koji_build", "x86_64"),
-            job(rule, "upgradepath", "FEDORA-2026-6f7a8b9c0d", "bodhi_update", "noarch"),
+            job(
+                rule,
+                "upgradepath",
+                "FEDORA-2026-6f7a8b9c0d",
+                "bodhi_update",
+                "noarch"
+            ),
         ]
     );
 

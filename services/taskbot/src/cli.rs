@@ -114,7 +114,10 @@ pub struct SubmitArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
     /// The recorded messages: a file, or `-` for stdin (not with --datagrepper).
-    #[arg(required_unless_present = "datagrepper", conflicts_with = "datagrepper")]
+    #[arg(
+        required_unless_present = "datagrepper",
+        conflicts_with = "datagrepper"
+    )]
     pub file: Option<String>,
     /// Fetch the messages of --since..--until from this datagrepper instead, e.g.
     /// https://apps.fedoraproject.org/datagrepper

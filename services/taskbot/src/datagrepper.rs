@@ -116,7 +116,10 @@ mod tests {
     fn times_read_as_rfc3339_or_seconds() {
         let at = parse_time("2026-03-01T10:00:00+01:00").unwrap();
         assert_eq!(at.timestamp(), 1772355600);
-        assert_eq!(parse_time("1772355600.5").unwrap().timestamp_millis(), 1772355600500);
+        assert_eq!(
+            parse_time("1772355600.5").unwrap().timestamp_millis(),
+            1772355600500
+        );
         assert!(parse_time("yesterday").unwrap_err().contains("not a time"));
     }
 

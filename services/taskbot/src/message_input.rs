@@ -213,7 +213,10 @@ mod tests {
         assert_eq!(messages.len(), 2);
         let event = &messages[0].event;
         assert_eq!(event.id, "0b5f1c2e-3d4a-4b5c-9d6e-7f8091a2b3c4");
-        assert_eq!(event.topic, "org.fedoraproject.prod.bodhi.update.request.testing");
+        assert_eq!(
+            event.topic,
+            "org.fedoraproject.prod.bodhi.update.request.testing"
+        );
         assert_eq!(event.msg["update"]["alias"], "FEDORA-2026-1");
         assert_eq!(event.headers["fedora_messaging_severity"], 20);
         let serialized: Value = serde_json::from_str(SERIALIZED).unwrap();
@@ -233,7 +236,10 @@ mod tests {
         assert_eq!(amqp.id, event.id);
         assert_eq!(amqp.headers, event.headers);
         assert_eq!(amqp.sent_at, event.sent_at);
-        assert_eq!(fedmsg.id, "2015-6395fb7a", "an older message maps as the fedmsg bridge's");
+        assert_eq!(
+            fedmsg.id, "2015-6395fb7a",
+            "an older message maps as the fedmsg bridge's"
+        );
         let bad = r#"{"topic": "a.b", "body": [1], "id": "x"}"#;
         assert_eq!(
             parse("bad.json", bad, MAX).unwrap_err(),

@@ -417,7 +417,11 @@ pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
     let (name, text) = match (&args.file, &args.datagrepper) {
         (_, Some(url)) => from_datagrepper(args, url)?,
         (Some(file), None) => message_input::read(file).map_err(Failure::input)?,
-        (None, None) => return Err(Failure::input("taskbot replay: give a FILE or --datagrepper")),
+        (None, None) => {
+            return Err(Failure::input(
+                "taskbot replay: give a FILE or --datagrepper",
+            ))
+        }
     };
     if text.trim() == "[]" {
         return Ok(format!("no messages in {name}\n"));
@@ -477,7 +481,11 @@ fn from_datagrepper(args: &ReplayArgs, url: &str) -> Result<(String, String), Fa
     let messages = runtime()?
         .block_on(crate::datagrepper::fetch(url, since, until, &args.topic))
         .map_err(|e| Failure::input(format!("taskbot replay: {e}")))?;
-    let name = format!("datagrepper {} .. {}", since.to_rfc3339(), until.to_rfc3339());
+    let name = format!(
+        "datagrepper {} .. {}",
+        since.to_rfc3339(),
+        until.to_rfc3339()
+    );
     Ok((name, Value::Array(messages).to_string()))
 }
 

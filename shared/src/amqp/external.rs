@@ -48,9 +48,11 @@ impl ExternalBroker {
             (Some(_), Some(_)) => true,
             (None, None) => false,
             _ => {
-                return Err("fedora_messaging_bridge.client_cert and client_key: give both or \
+                return Err(
+                    "fedora_messaging_bridge.client_cert and client_key: give both or \
                             neither"
-                    .into())
+                        .into(),
+                )
             }
         };
         if has_cert && uri.query.auth_mechanism.is_none() {
@@ -59,9 +61,11 @@ impl ExternalBroker {
         let tls = match uri.scheme {
             AMQPScheme::AMQPS => Some(tls_connector(config)?),
             AMQPScheme::AMQP if has_cert || config.ca_file.is_some() => {
-                return Err("fedora_messaging_bridge.url: certificates are set but the URL is \
+                return Err(
+                    "fedora_messaging_bridge.url: certificates are set but the URL is \
                             amqp://, which has no TLS (use amqps://)"
-                    .into())
+                        .into(),
+                )
             }
             AMQPScheme::AMQP => None,
         };

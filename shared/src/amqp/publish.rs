@@ -255,8 +255,7 @@ impl ReliablePublisher {
                     }
                     Err(err) => {
                         let mut link = self.link.lock().await;
-                        if self.generation.load(Ordering::SeqCst) == generation && link.is_some()
-                        {
+                        if self.generation.load(Ordering::SeqCst) == generation && link.is_some() {
                             tracing::warn!(error = %err, "publish failed; reconnecting");
                             self.ready.set(false);
                             *link = None;
