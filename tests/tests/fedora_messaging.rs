@@ -713,3 +713,40 @@ async fn an_exclusive_queue_gap_is_logged_and_a_datagrepper_backfill_closes_it()
     );
     d.shutdown().await;
 }
+
+/// A broker with passwords instead of certificates: plain `amqp://`, the password from
+/// `fedora_messaging_bridge.password_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_login_with_a_password_file_works_too() {
+    let node = PrivateBroker::with_tls(VHOST, &[]);
+    let rules = "rules: []\n";
+    let mut d = Deployment::new(rules, &[], taskbot_tests::free_port()).await;
+    let password = d.dir.path().join("fm.password");
+    std::fs::write(&password, "guest\n").unwrap();
+    let url = format!("amqp://guest@127.0.0.1:{}/%2Fpubsub", node.port);
+    d.configure(move |c| {
+        c.fedora_messaging_bridge.url = url;
+        c.fedora_messaging_bridge.password_file = Some(password);
+        c.fedora_messaging_bridge.queue = Some(QUEUE.into());
+    });
+    let t = d.broker.topology.clone();
+    let events = d.broker.tap(&t.events_exchange(), "#").await;
+    let bridge = d.start("fedora-messaging-bridge", "fedora-messaging-bridge", &[]);
+    wait_for_log(&d, bridge, "consuming", 1, Duration::from_secs(60));
+    publish_raw(
+        &node,
+        "org.fedoraproject.prod.buildsys.tag",
+        br#"{"tag": "f41-updates-candidate", "name": "bash"}"#,
+        json_props("6c1e7b9e-0a63-4ad5-9a53-5ce1a2b3c4d5"),
+    )
+    .await;
+    let got = collect(&d.broker, &events, Duration::from_secs(30), |g| !g.is_empty()).await;
+    let event = Event::from_json(&got.first().expect("the event").body).unwrap();
+    assert_eq!(event.id, "6c1e7b9e-0a63-4ad5-9a53-5ce1a2b3c4d5");
+    assert_eq!(event.msg["tag"], "f41-updates-candidate");
+    assert!(
+        !d.services[bridge].log_text().contains("guest:guest"),
+        "the password is not logged"
+    );
+    d.shutdown().await;
+}
