@@ -87,7 +87,10 @@ async fn preload(node: &PrivateBroker) {
             "fedora_messaging_schema".into(),
             text("koji_fedoramessaging.build.BuildStateChangeV1"),
         );
-        headers.insert("fedora_messaging_severity".into(), AMQPValue::LongLongInt(20));
+        headers.insert(
+            "fedora_messaging_severity".into(),
+            AMQPValue::LongLongInt(20),
+        );
         headers.insert("sent-at".into(), text("2026-03-01T10:20:30+00:00"));
         headers.insert("priority".into(), AMQPValue::LongLongInt(0));
         headers.insert(
@@ -187,13 +190,7 @@ async fn raw_run(
         taken += 1;
         let props = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_message_id(
-                delivery
-                    .properties
-                    .message_id()
-                    .clone()
-                    .unwrap_or_default(),
-            );
+            .with_message_id(delivery.properties.message_id().clone().unwrap_or_default());
         let confirm = out
             .basic_publish(
                 exchange,
@@ -210,7 +207,11 @@ async fn raw_run(
         let done = done.clone();
         tokio::spawn(async move {
             confirm.await.unwrap();
-            delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
             done.fetch_add(1, Ordering::SeqCst);
         });
     }

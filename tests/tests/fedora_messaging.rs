@@ -740,7 +740,10 @@ async fn a_plain_login_with_a_password_file_works_too() {
         json_props("6c1e7b9e-0a63-4ad5-9a53-5ce1a2b3c4d5"),
     )
     .await;
-    let got = collect(&d.broker, &events, Duration::from_secs(30), |g| !g.is_empty()).await;
+    let got = collect(&d.broker, &events, Duration::from_secs(30), |g| {
+        !g.is_empty()
+    })
+    .await;
     let event = Event::from_json(&got.first().expect("the event").body).unwrap();
     assert_eq!(event.id, "6c1e7b9e-0a63-4ad5-9a53-5ce1a2b3c4d5");
     assert_eq!(event.msg["tag"], "f41-updates-candidate");
