@@ -28,7 +28,8 @@ fmt:
 
 # Events per second the rules engine evaluates on one core, parsing included, with the shipped
 # rules and with 1,000 rules; the runner's own cost per job against cloning and running a task by
-# hand (against the real RabbitMQ); a disposable VM's boot, command and destroy times (QEMU, TCG).
+# hand (against the real RabbitMQ); a disposable VM's boot, command and destroy times (QEMU, TCG);
+# events/s through the fedora-messaging bridge against a raw consume+republish loop.
 # Optimised builds; figures and method: docs/benchmarks.md.
 bench: services
 	cargo bench -p rules --bench rules
@@ -36,6 +37,7 @@ bench: services
 	cargo bench -p provisioner --bench vm
 	cargo build --bins
 	cargo bench -p taskbot-tests --bench vm_request
+	cargo bench -p taskbot-tests --bench fedora_messaging_bridge
 
 clean:
 	rm -rf .run

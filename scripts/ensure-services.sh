@@ -38,7 +38,7 @@ wait_for_port() { # port name seconds
 # Build and runtime dependencies: libzmq for the fedmsg bridge, OpenSSL for git2 and reqwest,
 # git for task repositories, Python 3 for the ResultsDB client checks, docker-compose to validate
 # compose.yaml (no Docker engine needed for that).
-apt_install build-essential pkg-config libzmq3-dev libssl-dev git ca-certificates curl python3 docker-compose
+apt_install build-essential pkg-config libzmq3-dev libssl-dev openssl git ca-certificates curl python3 docker-compose
 # promtool (Debian package prometheus; its server is not started) checks the services' /metrics
 # in tests/tests/ops.rs.
 have promtool || apt_install prometheus
@@ -75,19 +75,22 @@ if ! python3 -c 'import resultsdb_api' >/dev/null 2>&1; then
     || python3 -m pip install --quiet --break-system-packages resultsdb_api
 fi
 
-# --- fedora-messaging consumer virtualenv (docs/fedora.md) ---------------------------------------
+# --- fedora-messaging virtualenv (docs/fedora.md) ------------------------------------------------
 # The real fedora-messaging library from PyPI, with Taskbot's own schema package
-# (python/taskbot-messages), in a virtualenv of this checkout: the reporter's tests consume what
-# its fedora-messaging sink published with `fedora-messaging consume` and check they get typed
-# messages (services/reporter/tests/fedora_messaging.rs). Recreated only when the pinned version
-# or the schema package's files change (a stamp file records both).
+# (python/taskbot-messages) and those of Koji and Bodhi, in a virtualenv of this checkout: the
+# reporter's tests consume what its fedora-messaging sink published with `fedora-messaging
+# consume` and check they get typed messages (services/reporter/tests/fedora_messaging.rs), and the
+# fedora-messaging bridge's tests publish Fedora's own messages with it
+# (tests/tests/fedora_messaging.rs). Recreated only when the packages or the schema package's
+# files change (a stamp file records both).
 FEDORA_MESSAGING_VERSION="3.9.1"
+FEDORA_MESSAGING_SCHEMAS="koji-fedoramessaging-messages bodhi-messages"
 ensure_fedora_messaging_venv() {
   local root venv stamp want
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   venv="${TASKBOT_FEDORA_MESSAGING_VENV:-$root/.run/fedora-messaging-venv}"
   stamp="$venv/.taskbot-stamp"
-  want="fedora-messaging==$FEDORA_MESSAGING_VERSION $(cd "$root/python/taskbot-messages" \
+  want="fedora-messaging==$FEDORA_MESSAGING_VERSION $FEDORA_MESSAGING_SCHEMAS $(cd "$root/python/taskbot-messages" \
     && find . -type f \( -name '*.py' -o -name '*.toml' -o -name '*.md' -o -name py.typed \) \
        -not -path '*/build/*' -not -path '*.egg-info/*' | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)"
   if [ -x "$venv/bin/fedora-messaging" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
@@ -99,11 +102,11 @@ ensure_fedora_messaging_venv() {
   elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     log "python3 cannot make virtualenvs (no venv/ensurepip): install them by hand"; exit 1
   fi
-  log "installing fedora-messaging $FEDORA_MESSAGING_VERSION and taskbot-messages into $venv"
+  log "installing fedora-messaging $FEDORA_MESSAGING_VERSION, $FEDORA_MESSAGING_SCHEMAS and taskbot-messages into $venv"
   mkdir -p "$(dirname "$venv")"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "fedora-messaging==$FEDORA_MESSAGING_VERSION"
+    "fedora-messaging==$FEDORA_MESSAGING_VERSION" $FEDORA_MESSAGING_SCHEMAS
   # A copy, not the source tree: building in place would leave build/ and *.egg-info there.
   local src
   src="$(mktemp -d)"
@@ -114,7 +117,7 @@ ensure_fedora_messaging_venv() {
   printf '%s' "$want" >"$stamp"
 }
 ensure_fedora_messaging_venv
-# --- end of the fedora-messaging consumer virtualenv ---------------------------------------------
+# --- end of the fedora-messaging virtualenv ------------------------------------------------------
 
 if ! have cargo; then
   log "cargo is not installed: install Rust with rustup (https://rustup.rs), then run this again"

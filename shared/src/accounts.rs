@@ -327,6 +327,7 @@ mod tests {
             keys,
             [
                 "bridge",
+                "fedora_messaging_bridge",
                 "rules",
                 "provisioner",
                 "reporter",
@@ -337,7 +338,7 @@ mod tests {
             ],
             "no user shared by the runners of every arch"
         );
-        let (_, x86) = &users[6];
+        let (_, x86) = &users[7];
         let allows = |pattern: &str, name: &str| regex::Regex::new(pattern).unwrap().is_match(name);
         assert!(allows(&x86.read, "tb.run.x86_64"));
         assert!(!allows(&x86.read, "tb.run.aarch64"), "{}", x86.read);

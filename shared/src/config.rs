@@ -17,8 +17,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{
-    Role, Service, OPS_DEFAULT_BRIDGE, OPS_DEFAULT_PROVISIONER, OPS_DEFAULT_REPORTER,
-    OPS_DEFAULT_RULES, OPS_DEFAULT_RUNNER,
+    Role, Service, OPS_DEFAULT_BRIDGE, OPS_DEFAULT_FEDORA_MESSAGING_BRIDGE,
+    OPS_DEFAULT_PROVISIONER, OPS_DEFAULT_REPORTER, OPS_DEFAULT_RULES, OPS_DEFAULT_RUNNER,
 };
 
 /// The environment variable naming the config file.
@@ -33,6 +33,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "amqp",
     "log",
     "bridge",
+    "fedora_messaging_bridge",
     "rules",
     "provisioner",
     "runner",
@@ -50,6 +51,7 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub log: LogConfig,
     pub bridge: BridgeConfig,
+    pub fedora_messaging_bridge: FedoraMessagingBridgeConfig,
     pub rules: RulesConfig,
     pub provisioner: ProvisionerConfig,
     pub runner: RunnerConfig,
@@ -65,6 +67,7 @@ impl Default for Config {
             amqp: AmqpConfig::default(),
             log: LogConfig::default(),
             bridge: BridgeConfig::default(),
+            fedora_messaging_bridge: FedoraMessagingBridgeConfig::default(),
             rules: RulesConfig::default(),
             provisioner: ProvisionerConfig::default(),
             runner: RunnerConfig::default(),
@@ -271,6 +274,71 @@ impl Default for BridgeConfig {
             max_message_bytes: 1024 * 1024,
             buffer: 10_000,
             ops_listen: OPS_DEFAULT_BRIDGE.into(),
+        }
+    }
+}
+
+/// The fedora-messaging bridge (`[fedora_messaging_bridge]`): which external broker (Fedora's
+/// bus) it consumes, how it logs in there, and from which queue. docs/fedora.md says what to set
+/// for Fedora's public and private bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FedoraMessagingBridgeConfig {
+    /// The external broker: `amqps://HOST[:PORT]/VHOST` (TLS 1.2 or later, the server's name
+    /// checked against its certificate) or `amqp://USER:PASSWORD@HOST[:PORT]/VHOST`; the vhost
+    /// URL-encoded (`%2Fpublic_pubsub`). With `client_cert`, the login is SASL EXTERNAL (the
+    /// broker takes the user from the certificate) unless the URL says otherwise
+    /// (`?auth_mechanism=plain`).
+    pub url: String,
+    /// The password of the URL's user, read from this file at start (it replaces any password in
+    /// `url`); for a plain (non-certificate) login.
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA certificates the broker's certificate must chain to. Unset: the
+    /// system's CAs.
+    pub ca_file: Option<PathBuf>,
+    /// PEM files of the client certificate (with its chain) and its private key (PKCS#8 or
+    /// RSA), for EXTERNAL logins; both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// A durable queue of this name (a private vhost's account), consumed across restarts, so
+    /// nothing published while the bridge is away is lost. Unset: a fresh UUID-named queue per
+    /// connection, exclusive and auto-deleted (what a public vhost allows): whatever is published
+    /// while the bridge is disconnected is missed, and the gap is logged with its time span for
+    /// a backfill (`taskbot replay --since … --until …`).
+    pub queue: Option<String>,
+    /// Declare `queue` passively: it must exist already, made (and bound) by the broker's
+    /// administrators, as on Fedora's private vhost; the bridge binds nothing.
+    pub queue_passive: bool,
+    /// The exchange the queue is bound to.
+    pub exchange: String,
+    /// Topic patterns the queue is bound with (`*` one word, `#` any number), e.g.
+    /// `org.fedoraproject.prod.buildsys.#`.
+    pub topics: Vec<String>,
+    /// Unacknowledged deliveries held at once (Fedora's norm: 25). A delivery is acked only once
+    /// Taskbot's broker confirmed its event.
+    pub prefetch: u16,
+    /// Bodies larger than this are dead-lettered (cut to this size).
+    pub max_message_bytes: usize,
+    /// Address of the bridge's `/healthz`, `/readyz` and `/metrics` (`host:port`; port 0 picks a
+    /// free one, logged). Also `--ops-listen`.
+    pub ops_listen: String,
+}
+
+impl Default for FedoraMessagingBridgeConfig {
+    fn default() -> Self {
+        FedoraMessagingBridgeConfig {
+            url: "amqps://rabbitmq.fedoraproject.org/%2Fpublic_pubsub".into(),
+            password_file: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            queue: None,
+            queue_passive: false,
+            exchange: "amq.topic".into(),
+            topics: vec!["org.fedoraproject.prod.#".into()],
+            prefetch: 25,
+            max_message_bytes: 1024 * 1024,
+            ops_listen: OPS_DEFAULT_FEDORA_MESSAGING_BRIDGE.into(),
         }
     }
 }
@@ -948,6 +1016,7 @@ impl Config {
     pub fn ops_listen(&self, service: Service) -> Option<&str> {
         Some(match service {
             Service::Bridge => &self.bridge.ops_listen,
+            Service::FedoraMessagingBridge => &self.fedora_messaging_bridge.ops_listen,
             Service::Rules => &self.rules.ops_listen,
             Service::Provisioner => &self.provisioner.ops_listen,
             Service::Runner => &self.runner.ops_listen,
@@ -960,6 +1029,7 @@ impl Config {
     pub fn set_all_ops_listen(&mut self, address: &str) {
         for field in [
             &mut self.bridge.ops_listen,
+            &mut self.fedora_messaging_bridge.ops_listen,
             &mut self.rules.ops_listen,
             &mut self.provisioner.ops_listen,
             &mut self.runner.ops_listen,
@@ -1177,7 +1247,7 @@ qemu_args = ["-M", "virt"]
             ports.sort();
             ports.dedup();
             assert_eq!(ports.len(), with_ops.len(), "ports collide: {ports:?}");
-            assert_eq!(with_ops.len(), 5);
+            assert_eq!(with_ops.len(), 6);
             assert_eq!(defaults.ops_listen(Service::Api), None);
             let mut all = Config::default();
             all.set_all_ops_listen("127.0.0.1:0");

@@ -9,6 +9,7 @@ use std::fmt;
 /// (containers set `0.0.0.0:<port>`). The ports stay clear of Prometheus (9090) and its node
 /// exporter (9100).
 pub const OPS_DEFAULT_BRIDGE: &str = "127.0.0.1:9181";
+pub const OPS_DEFAULT_FEDORA_MESSAGING_BRIDGE: &str = "127.0.0.1:9185";
 pub const OPS_DEFAULT_RULES: &str = "127.0.0.1:9182";
 pub const OPS_DEFAULT_PROVISIONER: &str = "127.0.0.1:9183";
 pub const OPS_DEFAULT_REPORTER: &str = "127.0.0.1:9184";
@@ -18,7 +19,10 @@ pub const OPS_DEFAULT_RUNNER: &str = "127.0.0.1:9190";
 /// One of Taskbot's services (the `taskbot` command line is a tool, not a service).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Service {
+    /// The fedmsg (ZeroMQ) bridge.
     Bridge,
+    /// The fedora-messaging (AMQP) bridge, which consumes an external broker.
+    FedoraMessagingBridge,
     Rules,
     Provisioner,
     Runner,
@@ -27,8 +31,9 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 6] = [
+    pub const ALL: [Service; 7] = [
         Service::Bridge,
+        Service::FedoraMessagingBridge,
         Service::Rules,
         Service::Provisioner,
         Service::Runner,
@@ -40,6 +45,7 @@ impl Service {
     pub fn name(self) -> &'static str {
         match self {
             Service::Bridge => "fedmsg-bridge",
+            Service::FedoraMessagingBridge => "fedora-messaging-bridge",
             Service::Rules => "rules",
             Service::Provisioner => "provisioner",
             Service::Runner => "runner",
@@ -57,6 +63,7 @@ impl Service {
     pub fn section(self) -> &'static str {
         match self {
             Service::Bridge => "bridge",
+            Service::FedoraMessagingBridge => "fedora_messaging_bridge",
             other => other.name(),
         }
     }
@@ -66,6 +73,7 @@ impl Service {
     pub fn ops_listen_key(self) -> Option<&'static str> {
         Some(match self {
             Service::Bridge => "bridge.ops_listen",
+            Service::FedoraMessagingBridge => "fedora_messaging_bridge.ops_listen",
             Service::Rules => "rules.ops_listen",
             Service::Provisioner => "provisioner.ops_listen",
             Service::Runner => "runner.ops_listen",
@@ -78,6 +86,7 @@ impl Service {
     pub fn default_ops_listen(self) -> Option<&'static str> {
         Some(match self {
             Service::Bridge => OPS_DEFAULT_BRIDGE,
+            Service::FedoraMessagingBridge => OPS_DEFAULT_FEDORA_MESSAGING_BRIDGE,
             Service::Rules => OPS_DEFAULT_RULES,
             Service::Provisioner => OPS_DEFAULT_PROVISIONER,
             Service::Runner => OPS_DEFAULT_RUNNER,
@@ -98,8 +107,9 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Service(Service::Bridge),
+        Role::Service(Service::FedoraMessagingBridge),
         Role::Service(Service::Rules),
         Role::Service(Service::Provisioner),
         Role::Service(Service::Runner),

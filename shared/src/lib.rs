@@ -10,6 +10,7 @@ pub mod config;
 #[cfg(feature = "download")]
 pub mod download;
 pub mod errors;
+pub mod fedora_messaging;
 pub mod identity;
 pub mod limits;
 #[cfg(feature = "management")]

@@ -106,13 +106,15 @@ pub fn classify(namespace: &str, queues: &[QueueStats]) -> Status {
     }
     work.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut stages = Vec::new();
-    // The bridge has no work queue (it reads the bus), only dead letters.
-    if let Some(n) = dead.remove("fedmsg-bridge") {
-        stages.push(Stage {
-            stage: "fedmsg-bridge".into(),
-            queue: None,
-            dead_letters: n,
-        });
+    // The bridges have no work queue (they read the buses), only dead letters.
+    for bridge in ["fedmsg-bridge", "fedora-messaging-bridge"] {
+        if let Some(n) = dead.remove(bridge) {
+            stages.push(Stage {
+                stage: bridge.into(),
+                queue: None,
+                dead_letters: n,
+            });
+        }
     }
     let mut runners = BTreeMap::new();
     for (_, stage, queue) in work {

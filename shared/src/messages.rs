@@ -127,6 +127,13 @@ pub struct Event {
     /// is refused when decoding, so rules never evaluate a list or a number as a body.
     #[serde(deserialize_with = "msg_object")]
     pub msg: serde_json::Value,
+    /// The bus message's own headers that describe it, for rules to match on (`headers.…`): on
+    /// fedora-messaging the `fedora_messaging_*` headers (schema, severity, and the
+    /// `fedora_messaging_user_<name>`, `_rpm_<name>`, … flags), `sent-at` and `priority`. Empty
+    /// for fedmsg messages and task events. Optional on the wire (absent when empty), so events
+    /// without it, and consumers that do not know it, are unaffected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, serde_json::Value>,
 }
 
 /// The kind of JSON value whose text is `raw` (leading whitespace allowed), for error messages:

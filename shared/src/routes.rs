@@ -20,7 +20,7 @@ use crate::topology::Topology;
 /// service that starts publishing something new is refused by the broker until it is listed here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
-    /// [`Event`]s: from the bus (the bridge), announced by tasks (the runner), replayed (`taskbot
+    /// [`Event`]s: from the buses (the bridges), announced by tasks (the runner), replayed (`taskbot
     /// replay`).
     Event,
     /// [`JobRequest`]s: from the rules, or `taskbot submit`.
@@ -32,7 +32,7 @@ pub enum Route {
     JobStatus,
     /// [`TaskResult`]s: the runner, and the provisioner's CRASHED results for jobs it cannot serve.
     TaskResult,
-    /// Dead letters, from every consumer and the bridge.
+    /// Dead letters, from every consumer and the bridges.
     DeadLetter,
     /// Results republished for fedora-messaging (the reporter's sink, when enabled).
     FedoraMessaging,
@@ -73,7 +73,12 @@ impl Route {
     pub fn publishers(self) -> &'static [Role] {
         use Service::*;
         match self {
-            Route::Event => &[Role::Service(Bridge), Role::Service(Runner), Role::Cli],
+            Route::Event => &[
+                Role::Service(Bridge),
+                Role::Service(FedoraMessagingBridge),
+                Role::Service(Runner),
+                Role::Cli,
+            ],
             Route::JobRequest => &[Role::Service(Rules), Role::Cli],
             Route::ProvisionedJob => &[Role::Service(Provisioner)],
             Route::JobStatus => &[
@@ -85,6 +90,7 @@ impl Route {
             Route::TaskResult => &[Role::Service(Provisioner), Role::Service(Runner)],
             Route::DeadLetter => &[
                 Role::Service(Bridge),
+                Role::Service(FedoraMessagingBridge),
                 Role::Service(Rules),
                 Role::Service(Provisioner),
                 Role::Service(Runner),
@@ -305,6 +311,7 @@ mod tests {
             received_at: chrono::Utc::now(),
             username: None,
             msg: serde_json::json!({"update": "x"}),
+            headers: Default::default(),
         };
         let out = event.outgoing(&t);
         assert_eq!(

@@ -1,7 +1,8 @@
 //! Secrets read from files at start: each process's broker password (`[amqp.users.<key>]`, for a
 //! runner its arch's `[amqp.users.runner_<arch>]` when there is one; `amqp.password_file`), its database password (`[postgres.users.<key>]`,
-//! `postgres.password_file`) and the reporter's ResultsDB header
-//! (`reporter.resultsdb_auth_header_file`).
+//! `postgres.password_file`), the reporter's ResultsDB header
+//! (`reporter.resultsdb_auth_header_file`) and the fedora-messaging bridge's password on the
+//! external broker (`fedora_messaging_bridge.password_file`).
 //!
 //! [`resolve`] reads them once, when a service (or the command line) starts, into the URLs the
 //! rest of the code uses, so no other module knows where a password came from. A process reads
@@ -47,6 +48,14 @@ pub fn resolve(mut config: Config, role: Option<Role>) -> Result<Config, ConfigE
     }
     if role == Some(Role::Service(Service::Reporter)) {
         resolve_resultsdb_header(&mut config)?;
+    }
+    if role == Some(Role::Service(Service::FedoraMessagingBridge)) {
+        let external = &mut config.fedora_messaging_bridge;
+        if let Some(file) = &external.password_file {
+            let password = read_secret("fedora_messaging_bridge.password_file", file)?;
+            let user = crate::amqp::url_user(&external.url);
+            external.url = with_userinfo(&external.url, &user, Some(&password));
+        }
     }
     Ok(config)
 }

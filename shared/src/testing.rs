@@ -410,6 +410,7 @@ pub fn event(id: &str, topic: &str, msg: serde_json::Value) -> crate::Event {
         received_at: chrono::Utc::now(),
         username: None,
         msg,
+        headers: Default::default(),
     }
 }
 

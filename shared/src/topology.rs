@@ -163,6 +163,11 @@ impl Topology {
     pub fn bridge_source(&self) -> String {
         self.name("fedmsg-bridge")
     }
+    /// Pseudo-queue name under which the fedora-messaging bridge dead-letters the deliveries
+    /// that cannot be events.
+    pub fn fedora_messaging_bridge_source(&self) -> String {
+        self.name("fedora-messaging-bridge")
+    }
     /// The dead-letter queue holding what was refused from `source` (a queue name).
     pub fn dead_letter_queue(&self, source: &str) -> String {
         format!("{source}.dead")
@@ -242,11 +247,23 @@ impl Topology {
         QueueSpec::new(self.run_queue(arch), self.run_exchange(), &[arch], true)
     }
 
-    /// Sources with a dead-letter queue: every work queue and the bridge.
+    /// Sources with a dead-letter queue: every work queue and the bridges.
     pub fn dead_letter_sources(&self) -> Vec<String> {
         let mut sources: Vec<String> = self.work_queues().into_iter().map(|q| q.name).collect();
         sources.push(self.bridge_source());
+        sources.push(self.fedora_messaging_bridge_source());
         sources
+    }
+
+    /// The pseudo-queue a bridge dead-letters under, for the bridges (which own no queue).
+    fn pseudo_source(&self, role: Role) -> Option<String> {
+        match role {
+            Role::Service(Service::Bridge) => Some(self.bridge_source()),
+            Role::Service(Service::FedoraMessagingBridge) => {
+                Some(self.fedora_messaging_bridge_source())
+            }
+            _ => None,
+        }
     }
 
     /// The queues `role` owns: it declares them at every (re)connection (with their dead-letter
@@ -263,7 +280,7 @@ impl Topology {
                 .work_queues_named(&[self.provisioner_queue(), self.provisioner_finished_queue()]),
             Service::Runner => self.arches.iter().map(|a| self.run_queue_spec(a)).collect(),
             Service::Reporter => self.sink_queues(&self.sinks),
-            Service::Bridge | Service::Api => Vec::new(),
+            Service::Bridge | Service::FedoraMessagingBridge | Service::Api => Vec::new(),
         }
     }
 
@@ -283,9 +300,7 @@ impl Topology {
             .into_iter()
             .map(|q| q.name)
             .collect();
-        if role == Role::Service(Service::Bridge) {
-            sources.push(self.bridge_source());
-        }
+        sources.extend(self.pseudo_source(role));
         sources
     }
 
@@ -301,9 +316,8 @@ impl Topology {
         for queue in self.owned_queues(role) {
             self.declare_work_queue(channel, &queue).await?;
         }
-        if role == Role::Service(Service::Bridge) {
-            self.declare_dead_letter_queue(channel, &self.bridge_source())
-                .await?;
+        if let Some(source) = self.pseudo_source(role) {
+            self.declare_dead_letter_queue(channel, &source).await?;
         }
         Ok(())
     }
@@ -542,6 +556,11 @@ mod tests {
             ["tb.sink.postgres.results", "tb.sink.postgres.status"]
         );
         assert!(owned(Service::Bridge).is_empty() && owned(Service::Api).is_empty());
+        assert!(owned(Service::FedoraMessagingBridge).is_empty());
+        assert_eq!(
+            t.owned_dead_letter_sources(Service::FedoraMessagingBridge.into()),
+            ["tb.fedora-messaging-bridge"]
+        );
         assert!(t.owned_queues(Role::Cli).is_empty());
         assert_eq!(
             t.owned_dead_letter_sources(Service::Bridge.into()),

@@ -439,6 +439,7 @@ impl Deployment {
             received_at: chrono::Utc::now(),
             username: None,
             msg,
+            headers: Default::default(),
         };
         let t = self.broker.topology.clone();
         let body = taskbot::messages::Message::to_json(&event);

@@ -98,6 +98,7 @@ async fn publish(d: &Deployment, n: usize) {
         received_at: chrono::Utc::now(),
         username: None,
         msg: serde_json::json!({ "nvr": format!("chaos-{n}-1.fc40") }),
+        headers: Default::default(),
     };
     let body = taskbot::messages::Message::to_json(&event);
     d.broker

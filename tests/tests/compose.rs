@@ -31,6 +31,7 @@ fn compose_file_is_valid_and_has_every_service() {
         [
             "api",
             "fedmsg-bridge",
+            "fedora-messaging-bridge",
             "postgres",
             "provisioner",
             "rabbitmq",

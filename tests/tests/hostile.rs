@@ -129,6 +129,7 @@ impl Hostile {
             received_at: Utc::now(),
             username: None,
             msg,
+            headers: Default::default(),
         };
         let t = self.d.broker.topology.clone();
         self.d
@@ -653,6 +654,7 @@ async fn a_runner_killed_mid_task_leaves_no_process_and_the_job_ends_after_resta
         received_at: Utc::now(),
         username: None,
         msg,
+        headers: Default::default(),
     };
     let t = h.d.broker.topology.clone();
     h.d.broker

@@ -348,6 +348,7 @@ async fn an_event_a_task_announces_triggers_the_next_task() {
         received_at: Utc::now(),
         username: None,
         msg: serde_json::json!({"name": "announcer-input"}),
+        headers: Default::default(),
     };
     let t = d.broker.topology.clone();
     d.broker

@@ -41,6 +41,7 @@ async fn publish(broker: &TestBroker, nvr: &str) {
         received_at: Utc::now(),
         username: None,
         msg: serde_json::json!({ "nvr": nvr }),
+        headers: Default::default(),
     };
     broker
         .publish(

@@ -45,6 +45,7 @@ async fn status_and_dashboard_show_the_running_pipelines_true_state() {
             received_at: Utc::now(),
             username: None,
             msg: serde_json::json!({"name": "pkg", "version": format!("1.{n}"), "release": "1.fc40", "new": 1}),
+            headers: Default::default(),
         };
         d.broker
             .publish(&t.events_exchange(), &event.topic, event.to_json())

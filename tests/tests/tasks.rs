@@ -141,6 +141,7 @@ fn fixture_event(name: &str) -> Event {
         received_at: Utc::now(),
         username: None,
         msg: envelope["msg"].clone(),
+        headers: Default::default(),
     }
 }
 

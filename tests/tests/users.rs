@@ -94,7 +94,7 @@ async fn every_broker_user_publishes_only_what_its_service_publishes() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 7 * 7, "every role against every route");
+    assert_eq!(checked, 8 * 7, "every role against every route");
     // The point of it all, said plainly.
     let runner = Role::Service(Service::Runner);
     assert!(!publish_allowed(&d.config, runner, &topology.run_exchange(), "").await);
@@ -418,7 +418,7 @@ async fn no_password_reaches_a_log_and_guest_is_warned_about() {
         .collect();
     assert_eq!(
         passwords.len(),
-        6 + 2 + 2,
+        7 + 2 + 2,
         "a broker user per role but the runner, one per runner arch, two database roles"
     );
     let status = std::process::Command::new(taskbot_tests::binary("taskbot"))

@@ -216,6 +216,7 @@ pub fn parse_with_sequence(
             .filter(|u| !u.is_empty())
             .map(str::to_string),
         msg,
+        headers: Default::default(),
     };
     Ok((event, envelope.get("i").and_then(Value::as_u64)))
 }

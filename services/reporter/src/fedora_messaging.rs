@@ -40,8 +40,9 @@ pub const ERROR: i64 = 40;
 
 /// Header carrying the result's id, by which consumers drop a redelivered result's second message.
 pub const RESULT_ID_HEADER: &str = "taskbot_result_id";
-/// Header naming the Taskbot deployment (its broker namespace) that published the message.
-pub const NAMESPACE_HEADER: &str = "taskbot_namespace";
+/// Header naming the Taskbot deployment (its broker namespace) that published the message: the
+/// fedora-messaging bridge's loop guard reads it (one name for both, in shared).
+pub use taskbot::fedora_messaging::NAMESPACE_HEADER;
 
 /// Longest package or user name given a filter header: AMQP header names are at most 255 bytes,
 /// and `fedora_messaging_rpm_` takes 21 of them.

@@ -72,6 +72,8 @@ struct EventView<'a> {
     username: Option<String>,
     #[serde(borrow)]
     msg: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    headers: BTreeMap<String, Value>,
 }
 
 /// An event message decoded and evaluated.
@@ -200,6 +202,7 @@ impl Engine {
             received_at: view.received_at,
             username: view.username,
             msg: plan.needs.parse(view.msg.get()).map_err(fields_error)?,
+            headers: view.headers,
         };
         let evaluation = self.evaluate_plan(&event, &plan);
         Ok(Decision {
@@ -210,15 +213,23 @@ impl Engine {
     }
 }
 
-/// Call `f` with the scope paths are evaluated in for `event`. Only the two strings are copied;
-/// the message body is borrowed, not cloned.
+/// Call `f` with the scope paths are evaluated in for `event`. Only the two strings and the
+/// (few, short) headers are copied; the message body is borrowed, not cloned.
 fn with_scope<R>(event: &Event, f: impl FnOnce(&Scope<'_>) -> R) -> R {
     let id = Value::String(event.id.clone());
     let topic = Value::String(event.topic.clone());
+    let headers = Value::Object(
+        event
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
     f(&Scope {
         id: &id,
         topic: &topic,
         msg: &event.msg,
+        headers: &headers,
         element: None,
     })
 }

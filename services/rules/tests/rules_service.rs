@@ -52,6 +52,7 @@ async fn event_becomes_job_requests_and_garbage_is_dead_lettered() {
         username: None,
         msg: serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7",
                                 "new": 1, "old": 0, "build_id": 612324}),
+        headers: Default::default(),
     };
     broker
         .publish(&t.events_exchange(), &event.topic, event.to_json())

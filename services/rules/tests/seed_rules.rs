@@ -44,6 +44,7 @@ fn event_from_envelope(envelope: &Value, fallback_id: &str) -> Event {
         received_at: Utc::now(),
         username: envelope["username"].as_str().map(str::to_string),
         msg: envelope["msg"].clone(),
+        headers: Default::default(),
     }
 }
 
@@ -174,8 +175,8 @@ const STATIC_ANALYSIS: &str = "static-analysis-on-c-package-build-complete";
 #[test]
 fn the_shipped_file_loads_with_every_rule() {
     let engine = shipped_rules();
-    // Two examples and seven seed rules.
-    assert_eq!(engine.rule_count(), 9);
+    // Two examples and eight seed rules.
+    assert_eq!(engine.rule_count(), 10);
 }
 
 #[test]
@@ -485,4 +486,121 @@ fn the_real_samples_trigger_only_the_example_rules() {
             (EXAMPLE_BODHI, "fedmsg-0.2.7-2.el6", "noarch"),
         ]
     );
+}
+
+/// A message of tests/fixtures/fedora-messaging/ (fedora-messaging's serialized form, written by
+/// the real library with the Koji and Bodhi schema packages' classes) as the fedora-messaging
+/// bridge turns it into an event.
+fn fedora_messaging_fixture(name: &str) -> Event {
+    let path = repo_root()
+        .join("tests/fixtures/fedora-messaging")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let message: Value = serde_json::from_str(&text).unwrap();
+    taskbot::fedora_messaging::from_serialized(message.as_object().unwrap(), "test")
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn the_shipped_rules_fire_on_todays_fedora_messaging_bus() {
+    let engine = shipped_rules();
+    let koji = fedora_messaging_fixture("koji-build-state-change-bash.json");
+    assert_eq!(
+        koji.headers["fedora_messaging_schema"],
+        "koji_fedoramessaging.build.BuildStateChangeV1"
+    );
+    let nvr = "bash-5.2.32-1.fc41";
+    let mut want = vec![
+        job(
+            "example-on-koji-build-complete",
+            "example",
+            nvr,
+            "koji_build",
+            "x86_64",
+        ),
+        job(
+            "example-on-koji-build-complete",
+            "example",
+            nvr,
+            "koji_build",
+            "aarch64",
+        ),
+        job(
+            "example-on-koji-build-complete",
+            "example",
+            nvr,
+            "koji_build",
+            "noarch",
+        ),
+        job(
+            "static-analysis-on-c-package-build-complete",
+            "static-analysis",
+            nvr,
+            "koji_build",
+            "noarch",
+        ),
+    ];
+    want.sort();
+    assert_eq!(evaluate(&engine, &koji), want);
+
+    let testing = fedora_messaging_fixture("bodhi-update-request-testing.json");
+    let rule = "rpmlint-on-update-request-testing";
+    assert_eq!(
+        evaluate(&engine, &testing),
+        [
+            job(
+                rule,
+                "rpmlint",
+                "python-requests-2.32.3-1.fc41",
+                "koji_build",
+                "noarch"
+            ),
+            job(
+                rule,
+                "rpmlint",
+                "python-urllib3-2.2.3-1.fc41",
+                "koji_build",
+                "noarch"
+            ),
+        ]
+    );
+
+    let stable = fedora_messaging_fixture("bodhi-update-request-stable.json");
+    let rule = "depcheck-upgradepath-on-update-request-stable";
+    assert_eq!(
+        evaluate(&engine, &stable),
+        [
+            job(rule, "depcheck", nvr, "koji_build", "aarch64"),
+            job(rule, "depcheck", nvr, "koji_build", "x86_64"),
+            job(
+                rule,
+                "upgradepath",
+                "FEDORA-2026-6f7a8b9c0d",
+                "bodhi_update",
+                "noarch"
+            ),
+        ]
+    );
+
+    // Fedora's CI trigger: a re-run asked for re-lints the update's builds, from
+    // `artifact.builds[]`; the same message for a new update (`re-trigger: false`) does not,
+    // since its request to testing already did.
+    let retrigger = fedora_messaging_fixture("bodhi-update-ready-for-testing-retrigger.json");
+    assert_eq!(
+        retrigger.topic,
+        "org.fedoraproject.prod.bodhi.update.status.testing.koji-build-group.build.complete"
+    );
+    assert_eq!(
+        evaluate(&engine, &retrigger),
+        [job(
+            "rpmlint-on-update-retrigger",
+            "rpmlint",
+            "xz-5.6.3-1.fc41",
+            "koji_build",
+            "noarch"
+        )]
+    );
+    let new = fedora_messaging_fixture("bodhi-update-ready-for-testing-new.json");
+    assert_eq!(evaluate(&engine, &new), []);
 }

@@ -59,6 +59,7 @@ pub fn parse(text: &str, job: &JobRequest) -> Result<Vec<Event>, String> {
             received_at: chrono::Utc::now(),
             username: None,
             msg,
+            headers: Default::default(),
         });
     }
     Ok(events)

@@ -39,8 +39,11 @@ pub enum Command {
     Watch(WatchArgs),
     /// Schedule a task for an item by hand (as a rule would, with the rule name `manual`).
     Submit(SubmitArgs),
-    /// Feed recorded bus messages (fedmsg envelopes as JSON lines or a JSON array, or a
-    /// datagrepper dump {"raw_messages": [...]}) into the events exchange, as the bridge would.
+    /// Feed recorded bus messages into the events exchange, as the bridges would: a file (fedmsg
+    /// envelopes or fedora-messaging's serialized messages, as JSON lines or a JSON array, or a
+    /// datagrepper page {"raw_messages": [...]}), or a period fetched from datagrepper
+    /// (--datagrepper URL --since T --until T) to backfill an outage. Events keep the messages'
+    /// ids, so what was already seen schedules nothing twice.
     Replay(ReplayArgs),
     /// Inspect dead letters, put them back where they came from, or delete them.
     Dlq(DlqArgs),
@@ -115,8 +118,25 @@ pub struct SubmitArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
-    /// The recorded messages: a file, or `-` for stdin.
-    pub file: String,
+    /// The recorded messages: a file, or `-` for stdin (not with --datagrepper).
+    #[arg(
+        required_unless_present = "datagrepper",
+        conflicts_with = "datagrepper"
+    )]
+    pub file: Option<String>,
+    /// Fetch the messages of --since..--until from this datagrepper instead, e.g.
+    /// https://apps.fedoraproject.org/datagrepper
+    #[arg(long, value_name = "URL", requires_all = ["since", "until"])]
+    pub datagrepper: Option<String>,
+    /// Start of the period (RFC 3339, e.g. 2026-03-01T10:00:00Z, or UNIX seconds).
+    #[arg(long, value_name = "TIME", requires = "datagrepper")]
+    pub since: Option<String>,
+    /// End of the period.
+    #[arg(long, value_name = "TIME", requires = "datagrepper")]
+    pub until: Option<String>,
+    /// Only this topic (repeatable); default every topic.
+    #[arg(long, value_name = "TOPIC", requires = "datagrepper")]
+    pub topic: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,7 @@
 
 pub mod api_cmd;
 pub mod cli;
+pub mod datagrepper;
 pub mod gate;
 pub mod message_input;
 pub mod ops_cmd;

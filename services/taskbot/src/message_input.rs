@@ -1,14 +1,20 @@
-//! Reading the messages a rules dry run is tried on: a file or stdin holding one message, a JSON
-//! array of them, or one per line (JSONL, like `tests/fixtures/fedmsg-real.jsonl`). A message is
-//! a fedmsg envelope (what the bus sends) or a Taskbot event (what the bridge publishes).
+//! Reading the messages a rules dry run is tried on and `taskbot replay` publishes: a file or
+//! stdin holding one message, a JSON array of them, one per line (JSONL, like
+//! `tests/fixtures/fedmsg-real.jsonl`), or a datagrepper page (`{"raw_messages": [...]}`). A
+//! message is a fedmsg envelope (what the ZeroMQ bus sends), a fedora-messaging message in its
+//! serialized form (`{"topic", "headers", "id", "body", ...}`, what `fedora-messaging publish`
+//! reads and its consumers dump), a datagrepper message, or a Taskbot event (what the bridges
+//! publish).
 //!
-//! Envelopes go through the bridge's own parser ([`taskbot_fedmsg_bridge::parse_fedmsg`]), so the
-//! event, its id (derived ids included) and therefore every job id are the ones the deployment
-//! would produce for that bus message.
+//! Envelopes go through the fedmsg bridge's own parser ([`taskbot_fedmsg_bridge::parse_fedmsg`]),
+//! fedora-messaging and datagrepper messages through the fedora-messaging bridge's mapping
+//! ([`taskbot::fedora_messaging`]), so the event, its id (derived ids included) and therefore
+//! every job id are the ones the deployment would produce for that bus message.
 
 use std::io::Read as _;
 
 use serde_json::Value;
+use taskbot::fedora_messaging;
 use taskbot::messages::{Event, Message};
 use taskbot_fedmsg_bridge::parse_fedmsg;
 
@@ -46,7 +52,14 @@ pub fn parse(name: &str, text: &str, max_bytes: usize) -> Result<Vec<InputMessag
     let source = format!("taskbot-cli:{name}");
     let mut messages = Vec::new();
     let mut problems = Vec::new();
-    match serde_json::from_str::<Value>(text) {
+    let document = match serde_json::from_str::<Value>(text) {
+        // A datagrepper page: its messages.
+        Ok(Value::Object(mut page)) if page.get("raw_messages").is_some_and(Value::is_array) => {
+            Ok(page.remove("raw_messages").unwrap_or_default())
+        }
+        other => other,
+    };
+    match document {
         // One document: a message, or an array of them.
         Ok(Value::Array(items)) => {
             for (index, item) in items.into_iter().enumerate() {
@@ -93,13 +106,22 @@ pub fn parse(name: &str, text: &str, max_bytes: usize) -> Result<Vec<InputMessag
 pub fn to_event(value: Value, max_bytes: usize, source: &str) -> Result<Event, String> {
     let Value::Object(fields) = &value else {
         return Err(format!(
-            "expected a JSON object (a fedmsg envelope or a taskbot.event.v1 event), found {}",
+            "expected a JSON object (a fedmsg envelope, a fedora-messaging message or a \
+             taskbot.event.v1 event), found {}",
             kind(&value)
         ));
     };
     let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
     if fields.contains_key("schema") {
         return Event::from_json(&bytes).map_err(|e| format!("not a Taskbot event: {e}"));
+    }
+    if fedora_messaging::is_serialized(fields) {
+        return fedora_messaging::from_serialized(fields, source)
+            .map_err(|e| format!("not a fedora-messaging message: {e}"));
+    }
+    if fedora_messaging::is_datagrepper_amqp(fields) {
+        return fedora_messaging::from_datagrepper(fields, source)
+            .map_err(|e| format!("not a datagrepper message: {e}"));
     }
     // An empty topic frame: the bridge then takes the envelope's `topic`, as it does for
     // messages whose frame and envelope agree.
@@ -180,6 +202,49 @@ mod tests {
         assert_eq!(lines, [Some(1), Some(3)]);
         let messages = parse("m.json", &format!("[{KOJI}, {KOJI}]"), MAX).unwrap();
         assert_eq!(messages.len(), 2);
+    }
+
+    /// One line of what fedora-messaging's `message.dumps` writes (keys sorted, as it does).
+    const SERIALIZED: &str = r#"{"body": {"agent": "alice", "update": {"alias": "FEDORA-2026-1"}}, "headers": {"fedora_messaging_schema": "bodhi.update.request.testing.v1", "fedora_messaging_severity": 20, "priority": 0, "sent-at": "2026-03-01T10:20:30+00:00"}, "id": "0b5f1c2e-3d4a-4b5c-9d6e-7f8091a2b3c4", "priority": null, "queue": null, "topic": "org.fedoraproject.prod.bodhi.update.request.testing"}"#;
+
+    #[test]
+    fn fedora_messaging_dumps_and_datagrepper_pages_become_the_bridges_events() {
+        let messages = parse("dump.jsonl", &format!("{SERIALIZED}\n{SERIALIZED}\n"), MAX).unwrap();
+        assert_eq!(messages.len(), 2);
+        let event = &messages[0].event;
+        assert_eq!(event.id, "0b5f1c2e-3d4a-4b5c-9d6e-7f8091a2b3c4");
+        assert_eq!(
+            event.topic,
+            "org.fedoraproject.prod.bodhi.update.request.testing"
+        );
+        assert_eq!(event.msg["update"]["alias"], "FEDORA-2026-1");
+        assert_eq!(event.headers["fedora_messaging_severity"], 20);
+        let serialized: Value = serde_json::from_str(SERIALIZED).unwrap();
+        let page = serde_json::json!({
+            "arguments": {"page": 1, "rows_per_page": 100}, "count": 2, "pages": 1, "total": 2,
+            "raw_messages": [
+                {"headers": serialized["headers"], "msg": serialized["body"],
+                 "msg_id": serialized["id"], "topic": serialized["topic"], "i": 0,
+                 "timestamp": 1772360430.0, "username": null, "certificate": null,
+                 "signature": null, "crypto": null, "source_name": "datanommer",
+                 "source_version": "1.4.0"},
+                serde_json::from_str::<Value>(KOJI).unwrap(),
+            ],
+        });
+        let messages = parse("page.json", &page.to_string(), MAX).unwrap();
+        let (amqp, fedmsg) = (&messages[0].event, &messages[1].event);
+        assert_eq!(amqp.id, event.id);
+        assert_eq!(amqp.headers, event.headers);
+        assert_eq!(amqp.sent_at, event.sent_at);
+        assert_eq!(
+            fedmsg.id, "2015-6395fb7a",
+            "an older message maps as the fedmsg bridge's"
+        );
+        let bad = r#"{"topic": "a.b", "body": [1], "id": "x"}"#;
+        assert_eq!(
+            parse("bad.json", bad, MAX).unwrap_err(),
+            ["bad.json: not a fedora-messaging message: body is a JSON array, not an object"]
+        );
     }
 
     #[test]

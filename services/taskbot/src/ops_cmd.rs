@@ -416,14 +416,18 @@ pub fn submit(args: &SubmitArgs) -> Result<String, Failure> {
 
 pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
     let config = load_config()?;
-    let (name, text) = message_input::read(&args.file).map_err(Failure::input)?;
-    // A datagrepper dump: {"raw_messages": [...]}; otherwise what `rules test` reads.
-    let text = match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(dump)) if dump.contains_key("raw_messages") => {
-            serde_json::to_string(&dump["raw_messages"]).expect("JSON serialises")
+    let (name, text) = match (&args.file, &args.datagrepper) {
+        (_, Some(url)) => from_datagrepper(args, url)?,
+        (Some(file), None) => message_input::read(file).map_err(Failure::input)?,
+        (None, None) => {
+            return Err(Failure::input(
+                "taskbot replay: give a FILE or --datagrepper",
+            ))
         }
-        _ => text,
     };
+    if text.trim() == "[]" {
+        return Ok(format!("no messages in {name}\n"));
+    }
     let messages = message_input::parse(&name, &text, config.bridge.max_message_bytes)
         .map_err(|problems| Failure::input(problems.join("\n")))?;
     let total = messages.len();
@@ -466,6 +470,27 @@ pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
     ))
 }
 
+/// The messages of `--since..--until` from datagrepper at `url`, as a JSON array's text, and the
+/// name to call them by.
+fn from_datagrepper(args: &ReplayArgs, url: &str) -> Result<(String, String), Failure> {
+    let time = |t: &Option<String>| {
+        crate::datagrepper::parse_time(t.as_deref().unwrap_or_default()).map_err(Failure::input)
+    };
+    let (since, until) = (time(&args.since)?, time(&args.until)?);
+    if since > until {
+        return Err(Failure::input("taskbot replay: --since is after --until"));
+    }
+    let messages = runtime()?
+        .block_on(crate::datagrepper::fetch(url, since, until, &args.topic))
+        .map_err(|e| Failure::input(format!("taskbot replay: {e}")))?;
+    let name = format!(
+        "datagrepper {} .. {}",
+        since.to_rfc3339(),
+        until.to_rfc3339()
+    );
+    Ok((name, Value::Array(messages).to_string()))
+}
+
 /// One dead letter, as `dlq list` and `dlq show` print it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetter {
@@ -505,7 +530,7 @@ pub fn dlq(args: &DlqArgs) -> Result<String, Failure> {
 }
 
 /// The queues of this namespace whose dead letters `dlq` looks at: every work and sink queue,
-/// and the bridge's (which has no queue of its own), or only `only` (a full queue name or one
+/// and the bridges' (which have no queue of their own), or only `only` (a full queue name or one
 /// without the namespace).
 fn dead_letter_sources(topology: &Topology, namespace: &str, only: Option<&str>) -> Vec<String> {
     let mut sources: Vec<String> = topology
@@ -515,6 +540,7 @@ fn dead_letter_sources(topology: &Topology, namespace: &str, only: Option<&str>)
         .map(|q| q.name)
         .collect();
     sources.insert(0, format!("{namespace}.fedmsg-bridge"));
+    sources.insert(1, topology.fedora_messaging_bridge_source());
     sources.retain(|source| match only {
         Some(q) => source == q || *source == format!("{namespace}.{q}"),
         None => true,
@@ -595,8 +621,8 @@ impl DlqBroker<'_> {
         let mut out = String::new();
         let mut total = 0;
         for source in sources {
-            if source.ends_with(".fedmsg-bridge") {
-                continue; // the bridge has no queue to retry into: replay the bus message
+            if source.ends_with(".fedmsg-bridge") || source.ends_with(".fedora-messaging-bridge") {
+                continue; // a bridge has no queue to retry into: replay the bus message
             }
             if self.is_run_queue(source) {
                 // Runners honour run messages only from the provisioner's broker user, and a

@@ -147,6 +147,9 @@ pub struct ReliablePublisher {
     topology: Topology,
     name: String,
     link: Mutex<Option<(Connection, Publisher)>>,
+    /// Counts the connections opened, so a publish that failed on one connection drops that one
+    /// only, not a newer one another publish already opened.
+    generation: std::sync::atomic::AtomicU64,
     /// Its part of the service's readiness (`/readyz`).
     ready: ReadyFlag,
 }
@@ -158,6 +161,7 @@ impl ReliablePublisher {
             topology,
             name: name.to_string(),
             link: Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
             ready: ops::global().readiness.part(&format!("publisher {name}")),
         }
     }
@@ -214,6 +218,8 @@ impl ReliablePublisher {
                 let flag = self.ready.clone();
                 conn.on_error(move |_| flag.set(false));
                 self.ready.set(true);
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 *link = Some((conn, publisher));
             }
             Err(err) => {
@@ -227,14 +233,23 @@ impl ReliablePublisher {
     /// requested before the broker took the message. An unroutable message is logged and not
     /// retried: waiting never makes it routable, and the topology declared at connection binds a
     /// queue to every key this publisher is used for.
+    ///
+    /// Several publishes may wait for their confirms at once (the lock is held only to get the
+    /// channel), so a caller publishing from many tasks is not held to one round trip per
+    /// message.
     pub async fn publish(&self, msg: &Outgoing, shutdown: &mut Shutdown) -> bool {
+        use std::sync::atomic::Ordering;
         let mut backoff = Backoff::new(self.config.reconnect_max_secs);
         loop {
-            let mut link = self.link.lock().await;
-            if link.is_none() && !self.open_link(&mut link, shutdown).await {
-                return false;
-            }
-            if let Some((_, publisher)) = link.as_ref() {
+            let current = {
+                let mut link = self.link.lock().await;
+                if link.is_none() && !self.open_link(&mut link, shutdown).await {
+                    return false;
+                }
+                link.as_ref()
+                    .map(|(_, p)| (p.clone(), self.generation.load(Ordering::SeqCst)))
+            };
+            if let Some((publisher, generation)) = current {
                 match publisher.publish(msg).await {
                     Ok(()) => return true,
                     Err(PublishError::Unroutable { .. }) => {
@@ -242,13 +257,15 @@ impl ReliablePublisher {
                         return true;
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, "publish failed; reconnecting");
-                        self.ready.set(false);
-                        *link = None;
+                        let mut link = self.link.lock().await;
+                        if self.generation.load(Ordering::SeqCst) == generation && link.is_some() {
+                            tracing::warn!(error = %err, "publish failed; reconnecting");
+                            self.ready.set(false);
+                            *link = None;
+                        }
                     }
                 }
             }
-            drop(link);
             let wait = backoff.next_delay();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

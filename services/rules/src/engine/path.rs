@@ -15,7 +15,8 @@ pub enum Segment {
     Wildcard,
 }
 
-/// A parsed path: a root name (`msg`, `topic`, `id`, or a `for_each` element name) and steps.
+/// A parsed path: a root name (`msg`, `topic`, `id`, `headers`, or a `for_each` element name)
+/// and steps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Path {
     text: String,
@@ -30,6 +31,8 @@ pub struct Scope<'a> {
     pub id: &'a Value,
     pub topic: &'a Value,
     pub msg: &'a Value,
+    /// The bus message's headers ([`taskbot::Event::headers`]), as one JSON object.
+    pub headers: &'a Value,
     pub element: Option<(&'a str, &'a Value)>,
 }
 
@@ -39,6 +42,7 @@ impl<'a> Scope<'a> {
             "msg" => Some(self.msg),
             "topic" => Some(self.topic),
             "id" => Some(self.id),
+            "headers" => Some(self.headers),
             _ => match self.element {
                 Some((element_name, value)) if element_name == name => Some(value),
                 _ => None,
@@ -56,7 +60,7 @@ impl<'a> Scope<'a> {
 }
 
 /// The roots every path may start with; a `for_each` adds its element name.
-pub const EVENT_ROOTS: [&str; 3] = ["msg", "topic", "id"];
+pub const EVENT_ROOTS: [&str; 4] = ["msg", "topic", "id", "headers"];
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -211,10 +215,12 @@ mod tests {
 
     fn all_values(path: &str, msg: &Value) -> Vec<Value> {
         let (id, topic) = (json!("id-1"), json!("a.b"));
+        let headers = json!({"fedora_messaging_severity": 20});
         let scope = Scope {
             id: &id,
             topic: &topic,
             msg,
+            headers: &headers,
             element: None,
         };
         let mut out = Vec::new();
@@ -262,6 +268,11 @@ mod tests {
         assert!(all_values("msg.builds[7].nvr", &msg).is_empty());
         assert!(all_values("msg.map[0]", &msg).is_empty());
         assert_eq!(all_values("topic", &msg), [json!("a.b")]);
+        assert_eq!(
+            all_values("headers.fedora_messaging_severity", &msg),
+            [json!(20)]
+        );
+        assert!(all_values("headers.sent-at", &msg).is_empty());
     }
 
     #[test]

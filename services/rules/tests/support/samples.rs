@@ -45,6 +45,7 @@ pub fn sample_events(root: &Path) -> Vec<Event> {
             received_at: Utc::now(),
             username: envelope["username"].as_str().map(str::to_string),
             msg: envelope["msg"].clone(),
+            headers: Default::default(),
         })
         .collect()
 }
