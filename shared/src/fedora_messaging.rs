@@ -18,7 +18,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::messages::{derive_uuid, Event};
+use crate::messages::{derived_event_id, Event};
 
 /// Header Taskbot's own fedora-messaging sink (the reporter) sets to its AMQP namespace, so a
 /// fedora-messaging bridge of the same deployment recognises a message Taskbot published itself
@@ -346,31 +346,11 @@ pub fn parse_sent_at(text: &str) -> Option<f64> {
 /// without an id (fedora-messaging always sets one): the same message seen twice gets the same
 /// id twice.
 fn derived_id(topic: &str, body: &Value, headers: &BTreeMap<String, Value>) -> String {
-    let key = canonical(&Value::Array(vec![
+    derived_event_id(vec![
         Value::String(topic.to_string()),
         body.clone(),
         headers.get("sent-at").cloned().unwrap_or(Value::Null),
-    ]));
-    let bytes = serde_json::to_vec(&key).unwrap_or_default();
-    format!("derived-{}", derive_uuid(&bytes).hyphenated())
-}
-
-/// The same value with every object's keys in sorted order (whatever serde_json's map is).
-fn canonical(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), canonical(v)))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        other => other.clone(),
-    }
+    ])
 }
 
 fn string_field<'a>(

@@ -37,6 +37,36 @@ pub fn derive_uuid(name: &[u8]) -> Uuid {
     uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
+/// `derived-<uuid5>` of the JSON array `parts`, with every object's keys sorted: the id of a bus
+/// message that came without one, the same every time the same message is seen (by either bus
+/// bridge, or by `taskbot replay`). Keys are sorted here rather than relying on serde_json's
+/// default map, because any crate in the build enabling serde_json's `preserve_order` would
+/// otherwise make the id depend on the producer's key order.
+pub fn derived_event_id(parts: Vec<serde_json::Value>) -> String {
+    let key = canonical(&serde_json::Value::Array(parts));
+    let bytes = serde_json::to_vec(&key).unwrap_or_default();
+    format!("derived-{}", derive_uuid(&bytes).hyphenated())
+}
+
+/// The same value with every object's keys in sorted order (whatever serde_json's map is).
+fn canonical(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), canonical(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
 /// A message type with a fixed schema tag.
 pub trait Message: Serialize + DeserializeOwned {
     /// The value of the `schema` field, e.g. `taskbot.event.v1`.

@@ -7,7 +7,7 @@ use std::fmt;
 use chrono::Utc;
 use serde_json::{Map, Value};
 use taskbot::amqp::{Incoming, Outgoing};
-use taskbot::messages::{derive_uuid, Event};
+use taskbot::messages::{derived_event_id, Event};
 use taskbot::routes::Publishable;
 use taskbot::Topology;
 
@@ -222,38 +222,16 @@ pub fn parse_with_sequence(
 }
 
 /// `derived-<uuid5>` of the JSON array [topic, msg, timestamp, i, username] with object keys
-/// sorted (absent fields are `null`). Keys are sorted here rather than relying on serde_json's
-/// default map, because any crate in the build enabling serde_json's `preserve_order` would
-/// otherwise make the id depend on the producer's key order.
+/// sorted (absent fields are `null`; [`derived_event_id`]).
 fn derived_id(topic: &str, msg: &Value, envelope: &Map<String, Value>) -> String {
     let field = |name: &str| envelope.get(name).cloned().unwrap_or(Value::Null);
-    let key = canonical(&Value::Array(vec![
+    derived_event_id(vec![
         Value::String(topic.to_string()),
         msg.clone(),
         field("timestamp"),
         field("i"),
         field("username"),
-    ]));
-    let bytes = serde_json::to_vec(&key).unwrap_or_default();
-    format!("derived-{}", derive_uuid(&bytes).hyphenated())
-}
-
-/// The same value with every object's keys in sorted order.
-fn canonical(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), canonical(v)))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        other => other.clone(),
-    }
+    ])
 }
 
 fn kind(value: &Value) -> &'static str {

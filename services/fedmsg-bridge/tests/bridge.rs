@@ -12,7 +12,9 @@ use taskbot::Shutdown;
 use taskbot_fedmsg_bridge::FEDMSG_SOURCE_HEADER;
 
 mod common;
-use common::{koji_build_completed, publisher, send, KOJI_MSG_ID, KOJI_TOPIC, SAMPLES};
+use common::{
+    koji_build_completed, messages_counted, publisher, send, KOJI_MSG_ID, KOJI_TOPIC, SAMPLES,
+};
 
 const PROBE_TOPIC: &str = "taskbot.test.probe";
 
@@ -148,13 +150,7 @@ async fn bus_messages_become_events_and_malformed_ones_are_dead_lettered() {
 
     // The same counts on /metrics (the bridge's own registry: this test runs it in-process).
     let metrics = taskbot::ops::global().registry.render();
-    let count = |outcome: &str| {
-        let series = format!(
-            "{}{{outcome=\"{outcome}\"}}",
-            taskbot_fedmsg_bridge::MESSAGES_METRIC
-        );
-        taskbot::ops::sample(&metrics, &series).unwrap_or_default()
-    };
+    let count = |outcome: &str| messages_counted(&metrics, outcome);
     assert_eq!(count("malformed"), 2.0, "{metrics}");
     // The probes, the Pagure message (filtered out by prefix, so never received) aside: the
     // two bad messages and the Koji one were read, the Koji one published.

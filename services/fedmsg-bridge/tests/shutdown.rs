@@ -7,7 +7,7 @@ use taskbot::testing::test_config;
 use taskbot::Shutdown;
 
 mod common;
-use common::{koji_build_completed, publisher, send, KOJI_TOPIC};
+use common::{koji_build_completed, messages_counted, publisher, send, KOJI_TOPIC};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_prompt_even_when_the_broker_is_unreachable() {
@@ -38,13 +38,7 @@ async fn shutdown_is_prompt_even_when_the_broker_is_unreachable() {
     assert!(started.elapsed() < Duration::from_secs(5));
     // Nothing could be published: every message received was dropped, and counted so.
     let metrics = taskbot::ops::global().registry.render();
-    let count = |outcome: &str| {
-        let series = format!(
-            "{}{{outcome=\"{outcome}\"}}",
-            taskbot_fedmsg_bridge::MESSAGES_METRIC
-        );
-        taskbot::ops::sample(&metrics, &series).unwrap_or_default()
-    };
+    let count = |outcome: &str| messages_counted(&metrics, outcome);
     assert!(count("received") >= 1.0, "{metrics}");
     assert_eq!(count("dropped"), count("received"), "{metrics}");
     assert_eq!(count("published"), 0.0, "{metrics}");

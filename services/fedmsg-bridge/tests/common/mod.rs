@@ -25,3 +25,12 @@ pub fn publisher() -> (zmq::Socket, String) {
 pub fn send(socket: &zmq::Socket, frames: &[&[u8]]) {
     socket.send_multipart(frames, 0).unwrap();
 }
+
+/// The bridge's count of bus messages with `outcome` in the exposition `metrics` (0 when absent).
+pub fn messages_counted(metrics: &str, outcome: &str) -> f64 {
+    let series = format!(
+        "{}{{outcome=\"{outcome}\"}}",
+        taskbot_fedmsg_bridge::MESSAGES_METRIC
+    );
+    taskbot::ops::sample(metrics, &series).unwrap_or_default()
+}
