@@ -251,30 +251,39 @@ async fn sighup_reloads_the_rules_file() {
     running.stop().await;
 }
 
+/// The Koji "build completed" event of ansible-1.8.3-1.el7, as the bridge makes it.
+fn ansible_built() -> taskbot::Event {
+    taskbot::testing::event(
+        "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f",
+        "org.fedoraproject.prod.buildsys.build.state.change",
+        serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7", "new": 1}),
+    )
+}
+
+/// The arches of the job requests on the provisioner's queue, sorted, once it stays empty 2 s.
+async fn requested_arches(broker: &TestBroker) -> Vec<String> {
+    let queue = broker.topology.provisioner_queue();
+    let mut arches = Vec::new();
+    while let Some(msg) = broker.get(&queue, Duration::from_secs(2)).await {
+        arches.push(JobRequest::from_json(&msg.body).unwrap().arch);
+    }
+    arches.sort();
+    arches
+}
+
 #[tokio::test]
 async fn the_same_event_twice_requests_its_jobs_once() {
     let running = start_on(&example_rules(), None).await;
     let broker = &running.broker;
     let t = broker.topology.clone();
 
-    let event = taskbot::testing::event(
-        "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f",
-        "org.fedoraproject.prod.buildsys.build.state.change",
-        serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7", "new": 1}),
-    );
+    let event = ansible_built();
     for _ in 0..2 {
         broker
             .publish(&t.events_exchange(), &event.topic, event.to_json())
             .await;
     }
-    let mut arches = Vec::new();
-    while let Some(msg) = broker
-        .get(&t.provisioner_queue(), Duration::from_secs(2))
-        .await
-    {
-        arches.push(JobRequest::from_json(&msg.body).unwrap().arch);
-    }
-    arches.sort();
+    let arches = requested_arches(&broker).await;
     assert_eq!(arches, ["noarch", "x86_64"], "one job per arch, not two");
 
     running.stop().await;
@@ -309,24 +318,13 @@ async fn two_rules_services_request_a_repeated_events_jobs_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let event = taskbot::testing::event(
-        "2015-6395fb7a-e5a7-4b95-858a-ff7b80410e7f",
-        "org.fedoraproject.prod.buildsys.build.state.change",
-        serde_json::json!({"name": "ansible", "version": "1.8.3", "release": "1.el7", "new": 1}),
-    );
+    let event = ansible_built();
     for _ in 0..4 {
         broker
             .publish(&t.events_exchange(), &event.topic, event.to_json())
             .await;
     }
-    let mut arches = Vec::new();
-    while let Some(msg) = broker
-        .get(&t.provisioner_queue(), Duration::from_secs(2))
-        .await
-    {
-        arches.push(JobRequest::from_json(&msg.body).unwrap().arch);
-    }
-    arches.sort();
+    let arches = requested_arches(&broker).await;
     assert_eq!(
         arches,
         ["noarch", "x86_64"],
