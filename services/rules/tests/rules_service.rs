@@ -283,7 +283,7 @@ async fn the_same_event_twice_requests_its_jobs_once() {
             .publish(&t.events_exchange(), &event.topic, event.to_json())
             .await;
     }
-    let arches = requested_arches(&broker).await;
+    let arches = requested_arches(broker).await;
     assert_eq!(arches, ["noarch", "x86_64"], "one job per arch, not two");
 
     running.stop().await;
