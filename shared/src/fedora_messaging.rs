@@ -18,7 +18,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::messages::{derived_event_id, Event};
+use crate::messages::{derived_event_id, value_kind, Event};
 
 /// Header Taskbot's own fedora-messaging sink (the reporter) sets to its AMQP namespace, so a
 /// fedora-messaging bridge of the same deployment recognises a message Taskbot published itself
@@ -263,7 +263,7 @@ impl Parts<'_> {
             });
         }
         if !self.body.is_object() {
-            return Err(Refused::NotAnObject(kind(&self.body)));
+            return Err(Refused::NotAnObject(value_kind(&self.body)));
         }
         let headers: BTreeMap<String, Value> = self
             .headers
@@ -362,7 +362,7 @@ fn string_field<'a>(
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(Refused::Field {
             field,
-            problem: format!("is a JSON {}, not a string", kind(other)),
+            problem: format!("is a JSON {}, not a string", value_kind(other)),
         }),
     }
 }
@@ -376,19 +376,8 @@ fn object_field(
         Some(Value::Object(m)) => Ok(m.clone()),
         Some(other) => Err(Refused::Field {
             field,
-            problem: format!("is a JSON {}, not an object", kind(other)),
+            problem: format!("is a JSON {}, not an object", value_kind(other)),
         }),
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 

@@ -179,6 +179,19 @@ pub fn json_kind(raw: &str) -> &'static str {
     }
 }
 
+/// The kind of a parsed JSON value, in the words of [`json_kind`], for error messages.
+pub fn value_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
 /// Why an event's `msg` is refused, if it is: it must be an object.
 pub fn refuse_event_msg(raw: &str) -> Option<String> {
     match json_kind(raw) {

@@ -7,7 +7,7 @@ use std::fmt;
 use chrono::Utc;
 use serde_json::{Map, Value};
 use taskbot::amqp::{Incoming, Outgoing};
-use taskbot::messages::{derived_event_id, Event};
+use taskbot::messages::{derived_event_id, value_kind, Event};
 use taskbot::routes::Publishable;
 use taskbot::Topology;
 
@@ -164,14 +164,14 @@ pub fn parse_with_sequence(
     let envelope: Value =
         serde_json::from_str(body).map_err(|e| Malformed::InvalidJson(e.to_string()))?;
     let Value::Object(envelope) = envelope else {
-        return Err(Malformed::NotAnObject(kind(&envelope)));
+        return Err(Malformed::NotAnObject(value_kind(&envelope)));
     };
 
     let envelope_topic = match envelope.get("topic") {
         None | Some(Value::Null) => None,
         Some(Value::String(t)) if t.is_empty() => None,
         Some(Value::String(t)) => Some(t.as_str()),
-        Some(other) => return Err(Malformed::TopicNotString(kind(other))),
+        Some(other) => return Err(Malformed::TopicNotString(value_kind(other))),
     };
     let topic = match envelope_topic {
         Some(t) if !frame_topic.is_empty() && frame_topic != t => {
@@ -191,7 +191,7 @@ pub fn parse_with_sequence(
     let msg = match envelope.get("msg") {
         None => return Err(Malformed::MissingMsg),
         Some(msg @ Value::Object(_)) => msg.clone(),
-        Some(other) => return Err(Malformed::MsgNotObject(kind(other))),
+        Some(other) => return Err(Malformed::MsgNotObject(value_kind(other))),
     };
 
     let id = match envelope.get("msg_id") {
@@ -232,17 +232,6 @@ fn derived_id(topic: &str, msg: &Value, envelope: &Map<String, Value>) -> String
         field("i"),
         field("username"),
     ])
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
