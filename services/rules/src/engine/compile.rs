@@ -195,7 +195,9 @@ impl Compiler<'_> {
     }
 
     /// An action's `arches:` (`all`, the name of a set, or a list), checked against the
-    /// deployment's arches.
+    /// deployment's arches. `all` means the real arches only: `noarch` is a build's label for
+    /// arch-independent packages, not a machine, and a job that must run "everywhere" (a kernel
+    /// test) means every machine arch.
     fn arches(
         &self,
         rule: &str,
@@ -203,7 +205,12 @@ impl Compiler<'_> {
         at: &RuleLocator<'_>,
     ) -> Result<Vec<String>, RulesError> {
         let arches = match written {
-            OneOrMany::One(s) if s == "all" => self.arches.to_vec(),
+            OneOrMany::One(s) if s == "all" => self
+                .arches
+                .iter()
+                .filter(|arch| arch.as_str() != "noarch")
+                .cloned()
+                .collect(),
             OneOrMany::One(set) => self
                 .file
                 .sets
