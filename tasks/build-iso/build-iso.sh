@@ -53,6 +53,6 @@ if ! xorriso -as mkisofs -quiet -o "$iso" -V TASKBOT_INSTALL -J -r \
 fi
 sum=$(sha256sum "$iso" | cut -d' ' -f1)
 size=$(wc -c <"$iso")
-printf '{"topic": "taskbot.task.iso.built", "msg": {"item": "%s", "iso": {"url": "%sinstall.iso", "sha256": "%s", "size": %s}}}\n' \
-  "$TASKBOT_ITEM" "$TASKBOT_ARTIFACTS_URL" "$sum" "$size" >>"$TASKBOT_EVENTS"
+printf '{"topic": "taskbot.task.iso.built", "msg": {"item": "%s", "arch": "%s", "job_id": "%s", "iso": {"url": "%sinstall.iso", "sha256": "%s", "size": %s}}}\n' \
+  "$TASKBOT_ITEM" "$TASKBOT_ARCH" "$TASKBOT_JOB_ID" "$TASKBOT_ARTIFACTS_URL" "$sum" "$size" >>"$TASKBOT_EVENTS"
 report PASSED "install.iso: $size bytes, sha256 $sum"

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use taskbot::config::{ImageFile, VmBackendConfig};
 use taskbot::messages::{Event, Message};
-use taskbot_tests::{free_port, Deployment};
+use taskbot_tests::{free_port, workspace_root, Deployment};
 
 const RULES: &str = r#"
 tasks:
@@ -80,6 +80,8 @@ async fn world(
 ) -> VmWorld {
     let image = taskbot::testing::tiny_vm_image();
     let mut d = Deployment::new(rules, tasks, free_port()).await;
+    // The shipped rules name every arch of the shipped configuration.
+    d.set_arches(&["x86_64", "aarch64", "noarch"]);
     let base = d.dir.path().join("base.qcow2");
     taskbot::testing::blank_disk(&base, "64M");
     let base_sum = taskbot::testing::sha256_file(&base);
@@ -101,6 +103,10 @@ async fn world(
         // The installer build-iso packs (the tiny guest's kernel and initramfs), shown read-only
         // to sandboxed tasks as an operator would show /var/lib/taskbot/installer.
         config.runner.sandbox_read_only = vec![image.clone()];
+        config
+            .runner
+            .task_env
+            .insert("INSTALLER_DIR".into(), image.display().to_string());
     });
     d.start("reporter", "reporter", &[]);
     d.start("api", "api", &[]);
@@ -402,63 +408,48 @@ async fn a_job_redelivered_onto_its_used_vm_is_crashed_and_the_vm_destroyed() {
     w.d.shutdown().await;
 }
 
-const ISO_RULES: &str = r#"
-tasks:
-  build-iso: { repo: build-iso }
-  install-check: { repo: install-check }
-rules:
-  - name: build-iso-on-installer-build
-    when: { topic: org.taskbot.test.installer }
-    do:
-      - task: build-iso
-        item: "{{ msg.item }}"
-        item_type: koji_build
-        arches: [x86_64]
-        args: { boot_dir: "{{ msg.boot_dir }}" }
-  - name: install-test-on-iso
-    when: { topic: taskbot.task.iso.built }
-    do:
-      - task: install-check
-        item: "{{ msg.item }}"
-        item_type: koji_build
-        arches: [x86_64]
-        environment: vm
-        vm:
-          blank_disk_mb: 64
-          iso: { url: "{{ msg.iso.url }}", sha256: "{{ msg.iso.sha256 }}" }
-"#;
-
-/// "Test ISO built → installation tests": an installer build's event makes the shipped task
-/// build-iso pack the tiny guest (as the installer) into a bootable ISO and announce it; the
-/// rules schedule install-check on it; the provisioner fetches the ISO from the api, boots it
-/// in a blank VM with an empty disk; the installer writes a system to the disk, and
-/// install-check, run in that VM, finds the build there and runs the installed system's own
-/// programs.
+/// "Test ISO built → installation tests", through the shipped rules (deploy/rules.yaml): Bodhi
+/// pushes an anaconda update to testing; the shipped task build-iso packs the operator's
+/// installer (the tiny guest, `INSTALLER_DIR`) into a bootable ISO and announces it; the rules
+/// schedule install-tests on it; the provisioner fetches the ISO from the api, boots it in a
+/// blank VM with an empty disk; the installer writes a system to the disk, and install-tests,
+/// run in that VM, finds the build there and runs the installed system's own programs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_iso_built_by_a_task_is_installed_into_a_blank_vm_and_the_installation_checked() {
-    let image = taskbot::testing::tiny_vm_image();
     let staging = tempfile::tempdir().unwrap();
     let build_iso = taskbot_tests::shipped_task("build-iso", staging.path());
-    let install_check = taskbot_tests::shipped_task("install-check", staging.path());
+    let install_tests = taskbot_tests::shipped_task("install-tests", staging.path());
+    let shipped = std::fs::read_to_string(workspace_root().join("deploy/rules.yaml")).unwrap();
     let w = world(
-        ISO_RULES,
+        &shipped,
         &[
             ("build-iso", build_iso.as_path()),
-            ("install-check", install_check.as_path()),
+            ("install-tests", install_tests.as_path()),
         ],
         staging,
         |_| {},
     )
     .await;
     let d = &w.d;
-    let item = "anaconda-40.1-1.fc40";
+    let item = "anaconda-30.25.6-1.fc30";
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            workspace_root().join("tests/fixtures/messages/bodhi-complete-testing-anaconda.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     publish(
         d,
-        "org.taskbot.test.installer",
-        serde_json::json!({ "item": item, "boot_dir": image.display().to_string() }),
+        fixture["topic"].as_str().unwrap(),
+        fixture["msg"].clone(),
     )
     .await;
-    let both = format!("select count(*) from results where item = '{item}'");
+    // (The example check every build of an update gets waits on the noarch queue: no runner.)
+    let both = format!(
+        "select count(*) from results where item = '{item}' \
+         and testcase in ('dist.build-iso', 'dist.install-tests')"
+    );
     assert_eq!(
         d.wait_for_count(&both, 2, Duration::from_secs(300)).await,
         2,
@@ -476,7 +467,7 @@ async fn an_iso_built_by_a_task_is_installed_into_a_blank_vm_and_the_installatio
         .join("install.iso");
     let iso_sum = taskbot::testing::sha256_file(&iso);
     assert!(note.ends_with(&iso_sum), "{note}");
-    let (outcome, note, install_job) = &results["dist.install-check"];
+    let (outcome, note, install_job) = &results["dist.install-tests"];
     assert_eq!(outcome, "PASSED", "{note}\n{}", d.logs());
     assert_eq!(
         note,
@@ -508,7 +499,7 @@ async fn an_iso_built_by_a_task_is_installed_into_a_blank_vm_and_the_installatio
         .get(0);
     assert_eq!(
         provisioning,
-        "starting a VM: a blank 64 MiB disk and the ISO"
+        "starting a VM: a blank 4096 MiB disk and the ISO"
     );
     no_vm_left(&w, Duration::from_secs(30)).await;
     w.d.shutdown().await;

@@ -723,8 +723,10 @@ fn the_shipped_rules_file_still_loads_and_fires() {
         items.contains(&"ansible-1.8.3-1.el7 x86_64".to_string()),
         "{items:?}"
     );
+    // The old Bodhi message of the samples names no builds (only a title): the example rule
+    // checks an update's builds, never its title, so it gets no job.
     assert!(
-        items.contains(&"fedmsg-0.2.7-2.el6 noarch".to_string()),
+        !items.iter().any(|i| i.starts_with("fedmsg-0.2.7-2.el6")),
         "{items:?}"
     );
 }

@@ -7,7 +7,7 @@ report() { # outcome note
 results:
   - item: $TASKBOT_ITEM
     type: $TASKBOT_ITEM_TYPE
-    checkname: dist.install-check
+    checkname: dist.install-tests
     outcome: $1
     note: '$(printf '%s' "$2" | sed "s/'/''/g")'
 RESULTS
