@@ -152,11 +152,27 @@ def analyse_file(source, header, include, include_dirs):
         done = subprocess.run(command, capture_output=True, text=True, timeout=FILE_TIMEOUT)
     except subprocess.TimeoutExpired:
         return None, f"analysis took longer than {FILE_TIMEOUT}s"
-    diagnostics = json.loads(done.stderr or "[]")
+    diagnostics = json_documents(done.stderr)
     if done.returncode != 0:
         errors = [d["message"] for d in diagnostics if d.get("kind") == "error"]
         return None, (errors or ["gcc failed"])[0]
     return diagnostics, None
+
+
+def json_documents(text):
+    """The diagnostics of gcc's JSON output: one list per compilation (normally one)."""
+    decoder, out, at = json.JSONDecoder(), [], 0
+    while at < len(text.rstrip()):
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except ValueError:
+            raise tasklib.TaskError(
+                f"gcc wrote diagnostics that are not JSON: {text[at:at + 200]!r}"
+            ) from None
+        out.extend(value if isinstance(value, list) else [value])
+        while at < len(text) and text[at].isspace():
+            at += 1
+    return out
 
 
 def findings(diagnostics, source):
@@ -216,7 +232,7 @@ def analyse(nvr, sources, artifacts):
     include = python_include_dir()
     header = os.path.join(artifacts, "cpython-api.h")
     known = write_api_header(include, header)
-    include_dirs = sorted({os.path.dirname(p) for p in sources})
+    include_dirs = sorted({os.path.dirname(os.path.abspath(p)) for p in sources})
     found, skipped = [], []
     for source in extensions:
         diagnostics, reason = analyse_file(source, header, include, include_dirs)
