@@ -538,13 +538,8 @@ async fn a_build_missing_from_koji_crashes_naming_the_url() {
 fn capi_tools_present() {
     let gcc = Command::new("gcc").arg("--version").output();
     assert!(gcc.is_ok_and(|o| o.status.success()), "gcc is missing");
-    let python_h = Command::new("/usr/bin/python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['include'])"])
-        .output()
-        .unwrap();
-    let include = String::from_utf8(python_h.stdout).unwrap();
     assert!(
-        Path::new(include.trim()).join("Python.h").is_file(),
+        python_include_dir().join("Python.h").is_file(),
         "Python.h is missing: run scripts/ensure-services.sh (python3-dev)"
     );
     let docs = Command::new("sh")
@@ -555,6 +550,18 @@ fn capi_tools_present() {
         docs.status.success(),
         "CPython's C API documentation is missing: run scripts/ensure-services.sh (python3-doc)"
     );
+}
+
+/// The include directory of the system Python (/usr/bin/python3, which the tasks run with).
+fn python_include_dir() -> PathBuf {
+    let output = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['include'])",
+        ])
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
 /// Send the Koji "build complete" message of the real-shaped fixture, for another build.
@@ -578,7 +585,9 @@ fn source_tarball(tmp: &Path, dir: &str, fixture: Option<&str>, files: &[(&str, 
     let src = tmp.join("src").join(dir);
     std::fs::create_dir_all(&src).unwrap();
     if let Some(fixture) = fixture {
-        let from = workspace_root().join("tests/fixtures/python-extensions").join(fixture);
+        let from = workspace_root()
+            .join("tests/fixtures/python-extensions")
+            .join(fixture);
         for entry in std::fs::read_dir(from).unwrap() {
             let path = entry.unwrap().path();
             std::fs::copy(&path, src.join(path.file_name().unwrap())).unwrap();
@@ -638,7 +647,10 @@ async fn a_build_without_c_sources_gets_one_info_result() {
         tmp.path(),
         "hello-sh-1.0",
         None,
-        &[("hello.sh", "#!/bin/sh\necho hello\n"), ("README", "Says hello.\n")],
+        &[
+            ("hello.sh", "#!/bin/sh\necho hello\n"),
+            ("README", "Says hello.\n"),
+        ],
     );
     let koji = tmp.path().join("koji");
     publish_source_package(tmp.path(), &koji, "hello-sh", "1.0", &tarball);
@@ -656,7 +668,12 @@ async fn a_build_without_c_sources_gets_one_info_result() {
         [("INFO".into(), "no C sources".into(), "noarch".into())]
     );
     // The job's only result: no CPython check either (all results of a job are stored together).
-    let capi = result_count(&d, "dist.static-analysis.python-capi", "hello-sh-1.0-1.fc30").await;
+    let capi = result_count(
+        &d,
+        "dist.static-analysis.python-capi",
+        "hello-sh-1.0-1.fc30",
+    )
+    .await;
     assert_eq!(capi, 0);
     d.shutdown().await;
 }
@@ -665,33 +682,38 @@ async fn a_build_without_c_sources_gets_one_info_result() {
 /// generated (kept in the job's artifacts), as (line of the path's last step in the file,
 /// function) pairs.
 fn analyzer_warnings(source: &Path, api_header: &Path, include_dir: &Path) -> Vec<String> {
-    let python_include = String::from_utf8(
-        Command::new("/usr/bin/python3")
-            .args(["-c", "import sysconfig; print(sysconfig.get_paths()['include'])"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
     let output = Command::new("gcc")
-        .args(["-fanalyzer", "-fdiagnostics-format=json", "-Wno-deprecated-declarations"])
+        .args([
+            "-fanalyzer",
+            "-fdiagnostics-format=json",
+            "-Wno-deprecated-declarations",
+        ])
         .arg("-include")
         .arg(api_header)
-        .arg(format!("-I{}", python_include.trim()))
+        .arg(format!("-I{}", python_include_dir().display()))
         .arg(format!("-I{}", include_dir.display()))
         .arg("-c")
         .arg(source)
         .args(["-o", "/dev/null"])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let diagnostics: serde_json::Value = serde_json::from_slice(&output.stderr).unwrap();
     let name = source.file_name().unwrap().to_str().unwrap();
     diagnostics
         .as_array()
         .unwrap()
         .iter()
-        .filter(|d| d["option"].as_str().unwrap_or("").starts_with("-Wanalyzer-"))
+        .filter(|d| {
+            d["option"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("-Wanalyzer-")
+        })
         .map(|d| {
             let steps: Vec<&serde_json::Value> = d["path"]
                 .as_array()
@@ -713,7 +735,13 @@ fn analyzer_warnings(source: &Path, api_header: &Path, include_dir: &Path) -> Ve
 /// contains `after`.
 fn line_of(text: &str, after: &str, needle: &str) -> usize {
     let start = text.lines().position(|l| l.contains(after)).unwrap();
-    start + 1 + text.lines().skip(start).position(|l| l.contains(needle)).unwrap()
+    start
+        + 1
+        + text
+            .lines()
+            .skip(start)
+            .position(|l| l.contains(needle))
+            .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -780,7 +808,9 @@ async fn python_capi_names_the_leaks_of_an_extension_and_passes_a_clean_one() {
     );
     let unchecked = line_of(&text, "PyList_New(1)", "PyList_SET_ITEM");
     assert!(
-        note.contains(&format!("leaky.c:{unchecked} unchecked: dereference of possibly-NULL")),
+        note.contains(&format!(
+            "leaky.c:{unchecked} unchecked: dereference of possibly-NULL"
+        )),
         "{note}"
     );
     // cppcheck ran too (its own testcase) and found nothing CPython-specific to fail.

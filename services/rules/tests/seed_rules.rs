@@ -440,10 +440,20 @@ fn every_completed_primary_build_gets_a_static_analysis() {
         ),
     ] {
         let jobs = evaluate(&engine, &fixture(name));
-        assert_eq!(rules_fired(&jobs), [EXAMPLE_KOJI, STATIC_ANALYSIS], "{name}");
+        assert_eq!(
+            rules_fired(&jobs),
+            [EXAMPLE_KOJI, STATIC_ANALYSIS],
+            "{name}"
+        );
         assert_eq!(
             of_rule(&jobs, STATIC_ANALYSIS),
-            [job(STATIC_ANALYSIS, "static-analysis", nvr, "koji_build", "noarch")]
+            [job(
+                STATIC_ANALYSIS,
+                "static-analysis",
+                nvr,
+                "koji_build",
+                "noarch"
+            )]
         );
     }
 }
@@ -455,12 +465,18 @@ fn unfinished_and_secondary_builds_get_no_static_analysis() {
     failed.msg["new"] = 3.into(); // FAILED
     assert_eq!(evaluate(&engine, &failed), []);
     let building = evaluate(&engine, &fixture("koji-build-building-kernel.json"));
-    assert!(of_rule(&building, STATIC_ANALYSIS).is_empty(), "{building:?}");
+    assert!(
+        of_rule(&building, STATIC_ANALYSIS).is_empty(),
+        "{building:?}"
+    );
     let secondary = evaluate(
         &engine,
         &fixture("koji-build-complete-kernel-secondary.json"),
     );
-    assert!(of_rule(&secondary, STATIC_ANALYSIS).is_empty(), "{secondary:?}");
+    assert!(
+        of_rule(&secondary, STATIC_ANALYSIS).is_empty(),
+        "{secondary:?}"
+    );
 }
 
 /// The real samples ask for 5 jobs: the example rules' (3 arches of the ansible build, and the
