@@ -44,8 +44,10 @@ apt_install build-essential pkg-config libzmq3-dev libssl-dev openssl git ca-cer
 have promtool || apt_install prometheus
 # The shipped RPM tasks (tasks/rpmlint, tasks/static-analysis, tasks/depcheck) and their tests:
 # rpmbuild, rpmlint, cppcheck, rpm2cpio/cpio, createrepo_c, and librpm's Python module for the
-# system Python (/usr/bin/python3), which the tasks run with.
-apt_install rpm rpm2cpio cpio rpmlint cppcheck createrepo-c python3-rpm
+# system Python (/usr/bin/python3), which the tasks run with. static-analysis's CPython check
+# runs gcc -fanalyzer (gcc) with the system Python's headers (python3-dev) and reads which C API
+# functions return new references from CPython's documentation (python3-doc's HTML pages).
+apt_install rpm rpm2cpio cpio rpmlint cppcheck createrepo-c python3-rpm gcc python3-dev python3-doc
 # Headless Chromium: the api's dashboard is tested in a real browser (services/api/tests/dashboard.rs).
 have chromium || apt_install chromium
 # QEMU (under TCG) and what scripts/build-tiny-vm-image.sh builds the test guest from: the VM

@@ -1,7 +1,12 @@
-"""cppcheck on the C sources of the Koji build $TASKBOT_ITEM (see ../README.md)."""
+"""Static analysis of the C/C++ sources of the Koji build $TASKBOT_ITEM (see ../README.md):
+cppcheck on all of them (testcase dist.static-analysis) and gcc -fanalyzer, taught the CPython
+API, on the CPython extension modules among them (dist.static-analysis.python-capi, capi.py).
+
+The rules run this on every completed build: whether there is anything to analyse is decided
+here, from the build's source RPM. A build without C or C++ sources gets one INFO result, "no C
+sources", and nothing else."""
 
 import collections
-import glob
 import os
 import subprocess
 import sys
@@ -11,33 +16,71 @@ import xml.etree.ElementTree as ET
 # common/ in the task's repository (tasks/mkrepos.sh puts it there), or tasks/common/ beside
 # this folder when run from Taskbot's source tree.
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "common"), os.path.join(HERE, "..", "common")]
+sys.path[:0] = [HERE, os.path.join(HERE, "common"), os.path.join(HERE, "..", "common")]
+import capi  # noqa: E402
 import tasklib  # noqa: E402
 
 CHECKNAME = "dist.static-analysis"
 SOURCE_SUFFIXES = (".c", ".h", ".cc", ".cpp", ".cxx", ".hh", ".hpp")
+# Bounds on what is unpacked from a build's (untrusted) archives: only C/C++ files, each at most
+# MAX_FILE_BYTES, together at most MAX_TOTAL_BYTES and MAX_FILES. A tree beyond them (the kernel
+# has some 60000 C files) would not be analysed within the task's time limit anyway.
+MAX_FILE_BYTES = 16 * 1024**2
+MAX_TOTAL_BYTES = 1024**3
+MAX_FILES = 20000
+
+
+class TooLarge(Exception):
+    """The build's C sources exceed what this task analyses: a fact about the build (INFO)."""
 
 
 def unpack(srpm, dest):
-    """The source RPM's files, and every tar archive among them, unpacked under `dest`."""
+    """The C/C++ files of the source RPM and of every tar archive in it, under `dest`; returns
+    their paths. Archives are opened by Python's tarfile (gzip, bzip2, xz)."""
     os.makedirs(dest, exist_ok=True)
     rpm2cpio = subprocess.Popen(["rpm2cpio", srpm], stdout=subprocess.PIPE)
     subprocess.run(["cpio", "-idm", "--quiet"], stdin=rpm2cpio.stdout, cwd=dest, check=True)
     if rpm2cpio.wait() != 0:
         raise tasklib.TaskError(f"rpm2cpio could not read {os.path.basename(srpm)}")
-    for archive in glob.glob(os.path.join(dest, "*")):
-        if os.path.isfile(archive) and tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tar:
-                tar.extractall(os.path.join(dest, "unpacked"), members=safe_members(tar))
+    sources, budget = [], [MAX_TOTAL_BYTES]
+    for name in sorted(os.listdir(dest)):
+        path = os.path.join(dest, name)
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        if name.endswith(SOURCE_SUFFIXES):
+            sources.append(path)
+        elif tarfile.is_tarfile(path):
+            sources.extend(extract_sources(path, os.path.join(dest, "unpacked", name), budget))
+        if len(sources) > MAX_FILES:
+            raise TooLarge(f"more than {MAX_FILES} C/C++ files")
+    return sources
 
 
-def safe_members(tar):
-    """Regular files and directories whose paths stay inside the destination: an archive from a
-    package is not trusted to write elsewhere on the runner's host (links are skipped too)."""
-    for member in tar.getmembers():
-        parts = member.name.split("/")
-        if (member.isfile() or member.isdir()) and not member.name.startswith("/") and ".." not in parts:
-            yield member
+def extract_sources(archive, dest, budget):
+    """Extract the archive's C/C++ files (safe_members) into `dest`, within `budget` bytes."""
+    out = []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if not (safe_member(member) and member.name.endswith(SOURCE_SUFFIXES)):
+                continue
+            if member.size > MAX_FILE_BYTES:
+                print(f"skipped {member.name}: larger than {MAX_FILE_BYTES} bytes", flush=True)
+                continue
+            budget[0] -= member.size
+            if budget[0] < 0:
+                raise TooLarge(f"more than {MAX_TOTAL_BYTES} bytes of C/C++ files")
+            tar.extract(member, dest, set_attrs=False)
+            out.append(os.path.join(dest, member.name))
+            if len(out) > MAX_FILES:
+                raise TooLarge(f"more than {MAX_FILES} C/C++ files")
+    return out
+
+
+def safe_member(member):
+    """A regular file whose path stays inside the destination: an archive from a package is not
+    trusted to write elsewhere on the runner's host (links and devices are skipped too)."""
+    parts = member.name.split("/")
+    return member.isfile() and not member.name.startswith("/") and ".." not in parts
 
 
 def findings(report):
@@ -55,23 +98,9 @@ def findings(report):
     return out
 
 
-def main():
-    nvr = tasklib.env("TASKBOT_ITEM")
-    artifacts = tasklib.env("TASKBOT_ARTIFACTS")
-    [srpm] = tasklib.build_rpms(nvr, "srpm", arches=["src"])
-    unpack(srpm, "sources")
-    sources = [
-        path
-        for path in glob.glob("sources/**/*", recursive=True)
-        if path.endswith(SOURCE_SUFFIXES) and os.path.isfile(path)
-    ]
+def cppcheck(nvr, sources, artifacts):
+    """The dist.static-analysis result: cppcheck on every C/C++ file."""
     report = os.path.join(artifacts, "cppcheck.xml")
-    if not sources:
-        tasklib.write_results(
-            [{"item": nvr, "type": "koji_build", "checkname": CHECKNAME, "outcome": "INFO",
-              "note": "no C or C++ sources in the source RPM"}]
-        )
-        return
     print(f"running cppcheck on {len(sources)} files", flush=True)
     with open(report, "w", encoding="utf-8") as xml:
         done = subprocess.run(
@@ -89,21 +118,56 @@ def main():
             text.write(line + "\n")
             print(line, flush=True)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(by_severity.items())) or "no findings"
-    tasklib.write_results(
-        [
-            {
-                "item": nvr,
-                "type": "koji_build",
-                "checkname": CHECKNAME,
-                "outcome": "FAILED" if by_severity["error"] else "PASSED",
-                "note": f"cppcheck: {summary} in {len(sources)} files",
-                "artifact": "cppcheck.txt",
-                "errors": by_severity["error"],
-                "warnings": by_severity["warning"],
-                "findings": len(found),
-            }
-        ]
-    )
+    return {
+        "item": nvr,
+        "type": "koji_build",
+        "checkname": CHECKNAME,
+        "outcome": "FAILED" if by_severity["error"] else "PASSED",
+        "note": f"cppcheck: {summary} in {len(sources)} files",
+        "artifact": "cppcheck.txt",
+        "errors": by_severity["error"],
+        "warnings": by_severity["warning"],
+        "findings": len(found),
+    }
+
+
+def info(nvr, note):
+    return {"item": nvr, "type": "koji_build", "checkname": CHECKNAME, "outcome": "INFO",
+            "note": note}
+
+
+def main():
+    nvr = tasklib.env("TASKBOT_ITEM")
+    artifacts = tasklib.env("TASKBOT_ARTIFACTS")
+    [srpm] = tasklib.build_rpms(nvr, "srpm", arches=["src"])
+    try:
+        sources = unpack(srpm, "sources")
+    except TooLarge as e:
+        tasklib.write_results([info(nvr, f"not analysed: the sources hold {e}")])
+        return
+    if not sources:
+        unread = unread_archives("sources")
+        note = "no C sources" + (f" (archives not read: {', '.join(unread)})" if unread else "")
+        tasklib.write_results([info(nvr, note)])
+        return
+    tasklib.write_results([cppcheck(nvr, sources, artifacts), python_capi(nvr, sources, artifacts)])
+
+
+def python_capi(nvr, sources, artifacts):
+    """The python-capi result; its infrastructure errors crash that testcase only, keeping
+    cppcheck's verdict."""
+    try:
+        return capi.analyse(nvr, sources, artifacts)
+    except tasklib.TaskError as e:
+        return {"item": nvr, "type": "koji_build", "checkname": capi.CHECKNAME,
+                "outcome": "CRASHED", "note": str(e)[:500]}
+
+
+def unread_archives(dest):
+    """Files of the source RPM that look like archives this task cannot open (zstd, lzip, zip,
+    7z), so that "no C sources" does not hide them."""
+    suffixes = (".zst", ".tzst", ".lz", ".zip", ".7z", ".rar", ".lzma")
+    return sorted(n for n in os.listdir(dest) if n.endswith(suffixes))
 
 
 if __name__ == "__main__":

@@ -530,3 +530,306 @@ async fn a_build_missing_from_koji_crashes_naming_the_url() {
     );
     d.shutdown().await;
 }
+
+// --- static-analysis without a list of C packages, and its CPython API analysis -------------
+
+/// What the python-capi check needs besides the RPM tools: GCC's analyzer, Python.h and
+/// CPython's C API documentation (scripts/ensure-services.sh installs them).
+fn capi_tools_present() {
+    let gcc = Command::new("gcc").arg("--version").output();
+    assert!(gcc.is_ok_and(|o| o.status.success()), "gcc is missing");
+    assert!(
+        python_include_dir().join("Python.h").is_file(),
+        "Python.h is missing: run scripts/ensure-services.sh (python3-dev)"
+    );
+    let docs = Command::new("sh")
+        .args(["-c", "ls /usr/share/doc/python3*/html/c-api/long.html"])
+        .output()
+        .unwrap();
+    assert!(
+        docs.status.success(),
+        "CPython's C API documentation is missing: run scripts/ensure-services.sh (python3-doc)"
+    );
+}
+
+/// The include directory of the system Python (/usr/bin/python3, which the tasks run with).
+fn python_include_dir() -> PathBuf {
+    let output = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['include'])",
+        ])
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// Send the Koji "build complete" message of the real-shaped fixture, for another build.
+async fn send_build_complete(d: &Deployment, name: &str, version: &str, release: &str) {
+    let mut event = fixture_event("koji-build-complete-openssl.json");
+    event.msg["name"] = name.into();
+    event.msg["version"] = version.into();
+    event.msg["release"] = release.into();
+    d.broker
+        .publish(
+            &d.broker.topology.events_exchange(),
+            &event.topic,
+            event.to_json(),
+        )
+        .await;
+}
+
+/// A `<dir>.tar.gz` of the files of `tests/fixtures/python-extensions/<fixture>` (or of `files`
+/// written here), as an upstream release tarball would hold them; returns its path.
+fn source_tarball(tmp: &Path, dir: &str, fixture: Option<&str>, files: &[(&str, &str)]) -> PathBuf {
+    let src = tmp.join("src").join(dir);
+    std::fs::create_dir_all(&src).unwrap();
+    if let Some(fixture) = fixture {
+        let from = workspace_root()
+            .join("tests/fixtures/python-extensions")
+            .join(fixture);
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, src.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for (name, text) in files {
+        std::fs::write(src.join(name), text).unwrap();
+    }
+    let tarball = tmp.join(format!("{dir}.tar.gz"));
+    let status = Command::new("tar")
+        .arg("czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(tmp.join("src"))
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tarball
+}
+
+/// Build and publish in Koji's layout a noarch package `name-version-1.fc30` whose Source0 is
+/// `tarball`.
+fn publish_source_package(tmp: &Path, koji: &Path, name: &str, version: &str, tarball: &Path) {
+    let file = tarball.file_name().unwrap().to_str().unwrap();
+    let rpms = rpmbuild(
+        &tmp.join(format!("build-{name}")),
+        &spec(name, version, "1.fc30", &format!("Source0: {file}")),
+        &[(file, tarball)],
+    );
+    publish_build(koji, &format!("{name}-{version}-1.fc30"), &rpms);
+}
+
+/// The number of results of `testcase` stored for `item`.
+async fn result_count(d: &Deployment, testcase: &str, item: &str) -> i64 {
+    d.db()
+        .await
+        .query_one(
+            "select count(*) from results where testcase = $1 and item = $2",
+            &[&testcase, &item],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+const SETUP_PY: &str = "from setuptools import Extension, setup\n\
+    setup(name='ext', ext_modules=[Extension('ext', ['ext.c'])])\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_without_c_sources_gets_one_info_result() {
+    tools_present();
+    let tmp = tempfile::tempdir().unwrap();
+    // A shell-script package: the rules analyse every completed build; the task finds nothing
+    // to analyse in its source RPM.
+    let tarball = source_tarball(
+        tmp.path(),
+        "hello-sh-1.0",
+        None,
+        &[
+            ("hello.sh", "#!/bin/sh\necho hello\n"),
+            ("README", "Says hello.\n"),
+        ],
+    );
+    let koji = tmp.path().join("koji");
+    publish_source_package(tmp.path(), &koji, "hello-sh", "1.0", &tarball);
+    let server = HttpServer::start(&koji);
+    let d = deployment(
+        &tmp.path().join("staging"),
+        &["noarch"],
+        &[("KOJI_PKGS_URL", &server.url)],
+    )
+    .await;
+    send_build_complete(&d, "hello-sh", "1.0", "1.fc30").await;
+    let found = results(&d, "dist.static-analysis", "hello-sh-1.0-1.fc30", 1).await;
+    assert_eq!(
+        found,
+        [("INFO".into(), "no C sources".into(), "noarch".into())]
+    );
+    // The job's only result: no CPython check either (all results of a job are stored together).
+    let capi = result_count(
+        &d,
+        "dist.static-analysis.python-capi",
+        "hello-sh-1.0-1.fc30",
+    )
+    .await;
+    assert_eq!(capi, 0);
+    d.shutdown().await;
+}
+
+/// gcc -fanalyzer's warnings for `source`, run here directly with the header the task
+/// generated (kept in the job's artifacts), as (line of the path's last step in the file,
+/// function) pairs.
+fn analyzer_warnings(source: &Path, api_header: &Path, include_dir: &Path) -> Vec<String> {
+    let output = Command::new("gcc")
+        .args([
+            "-fanalyzer",
+            "-fdiagnostics-format=json",
+            "-Wno-deprecated-declarations",
+        ])
+        .arg("-include")
+        .arg(api_header)
+        .arg(format!("-I{}", python_include_dir().display()))
+        .arg(format!("-I{}", include_dir.display()))
+        .arg("-c")
+        .arg(source)
+        .args(["-o", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let diagnostics: serde_json::Value = serde_json::from_slice(&output.stderr).unwrap();
+    let name = source.file_name().unwrap().to_str().unwrap();
+    diagnostics
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d["option"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("-Wanalyzer-")
+        })
+        .map(|d| {
+            let steps: Vec<&serde_json::Value> = d["path"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["location"]["file"].as_str().unwrap().ends_with(name))
+                .collect();
+            let last = steps.last().expect("a step in the file");
+            format!(
+                "{name}:{} {}",
+                last["location"]["line"],
+                last["function"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// The line (1-based) of the first line of `text` that contains `needle` after the line that
+/// contains `after`.
+fn line_of(text: &str, after: &str, needle: &str) -> usize {
+    let start = text.lines().position(|l| l.contains(after)).unwrap();
+    start
+        + 1
+        + text
+            .lines()
+            .skip(start)
+            .position(|l| l.contains(needle))
+            .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_capi_names_the_leaks_of_an_extension_and_passes_a_clean_one() {
+    tools_present();
+    capi_tools_present();
+    let tmp = tempfile::tempdir().unwrap();
+    let koji = tmp.path().join("koji");
+    let leaky = source_tarball(
+        tmp.path(),
+        "python-leaky-1.0",
+        Some("leaky"),
+        &[("setup.py", &SETUP_PY.replace("ext", "leaky"))],
+    );
+    publish_source_package(tmp.path(), &koji, "python-leaky", "1.0", &leaky);
+    // The clean extension includes Python.h through a header of its own.
+    let clean = source_tarball(
+        tmp.path(),
+        "python-clean-1.0",
+        Some("clean"),
+        &[("setup.py", &SETUP_PY.replace("ext", "clean"))],
+    );
+    publish_source_package(tmp.path(), &koji, "python-clean", "1.0", &clean);
+    let server = HttpServer::start(&koji);
+    let d = deployment(
+        &tmp.path().join("staging"),
+        &["noarch"],
+        &[("KOJI_PKGS_URL", &server.url)],
+    )
+    .await;
+    send_build_complete(&d, "python-leaky", "1.0", "1.fc30").await;
+    send_build_complete(&d, "python-clean", "1.0", "1.fc30").await;
+
+    let capi = "dist.static-analysis.python-capi";
+    let found = results(&d, capi, "python-leaky-1.0-1.fc30", 1).await;
+    let (outcome, note, _) = &found[0];
+    assert_eq!(outcome, "FAILED", "{note}");
+    // What gcc -fanalyzer says, run here on the same file with the task's API header.
+    let src = tmp.path().join("src/python-leaky-1.0");
+    let header = tmp.path().join("cpython-api.h");
+    std::fs::write(&header, find_artifact(&d, "cpython-api.h")).unwrap();
+    let direct = analyzer_warnings(&src.join("leaky.c"), &header, &src);
+    assert!(
+        note.starts_with(&format!(
+            "gcc -fanalyzer: {} findings in 1 of 1 extension files: ",
+            direct.len()
+        )),
+        "{note}\n{direct:?}"
+    );
+    for warning in &direct {
+        assert!(note.contains(warning.as_str()), "{warning} not in {note}");
+    }
+    // The three real bugs the analyzer knows, at the lines where the source has them.
+    let text = std::fs::read_to_string(src.join("leaky.c")).unwrap();
+    let leak = line_of(&text, "\"negative\"", "return NULL");
+    assert!(
+        note.contains(&format!("leaky.c:{leak} leaky_ref: leak of ‘result’")),
+        "{note}"
+    );
+    let buffer = line_of(&text, "\"too long\"", "return NULL");
+    assert!(
+        note.contains(&format!("leaky.c:{buffer} leaky_buffer: leak of ‘buffer’")),
+        "{note}"
+    );
+    let unchecked = line_of(&text, "PyList_New(1)", "PyList_SET_ITEM");
+    assert!(
+        note.contains(&format!(
+            "leaky.c:{unchecked} unchecked: dereference of possibly-NULL"
+        )),
+        "{note}"
+    );
+    // cppcheck ran too (its own testcase) and found nothing CPython-specific to fail.
+    let found = results(&d, "dist.static-analysis", "python-leaky-1.0-1.fc30", 1).await;
+    assert!(found[0].1.starts_with("cppcheck: "), "{found:?}");
+
+    let found = results(&d, capi, "python-clean-1.0-1.fc30", 1).await;
+    assert_eq!(
+        found,
+        [(
+            "PASSED".into(),
+            "gcc -fanalyzer: 0 findings in 1 of 1 extension files".into(),
+            "noarch".into()
+        )]
+    );
+    let clean_src = tmp.path().join("src/python-clean-1.0");
+    assert_eq!(
+        analyzer_warnings(&clean_src.join("clean.c"), &header, &clean_src),
+        Vec::<String>::new()
+    );
+    d.shutdown().await;
+}

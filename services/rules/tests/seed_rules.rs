@@ -170,7 +170,7 @@ const KERNEL_TESTS: &str = "kernel-tests-on-kernel-build-complete";
 const BUILD_ISO: &str = "build-iso-on-anaconda-update-in-testing";
 const INSTALL_TESTS: &str = "install-tests-on-iso-built";
 const UPGRADE_TESTS: &str = "upgrade-tests-on-fedup-update-request-testing";
-const STATIC_ANALYSIS: &str = "static-analysis-on-c-package-build-complete";
+const STATIC_ANALYSIS: &str = "static-analysis-on-koji-build-complete";
 
 #[test]
 fn the_shipped_file_loads_with_every_rule() {
@@ -268,8 +268,11 @@ fn an_update_without_alias_gets_depcheck_but_no_upgradepath() {
 fn a_kernel_build_gets_destructive_kernel_tests_on_every_arch() {
     let engine = shipped_rules();
     let jobs = evaluate(&engine, &fixture("koji-build-complete-kernel.json"));
-    // The example rule fires on every completed build too; kernel is not in c_packages.
-    assert_eq!(rules_fired(&jobs), [EXAMPLE_KOJI, KERNEL_TESTS]);
+    // The example rule and the static analysis fire on every completed primary build too.
+    assert_eq!(
+        rules_fired(&jobs),
+        [EXAMPLE_KOJI, KERNEL_TESTS, STATIC_ANALYSIS]
+    );
     let kernel = |arch: &str| {
         job(
             KERNEL_TESTS,
@@ -425,40 +428,63 @@ fn updates_without_fedup_get_no_upgrade_tests() {
     assert!(of_rule(&jobs, UPGRADE_TESTS).is_empty(), "{jobs:?}");
 }
 
+/// No list of C packages: every completed primary build gets one noarch static-analysis job,
+/// and the task decides from the source RPM whether there is C to analyse.
 #[test]
-fn a_c_package_build_gets_a_static_analysis() {
+fn every_completed_primary_build_gets_a_static_analysis() {
     let engine = shipped_rules();
-    let jobs = evaluate(&engine, &fixture("koji-build-complete-openssl.json"));
-    assert_eq!(rules_fired(&jobs), [EXAMPLE_KOJI, STATIC_ANALYSIS]);
-    assert_eq!(
-        of_rule(&jobs, STATIC_ANALYSIS),
-        [job(
-            STATIC_ANALYSIS,
-            "static-analysis",
-            "openssl-1.1.1c-2.fc30",
-            "koji_build",
-            "noarch"
-        )]
-    );
+    for (name, nvr) in [
+        ("koji-build-complete-openssl.json", "openssl-1.1.1c-2.fc30"),
+        (
+            "koji-build-complete-python-requests.json",
+            "python-requests-2.21.0-3.fc30",
+        ),
+    ] {
+        let jobs = evaluate(&engine, &fixture(name));
+        assert_eq!(
+            rules_fired(&jobs),
+            [EXAMPLE_KOJI, STATIC_ANALYSIS],
+            "{name}"
+        );
+        assert_eq!(
+            of_rule(&jobs, STATIC_ANALYSIS),
+            [job(
+                STATIC_ANALYSIS,
+                "static-analysis",
+                nvr,
+                "koji_build",
+                "noarch"
+            )]
+        );
+    }
 }
 
 #[test]
-fn other_packages_and_unfinished_builds_get_no_static_analysis() {
+fn unfinished_and_secondary_builds_get_no_static_analysis() {
     let engine = shipped_rules();
-    let jobs = evaluate(
-        &engine,
-        &fixture("koji-build-complete-python-requests.json"),
-    );
-    assert_eq!(rules_fired(&jobs), [EXAMPLE_KOJI]);
     let mut failed = fixture("koji-build-complete-openssl.json");
     failed.msg["new"] = 3.into(); // FAILED
     assert_eq!(evaluate(&engine, &failed), []);
+    let building = evaluate(&engine, &fixture("koji-build-building-kernel.json"));
+    assert!(
+        of_rule(&building, STATIC_ANALYSIS).is_empty(),
+        "{building:?}"
+    );
+    let secondary = evaluate(
+        &engine,
+        &fixture("koji-build-complete-kernel-secondary.json"),
+    );
+    assert!(
+        of_rule(&secondary, STATIC_ANALYSIS).is_empty(),
+        "{secondary:?}"
+    );
 }
 
-/// `make run` feeds these samples and waits for exactly 4 jobs: the example rules' (3 arches of
-/// the ansible build, and the fedmsg update pushed to testing). No seed rule may add to them.
+/// The real samples ask for 5 jobs: the example rules' (3 arches of the ansible build, and the
+/// fedmsg update pushed to testing) and the static analysis of the ansible build (a completed
+/// primary build). No other seed rule may add to them.
 #[test]
-fn the_real_samples_trigger_only_the_example_rules() {
+fn the_real_samples_trigger_only_the_example_rules_and_static_analysis() {
     let engine = shipped_rules();
     let path = repo_root().join("tests/fixtures/fedmsg-real.jsonl");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -484,6 +510,7 @@ fn the_real_samples_trigger_only_the_example_rules() {
             (EXAMPLE_KOJI, "ansible-1.8.3-1.el7", "aarch64"),
             (EXAMPLE_KOJI, "ansible-1.8.3-1.el7", "noarch"),
             (EXAMPLE_KOJI, "ansible-1.8.3-1.el7", "x86_64"),
+            (STATIC_ANALYSIS, "ansible-1.8.3-1.el7", "noarch"),
         ]
     );
 }
@@ -534,7 +561,7 @@ fn the_shipped_rules_fire_on_todays_fedora_messaging_bus() {
             "noarch",
         ),
         job(
-            "static-analysis-on-c-package-build-complete",
+            STATIC_ANALYSIS,
             "static-analysis",
             nvr,
             "koji_build",
