@@ -22,15 +22,43 @@ bash scripts/ensure-services.sh
 log "building"
 cargo build --quiet --bins
 
-mkdir -p "$state"/{logs,tasks,work,artifacts}
+# The configuration has a directory of its own (etc/): the runner hides the config file's
+# directory from tasks, and must not hide the tiny guest under vm/ that build-iso packs.
+mkdir -p "$state"/{etc,logs,tasks,work,artifacts,vm}
 
 # Every folder of tasks/ is the content of one task repository: make each a real git repository
 # (committing again when the folder changed, so edits to tasks/ show up).
 sh tasks/mkrepos.sh "$state/tasks" >/dev/null
 
+# What is fed: the real samples, then the real-shaped messages of the seed rules' tests (one or
+# more per rule of deploy/rules.yaml, and near misses), so that every rule fires. Not the
+# taskbot-*.json ones: those are events tasks announce (the ISO the build-iso job really builds
+# here is announced by that job).
+fixtures=()
+for f in "$top"/tests/fixtures/messages/*.json; do
+  case "$(basename "$f")" in taskbot-*) ;; *) fixtures+=("$f") ;; esac
+done
+# The jobs the rules ask for, from the rules' own dry run.
+{ cat "$samples"; for f in "${fixtures[@]}"; do tr -d '\n' <"$f"; echo; done; } |
+  "$bin/taskbot" rules test "$top/deploy/rules.yaml" - --json >"$state/jobs.json"
+
+# A local Koji and release repositories with a real RPM of every build those jobs check (built
+# once; a few with defects on purpose, listed in demo.json), served over HTTP: Fedora's Koji is
+# the production default, and not reachable from every machine.
+log "building the demo Koji's RPMs (once)"
+python3 scripts/demo-koji.py "$state/demo-koji" <"$state/jobs.json"
+koji_port=${TASKBOT_DEMO_KOJI_PORT:-4002}
+koji_url="http://127.0.0.1:$koji_port"
+
+# The VM backend: the tiny guest (Debian's kernel, busybox, dropbear; about 12 s to build, once)
+# on a blank base disk. It is also the installer build-iso packs.
+log "building the tiny VM guest (once)"
+bash scripts/build-tiny-vm-image.sh "$state/vm/tiny" >"$state/logs/tiny-vm.log" 2>&1
+[ -f "$state/vm/base.qcow2" ] || qemu-img create -q -f qcow2 "$state/vm/base.qcow2" 64M
+
 # The services' configuration: no administrator's credentials (each service logs in as its own
 # user, from the accounts below).
-cat > "$state/taskbot.toml" <<TOML
+cat > "$state/etc/taskbot.toml" <<TOML
 arches = ["x86_64", "aarch64", "noarch"]
 [amqp]
 namespace = "taskbot"
@@ -44,8 +72,33 @@ task_base_url = "file://$state/tasks"
 [runner]
 work_dir = "$state/work"
 artifacts_dir = "$state/artifacts"
+artifacts_url = "http://127.0.0.1:8080/artifacts"
 allowed_repos = ["file://$state/tasks/"]
-task_timeout_secs = 300
+task_timeout_secs = 600
+vm_ssh_key = "$state/vm/tiny/id_ed25519"
+sandbox_read_only = ["$state/vm/tiny"]
+[runner.task_env]
+KOJI_PKGS_URL = "$koji_url"
+DEPCHECK_REPO_URLS = "$koji_url/repos/{release}/{arch}/"
+INSTALLER_DIR = "$state/vm/tiny"
+[provisioner.vm]
+ssh_key = "$state/vm/tiny/id_ed25519"
+state_dir = "$state/vm/state"
+memory_mb = 384
+max_vms = 1
+boot_timeout_secs = 180
+lease_secs = 1200
+allowed_urls = ["http://127.0.0.1:8080/artifacts/"]
+[[provisioner.vm.images]]
+name = "tiny"
+distro = "tiny"
+release = "1"
+arch = "x86_64"
+flavour = "base"
+disk = "$state/vm/base.qcow2"
+kernel = "$state/vm/tiny/vmlinuz"
+initrd = "$state/vm/tiny/initrd.img"
+append = "console=ttyS0 quiet panic=-1"
 [reporter]
 jsonl_path = "$state/results.jsonl"
 [postgres]
@@ -54,16 +107,16 @@ TOML
 # One broker user per service (per arch for the runners) and the database roles, made as the administrator (the local
 # broker's guest, PostgreSQL's postgres); the password files are kept from run to run.
 log "making the services' broker users and database roles (taskbot setup-users)"
-TASKBOT_CONFIG="$state/taskbot.toml" \
+TASKBOT_CONFIG="$state/etc/taskbot.toml" \
   TASKBOT_AMQP__URL="amqp://guest:guest@127.0.0.1:5672/%2f" \
   TASKBOT_AMQP__MANAGEMENT_URL="http://guest:guest@127.0.0.1:15672" \
   TASKBOT_POSTGRES__URL="postgres://postgres@127.0.0.1:5432/taskbot" \
   "$bin/taskbot" setup-users --secrets-dir "$state/secrets" >"$state/users.toml"
 # TOML tables go after the top-level keys and sections above, so appending is enough.
-cat "$state/users.toml" >>"$state/taskbot.toml"
+cat "$state/users.toml" >>"$state/etc/taskbot.toml"
 # Readable by the services only (tasks never see it: the runner's sandbox hides its directory).
-chmod 600 "$state/taskbot.toml"
-export TASKBOT_CONFIG="$state/taskbot.toml"
+chmod 600 "$state/etc/taskbot.toml"
+export TASKBOT_CONFIG="$state/etc/taskbot.toml"
 
 pids=()
 stop() {
@@ -81,6 +134,7 @@ start() { # name, command...
   pids+=($!)
   log "started $name (pid $!), log: .run/logs/$name.log"
 }
+start demo-koji python3 -m http.server "$koji_port" --bind 127.0.0.1 --directory "$state/demo-koji"
 start reporter "$bin/reporter"
 start provisioner "$bin/provisioner"
 # Each runner on this host needs its own ops port (/healthz, /readyz, /metrics): 9190, 9191, ...
@@ -94,32 +148,28 @@ start fedmsg-bridge "$bin/fedmsg-bridge"
 start api "$bin/api"
 
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-# The real samples, then the real-shaped messages of the seed rules' tests (one or more per rule of
-# deploy/rules.yaml, and near misses), so that every rule fires.
-fixtures=("$top"/tests/fixtures/messages/*.json)
 log "feeding $(wc -l <"$samples") real fedmsg messages and ${#fixtures[@]} real-shaped ones through $zmq_endpoint"
 "$bin/fedmsg-publish" --bind "$zmq_endpoint" --wait-ms 2000 "$samples" "${fixtures[@]}"
 
-# How many jobs the rules ask for, from the rules' own dry run (a job run again, with the same id,
-# finishes again but is stored once). Jobs for tasks that need a VM end CRASHED at the
-# provisioner (no VM backend yet), and tasks that fetch from the real Koji end CRASHED when this
-# machine cannot reach it: each says why in its result's note.
-expected=$(
-  { cat "$samples"; for f in "${fixtures[@]}"; do tr -d '\n' <"$f"; echo; done; } |
-    "$bin/taskbot" rules test "$top/deploy/rules.yaml" - --json |
-    python3 -c 'import json, sys; print(len({j["job_id"] for m in json.load(sys.stdin)["messages"] for j in m.get("jobs", [])}))'
-)
+# How many jobs the rules ask for (a job run again, with the same id, finishes again but is
+# stored once), plus the installation test the ISO that build-iso announces asks for.
+expected=$(python3 -c 'import json, sys; print(1 + len({j["job_id"] for m in json.load(sys.stdin)["messages"] for j in m.get("jobs", [])}))' <"$state/jobs.json")
 log "waiting for the $expected jobs the rules ask for to finish"
-for _ in $(seq 1 180); do
+for _ in $(seq 1 900); do
   n=$(psql -h 127.0.0.1 -U postgres -d taskbot -Atqc "select count(distinct job_id) from job_events where state in ('done', 'crashed') and at >= '$started_at'" 2>/dev/null || echo 0)
   [ "$n" -ge "$expected" ] && break
   sleep 1
 done
 log "$n of $expected jobs finished"
 
-log "results stored in PostgreSQL (database taskbot, table results):"
-psql -h 127.0.0.1 -U postgres -d taskbot -P pager=off -c \
-  "select testcase, outcome, item, arch, left(note, 90) as note from results order by finished_at desc limit 50"
+log "results stored in PostgreSQL (database taskbot, table results), and what each proved:"
+set +e
+psql -h 127.0.0.1 -U postgres -d taskbot -AtqF $'\t' -c \
+  "select testcase, outcome, item, arch, regexp_replace(coalesce(note, ''), '\s+', ' ', 'g')
+   from results where job_id in (select job_id from job_events where at >= '$started_at')" |
+  python3 scripts/demo-summary.py "$state/demo-koji/demo.json"
+verdicts=$?
+set -e
 log "job history (table job_events), latest jobs:"
 psql -h 127.0.0.1 -U postgres -d taskbot -P pager=off -c \
   "select job_id, state, item, arch, task_name from jobs order by updated_at desc limit 10"
@@ -141,6 +191,6 @@ Where to look:
   (results are stored once: running this again re-runs the same jobs, and the table keeps one row each)
 MSG
 
-if [ "${TASKBOT_RUN_ONCE:-}" = 1 ]; then exit 0; fi
+if [ "${TASKBOT_RUN_ONCE:-}" = 1 ]; then exit "$verdicts"; fi
 log "pipeline running; feed more with: $bin/fedmsg-publish --bind $zmq_endpoint FILE (Ctrl-C to stop)"
 wait

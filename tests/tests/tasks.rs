@@ -237,7 +237,14 @@ fn spec(name: &str, version: &str, release: &str, extra: &str) -> String {
 
 /// "E errors, W warnings" as rpmlint prints it for `rpms`, run here directly.
 fn rpmlint_counts(rpms: &[PathBuf]) -> String {
-    let output = Command::new("rpmlint").args(rpms).output().unwrap();
+    // With the task's own settings, as the task runs it.
+    let config = workspace_root().join("tasks/rpmlint/rpmlint.toml");
+    let output = Command::new("rpmlint")
+        .arg("-c")
+        .arg(config)
+        .args(rpms)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     let summary = text
         .lines()
