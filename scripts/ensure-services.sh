@@ -46,6 +46,12 @@ have promtool || apt_install prometheus
 # rpmbuild, rpmlint, cppcheck, rpm2cpio/cpio, createrepo_c, and librpm's Python module for the
 # system Python (/usr/bin/python3), which the tasks run with.
 apt_install rpm rpm2cpio cpio rpmlint cppcheck createrepo-c python3-rpm
+# libabigail's abipkgdiff, which tasks/abicheck runs to compare the ABI of a build's shared
+# libraries with the previous build's (and its tests run directly, to compare); elfutils'
+# eu-strip, with which rpmbuild (find-debuginfo) makes the debuginfo packages of those tests'
+# libraries; zstd, to read the zstd-compressed repodata of Fedora's repositories
+# (tasks/upgradepath, tasks/depcheck).
+apt_install abigail-tools elfutils zstd
 # Headless Chromium: the api's dashboard is tested in a real browser (services/api/tests/dashboard.rs).
 have chromium || apt_install chromium
 # QEMU (under TCG) and what scripts/build-tiny-vm-image.sh builds the test guest from: the VM

@@ -141,3 +141,20 @@ pub fn find_artifact(d: &Deployment, name: &str) -> String {
     }
     panic!("no artifact {name}");
 }
+
+/// The artifact `name` of the job that stored the result of `testcase` for `item` (wait for the
+/// result with [`results`] first).
+pub async fn job_artifact(d: &Deployment, testcase: &str, item: &str, name: &str) -> String {
+    let row = d
+        .db()
+        .await
+        .query_one(
+            "select job_id::text from results where testcase = $1 and item = $2 limit 1",
+            &[&testcase, &item],
+        )
+        .await
+        .unwrap();
+    let job_id: String = row.get(0);
+    let path = d.config.runner.artifacts_dir.join(job_id).join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("artifact {}: {e}", path.display()))
+}
