@@ -437,7 +437,10 @@ fn updates_without_fedup_get_no_upgrade_tests() {
 fn a_c_package_build_gets_a_static_analysis() {
     let engine = shipped_rules();
     let jobs = evaluate(&engine, &fixture("koji-build-complete-openssl.json"));
-    assert_eq!(rules_fired(&jobs), [ABICHECK, EXAMPLE_KOJI, STATIC_ANALYSIS]);
+    assert_eq!(
+        rules_fired(&jobs),
+        [ABICHECK, EXAMPLE_KOJI, STATIC_ANALYSIS]
+    );
     assert_eq!(
         of_rule(&jobs, STATIC_ANALYSIS),
         [job(
