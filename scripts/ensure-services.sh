@@ -48,6 +48,12 @@ have promtool || apt_install prometheus
 # runs gcc -fanalyzer (gcc) with the system Python's headers (python3-dev) and reads which C API
 # functions return new references from CPython's documentation (python3-doc's HTML pages).
 apt_install rpm rpm2cpio cpio rpmlint cppcheck createrepo-c python3-rpm gcc python3-dev python3-doc
+# libabigail's abipkgdiff, which tasks/abicheck runs to compare the ABI of a build's shared
+# libraries with the previous build's (and its tests run directly, to compare); elfutils'
+# eu-strip, with which rpmbuild (find-debuginfo) makes the debuginfo packages of those tests'
+# libraries; zstd, to read the zstd-compressed repodata of Fedora's repositories
+# (tasks/upgradepath, tasks/depcheck).
+apt_install abigail-tools elfutils zstd
 # Headless Chromium: the api's dashboard is tested in a real browser (services/api/tests/dashboard.rs).
 have chromium || apt_install chromium
 # QEMU (under TCG) and what scripts/build-tiny-vm-image.sh builds the test guest from: the VM

@@ -1,5 +1,6 @@
-"""What the shipped RPM tasks share: fetching a Koji build's RPMs, writing ResultYAML, and
-turning an unexpected failure into a CRASHED result that says what happened.
+"""What the shipped RPM tasks share: fetching a Koji build's RPMs, reading a repository's
+repodata, writing ResultYAML, and turning an unexpected failure into a CRASHED result that says
+what happened.
 
 Each task repository gets a copy of this folder as `common/` (tasks/mkrepos.sh, and the tests'
 repository builder), so that a task stays one self-contained repository. Python 3 standard
@@ -12,15 +13,20 @@ https://kojipkgs.fedoraproject.org. The layout is Koji's:
 source RPM; directory listings are read as kojipkgs (Apache) serves them.
 """
 
+import bz2
+import gzip
 import html.parser
 import json
+import lzma
 import os
+import subprocess
 import sys
 import time
 import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
+import xml.etree.ElementTree as ET
 
 DEFAULT_KOJI_URL = "https://kojipkgs.fedoraproject.org"
 # Largest file fetched (a build's RPMs can be large, but not this large).
@@ -115,24 +121,107 @@ def download(url, dest):
     return dest
 
 
-def build_rpms(nvr, dest_dir, arches=None):
-    """Download the build's RPMs (of `arches`, e.g. ["src"] or ["x86_64", "noarch"]; all when
-    None) into `dest_dir`; returns their paths. A build without any is an error."""
+def build_files(nvr, arches=None):
+    """The RPMs of a build in Koji, of `arches` (e.g. ["src"] or ["x86_64", "noarch"]; all when
+    None), as (arch, file name, URL), read from the build's directory listings."""
     base = build_url(nvr)
-    os.makedirs(dest_dir, exist_ok=True)
-    paths = []
+    files = []
     for arch_dir in listing(base):
         arch = arch_dir.rstrip("/")
         if not arch_dir.endswith("/") or (arches is not None and arch not in arches):
             continue
         for name in listing(base + urllib.parse.quote(arch) + "/"):
-            if name.endswith(".rpm"):
+            if name.endswith(".rpm") and "/" not in name:
                 url = base + urllib.parse.quote(arch) + "/" + urllib.parse.quote(name)
-                paths.append(download(url, os.path.join(dest_dir, os.path.basename(name))))
+                files.append((arch, name, url))
+    return files
+
+
+def build_rpms(nvr, dest_dir, arches=None):
+    """Download the build's RPMs (of `arches`, as for build_files) into `dest_dir`; returns their
+    paths. A build without any is an error."""
+    os.makedirs(dest_dir, exist_ok=True)
+    paths = [download(url, os.path.join(dest_dir, name)) for _, name, url in build_files(nvr, arches)]
     if not paths:
         wanted = "any arch" if arches is None else ", ".join(arches)
-        raise TaskError(f"build {nvr} has no RPMs for {wanted} under {base}")
+        raise TaskError(f"build {nvr} has no RPMs for {wanted} under {build_url(nvr)}")
     return sorted(paths)
+
+
+# Repodata (createrepo's format): repodata/repomd.xml names the primary metadata, which lists
+# every package with its name, EVR, source RPM, provides and (some) files.
+REPO_NS = "{http://linux.duke.edu/metadata/repo}"
+COMMON_NS = "{http://linux.duke.edu/metadata/common}"
+RPM_NS = "{http://linux.duke.edu/metadata/rpm}"
+# Decompressors by file suffix: the standard library's, and zstd's program (Fedora's repodata
+# is zstd-compressed since Fedora 39; Debian package zstd).
+_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+
+
+class NotFound(TaskError):
+    """A URL answered 404: the file is not there (as opposed to a server that failed)."""
+
+
+def fetch(url, limit=64 * 1024**2):
+    """The body of a small file (repomd.xml, a listing), at most `limit` bytes."""
+    with open_url(url) as response:
+        body = response.read(limit + 1)
+    if len(body) > limit:
+        raise TaskError(f"download {url} failed: larger than the limit of {limit} bytes")
+    return body
+
+
+def primary_href(base):
+    """Where `base`'s primary metadata is, from its repomd.xml; NotFound when the repository
+    has no repomd.xml (404)."""
+    url = base + "repodata/repomd.xml"
+    try:
+        repomd = ET.fromstring(fetch(url))
+    except TaskError as e:
+        if "HTTP status 404" in str(e):
+            raise NotFound(str(e)) from None
+        raise
+    except ET.ParseError as e:
+        raise TaskError(f"{url} is not valid XML: {e}") from None
+    for data in repomd.iter(REPO_NS + "data"):
+        if data.get("type") == "primary":
+            location = data.find(REPO_NS + "location")
+            href = location.get("href") if location is not None else None
+            if href and not href.startswith("/") and ".." not in href.split("/") and "://" not in href:
+                return href
+            raise TaskError(f"{url}: bad primary location {href!r}")
+    raise TaskError(f"{url} lists no primary metadata")
+
+
+def _open_decompressed(path):
+    suffix = os.path.splitext(path)[1]
+    if suffix == ".zst":
+        return subprocess.Popen(["zstd", "-dcq", path], stdout=subprocess.PIPE).stdout
+    return _OPENERS.get(suffix, open)(path, "rb")
+
+
+def repo_packages(base, work_dir):
+    """Every <package> element of the primary metadata of the repository at `base` (a URL
+    ending in /), streamed (Fedora's primary holds ~70,000 packages): each element is complete
+    when yielded and cleared after. The file is downloaded into `work_dir` first, within
+    download()'s size limit."""
+    href = primary_href(base)
+    os.makedirs(work_dir, exist_ok=True)
+    path = os.path.join(work_dir, f"primary-{abs(hash(base))}{os.path.splitext(href)[1]}")
+    download(base + urllib.parse.quote(href), path)
+    count = 0
+    try:
+        with _open_decompressed(path) as stream:
+            for _, element in ET.iterparse(stream):
+                if element.tag == COMMON_NS + "package":
+                    count += 1
+                    yield element
+                    element.clear()
+    except ET.ParseError as e:
+        raise TaskError(f"{base}{href} is not valid XML: {e}") from None
+    finally:
+        os.unlink(path)
+    print(f"repository {base}: {count} packages", flush=True)
 
 
 def _scalar(value):

@@ -1,11 +1,8 @@
 """depcheck of the Koji build $TASKBOT_ITEM on $TASKBOT_ARCH (see ../README.md)."""
 
-import gzip
 import os
 import re
 import sys
-import urllib.parse
-import xml.etree.ElementTree as ET
 
 import rpm
 
@@ -22,9 +19,8 @@ DEFAULT_REPO_URLS = (
     "https://dl.fedoraproject.org/pub/fedora/linux/releases/{release}/Everything/{arch}/os/ "
     "https://dl.fedoraproject.org/pub/fedora/linux/updates/{release}/Everything/{arch}/"
 )
-COMMON = "{http://linux.duke.edu/metadata/common}"
-RPM_NS = "{http://linux.duke.edu/metadata/rpm}"
-REPO_NS = "{http://linux.duke.edu/metadata/repo}"
+COMMON = tasklib.COMMON_NS
+RPM_NS = tasklib.RPM_NS
 FLAGS = {"EQ": rpm.RPMSENSE_EQUAL, "LT": rpm.RPMSENSE_LESS, "GT": rpm.RPMSENSE_GREATER,
          "LE": rpm.RPMSENSE_LESS | rpm.RPMSENSE_EQUAL, "GE": rpm.RPMSENSE_GREATER | rpm.RPMSENSE_EQUAL}
 SENSE = rpm.RPMSENSE_LESS | rpm.RPMSENSE_GREATER | rpm.RPMSENSE_EQUAL
@@ -78,19 +74,7 @@ def read_headers(paths):
 
 def add_repo(provides, base):
     """Add what a repository's packages provide (and their files) from its repodata."""
-    repomd = ET.fromstring(fetch(base + "repodata/repomd.xml"))
-    for data in repomd.iter(REPO_NS + "data"):
-        if data.get("type") == "primary":
-            href = data.find(REPO_NS + "location").get("href")
-            break
-    else:
-        raise tasklib.TaskError(f"{base}repodata/repomd.xml lists no primary metadata")
-    primary = fetch(base + urllib.parse.quote(href))
-    if href.endswith(".gz"):
-        primary = gzip.decompress(primary)
-    packages = 0
-    for package in ET.fromstring(primary).iter(COMMON + "package"):
-        packages += 1
+    for package in tasklib.repo_packages(base, "repodata"):
         fmt = package.find(COMMON + "format")
         for entry in fmt.iterfind(f"{RPM_NS}provides/{RPM_NS}entry"):
             evr = None
@@ -98,12 +82,6 @@ def add_repo(provides, base):
                 evr = f"{entry.get('epoch') or '0'}:{entry.get('ver')}-{entry.get('rel') or ''}"
             provides.add(entry.get("name"), FLAGS.get(entry.get("flags"), 0), evr)
         provides.files.update(f.text for f in fmt.iterfind(COMMON + "file"))
-    print(f"repository {base}: {packages} packages", flush=True)
-
-
-def fetch(url):
-    with tasklib.open_url(url) as response:
-        return response.read()
 
 
 def main():

@@ -12,6 +12,8 @@ use taskbot::Config;
 
 pub mod private_broker;
 pub mod private_postgres;
+pub mod rpms;
+pub mod shipped;
 pub use private_broker::PrivateBroker;
 pub use private_postgres::PrivatePostgres;
 

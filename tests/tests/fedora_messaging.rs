@@ -281,6 +281,8 @@ async fn fedoras_messages_over_tls_become_the_predicted_jobs_and_bad_ones_dead_l
         ("example", "bash-5.2.32-1.fc41", "aarch64"),
         ("example", "bash-5.2.32-1.fc41", "noarch"),
         ("static-analysis", "bash-5.2.32-1.fc41", "noarch"),
+        ("abicheck", "bash-5.2.32-1.fc41", "x86_64"),
+        ("abicheck", "bash-5.2.32-1.fc41", "aarch64"),
         ("rpmlint", "python-requests-2.32.3-1.fc41", "noarch"),
         ("rpmlint", "python-urllib3-2.2.3-1.fc41", "noarch"),
         ("depcheck", "bash-5.2.32-1.fc41", "x86_64"),

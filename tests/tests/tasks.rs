@@ -4,235 +4,31 @@
 //!
 //! Each test builds real RPMs with rpmbuild, lays them out as Koji does
 //! (`packages/<name>/<version>/<release>/<arch>/`) and serves them over HTTP (Python's
-//! http.server, whose directory listings look like kojipkgs'); the runner points the tasks there
+//! http.server, whose directory listings look like kojipkgs'), with the helpers of
+//! `taskbot_tests::rpms`; the runner points the tasks there
 //! with `KOJI_PKGS_URL`. Expected figures come from running the same tools on the same files in
 //! the test, never from constants.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use chrono::Utc;
-use taskbot::messages::{Event, Message};
-use taskbot_tests::{free_port, shipped_task, workspace_root, Deployment};
+use taskbot_tests::rpms::{
+    create_repo, noarch_spec as spec, publish_build, require_tools, rpmbuild, HttpServer,
+};
+use taskbot_tests::shipped::{
+    deployment, find_artifact, fixture_event, results, send_event, send_fixture,
+};
+use taskbot_tests::{workspace_root, Deployment};
 
 /// The RPM tools the tasks and these tests use (installed by scripts/ensure-services.sh).
 fn tools_present() {
-    for tool in [
+    require_tools(&[
         "rpmbuild",
         "rpmlint",
         "cppcheck",
         "createrepo_c",
         "rpm2cpio",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(
-            found,
-            "{tool} is missing: run scripts/ensure-services.sh (make test does)"
-        );
-    }
-}
-
-/// Build `spec` (with `sources` in SOURCES) under `top`; returns the source and binary RPMs.
-fn rpmbuild(top: &Path, spec: &str, sources: &[(&str, &Path)]) -> Vec<PathBuf> {
-    std::fs::create_dir_all(top.join("SOURCES")).unwrap();
-    for (name, path) in sources {
-        std::fs::copy(path, top.join("SOURCES").join(name)).unwrap();
-    }
-    let spec_path = top.join("package.spec");
-    std::fs::write(&spec_path, spec).unwrap();
-    let output = Command::new("rpmbuild")
-        .arg("--define")
-        .arg(format!("_topdir {}", top.display()))
-        .args(["-ba"])
-        .arg(&spec_path)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "rpmbuild failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut rpms = Vec::new();
-    for dir in ["SRPMS", "RPMS/noarch", "RPMS/x86_64"] {
-        if let Ok(entries) = std::fs::read_dir(top.join(dir)) {
-            rpms.extend(entries.map(|e| e.unwrap().path()));
-        }
-    }
-    rpms.sort();
-    rpms
-}
-
-/// Put a build's RPMs where Koji would: `<root>/packages/<n>/<v>/<r>/<arch>/`.
-fn publish_build(root: &Path, nvr: &str, rpms: &[PathBuf]) {
-    let mut parts = nvr.rsplitn(3, '-');
-    let (r, v, n) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
-    for rpm in rpms {
-        let file = rpm.file_name().unwrap().to_str().unwrap();
-        let arch = file.trim_end_matches(".rpm").rsplit('.').next().unwrap();
-        let dir = root.join("packages").join(n).join(v).join(r).join(arch);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(rpm, dir.join(file)).unwrap();
-    }
-}
-
-/// A static HTTP server over `root`, stopped on drop.
-struct HttpServer {
-    child: Child,
-    url: String,
-}
-
-impl HttpServer {
-    fn start(root: &Path) -> HttpServer {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m http.server");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the HTTP server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        HttpServer {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A real-shaped message of tests/fixtures/messages as the bridge turns it into an event (with
-/// a fresh id, so that runs of the test never share job ids).
-fn fixture_event(name: &str) -> Event {
-    let text = std::fs::read_to_string(workspace_root().join("tests/fixtures/messages").join(name))
-        .unwrap();
-    let envelope: serde_json::Value = serde_json::from_str(&text).unwrap();
-    Event {
-        id: format!("2026-{}", uuid::Uuid::new_v4()),
-        topic: envelope["topic"].as_str().unwrap().to_string(),
-        source: "test".into(),
-        sent_at: None,
-        received_at: Utc::now(),
-        username: None,
-        msg: envelope["msg"].clone(),
-        headers: Default::default(),
-    }
-}
-
-/// Publish a fixture's event on the deployment's events exchange, as the bridge would.
-async fn send_fixture(d: &Deployment, name: &str) {
-    let event = fixture_event(name);
-    d.broker
-        .publish(
-            &d.broker.topology.events_exchange(),
-            &event.topic,
-            event.to_json(),
-        )
-        .await;
-}
-
-/// A deployment with the shipped rules and the shipped tasks, the runners of `arches` giving
-/// their tasks `env` (where Koji and the repositories are).
-async fn deployment(staging: &Path, runner_arches: &[&str], env: &[(&str, &str)]) -> Deployment {
-    let tasks: Vec<(String, PathBuf)> = ["example", "rpmlint", "static-analysis", "depcheck"]
-        .iter()
-        .map(|name| (name.to_string(), shipped_task(name, staging)))
-        .collect();
-    let tasks: Vec<(&str, &Path)> = tasks
-        .iter()
-        .map(|(n, p)| (n.as_str(), p.as_path()))
-        .collect();
-    let rules = std::fs::read_to_string(workspace_root().join("deploy/rules.yaml")).unwrap();
-    let mut d = Deployment::new(&rules, &tasks, free_port()).await;
-    d.set_arches(&["x86_64", "aarch64", "noarch"]);
-    // Tasks never see the runner's environment: the operator hands them these settings.
-    d.configure(|config| {
-        config.runner.task_env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    });
-    d.start("reporter", "reporter", &[]);
-    d.start("provisioner", "provisioner", &[]);
-    d.start("rules", "rules", &[]);
-    for arch in runner_arches {
-        d.start(&format!("runner-{arch}"), "runner", &["--arch", arch]);
-    }
-    let t = d.broker.topology.clone();
-    let mut queues = vec![
-        t.rules_queue(),
-        t.provisioner_queue(),
-        t.postgres_results_queue(),
-        t.postgres_status_queue(),
-    ];
-    queues.extend(runner_arches.iter().map(|arch| t.run_queue(arch)));
-    d.wait_for_consumers(&queues, Duration::from_secs(60)).await;
-    d
-}
-
-/// The (outcome, note, arch) of the results of `testcase` for `item`, once `count` are stored.
-async fn results(
-    d: &Deployment,
-    testcase: &str,
-    item: &str,
-    count: i64,
-) -> Vec<(String, String, String)> {
-    let n = d
-        .wait_for_count(
-            &format!(
-                "select count(*) from results where testcase = '{testcase}' and item = '{item}'"
-            ),
-            count,
-            Duration::from_secs(120),
-        )
-        .await;
-    assert_eq!(n, count, "results of {testcase} for {item}\n{}", d.logs());
-    d.db()
-        .await
-        .query(
-            "select outcome, coalesce(note, ''), arch from results where testcase = $1 and item = $2 order by arch",
-            &[&testcase, &item],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2)))
-        .collect()
-}
-
-fn spec(name: &str, version: &str, release: &str, extra: &str) -> String {
-    format!(
-        "Name: {name}\nVersion: {version}\nRelease: {release}\nSummary: test package {name}\n\
-         License: MIT\nBuildArch: noarch\nAutoReqProv: no\n{extra}\n%description\nA test package.\n\n\
-         %install\nmkdir -p %{{buildroot}}/usr/share/{name}\necho data > %{{buildroot}}/usr/share/{name}/data\n\n\
-         %files\n/usr/share/{name}/data\n"
-    )
+    ]);
 }
 
 /// "E errors, W warnings" as rpmlint prints it for `rpms`, run here directly.
@@ -408,41 +204,21 @@ async fn static_analysis_finds_the_real_bugs_in_a_c_package() {
     d.shutdown().await;
 }
 
-/// The content of the first artifact called `name` under the deployment's artifacts.
-fn find_artifact(d: &Deployment, name: &str) -> String {
-    for entry in std::fs::read_dir(&d.config.runner.artifacts_dir).unwrap() {
-        let path = entry.unwrap().path().join(name);
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            return text;
-        }
-    }
-    panic!("no artifact {name}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depcheck_names_requirements_nothing_provides_and_passes_satisfied_builds() {
     tools_present();
     let tmp = tempfile::tempdir().unwrap();
     // The release's repository (Fedora 30, x86_64): libfoo 1.0 and libbar 1.5, with repodata.
     let repo = tmp.path().join("www/repo/30/x86_64");
-    std::fs::create_dir_all(&repo).unwrap();
+    let mut rpms = Vec::new();
     for (name, version) in [("libfoo", "1.0"), ("libbar", "1.5")] {
-        for rpm in rpmbuild(
+        rpms.extend(rpmbuild(
             &tmp.path().join(format!("build-{name}")),
             &spec(name, version, "1.fc30", ""),
             &[],
-        ) {
-            if !rpm.to_str().unwrap().ends_with(".src.rpm") {
-                std::fs::copy(&rpm, repo.join(rpm.file_name().unwrap())).unwrap();
-            }
-        }
+        ));
     }
-    let status = Command::new("createrepo_c")
-        .arg("--quiet")
-        .arg(&repo)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    create_repo(&repo, &rpms);
     // The update's builds: one needs a newer libfoo than the repository has, and something
     // nobody provides; the other needs what the repository and the build itself provide.
     let koji = tmp.path().join("www");
@@ -577,13 +353,7 @@ async fn send_build_complete(d: &Deployment, name: &str, version: &str, release:
     event.msg["name"] = name.into();
     event.msg["version"] = version.into();
     event.msg["release"] = release.into();
-    d.broker
-        .publish(
-            &d.broker.topology.events_exchange(),
-            &event.topic,
-            event.to_json(),
-        )
-        .await;
+    send_event(d, &event).await;
 }
 
 /// A `<dir>.tar.gz` of the files of `tests/fixtures/python-extensions/<fixture>` (or of `files`

@@ -98,6 +98,9 @@ rules:
   - name: first-build-by-position
     when: { topic: "#", where: { path: "msg.update.builds[0].nvr", exists: true } }
     do: [{ task: t, item: "{{ msg.update.builds.0.nvr }}/{{ msg.update.builds.1.nvr }}", item_type: x, arches: [noarch] }]
+  - name: joined-list
+    when: { topic: "#", where: { path: msg.update.alias, exists: true } }
+    do: [{ task: t, item: "{{ msg.update.alias }}", item_type: x, arches: [noarch], args: { builds: "{{ msg.update.builds[*].nvr | join }}" } }]
   - name: whole-object-template
     when: { topic: "#", where: { path: msg.owner, exists: true } }
     do: [{ task: t, item: "{{ msg.owner }}", item_type: x, arches: [x86_64, aarch64] }]

@@ -171,12 +171,13 @@ const BUILD_ISO: &str = "build-iso-on-anaconda-update-in-testing";
 const INSTALL_TESTS: &str = "install-tests-on-iso-built";
 const UPGRADE_TESTS: &str = "upgrade-tests-on-fedup-update-request-testing";
 const STATIC_ANALYSIS: &str = "static-analysis-on-koji-build-complete";
+const ABICHECK: &str = "abicheck-on-koji-build-complete";
 
 #[test]
 fn the_shipped_file_loads_with_every_rule() {
     let engine = shipped_rules();
-    // Two examples and eight seed rules.
-    assert_eq!(engine.rule_count(), 10);
+    // Two examples and nine seed rules.
+    assert_eq!(engine.rule_count(), 11);
 }
 
 #[test]
@@ -232,13 +233,21 @@ fn an_update_submitted_to_stable_gets_depcheck_per_build_and_upgradepath_once() 
             depcheck("pipewire-0.2.6-1.fc30", "x86_64"),
             depcheck("xdg-desktop-portal-1.4.2-1.fc30", "aarch64"),
             depcheck("xdg-desktop-portal-1.4.2-1.fc30", "x86_64"),
+            // The release and every build of the update, space-separated (`| join`).
             job(
                 DEPCHECK_UPGRADEPATH,
                 "upgradepath",
                 "FEDORA-2019-46910daf41",
                 "bodhi_update",
                 "noarch"
-            ),
+            )
+            .args(&[
+                ("release", "30"),
+                (
+                    "builds",
+                    "xdg-desktop-portal-1.4.2-1.fc30 pipewire-0.2.6-1.fc30"
+                ),
+            ]),
         ]
     );
 }
@@ -443,7 +452,7 @@ fn every_completed_primary_build_gets_a_static_analysis() {
         let jobs = evaluate(&engine, &fixture(name));
         assert_eq!(
             rules_fired(&jobs),
-            [EXAMPLE_KOJI, STATIC_ANALYSIS],
+            [ABICHECK, EXAMPLE_KOJI, STATIC_ANALYSIS],
             "{name}"
         );
         assert_eq!(
@@ -456,6 +465,32 @@ fn every_completed_primary_build_gets_a_static_analysis() {
                 "noarch"
             )]
         );
+    }
+}
+
+#[test]
+fn every_complete_primary_build_but_the_kernel_gets_an_abicheck_on_the_primary_arches() {
+    let engine = shipped_rules();
+    let abicheck = |nvr: &str, arch: &str| job(ABICHECK, "abicheck", nvr, "koji_build", arch);
+    let jobs = evaluate(
+        &engine,
+        &fixture("koji-build-complete-python-requests.json"),
+    );
+    assert_eq!(
+        of_rule(&jobs, ABICHECK),
+        [
+            abicheck("python-requests-2.21.0-3.fc30", "aarch64"),
+            abicheck("python-requests-2.21.0-3.fc30", "x86_64"),
+        ]
+    );
+    // The kernel, a secondary hub's build, a build still building: none.
+    for name in [
+        "koji-build-complete-kernel.json",
+        "koji-build-complete-kernel-secondary.json",
+        "koji-build-building-kernel.json",
+    ] {
+        let jobs = evaluate(&engine, &fixture(name));
+        assert!(of_rule(&jobs, ABICHECK).is_empty(), "{name}: {jobs:?}");
     }
 }
 
@@ -480,11 +515,12 @@ fn unfinished_and_secondary_builds_get_no_static_analysis() {
     );
 }
 
-/// The real samples ask for 5 jobs: the example rules' (3 arches of the ansible build, and the
-/// fedmsg update pushed to testing) and the static analysis of the ansible build (a completed
-/// primary build). No other seed rule may add to them.
+/// The real samples ask for 6 jobs: the example rule's (3 arches of the ansible build; the
+/// fedmsg update pushed to testing names no builds), and the static analysis and ABI checks of
+/// the ansible build, which look at every completed primary build (the tasks tell that ansible,
+/// a noarch package, has no C sources and no libraries). No other seed rule may add to them.
 #[test]
-fn the_real_samples_trigger_only_the_example_rules_and_static_analysis() {
+fn the_real_samples_trigger_only_the_example_rules_and_the_build_checks() {
     let engine = shipped_rules();
     let path = repo_root().join("tests/fixtures/fedmsg-real.jsonl");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -507,6 +543,8 @@ fn the_real_samples_trigger_only_the_example_rules_and_static_analysis() {
     assert_eq!(
         summary,
         [
+            (ABICHECK, "ansible-1.8.3-1.el7", "aarch64"),
+            (ABICHECK, "ansible-1.8.3-1.el7", "x86_64"),
             (EXAMPLE_KOJI, "ansible-1.8.3-1.el7", "aarch64"),
             (EXAMPLE_KOJI, "ansible-1.8.3-1.el7", "noarch"),
             (EXAMPLE_KOJI, "ansible-1.8.3-1.el7", "x86_64"),
@@ -567,6 +605,8 @@ fn the_shipped_rules_fire_on_todays_fedora_messaging_bus() {
             "koji_build",
             "noarch",
         ),
+        job(ABICHECK, "abicheck", nvr, "koji_build", "x86_64"),
+        job(ABICHECK, "abicheck", nvr, "koji_build", "aarch64"),
     ];
     want.sort();
     assert_eq!(evaluate(&engine, &koji), want);
@@ -606,7 +646,8 @@ fn the_shipped_rules_fire_on_todays_fedora_messaging_bus() {
                 "FEDORA-2026-6f7a8b9c0d",
                 "bodhi_update",
                 "noarch"
-            ),
+            )
+            .args(&[("release", "41"), ("builds", nvr)]),
         ]
     );
 

@@ -707,6 +707,53 @@ fn bad_templates_and_element_conditions_are_refused_with_position() {
     assert!(err.message.contains("unknown set \"c_packagez\""), "{err}");
 }
 
+/// The rules of BODHI_RULES' last action with `args` (whose values are templates) put in.
+fn update_job_args(args: &str) -> Result<Engine, RulesError> {
+    let last = "        item: \"{{ msg.update.alias }}\"\n        item_type: bodhi_update\n";
+    assert!(BODHI_RULES.contains(last));
+    compile(&BODHI_RULES.replacen(last, &format!("{last}        args: {args}\n"), 1))
+}
+
+#[test]
+fn join_gives_one_job_every_value_of_a_list_separated_by_spaces() {
+    let engine =
+        update_job_args("{ builds: \"{{ msg.update.builds[*].nvr | join }}\", n: \"{{msg.update.builds.*.nvr|join}}\" }")
+            .unwrap();
+    let out = engine.evaluate(&bodhi_update_request());
+    let job = out
+        .jobs
+        .iter()
+        .find(|j| j.item == "FEDORA-2019-02cd019281")
+        .unwrap();
+    let all = "bash-5.0.2-1.fc30 glibc-2.29-9.fc30 zsh-5.7.1-1.fc30";
+    assert_eq!(job.args["builds"], all);
+    assert_eq!(job.args["n"], all);
+    // A single field joins to itself; a list of nothing is a missing field, which skips the rule.
+    let engine = update_job_args("{ v: \"{{ msg.update.release.version | join }}\" }").unwrap();
+    let out = engine.evaluate(&bodhi_update_request());
+    assert_eq!(out.jobs.last().unwrap().args["v"], "30");
+    let engine = update_job_args("{ b: \"{{ msg.update.bugs[*].id | join }}\" }").unwrap();
+    let out = engine.evaluate(&bodhi_update_request());
+    assert_eq!(
+        out.skipped,
+        [(
+            "per-build-checks-on-update-request".to_string(),
+            "field msg.update.bugs[*].id is missing from the message".to_string()
+        )]
+    );
+    // Values that are not strings, numbers or booleans cannot be joined.
+    let engine = update_job_args("{ b: \"{{ msg.update.builds[*] | join }}\" }").unwrap();
+    let out = engine.evaluate(&bodhi_update_request());
+    assert!(
+        out.skipped[0].1.contains("is not a single value"),
+        "{:?}",
+        out.skipped
+    );
+    // join is the only filter.
+    let err = update_job_args("{ b: \"{{ msg.update.builds[*].nvr | sort }}\" }").unwrap_err();
+    assert!(err.message.contains("unknown filter \"sort\""), "{err}");
+}
+
 #[test]
 fn the_shipped_rules_file_still_loads_and_fires() {
     let text = include_str!(concat!(
