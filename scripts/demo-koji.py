@@ -10,7 +10,7 @@ release repositories depcheck and upgradepath read (createrepo_c), so every ship
 has something real to check.
 
 A few builds carry a real defect on purpose, so that the demo shows each task find something
-(the table DEFECTS); every other build is clean. What each one is meant to prove is written to
+(the table BUILDS); every other build is clean. What each one is meant to prove is written to
 `<dest>/demo.json` (build → the testcase that must fail on it, and why), which
 scripts/demo-summary.py reads to say which result proved what.
 
@@ -28,37 +28,52 @@ import sys
 import tarfile
 import tempfile
 
-# name → (defect, the testcase that must find it, what the demo shows with it).
-DEFECTS = {
-    "xz": ("world-writable", "dist.rpmlint", "rpmlint finds the world-writable file it ships"),
+# name → (what the build is, the testcases that must fail on it, what the demo shows with it).
+# The kinds: "noarch" (a clean noarch package), "world-writable", "unsatisfiable" (noarch with a
+# defect each), "library" (a shared library and a program in C, built for x86_64 and, with the
+# cross compiler, aarch64), "library-bug" (the same with an out-of-bounds write).
+BUILDS = {
+    "xz": ("world-writable", ["dist.rpmlint"], "rpmlint finds the world-writable file it ships"),
     "xdg-desktop-portal": (
         "unsatisfiable",
-        "dist.depcheck",
+        ["dist.depcheck"],
         "depcheck finds it requires libfoo >= 2.0, which no repository provides",
     ),
     "openssl": (
-        "c-bug",
-        "dist.static-analysis",
-        "cppcheck finds the out-of-bounds write in its C source",
+        "library-bug",
+        ["dist.static-analysis", "dist.abicheck"],
+        "cppcheck finds the out-of-bounds write in its C source; abicheck finds that "
+        "demo_legacy_digest, which the previous build (OLDER) exported, was removed",
     ),
+    "pipewire": ("library", [], "a clean C library: analysed, ABI unchanged since OLDER"),
 }
-CLEAN = (None, None, "a clean build")
+CLEAN = ("noarch", [], "a clean build")
+# Builds Koji has besides the ones the jobs name: a previous build to compare ABIs with, and the
+# same packages in the neighbouring releases for upgradepath (lower in 29, higher in 31).
+# name → [(version, release, functions its library exports)]
+OTHER_BUILDS = {
+    "openssl": [("1.1.1c", "1.fc30", ["demo_init", "demo_version", "demo_legacy_digest"])],
+    "pipewire": [
+        ("0.2.5", "1.fc30", ["demo_init", "demo_version"]),
+        ("0.2.5", "1.fc29", ["demo_init", "demo_version"]),
+        ("0.2.7", "1.fc31", ["demo_init", "demo_version"]),
+    ],
+}
+API = ["demo_init", "demo_version"]
+ARCHES = ("x86_64", "aarch64")
+CROSS_CC = {"x86_64": "gcc", "aarch64": "aarch64-linux-gnu-gcc"}
 
 # Release repositories every depcheck'd build needs: one provider of what the builds require.
 BASE_PACKAGE = "demo-base"
 
-C_CLEAN = """#include <stdio.h>
-int main(void) { puts("%(name)s demo"); return 0; }
-"""
-# Writes one past the end of an array: cppcheck reports arrayIndexOutOfBounds (an error).
-C_BUG = """#include <stdio.h>
-int main(void) {
-    int values[4];
-    for (int i = 0; i <= 4; i++) values[i] = i;
-    printf("%%d\\n", values[0]);
-    return 0;
-}
-"""
+# The library's functions, each returning a number, and a program that calls the first.
+def library_source(name, functions, bug):
+    body = [f"int {f}(void) {{ return {n}; }}" for n, f in enumerate(functions)]
+    if bug:
+        # Writes one past the end of an array: cppcheck reports arrayIndexOutOfBounds (an error).
+        body.append("int demo_sum(void) { int v[4]; int s = 0; for (int i = 0; i <= 4; i++) v[i] = i;"
+                    " for (int i = 0; i < 4; i++) s += v[i]; return s; }")
+    return "\n".join(body) + "\n"
 
 
 def split_nvr(nvr):
@@ -72,8 +87,8 @@ def release_of(release):
     return match.group(1) if match else None
 
 
-def spec(name, version, release, defect):
-    is_c = defect in ("c-bug", "c-clean")
+def spec(name, version, release, kind):
+    library = kind.startswith("library")
     lines = [
         f"Name: {name}",
         f"Version: {version}",
@@ -83,65 +98,81 @@ def spec(name, version, release, defect):
         "Group: Applications/System",
         f"URL: https://example.org/{name}",
         f"Source0: https://example.org/{name}/{name}-{version}.tar.gz",
-        "AutoReqProv: no",
+        # The library's soname is provided, as rpm's automatic provides would (abipkgdiff
+        # skips libraries no package provides, as private); nothing else is generated.
+        "AutoReq: no",
+        "AutoProv: yes" if library else "AutoProv: no",
         f"Requires: {BASE_PACKAGE}",
     ]
-    if not is_c:
+    if not library:
         lines.append("BuildArch: noarch")
-    if defect == "unsatisfiable":
+    if kind == "unsatisfiable":
         lines.append("Requires: libfoo >= 2.0")
     lines += ["", "%description", f"A demo build of {name} for make run.", ""]
-    lines += ["%prep", "%setup -q", ""]
-    lines += ["%build"]
-    if is_c:
-        lines.append(f"gcc -O2 -o {name}-demo demo.c")
+    lines += ["%prep", "%setup -q", "", "%build"]
+    if library:
+        # %{demo_cc}: the compiler for the target arch (rpmbuild --define).
+        lines.append(f"%{{demo_cc}} -g -O2 -fPIC -shared -Wl,-soname,lib{name}-demo.so.1 -o lib{name}-demo.so.1 lib.c")
     lines += ["", "%install", "mkdir -p %{buildroot}/usr/share/%{name}"]
     lines.append("install -m 0644 README %{buildroot}/usr/share/%{name}/README")
     files = ["/usr/share/%{name}/README"]
-    if is_c:
-        lines.append("mkdir -p %{buildroot}/usr/bin")
-        lines.append(f"install -m 0755 {name}-demo %{{buildroot}}/usr/bin/{name}-demo")
-        files.append(f"/usr/bin/{name}-demo")
-    if defect == "world-writable":
+    if library:
+        lines.append("mkdir -p %{buildroot}/usr/lib64")
+        lines.append(f"install -m 0755 lib{name}-demo.so.1 %{{buildroot}}/usr/lib64/")
+        files.append(f"/usr/lib64/lib{name}-demo.so.1")
+    if kind == "world-writable":
         lines.append("install -m 0666 README %{buildroot}/usr/share/%{name}/shared-state")
         files.append("%attr(0666,root,root) /usr/share/%{name}/shared-state")
     lines += ["", "%files"] + files
-    lines += ["", "%changelog", f"* Mon Jun 03 2019 Taskbot demo <taskbot@example.org> - {version}-{release}", "- Demo build", ""]
+    lines += ["", "%changelog",
+              f"* Mon Jun 03 2019 Taskbot demo <taskbot@example.org> - {version}-{release}",
+              "- Demo build", ""]
     return "\n".join(lines)
 
 
-def source_tarball(path, name, version, defect):
+def source_tarball(path, name, version, kind, functions):
     with tempfile.TemporaryDirectory() as tmp:
         top = os.path.join(tmp, f"{name}-{version}")
         os.makedirs(top)
         with open(os.path.join(top, "README"), "w") as f:
             f.write(f"{name} {version}: built by Taskbot's scripts/demo-koji.py\n")
-        if defect in ("c-bug", "c-clean"):
-            code = C_BUG if defect == "c-bug" else C_CLEAN % {"name": name}
-            with open(os.path.join(top, "demo.c"), "w") as f:
-                f.write(code)
+        if kind.startswith("library"):
+            with open(os.path.join(top, "lib.c"), "w") as f:
+                f.write(library_source(name, functions, kind == "library-bug"))
         with tarfile.open(path, "w:gz") as tar:
             tar.add(top, arcname=f"{name}-{version}")
 
 
-def rpmbuild(work, nvr, defect):
-    """Build `nvr`; returns the paths of its source and binary RPMs."""
+def run_rpmbuild(top, spec_path, defines, options):
+    args = ["rpmbuild", "--define", f"_topdir {top}",
+            # The packager as Koji sets it (a macro, not in the spec).
+            "--define", "packager Taskbot demo <taskbot@example.org>"]
+    for define in defines:
+        args += ["--define", define]
+    result = subprocess.run(args + options + [spec_path], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"demo-koji: {' '.join(args + options)} failed:\n{result.stderr[-2000:]}")
+
+
+def rpmbuild(work, nvr, kind, functions=API):
+    """Build `nvr` (for each of the arches when it is a library); returns its RPMs' paths."""
     name, version, release = split_nvr(nvr)
     top = os.path.join(work, nvr)
     os.makedirs(os.path.join(top, "SOURCES"), exist_ok=True)
-    source_tarball(os.path.join(top, "SOURCES", f"{name}-{version}.tar.gz"), name, version, defect)
+    tarball = os.path.join(top, "SOURCES", f"{name}-{version}.tar.gz")
+    source_tarball(tarball, name, version, kind, functions)
     spec_path = os.path.join(top, f"{name}.spec")
     with open(spec_path, "w") as f:
-        f.write(spec(name, version, release, defect))
-    result = subprocess.run(
-        # The packager as Koji sets it (a macro, not in the spec).
-        ["rpmbuild", "--define", f"_topdir {top}", "--define", "packager Taskbot demo <taskbot@example.org>",
-         "-ba", spec_path],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        sys.exit(f"demo-koji: rpmbuild of {nvr} failed:\n{result.stderr[-2000:]}")
+        f.write(spec(name, version, release, kind))
+    if kind.startswith("library"):
+        run_rpmbuild(top, spec_path, ["demo_cc gcc"], ["-ba"])
+        # aarch64 with the cross compiler and binutils; no debuginfo (find-debuginfo would
+        # read the foreign binaries with the host's tools).
+        cross = ["demo_cc aarch64-linux-gnu-gcc", "__strip aarch64-linux-gnu-strip",
+                 "__objdump aarch64-linux-gnu-objdump", "debug_package %{nil}"]
+        run_rpmbuild(top, spec_path, cross, ["--target", "aarch64", "-bb"])
+    else:
+        run_rpmbuild(top, spec_path, [], ["-ba"])
     found = []
     for sub in ("SRPMS", "RPMS"):
         for root, _, names in os.walk(os.path.join(top, sub)):
@@ -159,15 +190,17 @@ def publish(dest, nvr, rpms):
         shutil.copy(rpm, target)
 
 
-def make_repos(dest, work, releases):
-    """`repos/<release>/<arch>/`: the release's repository, holding what the builds require."""
-    for release in sorted(releases):
-        rpms = rpmbuild(work, f"{BASE_PACKAGE}-1.0-1.fc{release}", None)
-        for arch in ("x86_64", "aarch64"):
+def make_repos(dest, work, repos):
+    """`repos/<release>/<arch>/`: each release's repository, holding the provider of what the
+    builds require and the other releases' builds of OTHER_BUILDS (`repos` lists their RPMs by
+    release)."""
+    for release in sorted(repos):
+        base = rpmbuild(work, f"{BASE_PACKAGE}-1.0-1.fc{release}", "noarch")
+        for arch in ARCHES:
             repo = os.path.join(dest, "repos", release, arch)
             os.makedirs(repo, exist_ok=True)
-            for rpm in rpms:
-                if not rpm.endswith(".src.rpm"):
+            for rpm in base + repos[release]:
+                if rpm.endswith((f".{arch}.rpm", ".noarch.rpm")):
                     shutil.copy(rpm, repo)
             subprocess.run(["createrepo_c", "--quiet", repo], check=True)
 
@@ -181,6 +214,28 @@ def koji_builds(jobs_json):
     return sorted(builds)
 
 
+def build_all(dest, work, builds):
+    """Every build into Koji's layout and the release repositories; returns demo.json's map."""
+    demo, repos = {}, {}
+    for nvr in builds:
+        name, _, release = split_nvr(nvr)
+        kind, fails, shows = BUILDS.get(name, CLEAN)
+        rpms = rpmbuild(work, nvr, kind)
+        publish(dest, nvr, rpms)
+        if release_of(release):
+            repos.setdefault(release_of(release), [])
+        older = [f"{name}-{v}-{r}" for v, r, _ in OTHER_BUILDS.get(name, []) if r.endswith(release.split(".")[-1])]
+        demo[nvr] = {"failed_on_purpose": fails, "why": shows.replace("OLDER", ", ".join(older) or "-")}
+        for version, other_release, functions in OTHER_BUILDS.get(name, []):
+            other = f"{name}-{version}-{other_release}"
+            other_rpms = rpmbuild(work, other, kind.replace("-bug", ""), functions)
+            publish(dest, other, other_rpms)
+            repos.setdefault(release_of(other_release), []).extend(
+                r for r in other_rpms if not r.endswith(".src.rpm"))
+    make_repos(dest, work, repos)
+    return demo
+
+
 def main():
     dest = sys.argv[1]
     builds = koji_builds(json.load(sys.stdin))
@@ -191,14 +246,8 @@ def main():
         return
     shutil.rmtree(dest, ignore_errors=True)
     os.makedirs(dest)
-    demo = {}
     with tempfile.TemporaryDirectory() as work:
-        for nvr in builds:
-            defect, finds, shows = DEFECTS.get(split_nvr(nvr)[0], CLEAN)
-            rpms = rpmbuild(work, nvr, defect)
-            publish(dest, nvr, rpms)
-            demo[nvr] = {"failed_on_purpose": finds, "why": shows}
-        make_repos(dest, work, {r for r in map(lambda b: release_of(split_nvr(b)[2]), builds) if r})
+        demo = build_all(dest, work, builds)
     with open(os.path.join(dest, "demo.json"), "w") as f:
         json.dump(demo, f, indent=2, sort_keys=True)
     with open(stamp_file, "w") as f:

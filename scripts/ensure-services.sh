@@ -54,6 +54,9 @@ apt_install rpm rpm2cpio cpio rpmlint cppcheck createrepo-c python3-rpm gcc pyth
 # libraries; zstd, to read the zstd-compressed repodata of Fedora's repositories
 # (tasks/upgradepath, tasks/depcheck).
 apt_install abigail-tools elfutils zstd
+# make run's local Koji (scripts/demo-koji.py) builds its C libraries for aarch64 too, with
+# Debian's cross compiler, so that the aarch64 jobs check real aarch64 RPMs.
+apt_install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross
 # Headless Chromium: the api's dashboard is tested in a real browser (services/api/tests/dashboard.rs).
 have chromium || apt_install chromium
 # QEMU (under TCG) and what scripts/build-tiny-vm-image.sh builds the test guest from: the VM

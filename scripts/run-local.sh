@@ -80,6 +80,7 @@ sandbox_read_only = ["$state/vm/tiny"]
 [runner.task_env]
 KOJI_PKGS_URL = "$koji_url"
 DEPCHECK_REPO_URLS = "$koji_url/repos/{release}/{arch}/"
+UPGRADEPATH_REPO_URLS = "release=$koji_url/repos/{release}/{arch}/"
 INSTALLER_DIR = "$state/vm/tiny"
 [provisioner.vm]
 ssh_key = "$state/vm/tiny/id_ed25519"
