@@ -359,6 +359,17 @@ fn add_tree<W: std::io::Write>(
     Ok(())
 }
 
+/// The early console for a job kernel's command line on `arch`: a kernel that fails before its
+/// console driver starts (a corrupt image stops in its decompressor) still leaves its last words
+/// in the serial log, which the FAILED result quotes.
+pub fn early_console(arch: &str) -> Option<&'static str> {
+    match arch {
+        "x86_64" | "i686" => Some("earlyprintk=serial,ttyS0,115200"),
+        "aarch64" | "riscv64" => Some("earlycon"),
+        _ => None,
+    }
+}
+
 /// The image's initramfs with the kernel's modules appended (cached beside the kernel, per
 /// image initramfs content): what QEMU gets as `-initrd`.
 pub fn initrd_with_modules(image_initrd: &Path, kernel: &JobKernel) -> Result<PathBuf, String> {

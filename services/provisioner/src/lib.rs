@@ -145,6 +145,10 @@ impl VmBackend {
         })
         .await
         .map_err(|e| e.to_string())??;
+        let append = match kernel::early_console(arch) {
+            Some(console) => format!("{append} {console}"),
+            None => append,
+        };
         spec.kernel = Some((kernel.vmlinuz.clone(), Some(initrd), append));
         Ok((
             spec,
