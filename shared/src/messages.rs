@@ -669,7 +669,13 @@ impl TaskResult {
 
     /// The CRASHED result of a job that could not run to the end, with the reason as note.
     pub fn crashed(job: &JobRequest, reporter: &str, note: &str) -> TaskResult {
-        TaskResult::of_job(job, reporter, job.default_testcase(), Outcome::Crashed, note)
+        TaskResult::of_job(
+            job,
+            reporter,
+            job.default_testcase(),
+            Outcome::Crashed,
+            note,
+        )
     }
 
     /// A result of `job` that `reporter` gives itself (not read from a task's results file): a

@@ -87,7 +87,11 @@ fn kernel_tree(kernel: &Path, release: &str, modules: &[String], root: &Path) {
         to.join("vmlinuz"),
     )
     .unwrap();
-    for list in ["modules.builtin", "modules.order", "modules.builtin.modinfo"] {
+    for list in [
+        "modules.builtin",
+        "modules.order",
+        "modules.builtin.modinfo",
+    ] {
         std::fs::copy(from.join(list), to.join(list)).unwrap();
     }
     let deps = std::fs::read_to_string(from.join("modules.dep")).unwrap();
@@ -158,7 +162,13 @@ struct HttpServer(Child);
 impl HttpServer {
     fn start(root: &Path, port: u16) -> HttpServer {
         let child = Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .arg("--directory")
             .arg(root)
             .stdout(Stdio::null())
@@ -274,7 +284,9 @@ async fn kernel_results(
         .iter()
         .map(|row| {
             let testcase: String = row.get(0);
-            let check = testcase.trim_start_matches("dist.kernel-tests.").to_string();
+            let check = testcase
+                .trim_start_matches("dist.kernel-tests.")
+                .to_string();
             (check, (row.get(1), row.get(2)))
         })
         .collect()
@@ -297,7 +309,13 @@ async fn provisioning_detail(d: &Deployment, item: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kernel_build_boots_in_a_vm_and_passes_the_suite_and_one_that_does_not_boot_fails() {
-    for tool in ["rpmbuild", "rpm2cpio", "depmod", "dpkg-deb", "qemu-system-x86_64"] {
+    for tool in [
+        "rpmbuild",
+        "rpm2cpio",
+        "depmod",
+        "dpkg-deb",
+        "qemu-system-x86_64",
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())

@@ -59,7 +59,8 @@ pub fn read_entries<R: Read>(
         if name.pop() != Some(0) || name.contains(&0) {
             return Err(invalid("a cpio entry name is not NUL-terminated"));
         }
-        let name = String::from_utf8(name).map_err(|_| invalid("a cpio entry name is not UTF-8"))?;
+        let name =
+            String::from_utf8(name).map_err(|_| invalid("a cpio entry name is not UTF-8"))?;
         if name == "TRAILER!!!" {
             return Ok(());
         }
@@ -100,19 +101,38 @@ impl<W: Write> Writer<W> {
     }
 
     pub fn directory(&mut self, name: &str) -> io::Result<()> {
-        self.entry(name, DIRECTORY | 0o755, 0, &mut io::empty())
+        self.raw_entry(name, DIRECTORY | 0o755, 0, &mut io::empty())
     }
 
     pub fn file(&mut self, name: &str, size: u64, data: &mut impl Read) -> io::Result<()> {
-        self.entry(name, REGULAR | 0o644, size, data)
+        self.raw_entry(name, REGULAR | 0o644, size, data)
     }
 
-    fn entry(&mut self, name: &str, mode: u32, size: u64, data: &mut impl Read) -> io::Result<()> {
+    /// An entry of any kind and mode (tests write hostile archives with it).
+    pub fn raw_entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        size: u64,
+        data: &mut impl Read,
+    ) -> io::Result<()> {
         self.inode += 1;
         let size32 = u32::try_from(size).map_err(|_| invalid("a file too large for cpio"))?;
         let name_size = name.len() + 1;
         let fields = [
-            self.inode, mode, 0, 0, 1, 0, size32, 0, 0, 0, 0, name_size as u32, 0,
+            self.inode,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            size32,
+            0,
+            0,
+            0,
+            0,
+            name_size as u32,
+            0,
         ];
         let mut header = String::from("070701");
         for value in fields {
@@ -120,7 +140,8 @@ impl<W: Write> Writer<W> {
         }
         self.out.write_all(header.as_bytes())?;
         self.out.write_all(name.as_bytes())?;
-        self.out.write_all(&[0u8; 4][..1 + padding(110 + name_size)])?;
+        self.out
+            .write_all(&[0u8; 4][..1 + padding(110 + name_size)])?;
         let copied = io::copy(&mut data.take(size), &mut self.out)?;
         if copied != size {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
@@ -130,7 +151,7 @@ impl<W: Write> Writer<W> {
 
     /// The trailer; returns the output.
     pub fn finish(mut self) -> io::Result<W> {
-        self.entry("TRAILER!!!", 0, 0, &mut io::empty())?;
+        self.raw_entry("TRAILER!!!", 0, 0, &mut io::empty())?;
         Ok(self.out)
     }
 }

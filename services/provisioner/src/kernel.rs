@@ -46,9 +46,7 @@ pub struct KernelSource {
 pub fn parse_nvr(item: &str) -> Result<(&str, &str, &str), String> {
     let mut parts = item.rsplitn(3, '-');
     let (release, version, name) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(r), Some(v), Some(n)) if !r.is_empty() && !v.is_empty() && !n.is_empty() => {
-            (r, v, n)
-        }
+        (Some(r), Some(v), Some(n)) if !r.is_empty() && !v.is_empty() && !n.is_empty() => (r, v, n),
         _ => return Err(format!("the item {item:?} is not a kernel build's NVR")),
     };
     let plain = |s: &str| {
@@ -60,7 +58,9 @@ pub fn parse_nvr(item: &str) -> Result<(&str, &str, &str), String> {
     if [name, version, release].iter().all(|p| plain(p)) {
         Ok((name, version, release))
     } else {
-        Err(format!("the item {item:?} is not a plain NVR (letters, digits, ._+~^-)"))
+        Err(format!(
+            "the item {item:?} is not a plain NVR (letters, digits, ._+~^-)"
+        ))
     }
 }
 
@@ -208,6 +208,14 @@ fn unpack_rpm(rpm: &Path, work: &Path, max: u64) -> Result<String, String> {
         .spawn()
         .map_err(|e| format!("cannot run rpm2cpio: {e}"))?;
     let stdout = child.stdout.take().expect("piped");
+    let unpacked = unpack_payload(stdout, work, max);
+    let _ = child.kill();
+    let _ = child.wait();
+    unpacked
+}
+
+/// [`unpack_rpm`] from the payload, a newc cpio archive.
+pub fn unpack_payload(payload: impl Read, work: &Path, max: u64) -> Result<String, String> {
     let mut unpacker = Unpacker {
         work: work.to_path_buf(),
         release: None,
@@ -215,10 +223,8 @@ fn unpack_rpm(rpm: &Path, work: &Path, max: u64) -> Result<String, String> {
         entries: 0,
         max,
     };
-    let read = cpio::read_entries(stdout, |header, data| unpacker.entry(header, data));
-    let _ = child.kill();
-    let _ = child.wait();
-    read.map_err(|e| format!("cannot unpack its payload: {e}"))?;
+    cpio::read_entries(payload, |header, data| unpacker.entry(header, data))
+        .map_err(|e| format!("cannot unpack its payload: {e}"))?;
     let release = unpacker
         .release
         .ok_or("it has no /lib/modules/<release>/ (is it a kernel?)")?;
@@ -264,11 +270,7 @@ impl Unpacker {
         }
         let dest = match rest {
             None => self.work.join("vmlinuz"),
-            Some(rest) => self
-                .work
-                .join("tree/lib/modules")
-                .join(release)
-                .join(rest),
+            Some(rest) => self.work.join("tree/lib/modules").join(release).join(rest),
         };
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
@@ -334,7 +336,10 @@ fn pack_modules(work: &Path, release: &str) -> Result<(), String> {
     }
     add_tree(&mut writer, &modules, &format!("lib/modules/{release}")).map_err(write)?;
     use std::io::Write;
-    writer.finish().and_then(|mut out| out.flush()).map_err(write)
+    writer
+        .finish()
+        .and_then(|mut out| out.flush())
+        .map_err(write)
 }
 
 /// `dir` and everything in it, as `name/...`: directories and regular files only.
@@ -382,13 +387,20 @@ pub fn initrd_with_modules(image_initrd: &Path, kernel: &JobKernel) -> Result<Pa
     }
     let partial = dest.with_extension("partial");
     let mut out = std::fs::File::create(&partial).map_err(io)?;
-    let size = std::io::copy(&mut std::fs::File::open(image_initrd).map_err(io)?, &mut out)
-        .map_err(io)?;
+    let size = std::io::copy(
+        &mut std::fs::File::open(image_initrd).map_err(io)?,
+        &mut out,
+    )
+    .map_err(io)?;
     // Each archive of an initramfs starts on a 4-byte boundary (zeros between are skipped).
     use std::io::Write;
     out.write_all(&[0u8; 3][..((4 - size % 4) % 4) as usize])
         .map_err(io)?;
-    std::io::copy(&mut std::fs::File::open(&kernel.modules).map_err(io)?, &mut out).map_err(io)?;
+    std::io::copy(
+        &mut std::fs::File::open(&kernel.modules).map_err(io)?,
+        &mut out,
+    )
+    .map_err(io)?;
     drop(out);
     std::fs::rename(&partial, &dest).map_err(io)?;
     Ok(dest)
@@ -413,10 +425,84 @@ mod tests {
                 "https://koji.example/packages/kernel/6.11.5/300.fc41/x86_64/kernel-6.11.5-300.fc41.x86_64.rpm",
             ]
         );
-        for bad in ["kernel", "kernel-1", "k/x-1-1", "kernel-..-1", "kernel-1-%2e", "-1-1"] {
+        for bad in [
+            "kernel",
+            "kernel-1",
+            "k/x-1-1",
+            "kernel-..-1",
+            "kernel-1-%2e",
+            "-1-1",
+        ] {
             assert!(source.rpm_urls(bad, "x86_64").is_err(), "{bad}");
         }
         assert!(source.rpm_urls("kernel-1-1", "../x").is_err());
+    }
+
+    /// A payload as rpm2cpio writes it, with entries a hostile RPM could carry.
+    fn payload(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
+        let mut w = cpio::Writer::new(Vec::new());
+        for (name, mode, data) in entries {
+            w.raw_entry(name, *mode, data.len() as u64, &mut &data[..])
+                .unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn a_payload_gives_its_kernel_and_modules_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let link = 0o120000 | 0o777;
+        let archive = payload(&[
+            ("./lib/modules/6.1-1.x86_64", cpio::DIRECTORY | 0o755, b""),
+            (
+                "./lib/modules/6.1-1.x86_64/vmlinuz",
+                cpio::REGULAR | 0o4755,
+                b"bzImage",
+            ),
+            (
+                "./lib/modules/6.1-1.x86_64/kernel/a.ko",
+                cpio::REGULAR | 0o644,
+                b"elf",
+            ),
+            // A link to outside, then a file "through" it: neither is written.
+            ("./lib/modules/6.1-1.x86_64/build", link, b"/etc"),
+            (
+                "./lib/modules/6.1-1.x86_64/../../../../escaped",
+                cpio::REGULAR,
+                b"x",
+            ),
+            ("./etc/cron.d/evil", cpio::REGULAR | 0o644, b"x"),
+        ]);
+        let release = unpack_payload(&archive[..], &work, 1000).unwrap();
+        assert_eq!(release, "6.1-1.x86_64");
+        assert_eq!(std::fs::read(work.join("vmlinuz")).unwrap(), b"bzImage");
+        let modules = work.join("tree/lib/modules/6.1-1.x86_64");
+        assert_eq!(std::fs::read(modules.join("kernel/a.ko")).unwrap(), b"elf");
+        assert!(!modules.join("build").exists() && !dir.path().join("escaped").exists());
+        assert!(!work.join("etc").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(work.join("vmlinuz"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7000, 0, "no setuid from the archive");
+
+        // Over the size limit, two kernels, or no kernel image: refused, saying why.
+        let err = unpack_payload(&archive[..], &dir.path().join("small"), 5).unwrap_err();
+        assert!(err.contains("take more than 5 bytes"), "{err}");
+        let two = payload(&[
+            ("./lib/modules/6.1/a.ko", cpio::REGULAR, b"a"),
+            ("./lib/modules/6.2/b.ko", cpio::REGULAR, b"b"),
+        ]);
+        let err = unpack_payload(&two[..], &dir.path().join("two"), 100).unwrap_err();
+        assert!(
+            err.contains("modules of two kernels (6.1 and 6.2)"),
+            "{err}"
+        );
+        let no_image = payload(&[("./lib/modules/6.1/a.ko", cpio::REGULAR, b"a")]);
+        let err = unpack_payload(&no_image[..], &dir.path().join("none"), 100).unwrap_err();
+        assert!(err.contains("no kernel image"), "{err}");
     }
 
     #[test]

@@ -795,6 +795,17 @@ mod tests {
     }
 
     #[test]
+    fn a_console_log_is_quoted_by_its_last_printable_lines_within_a_limit() {
+        let log = "\u{1b}[0mearly\r\n\nDecompressing Linux...\r\n\r\nXZ-compressed data is corrupt\r\n -- System halted";
+        assert_eq!(
+            last_lines(log, 2, 100),
+            "XZ-compressed data is corrupt\n -- System halted"
+        );
+        assert_eq!(last_lines(log, 10, 16), " -- System halted"[1..]);
+        assert_eq!(last_lines("", 10, 100), "(the serial console stayed empty)");
+    }
+
+    #[test]
     fn garbage_is_dead_lettered() {
         match handler().decide(&Incoming::new("x", b"{}".to_vec())) {
             Disposition::DeadLetter(reason) => assert!(reason.contains("schema"), "{reason}"),

@@ -209,7 +209,7 @@ fn inconsistent_vm_specs_are_refused_with_position() {
             "          blank_disk_mb: 512\n",
             "          blank_disk_mb: 512\n          kernel_from_item: true\n",
             "kernel_from_item boots an image's userspace",
-            15,
+            16,
         ),
     ] {
         let text = VM_RULES.replace(from, to);
