@@ -9,6 +9,8 @@
 #                          networking (10.0.2.15/24, gateway 10.0.2.2), reads the cloud-init
 #                          NoCloud seed and starts SSH on port 22
 # DEST_DIR/kernel          the kernel's package name (linux-image-VERSION)
+# DEST_DIR/kernel.deb      that package, for tests that package the same kernel another way
+#                          (tests/tests/kernel.rs: as a Fedora-style kernel RPM)
 # DEST_DIR/id_ed25519      an SSH key for tests (.pub beside it); NOT in the guest: the guest
 #                          accepts the keys of its seed's user-data, so without a seed no one
 #                          can log in
@@ -59,6 +61,7 @@ trap 'rm -rf "$work"' EXIT
 log "fetching $kernel_pkg"
 (cd "$work" && apt-get download "$kernel_pkg" >/dev/null 2>&1)
 dpkg-deb -x "$work"/"$kernel_pkg"_*.deb "$work/kernel"
+cp "$work"/"$kernel_pkg"_*.deb "$dest/kernel.deb"
 version=$(ls "$work/kernel/lib/modules")
 cp "$work/kernel/boot/vmlinuz-$version" "$dest/vmlinuz"
 
@@ -116,7 +119,19 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
-for m in $(cat /lib/modules/order); do insmod /lib/modules/$m || echo "taskbot-vm: insmod $m failed" >/dev/console; done
+# The image's own kernel loads the modules copied here; a job's own kernel (the provisioner's
+# kernel_from_item) comes with its modules in /lib/modules/<its release>/, appended to this
+# initramfs with their modules.dep: the same drivers are loaded from there, by name.
+kver=$(uname -r)
+for m in $(cat /lib/modules/order); do
+  if [ -f "/lib/modules/$kver/modules.dep" ]; then
+    name=${m%.ko}
+    grep -q "/$name.ko" "/lib/modules/$kver/modules.builtin" 2>/dev/null ||
+      modprobe "$name" || echo "taskbot-vm: modprobe $name failed" >/dev/console
+  else
+    insmod /lib/modules/$m || echo "taskbot-vm: insmod $m failed" >/dev/console
+  fi
+done
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0

@@ -439,6 +439,13 @@ pub struct VmBackendConfig {
     pub allowed_urls: Vec<String>,
     /// Largest ISO or image download, in bytes.
     pub download_max_bytes: u64,
+    /// Where jobs that boot their item's kernel (`vm.kernel_from_item`) fetch its RPM: Koji's
+    /// package layout, `<koji_pkgs_url>/packages/<name>/<version>/<release>/<arch>/`. Only URLs
+    /// under it are fetched for them.
+    pub koji_pkgs_url: String,
+    /// Largest kernel RPM download, and the most its unpacked kernel and modules may take, in
+    /// bytes (the modules go into the VM's initramfs, so into its memory).
+    pub kernel_max_bytes: u64,
 }
 
 impl Default for VmBackendConfig {
@@ -455,6 +462,8 @@ impl Default for VmBackendConfig {
             accel: "tcg".into(),
             allowed_urls: Vec::new(),
             download_max_bytes: 8 << 30,
+            koji_pkgs_url: "https://kojipkgs.fedoraproject.org".into(),
+            kernel_max_bytes: 1 << 30,
         }
     }
 }

@@ -194,6 +194,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     }
 }
 
+/// The SHA-256 of `data`, in lower-case hex (a cache key, say).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
 fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

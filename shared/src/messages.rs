@@ -265,6 +265,11 @@ pub struct VmRequest {
     /// An ISO attached as the VM's CD-ROM (booted from when the VM is blank).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iso: Option<RemoteFile>,
+    /// Boot the job's own kernel instead of the image's: the item is a kernel build (an NVR),
+    /// whose kernel RPM the provisioner fetches from Koji and direct-kernel-boots with the
+    /// image's userspace (kernel tests; docs/provisioning.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kernel_from_item: bool,
 }
 
 /// Which catalogue images will do, as the earlier image finder asked: by name, or by distro,
@@ -664,7 +669,24 @@ impl TaskResult {
 
     /// The CRASHED result of a job that could not run to the end, with the reason as note.
     pub fn crashed(job: &JobRequest, reporter: &str, note: &str) -> TaskResult {
-        let testcase = job.default_testcase();
+        TaskResult::of_job(
+            job,
+            reporter,
+            job.default_testcase(),
+            Outcome::Crashed,
+            note,
+        )
+    }
+
+    /// A result of `job` that `reporter` gives itself (not read from a task's results file): a
+    /// CRASHED one, or the provisioner's FAILED verdict on a kernel that does not boot.
+    pub fn of_job(
+        job: &JobRequest,
+        reporter: &str,
+        testcase: String,
+        outcome: Outcome,
+        note: &str,
+    ) -> TaskResult {
         TaskResult {
             result_id: TaskResult::derive_id(
                 job.job_id,
@@ -675,7 +697,7 @@ impl TaskResult {
             ),
             job_id: job.job_id,
             testcase,
-            outcome: Outcome::Crashed,
+            outcome,
             item: job.item.clone(),
             item_type: job.item_type.clone(),
             arch: job.arch.clone(),

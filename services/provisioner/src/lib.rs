@@ -9,9 +9,11 @@
 //! rather than waiting forever on a queue no one reads or running somewhere unsafe.
 
 pub mod catalogue;
+pub mod cpio;
+pub mod kernel;
 pub mod vm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +23,8 @@ use taskbot::amqp::{
 };
 use taskbot::config::{VmBackendConfig, VmImageConfig};
 use taskbot::messages::{
-    Environment, JobRequest, JobState, JobStatus, Machine, Message, ProvisionedJob, RemoteFile,
-    TaskResult, VmRequest,
+    Environment, JobRequest, JobState, JobStatus, Machine, Message, Outcome, ProvisionedJob,
+    RemoteFile, TaskResult, VmRequest,
 };
 use taskbot::routes::Publishable;
 use taskbot::{Config, Service, Shutdown, Topology};
@@ -49,6 +51,8 @@ pub struct VmBackend {
     pub allowed_urls: Vec<String>,
     pub download_max_bytes: u64,
     pub http: reqwest::Client,
+    /// Where jobs that boot their item's kernel get it (`vm.kernel_from_item`).
+    pub kernels: kernel::KernelSource,
 }
 
 /// Largest blank disk a job may ask for (qcow2 grows as written; this bounds a runaway
@@ -67,21 +71,28 @@ impl VmBackend {
             lease: Duration::from_secs(config.lease_secs),
             accel: config.accel.clone(),
         };
+        // A stalled mirror fails the download (and the job, CRASHED) instead of holding the
+        // provisioner, which serves one job at a time.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .user_agent(concat!("taskbot-provisioner/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
         VmBackend {
+            kernels: kernel::KernelSource {
+                http: http.clone(),
+                koji_pkgs_url: config.koji_pkgs_url.clone(),
+                cache: config.state_dir.join("cache").join("kernels"),
+                max_bytes: config.kernel_max_bytes,
+            },
             pool: Arc::new(settings.clone()),
             settings,
             images: config.images.clone(),
             arches: catalogue::arches(&config.images),
             allowed_urls: config.allowed_urls.clone(),
             download_max_bytes: config.download_max_bytes,
-            // A stalled mirror fails the download (and the job, CRASHED) instead of holding the
-            // provisioner, which serves one job at a time.
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(30))
-                .read_timeout(Duration::from_secs(120))
-                .user_agent(concat!("taskbot-provisioner/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .unwrap_or_default(),
+            http,
         }
     }
 
@@ -109,6 +120,40 @@ impl VmBackend {
             Some(size_mb) => blank_spec(arch, size_mb, request, iso),
             None => self.image_spec(arch, request, iso).await,
         }
+    }
+
+    /// `spec` with the job's own kernel (`vm.kernel_from_item`) in place of the image's: the
+    /// kernel RPM of `item` from Koji, booted with the image's initramfs and the RPM's modules
+    /// appended to it, and the image's command line.
+    pub async fn with_job_kernel(
+        &self,
+        mut spec: BootSpec,
+        what: String,
+        item: &str,
+        arch: &str,
+    ) -> Result<(BootSpec, String), String> {
+        let Some((_, Some(image_initrd), append)) = spec.kernel.take() else {
+            return Err(format!(
+                "{what} has no kernel and initramfs of its own, so it cannot boot the job's \
+                 kernel with its userspace (kernel_from_item needs an image with direct kernel boot)"
+            ));
+        };
+        let kernel = self.kernels.fetch(item, arch).await?;
+        let with_modules = kernel.clone();
+        let initrd = tokio::task::spawn_blocking(move || {
+            kernel::initrd_with_modules(&image_initrd, &with_modules)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let append = match kernel::early_console(arch) {
+            Some(console) => format!("{append} {console}"),
+            None => append,
+        };
+        spec.kernel = Some((kernel.vmlinuz.clone(), Some(initrd), append));
+        Ok((
+            spec,
+            format!("{what} with the kernel of {item} ({})", kernel.release),
+        ))
     }
 
     /// The job's ISO, fetched, if its URL is under an allowed prefix.
@@ -168,6 +213,27 @@ impl VmBackend {
             extra_args: image.qemu_args.clone(),
         };
         Ok((spec, format!("image {}", image.name)))
+    }
+}
+
+/// The last `lines` lines of a console log, printable characters only, at most `max_chars`.
+pub fn last_lines(text: &str, lines: usize, max_chars: usize) -> String {
+    let clean: Vec<String> = text
+        .lines()
+        .map(|line| {
+            line.chars()
+                .filter(|c| !c.is_control() || *c == '\t')
+                .collect::<String>()
+        })
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let tail = clean[clean.len().saturating_sub(lines)..].join("\n");
+    let skip = tail.chars().count().saturating_sub(max_chars);
+    let tail: String = tail.chars().skip(skip).collect();
+    if tail.is_empty() {
+        "(the serial console stayed empty)".into()
+    } else {
+        tail
     }
 }
 
@@ -351,7 +417,13 @@ impl ProvisionerHandler {
         ctx: &dyn DeliveryContext,
     ) -> Result<Lease, Disposition> {
         let request = job.vm.clone().unwrap_or_default();
-        let (spec, what) = vm.boot_spec(&job.arch, &request).await.map_err(|reason| {
+        let prepared = match vm.boot_spec(&job.arch, &request).await {
+            Ok((spec, what)) if request.kernel_from_item => {
+                vm.with_job_kernel(spec, what, &job.item, &job.arch).await
+            }
+            other => other,
+        };
+        let (spec, what) = prepared.map_err(|reason| {
             let reason = format!("cannot provide the VM: {reason}");
             tracing::warn!(job_id = %job.job_id, %reason, "no VM for the job");
             Disposition::Done(self.crashed(job, &reason))
@@ -373,6 +445,9 @@ impl ProvisionerHandler {
             .map_err(|err| match err {
                 VmError::Full { max, .. } => {
                     Disposition::Retry(format!("all {max} VMs are in use; the job waits"))
+                }
+                VmError::NoAnswer { secs, serial_log } if request.kernel_from_item => {
+                    Disposition::Done(self.kernel_did_not_boot(job, secs, &serial_log))
                 }
                 e => {
                     let reason = format!("cannot start a VM for the job: {e}");
@@ -417,6 +492,24 @@ impl ProvisionerHandler {
 
     fn status(&self, status: &JobStatus) -> Outgoing {
         status.outgoing(&self.topology)
+    }
+
+    /// The verdict on a kernel (`vm.kernel_from_item`) whose VM never answered: a FAILED result
+    /// `dist.<task>.boot` with the serial console's last lines, and a `done` status. (The image
+    /// boots with its own kernel, so the job's kernel is what failed.)
+    fn kernel_did_not_boot(&self, job: &JobRequest, secs: u64, serial_log: &Path) -> Vec<Outgoing> {
+        let console = std::fs::read(serial_log).unwrap_or_default();
+        let note = format!(
+            "the kernel of {} did not boot: no SSH within {secs}s. The serial console's last \
+             lines:\n{}",
+            job.item,
+            last_lines(&String::from_utf8_lossy(&console), 30, 6000)
+        );
+        tracing::warn!(job_id = %job.job_id, %note, "the job's kernel did not boot");
+        let testcase = format!("dist.{}.boot", job.task.name);
+        let result = TaskResult::of_job(job, &self.instance, testcase, Outcome::Failed, &note);
+        let status = JobStatus::new(job, JobState::Done, &self.instance, Some(note.clone()));
+        vec![result.outgoing(&self.topology), self.status(&status)]
     }
 
     /// A CRASHED result and a `crashed` status: the job ends visibly.
@@ -699,6 +792,17 @@ mod tests {
                 other => panic!("priority {priority}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_console_log_is_quoted_by_its_last_printable_lines_within_a_limit() {
+        let log = "\u{1b}[0mearly\r\n\nDecompressing Linux...\r\n\r\nXZ-compressed data is corrupt\r\n -- System halted";
+        assert_eq!(
+            last_lines(log, 2, 100),
+            "XZ-compressed data is corrupt\n -- System halted"
+        );
+        assert_eq!(last_lines(log, 10, 16), " -- System halted"[1..]);
+        assert_eq!(last_lines("", 10, 100), "(the serial console stayed empty)");
     }
 
     #[test]

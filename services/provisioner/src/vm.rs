@@ -88,6 +88,10 @@ pub struct Lease {
 pub enum VmError {
     #[error("no VM capacity: {running} of {max} VMs running")]
     Full { running: usize, max: usize },
+    /// The VM started but never answered SSH (a kernel that does not boot, say); it is
+    /// destroyed, its serial log kept.
+    #[error("the VM did not answer SSH within {secs}s (serial log kept: {})", serial_log.display())]
+    NoAnswer { secs: u64, serial_log: PathBuf },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -273,11 +277,10 @@ impl VmSettings {
             }
             if Instant::now() >= deadline || !alive(&lease) {
                 self.destroy(&lease).await;
-                return Err(VmError::Failed(format!(
-                    "the VM did not answer SSH within {}s (serial log kept: {})",
-                    self.boot_timeout.as_secs(),
-                    lease.serial_log.display()
-                )));
+                return Err(VmError::NoAnswer {
+                    secs: self.boot_timeout.as_secs(),
+                    serial_log: lease.serial_log,
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -8,7 +8,8 @@
 //!    has the services that may send it ([`status_role`], [`result_role`]): a `queued` status the
 //!    rules (or the operator's `taskbot submit`), `provisioning`/`provisioned` the provisioner, a
 //!    runner's phases and results the runner, a `crashed` status and CRASHED results the
-//!    provisioner (for jobs it cannot serve) or the runner. The operator's own user (the one
+//!    provisioner (for jobs it cannot serve) or the runner, a `done` status and FAILED results
+//!    also the provisioner (a job whose own kernel did not boot). The operator's own user (the one
 //!    `amqp.url` names, which `taskbot submit` and `taskbot dlq retry` publish as) may send
 //!    anything. A message from any other user, or with no `user_id`, is dead-lettered naming it.
 //! 2. **The job** (when the PostgreSQL sink is enabled, which keeps the job records): the job
@@ -188,10 +189,10 @@ pub fn status_role(
     let roles: &[Role] = match status.state {
         JobState::Queued => &[Role::Requester],
         JobState::Provisioning | JobState::Provisioned => &[Role::Provisioner],
-        JobState::Crashed => &[Role::Provisioner, Role::Runner],
-        JobState::Cloning | JobState::Running | JobState::Reporting | JobState::Done => {
-            &[Role::Runner]
-        }
+        // The provisioner ends a job itself when it cannot serve it (crashed), or when the
+        // job's own kernel did not boot (done, with a FAILED result).
+        JobState::Crashed | JobState::Done => &[Role::Provisioner, Role::Runner],
+        JobState::Cloning | JobState::Running | JobState::Reporting => &[Role::Runner],
     };
     let what = format!(
         "{} status {} of job {}",
@@ -200,14 +201,15 @@ pub fn status_role(
     role_of(senders, roles, user, &what)
 }
 
-/// Who may publish a result: the runner, or the provisioner a CRASHED one.
+/// Who may publish a result: the runner, or the provisioner a CRASHED one (a job it cannot
+/// serve) or a FAILED one (a job whose own kernel does not boot, docs/provisioning.md).
 pub fn result_role(
     senders: &Senders,
     result: &TaskResult,
     user: Option<&str>,
 ) -> Result<Role, String> {
     let roles: &[Role] = match result.outcome {
-        Outcome::Crashed => &[Role::Provisioner, Role::Runner],
+        Outcome::Crashed | Outcome::Failed => &[Role::Provisioner, Role::Runner],
         _ => &[Role::Runner],
     };
     let what = format!("result {} of job {}", result.result_id, result.job_id);
@@ -508,6 +510,7 @@ mod tests {
             (JobState::Done, "tb-runner", Role::Runner),
             (JobState::Crashed, "tb-runner", Role::Runner),
             (JobState::Crashed, "tb-provisioner", Role::Provisioner),
+            (JobState::Done, "tb-provisioner", Role::Provisioner),
             (JobState::Done, "tb-operator", Role::Operator),
         ];
         for (state, user, role) in cases {
@@ -536,10 +539,15 @@ mod tests {
     }
 
     #[test]
-    fn results_come_from_the_runner_and_crashed_ones_also_from_the_provisioner() {
+    fn results_come_from_the_runner_and_crashed_or_failed_ones_also_from_the_provisioner() {
         let (s, job) = (senders(), job());
         let passed = result(&job, Outcome::Passed);
         let crashed = result(&job, Outcome::Crashed);
+        // A kernel that did not boot: the provisioner's verdict.
+        assert_eq!(
+            result_role(&s, &result(&job, Outcome::Failed), Some("tb-provisioner")),
+            Ok(Role::Provisioner)
+        );
         assert_eq!(
             result_role(&s, &passed, Some("tb-runner")),
             Ok(Role::Runner)

@@ -256,6 +256,9 @@ pub struct VmSpec {
     /// `url` and `sha256` (templates) of an ISO to attach.
     #[serde(default)]
     pub iso: Option<IsoSpec>,
+    /// Boot the item's kernel (a kernel build's RPM from Koji) with the image's userspace.
+    #[serde(default)]
+    pub kernel_from_item: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

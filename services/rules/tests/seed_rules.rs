@@ -276,6 +276,19 @@ fn an_update_without_alias_gets_depcheck_but_no_upgradepath() {
 #[test]
 fn a_kernel_build_gets_destructive_kernel_tests_on_every_arch() {
     let engine = shipped_rules();
+    // Each boots the build's own kernel (vm.kernel_from_item).
+    let requested = engine
+        .evaluate(&fixture("koji-build-complete-kernel.json"))
+        .jobs;
+    let kernel_vms: Vec<bool> = requested
+        .iter()
+        .filter(|j| j.rule == KERNEL_TESTS)
+        .map(|j| j.vm.as_ref().is_some_and(|vm| vm.kernel_from_item))
+        .collect();
+    assert!(
+        !kernel_vms.is_empty() && kernel_vms.iter().all(|k| *k),
+        "{kernel_vms:?}"
+    );
     let jobs = evaluate(&engine, &fixture("koji-build-complete-kernel.json"));
     // The example rule and the static analysis fire on every completed primary build too.
     assert_eq!(

@@ -89,6 +89,15 @@ rules:
         environment: vm
         vm:
           image: { distro: fedora, release: "{{ msg.release }}", flavour: cloud }
+  - name: kernel-on-build
+    when: { topic: taskbot.kernel.built }
+    do:
+      - task: smoke
+        item: "{{ msg.nvr }}"
+        item_type: koji_build
+        arches: [x86_64]
+        environment: vm
+        vm: { kernel_from_item: true }
 "#;
 
 fn event_bytes(topic: &str, msg: serde_json::Value) -> Vec<u8> {
@@ -118,6 +127,7 @@ fn vm_requests_are_rendered_from_the_message() {
                 url: "http://a/x.iso".into(),
                 sha256: sum.clone()
             }),
+            kernel_from_item: false,
         })
     );
     let body = event_bytes(
@@ -140,6 +150,19 @@ fn vm_requests_are_rendered_from_the_message() {
             jobs[0].vm.as_ref().unwrap().iso.as_ref()
         ),
         (None, None)
+    );
+    assert!(!jobs[0].vm.as_ref().unwrap().kernel_from_item);
+    let body = event_bytes(
+        "taskbot.kernel.built",
+        serde_json::json!({"nvr": "kernel-6.11.5-300.fc41"}),
+    );
+    let jobs = e.evaluate_message(&body).unwrap().evaluation.jobs;
+    assert_eq!(
+        jobs[0].vm,
+        Some(VmRequest {
+            kernel_from_item: true,
+            ..VmRequest::default()
+        })
     );
     // A message without the ISO's checksum: the rule is skipped, saying why.
     let body = event_bytes(
@@ -181,6 +204,12 @@ fn inconsistent_vm_specs_are_refused_with_position() {
             "",
             "a blank VM needs an iso",
             15,
+        ),
+        (
+            "          blank_disk_mb: 512\n",
+            "          blank_disk_mb: 512\n          kernel_from_item: true\n",
+            "kernel_from_item boots an image's userspace",
+            16,
         ),
     ] {
         let text = VM_RULES.replace(from, to);

@@ -19,6 +19,7 @@ pub struct VmTemplates {
     blank_disk_mb: Option<u64>,
     /// URL and SHA-256.
     iso: Option<(Template, Template)>,
+    kernel_from_item: bool,
 }
 
 impl VmTemplates {
@@ -53,6 +54,12 @@ impl VmTemplates {
                 &["blank_disk_mb:", "vm:"],
             ));
         }
+        if vm.kernel_from_item && vm.blank_disk_mb.is_some() {
+            return Err(Problem::new(
+                "vm: kernel_from_item boots an image's userspace; a blank VM has none",
+                &["kernel_from_item:", "vm:"],
+            ));
+        }
         let image = vm
             .image
             .iter()
@@ -66,6 +73,7 @@ impl VmTemplates {
             image,
             blank_disk_mb: vm.blank_disk_mb,
             iso,
+            kernel_from_item: vm.kernel_from_item,
         })
     }
 
@@ -97,6 +105,7 @@ impl VmTemplates {
             image,
             blank_disk_mb: self.blank_disk_mb,
             iso,
+            kernel_from_item: self.kernel_from_item,
         })
     }
 }
