@@ -14,7 +14,11 @@ A few builds carry a real defect on purpose, so that the demo shows each task fi
 `<dest>/demo.json` (build → the testcase that must fail on it, and why), which
 scripts/demo-summary.py reads to say which result proved what.
 
-Usage: demo-koji.py DEST < jobs.json   (jobs.json: `taskbot rules test ... --json`)
+Usage: demo-koji.py DEST TINY_IMAGE_DIR < jobs.json   (jobs.json: `taskbot rules test ... --json`)
+
+The kernel build is the tiny test guest's kernel (TINY_IMAGE_DIR, from
+scripts/build-tiny-vm-image.sh), so kernel-tests boots a kernel that runs with its userspace;
+run-local.sh feeds a Koji message for that build instead of the fixture's kernel.
 Builds again only when this script or the list of builds changed.
 """
 
@@ -28,26 +32,27 @@ import sys
 import tarfile
 import tempfile
 
-# name → (what the build is, the testcases that must fail on it, what the demo shows with it).
+# name → (what the build is, {testcase that must fail on it: what it must find}).
 # The kinds: "noarch" (a clean noarch package), "world-writable", "unsatisfiable" (noarch with a
-# defect each), "library" (a shared library and a program in C, built for x86_64 and, with the
-# cross compiler, aarch64), "library-bug" (the same with an out-of-bounds write).
+# defect each), "library" (a shared library in C, built for x86_64 and, with the cross
+# compiler, aarch64), "library-bug" (the same with an out-of-bounds write).
 BUILDS = {
-    "xz": ("world-writable", ["dist.rpmlint"], "rpmlint finds the world-writable file it ships"),
+    "xz": ("world-writable", {"dist.rpmlint": "rpmlint finds the world-writable file it ships"}),
     "xdg-desktop-portal": (
         "unsatisfiable",
-        ["dist.depcheck"],
-        "depcheck finds it requires libfoo >= 2.0, which no repository provides",
+        {"dist.depcheck": "depcheck finds it requires libfoo >= 2.0, which no repository provides"},
     ),
     "openssl": (
         "library-bug",
-        ["dist.static-analysis", "dist.abicheck"],
-        "cppcheck finds the out-of-bounds write in its C source; abicheck finds that "
-        "demo_legacy_digest, which the previous build (OLDER) exported, was removed",
+        {
+            "dist.static-analysis": "cppcheck finds the out-of-bounds write in its C source",
+            "dist.abicheck": "abicheck finds that demo_legacy_digest, which the previous build "
+            "exported, was removed",
+        },
     ),
-    "pipewire": ("library", [], "a clean C library: analysed, ABI unchanged since OLDER"),
+    "pipewire": ("library", {}),
 }
-CLEAN = ("noarch", [], "a clean build")
+CLEAN = ("noarch", {})
 # Builds Koji has besides the ones the jobs name: a previous build to compare ABIs with, and the
 # same packages in the neighbouring releases for upgradepath (lower in 29, higher in 31).
 # name → [(version, release, functions its library exports)]
@@ -112,17 +117,22 @@ def spec(name, version, release, kind):
     lines += ["%prep", "%setup -q", "", "%build"]
     if library:
         # %{demo_cc}: the compiler for the target arch (rpmbuild --define).
-        lines.append(f"%{{demo_cc}} -g -O2 -fPIC -shared -Wl,-soname,lib{name}-demo.so.1 -o lib{name}-demo.so.1 lib.c")
-    lines += ["", "%install", "mkdir -p %{buildroot}/usr/share/%{name}"]
-    lines.append("install -m 0644 README %{buildroot}/usr/share/%{name}/README")
-    files = ["/usr/share/%{name}/README"]
+        lines.append(f"%{{demo_cc}} -g -O2 -fPIC -shared -Wl,-soname,lib{name}-demo.so.1 "
+                     f"-Wl,--hash-style=both -o lib{name}-demo.so.1 lib.c -Wl,--no-as-needed -lc")
+    lines += ["", "%install"]
     if library:
         lines.append("mkdir -p %{buildroot}/usr/lib64")
         lines.append(f"install -m 0755 lib{name}-demo.so.1 %{{buildroot}}/usr/lib64/")
-        files.append(f"/usr/lib64/lib{name}-demo.so.1")
+        files = [f"%attr(0755,root,root) /usr/lib64/lib{name}-demo.so.1"]
+    else:
+        lines.append("mkdir -p %{buildroot}/usr/share/%{name}")
+        lines.append("install -m 0644 README %{buildroot}/usr/share/%{name}/README")
+        files = ["/usr/share/%{name}/README"]
     if kind == "world-writable":
         lines.append("install -m 0666 README %{buildroot}/usr/share/%{name}/shared-state")
         files.append("%attr(0666,root,root) /usr/share/%{name}/shared-state")
+    if library:
+        lines += ["", "%post -p /sbin/ldconfig", "", "%postun -p /sbin/ldconfig"]
     lines += ["", "%files"] + files
     lines += ["", "%changelog",
               f"* Mon Jun 03 2019 Taskbot demo <taskbot@example.org> - {version}-{release}",
@@ -190,6 +200,69 @@ def publish(dest, nvr, rpms):
         shutil.copy(rpm, target)
 
 
+def kernel_tree(image, root):
+    """The tiny guest's Debian kernel (`image`: scripts/build-tiny-vm-image.sh's DEST) laid out
+    as Fedora's kernel-core lays it out: `lib/modules/<uname>/vmlinuz` beside the modules. Only
+    the modules the guest loads, plus `dummy` and `loop` for kernel-tests' checks, with what
+    they depend on (all of them would make every VM's initramfs hundreds of MB). Returns uname."""
+    extracted = os.path.join(root, "deb")
+    os.makedirs(extracted)
+    subprocess.run(["dpkg-deb", "-x", os.path.join(image, "kernel.deb"), extracted], check=True)
+    uname = os.listdir(os.path.join(extracted, "lib/modules"))[0]
+    # Debian's package ships no modules.dep (made at installation).
+    subprocess.run(["depmod", "-b", extracted, uname], check=True)
+    source = os.path.join(extracted, "lib/modules", uname)
+    target = os.path.join(root, "tree/lib/modules", uname)
+    os.makedirs(target)
+    shutil.copy(os.path.join(extracted, "boot", f"vmlinuz-{uname}"), os.path.join(target, "vmlinuz"))
+    for listing in ("modules.builtin", "modules.order", "modules.builtin.modinfo"):
+        shutil.copy(os.path.join(source, listing), target)
+    order = subprocess.run(f"zcat '{image}/initrd.img' | cpio -i --quiet --to-stdout lib/modules/order",
+                           shell=True, check=True, capture_output=True, text=True).stdout
+    wanted_names = {m.removesuffix(".ko") for m in order.split()} | {"dummy", "loop"}
+    with open(os.path.join(source, "modules.dep")) as f:
+        for line in f:
+            module, _, needs = line.partition(":")
+            if os.path.basename(module).removesuffix(".ko") in wanted_names:
+                for path in [module] + needs.split():
+                    os.makedirs(os.path.dirname(os.path.join(target, path)), exist_ok=True)
+                    shutil.copy(os.path.join(source, path), os.path.join(target, path))
+    return uname
+
+
+def kernel_build(work, image):
+    """kernel-<V>-<R> (kernel-core's RPM and the source RPM) of the tiny guest's kernel, named so
+    that its `uname -r` (`6.1.0-57-amd64`) is the build's version-release and flavour, as
+    kernel-tests checks. Returns (nvr, rpms)."""
+    top = os.path.join(work, "kernel")
+    uname = kernel_tree(image, top)
+    version, release = uname.split("-")[:2]
+    os.makedirs(os.path.join(top, "SOURCES"))
+    with tarfile.open(os.path.join(top, "SOURCES", "kernel.tar.gz"), "w:gz") as tar:
+        readme = os.path.join(top, "README")
+        with open(readme, "w") as f:
+            f.write("Debian's kernel, repackaged by Taskbot's scripts/demo-koji.py\n")
+        tar.add(readme, arcname="kernel/README")
+    spec_text = "\n".join([
+        "%global debug_package %{nil}", "%global __os_install_post %{nil}",
+        "%global _build_id_links none",
+        "Name: kernel", f"Version: {version}", f"Release: {release}",
+        "Summary: The Linux kernel", "License: GPL-2.0-only", "AutoReqProv: no",
+        "Source0: kernel.tar.gz", "%description", "Debian's kernel as a Fedora-style build.",
+        "%package core", "Summary: The Linux kernel", "%description core",
+        "The kernel and its core modules.",
+        "%install", "mkdir -p %{buildroot}/lib",
+        f"cp -a {top}/tree/lib/modules %{{buildroot}}/lib/",
+        "%files core", f"/lib/modules/{uname}", ""])
+    spec_path = os.path.join(top, "kernel.spec")
+    with open(spec_path, "w") as f:
+        f.write(spec_text)
+    run_rpmbuild(top, spec_path, [], ["--target", "x86_64", "-ba"])
+    rpms = [os.path.join(root, n) for sub in ("SRPMS", "RPMS")
+            for root, _, names in os.walk(os.path.join(top, sub)) for n in names]
+    return f"kernel-{version}-{release}", rpms
+
+
 def make_repos(dest, work, repos):
     """`repos/<release>/<arch>/`: each release's repository, holding the provider of what the
     builds require and the other releases' builds of OTHER_BUILDS (`repos` lists their RPMs by
@@ -219,13 +292,12 @@ def build_all(dest, work, builds):
     demo, repos = {}, {}
     for nvr in builds:
         name, _, release = split_nvr(nvr)
-        kind, fails, shows = BUILDS.get(name, CLEAN)
+        kind, fails = BUILDS.get(name, CLEAN)
         rpms = rpmbuild(work, nvr, kind)
         publish(dest, nvr, rpms)
         if release_of(release):
             repos.setdefault(release_of(release), [])
-        older = [f"{name}-{v}-{r}" for v, r, _ in OTHER_BUILDS.get(name, []) if r.endswith(release.split(".")[-1])]
-        demo[nvr] = {"failed_on_purpose": fails, "why": shows.replace("OLDER", ", ".join(older) or "-")}
+        demo[nvr] = {"failed_on_purpose": fails}
         for version, other_release, functions in OTHER_BUILDS.get(name, []):
             other = f"{name}-{version}-{other_release}"
             other_rpms = rpmbuild(work, other, kind.replace("-bug", ""), functions)
@@ -237,10 +309,13 @@ def build_all(dest, work, builds):
 
 
 def main():
-    dest = sys.argv[1]
+    dest, image = sys.argv[1], sys.argv[2]
     builds = koji_builds(json.load(sys.stdin))
     with open(__file__, "rb") as f:
-        stamp = hashlib.sha256(f.read() + "\n".join(builds).encode()).hexdigest()
+        script = f.read()
+    with open(os.path.join(image, "kernel"), "rb") as f:
+        kernel_package = f.read()
+    stamp = hashlib.sha256(script + kernel_package + "\n".join(builds).encode()).hexdigest()
     stamp_file = os.path.join(dest, ".stamp")
     if os.path.exists(stamp_file) and open(stamp_file).read() == stamp:
         return
@@ -248,6 +323,9 @@ def main():
     os.makedirs(dest)
     with tempfile.TemporaryDirectory() as work:
         demo = build_all(dest, work, builds)
+        nvr, rpms = kernel_build(work, image)
+        publish(dest, nvr, rpms)
+        demo[nvr] = {"failed_on_purpose": {}}
     with open(os.path.join(dest, "demo.json"), "w") as f:
         json.dump(demo, f, indent=2, sort_keys=True)
     with open(stamp_file, "w") as f:

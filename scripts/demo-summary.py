@@ -20,13 +20,13 @@ def judge(row, demo):
     """(expected?, what the result proved) for one result row."""
     testcase, outcome, item, _arch, note = row
     planted = demo.get(item, {})
-    on_purpose = planted.get("failed_on_purpose")
+    on_purpose = planted.get("failed_on_purpose", {})
     if outcome == "CRASHED":
         return False, f"unexpected CRASHED: {note}"
-    if on_purpose and testcase == on_purpose:
+    if testcase in on_purpose:
         if outcome == "FAILED":
-            return True, f"found the planted defect: {planted['why']}"
-        return False, f"missed the planted defect ({planted['why']}): {outcome}"
+            return True, f"found the planted defect: {on_purpose[testcase]}"
+        return False, f"missed the planted defect ({on_purpose[testcase]}): {outcome}"
     if outcome == "FAILED":
         return False, f"FAILED on a build without a planted defect: {note}"
     if outcome not in VERDICTS:

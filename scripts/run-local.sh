@@ -30,14 +30,48 @@ mkdir -p "$state"/{etc,logs,tasks,work,artifacts,vm}
 # (committing again when the folder changed, so edits to tasks/ show up).
 sh tasks/mkrepos.sh "$state/tasks" >/dev/null
 
+# The VM backend: the tiny guest (Debian's kernel, busybox, dropbear; about 12 s to build, once)
+# on a blank base disk. It is also the installer build-iso packs, and its kernel is the kernel
+# build kernel-tests boots.
+log "building the tiny VM guest (once)"
+bash scripts/build-tiny-vm-image.sh "$state/vm/tiny" >"$state/logs/tiny-vm.log" 2>&1
+[ -f "$state/vm/base.qcow2" ] || qemu-img create -q -f qcow2 "$state/vm/base.qcow2" 64M
+
 # What is fed: the real samples, then the real-shaped messages of the seed rules' tests (one or
 # more per rule of deploy/rules.yaml, and near misses), so that every rule fires. Not the
 # taskbot-*.json ones: those are events tasks announce (the ISO the build-iso job really builds
-# here is announced by that job).
+# here is announced by that job). The kernel build message names the tiny guest's kernel, the
+# one kernel this machine has that boots with the guest's userspace. Each run feeds copies with
+# message ids of its own: every run's jobs are new jobs, with results of their own (the same
+# message fed twice is the same event, whose jobs are not requested again).
+run_id=$(date -u +%Y%m%dT%H%M%S)
+rm -rf "$state/messages"
+mkdir -p "$state/messages"
+python3 - "$run_id" "$(cat "$state/vm/tiny/kernel")" "$samples" "$state/messages" \
+  "$top"/tests/fixtures/messages/*.json <<'PY'
+import json, os, sys
+run_id, kernel_package, samples, out, fixtures = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+def renamed(message):
+    message["msg_id"] = f"{message.get('msg_id', 'sample')}-run-{run_id}"
+    return message
+with open(samples) as f, open(os.path.join(out, "samples.jsonl"), "w") as copy:
+    for line in f:
+        if line.strip():
+            copy.write(json.dumps(renamed(json.loads(line))) + "\n")
+for path in fixtures:
+    name = os.path.basename(path)
+    if name.startswith("taskbot-"):
+        continue
+    message = renamed(json.load(open(path)))
+    if name == "koji-build-complete-kernel.json":
+        version, release = kernel_package.removeprefix("linux-image-").split("-")[:2]
+        message["msg"].update(version=version, release=release)
+    with open(os.path.join(out, name), "w") as copy:
+        json.dump(message, copy)
+PY
+samples="$state/messages/samples.jsonl"
 fixtures=()
-for f in "$top"/tests/fixtures/messages/*.json; do
-  case "$(basename "$f")" in taskbot-*) ;; *) fixtures+=("$f") ;; esac
-done
+for f in "$state"/messages/*.json; do fixtures+=("$f"); done
 # The jobs the rules ask for, from the rules' own dry run.
 { cat "$samples"; for f in "${fixtures[@]}"; do tr -d '\n' <"$f"; echo; done; } |
   "$bin/taskbot" rules test "$top/deploy/rules.yaml" - --json >"$state/jobs.json"
@@ -46,15 +80,9 @@ done
 # once; a few with defects on purpose, listed in demo.json), served over HTTP: Fedora's Koji is
 # the production default, and not reachable from every machine.
 log "building the demo Koji's RPMs (once)"
-python3 scripts/demo-koji.py "$state/demo-koji" <"$state/jobs.json"
+python3 scripts/demo-koji.py "$state/demo-koji" "$state/vm/tiny" <"$state/jobs.json"
 koji_port=${TASKBOT_DEMO_KOJI_PORT:-4002}
 koji_url="http://127.0.0.1:$koji_port"
-
-# The VM backend: the tiny guest (Debian's kernel, busybox, dropbear; about 12 s to build, once)
-# on a blank base disk. It is also the installer build-iso packs.
-log "building the tiny VM guest (once)"
-bash scripts/build-tiny-vm-image.sh "$state/vm/tiny" >"$state/logs/tiny-vm.log" 2>&1
-[ -f "$state/vm/base.qcow2" ] || qemu-img create -q -f qcow2 "$state/vm/base.qcow2" 64M
 
 # The services' configuration: no administrator's credentials (each service logs in as its own
 # user, from the accounts below).
@@ -83,6 +111,7 @@ DEPCHECK_REPO_URLS = "$koji_url/repos/{release}/{arch}/"
 UPGRADEPATH_REPO_URLS = "release=$koji_url/repos/{release}/{arch}/"
 INSTALLER_DIR = "$state/vm/tiny"
 [provisioner.vm]
+koji_pkgs_url = "$koji_url"
 ssh_key = "$state/vm/tiny/id_ed25519"
 state_dir = "$state/vm/state"
 memory_mb = 384
@@ -189,7 +218,7 @@ Where to look:
   health, metrics   http://127.0.0.1:PORT/healthz, /readyz, /metrics with PORT 9181 (bridge),
                     9182 (rules), 9183 (provisioner), 9184 (reporter), 9190-9192 (runners)
   dead letters      queues ending in .dead (the bridge's hold the malformed bus messages)
-  (results are stored once: running this again re-runs the same jobs, and the table keeps one row each)
+  (each run feeds the messages with new message ids, so its jobs are new and results its own)
 MSG
 
 if [ "${TASKBOT_RUN_ONCE:-}" = 1 ]; then exit "$verdicts"; fi
