@@ -501,6 +501,33 @@ async fn an_iso_built_by_a_task_is_installed_into_a_blank_vm_and_the_installatio
         provisioning,
         "starting a VM: a blank 4096 MiB disk and the ISO"
     );
+    // The failing case: an ISO announced for another build (here, the same ISO, which installs
+    // this one) is installed, and install-tests finds the installed build is not its item.
+    no_vm_left(&w, Duration::from_secs(60)).await;
+    let other = "anaconda-31.0-1.fc31";
+    let iso_url = format!(
+        "{}/{iso_job}/install.iso",
+        d.config.runner.artifacts_url.as_deref().unwrap()
+    );
+    publish(
+        d,
+        "taskbot.task.iso.built",
+        serde_json::json!({
+            "item": other, "arch": "x86_64", "job_id": iso_job.to_string(),
+            "iso": { "url": iso_url, "sha256": iso_sum },
+        }),
+    )
+    .await;
+    let failed = format!("select count(*) from results where item = '{other}'");
+    assert_eq!(
+        d.wait_for_count(&failed, 1, Duration::from_secs(300)).await,
+        1,
+        "{}",
+        d.logs()
+    );
+    let (outcome, note, _) = &results_of(d, other).await["dist.install-tests"];
+    assert_eq!(outcome, "FAILED", "{note}");
+    assert_eq!(note, &format!("/dev/vda holds {item}, not {other}"));
     no_vm_left(&w, Duration::from_secs(30)).await;
     w.d.shutdown().await;
 }
