@@ -14,10 +14,10 @@
 //! serial console's lines, which also shows the job's kernel (not the image's) is what boots.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use taskbot::messages::Message;
+use taskbot_tests::rpms::{require_tools, HttpServer};
 use taskbot_tests::{free_port, shipped_task, workspace_root, Deployment};
 
 /// Every check of tasks/kernel-tests (its `testcases:`).
@@ -155,42 +155,6 @@ fn corrupt(vmlinuz: &Path) {
     std::fs::write(vmlinuz, bytes).unwrap();
 }
 
-/// A static HTTP server over `root` (Python's, whose listings look like kojipkgs'), stopped on
-/// drop.
-struct HttpServer(Child);
-
-impl HttpServer {
-    fn start(root: &Path, port: u16) -> HttpServer {
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m http.server");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the HTTP server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        HttpServer(child)
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The shipped rules and tasks, the provisioner's VM backend (the tiny guest as the catalogue's
 /// only image, on a blank disk) fetching kernels from `koji`, one x86_64 runner, the reporter.
 async fn deployment(staging: &Path, koji: &str) -> Deployment {
@@ -248,10 +212,7 @@ async fn kernel_build_completed(d: &Deployment, version: &str, release: &str) {
     msg["release"] = release.into();
     let id = format!("2026-kernel-{}", uuid::Uuid::new_v4());
     let event = taskbot::testing::event(&id, envelope["topic"].as_str().unwrap(), msg);
-    let t = &d.broker.topology;
-    d.broker
-        .publish(&t.events_exchange(), &event.topic, event.to_json())
-        .await;
+    taskbot_tests::shipped::send_event(d, &event).await;
 }
 
 /// The final x86_64 kernel-tests results of `item` by check (`dist.kernel-tests.<check>`), once
@@ -309,21 +270,13 @@ async fn provisioning_detail(d: &Deployment, item: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kernel_build_boots_in_a_vm_and_passes_the_suite_and_one_that_does_not_boot_fails() {
-    for tool in [
+    require_tools(&[
         "rpmbuild",
         "rpm2cpio",
         "depmod",
         "dpkg-deb",
         "qemu-system-x86_64",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(found, "{tool} is missing: run scripts/ensure-services.sh");
-    }
+    ]);
     let image = taskbot::testing::tiny_vm_image();
     let work = tempfile::tempdir().unwrap();
     let kernel = work.path().join("deb");
@@ -352,11 +305,10 @@ async fn a_kernel_build_boots_in_a_vm_and_passes_the_suite_and_one_that_does_not
         &uname,
     );
     publish_build(&koji, version, &broken_release, &broken);
-    let port = free_port();
-    let _koji = HttpServer::start(&koji, port);
+    let koji_server = HttpServer::start(&koji);
 
     let staging = tempfile::tempdir().unwrap();
-    let d = deployment(staging.path(), &format!("http://127.0.0.1:{port}")).await;
+    let d = deployment(staging.path(), &koji_server.url).await;
     kernel_build_completed(&d, version, release).await;
     let results = kernel_results(&d, &nvr, CHECKS.len() as i64).await;
     for check in CHECKS {
