@@ -59,7 +59,7 @@ need binutils readelf
 if [ "$arch" = amd64 ]; then
   kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 else
-  dpkg --print-foreign-architectures | grep -qx "$arch" ||
+  { dpkg --print-architecture; dpkg --print-foreign-architectures; } | grep -qx "$arch" ||
     { echo "dpkg does not know the $arch architecture: run scripts/ensure-services.sh" >&2; exit 1; }
   kernel_pkg=$(apt-cache depends "linux-image-$arch:$arch" | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 fi

@@ -54,6 +54,9 @@ koji_url="http://127.0.0.1:$koji_port"
 # on a blank base disk. It is also the installer build-iso packs.
 log "building the tiny VM guest (once)"
 bash scripts/build-tiny-vm-image.sh "$state/vm/tiny" >"$state/logs/tiny-vm.log" 2>&1
+# The same guest for aarch64 (Debian's arm64 packages, emulated by qemu-system-aarch64), so that
+# aarch64 VM jobs (kernel-tests on every arch) run too; it logs in with the same key (the seed's).
+bash scripts/build-tiny-vm-image.sh "$state/vm/tiny-aarch64" arm64 >"$state/logs/tiny-vm-aarch64.log" 2>&1
 [ -f "$state/vm/base.qcow2" ] || qemu-img create -q -f qcow2 "$state/vm/base.qcow2" 64M
 
 # The services' configuration: no administrator's credentials (each service logs in as its own
@@ -99,6 +102,18 @@ disk = "$state/vm/base.qcow2"
 kernel = "$state/vm/tiny/vmlinuz"
 initrd = "$state/vm/tiny/initrd.img"
 append = "console=ttyS0 quiet panic=-1"
+[[provisioner.vm.images]]
+name = "tiny-aarch64"
+distro = "tiny"
+release = "1"
+arch = "aarch64"
+flavour = "base"
+disk = "$state/vm/base.qcow2"
+kernel = "$state/vm/tiny-aarch64/vmlinuz"
+initrd = "$state/vm/tiny-aarch64/initrd.img"
+append = "console=ttyAMA0 quiet panic=-1"
+qemu = "qemu-system-aarch64"
+qemu_args = ["-M", "virt", "-cpu", "cortex-a57"]
 [reporter]
 jsonl_path = "$state/results.jsonl"
 [postgres]

@@ -686,6 +686,45 @@ mod tests {
     }
 
     #[test]
+    fn an_aarch64_vm_gets_a_virt_machine_unless_its_image_names_one_and_a_scsi_cd_rom() {
+        let s = settings(Path::new("/state"));
+        let files = s.files(Uuid::from_u128(9), true);
+        let arm = BootSpec {
+            qemu: "qemu-system-aarch64".into(),
+            iso: Some("/cache/extra.iso".into()),
+            extra_args: Vec::new(),
+            ..image_spec()
+        };
+        let text = s.qemu_args(&arm, &files, 1).join(" ");
+        assert!(
+            text.contains("-no-reboot -M virt -cpu cortex-a57 -kernel"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "-device virtio-scsi-pci,id=cdrom-bus \
+                 -drive file=/cache/extra.iso,if=none,id=cdrom,media=cdrom,readonly=on \
+                 -device scsi-cd,bus=cdrom-bus.0,drive=cdrom"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("-boot"), "the PC BIOS's: {text}");
+        // The image's own machine and CPU win.
+        let own = BootSpec {
+            extra_args: ["-machine", "virt,gic-version=3", "-cpu", "max"]
+                .map(Into::into)
+                .to_vec(),
+            ..arm
+        };
+        let text = s.qemu_args(&own, &files, 1).join(" ");
+        assert!(!text.contains("cortex-a57") && !text.contains("-M virt"), "{text}");
+        assert!(text.contains("-machine virt,gic-version=3 -cpu max"), "{text}");
+        // The PC gets neither.
+        let text = s.qemu_args(&image_spec(), &files, 1).join(" ");
+        assert!(!text.contains("-M ") && !text.contains("cortex"), "{text}");
+    }
+
+    #[test]
     fn host_keys_are_read_from_known_hosts_lines_plain_or_hashed() {
         let text = "[127.0.0.1]:2222 ssh-ed25519 AAAAkey1\n# comment\n\
                     |1|salt=|hash= ecdsa-sha2-nistp256 AAAAkey2 comment\nbroken\n";
