@@ -365,7 +365,10 @@ fn build_tiny_vm_image(name: &str, deb_arch: &str) -> std::path::PathBuf {
         .arg(deb_arch)
         .status()
         .expect("bash runs");
-    assert!(status.success(), "building the tiny {deb_arch} VM image failed");
+    assert!(
+        status.success(),
+        "building the tiny {deb_arch} VM image failed"
+    );
     dir
 }
 
@@ -406,7 +409,9 @@ pub fn tiny_vm_image_entry_aarch64(
         arch: "aarch64".into(),
         append: "console=ttyAMA0 quiet panic=-1".into(),
         qemu: Some("qemu-system-aarch64".into()),
-        qemu_args: ["-M", "virt", "-cpu", "cortex-a57"].map(Into::into).to_vec(),
+        qemu_args: ["-M", "virt", "-cpu", "cortex-a57"]
+            .map(Into::into)
+            .to_vec(),
         ..tiny_vm_image_entry(name, image, disk)
     }
 }

@@ -202,9 +202,11 @@ fn blank_spec(
     // A PC's BIOS boots the ISO; QEMU's aarch64 `virt` machine has no firmware of its own (a
     // blank VM has no image whose qemu_args could bring UEFI's), so it would only time out.
     if arch == "aarch64" {
-        return Err("a blank aarch64 VM cannot boot an ISO: the VM backend gives it no UEFI \
+        return Err(
+            "a blank aarch64 VM cannot boot an ISO: the VM backend gives it no UEFI \
                     firmware (only x86_64 blank VMs boot ISOs)"
-            .into());
+                .into(),
+        );
     }
     let spec = BootSpec {
         qemu: format!("qemu-system-{arch}"),

@@ -717,8 +717,14 @@ mod tests {
             ..arm
         };
         let text = s.qemu_args(&own, &files, 1).join(" ");
-        assert!(!text.contains("cortex-a57") && !text.contains("-M virt"), "{text}");
-        assert!(text.contains("-machine virt,gic-version=3 -cpu max"), "{text}");
+        assert!(
+            !text.contains("cortex-a57") && !text.contains("-M virt"),
+            "{text}"
+        );
+        assert!(
+            text.contains("-machine virt,gic-version=3 -cpu max"),
+            "{text}"
+        );
         // The PC gets neither.
         let text = s.qemu_args(&image_spec(), &files, 1).join(" ");
         assert!(!text.contains("-M ") && !text.contains("cortex"), "{text}");
