@@ -1,11 +1,18 @@
 #!/bin/bash
 # Build a tiny bootable guest for the VM backend's tests, from Debian packages only:
 #
-#   scripts/build-tiny-vm-image.sh DEST_DIR
+#   scripts/build-tiny-vm-image.sh DEST_DIR [ARCH]
 #
-# DEST_DIR/vmlinuz         Debian's kernel (linux-image-amd64, extracted, not installed)
+# ARCH is a Debian architecture: amd64 (the default) or arm64. An amd64 guest is made of this
+# (amd64) machine's busybox and dropbear; an arm64 one entirely of Debian's arm64 packages,
+# downloaded and extracted (dpkg must know the arm64 architecture: scripts/ensure-services.sh
+# adds it), for QEMU's emulated `-M virt` machine (qemu-system-aarch64).
+#
+# DEST_DIR/vmlinuz         Debian's kernel (linux-image-ARCH, extracted, not installed); for arm64
+#                          the uncompressed Image that QEMU's -kernel boots
 # DEST_DIR/initrd.img      busybox + dropbear (SSH server) + the kernel modules for QEMU's e1000
-#                          NIC, virtio disks, ISO 9660 and ext2; its init brings up user-mode
+#                          NIC, virtio disks, ISO 9660 and ext2 (arm64: and virtio-scsi CD-ROMs,
+#                          as the provisioner attaches ISOs on `virt`); its init brings up user-mode
 #                          networking (10.0.2.15/24, gateway 10.0.2.2), reads the cloud-init
 #                          NoCloud seed and starts SSH on port 22
 # DEST_DIR/kernel          the kernel's package name (linux-image-VERSION)
@@ -26,7 +33,13 @@
 # complete for this kernel and this script (delete DEST_DIR to rebuild).
 set -euo pipefail
 
-dest=${1:?"usage: $0 DEST_DIR"}
+dest=${1:?"usage: $0 DEST_DIR [amd64|arm64]"}
+arch=${2:-amd64}
+case "$arch" in
+  amd64) ;;
+  arm64) triplet=aarch64-linux-gnu ;;
+  *) echo "$0: ARCH is amd64 or arm64, not $arch" >&2; exit 2 ;;
+esac
 mkdir -p "$dest"
 dest=$(cd "$dest" && pwd)
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -41,9 +54,17 @@ need dropbear-bin dropbear
 need openssh-client ssh-keygen
 need cpio cpio
 need kmod depmod
+need binutils readelf
 
-# The kernel package the linux-image-amd64 metapackage points at today.
-kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+# The kernel package the linux-image-ARCH metapackage points at today (for arm64, named
+# `linux-image-VERSION-arm64:arm64`).
+if [ "$arch" = amd64 ]; then
+  kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+else
+  { dpkg --print-architecture; dpkg --print-foreign-architectures; } | grep -qx "$arch" ||
+    { echo "dpkg does not know the $arch architecture: run scripts/ensure-services.sh" >&2; exit 1; }
+  kernel_pkg=$(apt-cache depends "linux-image-$arch:$arch" | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+fi
 [ -n "$kernel_pkg" ] || { echo "cannot find Debian's kernel package (apt-get update?)" >&2; exit 1; }
 # One build at a time (tests run in parallel and each asks for the image): the others wait,
 # then find it up to date.
@@ -60,23 +81,75 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log "fetching $kernel_pkg"
 (cd "$work" && apt-get download "$kernel_pkg" >/dev/null 2>&1)
-dpkg-deb -x "$work"/"$kernel_pkg"_*.deb "$work/kernel"
-cp "$work"/"$kernel_pkg"_*.deb "$dest/kernel.deb"
+dpkg-deb -x "$work"/"${kernel_pkg%:*}"_*.deb "$work/kernel"
+cp "$work"/"${kernel_pkg%:*}"_*.deb "$dest/kernel.deb"
 version=$(ls "$work/kernel/lib/modules")
 cp "$work/kernel/boot/vmlinuz-$version" "$dest/vmlinuz"
+# QEMU boots an arm64 kernel only as an uncompressed Image; Debian's may be gzip'd.
+if [ "$arch" = arm64 ] && [ "$(head -c 2 "$dest/vmlinuz" | od -An -tx1 | tr -d ' ')" = 1f8b ]; then
+  gunzip -c "$work/kernel/boot/vmlinuz-$version" >"$dest/vmlinuz"
+fi
+
+# A foreign arch's busybox and dropbear, from Debian's packages of that arch, with the libraries
+# dropbear links: ldd cannot run a foreign binary, so its NEEDED entries (and theirs) are
+# resolved with readelf against the extracted packages dropbear-bin depends on (recursively), and its program interpreter (the dynamic loader) copied where it asks for it.
+add_foreign_programs() {
+  local sysroot="$work/sysroot" debs deb
+  # dropbear-bin and what it depends on, recursively (libtomcrypt1 needs libgmp10, ...).
+  debs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
+    --no-replaces --no-enhances "dropbear-bin:$arch" | grep "^[a-z0-9].*:$arch\$" | sort -u)
+  log "fetching busybox-static, dropbear-bin and its libraries for $arch"
+  # shellcheck disable=SC2086 # one package name per word
+  (cd "$work" && apt-get download "busybox-static:$arch" $debs >/dev/null 2>&1)
+  for deb in "$work"/*_"$arch".deb; do
+    case "$deb" in */linux-image-*) continue ;; esac
+    dpkg-deb -x "$deb" "$sysroot"
+  done
+  cp "$sysroot/bin/busybox" "$root/bin/busybox"
+  cp "$sysroot/usr/sbin/dropbear" "$root/sbin/dropbear"
+  local interp
+  interp=$(readelf -l "$sysroot/usr/sbin/dropbear" | sed -n 's/.*program interpreter: \(.*\)]$/\1/p')
+  mkdir -p "$root$(dirname "$interp")"
+  cp -L "$sysroot$interp" "$root$interp"
+  local -A copied=()
+  local pending=("$sysroot/usr/sbin/dropbear") file name dir found
+  while [ ${#pending[@]} -gt 0 ]; do
+    file=${pending[0]}
+    pending=("${pending[@]:1}")
+    for name in $(readelf -d "$file" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'); do
+      [ -n "${copied[$name]:-}" ] && continue
+      copied[$name]=1
+      found=""
+      for dir in "/lib/$triplet" "/usr/lib/$triplet"; do
+        [ -e "$sysroot$dir/$name" ] || continue
+        mkdir -p "$root$dir"
+        cp -L "$sysroot$dir/$name" "$root$dir/$name"
+        pending+=("$sysroot$dir/$name")
+        found=1
+        break
+      done
+      [ -n "$found" ] || { echo "no $arch library $name for dropbear" >&2; exit 1; }
+    done
+  done
+}
 
 log "building the initramfs"
 root="$work/initramfs"
 mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,root/.ssh,lib/modules,var/log,etc/dropbear}
-cp /bin/busybox "$root/bin/busybox"
-# dropbear and the libraries it links (with the dynamic loader).
-cp /usr/sbin/dropbear "$root/sbin/dropbear"
-for lib in $(ldd /usr/sbin/dropbear | awk '/=>/{print $3} /ld-linux/{print $1}'); do
-  mkdir -p "$root$(dirname "$lib")"
-  cp -L "$lib" "$root$lib"
-done
-# Modules, with what they depend on (modules.dep) before them: the e1000 NIC, virtio disks,
-# ISO 9660 (the seed) and ext4 (which mounts ext2: the installed system).
+if [ "$arch" = amd64 ]; then
+  cp /bin/busybox "$root/bin/busybox"
+  # dropbear and the libraries it links (with the dynamic loader).
+  cp /usr/sbin/dropbear "$root/sbin/dropbear"
+  for lib in $(ldd /usr/sbin/dropbear | awk '/=>/{print $3} /ld-linux/{print $1}'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+else
+  add_foreign_programs
+fi
+# Modules, with what they depend on (modules.dep) before them: the e1000 NIC (a PCI card, on
+# the PC as on aarch64's virt), virtio disks, ISO 9660 (the seed) and ext4 (which mounts ext2:
+# the installed system).
 moddir="$work/kernel/lib/modules/$version"
 depmod -b "$work/kernel" "$version" 2>/dev/null || true
 declare -A added=()
@@ -92,13 +165,18 @@ add_module() { # path relative to $moddir
     basename "$m" >>"$root/lib/modules/order"
   fi
 }
-for m in \
-  kernel/drivers/net/ethernet/intel/e1000/e1000.ko \
-  kernel/drivers/virtio/virtio_pci.ko \
-  kernel/drivers/block/virtio_blk.ko \
-  kernel/crypto/crc32c_generic.ko \
-  kernel/fs/isofs/isofs.ko \
-  kernel/fs/ext4/ext4.ko; do
+modules=(
+  kernel/drivers/net/ethernet/intel/e1000/e1000.ko
+  kernel/drivers/virtio/virtio_pci.ko
+  kernel/drivers/block/virtio_blk.ko
+  kernel/crypto/crc32c_generic.ko
+  kernel/fs/isofs/isofs.ko
+  kernel/fs/ext4/ext4.ko
+)
+# QEMU's virt machine has no IDE: the provisioner attaches an ISO there as a SCSI CD-ROM on a
+# virtio-scsi controller.
+[ "$arch" = amd64 ] || modules+=(kernel/drivers/scsi/virtio_scsi.ko kernel/drivers/scsi/sr_mod.ko)
+for m in "${modules[@]}"; do
   add_module "$m"
 done
 
@@ -181,6 +259,6 @@ INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$work/initrd.img")
 mv "$work/initrd.img" "$dest/initrd.img"
-echo "$kernel_pkg" >"$dest/kernel"
+echo "${kernel_pkg%:*}" >"$dest/kernel"
 echo "$stamp" >"$dest/stamp"
 log "built $dest (kernel $version, initramfs $(du -h "$dest/initrd.img" | cut -f1))"

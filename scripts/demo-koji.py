@@ -14,11 +14,12 @@ A few builds carry a real defect on purpose, so that the demo shows each task fi
 `<dest>/demo.json` (build → the testcase that must fail on it, and why), which
 scripts/demo-summary.py reads to say which result proved what.
 
-Usage: demo-koji.py DEST TINY_IMAGE_DIR < jobs.json   (jobs.json: `taskbot rules test ... --json`)
+Usage: demo-koji.py DEST ARCH=TINY_IMAGE_DIR... < jobs.json
+(jobs.json: `taskbot rules test ... --json`; e.g. x86_64=.run/vm/tiny aarch64=.run/vm/tiny-aarch64)
 
-The kernel build is the tiny test guest's kernel (TINY_IMAGE_DIR, from
-scripts/build-tiny-vm-image.sh), so kernel-tests boots a kernel that runs with its userspace;
-run-local.sh feeds a Koji message for that build instead of the fixture's kernel.
+The kernel build is the tiny test guests' kernel (from scripts/build-tiny-vm-image.sh, one
+RPM per arch), so kernel-tests boots a kernel that runs with their userspace; run-local.sh
+feeds a Koji message for that build instead of the fixture's kernel.
 Builds again only when this script or the list of builds changed.
 """
 
@@ -230,20 +231,8 @@ def kernel_tree(image, root):
     return uname
 
 
-def kernel_build(work, image):
-    """kernel-<V>-<R> (kernel-core's RPM and the source RPM) of the tiny guest's kernel, named so
-    that its `uname -r` (`6.1.0-57-amd64`) is the build's version-release and flavour, as
-    kernel-tests checks. Returns (nvr, rpms)."""
-    top = os.path.join(work, "kernel")
-    uname = kernel_tree(image, top)
-    version, release = uname.split("-")[:2]
-    os.makedirs(os.path.join(top, "SOURCES"))
-    with tarfile.open(os.path.join(top, "SOURCES", "kernel.tar.gz"), "w:gz") as tar:
-        readme = os.path.join(top, "README")
-        with open(readme, "w") as f:
-            f.write("Debian's kernel, repackaged by Taskbot's scripts/demo-koji.py\n")
-        tar.add(readme, arcname="kernel/README")
-    spec_text = "\n".join([
+def kernel_spec(version, release, uname, tree):
+    return "\n".join([
         "%global debug_package %{nil}", "%global __os_install_post %{nil}",
         "%global _build_id_links none",
         "Name: kernel", f"Version: {version}", f"Release: {release}",
@@ -252,15 +241,36 @@ def kernel_build(work, image):
         "%package core", "Summary: The Linux kernel", "%description core",
         "The kernel and its core modules.",
         "%install", "mkdir -p %{buildroot}/lib",
-        f"cp -a {top}/tree/lib/modules %{{buildroot}}/lib/",
+        f"cp -a {tree}/lib/modules %{{buildroot}}/lib/",
         "%files core", f"/lib/modules/{uname}", ""])
-    spec_path = os.path.join(top, "kernel.spec")
-    with open(spec_path, "w") as f:
-        f.write(spec_text)
-    run_rpmbuild(top, spec_path, [], ["--target", "x86_64", "-ba"])
-    rpms = [os.path.join(root, n) for sub in ("SRPMS", "RPMS")
-            for root, _, names in os.walk(os.path.join(top, sub)) for n in names]
-    return f"kernel-{version}-{release}", rpms
+
+
+def kernel_build(work, images):
+    """kernel-<V>-<R> of the tiny guests' kernels (`images`: arch → the guest's directory):
+    kernel-core's RPM of each arch (the source RPM with the first), named so that `uname -r`
+    (`6.1.0-57-amd64`, `6.1.0-57-arm64`) is the build's version-release and a flavour, as
+    kernel-tests checks. Returns (nvr, rpms)."""
+    nvrs, rpms = set(), []
+    for n, (arch, image) in enumerate(sorted(images.items(), key=lambda i: i[0] != "x86_64")):
+        top = os.path.join(work, f"kernel-{arch}")
+        uname = kernel_tree(image, top)
+        version, release = uname.split("-")[:2]
+        nvrs.add(f"kernel-{version}-{release}")
+        os.makedirs(os.path.join(top, "SOURCES"))
+        with tarfile.open(os.path.join(top, "SOURCES", "kernel.tar.gz"), "w:gz") as tar:
+            readme = os.path.join(top, "README")
+            with open(readme, "w") as f:
+                f.write("Debian's kernel, repackaged by Taskbot's scripts/demo-koji.py\n")
+            tar.add(readme, arcname="kernel/README")
+        spec_path = os.path.join(top, "kernel.spec")
+        with open(spec_path, "w") as f:
+            f.write(kernel_spec(version, release, uname, os.path.join(top, "tree")))
+        run_rpmbuild(top, spec_path, [], ["--target", arch, "-ba" if n == 0 else "-bb"])
+        rpms += [os.path.join(root, name) for sub in ("SRPMS", "RPMS")
+                 for root, _, names in os.walk(os.path.join(top, sub)) for name in names]
+    if len(nvrs) != 1:
+        sys.exit(f"demo-koji: the tiny guests' kernels are different builds: {sorted(nvrs)}")
+    return nvrs.pop(), rpms
 
 
 def make_repos(dest, work, repos):
@@ -309,12 +319,12 @@ def build_all(dest, work, builds):
 
 
 def main():
-    dest, image = sys.argv[1], sys.argv[2]
+    dest = sys.argv[1]
+    images = dict(arg.split("=", 1) for arg in sys.argv[2:])
     builds = koji_builds(json.load(sys.stdin))
     with open(__file__, "rb") as f:
         script = f.read()
-    with open(os.path.join(image, "kernel"), "rb") as f:
-        kernel_package = f.read()
+    kernel_package = b"".join(open(os.path.join(d, "kernel"), "rb").read() for d in images.values())
     stamp = hashlib.sha256(script + kernel_package + "\n".join(builds).encode()).hexdigest()
     stamp_file = os.path.join(dest, ".stamp")
     if os.path.exists(stamp_file) and open(stamp_file).read() == stamp:
@@ -323,7 +333,7 @@ def main():
     os.makedirs(dest)
     with tempfile.TemporaryDirectory() as work:
         demo = build_all(dest, work, builds)
-        nvr, rpms = kernel_build(work, image)
+        nvr, rpms = kernel_build(work, images)
         publish(dest, nvr, rpms)
         demo[nvr] = {"failed_on_purpose": {}}
     with open(os.path.join(dest, "demo.json"), "w") as f:

@@ -65,6 +65,17 @@ have chromium || apt_install chromium
 # BIOS modules).
 apt_install qemu-system-x86 qemu-utils busybox-static dropbear-bin openssh-client cpio kmod \
   xorriso isolinux syslinux-common
+# The aarch64 test guest (build-tiny-vm-image.sh DEST arm64, services/provisioner/tests/
+# vm_aarch64.rs) is made of Debian's arm64 packages, downloaded and extracted, never installed:
+# apt finds them once dpkg knows the arm64 architecture. qemu-system-arm has qemu-system-aarch64;
+# readelf (binutils) resolves the guest's libraries.
+if ! { dpkg --print-architecture; dpkg --print-foreign-architectures; } | grep -qx arm64; then
+  log "adding the arm64 architecture to dpkg (the aarch64 test guest's packages)"
+  $SUDO dpkg --add-architecture arm64
+  $SUDO apt-get update -qq
+  apt_updated=1
+fi
+apt_install qemu-system-arm binutils
 # Again: where qemu-utils came from backports, installing Debian's qemu-system-x86 removes it
 # (seen on a fresh machine), and Debian's own qemu-utils is needed.
 apt_install qemu-utils

@@ -35,6 +35,9 @@ sh tasks/mkrepos.sh "$state/tasks" >/dev/null
 # build kernel-tests boots.
 log "building the tiny VM guest (once)"
 bash scripts/build-tiny-vm-image.sh "$state/vm/tiny" >"$state/logs/tiny-vm.log" 2>&1
+# The same guest for aarch64 (Debian's arm64 packages, emulated by qemu-system-aarch64), so that
+# aarch64 VM jobs (kernel-tests on every arch) run too; it logs in with the same key (the seed's).
+bash scripts/build-tiny-vm-image.sh "$state/vm/tiny-aarch64" arm64 >"$state/logs/tiny-vm-aarch64.log" 2>&1
 [ -f "$state/vm/base.qcow2" ] || qemu-img create -q -f qcow2 "$state/vm/base.qcow2" 64M
 
 # What is fed: the real samples, then the real-shaped messages of the seed rules' tests (one or
@@ -80,7 +83,7 @@ for f in "$state"/messages/*.json; do fixtures+=("$f"); done
 # once; a few with defects on purpose, listed in demo.json), served over HTTP: Fedora's Koji is
 # the production default, and not reachable from every machine.
 log "building the demo Koji's RPMs (once)"
-python3 scripts/demo-koji.py "$state/demo-koji" "$state/vm/tiny" <"$state/jobs.json"
+python3 scripts/demo-koji.py "$state/demo-koji" x86_64="$state/vm/tiny" aarch64="$state/vm/tiny-aarch64" <"$state/jobs.json"
 koji_port=${TASKBOT_DEMO_KOJI_PORT:-4002}
 koji_url="http://127.0.0.1:$koji_port"
 
@@ -129,6 +132,18 @@ disk = "$state/vm/base.qcow2"
 kernel = "$state/vm/tiny/vmlinuz"
 initrd = "$state/vm/tiny/initrd.img"
 append = "console=ttyS0 quiet panic=-1"
+[[provisioner.vm.images]]
+name = "tiny-aarch64"
+distro = "tiny"
+release = "1"
+arch = "aarch64"
+flavour = "base"
+disk = "$state/vm/base.qcow2"
+kernel = "$state/vm/tiny-aarch64/vmlinuz"
+initrd = "$state/vm/tiny-aarch64/initrd.img"
+append = "console=ttyAMA0 quiet panic=-1"
+qemu = "qemu-system-aarch64"
+qemu_args = ["-M", "virt", "-cpu", "cortex-a57"]
 [reporter]
 jsonl_path = "$state/results.jsonl"
 [postgres]

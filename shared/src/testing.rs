@@ -344,15 +344,31 @@ pub fn promtool_check(exposition: &str) {
 /// The tiny VM guest of `scripts/build-tiny-vm-image.sh` (kernel, initramfs, SSH key), built once
 /// per machine under the system temp directory (the script does nothing when it is up to date).
 pub fn tiny_vm_image() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join("taskbot-tiny-vm");
+    build_tiny_vm_image("taskbot-tiny-vm", "amd64")
+}
+
+/// The same guest for aarch64, from Debian's arm64 packages (`build-tiny-vm-image.sh DEST
+/// arm64`), for QEMU's emulated `virt` machine; cached beside the x86_64 one.
+pub fn tiny_vm_image_aarch64() -> std::path::PathBuf {
+    build_tiny_vm_image("taskbot-tiny-vm-aarch64", "arm64")
+}
+
+/// Build (or find up to date) the tiny guest of Debian architecture `deb_arch` in `name` under
+/// the system temp directory.
+fn build_tiny_vm_image(name: &str, deb_arch: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(name);
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-tiny-vm-image.sh");
     let status = std::process::Command::new("bash")
         .arg(script)
         .arg(&dir)
+        .arg(deb_arch)
         .status()
         .expect("bash runs");
-    assert!(status.success(), "building the tiny VM image failed");
+    assert!(
+        status.success(),
+        "building the tiny {deb_arch} VM image failed"
+    );
     dir
 }
 
@@ -364,7 +380,6 @@ pub fn tiny_vm_image_entry(
     image: &std::path::Path,
     disk: &std::path::Path,
 ) -> crate::config::VmImageConfig {
-    use crate::config::ImageFile;
     crate::config::VmImageConfig {
         name: name.into(),
         distro: "tiny".into(),
@@ -372,13 +387,32 @@ pub fn tiny_vm_image_entry(
         arch: "x86_64".into(),
         flavour: "base".into(),
         built: String::new(),
-        disk: ImageFile::Path(disk.to_path_buf()),
-        kernel: Some(ImageFile::Path(image.join("vmlinuz"))),
-        initrd: Some(ImageFile::Path(image.join("initrd.img"))),
+        disk: crate::config::ImageFile::Path(disk.to_path_buf()),
+        kernel: Some(crate::config::ImageFile::Path(image.join("vmlinuz"))),
+        initrd: Some(crate::config::ImageFile::Path(image.join("initrd.img"))),
         append: "console=ttyS0 quiet panic=-1".into(),
         cloud_init: true,
         qemu: None,
         qemu_args: Vec::new(),
+    }
+}
+
+/// [`tiny_vm_image_entry`] for the aarch64 guest of [`tiny_vm_image_aarch64`]: emulated by
+/// `qemu-system-aarch64` as a `virt` machine with a Cortex-A57 (under TCG about three times
+/// faster to boot than `-cpu max`), its serial console the PL011 (`ttyAMA0`).
+pub fn tiny_vm_image_entry_aarch64(
+    name: &str,
+    image: &std::path::Path,
+    disk: &std::path::Path,
+) -> crate::config::VmImageConfig {
+    crate::config::VmImageConfig {
+        arch: "aarch64".into(),
+        append: "console=ttyAMA0 quiet panic=-1".into(),
+        qemu: Some("qemu-system-aarch64".into()),
+        qemu_args: ["-M", "virt", "-cpu", "cortex-a57"]
+            .map(Into::into)
+            .to_vec(),
+        ..tiny_vm_image_entry(name, image, disk)
     }
 }
 

@@ -265,6 +265,15 @@ fn blank_spec(
     if iso.is_none() {
         return Err("a blank VM needs an ISO to boot from".into());
     }
+    // A PC's BIOS boots the ISO; QEMU's aarch64 `virt` machine has no firmware of its own (a
+    // blank VM has no image whose qemu_args could bring UEFI's), so it would only time out.
+    if arch == "aarch64" {
+        return Err(
+            "a blank aarch64 VM cannot boot an ISO: the VM backend gives it no UEFI \
+                    firmware (only x86_64 blank VMs boot ISOs)"
+                .into(),
+        );
+    }
     let spec = BootSpec {
         qemu: format!("qemu-system-{arch}"),
         disk: Disk::Blank(size_mb),
@@ -911,7 +920,7 @@ mod tests {
         assert!(vm_refusal(&f.config, huge)
             .await
             .contains("blank_disk_mb must be 1 to"));
-        let mut both = iso_request(good, &f.iso_sum);
+        let mut both = iso_request(good.clone(), &f.iso_sum);
         both.image.distro = Some("tiny".into());
         assert!(vm_refusal(&f.config, both)
             .await
@@ -921,6 +930,11 @@ mod tests {
             ..VmRequest::default()
         };
         assert!(vm_refusal(&f.config, no_iso).await.contains("needs an ISO"));
+        let arm = VmBackend::from_config(&f.config)
+            .boot_spec("aarch64", &iso_request(good.clone(), &f.iso_sum))
+            .await
+            .unwrap_err();
+        assert!(arm.contains("no UEFI firmware"), "{arm}");
         let missing = VmRequest {
             image: ImageQuery {
                 release: Some("2".into()),
