@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 
 # name → (what the build is, {testcase that must fail on it: what it must find}).
-# The kinds: "noarch" (a clean noarch package), "world-writable", "unsatisfiable" (noarch with a
+# The kinds: "noarch" (a clean noarch package), "base" (what the release repositories provide), "world-writable", "unsatisfiable" (noarch with a
 # defect each), "library" (a shared library in C, built for x86_64 and, with the cross
 # compiler, aarch64), "library-bug" (the same with an out-of-bounds write).
 BUILDS = {
@@ -108,8 +108,9 @@ def spec(name, version, release, kind):
         # skips libraries no package provides, as private); nothing else is generated.
         "AutoReq: no",
         "AutoProv: yes" if library else "AutoProv: no",
-        f"Requires: {BASE_PACKAGE}",
     ]
+    if kind != "base":
+        lines.append(f"Requires: {BASE_PACKAGE}")
     if not library:
         lines.append("BuildArch: noarch")
     if kind == "unsatisfiable":
@@ -129,6 +130,11 @@ def spec(name, version, release, kind):
         lines.append("mkdir -p %{buildroot}/usr/share/%{name}")
         lines.append("install -m 0644 README %{buildroot}/usr/share/%{name}/README")
         files = ["/usr/share/%{name}/README"]
+    if kind == "base":
+        # What the libraries' scriptlets run (glibc's, in Fedora).
+        lines.append("mkdir -p %{buildroot}/sbin")
+        lines.append("printf '#!/bin/sh\\n' > %{buildroot}/sbin/ldconfig")
+        files.append("%attr(0755,root,root) /sbin/ldconfig")
     if kind == "world-writable":
         lines.append("install -m 0666 README %{buildroot}/usr/share/%{name}/shared-state")
         files.append("%attr(0666,root,root) /usr/share/%{name}/shared-state")
@@ -278,7 +284,7 @@ def make_repos(dest, work, repos):
     builds require and the other releases' builds of OTHER_BUILDS (`repos` lists their RPMs by
     release)."""
     for release in sorted(repos):
-        base = rpmbuild(work, f"{BASE_PACKAGE}-1.0-1.fc{release}", "noarch")
+        base = rpmbuild(work, f"{BASE_PACKAGE}-1.0-1.fc{release}", "base")
         for arch in ARCHES:
             repo = os.path.join(dest, "repos", release, arch)
             os.makedirs(repo, exist_ok=True)
