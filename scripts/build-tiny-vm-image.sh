@@ -28,6 +28,10 @@
 # with busybox and /etc/taskbot-release naming `taskbot.item=`) to DISK, then starts SSH the
 # same way, so a test can inspect what was installed.
 #
+# With `taskbot.persist=DISK` on the kernel command line, /var/tmp and the SSH host key live on
+# DISK (an ext2 file system made at the first boot), so both survive a reboot as on a real
+# machine: the tests of the runner's reboot step use it. Without it everything is in memory.
+#
 # Booted with QEMU's direct kernel boot (-kernel/-initrd), no disk image needed; disks given to
 # the VM appear as /dev/vda, /dev/vdb, ... Safe to run again: it does nothing when DEST_DIR is
 # complete for this kernel and this script (delete DEST_DIR to rebuild).
@@ -216,6 +220,20 @@ ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 hostname taskbot-vm
 arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
+
+# A persistent /var/tmp (and host key) on the disk taskbot.persist names.
+persist=$(arg taskbot.persist)
+if [ -n "$persist" ]; then
+  mkdir -p /var/tmp
+  if mount -t ext2 "$persist" /var/tmp 2>/dev/null ||
+    { mke2fs -q -L taskbot-var "$persist" && mount -t ext2 "$persist" /var/tmp; }; then
+    mkdir -p /var/tmp/.taskbot-vm-hostkeys
+    mount -o bind /var/tmp/.taskbot-vm-hostkeys /etc/dropbear
+    echo "taskbot-vm: /var/tmp on $persist, boot $(cat /proc/sys/kernel/random/boot_id)" >/dev/console
+  else
+    echo "taskbot-vm: cannot keep /var/tmp on $persist" >/dev/console
+  fi
+fi
 
 # The NoCloud seed: a disk labelled cidata (ISO 9660) with meta-data and user-data.
 mkdir -p /run/seed

@@ -611,6 +611,9 @@ pub struct RunnerConfig {
     /// The hosts the runner's VM jobs may be on (the provisioner forwards each VM's SSH port on
     /// 127.0.0.1). A run message naming any other host is refused.
     pub vm_hosts: Vec<String>,
+    /// Most reboots one VM job may ask for (reboot steps and `$TASKBOT_REBOOT` together); a task
+    /// asking for more is stopped, CRASHED, instead of holding its VM until its time runs out.
+    pub vm_max_reboots: u32,
 }
 
 /// One secret of [`RunnerConfig::secrets`]: where its value is, and which jobs get it.
@@ -693,6 +696,7 @@ impl Default for RunnerConfig {
             secrets: BTreeMap::new(),
             vm_ssh_key: PathBuf::from("/var/lib/taskbot/vm/id_ed25519"),
             vm_hosts: vec!["127.0.0.1".into()],
+            vm_max_reboots: 10,
         }
     }
 }

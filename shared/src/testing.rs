@@ -353,12 +353,13 @@ pub fn tiny_vm_image_aarch64() -> std::path::PathBuf {
     build_tiny_vm_image("taskbot-tiny-vm-aarch64", "arm64")
 }
 
-/// Build (or find up to date) the tiny guest of Debian architecture `deb_arch` in `name` under
-/// the system temp directory.
+/// Build (or find up to date) the tiny guest of Debian architecture `deb_arch` in `name` and the
+/// script's checksum under the system temp directory: checkouts with different scripts (git
+/// worktrees) keep their own guest instead of rebuilding each other's.
 fn build_tiny_vm_image(name: &str, deb_arch: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(name);
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-tiny-vm-image.sh");
+    let dir = std::env::temp_dir().join(format!("{name}-{}", &sha256_file(&script)[..12]));
     let status = std::process::Command::new("bash")
         .arg(script)
         .arg(&dir)

@@ -14,6 +14,7 @@ pub mod private_broker;
 pub mod private_postgres;
 pub mod rpms;
 pub mod shipped;
+pub mod vm;
 pub use private_broker::PrivateBroker;
 pub use private_postgres::PrivatePostgres;
 
@@ -418,6 +419,23 @@ impl Deployment {
         let (name, binary_name) = (old.name.clone(), old.binary_name.clone());
         let fresh = self.spawn(&name, &binary_name, old.args.clone(), old.env.clone());
         self.services[index] = fresh;
+    }
+
+    /// [`Deployment::restart`] with these environment variables added (a `TASKBOT_...` override
+    /// for this service only).
+    pub fn restart_with_env(&mut self, index: usize, env: &[(&str, &str)]) {
+        self.services[index]
+            .env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.restart(index);
+    }
+
+    /// The index of the service started under `name`.
+    pub fn service_index(&self, name: &str) -> usize {
+        self.services
+            .iter()
+            .position(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name}"))
     }
 
     /// Start the five services (one runner per arch).

@@ -1022,6 +1022,7 @@ mod tests {
             known_hosts: None,
             host_keys: vec![format!("ssh-ed25519 AAAAkey-of-{ssh_port}")],
             serial_log: format!("/state/logs/{job_id}.serial.log").into(),
+            qmp: None,
             expires_at: Utc::now() + chrono::Duration::minutes(10),
         }
     }

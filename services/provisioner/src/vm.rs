@@ -81,6 +81,9 @@ pub struct Lease {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_keys: Vec<String>,
     pub serial_log: PathBuf,
+    /// QEMU's control socket (QMP), removed with the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qmp: Option<PathBuf>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -118,7 +121,13 @@ impl VmSettings {
             "1".into(),
             "-display".into(),
             "none".into(),
+            // A guest that reboots while it boots (a kernel that panics, with `panic=-1`) ends
+            // its QEMU at once, so the failed boot is seen without waiting out the boot timeout;
+            // once it answers SSH, reboots reset it instead (`allow_reboots`), for tasks that
+            // reboot their VM.
             "-no-reboot".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", files.qmp.display()),
         ];
         args.extend(default_machine(spec));
         if let Some((kernel, initrd, append)) = &spec.kernel {
@@ -170,6 +179,10 @@ impl VmSettings {
                 .state_dir
                 .join("overlays")
                 .join(format!("{job_id}.pid")),
+            qmp: self
+                .state_dir
+                .join("overlays")
+                .join(format!("{job_id}.qmp")),
         }
     }
 
@@ -227,6 +240,7 @@ impl VmSettings {
             known_hosts: Some(self.state_dir.join("hostkeys").join(job_id.to_string())),
             host_keys: Vec::new(),
             serial_log: files.serial_log,
+            qmp: Some(files.qmp),
             // Long enough to boot; counted again from when the VM answers.
             expires_at: Utc::now() + self.boot_timeout + self.lease,
         };
@@ -266,6 +280,14 @@ impl VmSettings {
                         .unwrap_or_default(),
                     None => Vec::new(),
                 };
+                if let Some(qmp) = &lease.qmp {
+                    if let Err(e) = allow_reboots(qmp).await {
+                        self.destroy(&lease).await;
+                        return Err(VmError::Failed(format!(
+                            "cannot let the VM reboot through QEMU's QMP socket: {e}"
+                        )));
+                    }
+                }
                 lease.expires_at = Utc::now() + self.lease;
                 self.record(&lease).await?;
                 return Ok(lease);
@@ -367,6 +389,7 @@ impl VmSettings {
             Some(&lease.overlay),
             lease.seed.as_ref(),
             lease.known_hosts.as_ref(),
+            lease.qmp.as_ref(),
             Some(&lease_file),
         ])
         .await;
@@ -528,6 +551,8 @@ pub struct VmFiles {
     pub seed: Option<PathBuf>,
     pub serial_log: PathBuf,
     pub pidfile: PathBuf,
+    /// QEMU's control socket.
+    pub qmp: PathBuf,
 }
 
 /// The hostname a job's VM gets from its seed: `taskbot-` and the job id's first 8 digits.
@@ -560,6 +585,44 @@ pub fn alive(lease: &Lease) -> bool {
         let overlay = lease.overlay.display().to_string();
         String::from_utf8_lossy(&cmdline).contains(&overlay)
     })
+}
+
+/// Tell the VM's QEMU, through its QMP socket, to reset the VM when the guest reboots instead
+/// of exiting (`-no-reboot`, wanted only while the VM boots): QMP's `set-action`.
+async fn allow_reboots(socket: &Path) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let talk = async {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("{}: {e}", socket.display()))?;
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        // The greeting, then one answer per command (events may come between: skipped).
+        lines.next_line().await.map_err(|e| e.to_string())?;
+        for command in [
+            r#"{"execute":"qmp_capabilities"}"#,
+            r#"{"execute":"set-action","arguments":{"reboot":"reset"}}"#,
+        ] {
+            write
+                .write_all(format!("{command}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            loop {
+                let line = lines.next_line().await.map_err(|e| e.to_string())?;
+                let line = line.ok_or("QEMU closed the socket")?;
+                if line.contains("\"return\"") {
+                    break;
+                }
+                if line.contains("\"error\"") {
+                    return Err(format!("{command}: {line}"));
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), talk)
+        .await
+        .map_err(|_| "QEMU did not answer within 10s".to_string())?
 }
 
 async fn run(command: &mut Command) -> Result<(), VmError> {
@@ -700,7 +763,8 @@ mod tests {
         };
         let text = s.qemu_args(&arm, &files, 1).join(" ");
         assert!(
-            text.contains("-no-reboot -M virt -cpu cortex-a57 -kernel"),
+            text.contains("-no-reboot -qmp unix:")
+                && text.contains(",server=on,wait=off -M virt -cpu cortex-a57 -kernel"),
             "{text}"
         );
         assert!(
@@ -783,6 +847,7 @@ mod tests {
             known_hosts: None,
             host_keys: Vec::new(),
             serial_log: dir.path().join("log"),
+            qmp: None,
             expires_at: Utc::now() + chrono::Duration::hours(1),
         };
         assert!(!alive(&lease));

@@ -70,7 +70,7 @@ async fn unredacted(
         file_budget,
         ..
     } = prepared;
-    if let Some(remote) = &remote {
+    if let Some(remote) = remote.as_ref().filter(|_| ended.vm_answers()) {
         if let Err(reason) = pull_back(remote, clone_dir, &artifacts, pushed, &log).await {
             // What did come back is regular files only ([`Remote::pull`]).
             scrub_artifacts(&artifacts, &redactor, &log).await;
@@ -253,6 +253,8 @@ async fn verdict(
         Ended::Interrupted => return Err(HandBack::shutdown()),
         Ended::Crashed(reason) => factory.crashed(&reason, tail.as_deref()),
         Ended::Aborted(note) => factory.aborted(&note),
+        Ended::Failed(note) => factory.failed(&note),
+        Ended::MachineLost(reason) => factory.crashed(&reason, tail.as_deref()),
         Ended::Ran(end) => {
             let results_file = match end {
                 RunEnd::Exited(_) => read_results(files.results, &files.budget).await,

@@ -7,18 +7,28 @@
 //! are copied back, regular files only (a task in a VM is not trusted to plant links on the
 //! runner's host), and the results, events and artifact globs are read from the copies as for a
 //! local run.
+//!
+//! A task may reboot its VM between steps ([`Remote::reboot`]): the runner asks the guest to
+//! reboot, waits until it answers again with a new boot id, and checks that it is the same
+//! machine (the host key pinned at the first connection) with the task's directory still there.
+//! The clone therefore lives under `/var/tmp`, which survives reboots where `/tmp` may not.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
 /// Where a task runs inside its VM: its clone, and its artifacts directory, under a root whose
 /// existence says the VM has been used.
-pub const REMOTE_ROOT: &str = "/tmp/taskbot";
-pub const REMOTE_WORKDIR: &str = "/tmp/taskbot/job";
-pub const REMOTE_ARTIFACTS: &str = "/tmp/taskbot/artifacts";
+/// Made when an image lacks it (the tiny guest keeps nothing there).
+const REMOTE_PARENT: &str = "/var/tmp";
+pub const REMOTE_ROOT: &str = "/var/tmp/taskbot";
+pub const REMOTE_WORKDIR: &str = "/var/tmp/taskbot/job";
+pub const REMOTE_ARTIFACTS: &str = "/var/tmp/taskbot/artifacts";
+/// The file a step creates to ask for a reboot after it (`$TASKBOT_REBOOT`, as tmt-reboot).
+pub const REBOOT_REQUEST: &str = "/var/tmp/taskbot/reboot-requested";
 /// What the VM says when it was used before.
 const USED_MARK: &str = "taskbot-vm-already-used";
 
@@ -99,8 +109,9 @@ impl Remote {
     /// left it broken). The job then ends CRASHED and its VM is destroyed.
     pub async fn push(&self, clone: &Path) -> Result<(), String> {
         let remote = format!(
-            "mkdir {root} 2>/dev/null || {{ echo {USED_MARK} >&2; exit 1; }}; \
+            "mkdir -p {parent} && {{ mkdir {root} 2>/dev/null || {{ echo {USED_MARK} >&2; exit 1; }}; }} && \
              mkdir -p {w} {a} && tar -C {w} -xf -",
+            parent = quote(REMOTE_PARENT),
             root = quote(REMOTE_ROOT),
             w = quote(REMOTE_WORKDIR),
             a = quote(REMOTE_ARTIFACTS)
@@ -170,6 +181,129 @@ impl Remote {
         }
         Ok(copied)
     }
+}
+
+/// How long one query of a VM (its boot id, a request file) may take; a VM that is rebooting
+/// answers none, and the next query is tried.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Between queries while a VM reboots.
+const REBOOT_POLL: Duration = Duration::from_secs(2);
+/// Reboots the guest whatever its init: systemd's orderly reboot (queued, so the SSH session
+/// ends cleanly), else an immediate one in the background (an init without reboot support, as
+/// the tiny guest's). Through sudo for a user that is not root.
+const REBOOT_COMMAND: &str = "s=; [ \"$(id -u)\" = 0 ] || s='sudo -n'; sync; \
+     if [ -d /run/systemd/system ]; then $s systemctl reboot --no-block; \
+     else ($s sh -c 'sleep 1; reboot -f') </dev/null >/dev/null 2>&1 & fi";
+
+/// Why a reboot did not bring the task's machine back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebootError {
+    /// The VM did not answer again in time: a verdict on the system the task left (an upgrade
+    /// that breaks boot, say).
+    NotBack(String),
+    /// It answered as another machine, lost the task's files, or could not be asked to reboot.
+    Broken(String),
+}
+
+impl Remote {
+    /// Run `command` in the VM, bounded by [`QUERY_TIMEOUT`]: its exit code, stdout and stderr.
+    async fn query(&self, command: &str) -> Result<(i32, String, String), String> {
+        let mut child = Command::new("sh");
+        child
+            .arg("-c")
+            .arg(format!("{} {}", self.ssh(), quote(command)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(QUERY_TIMEOUT, child.output())
+            .await
+            .map_err(|_| format!("no answer within {}s", QUERY_TIMEOUT.as_secs()))?
+            .map_err(|e| e.to_string())?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ))
+    }
+
+    /// The guest kernel's boot id, new at every boot.
+    async fn boot_id(&self) -> Result<String, String> {
+        match self.query("cat /proc/sys/kernel/random/boot_id").await? {
+            (0, id, _) if !id.is_empty() => Ok(id),
+            (_, _, stderr) => Err(stderr),
+        }
+    }
+
+    /// Whether the last step asked for a reboot (created [`REBOOT_REQUEST`]); the request is
+    /// taken (removed) by asking. `Err` when the VM no longer answers as itself.
+    pub async fn take_reboot_request(&self) -> Result<bool, String> {
+        let remove = format!("rm {} 2>/dev/null", quote(REBOOT_REQUEST));
+        match self.query(&remove).await {
+            Ok((0, _, _)) => Ok(true),
+            Ok((255, _, stderr)) => Err(match changed_host_key(&stderr) {
+                Some(line) => format!("the VM now answers with another host key ({line})"),
+                None => format!("cannot reach the VM: {stderr}"),
+            }),
+            Ok(_) => Ok(false),
+            Err(e) => Err(format!("cannot reach the VM: {e}")),
+        }
+    }
+
+    /// Reboot the VM and wait, until `deadline`, for it to answer with a new boot id; then check
+    /// it kept the task's working directory. How long it took.
+    pub async fn reboot(&self, deadline: Instant) -> Result<Duration, RebootError> {
+        let started = Instant::now();
+        let before = self
+            .boot_id()
+            .await
+            .map_err(|e| RebootError::Broken(format!("cannot read the VM's boot id: {e}")))?;
+        // The session may end with the guest's SSH server (status 255): the wait below tells.
+        let _ = self.query(REBOOT_COMMAND).await;
+        loop {
+            if Instant::now() + REBOOT_POLL > deadline {
+                return Err(RebootError::NotBack(format!(
+                    "the VM did not come back from its reboot within {}s",
+                    started.elapsed().as_secs()
+                )));
+            }
+            tokio::time::sleep(REBOOT_POLL).await;
+            match self.boot_id().await {
+                Ok(id) if id != before => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(line) = changed_host_key(&e) {
+                        return Err(RebootError::Broken(format!(
+                            "the VM came back with another host key than it had before the \
+                             reboot ({line})"
+                        )));
+                    }
+                }
+            }
+        }
+        let workdir = format!("test -d {}", quote(REMOTE_WORKDIR));
+        match self.query(&workdir).await {
+            Ok((0, _, _)) => Ok(started.elapsed()),
+            Ok(_) => Err(RebootError::Broken(format!(
+                "the task's working directory {REMOTE_WORKDIR} did not survive the reboot (the \
+                 image keeps /var/tmp in memory)"
+            ))),
+            Err(e) => Err(RebootError::Broken(format!(
+                "the VM stopped answering after its reboot: {e}"
+            ))),
+        }
+    }
+}
+
+/// When `ssh` refused the VM because its host key is not the pinned one, the line that says so
+/// (without OpenSSH's banner around it).
+fn changed_host_key(stderr: &str) -> Option<&str> {
+    if !stderr.contains("Host key verification failed") {
+        return None;
+    }
+    stderr
+        .lines()
+        .find(|l| l.contains("has changed and you have requested strict checking"))
+        .or(Some("Host key verification failed"))
+        .map(str::trim)
 }
 
 async fn sh(command: &str) -> Result<(), String> {
@@ -294,8 +428,30 @@ mod tests {
         let remote_command = String::from_utf8(output.stdout).unwrap();
         assert_eq!(
             remote_command,
-            "cd '/tmp/taskbot/job' && exec env 'TASKBOT_ITEM=it'\\''s-1.0-1' sh -c \
+            "cd '/var/tmp/taskbot/job' && exec env 'TASKBOT_ITEM=it'\\''s-1.0-1' sh -c \
              'echo \"$TASKBOT_ITEM\" > out; rm -rf '\\''x'\\'''"
+        );
+    }
+
+    #[test]
+    fn a_changed_host_key_is_told_by_the_line_saying_so() {
+        let stderr = "@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+            Offending ED25519 key in /k:1\n\
+            Host key for [127.0.0.1]:2222 has changed and you have requested strict checking.\n\
+            Host key verification failed.\n";
+        assert_eq!(
+            changed_host_key(stderr),
+            Some(
+                "Host key for [127.0.0.1]:2222 has changed and you have requested strict checking."
+            )
+        );
+        assert_eq!(
+            changed_host_key("Host key verification failed.\n"),
+            Some("Host key verification failed")
+        );
+        assert_eq!(
+            changed_host_key("ssh: connect to host 127.0.0.1 port 2222: Connection refused"),
+            None
         );
     }
 

@@ -168,6 +168,18 @@ impl ResultFactory {
         )
     }
 
+    /// The runner's own verdict on the machine the task left: FAILED, the job `done` (a VM that
+    /// does not come back from the reboot a task asked for, after an upgrade say, is a finding
+    /// about the item, as a kernel that does not boot is).
+    pub fn failed(&self, note: &str) -> Verdict {
+        Verdict {
+            events: Vec::new(),
+            results: self.job_results(Outcome::Failed, note),
+            state: JobState::Done,
+            detail: note.to_string(),
+        }
+    }
+
     /// The task ran out of time: one ABORTED result saying where. The job itself is `done`: the
     /// runner did its part, and the verdict says what happened.
     pub fn aborted(&self, note: &str) -> Verdict {

@@ -17,13 +17,16 @@ use crate::execute::{self, Confinement, RunEnd, TaskCommand, TaskExit};
 use crate::job::HandBack;
 use crate::log::JobLog;
 use crate::prepare::Prepared;
-use crate::remote::{self, Remote};
+use crate::remote::{self, RebootError, Remote};
 use crate::secrets::Delivered;
 use crate::task::{self, Escape, NamedStep, Phase, TaskFile, TemplateVars};
 use crate::{report, RunnerHandler};
 
 /// Default limit of each cleanup step, in seconds.
 pub const CLEANUP_TIMEOUT_SECS: u64 = 60;
+/// How long a VM may take to come back from a reboot unless its reboot step says otherwise;
+/// one that takes longer is FAILED (it did not come back), within the task's own time.
+pub const REBOOT_TIMEOUT_SECS: u64 = 600;
 
 /// How the task's phases ended, before results are read.
 #[derive(Debug)]
@@ -34,8 +37,21 @@ pub(crate) enum Ended {
     Crashed(String),
     /// Time ran out.
     Aborted(String),
+    /// The runner's verdict on the machine: the VM did not come back from a reboot.
+    Failed(String),
+    /// The VM came back as another machine or without the task's files: CRASHED, and nothing
+    /// is copied back from it.
+    MachineLost(String),
     /// The runner is shutting down.
     Interrupted,
+}
+
+impl Ended {
+    /// Whether the job's VM can still be asked for the task's files: not when it did not come
+    /// back from a reboot, nor when it came back as another machine.
+    pub fn vm_answers(&self) -> bool {
+        !matches!(self, Ended::Failed(_) | Ended::MachineLost(_))
+    }
 }
 
 /// The job's time: when its task must end, and how long its cleanup may take after that.
@@ -149,6 +165,10 @@ pub(crate) struct StepRunner {
     /// The sandbox of local steps (`None` for a VM job, or with `runner.sandbox = "none"`).
     confinement: Option<Confinement>,
     secrets: Arc<[Delivered]>,
+    /// How often the job's VM was rebooted so far (`$TASKBOT_REBOOT_COUNT`), and how often it
+    /// may be (`runner.vm_max_reboots`).
+    reboots: u32,
+    max_reboots: u32,
 }
 
 impl StepRunner {
@@ -203,6 +223,8 @@ impl StepRunner {
             download_attempts: handler.settings.download_attempts,
             confinement: confinement(handler, prepared, clone_dir),
             secrets: prepared.secrets.clone(),
+            reboots: 0,
+            max_reboots: handler.settings.vm_max_reboots,
         }
     }
 
@@ -230,8 +252,7 @@ impl StepRunner {
         let mut last = Ended::Ran(RunEnd::Exited(TaskExit::Code(0)));
         for phase in [Phase::Prepare, Phase::Run] {
             for step in task.steps(phase) {
-                let end = self.run(&step, log, limit.deadline).await;
-                match judge(phase, &step, end, limit) {
+                match self.run_until_no_reboot(phase, &step, log, limit).await {
                     Ok(passed) if phase == Phase::Run => last = passed,
                     Ok(_) => {}
                     Err(ended) => return ended,
@@ -239,6 +260,100 @@ impl StepRunner {
             }
         }
         last
+    }
+
+    /// One `prepare` or `run` step, judged. A reboot step reboots the VM; a step that asked for
+    /// a reboot (`$TASKBOT_REBOOT`) and passed runs again once the VM is back, as tmt-reboot
+    /// does, with `$TASKBOT_REBOOT_COUNT` one higher.
+    async fn run_until_no_reboot(
+        &mut self,
+        phase: Phase,
+        step: &NamedStep,
+        log: &JobLog,
+        limit: &TimeLimit,
+    ) -> Result<Ended, Ended> {
+        if step.reboot {
+            self.reboot(step, log, limit).await?;
+            return Ok(Ended::Ran(RunEnd::Exited(TaskExit::Code(0))));
+        }
+        loop {
+            let end = self.run(step, log, limit.deadline).await;
+            let passed = judge(phase, step, end, limit)?;
+            let asked = match &self.remote {
+                Some(remote) => remote
+                    .take_reboot_request()
+                    .await
+                    .map_err(|e| Ended::Crashed(format!("after step {}: {e}", step.name)))?,
+                None => false,
+            };
+            if !asked {
+                return Ok(passed);
+            }
+            log.line(format_args!(
+                "== step {} asked for a reboot ($TASKBOT_REBOOT)",
+                step.name
+            ));
+            self.reboot(step, log, limit).await?;
+        }
+    }
+
+    /// Reboot the job's VM and wait for it, within the step's own timeout and the task's time.
+    async fn reboot(
+        &mut self,
+        step: &NamedStep,
+        log: &JobLog,
+        limit: &TimeLimit,
+    ) -> Result<(), Ended> {
+        let Some(remote) = self.remote.clone() else {
+            // Refused when the task file was read; a local job never gets here.
+            return Err(Ended::Crashed(format!(
+                "step {}: only a VM can be rebooted",
+                step.name
+            )));
+        };
+        if self.reboots >= self.max_reboots {
+            return Err(Ended::Crashed(format!(
+                "step {} asked for reboot number {}: a job may reboot its VM {} times \
+                 (runner.vm_max_reboots)",
+                step.name,
+                self.reboots + 1,
+                self.max_reboots
+            )));
+        }
+        // A reboot step's own timeout bounds the wait; a requested reboot gets the default.
+        let own = step.timeout.filter(|_| step.reboot);
+        let wait_until = Instant::now() + Duration::from_secs(own.unwrap_or(REBOOT_TIMEOUT_SECS));
+        let deadline = wait_until.min(limit.deadline);
+        log.line(format_args!("== step {}: rebooting the VM", step.name));
+        let rebooted = tokio::select! {
+            r = remote.reboot(deadline) => r,
+            _ = self.shutdown.wait() => return Err(Ended::Interrupted),
+        };
+        self.reboots += 1;
+        match rebooted {
+            Ok(took) => {
+                log.line(format_args!(
+                    "== step {}: the VM is back after {:.1}s (reboot {})",
+                    step.name,
+                    took.as_secs_f64(),
+                    self.reboots
+                ));
+                Ok(())
+            }
+            // The task's time ran out first: no verdict on the machine.
+            Err(RebootError::NotBack(why)) if limit.deadline < wait_until => {
+                log.line(format_args!("== step {}: {why}", step.name));
+                Err(Ended::Aborted(limit.note(&step.name)))
+            }
+            Err(RebootError::NotBack(why)) => {
+                log.line(format_args!("== step {}: {why}", step.name));
+                Err(Ended::Failed(format!("step {}: {why}", step.name)))
+            }
+            Err(RebootError::Broken(why)) => {
+                log.line(format_args!("== step {}: {why}", step.name));
+                Err(Ended::MachineLost(format!("step {}: {why}", step.name)))
+            }
+        }
     }
 
     /// Each cleanup step with its own limit (default [`CLEANUP_TIMEOUT_SECS`]), within what is
@@ -249,6 +364,7 @@ impl StepRunner {
         log: &JobLog,
         until: Option<Instant>,
     ) -> Result<(), HandBack> {
+        // Validation keeps reboot steps out of cleanup.
         for step in task.steps(Phase::Cleanup) {
             let limit = Duration::from_secs(step.timeout.unwrap_or(CLEANUP_TIMEOUT_SECS));
             let step_deadline = until.map_or(Instant::now() + limit, |end| {
@@ -369,7 +485,10 @@ impl StepRunner {
                 .map_err(RunEnd::FailedToStart)?;
             self.pushed = true;
         }
-        Ok(remote.step_command(&script, &self.env))
+        let mut env = self.env.clone();
+        env.push(("TASKBOT_REBOOT".into(), remote::REBOOT_REQUEST.into()));
+        env.push(("TASKBOT_REBOOT_COUNT".into(), self.reboots.to_string()));
+        Ok(remote.step_command(&script, &env))
     }
 }
 

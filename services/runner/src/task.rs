@@ -10,7 +10,7 @@
 //! timeout: 300                      # seconds; capped by the runner's runner.task_timeout_secs
 //! downloads:
 //!   - {url: "https://kojipkgs.example/{{ item }}.rpm", sha256: "…", max_bytes: 1000000, dest: a.rpm}
-//! prepare: [make]                   # steps: a shell string or {run, timeout, name}
+//! prepare: [make]                   # steps: a shell string, {run, timeout, name} or {reboot: true}
 //! run: sh ./check.sh                # a string, or a list of steps
 //! results: results.yml              # where the task writes its ResultYAML (default)
 //! artifacts: ["out/*.log"]          # globs, relative to the clone, copied into the artifacts
@@ -145,24 +145,50 @@ pub struct Download {
     pub dest: Option<String>,
 }
 
-/// One step: a shell command, with an optional time limit and name.
+/// One step: a shell command, with an optional time limit and name; or, for a task in a VM,
+/// `{reboot: true}`: reboot the VM and go on with the next step once it is back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// The command; empty for a reboot step.
     pub run: String,
-    /// Seconds; default: what is left of the task's time.
+    /// Seconds; default: what is left of the task's time. For a reboot step: how long the VM
+    /// may take to come back.
     pub timeout: Option<u64>,
     /// For logs and notes; default: the phase and position (`prepare-1`).
     pub name: Option<String>,
+    pub reboot: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StepMap {
-    run: String,
+    #[serde(default)]
+    run: Option<String>,
+    #[serde(default)]
+    reboot: Option<bool>,
     #[serde(default)]
     timeout: Option<u64>,
     #[serde(default)]
     name: Option<String>,
+}
+
+impl StepMap {
+    /// A step has a command or is a reboot, never both (nor `reboot: false` alone).
+    fn into_step(self) -> Result<Step, &'static str> {
+        let reboot = match (self.run.is_some(), self.reboot) {
+            (true, None) => false,
+            (false, Some(true)) => true,
+            (true, Some(_)) => return Err("a step has either `run` or `reboot: true`, not both"),
+            (false, Some(false)) => return Err("`reboot: false` is no step: give `run`"),
+            (false, None) => return Err("a step needs `run` (or `reboot: true`)"),
+        };
+        Ok(Step {
+            run: self.run.unwrap_or_default(),
+            timeout: self.timeout,
+            name: self.name,
+            reboot,
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for Step {
@@ -178,6 +204,7 @@ impl<'de> Deserialize<'de> for Step {
                     run: v.to_string(),
                     timeout: None,
                     name: None,
+                    reboot: false,
                 })
             }
             // YAML reads `run: true` as a boolean; as a command it is the word.
@@ -192,11 +219,7 @@ impl<'de> Deserialize<'de> for Step {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Step, A::Error> {
                 let m = StepMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(Step {
-                    run: m.run,
-                    timeout: m.timeout,
-                    name: m.name,
-                })
+                m.into_step().map_err(de::Error::custom)
             }
         }
         deserializer.deserialize_any(StepVisitor)
@@ -250,12 +273,13 @@ pub enum TaskFileError {
     Invalid(String),
 }
 
-/// A step ready to run: its phase-qualified name and its command.
+/// A step ready to run: its phase-qualified name and its command (or that it reboots the VM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedStep {
     pub name: String,
     pub run: String,
     pub timeout: Option<u64>,
+    pub reboot: bool,
 }
 
 impl TaskFile {
@@ -316,7 +340,18 @@ impl TaskFile {
                 } else {
                     format!("{phase}[{i}]")
                 };
-                if step.run.trim().is_empty() {
+                if step.reboot && phase == "cleanup" {
+                    return Err(format!(
+                        "{at}: cleanup cannot reboot (it runs also when the VM is gone)"
+                    ));
+                }
+                if step.reboot && self.environment.provision != Provision::Vm {
+                    return Err(format!(
+                        "{at}: only a task in a VM of its own (environment.provision: vm) may \
+                         reboot its machine"
+                    ));
+                }
+                if step.run.trim().is_empty() && !step.reboot {
                     return Err(format!("{at}: must not be empty"));
                 }
                 if step.timeout == Some(0) {
@@ -384,6 +419,7 @@ impl TaskFile {
                 run: run.clone(),
                 timeout: None,
                 name: None,
+                reboot: false,
             }],
             RunSpec::Steps(steps) => steps.clone(),
         }
@@ -411,6 +447,7 @@ impl TaskFile {
                 }),
                 run: s.run,
                 timeout: s.timeout,
+                reboot: s.reboot,
             })
             .collect()
     }
@@ -670,7 +707,8 @@ mod tests {
             [NamedStep {
                 name: "run".into(),
                 run: "./check.sh".into(),
-                timeout: None
+                timeout: None,
+                reboot: false,
             }]
         );
         assert!(task.steps(Phase::Prepare).is_empty());
@@ -805,6 +843,46 @@ testcase: dist.rpmcheck
             .unwrap_err()
             .to_string();
         assert!(text.contains("unknown variant `cloud`"), "{text}");
+    }
+
+    #[test]
+    fn a_task_in_a_vm_may_reboot_between_steps_and_a_local_one_may_not() {
+        let vm_task = "name: up\nenvironment: {provision: vm}\nrun:\n  - sh ./upgrade.sh\n  - {reboot: true, timeout: 300}\n  - {name: after, run: sh ./check.sh}\n";
+        let steps = TaskFile::parse(vm_task).unwrap().steps(Phase::Run);
+        assert_eq!(steps.len(), 3);
+        assert_eq!(
+            steps[1],
+            NamedStep {
+                name: "run-2".into(),
+                run: String::new(),
+                timeout: Some(300),
+                reboot: true,
+            }
+        );
+        assert!(!steps[0].reboot && !steps[2].reboot);
+        let local = vm_task.replace("{provision: vm}", "{provision: local}");
+        let err = TaskFile::parse(&local).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "run[1]: only a task in a VM of its own (environment.provision: vm) may reboot"
+            ),
+            "{err}"
+        );
+        for (step, says) in [
+            (
+                "{reboot: true, run: ls}",
+                "either `run` or `reboot: true`, not both",
+            ),
+            ("{reboot: false}", "`reboot: false` is no step"),
+            ("{name: nothing}", "a step needs `run`"),
+        ] {
+            let text = format!("name: up\nenvironment: {{provision: vm}}\nrun:\n  - {step}\n");
+            let err = TaskFile::parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(says) && err.contains("line 4"),
+                "{step}: {err}"
+            );
+        }
     }
 
     #[test]
