@@ -71,6 +71,8 @@ struct Job {
     destructive: bool,
     /// The rule's `scenario:`, given to every result of the job.
     scenario: Option<String>,
+    /// The flavour of the catalogue image the rule asks for (`vm.image.flavour`).
+    image_flavour: Option<String>,
 }
 
 fn job(rule: &str, task: &str, item: &str, item_type: &str, arch: &str) -> Job {
@@ -84,6 +86,7 @@ fn job(rule: &str, task: &str, item: &str, item_type: &str, arch: &str) -> Job {
         vm: false,
         destructive: false,
         scenario: None,
+        image_flavour: None,
     }
 }
 
@@ -104,6 +107,11 @@ impl Job {
 
     fn destructive(mut self) -> Job {
         self.destructive = true;
+        self
+    }
+
+    fn image_flavour(mut self, flavour: &str) -> Job {
+        self.image_flavour = Some(flavour.into());
         self
     }
 
@@ -143,6 +151,7 @@ fn evaluate(engine: &Engine, event: &Event) -> Vec<Job> {
                 vm: j.environment == Environment::Vm,
                 destructive: j.destructive,
                 scenario: j.scenario.clone(),
+                image_flavour: j.vm.as_ref().and_then(|vm| vm.image.flavour.clone()),
             }
         })
         .collect();
@@ -414,10 +423,15 @@ fn a_fedup_update_gets_upgrade_tests_in_three_configurations() {
             "bodhi_update",
             "x86_64",
         )
-        .args(&[("config", config), ("release", "21")])
+        .args(&[
+            ("config", config),
+            ("release", "21"),
+            ("builds", "fedup-0.9.2-1.fc21 fedup-dracut-0.9.2-1.fc21"),
+        ])
         .in_vm()
         .destructive()
         .scenario(config)
+        .image_flavour(&format!("upgrade-{config}"))
     };
     // One job per configuration although the update holds two fedup builds.
     assert_eq!(
