@@ -2,7 +2,7 @@
 //! unknown keys are a 400 naming them (they used to list every job as if they matched),
 //! `outcome` is the job's outcome (the worst of its testcases' latest results), `item:like`
 //! takes ResultsDB's `*` patterns, `testcase` finds jobs that reported a testcase they did not
-//! declare.
+//! declare. And the searches the dashboard makes stay index lookups on a few thousand jobs.
 
 mod support;
 
@@ -160,4 +160,79 @@ async fn item_like_takes_resultsdb_patterns_and_testcase_finds_reported_ones() {
     }
     let _ = &j.db;
     j.api.stop().await;
+}
+
+/// `EXPLAIN ANALYZE` of `sql` with `params`: the plan as text, and the execution time in ms.
+async fn explain(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> (String, f64) {
+    let rows = client
+        .query(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), params)
+        .await
+        .unwrap();
+    let plan: Value = rows[0].get(0);
+    let ms = plan[0]["Execution Time"].as_f64().unwrap();
+    (plan.to_string(), ms)
+}
+
+/// 4,000 jobs of 400 packages with 8,000 results: the dashboard's item search, the jobs list
+/// filtered by outcome, and an item's page read through indexes, in milliseconds.
+#[tokio::test]
+async fn searches_on_thousands_of_jobs_use_the_indexes() {
+    let db = TestDb::create().await;
+    let pool = db.writer_pool();
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO jobs (job_id, state, item, item_type, arch, task_name, task_repo, \
+               task_ref, rule, event_id, event_topic, created_at, updated_at) \
+             SELECT md5('job' || n)::uuid, 'done', 'pkg' || (n % 400) || '-1.' || n || '-1.fc40', \
+               'koji_build', CASE WHEN n % 2 = 0 THEN 'x86_64' ELSE 'aarch64' END, 'rpmlint', \
+               'https://git.example/rpmlint.git', 'main', 'builds', 'e' || n, 't', \
+               now() - n * interval '1 minute', now() - n * interval '1 minute' \
+             FROM generate_series(1, 4000) AS n; \
+             INSERT INTO results (result_id, job_id, testcase, outcome, item, item_type, arch, \
+               task_name, task_repo, task_ref, event_id, rule, runner, finished_at) \
+             SELECT md5('result' || j.job_id || t.name)::uuid, j.job_id, t.name, \
+               CASE WHEN md5(j.job_id::text || t.name) < '1' THEN 'FAILED' ELSE 'PASSED' END, \
+               j.item, j.item_type, j.arch, j.task_name, j.task_repo, j.task_ref, j.event_id, \
+               j.rule, 'r', j.updated_at \
+             FROM jobs j, (VALUES ('dist.rpmlint'), ('dist.rpmgrill')) AS t(name); \
+             ANALYZE jobs; ANALYZE results;",
+        )
+        .await
+        .unwrap();
+
+    // The search box: items starting with "pkg17-".
+    let filter = taskbot_api::jobs::JobFilter {
+        item_patterns: vec![taskbot_api::jobs::prefix_pattern("pkg17-")],
+        ..Default::default()
+    };
+    let (sql, c) = taskbot_api::dashboard::search::jobs_query(&filter, 0);
+    let (plan, ms) = explain(&client, &sql, &c.refs()).await;
+    assert!(plan.contains("jobs_item_pattern_idx"), "{plan}");
+    assert!(ms < 100.0, "{ms} ms: {plan}");
+    println!("jobs of items starting with pkg17-: {ms:.1} ms");
+    let (sql, c) = taskbot_api::dashboard::search::items_query("pkg17-");
+    let (plan, ms) = explain(&client, &sql, &c.refs()).await;
+    assert!(plan.contains("jobs_item_pattern_idx"), "{plan}");
+    assert!(
+        plan.contains("results_item_idx") || plan.contains("results_item_pattern_idx"),
+        "{plan}"
+    );
+    assert!(ms < 100.0, "{ms} ms: {plan}");
+    println!("items starting with pkg17-, with their outcomes: {ms:.1} ms");
+
+    // Every FAILED job (about 1 in 8): the newest first page of them.
+    let filter = taskbot_api::jobs::JobFilter {
+        outcomes: vec!["FAILED".into()],
+        ..Default::default()
+    };
+    let (sql, c) = taskbot_api::dashboard::search::jobs_query(&filter, 0);
+    let (plan, ms) = explain(&client, &sql, &c.refs()).await;
+    assert!(plan.contains("results_job_id_idx"), "{plan}");
+    assert!(ms < 200.0, "{ms} ms: {plan}");
+    println!("outcome=FAILED first page: {ms:.1} ms");
 }
