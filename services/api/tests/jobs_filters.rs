@@ -177,8 +177,9 @@ async fn explain(
     (plan.to_string(), ms)
 }
 
-/// 4,000 jobs of 400 packages with 8,000 results: the dashboard's item search, the jobs list
-/// filtered by outcome, and an item's page read through indexes, in milliseconds.
+/// 4,000 jobs of 400 packages with 8,000 results: the dashboard's item search, the items with
+/// their outcomes, the jobs list filtered by outcome and ResultsDB's `item:like` read through
+/// indexes, in milliseconds.
 #[tokio::test]
 async fn searches_on_thousands_of_jobs_use_the_indexes() {
     let db = TestDb::create().await;
@@ -235,4 +236,18 @@ async fn searches_on_thousands_of_jobs_use_the_indexes() {
     assert!(plan.contains("results_job_id_idx"), "{plan}");
     assert!(ms < 200.0, "{ms} ms: {plan}");
     println!("outcome=FAILED first page: {ms:.1} ms");
+
+    // ResultsDB's `item:like=pkg17-*` on /api/v2.0/results.
+    let query = vec![("item:like".to_string(), "pkg17-*".to_string())];
+    let c = taskbot_api::resultsdb::ResultFilter::parse(&query)
+        .unwrap()
+        .conditions();
+    let sql = format!(
+        "SELECT r.result_id FROM results r {} ORDER BY r.finished_at DESC LIMIT 21",
+        c.where_sql()
+    );
+    let (plan, ms) = explain(&client, &sql, &c.refs()).await;
+    assert!(plan.contains("results_item_pattern_idx"), "{plan}");
+    assert!(ms < 100.0, "{ms} ms: {plan}");
+    println!("results with item:like=pkg17-*: {ms:.1} ms");
 }
