@@ -164,7 +164,10 @@ async fn drive(spec: &Value) -> (bool, Value) {
         .expect("node runs (the machine's Node.js)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.stderr.is_empty() {
-        eprintln!("driver's stderr: {}", String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "driver's stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
         panic!(
