@@ -57,8 +57,31 @@ apt_install abigail-tools elfutils zstd
 # make run's local Koji (scripts/demo-koji.py) builds its C libraries for aarch64 too, with
 # Debian's cross compiler, so that the aarch64 jobs check real aarch64 RPMs.
 apt_install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross
-# Headless Chromium: the api's dashboard is tested in a real browser (services/api/tests/dashboard.rs).
+# Headless Chromium: the api's dashboard is tested in a real browser (services/api/tests/dashboard.rs),
+# driven by playwright-core from npm with Node.js (services/api/tests/dashboard_browser.rs runs
+# tests/browser/dashboard.mjs). playwright-core 1.65 needs Node.js 20 or newer: the machine's own
+# when it has one, else Debian's (bookworm's is 18: install a newer one by hand then).
 have chromium || apt_install chromium
+have node || apt_install nodejs
+have npm || apt_install npm
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  log "Node.js $(node --version) is too old for playwright-core (tests/browser): install Node.js 20 or newer"; exit 1
+fi
+# Installed from the lock file, again only when it changed (a stamp beside node_modules).
+ensure_browser_driver() {
+  local dir stamp want
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+  stamp="$dir/node_modules/.taskbot-stamp"
+  want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [ -d "$dir/node_modules/playwright-core" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  log "installing playwright-core into tests/browser (npm ci)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  printf '%s' "$want" >"$stamp"
+}
+ensure_browser_driver
 # QEMU (under TCG) and what scripts/build-tiny-vm-image.sh builds the test guest from: the VM
 # backend's tests (services/provisioner/tests/vm.rs) boot real VMs. xorriso builds cloud-init
 # seeds (the provisioner) and bootable ISOs (tasks/build-iso, with isolinux and syslinux's

@@ -227,7 +227,7 @@ Where to look:
   results           psql -h 127.0.0.1 -U postgres taskbot -c 'select * from results'
   api               http://127.0.0.1:8080/api/v2.0/results (ResultsDB-compatible), /api/v1/jobs,
                     /openapi.json; or: target/debug/taskbot results, target/debug/taskbot job <id>
-  dashboard         http://127.0.0.1:8080/dashboard (queues, runners, jobs; a job's page shows its log)
+  dashboard         http://127.0.0.1:8080/dashboard (search by package or item, outcomes, item and job pages, logs by line; queues and runners)
   queues            target/debug/taskbot status (or watch); dead letters: target/debug/taskbot dlq list
   broker users      .run/users.toml (one per service and runner arch, passwords in .run/secrets/, docs/security.md)
   health, metrics   http://127.0.0.1:PORT/healthz, /readyz, /metrics with PORT 9181 (bridge),

@@ -160,7 +160,8 @@ async fn status_and_dashboard_show_the_running_pipelines_true_state() {
     }
     assert!(
         dom.contains(
-            "<tr data-state=\"done\"><td class=\"state-done\">done</td><td class=\"n\">6</td></tr>"
+            "<tr data-state=\"done\"><td><a href=\"/dashboard?state=done\">\
+             <span data-state=\"done\">done</span></a></td><td class=\"n\">6</td></tr>"
         ),
         "{dom}"
     );

@@ -5,6 +5,8 @@
 //!   clients and gating tools can read Taskbot's store directly;
 //! - `/api/v1/jobs...`: jobs with their state history, results and logs ([`jobs`]), and each job's
 //!   artifact files served without path traversal ([`artifacts`]);
+//! - `/dashboard...` and `/badge/...`: the web dashboard ([`dashboard`]) and status badges
+//!   ([`badge`]), HTML and SVG for people; `/` leads to the dashboard;
 //! - `/healthz` (the process answers), `/readyz` (the database answers and has the tables),
 //!   `/openapi.json` (the description of all of this).
 //!
@@ -12,6 +14,7 @@
 //! reporter has created the tables, store endpoints answer 503 "store not ready" instead of failing.
 
 pub mod artifacts;
+pub mod badge;
 pub mod dashboard;
 pub mod input;
 pub mod jobs;
@@ -38,8 +41,8 @@ pub use store::ApiError;
 /// every route in [`ROUTES`]).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Every route the api serves, in axum's syntax (which OpenAPI shares: `{id}`; the artifact path
-/// is `{*path}` in axum and `{path}` in OpenAPI).
+/// Every route the api serves, in axum's syntax (which OpenAPI shares: `{id}`; a wildcard such as
+/// the artifact path is `{*path}` in axum and `{path}` in OpenAPI).
 pub const ROUTES: &[&str] = &[
     "/healthz",
     "/readyz",
@@ -59,8 +62,14 @@ pub const ROUTES: &[&str] = &[
     "/api/v1/jobs/{id}/artifacts/{*path}",
     "/artifacts/{id}",
     "/artifacts/{id}/{*path}",
+    "/",
     "/dashboard",
+    "/dashboard/items/{*item}",
     "/dashboard/jobs/{id}",
+    "/dashboard/jobs/{id}/files",
+    "/dashboard/jobs/{id}/files/{*path}",
+    "/badge/items/{*item}",
+    "/badge/testcases/{*testcase}",
     "/metrics",
 ];
 
@@ -139,8 +148,19 @@ pub fn router(state: SharedState) -> Router {
         .route("/artifacts/{id}/", get(artifacts::get_root))
         .route("/artifacts/{id}/{*path}", get(artifacts::get_path))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard::root))
         .route("/dashboard", get(dashboard::dashboard))
+        .route("/dashboard/", get(dashboard::root))
+        .route("/dashboard/items/{*item}", get(dashboard::item::item))
         .route("/dashboard/jobs/{id}", get(dashboard::job))
+        .route("/dashboard/jobs/{id}/files", get(dashboard::files::root))
+        .route("/dashboard/jobs/{id}/files/", get(dashboard::files::root))
+        .route(
+            "/dashboard/jobs/{id}/files/{*path}",
+            get(dashboard::files::path),
+        )
+        .route("/badge/items/{*item}", get(badge::item))
+        .route("/badge/testcases/{*testcase}", get(badge::testcase))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(input::check_request))
         .layer(axum::middleware::from_fn(count_request))
@@ -259,7 +279,7 @@ mod tests {
         assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."));
         let paths = doc["paths"].as_object().expect("paths");
         for route in ROUTES {
-            let openapi_path = route.replace("{*path}", "{path}");
+            let openapi_path = route.replace("{*", "{");
             assert!(
                 paths.contains_key(&openapi_path),
                 "{openapi_path} missing from openapi.json"

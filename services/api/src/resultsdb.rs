@@ -215,8 +215,19 @@ impl ResultFilter {
                 filter.values.clone()
             };
             let op = if filter.like { "LIKE" } else { "=" };
+            let column = column_for_data_key(&filter.key);
+            if let (Some(column), true, false) = (column, filter.like, values.is_empty()) {
+                // One LIKE per pattern (not `LIKE ANY`), so a prefix can use the column's
+                // pattern index (`item:like=xchat-*`).
+                let likes: Vec<String> = values
+                    .into_iter()
+                    .map(|v| format!("{column} LIKE {}", c.param(v)))
+                    .collect();
+                c.push(format!("({})", likes.join(" OR ")));
+                continue;
+            }
             let vp = c.param(values);
-            match column_for_data_key(&filter.key) {
+            match column {
                 Some(column) => c.push(format!("{column} {op} ANY({vp})")),
                 None => {
                     // A task's key as the sink posts it: `:` became `_`, and a value is a string

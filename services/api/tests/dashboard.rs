@@ -159,24 +159,29 @@ async fn the_dashboard_shows_the_brokers_and_the_databases_numbers_in_chromium()
         dom.contains("<tr data-arch=\"x86_64\"><td>x86_64</td><td class=\"n\">0</td></tr>"),
         "{dom}"
     );
-    assert!(
-        dom.contains(
-            "<tr data-state=\"done\"><td class=\"state-done\">done</td><td class=\"n\">1</td></tr>"
-        ),
-        "{dom}"
-    );
-    assert!(dom.contains("<tr data-state=\"running\"><td class=\"state-running\">running</td><td class=\"n\">1</td></tr>"), "{dom}");
+    for state in ["done", "running"] {
+        assert!(
+            dom.contains(&format!(
+                "<tr data-state=\"{state}\"><td><a href=\"/dashboard?state={state}\">\
+                 <span data-state=\"{state}\">{state}</span></a></td><td class=\"n\">1</td></tr>"
+            )),
+            "{dom}"
+        );
+    }
     assert!(dom.contains(&format!("data-job=\"{}\"", done.job_id)));
     assert!(dom.contains(&format!("data-job=\"{}\"", running.job_id)));
 
     // The job page: history, result, and the log (escaped).
     let page = dump_dom(&format!("{}/dashboard/jobs/{}", api.url, done.job_id));
     assert!(
-        page.contains("<td class=\"state-done\" id=\"state\">done</td>"),
+        page.contains("<td id=\"state\"><span data-state=\"done\">done</span></td>"),
         "{page}"
     );
     assert!(
-        page.contains("<td>dist.rpmlint</td><td>FAILED</td>"),
+        page.contains(
+            "<td>dist.rpmlint</td><td><span class=\"outcome o-failed\" data-outcome=\"FAILED\">\
+             FAILED</span></td>"
+        ),
         "{page}"
     );
     assert!(

@@ -196,6 +196,13 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE fedora_messaging_outcomes
         ADD PRIMARY KEY (testcase, item, item_type, arch, scenario);
     "#,
+    // v7: prefix searches on items (the dashboard's search box, `/api/v1/jobs?item:like=`,
+    // ResultsDB's `item:like=`). A plain b-tree index serves `LIKE 'prefix%'` only under the C
+    // collation; `text_pattern_ops` serves it under any, so the search does not read every row.
+    r#"
+    CREATE INDEX jobs_item_pattern_idx ON jobs (item text_pattern_ops);
+    CREATE INDEX results_item_pattern_idx ON results (item text_pattern_ops);
+    "#,
 ];
 
 /// The table recording which [`MIGRATIONS`] a database has run (made before any of them).
