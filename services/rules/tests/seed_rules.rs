@@ -314,6 +314,7 @@ fn a_kernel_build_gets_destructive_kernel_tests_on_every_arch() {
         )
         .in_vm()
         .destructive()
+        .image_flavour("base")
     };
     // `arches: all` is the deployment's real arches: never noarch, which is no machine.
     assert_eq!(
@@ -398,7 +399,7 @@ fn an_iso_built_by_a_task_gets_destructive_install_tests() {
 }
 
 #[test]
-fn isos_of_other_arches_and_other_task_events_are_not_installed() {
+fn isos_of_other_arches_other_task_events_and_other_tasks_are_not_installed() {
     let engine = shipped_rules();
     assert_eq!(
         evaluate(&engine, &fixture("taskbot-iso-built-aarch64.json")),
@@ -407,6 +408,21 @@ fn isos_of_other_arches_and_other_task_events_are_not_installed() {
     let mut other = fixture("taskbot-iso-built.json");
     other.topic = "taskbot.task.iso.failed".into();
     assert_eq!(evaluate(&engine, &other), []);
+    // Another task announcing an ISO (the runner's stamp names the publishing job's task) gets
+    // nothing; one that writes another item into its event gets its own item installed.
+    let mut forged = fixture("taskbot-iso-built.json");
+    forged.msg["taskbot"]["task"] = "rpmlint".into();
+    assert_eq!(evaluate(&engine, &forged), []);
+    let mut other_item = fixture("taskbot-iso-built.json");
+    other_item.msg["item"] = "glibc-2.40-1.fc41".into();
+    other_item.msg["job_id"] = "00000000-0000-0000-0000-000000000000".into();
+    let jobs = evaluate(&engine, &other_item);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].item, "anaconda-30.25.6-1.fc30");
+    assert_eq!(
+        jobs[0].args["built_by_job"],
+        "5d0f1a2b-3c4d-5e6f-8a9b-0c1d2e3f4a5b"
+    );
 }
 
 #[test]

@@ -5,6 +5,11 @@
 //! `{"topic": "taskbot.task.iso.built", "msg": {"iso_url": "...", "item": "anaconda-40.1-1.fc40"}}`.
 //! The runner publishes each, after the task finished well, to the events exchange under its
 //! topic, where they go through the same rules as bus events.
+//!
+//! The runner stamps every event's `msg` with [`PUBLISHER_KEY`]: the job's task (its name in the
+//! rules), job id, item and arch, replacing whatever the task wrote under that key. Rules that
+//! act on a task's event match the stamp, never the task's own words: a hostile task cannot
+//! announce "an ISO of anaconda was built" for an item it was not given, or as another task.
 
 use taskbot::messages::{derive_uuid, Event, JobRequest};
 
@@ -13,6 +18,8 @@ use taskbot::messages::{derive_uuid, Event, JobRequest};
 pub const TOPIC_PREFIX: &str = "taskbot.";
 /// Events one job may announce; more is a task gone wrong, not a reason to flood the bus.
 pub const MAX_EVENTS: usize = 100;
+/// The key of every task event's `msg` that says who published it (set by the runner).
+pub const PUBLISHER_KEY: &str = "taskbot";
 /// AMQP routing keys are short strings.
 const MAX_TOPIC_BYTES: usize = 255;
 
@@ -40,10 +47,11 @@ pub fn parse(text: &str, job: &JobRequest) -> Result<Vec<Event>, String> {
                 "line {line_no}: topic is longer than {MAX_TOPIC_BYTES} bytes"
             ));
         }
-        let msg = match value.get("msg") {
-            Some(m @ serde_json::Value::Object(_)) => m.clone(),
+        let mut msg = match value.get("msg") {
+            Some(serde_json::Value::Object(m)) => m.clone(),
             _ => return Err(format!("line {line_no}: no \"msg\" object")),
         };
+        msg.insert(PUBLISHER_KEY.into(), publisher(job));
         if events.len() == MAX_EVENTS {
             return Err(format!("more than {MAX_EVENTS} events"));
         }
@@ -58,11 +66,22 @@ pub fn parse(text: &str, job: &JobRequest) -> Result<Vec<Event>, String> {
             sent_at: None,
             received_at: chrono::Utc::now(),
             username: None,
-            msg,
+            msg: serde_json::Value::Object(msg),
             headers: Default::default(),
         });
     }
     Ok(events)
+}
+
+/// Who published a task's event: the job, as the rules scheduled it.
+fn publisher(job: &JobRequest) -> serde_json::Value {
+    serde_json::json!({
+        "task": job.task.name,
+        "job_id": job.job_id.to_string(),
+        "item": job.item,
+        "item_type": job.item_type,
+        "arch": job.arch,
+    })
 }
 
 #[cfg(test)]
@@ -94,6 +113,25 @@ mod tests {
             events[0].id,
             "stable on re-run"
         );
+    }
+
+    #[test]
+    fn the_runner_says_which_job_published_an_event_whatever_the_task_claims() {
+        let j = job();
+        let forged = "{\"topic\": \"taskbot.task.iso.built\", \"msg\": {\"item\": \"glibc-2.40-1.fc41\", \"taskbot\": {\"task\": \"trusted\", \"item\": \"glibc-2.40-1.fc41\"}}}\n";
+        let events = parse(forged, &j).unwrap();
+        assert_eq!(
+            events[0].msg["taskbot"],
+            serde_json::json!({
+                "task": "build-iso",
+                "job_id": j.job_id.to_string(),
+                "item": "anaconda-40.1-1.fc40",
+                "item_type": j.item_type,
+                "arch": "x86_64",
+            })
+        );
+        // The task's own words stay, for what they are.
+        assert_eq!(events[0].msg["item"], "glibc-2.40-1.fc41");
     }
 
     #[test]
