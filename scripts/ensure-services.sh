@@ -88,6 +88,10 @@ ensure_browser_driver
 # BIOS modules).
 apt_install qemu-system-x86 qemu-utils busybox-static dropbear-bin openssh-client cpio kmod \
   xorriso isolinux syslinux-common
+# The Debian system image (scripts/build-debian-vm-image.sh, tests/tests/cloud_smoke.rs):
+# debootstrap installs it from Debian's packages into a directory, mkfs.ext4 -d (e2fsprogs) makes
+# that a file system without a loop device, qemu-img a qcow2 of it.
+apt_install debootstrap e2fsprogs
 # The aarch64 test guest (build-tiny-vm-image.sh DEST arm64, services/provisioner/tests/
 # vm_aarch64.rs) is made of Debian's arm64 packages, downloaded and extracted, never installed:
 # apt finds them once dpkg knows the arm64 architecture. qemu-system-arm has qemu-system-aarch64;

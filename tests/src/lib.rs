@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use taskbot::testing::{test_config, TestBroker};
 use taskbot::Config;
 
+pub mod debian_vm;
 pub mod private_broker;
 pub mod private_postgres;
 pub mod rpms;

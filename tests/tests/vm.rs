@@ -540,10 +540,11 @@ async fn a_compose_gets_smoke_tests_in_a_vm_of_the_newest_matching_catalogue_ima
     )
     .await;
     let all = format!("select count(*) from results where item = '{compose}'");
-    let count = d.wait_for_count(&all, 3, Duration::from_secs(240)).await;
-    assert_eq!(count, 3, "{}", d.logs());
+    // The tiny guest has neither cloud-init nor systemd: no cloud-init or services check.
+    let count = d.wait_for_count(&all, 4, Duration::from_secs(240)).await;
+    assert_eq!(count, 4, "{}", d.logs());
     let results = results_of(d, compose).await;
-    for check in ["hostname", "disk", "network"] {
+    for check in ["hostname", "user", "disk", "network"] {
         let (outcome, note, _) = &results[&format!("dist.cloud-smoke.{check}")];
         assert_eq!(outcome, "PASSED", "{check}: {note}\n{}", d.logs());
     }
@@ -554,6 +555,10 @@ async fn a_compose_gets_smoke_tests_in_a_vm_of_the_newest_matching_catalogue_ima
             "hostname taskbot-{}, from the seed",
             &job_id.simple().to_string()[..8]
         )
+    );
+    assert_eq!(
+        results["dist.cloud-smoke.user"].1,
+        "root has the seed's 1 key(s) in /root/.ssh/authorized_keys"
     );
     assert!(
         results["dist.cloud-smoke.disk"].1.ends_with(": 32 MiB"),

@@ -8,7 +8,7 @@
 //! unless KVM is asked for (KVM is not usable on the development machines). QEMU runs daemonized: a VM outlives the provisioner that started
 //! it, and a **lease** file records it (job, QEMU's pid, port, overlay, expiry), so a restarted
 //! provisioner finds and reaps what it left. A VM is ready when `ssh` with the job's key runs a
-//! command in it.
+//! command in it and its cloud-init, if it has one, finished.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -93,7 +93,7 @@ pub enum VmError {
     Full { running: usize, max: usize },
     /// The VM started but never answered SSH (a kernel that does not boot, say); it is
     /// destroyed, its serial log kept.
-    #[error("the VM did not answer SSH within {secs}s (serial log kept: {})", serial_log.display())]
+    #[error("the VM did not answer SSH, or its cloud-init did not finish, within {secs}s (serial log kept: {})", serial_log.display())]
     NoAnswer { secs: u64, serial_log: PathBuf },
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -272,6 +272,7 @@ impl VmSettings {
             // boot; the banner probe gives up after a second and is tried again.
             if ssh_banner(lease.ssh_port).await
                 && self.ssh(&lease, "true").await.is_ok_and(|out| out.0 == 0)
+                && self.cloud_init_finished(&lease, deadline).await
             {
                 lease.host_keys = match &lease.known_hosts {
                     Some(path) => tokio::fs::read_to_string(path)
@@ -301,6 +302,19 @@ impl VmSettings {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Whether the guest's cloud-init, if it has one, finished (well or not) before `deadline`.
+    /// A real cloud-init lets sshd start halfway through (after its `init` stage made the host
+    /// keys and put the seed's keys in place); its `config` and `final` stages (users' passwords,
+    /// runcmd, packages, scripts) run on while SSH answers, so a job started then would find its
+    /// machine half-configured. Its verdict is for the job's task to check (tasks/cloud-smoke):
+    /// a VM whose cloud-init ended in an error is still ready. Asked again when SSH fails
+    /// (cloud-init restarts sshd).
+    async fn cloud_init_finished(&self, lease: &Lease, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = self.ssh(lease, CLOUD_INIT_WAIT);
+        matches!(tokio::time::timeout(left, wait).await, Ok(Ok((0, _))))
     }
 
     /// The cloud-init NoCloud seed: an ISO 9660 volume labelled `cidata` with `meta-data`
@@ -365,6 +379,8 @@ impl VmSettings {
             .arg(format!("{}@127.0.0.1", self.ssh_user))
             .arg(command)
             .stdin(Stdio::null())
+            // A wait given up on (cloud_init_finished) leaves no ssh behind.
+            .kill_on_drop(true)
             .output()
             .await?;
         Ok((
@@ -576,6 +592,11 @@ pub fn seed_files(job_id: Uuid, user: &str, public_key: &str) -> (String, String
     }
     (meta_data, user_data)
 }
+
+/// Waits for the guest's cloud-init, where it has one, and succeeds whatever cloud-init's verdict
+/// (`cloud-init status --wait` exits 1 on an error). 0 also for guests without cloud-init.
+const CLOUD_INIT_WAIT: &str =
+    "command -v cloud-init >/dev/null 2>&1 || exit 0; cloud-init status --wait >/dev/null 2>&1; exit 0";
 
 /// Whether the lease's QEMU still runs: the pid exists and is a QEMU with this VM's overlay (a
 /// pid reused by another process is not ours to kill). A read of `/proc` (kernel memory, never
