@@ -19,9 +19,6 @@ use crate::{slots_busy, RunnerHandler, SLOTS_METRIC};
 /// killed and its job handed back to the queue.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let arch = configured_arch(&config)?.to_string();
-    if arch.is_empty() || arch.contains(['.', '#', '*', ' ']) {
-        anyhow::bail!("runner.arch: {arch:?} is not an arch name");
-    }
     let mut settings = settings(&config.runner).await?;
     // Unset, results link the api's artifacts (`api.public_url`), as the api's own links do.
     settings.artifacts_url = config.artifacts_url();
@@ -67,9 +64,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 /// the shared configuration, since no other service needs it. Unset is a bad configuration (exit
 /// status 2, `main` checks it before starting), as a bad value the loader finds is.
 pub fn configured_arch(config: &Config) -> Result<&str, ConfigError> {
-    config.runner.arch.as_deref().ok_or_else(|| {
+    let arch = config.runner.arch.as_deref().ok_or_else(|| {
         ConfigError::new("runner.arch: not set (use --arch or TASKBOT_RUNNER__ARCH)")
-    })
+    })?;
+    // It names a queue and a routing key: AMQP's separators and wildcards would bind others.
+    if arch.is_empty() || arch.contains(['.', '#', '*', ' ', '/', '@']) {
+        return Err(ConfigError::new(format!(
+            "runner.arch (--arch): {arch:?} is not an arch name"
+        )));
+    }
+    Ok(arch)
 }
 
 async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
