@@ -14,22 +14,56 @@ use taskbot::{error_chain, Config};
 use crate::cli::{ApiArgs, JobArgs, ResultsArgs};
 use crate::Failure;
 
-/// Where the api is when neither `--api` nor `api.public_url` says.
-pub const DEFAULT_API: &str = "http://127.0.0.1:8080";
-
-/// The api's base URL, without a trailing slash.
+/// The api's base URL, without a trailing slash: `--api`, else `api.public_url`, else the address
+/// the api listens on (`api.listen`, default `127.0.0.1:8080`).
 pub fn api_url(args: &ApiArgs) -> Result<String, Failure> {
-    let url = match &args.api {
-        Some(url) => url.clone(),
+    match &args.api {
+        Some(url) => api_base(None, Some(url)),
         None => {
             let config = Config::load(&[]).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
-            config
-                .api
-                .public_url
-                .unwrap_or_else(|| DEFAULT_API.to_string())
+            api_base(Some(&config), None)
         }
+    }
+}
+
+/// [`api_url`] from a loaded configuration (`None` only when `--api` is given). An `--api` that
+/// is not an http(s) URL is a usage error (exit status 2).
+pub fn api_base(config: Option<&Config>, flag: Option<&str>) -> Result<String, Failure> {
+    let url = match (flag, config) {
+        (Some(url), _) => {
+            let url = url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 9 {
+                return Err(Failure::usage(format!(
+                    "taskbot: --api {url:?} is not an http:// or https:// URL"
+                )));
+            }
+            url.to_string()
+        }
+        (None, Some(config)) => match &config.api.public_url {
+            Some(public) => public.clone(),
+            None => listen_url(&config.api.listen),
+        },
+        (None, None) => listen_url(&taskbot::config::ApiConfig::default().listen),
     };
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// The URL that reaches an api listening on `listen` (`HOST:PORT`) from this host: an address
+/// that means "every interface" (`0.0.0.0`, `[::]`, or none) is reached on the loopback.
+pub fn listen_url(listen: &str) -> String {
+    let listen = listen.trim();
+    if let Ok(address) = listen.parse::<std::net::SocketAddr>() {
+        let ip = match address.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        return format!("http://{}", std::net::SocketAddr::new(ip, address.port()));
+    }
+    match listen.rsplit_once(':') {
+        Some(("", port)) => format!("http://127.0.0.1:{port}"),
+        _ => format!("http://{listen}"),
+    }
 }
 
 /// Percent-encode a query value.
@@ -60,7 +94,7 @@ pub(crate) fn get(url: &str, what: &str) -> Result<Value, Failure> {
         let response = client.get(url).send().await.map_err(|e| {
             Failure::input(format!(
                 "taskbot: cannot reach the api at {url}: {}\n\
-                 (is the api service running? point --api or api.public_url at it)",
+                 (is the api service running? point --api, api.public_url or api.listen at it)",
                 error_chain(&e)
             ))
         })?;
@@ -112,8 +146,31 @@ pub fn results_url(base: &str, args: &ResultsArgs) -> String {
     format!("{base}/api/v2.0/results?{}", query.join("&"))
 }
 
+/// `--outcome`'s names, each one of ResultsDB's outcomes (any case), else a usage error naming
+/// them.
+pub fn check_outcomes(list: Option<&str>) -> Result<(), Failure> {
+    let Some(list) = list else {
+        return Ok(());
+    };
+    let unknown: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty() && taskbot::Outcome::parse(o).is_none())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<&str> = taskbot::Outcome::ALL.iter().map(|o| o.as_str()).collect();
+    Err(Failure::usage(format!(
+        "taskbot results: --outcome {:?} is not an outcome; the outcomes are {}",
+        unknown.join(","),
+        known.join(", ")
+    )))
+}
+
 /// `taskbot results`.
 pub fn results(args: &ResultsArgs) -> Result<String, Failure> {
+    check_outcomes(args.outcome.as_deref())?;
     let base = api_url(&args.api)?;
     let page = get(&results_url(&base, args), "results")?;
     if args.json {
@@ -209,8 +266,13 @@ pub fn results_table(page: &Value) -> String {
 
 /// `taskbot job ID`.
 pub fn job(args: &JobArgs) -> Result<String, Failure> {
-    let base = api_url(&args.api)?;
     let id = args.id.trim();
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(Failure::usage(format!(
+            "taskbot job: {id:?} is not a job id (a UUID, as `taskbot results` shows)"
+        )));
+    }
+    let base = api_url(&args.api)?;
     let job = get(
         &format!("{base}/api/v1/jobs/{}", encode(id)),
         &format!("job {id}"),
@@ -305,6 +367,41 @@ mod tests {
             json: false,
             api: ApiArgs { api: None },
         }
+    }
+
+    #[test]
+    fn the_api_is_found_at_its_public_url_else_where_it_listens() {
+        assert_eq!(listen_url("127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(listen_url("0.0.0.0:9000"), "http://127.0.0.1:9000");
+        assert_eq!(listen_url("[::]:9000"), "http://[::1]:9000");
+        assert_eq!(listen_url("[2001:db8::1]:80"), "http://[2001:db8::1]:80");
+        assert_eq!(listen_url("api.internal:8081"), "http://api.internal:8081");
+        assert_eq!(listen_url(":8081"), "http://127.0.0.1:8081");
+        let mut config = Config::default();
+        config.api.listen = "0.0.0.0:8081".into();
+        assert_eq!(
+            api_base(Some(&config), None).unwrap(),
+            "http://127.0.0.1:8081"
+        );
+        config.api.public_url = Some("https://taskbot.example/".into());
+        assert_eq!(
+            api_base(Some(&config), None).unwrap(),
+            "https://taskbot.example"
+        );
+        assert_eq!(
+            api_base(Some(&config), Some("http://h:1/")).unwrap(),
+            "http://h:1"
+        );
+        assert_eq!(api_base(None, Some("h:1")).unwrap_err().status, 2);
+    }
+
+    #[test]
+    fn outcomes_are_checked_before_asking() {
+        assert!(check_outcomes(None).is_ok());
+        assert!(check_outcomes(Some("failed, CRASHED,")).is_ok());
+        let err = check_outcomes(Some("FAILED,GREAT,bad")).unwrap_err();
+        assert_eq!(err.status, 2);
+        assert!(err.message.contains("\"GREAT,bad\""), "{}", err.message);
     }
 
     #[test]

@@ -161,16 +161,8 @@ async fn jobs_by_state(api: &str) -> Result<BTreeMap<String, u64>, String> {
         .collect())
 }
 
-/// The api's base URL: `--api`, else `api.public_url`, else the default.
-fn api_base(config: &Config, api: Option<&str>) -> String {
-    api.map(str::to_string)
-        .or_else(|| config.api.public_url.clone())
-        .unwrap_or_else(|| crate::api_cmd::DEFAULT_API.to_string())
-        .trim_end_matches('/')
-        .to_string()
-}
-
-async fn read_status(config: &Config, api: Option<&str>) -> Result<Status, Failure> {
+/// The queues from the management API, and the jobs by state from the api at `api`.
+async fn read_status(config: &Config, api: &str) -> Result<Status, Failure> {
     let management =
         Management::new(config).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
     let queues = management
@@ -178,7 +170,7 @@ async fn read_status(config: &Config, api: Option<&str>) -> Result<Status, Failu
         .await
         .map_err(|e| Failure::input(format!("taskbot: {e}")))?;
     let mut status = classify(&config.amqp.namespace, &queues);
-    match jobs_by_state(&api_base(config, api)).await {
+    match jobs_by_state(api).await {
         Ok(jobs) => status.jobs = Some(jobs),
         Err(err) => status.jobs_error = Some(err),
     }
@@ -187,7 +179,8 @@ async fn read_status(config: &Config, api: Option<&str>) -> Result<Status, Failu
 
 pub fn status(args: &StatusArgs) -> Result<String, Failure> {
     let config = load_config()?;
-    let status = runtime()?.block_on(read_status(&config, args.api.api.as_deref()))?;
+    let api = crate::api_cmd::api_base(Some(&config), args.api.api.as_deref())?;
+    let status = runtime()?.block_on(read_status(&config, &api))?;
     if args.json {
         Ok(serde_json::to_string_pretty(&status).expect("status serialises") + "\n")
     } else {
@@ -256,10 +249,11 @@ pub fn elapsed(secs: i64) -> String {
 /// `taskbot watch`: the status, redrawn every `--interval` seconds until Ctrl-C.
 pub fn watch(args: &WatchArgs) -> Result<String, Failure> {
     let config = load_config()?;
+    let api = crate::api_cmd::api_base(Some(&config), args.api.api.as_deref())?;
     let runtime = runtime()?;
+    let terminal = std::io::stdout().is_terminal();
     loop {
-        let status = runtime.block_on(read_status(&config, args.api.api.as_deref()))?;
-        let api = api_base(&config, args.api.api.as_deref());
+        let status = runtime.block_on(read_status(&config, &api))?;
         let active = match runtime.block_on(active_jobs(&api)) {
             Ok(lines) if lines.is_empty() => "jobs in progress: none\n".to_string(),
             Ok(lines) => format!(
@@ -270,11 +264,12 @@ pub fn watch(args: &WatchArgs) -> Result<String, Failure> {
             ),
             Err(err) => format!("jobs in progress: unknown ({err})\n"),
         };
-        let colour = std::io::stdout().is_terminal();
-        // Clear the screen and go home, then draw.
+        // On a terminal, clear the screen and go home, then draw; into a file or a pipe, no
+        // control codes: one screen after the other.
         print!(
-            "\x1b[2J\x1b[H{}\n{active}\n(every {}s; Ctrl-C to stop) {}\n",
-            status_text(&status, colour),
+            "{}{}\n{active}\n(every {}s; Ctrl-C to stop) {}\n",
+            if terminal { "\x1b[2J\x1b[H" } else { "" },
+            status_text(&status, terminal),
             args.interval,
             chrono::Utc::now().format("%H:%M:%S UTC")
         );
@@ -350,7 +345,7 @@ pub fn manual_job(args: &SubmitArgs, arch: &str, event_id: &str) -> Result<JobRe
     for pair in &args.arg {
         let (k, v) = pair
             .split_once('=')
-            .ok_or_else(|| Failure::input(format!("taskbot: --arg {pair:?} is not KEY=VALUE")))?;
+            .ok_or_else(|| Failure::usage(format!("taskbot: --arg {pair:?} is not KEY=VALUE")))?;
         job_args.insert(k.to_string(), v.to_string());
     }
     let task = TaskRef {
@@ -379,8 +374,32 @@ pub fn manual_job(args: &SubmitArgs, arch: &str, event_id: &str) -> Result<JobRe
     })
 }
 
+/// Refuse arches the deployment does not run (`arches` in the configuration): the provisioner
+/// would only answer such a job with a CRASHED result, after it was published.
+pub fn check_arches(requested: &[String], deployment: &[String]) -> Result<(), Failure> {
+    let unknown: Vec<&str> = requested
+        .iter()
+        .map(String::as_str)
+        .filter(|arch| !deployment.iter().any(|a| a == arch))
+        .collect();
+    if unknown.is_empty() && !requested.is_empty() {
+        return Ok(());
+    }
+    let unknown = unknown
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(Failure::usage(format!(
+        "taskbot submit: --arch {unknown} is not an arch of this deployment; \
+         its arches (`arches` in the configuration) are: {}",
+        deployment.join(", ")
+    )))
+}
+
 pub fn submit(args: &SubmitArgs) -> Result<String, Failure> {
     let config = load_config()?;
+    check_arches(&args.arch, &config.arches)?;
     let event_id = format!("manual-{}", uuid::Uuid::new_v4());
     let jobs = args
         .arch
@@ -420,7 +439,7 @@ pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
         (_, Some(url)) => from_datagrepper(args, url)?,
         (Some(file), None) => message_input::read(file).map_err(Failure::input)?,
         (None, None) => {
-            return Err(Failure::input(
+            return Err(Failure::usage(
                 "taskbot replay: give a FILE or --datagrepper",
             ))
         }
@@ -473,12 +492,13 @@ pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
 /// The messages of `--since..--until` from datagrepper at `url`, as a JSON array's text, and the
 /// name to call them by.
 fn from_datagrepper(args: &ReplayArgs, url: &str) -> Result<(String, String), Failure> {
-    let time = |t: &Option<String>| {
-        crate::datagrepper::parse_time(t.as_deref().unwrap_or_default()).map_err(Failure::input)
+    let time = |flag: &str, t: &Option<String>| {
+        crate::datagrepper::parse_time(t.as_deref().unwrap_or_default())
+            .map_err(|e| Failure::usage(format!("taskbot replay: --{flag}: {e}")))
     };
-    let (since, until) = (time(&args.since)?, time(&args.until)?);
+    let (since, until) = (time("since", &args.since)?, time("until", &args.until)?);
     if since > until {
-        return Err(Failure::input("taskbot replay: --since is after --until"));
+        return Err(Failure::usage("taskbot replay: --since is after --until"));
     }
     let messages = runtime()?
         .block_on(crate::datagrepper::fetch(url, since, until, &args.topic))
@@ -772,6 +792,26 @@ mod tests {
 
     fn q(name: &str, ready: u64, consumers: u64) -> QueueStats {
         QueueStats::named(name, ready, consumers)
+    }
+
+    #[test]
+    fn submit_takes_only_the_deployments_arches() {
+        let deployment = ["x86_64".to_string(), "noarch".to_string()];
+        let arches = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert!(check_arches(&arches(&["x86_64", "noarch"]), &deployment).is_ok());
+        let refused = check_arches(&arches(&["x86_64", "s390x"]), &deployment).unwrap_err();
+        assert_eq!(refused.status, 2);
+        assert!(
+            refused.message.contains("\"s390x\"") && refused.message.contains("x86_64, noarch"),
+            "{}",
+            refused.message
+        );
+        assert!(
+            !refused.message.contains("\"x86_64\""),
+            "{}",
+            refused.message
+        );
+        assert!(check_arches(&arches(&[""]), &deployment).is_err());
     }
 
     #[test]

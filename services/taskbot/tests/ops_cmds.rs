@@ -330,7 +330,7 @@ async fn submit_schedules_one_job_per_arch_like_a_rule() {
             "submit", "--task", "t", "--repo", "r", "--item", "i", "--arg", "novalue",
         ],
     );
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not KEY=VALUE"));
     broker.cleanup().await;
 }

@@ -168,9 +168,7 @@ pub fn back_to(letter: &Letter, headers: Option<&FieldTable>, target: &str) -> O
         }
         None => Outgoing::new("", target, letter.incoming.body.clone()),
     };
-    let kept = headers
-        .map(|t| t.inner().clone())
-        .unwrap_or_default();
+    let kept = headers.map(|t| t.inner().clone()).unwrap_or_default();
     for (key, value) in kept {
         let key = key.as_str();
         if key.starts_with("x-taskbot-") || key == X_DEATH || key == "BCC" || key == "CC" {
