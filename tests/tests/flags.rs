@@ -114,3 +114,26 @@ fn a_runner_without_an_arch_is_a_bad_configuration() {
         "{text}"
     );
 }
+
+/// A service's log written to a file (as `make run`, systemd or a container keeps it) is plain
+/// text: no terminal colour codes, whatever the terminal the service was started from.
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provisioner.log");
+    let log = std::fs::File::create(&path).unwrap();
+    let status = Command::new(binary(Service::Provisioner.name()))
+        .args(["--ops-listen", "192.0.2.1:1"])
+        .env_remove("TASKBOT_CONFIG")
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm-256color")
+        .env("LOG_FORMAT", "text")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .status()
+        .expect("run the provisioner");
+    assert_eq!(status.code(), Some(1));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("ERROR"), "it logged: {text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in {text:?}");
+}
