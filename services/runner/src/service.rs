@@ -28,10 +28,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // Only its own arch: its broker user (`[amqp.users.runner_<arch>]`) may touch no other run
     // queue.
     let topology = Topology::for_config(&config).only_arch(&arch);
+    let instance = identity(&arch, &taskbot::host_name(), &configured_instance(&config)?);
     let handler = Arc::new(RunnerHandler {
         topology: topology.clone(),
         arch: arch.clone(),
-        instance: taskbot::instance_name(&format!("runner/{arch}")),
+        instance: instance.clone(),
         settings: settings.clone(),
         shutdown: shutdown.clone(),
         http: http_client()?,
@@ -42,11 +43,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     });
     let spec = ConsumerSpec {
         queue: topology.run_queue(&arch),
-        name: format!("taskbot-runner-{arch}"),
+        // The connection's name in RabbitMQ's management UI: which runner of the host it is.
+        name: format!("taskbot-{instance}"),
         concurrency: settings.concurrency,
         retry_delay: Duration::from_secs(2),
     };
-    tracing::info!(arch = %arch, queue = %spec.queue, concurrency = settings.concurrency,
+    tracing::info!(arch = %arch, %instance, queue = %spec.queue, concurrency = settings.concurrency,
         user = %amqp::url_user(&config.amqp.url), provisioner_user = %handler.provisioner_user,
         "runner starting; run messages are honoured only from the provisioner's broker user");
     register_slots(&arch, settings.concurrency);
@@ -56,6 +58,35 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     amqp_config.prefetch = u16::try_from(settings.concurrency.max(1)).unwrap_or(u16::MAX);
     amqp::consume(&amqp_config, &topology, spec, handler, shutdown).await;
     Ok(())
+}
+
+/// How a runner names itself in job statuses and results (who ran a job, in its history):
+/// `runner/<arch>@<host>/<instance>`. The instance tells apart the runners of one host, which
+/// otherwise all had the same name.
+pub fn identity(arch: &str, host: &str, instance: &str) -> String {
+    format!("runner/{arch}@{host}/{instance}")
+}
+
+/// This runner's instance name: `runner.instance` (`--instance`), else its process id, which no
+/// other live process of the host has and which it keeps for its whole life. A configured name
+/// that could not stand in [`identity`] unambiguously is a bad configuration (exit status 2).
+pub fn configured_instance(config: &Config) -> Result<String, ConfigError> {
+    let Some(name) = config.runner.instance.as_deref() else {
+        return Ok(std::process::id().to_string());
+    };
+    let fits = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if fits {
+        Ok(name.to_string())
+    } else {
+        Err(ConfigError::new(format!(
+            "runner.instance (--instance): {name:?} is not an instance name (1 to 64 letters, \
+             digits, '-', '_' and '.')"
+        )))
+    }
 }
 
 /// `runner.*` with its directories made absolute (tasks get them in their environment and run in
@@ -278,6 +309,24 @@ fn register_slots(arch: &str, concurrency: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runners_of_one_host_have_names_of_their_own() {
+        let mut config = Config::default();
+        let pid = configured_instance(&config).unwrap();
+        assert_eq!(pid, std::process::id().to_string());
+        assert_eq!(
+            identity("x86_64", "vm", &pid),
+            format!("runner/x86_64@vm/{pid}")
+        );
+        config.runner.instance = Some("slot-2".into());
+        assert_eq!(configured_instance(&config).unwrap(), "slot-2");
+        for bad in ["", "a/b", "a b", "r@h", &"x".repeat(65)] {
+            config.runner.instance = Some(bad.to_string());
+            let err = configured_instance(&config).unwrap_err().to_string();
+            assert!(err.contains("runner.instance (--instance)"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn the_arch_is_required() {
