@@ -176,7 +176,7 @@ pub fn results(args: &ResultsArgs) -> Result<String, Failure> {
     if args.json {
         return Ok(format!("{}\n", pretty(&page)));
     }
-    Ok(results_table(&page))
+    Ok(results_table(&page, args.full))
 }
 
 fn pretty(value: &Value) -> String {
@@ -187,12 +187,40 @@ fn first_data(result: &Value, key: &str) -> String {
     result["data"][key][0].as_str().unwrap_or("").to_string()
 }
 
-/// Rows as aligned columns.
+/// How much of a note a table shows by default: its first line, this many characters at most.
+pub const NOTE_WIDTH: usize = 60;
+
+/// A note as a table's last cell: with `full`, all of it (its lines after the first go under
+/// it, aligned with the column); else its first line, cut to [`NOTE_WIDTH`] characters, with
+/// `…` when anything was left out. A CRASHED note holds the last ~20 lines of the job's log,
+/// which would otherwise fill the screen with one result.
+pub fn note_cell(note: &str, full: bool) -> String {
+    let note = note.trim_end();
+    if full {
+        return note.to_string();
+    }
+    let mut lines = note.lines();
+    let first = lines.next().unwrap_or("").trim_end();
+    let more = lines.next().is_some();
+    if first.chars().count() > NOTE_WIDTH {
+        let kept: String = first.chars().take(NOTE_WIDTH - 1).collect();
+        format!("{}…", kept.trim_end())
+    } else if more {
+        format!("{first} …")
+    } else {
+        first.to_string()
+    }
+}
+
+/// Rows as aligned columns. The last cell may hold several lines: the ones after the first
+/// start under it.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
+            if i + 1 < row.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
         }
     }
     let mut out = String::new();
@@ -200,7 +228,13 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
-                text.push_str(cell);
+                let indent = text.chars().count();
+                let mut cell_lines = cell.lines();
+                text.push_str(cell_lines.next().unwrap_or(""));
+                for more in cell_lines {
+                    text = text.trim_end().to_string();
+                    let _ = write!(text, "\n{:indent$}{more}", "");
+                }
             } else {
                 let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
             }
@@ -222,8 +256,8 @@ fn short_time(text: &str) -> String {
     text.replace('T', " ")
 }
 
-/// The text form of a `/results` page.
-pub fn results_table(page: &Value) -> String {
+/// The text form of a `/results` page; notes cut to one line unless `full` ([`note_cell`]).
+pub fn results_table(page: &Value, full: bool) -> String {
     let results = page["data"].as_array().cloned().unwrap_or_default();
     if results.is_empty() {
         return "no results\n".to_string();
@@ -238,7 +272,7 @@ pub fn results_table(page: &Value) -> String {
                 first_data(r, "item"),
                 first_data(r, "arch"),
                 r["groups"][0].as_str().unwrap_or("").to_string(),
-                r["note"].as_str().unwrap_or("").to_string(),
+                note_cell(r["note"].as_str().unwrap_or(""), full),
             ]
         })
         .collect();
@@ -280,11 +314,11 @@ pub fn job(args: &JobArgs) -> Result<String, Failure> {
     if args.json {
         return Ok(format!("{}\n", pretty(&job)));
     }
-    Ok(job_text(&job))
+    Ok(job_text(&job, args.full))
 }
 
-/// The text form of a job.
-pub fn job_text(job: &Value) -> String {
+/// The text form of a job; details and notes cut to one line unless `full` ([`note_cell`]).
+pub fn job_text(job: &Value, full: bool) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
     let mut out = String::new();
     let _ = writeln!(out, "job      {}", s(&job["id"]));
@@ -330,7 +364,7 @@ pub fn job_text(job: &Value) -> String {
                 short_time(&s(&e["at"])),
                 s(&e["state"]),
                 s(&e["service"]),
-                s(&e["detail"]),
+                note_cell(&s(&e["detail"]), full),
             ]
         })
         .collect();
@@ -342,7 +376,13 @@ pub fn job_text(job: &Value) -> String {
         out.push_str("\nresults:\n");
         let rows: Vec<Vec<String>> = results
             .iter()
-            .map(|r| vec![s(&r["outcome"]), s(&r["testcase"]["name"]), s(&r["note"])])
+            .map(|r| {
+                vec![
+                    s(&r["outcome"]),
+                    s(&r["testcase"]["name"]),
+                    note_cell(&s(&r["note"]), full),
+                ]
+            })
             .collect();
         out.push_str(&indent(&table(&["OUTCOME", "TESTCASE", "NOTE"], &rows)));
     }
@@ -365,6 +405,7 @@ mod tests {
             outcome: Some("FAILED,CRASHED".into()),
             limit: 5,
             json: false,
+            full: false,
             api: ApiArgs { api: None },
         }
     }
@@ -402,6 +443,35 @@ mod tests {
         let err = check_outcomes(Some("FAILED,GREAT,bad")).unwrap_err();
         assert_eq!(err.status, 2);
         assert!(err.message.contains("\"GREAT,bad\""), "{}", err.message);
+    }
+
+    #[test]
+    fn long_notes_take_one_line_unless_full() {
+        assert_eq!(note_cell("fine", false), "fine");
+        assert_eq!(note_cell("fine\n", false), "fine");
+        let crashed = "the task was killed by signal 11 (SIGSEGV)\n--- end of task.log ---\na\nb";
+        assert_eq!(
+            note_cell(crashed, false),
+            "the task was killed by signal 11 (SIGSEGV) …"
+        );
+        assert_eq!(note_cell(crashed, true), crashed);
+        let long = "x".repeat(200);
+        let cut = note_cell(&long, false);
+        assert_eq!(cut.chars().count(), NOTE_WIDTH);
+        assert!(cut.ends_with('…'));
+        let page = json!({"data": [{
+            "submit_time": "2025-06-15T15:06:50", "outcome": "CRASHED",
+            "testcase": {"name": "t"}, "data": {"item": ["i"], "arch": ["a"]},
+            "groups": ["g"], "note": crashed,
+        }]});
+        let short = results_table(&page, false);
+        assert_eq!(short.lines().count(), 2, "{short}");
+        let full = results_table(&page, true);
+        let lines: Vec<&str> = full.lines().collect();
+        assert_eq!(lines.len(), 5, "{full}");
+        let column = lines[0].find("NOTE").unwrap();
+        assert_eq!(lines[1].find("the task was"), Some(column), "{full}");
+        assert_eq!(lines[2].find("--- end"), Some(column), "{full}");
     }
 
     #[test]
@@ -444,7 +514,7 @@ mod tests {
                 "note": null,
             }],
         });
-        let text = results_table(&page);
+        let text = results_table(&page, false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
@@ -459,6 +529,6 @@ mod tests {
             "2025-06-15 15:06:49  FAILED   abi           glibc             aarch64  1f2a"
         );
         assert!(lines[3].contains("more match"), "{text}");
-        assert_eq!(results_table(&json!({"data": []})), "no results\n");
+        assert_eq!(results_table(&json!({"data": []}), false), "no results\n");
     }
 }
