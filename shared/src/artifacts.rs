@@ -96,9 +96,73 @@ pub fn check_regular(meta: &Metadata) -> Result<(), String> {
     Ok(())
 }
 
+/// The public link to what `location` (a result's `log_url`, as its runner wrote it) points at:
+/// a runner that knows no public URL (no `runner.artifacts_url` or `api.public_url` in *its*
+/// configuration) writes the local path of the job's artifacts directory,
+/// `<runner.artifacts_dir>/<job id>/task.log`. Where the configuration read here publishes
+/// the artifacts (`artifacts_url`, [`crate::Config::artifacts_url`]), such a path, or the same as
+/// a `file://` URL, becomes `<artifacts_url>/<job id>/task.log`. Anything else (already a URL, a
+/// path that is not under a directory named after the job) is returned as it is.
+pub fn public_link(location: &str, job_id: uuid::Uuid, artifacts_url: Option<&str>) -> String {
+    let Some(base) = artifacts_url else {
+        return location.to_string();
+    };
+    let path = location.strip_prefix("file://").unwrap_or(location);
+    if !path.starts_with('/') {
+        return location.to_string();
+    }
+    let job = job_id.to_string();
+    let segments: Vec<&str> = path.split('/').collect();
+    // The last directory named after the job: what follows is the file's place in the job's
+    // artifacts, whatever the runner's artifacts directory was.
+    let Some(at) = segments.iter().rposition(|segment| *segment == job) else {
+        return location.to_string();
+    };
+    let rest: Vec<&str> = segments[at + 1..]
+        .iter()
+        .copied()
+        .filter(|s| !s.is_empty())
+        .collect();
+    if rest.iter().any(|s| *s == ".." || *s == ".") {
+        return location.to_string();
+    }
+    let base = base.trim_end_matches('/');
+    match rest.is_empty() {
+        true => format!("{base}/{job}/"),
+        false => format!("{base}/{job}/{}", rest.join("/")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_log_paths_become_public_links_where_the_artifacts_are_published() {
+        let job = uuid::Uuid::parse_str("0e7c1b7e-3a57-5f0e-8f7e-2b9c4d1a6e30").unwrap();
+        let public = Some("https://taskbot.example/artifacts/");
+        let local = format!("/var/lib/taskbot/artifacts/{job}/task.log");
+        assert_eq!(
+            public_link(&local, job, public),
+            format!("https://taskbot.example/artifacts/{job}/task.log")
+        );
+        assert_eq!(
+            public_link(&format!("file:///srv/a/{job}/out/x.txt"), job, public),
+            format!("https://taskbot.example/artifacts/{job}/out/x.txt")
+        );
+        assert_eq!(
+            public_link(&format!("/srv/a/{job}"), job, public),
+            format!("https://taskbot.example/artifacts/{job}/")
+        );
+        // Unpublished, already a URL, another job's directory, a way out: left alone.
+        assert_eq!(public_link(&local, job, None), local);
+        let url = format!("https://cdn.example/{job}/task.log");
+        assert_eq!(public_link(&url, job, public), url);
+        let other = "/var/lib/taskbot/artifacts/5a1f0000-0000-4000-8000-000000000000/task.log";
+        assert_eq!(public_link(other, job, public), other);
+        let escape = format!("/srv/a/{job}/../../etc/passwd");
+        assert_eq!(public_link(&escape, job, public), escape);
+    }
 
     #[test]
     fn steps_are_numbered_in_running_order() {

@@ -528,6 +528,11 @@ pub enum ImageFile {
 pub struct RunnerConfig {
     /// The arch whose queue this runner consumes (also settable with `runner --arch`).
     pub arch: Option<String>,
+    /// This runner's name among the runners of its host (also settable with `runner
+    /// --instance`): it identifies as `runner/<arch>@<host>/<instance>` in job statuses and
+    /// results. Unset: its process id, unique on the host while it runs. Give one per runner
+    /// when several share a host and should keep their name across restarts.
+    pub instance: Option<String>,
     /// Where jobs' fresh working directories are created (and removed afterwards).
     pub work_dir: PathBuf,
     /// Where each job's logs and artifacts are kept, under `<artifacts_dir>/<job id>/`.
@@ -662,6 +667,7 @@ impl Default for RunnerConfig {
     fn default() -> Self {
         RunnerConfig {
             arch: None,
+            instance: None,
             work_dir: std::env::temp_dir().join("taskbot-work"),
             artifacts_dir: PathBuf::from("/var/lib/taskbot/artifacts"),
             artifacts_url: None,

@@ -45,11 +45,15 @@ pub mod testing;
 
 /// `service@host`, to say in job statuses and results which instance did something.
 pub fn instance_name(service: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{service}@{}", host_name())
+}
+
+/// This host's name (the kernel's, else `$HOSTNAME`, else `unknown-host`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{service}@{host}")
+        .unwrap_or_else(|| "unknown-host".into())
 }

@@ -754,6 +754,16 @@ impl TaskResult {
     pub fn routing_key(&self) -> String {
         format!("result.{}.{}", self.outcome, self.testcase)
     }
+
+    /// The same result with its log linked where `artifacts_url` publishes the artifacts, when
+    /// its runner wrote a local path ([`crate::artifacts::public_link`]): what goes to readers
+    /// off the runner's host (ResultsDB, the Fedora bus).
+    pub fn with_public_log(mut self, artifacts_url: Option<&str>) -> TaskResult {
+        self.log_url = self
+            .log_url
+            .map(|link| crate::artifacts::public_link(&link, self.job_id, artifacts_url));
+        self
+    }
 }
 
 #[cfg(test)]

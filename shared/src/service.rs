@@ -1,6 +1,6 @@
 //! What every service's `main` does once its flags are parsed, so each `main.rs` stays a few lines
-//! and all services behave alike: a bad configuration exits with status 2 and the list of bad
-//! keys; the service's secrets are read from their files ([`crate::secrets`]; a missing one exits
+//! and all services behave alike: a bad configuration (a malformed flag included: clap's own
+//! usage errors exit with status 2 too) exits with status 2 and the list of bad keys; the service's secrets are read from their files ([`crate::secrets`]; a missing one exits
 //! with status 2 too); logging is set up from the config; `/healthz`, `/readyz` and `/metrics` are served on the
 //! service's `ops_listen` address ([`crate::ops`]); the service runs until SIGTERM or Ctrl-C; a
 //! failure (an ops address already in use included) is logged and exits with status 1.
@@ -32,6 +32,45 @@ impl OpsArgs {
     }
 }
 
+/// Whether `address` is `HOST:PORT` (`127.0.0.1:9100`, `[::]:0`, `localhost:8080`), what the
+/// listening addresses (`ops_listen`, `api.listen`) take; else why not.
+pub fn check_listen(address: &str) -> Result<(), String> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad =
+        || format!("{address:?} is not HOST:PORT (e.g. 127.0.0.1:9100; port 0 picks a free one)");
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if host_ok && port.parse::<u16>().is_ok() {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// The listening addresses `service` uses, checked ([`check_listen`]): a malformed one (from a
+/// flag, the file or the environment) is a bad configuration, refused before anything starts,
+/// not a failure to listen found later.
+pub fn check_addresses(service: Service, config: &Config) -> Result<(), ConfigError> {
+    let (key, address) = match (service, config.ops_listen(service)) {
+        (Service::Api, _) => ("api.listen (--listen)", config.api.listen.as_str()),
+        (_, Some(address)) => (service.ops_listen_key().unwrap_or("ops_listen"), address),
+        (_, None) => return Ok(()),
+    };
+    check_listen(address).map_err(|e| {
+        let flag = if service == Service::Api {
+            ""
+        } else {
+            " (--ops-listen)"
+        };
+        ConfigError::new(format!("{key}{flag}: {e}"))
+    })
+}
+
 /// Run `service`: exit 2 on a bad `config`, serve its ops endpoints, run until a signal.
 pub async fn main<F, Fut>(service: Service, config: Result<Config, ConfigError>, run: F) -> ExitCode
 where
@@ -39,7 +78,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let name = service.name();
-    let config = match config {
+    let config = match config.and_then(|c| check_addresses(service, &c).map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{name}: {e}");
@@ -140,5 +179,47 @@ mod tests {
         });
         let none = Flags::try_parse_from(["x"]).unwrap();
         assert_eq!(none.ops.override_for(Service::Reporter), None);
+    }
+
+    #[test]
+    fn listening_addresses_must_be_host_and_port() {
+        for good in [
+            "127.0.0.1:9100",
+            "0.0.0.0:0",
+            "[::]:8080",
+            "localhost:8080",
+            "ops-1.example:1",
+        ] {
+            assert_eq!(check_listen(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "nowhere:x",
+            "8080",
+            ":8080",
+            "localhost",
+            "a b:1",
+            "http://h:1",
+            "h:70000",
+        ] {
+            assert!(
+                check_listen(bad).unwrap_err().contains("is not HOST:PORT"),
+                "{bad}"
+            );
+        }
+        let mut config = Config::default();
+        config.runner.ops_listen = "nowhere:x".into();
+        let err = check_addresses(Service::Runner, &config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("runner.ops_listen (--ops-listen): \"nowhere:x\""),
+            "{err}"
+        );
+        assert!(check_addresses(Service::Rules, &config).is_ok());
+        config.api.listen = "8080".into();
+        let err = check_addresses(Service::Api, &config)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.listen (--listen): \"8080\""), "{err}");
     }
 }

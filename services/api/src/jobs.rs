@@ -364,7 +364,7 @@ pub async fn get_job(
     };
     let results = results
         .iter()
-        .map(|r| result_json(r, &base))
+        .map(|r| result_json(r, &base, state.artifacts_url.as_deref()))
         .collect::<Result<Vec<_>, _>>()?;
     job["history"] = Value::Array(history);
     job["results"] = Value::Array(results);

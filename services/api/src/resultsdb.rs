@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+use taskbot::artifacts::public_link;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -291,8 +292,11 @@ pub fn resultsdb_data(task_data: &Value, item: &str, item_type: &str, arch: &str
     Value::Object(out)
 }
 
-/// A result row (selected with [`RESULT_COLUMNS`]) as ResultsDB shows it.
-pub fn result_json(row: &Row, base: &str) -> Result<Value, ApiError> {
+/// A result row (selected with [`RESULT_COLUMNS`]) as ResultsDB shows it. Its log link
+/// (`ref_url`) is the public one where the artifacts are published (`artifacts_url`,
+/// [`taskbot::Config::artifacts_url`]) even when its runner wrote a local path
+/// ([`taskbot::artifacts::public_link`]).
+pub fn result_json(row: &Row, base: &str, artifacts_url: Option<&str>) -> Result<Value, ApiError> {
     let id: Uuid = row.try_get("result_id")?;
     let job_id: Uuid = row.try_get("job_id")?;
     let testcase: String = row.try_get("testcase")?;
@@ -317,7 +321,9 @@ pub fn result_json(row: &Row, base: &str) -> Result<Value, ApiError> {
         "submit_time": links::resultsdb_time(&finished_at),
         "outcome": row.try_get::<_, String>("outcome")?,
         "note": row.try_get::<_, Option<String>>("note")?,
-        "ref_url": row.try_get::<_, Option<String>>("log_url")?,
+        "ref_url": row
+            .try_get::<_, Option<String>>("log_url")?
+            .map(|link| public_link(&link, job_id, artifacts_url)),
         "data": resultsdb_data(&data, &item, &item_type, &arch),
         "href": format!("{base}/api/v2.0/results/{id_text}"),
     }))
@@ -350,7 +356,7 @@ pub async fn get_results(
     let url = format!("{base}/api/v2.0/results");
     paging
         .answer(&state, filter.conditions(), select, &url, &query, |row| {
-            result_json(row, &base)
+            result_json(row, &base, state.artifacts_url.as_deref())
         })
         .await
 }
@@ -391,7 +397,7 @@ pub async fn get_results_latest(
     let rows = client.query(&sql, &c.refs()).await?;
     let data = rows
         .iter()
-        .map(|row| result_json(row, &base))
+        .map(|row| result_json(row, &base, state.artifacts_url.as_deref()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(json!({"data": data})))
 }
@@ -429,7 +435,11 @@ pub async fn get_result(
     } else {
         None
     };
-    Ok(Json(result_json(&row.ok_or_else(not_found)?, &base)?))
+    Ok(Json(result_json(
+        &row.ok_or_else(not_found)?,
+        &base,
+        state.artifacts_url.as_deref(),
+    )?))
 }
 
 /// Each testcase with the repository of the task that last reported it (the sink's `ref_url`).
@@ -510,11 +520,13 @@ const GROUPS_SQL: &str = "SELECT r.job_id, \
 
 /// A group as the sink posts it: its `ref_url` is the job's public page when the configuration
 /// gives one ([`taskbot::Config::job_page_url`]), else the job's log, so both agree.
-fn group_json(row: &Row, base: &str, job_page: Option<&str>) -> Result<Value, ApiError> {
+fn group_json(row: &Row, base: &str, state: &AppState) -> Result<Value, ApiError> {
     let uuid: Uuid = row.try_get("job_id")?;
-    let ref_url = match job_page {
+    let ref_url = match state.job_page_template.as_deref() {
         Some(template) => Some(template.replace("{job_id}", &uuid.to_string())),
-        None => row.try_get::<_, Option<String>>("ref_url")?,
+        None => row
+            .try_get::<_, Option<String>>("ref_url")?
+            .map(|link| public_link(&link, uuid, state.artifacts_url.as_deref())),
     };
     Ok(json!({
         "uuid": uuid.to_string(),
@@ -550,7 +562,7 @@ pub async fn get_groups(
     let url = format!("{base}/api/v2.0/groups");
     paging
         .answer(&state, c, select, &url, &query, |row| {
-            group_json(row, &base, state.job_page_template.as_deref())
+            group_json(row, &base, &state)
         })
         .await
 }
@@ -566,11 +578,7 @@ pub async fn get_group(
     let client = state.store.client().await?;
     let sql = format!("SELECT * FROM ({GROUPS_SQL} HAVING r.job_id = $1) AS g");
     let row = links::row_by_id(&client, &sql, &uuid, "Group not found").await?;
-    Ok(Json(group_json(
-        &row,
-        &base,
-        state.job_page_template.as_deref(),
-    )?))
+    Ok(Json(group_json(&row, &base, &state)?))
 }
 
 /// `GET /healthcheck`: as ResultsDB, OK only when the database answers.

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use taskbot::amqp::ReliablePublisher;
-use taskbot::config::BridgeConfig;
+use taskbot::config::{BridgeConfig, ConfigError};
 use taskbot::{Config, Shutdown, Topology};
 use tokio::sync::mpsc;
 
@@ -166,14 +166,56 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A SUB socket per endpoint of `bridge`, each named by its source (`fedmsg:<endpoint>`).
-fn subscribe_all(bridge: &BridgeConfig) -> anyhow::Result<Vec<(Arc<str>, zmq::Socket)>> {
+/// ZeroMQ's transports (`zmq_connect(3)`): an endpoint is `TRANSPORT://ADDRESS`.
+const ZMQ_TRANSPORTS: &[&str] = &[
+    "tcp", "ipc", "inproc", "pgm", "epgm", "vmci", "ws", "wss", "tipc", "udp",
+];
+
+/// Whether `endpoint` is a ZeroMQ endpoint, `TRANSPORT://ADDRESS`; else why not.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    match endpoint.split_once("://") {
+        Some((transport, address))
+            if ZMQ_TRANSPORTS.contains(&transport) && !address.is_empty() =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{endpoint:?} is not a ZeroMQ endpoint (TRANSPORT://ADDRESS, e.g. \
+             tcp://hub.fedoraproject.org:9940)"
+        )),
+    }
+}
+
+/// The bridge's settings checked before it starts: endpoints to subscribe to, each
+/// `TRANSPORT://ADDRESS` (`--endpoint tcp://hub.fedoraproject.org:9940`), and topic prefixes. A
+/// problem is a bad configuration (exit status 2), not a failure found once running.
+pub fn check_config(bridge: &BridgeConfig) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
     if bridge.endpoints.is_empty() {
-        bail!("bridge.endpoints is empty: there is nothing to subscribe to");
+        problems.push(
+            "bridge.endpoints (--endpoint): empty: there is nothing to subscribe to".to_string(),
+        );
+    }
+    for endpoint in &bridge.endpoints {
+        if let Err(e) = check_endpoint(endpoint) {
+            problems.push(format!("bridge.endpoints (--endpoint): {e}"));
+        }
     }
     if bridge.topic_prefixes.is_empty() {
-        bail!("bridge.topic_prefixes is empty: nothing would be received (use [\"\"] for all)");
+        problems.push(
+            "bridge.topic_prefixes: empty: nothing would be received (use [\"\"] for all)"
+                .to_string(),
+        );
     }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(ConfigError::new(problems.join("\n"))),
+    }
+}
+
+/// A SUB socket per endpoint of `bridge`, each named by its source (`fedmsg:<endpoint>`).
+fn subscribe_all(bridge: &BridgeConfig) -> anyhow::Result<Vec<(Arc<str>, zmq::Socket)>> {
+    check_config(bridge)?;
     let context = zmq::Context::new();
     let mut sockets = Vec::new();
     for endpoint in &bridge.endpoints {
@@ -392,5 +434,34 @@ fn receive(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_zeromq_endpoints() {
+        let mut bridge = BridgeConfig::default();
+        assert!(check_config(&bridge).is_ok());
+        bridge.endpoints = vec![
+            "tcp://hub.fedoraproject.org:9940".into(),
+            "ipc:///run/x".into(),
+        ];
+        assert!(check_config(&bridge).is_ok());
+        for bad in ["hub.fedoraproject.org:9940", "http://h:1", "tcp://", ""] {
+            bridge.endpoints = vec![bad.into()];
+            let err = check_config(&bridge).unwrap_err().to_string();
+            assert!(err.contains("is not a ZeroMQ endpoint"), "{bad}: {err}");
+        }
+        bridge.endpoints.clear();
+        bridge.topic_prefixes.clear();
+        let err = check_config(&bridge).unwrap_err().to_string();
+        assert!(
+            err.contains("bridge.endpoints (--endpoint): empty"),
+            "{err}"
+        );
+        assert!(err.contains("bridge.topic_prefixes: empty"), "{err}");
     }
 }

@@ -27,5 +27,9 @@ async fn main() -> ExitCode {
         }
         config
     });
+    let config = config.and_then(|config| {
+        taskbot_fedmsg_bridge::check_config(&config.bridge)?;
+        Ok(config)
+    });
     service::main(Service::Bridge, config, taskbot_fedmsg_bridge::run).await
 }

@@ -66,6 +66,9 @@ pub struct FedoraMessagingSink {
     pub binding: Arc<Binding>,
     /// Where changes of outcome are tracked; `None` publishes every result.
     pub changes: Option<ChangeLog>,
+    /// Where the artifacts are published ([`taskbot::Config::artifacts_url`]): a log a runner
+    /// linked by its local path is published with its public link.
+    pub artifacts_url: Option<String>,
 }
 
 /// The severity of a result's message, as fedora-messaging's levels are meant: INFO for a pass
@@ -134,7 +137,11 @@ impl FedoraMessagingSink {
 
     /// The message for a result, with `message_id`, sent at `now`.
     pub fn message(&self, result: &TaskResult, message_id: Uuid, now: DateTime<Utc>) -> Outgoing {
-        let mut message = Outgoing::new(&self.exchange, self.topic(result), result.to_json())
+        let body = result
+            .clone()
+            .with_public_log(self.artifacts_url.as_deref())
+            .to_json();
+        let mut message = Outgoing::new(&self.exchange, self.topic(result), body)
             .with_message_id(message_id.to_string())
             .with_content_encoding("utf-8")
             .with_priority(self.priority)
@@ -229,6 +236,7 @@ mod tests {
             namespace: "taskbot".into(),
             binding: Arc::new(Binding::new(&taskbot::Config::default(), None)),
             changes: None,
+            artifacts_url: Some("https://taskbot.example/artifacts".into()),
         }
     }
 
@@ -249,6 +257,18 @@ mod tests {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_local_log_path_is_published_as_its_public_link() {
+        let mut r = result(Outcome::Failed);
+        r.log_url = Some(format!("/var/lib/taskbot/artifacts/{}/task.log", r.job_id));
+        let m = sink("t").message(&r, Uuid::new_v4(), Utc::now());
+        let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(
+            body["log_url"],
+            format!("https://taskbot.example/artifacts/{}/task.log", r.job_id)
+        );
     }
 
     #[test]

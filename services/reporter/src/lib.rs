@@ -252,6 +252,7 @@ impl<'a> Consumers<'a> {
             namespace: self.config.amqp.namespace.clone(),
             binding: self.binding.clone(),
             changes,
+            artifacts_url: self.config.artifacts_url(),
         });
         let queue = self.topology.fedora_messaging_queue();
         self.start(queue, "fedora-messaging", 1, RETRY_DELAY, sink)
@@ -305,7 +306,8 @@ impl<'a> Consumers<'a> {
                 rc.resultsdb_retry_max_secs,
                 self.shutdown.clone(),
                 self.binding.clone(),
-            );
+            )
+            .with_artifacts_url(config.artifacts_url());
             // The handler waits each result's own back-off before handing it back, so the
             // consume loop adds no pause of its own.
             let concurrency = rc.resultsdb_concurrency.max(1);

@@ -342,6 +342,9 @@ pub struct ResultsDbSink {
     pub shutdown: Shutdown,
     /// Whether a result is its job's and from its sender ([`Binding`]).
     pub binding: std::sync::Arc<Binding>,
+    /// Where the artifacts are published ([`taskbot::Config::artifacts_url`]): a log a runner
+    /// linked by its local path is posted with its public link.
+    pub artifacts_url: Option<String>,
     backoffs: std::sync::Mutex<HashMap<Uuid, Backoff>>,
 }
 
@@ -364,8 +367,15 @@ impl ResultsDbSink {
             retry_max_secs,
             shutdown,
             binding,
+            artifacts_url: None,
             backoffs: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same sink, posting logs under `artifacts_url` ([`Self::artifacts_url`]).
+    pub fn with_artifacts_url(mut self, artifacts_url: Option<String>) -> Self {
+        self.artifacts_url = artifacts_url;
+        self
     }
 
     /// The pause before `result_id` is tried again; grows with each failure of that result.
@@ -471,7 +481,10 @@ impl ResultsDbSink {
             .job_url_template
             .as_deref()
             .map(|t| job_url(t, result.job_id));
-        let Some(body) = payload(result, job_url.as_deref(), &self.outcomes) else {
+        let published = result
+            .clone()
+            .with_public_log(self.artifacts_url.as_deref());
+        let Some(body) = payload(&published, job_url.as_deref(), &self.outcomes) else {
             tracing::debug!(result_id = %result.result_id, outcome = %result.outcome,
                 profile = %self.outcomes.name, "outcome not posted to this ResultsDB");
             return Disposition::Done(Vec::new());

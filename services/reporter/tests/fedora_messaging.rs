@@ -416,6 +416,7 @@ async fn sink_on(db: &TestDb, mode: FedoraMessagingNotify) -> FedoraMessagingSin
         namespace: "test".into(),
         binding: Arc::new(Binding::new(&taskbot::Config::default(), None)),
         changes: Some(ChangeLog { pool, mode }),
+        artifacts_url: None,
     }
 }
 

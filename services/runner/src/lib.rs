@@ -52,7 +52,7 @@ mod task_files;
 pub mod workspace;
 
 pub use budget::{task_budget, Budget};
-pub use service::{configured_arch, run};
+pub use service::{configured_arch, configured_instance, identity, run};
 pub use steps::CLEANUP_TIMEOUT_SECS;
 
 use taskbot::amqp::{DeliveryContext, Disposition, Handler, Incoming};
@@ -68,7 +68,7 @@ pub struct RunnerHandler {
     /// `runner.*` settings, with `work_dir` and `artifacts_dir` made absolute (tasks get them in
     /// their environment and run in another directory).
     pub settings: RunnerConfig,
-    /// `runner/<arch>@<host>`: shown in statuses and results.
+    /// `runner/<arch>@<host>/<instance>` ([`identity`]): shown in statuses and results.
     pub instance: String,
     /// Stops a running task so the job can go back to the queue when the runner shuts down.
     pub shutdown: Shutdown,

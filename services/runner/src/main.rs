@@ -11,6 +11,10 @@ struct Cli {
     /// Arch whose run queue to consume (overrides runner.arch; required unless that is set).
     #[arg(long)]
     arch: Option<String>,
+    /// This runner's name among the runners of its host, in `runner/<arch>@<host>/<instance>`
+    /// (overrides runner.instance; default: the process id).
+    #[arg(long, value_name = "NAME")]
+    instance: Option<String>,
     #[command(flatten)]
     ops: OpsArgs,
 }
@@ -23,9 +27,11 @@ async fn main() -> ExitCode {
         .map(|arch| ("runner.arch", arch))
         .into_iter()
         .collect();
+    overrides.extend(cli.instance.map(|name| ("runner.instance", name)));
     overrides.extend(cli.ops.override_for(Service::Runner));
     let config = Config::load(&overrides).and_then(|config| {
         taskbot_runner::configured_arch(&config)?;
+        taskbot_runner::configured_instance(&config)?;
         Ok(config)
     });
     service::main(Service::Runner, config, taskbot_runner::run).await

@@ -101,6 +101,7 @@ impl Kept {
             int_headers: self.int_headers,
             bool_headers: self.bool_headers,
             content_encoding: self.content_encoding,
+            bcc: Vec::new(),
         }
     }
 }

@@ -19,9 +19,6 @@ use crate::{slots_busy, RunnerHandler, SLOTS_METRIC};
 /// killed and its job handed back to the queue.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let arch = configured_arch(&config)?.to_string();
-    if arch.is_empty() || arch.contains(['.', '#', '*', ' ']) {
-        anyhow::bail!("runner.arch: {arch:?} is not an arch name");
-    }
     let mut settings = settings(&config.runner).await?;
     // Unset, results link the api's artifacts (`api.public_url`), as the api's own links do.
     settings.artifacts_url = config.artifacts_url();
@@ -31,10 +28,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // Only its own arch: its broker user (`[amqp.users.runner_<arch>]`) may touch no other run
     // queue.
     let topology = Topology::for_config(&config).only_arch(&arch);
+    let instance = identity(&arch, &taskbot::host_name(), &configured_instance(&config)?);
     let handler = Arc::new(RunnerHandler {
         topology: topology.clone(),
         arch: arch.clone(),
-        instance: taskbot::instance_name(&format!("runner/{arch}")),
+        instance: instance.clone(),
         settings: settings.clone(),
         shutdown: shutdown.clone(),
         http: http_client()?,
@@ -45,11 +43,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     });
     let spec = ConsumerSpec {
         queue: topology.run_queue(&arch),
-        name: format!("taskbot-runner-{arch}"),
+        // The connection's name in RabbitMQ's management UI: which runner of the host it is.
+        name: format!("taskbot-{instance}"),
         concurrency: settings.concurrency,
         retry_delay: Duration::from_secs(2),
     };
-    tracing::info!(arch = %arch, queue = %spec.queue, concurrency = settings.concurrency,
+    tracing::info!(arch = %arch, %instance, queue = %spec.queue, concurrency = settings.concurrency,
         user = %amqp::url_user(&config.amqp.url), provisioner_user = %handler.provisioner_user,
         "runner starting; run messages are honoured only from the provisioner's broker user");
     register_slots(&arch, settings.concurrency);
@@ -61,15 +60,51 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a runner names itself in job statuses and results (who ran a job, in its history):
+/// `runner/<arch>@<host>/<instance>`. The instance tells apart the runners of one host, which
+/// otherwise all had the same name.
+pub fn identity(arch: &str, host: &str, instance: &str) -> String {
+    format!("runner/{arch}@{host}/{instance}")
+}
+
+/// This runner's instance name: `runner.instance` (`--instance`), else its process id, which no
+/// other live process of the host has and which it keeps for its whole life. A configured name
+/// that could not stand in [`identity`] unambiguously is a bad configuration (exit status 2).
+pub fn configured_instance(config: &Config) -> Result<String, ConfigError> {
+    let Some(name) = config.runner.instance.as_deref() else {
+        return Ok(std::process::id().to_string());
+    };
+    let fits = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if fits {
+        Ok(name.to_string())
+    } else {
+        Err(ConfigError::new(format!(
+            "runner.instance (--instance): {name:?} is not an instance name (1 to 64 letters, \
+             digits, '-', '_' and '.')"
+        )))
+    }
+}
+
 /// `runner.*` with its directories made absolute (tasks get them in their environment and run in
 /// another directory) and created, and warnings about settings that will hurt.
 /// The arch whose run queue this runner consumes (`runner.arch`, `--arch`): checked here, not in
 /// the shared configuration, since no other service needs it. Unset is a bad configuration (exit
 /// status 2, `main` checks it before starting), as a bad value the loader finds is.
 pub fn configured_arch(config: &Config) -> Result<&str, ConfigError> {
-    config.runner.arch.as_deref().ok_or_else(|| {
+    let arch = config.runner.arch.as_deref().ok_or_else(|| {
         ConfigError::new("runner.arch: not set (use --arch or TASKBOT_RUNNER__ARCH)")
-    })
+    })?;
+    // It names a queue and a routing key: AMQP's separators and wildcards would bind others.
+    if arch.is_empty() || arch.contains(['.', '#', '*', ' ', '/', '@']) {
+        return Err(ConfigError::new(format!(
+            "runner.arch (--arch): {arch:?} is not an arch name"
+        )));
+    }
+    Ok(arch)
 }
 
 async fn settings(runner: &RunnerConfig) -> anyhow::Result<RunnerConfig> {
@@ -274,6 +309,24 @@ fn register_slots(arch: &str, concurrency: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runners_of_one_host_have_names_of_their_own() {
+        let mut config = Config::default();
+        let pid = configured_instance(&config).unwrap();
+        assert_eq!(pid, std::process::id().to_string());
+        assert_eq!(
+            identity("x86_64", "vm", &pid),
+            format!("runner/x86_64@vm/{pid}")
+        );
+        config.runner.instance = Some("slot-2".into());
+        assert_eq!(configured_instance(&config).unwrap(), "slot-2");
+        for bad in ["", "a/b", "a b", "r@h", &"x".repeat(65)] {
+            config.runner.instance = Some(bad.to_string());
+            let err = configured_instance(&config).unwrap_err().to_string();
+            assert!(err.contains("runner.instance (--instance)"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn the_arch_is_required() {

@@ -14,22 +14,56 @@ use taskbot::{error_chain, Config};
 use crate::cli::{ApiArgs, JobArgs, ResultsArgs};
 use crate::Failure;
 
-/// Where the api is when neither `--api` nor `api.public_url` says.
-pub const DEFAULT_API: &str = "http://127.0.0.1:8080";
-
-/// The api's base URL, without a trailing slash.
+/// The api's base URL, without a trailing slash: `--api`, else `api.public_url`, else the address
+/// the api listens on (`api.listen`, default `127.0.0.1:8080`).
 pub fn api_url(args: &ApiArgs) -> Result<String, Failure> {
-    let url = match &args.api {
-        Some(url) => url.clone(),
+    match &args.api {
+        Some(url) => api_base(None, Some(url)),
         None => {
             let config = Config::load(&[]).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
-            config
-                .api
-                .public_url
-                .unwrap_or_else(|| DEFAULT_API.to_string())
+            api_base(Some(&config), None)
         }
+    }
+}
+
+/// [`api_url`] from a loaded configuration (`None` only when `--api` is given). An `--api` that
+/// is not an http(s) URL is a usage error (exit status 2).
+pub fn api_base(config: Option<&Config>, flag: Option<&str>) -> Result<String, Failure> {
+    let url = match (flag, config) {
+        (Some(url), _) => {
+            let url = url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 9 {
+                return Err(Failure::usage(format!(
+                    "taskbot: --api {url:?} is not an http:// or https:// URL"
+                )));
+            }
+            url.to_string()
+        }
+        (None, Some(config)) => match &config.api.public_url {
+            Some(public) => public.clone(),
+            None => listen_url(&config.api.listen),
+        },
+        (None, None) => listen_url(&taskbot::config::ApiConfig::default().listen),
     };
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// The URL that reaches an api listening on `listen` (`HOST:PORT`) from this host: an address
+/// that means "every interface" (`0.0.0.0`, `[::]`, or none) is reached on the loopback.
+pub fn listen_url(listen: &str) -> String {
+    let listen = listen.trim();
+    if let Ok(address) = listen.parse::<std::net::SocketAddr>() {
+        let ip = match address.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        return format!("http://{}", std::net::SocketAddr::new(ip, address.port()));
+    }
+    match listen.rsplit_once(':') {
+        Some(("", port)) => format!("http://127.0.0.1:{port}"),
+        _ => format!("http://{listen}"),
+    }
 }
 
 /// Percent-encode a query value.
@@ -60,7 +94,7 @@ pub(crate) fn get(url: &str, what: &str) -> Result<Value, Failure> {
         let response = client.get(url).send().await.map_err(|e| {
             Failure::input(format!(
                 "taskbot: cannot reach the api at {url}: {}\n\
-                 (is the api service running? point --api or api.public_url at it)",
+                 (is the api service running? point --api, api.public_url or api.listen at it)",
                 error_chain(&e)
             ))
         })?;
@@ -112,14 +146,37 @@ pub fn results_url(base: &str, args: &ResultsArgs) -> String {
     format!("{base}/api/v2.0/results?{}", query.join("&"))
 }
 
+/// `--outcome`'s names, each one of ResultsDB's outcomes (any case), else a usage error naming
+/// them.
+pub fn check_outcomes(list: Option<&str>) -> Result<(), Failure> {
+    let Some(list) = list else {
+        return Ok(());
+    };
+    let unknown: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty() && taskbot::Outcome::parse(o).is_none())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<&str> = taskbot::Outcome::ALL.iter().map(|o| o.as_str()).collect();
+    Err(Failure::usage(format!(
+        "taskbot results: --outcome {:?} is not an outcome; the outcomes are {}",
+        unknown.join(","),
+        known.join(", ")
+    )))
+}
+
 /// `taskbot results`.
 pub fn results(args: &ResultsArgs) -> Result<String, Failure> {
+    check_outcomes(args.outcome.as_deref())?;
     let base = api_url(&args.api)?;
     let page = get(&results_url(&base, args), "results")?;
     if args.json {
         return Ok(format!("{}\n", pretty(&page)));
     }
-    Ok(results_table(&page))
+    Ok(results_table(&page, args.full))
 }
 
 fn pretty(value: &Value) -> String {
@@ -130,12 +187,40 @@ fn first_data(result: &Value, key: &str) -> String {
     result["data"][key][0].as_str().unwrap_or("").to_string()
 }
 
-/// Rows as aligned columns.
+/// How much of a note a table shows by default: its first line, this many characters at most.
+pub const NOTE_WIDTH: usize = 60;
+
+/// A note as a table's last cell: with `full`, all of it (its lines after the first go under
+/// it, aligned with the column); else its first line, cut to [`NOTE_WIDTH`] characters, with
+/// `…` when anything was left out. A CRASHED note holds the last ~20 lines of the job's log,
+/// which would otherwise fill the screen with one result.
+pub fn note_cell(note: &str, full: bool) -> String {
+    let note = note.trim_end();
+    if full {
+        return note.to_string();
+    }
+    let mut lines = note.lines();
+    let first = lines.next().unwrap_or("").trim_end();
+    let more = lines.next().is_some();
+    if first.chars().count() > NOTE_WIDTH {
+        let kept: String = first.chars().take(NOTE_WIDTH - 1).collect();
+        format!("{}…", kept.trim_end())
+    } else if more {
+        format!("{first} …")
+    } else {
+        first.to_string()
+    }
+}
+
+/// Rows as aligned columns. The last cell may hold several lines: the ones after the first
+/// start under it.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
+            if i + 1 < row.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
         }
     }
     let mut out = String::new();
@@ -143,7 +228,13 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
-                text.push_str(cell);
+                let indent = text.chars().count();
+                let mut cell_lines = cell.lines();
+                text.push_str(cell_lines.next().unwrap_or(""));
+                for more in cell_lines {
+                    text = text.trim_end().to_string();
+                    let _ = write!(text, "\n{:indent$}{more}", "");
+                }
             } else {
                 let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
             }
@@ -165,8 +256,8 @@ fn short_time(text: &str) -> String {
     text.replace('T', " ")
 }
 
-/// The text form of a `/results` page.
-pub fn results_table(page: &Value) -> String {
+/// The text form of a `/results` page; notes cut to one line unless `full` ([`note_cell`]).
+pub fn results_table(page: &Value, full: bool) -> String {
     let results = page["data"].as_array().cloned().unwrap_or_default();
     if results.is_empty() {
         return "no results\n".to_string();
@@ -181,7 +272,7 @@ pub fn results_table(page: &Value) -> String {
                 first_data(r, "item"),
                 first_data(r, "arch"),
                 r["groups"][0].as_str().unwrap_or("").to_string(),
-                r["note"].as_str().unwrap_or("").to_string(),
+                note_cell(r["note"].as_str().unwrap_or(""), full),
             ]
         })
         .collect();
@@ -209,8 +300,13 @@ pub fn results_table(page: &Value) -> String {
 
 /// `taskbot job ID`.
 pub fn job(args: &JobArgs) -> Result<String, Failure> {
-    let base = api_url(&args.api)?;
     let id = args.id.trim();
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(Failure::usage(format!(
+            "taskbot job: {id:?} is not a job id (a UUID, as `taskbot results` shows)"
+        )));
+    }
+    let base = api_url(&args.api)?;
     let job = get(
         &format!("{base}/api/v1/jobs/{}", encode(id)),
         &format!("job {id}"),
@@ -218,11 +314,11 @@ pub fn job(args: &JobArgs) -> Result<String, Failure> {
     if args.json {
         return Ok(format!("{}\n", pretty(&job)));
     }
-    Ok(job_text(&job))
+    Ok(job_text(&job, args.full))
 }
 
-/// The text form of a job.
-pub fn job_text(job: &Value) -> String {
+/// The text form of a job; details and notes cut to one line unless `full` ([`note_cell`]).
+pub fn job_text(job: &Value, full: bool) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
     let mut out = String::new();
     let _ = writeln!(out, "job      {}", s(&job["id"]));
@@ -268,7 +364,7 @@ pub fn job_text(job: &Value) -> String {
                 short_time(&s(&e["at"])),
                 s(&e["state"]),
                 s(&e["service"]),
-                s(&e["detail"]),
+                note_cell(&s(&e["detail"]), full),
             ]
         })
         .collect();
@@ -280,7 +376,13 @@ pub fn job_text(job: &Value) -> String {
         out.push_str("\nresults:\n");
         let rows: Vec<Vec<String>> = results
             .iter()
-            .map(|r| vec![s(&r["outcome"]), s(&r["testcase"]["name"]), s(&r["note"])])
+            .map(|r| {
+                vec![
+                    s(&r["outcome"]),
+                    s(&r["testcase"]["name"]),
+                    note_cell(&s(&r["note"]), full),
+                ]
+            })
             .collect();
         out.push_str(&indent(&table(&["OUTCOME", "TESTCASE", "NOTE"], &rows)));
     }
@@ -303,8 +405,73 @@ mod tests {
             outcome: Some("FAILED,CRASHED".into()),
             limit: 5,
             json: false,
+            full: false,
             api: ApiArgs { api: None },
         }
+    }
+
+    #[test]
+    fn the_api_is_found_at_its_public_url_else_where_it_listens() {
+        assert_eq!(listen_url("127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(listen_url("0.0.0.0:9000"), "http://127.0.0.1:9000");
+        assert_eq!(listen_url("[::]:9000"), "http://[::1]:9000");
+        assert_eq!(listen_url("[2001:db8::1]:80"), "http://[2001:db8::1]:80");
+        assert_eq!(listen_url("api.internal:8081"), "http://api.internal:8081");
+        assert_eq!(listen_url(":8081"), "http://127.0.0.1:8081");
+        let mut config = Config::default();
+        config.api.listen = "0.0.0.0:8081".into();
+        assert_eq!(
+            api_base(Some(&config), None).unwrap(),
+            "http://127.0.0.1:8081"
+        );
+        config.api.public_url = Some("https://taskbot.example/".into());
+        assert_eq!(
+            api_base(Some(&config), None).unwrap(),
+            "https://taskbot.example"
+        );
+        assert_eq!(
+            api_base(Some(&config), Some("http://h:1/")).unwrap(),
+            "http://h:1"
+        );
+        assert_eq!(api_base(None, Some("h:1")).unwrap_err().status, 2);
+    }
+
+    #[test]
+    fn outcomes_are_checked_before_asking() {
+        assert!(check_outcomes(None).is_ok());
+        assert!(check_outcomes(Some("failed, CRASHED,")).is_ok());
+        let err = check_outcomes(Some("FAILED,GREAT,bad")).unwrap_err();
+        assert_eq!(err.status, 2);
+        assert!(err.message.contains("\"GREAT,bad\""), "{}", err.message);
+    }
+
+    #[test]
+    fn long_notes_take_one_line_unless_full() {
+        assert_eq!(note_cell("fine", false), "fine");
+        assert_eq!(note_cell("fine\n", false), "fine");
+        let crashed = "the task was killed by signal 11 (SIGSEGV)\n--- end of task.log ---\na\nb";
+        assert_eq!(
+            note_cell(crashed, false),
+            "the task was killed by signal 11 (SIGSEGV) …"
+        );
+        assert_eq!(note_cell(crashed, true), crashed);
+        let long = "x".repeat(200);
+        let cut = note_cell(&long, false);
+        assert_eq!(cut.chars().count(), NOTE_WIDTH);
+        assert!(cut.ends_with('…'));
+        let page = json!({"data": [{
+            "submit_time": "2025-06-15T15:06:50", "outcome": "CRASHED",
+            "testcase": {"name": "t"}, "data": {"item": ["i"], "arch": ["a"]},
+            "groups": ["g"], "note": crashed,
+        }]});
+        let short = results_table(&page, false);
+        assert_eq!(short.lines().count(), 2, "{short}");
+        let full = results_table(&page, true);
+        let lines: Vec<&str> = full.lines().collect();
+        assert_eq!(lines.len(), 5, "{full}");
+        let column = lines[0].find("NOTE").unwrap();
+        assert_eq!(lines[1].find("the task was"), Some(column), "{full}");
+        assert_eq!(lines[2].find("--- end"), Some(column), "{full}");
     }
 
     #[test]
@@ -347,7 +514,7 @@ mod tests {
                 "note": null,
             }],
         });
-        let text = results_table(&page);
+        let text = results_table(&page, false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
@@ -362,6 +529,6 @@ mod tests {
             "2025-06-15 15:06:49  FAILED   abi           glibc             aarch64  1f2a"
         );
         assert!(lines[3].contains("more match"), "{text}");
-        assert_eq!(results_table(&json!({"data": []})), "no results\n");
+        assert_eq!(results_table(&json!({"data": []}), false), "no results\n");
     }
 }

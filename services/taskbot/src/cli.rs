@@ -198,6 +198,10 @@ pub struct ResultsArgs {
     /// Print the api's JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Show whole notes (a CRASHED note holds the end of the job's log); by default a note is
+    /// cut to its first line.
+    #[arg(long)]
+    pub full: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -234,6 +238,9 @@ pub struct JobArgs {
     /// Print the api's JSON answer instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Show whole notes and details; by default each is cut to its first line.
+    #[arg(long)]
+    pub full: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }

@@ -47,6 +47,15 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// Bad usage (an argument clap cannot check: an unknown queue or arch, `--arg` without `=`):
+    /// exit status 2, as clap's own usage errors.
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            status: 2,
+            message: message.into(),
+        }
+    }
 }
 
 /// Run a parsed command line; prints its output and returns the exit status.

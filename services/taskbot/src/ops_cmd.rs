@@ -161,16 +161,8 @@ async fn jobs_by_state(api: &str) -> Result<BTreeMap<String, u64>, String> {
         .collect())
 }
 
-/// The api's base URL: `--api`, else `api.public_url`, else the default.
-fn api_base(config: &Config, api: Option<&str>) -> String {
-    api.map(str::to_string)
-        .or_else(|| config.api.public_url.clone())
-        .unwrap_or_else(|| crate::api_cmd::DEFAULT_API.to_string())
-        .trim_end_matches('/')
-        .to_string()
-}
-
-async fn read_status(config: &Config, api: Option<&str>) -> Result<Status, Failure> {
+/// The queues from the management API, and the jobs by state from the api at `api`.
+async fn read_status(config: &Config, api: &str) -> Result<Status, Failure> {
     let management =
         Management::new(config).map_err(|e| Failure::config(format!("taskbot: {e}")))?;
     let queues = management
@@ -178,7 +170,7 @@ async fn read_status(config: &Config, api: Option<&str>) -> Result<Status, Failu
         .await
         .map_err(|e| Failure::input(format!("taskbot: {e}")))?;
     let mut status = classify(&config.amqp.namespace, &queues);
-    match jobs_by_state(&api_base(config, api)).await {
+    match jobs_by_state(api).await {
         Ok(jobs) => status.jobs = Some(jobs),
         Err(err) => status.jobs_error = Some(err),
     }
@@ -187,7 +179,8 @@ async fn read_status(config: &Config, api: Option<&str>) -> Result<Status, Failu
 
 pub fn status(args: &StatusArgs) -> Result<String, Failure> {
     let config = load_config()?;
-    let status = runtime()?.block_on(read_status(&config, args.api.api.as_deref()))?;
+    let api = crate::api_cmd::api_base(Some(&config), args.api.api.as_deref())?;
+    let status = runtime()?.block_on(read_status(&config, &api))?;
     if args.json {
         Ok(serde_json::to_string_pretty(&status).expect("status serialises") + "\n")
     } else {
@@ -256,10 +249,11 @@ pub fn elapsed(secs: i64) -> String {
 /// `taskbot watch`: the status, redrawn every `--interval` seconds until Ctrl-C.
 pub fn watch(args: &WatchArgs) -> Result<String, Failure> {
     let config = load_config()?;
+    let api = crate::api_cmd::api_base(Some(&config), args.api.api.as_deref())?;
     let runtime = runtime()?;
+    let terminal = std::io::stdout().is_terminal();
     loop {
-        let status = runtime.block_on(read_status(&config, args.api.api.as_deref()))?;
-        let api = api_base(&config, args.api.api.as_deref());
+        let status = runtime.block_on(read_status(&config, &api))?;
         let active = match runtime.block_on(active_jobs(&api)) {
             Ok(lines) if lines.is_empty() => "jobs in progress: none\n".to_string(),
             Ok(lines) => format!(
@@ -270,11 +264,12 @@ pub fn watch(args: &WatchArgs) -> Result<String, Failure> {
             ),
             Err(err) => format!("jobs in progress: unknown ({err})\n"),
         };
-        let colour = std::io::stdout().is_terminal();
-        // Clear the screen and go home, then draw.
+        // On a terminal, clear the screen and go home, then draw; into a file or a pipe, no
+        // control codes: one screen after the other.
         print!(
-            "\x1b[2J\x1b[H{}\n{active}\n(every {}s; Ctrl-C to stop) {}\n",
-            status_text(&status, colour),
+            "{}{}\n{active}\n(every {}s; Ctrl-C to stop) {}\n",
+            if terminal { "\x1b[2J\x1b[H" } else { "" },
+            status_text(&status, terminal),
             args.interval,
             chrono::Utc::now().format("%H:%M:%S UTC")
         );
@@ -350,7 +345,7 @@ pub fn manual_job(args: &SubmitArgs, arch: &str, event_id: &str) -> Result<JobRe
     for pair in &args.arg {
         let (k, v) = pair
             .split_once('=')
-            .ok_or_else(|| Failure::input(format!("taskbot: --arg {pair:?} is not KEY=VALUE")))?;
+            .ok_or_else(|| Failure::usage(format!("taskbot: --arg {pair:?} is not KEY=VALUE")))?;
         job_args.insert(k.to_string(), v.to_string());
     }
     let task = TaskRef {
@@ -379,8 +374,32 @@ pub fn manual_job(args: &SubmitArgs, arch: &str, event_id: &str) -> Result<JobRe
     })
 }
 
+/// Refuse arches the deployment does not run (`arches` in the configuration): the provisioner
+/// would only answer such a job with a CRASHED result, after it was published.
+pub fn check_arches(requested: &[String], deployment: &[String]) -> Result<(), Failure> {
+    let unknown: Vec<&str> = requested
+        .iter()
+        .map(String::as_str)
+        .filter(|arch| !deployment.iter().any(|a| a == arch))
+        .collect();
+    if unknown.is_empty() && !requested.is_empty() {
+        return Ok(());
+    }
+    let unknown = unknown
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(Failure::usage(format!(
+        "taskbot submit: --arch {unknown} is not an arch of this deployment; \
+         its arches (`arches` in the configuration) are: {}",
+        deployment.join(", ")
+    )))
+}
+
 pub fn submit(args: &SubmitArgs) -> Result<String, Failure> {
     let config = load_config()?;
+    check_arches(&args.arch, &config.arches)?;
     let event_id = format!("manual-{}", uuid::Uuid::new_v4());
     let jobs = args
         .arch
@@ -420,7 +439,7 @@ pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
         (_, Some(url)) => from_datagrepper(args, url)?,
         (Some(file), None) => message_input::read(file).map_err(Failure::input)?,
         (None, None) => {
-            return Err(Failure::input(
+            return Err(Failure::usage(
                 "taskbot replay: give a FILE or --datagrepper",
             ))
         }
@@ -473,12 +492,13 @@ pub fn replay(args: &ReplayArgs) -> Result<String, Failure> {
 /// The messages of `--since..--until` from datagrepper at `url`, as a JSON array's text, and the
 /// name to call them by.
 fn from_datagrepper(args: &ReplayArgs, url: &str) -> Result<(String, String), Failure> {
-    let time = |t: &Option<String>| {
-        crate::datagrepper::parse_time(t.as_deref().unwrap_or_default()).map_err(Failure::input)
+    let time = |flag: &str, t: &Option<String>| {
+        crate::datagrepper::parse_time(t.as_deref().unwrap_or_default())
+            .map_err(|e| Failure::usage(format!("taskbot replay: --{flag}: {e}")))
     };
-    let (since, until) = (time(&args.since)?, time(&args.until)?);
+    let (since, until) = (time("since", &args.since)?, time("until", &args.until)?);
     if since > until {
-        return Err(Failure::input("taskbot replay: --since is after --until"));
+        return Err(Failure::usage("taskbot replay: --since is after --until"));
     }
     let messages = runtime()?
         .block_on(crate::datagrepper::fetch(url, since, until, &args.topic))
@@ -497,15 +517,25 @@ pub struct DeadLetter {
     pub queue: String,
     pub reason: Option<String>,
     pub source: Option<String>,
+    /// The routing key the message was first published with (what its consumer saw), else (when
+    /// the dead-lettering recorded none) the dead-letter queue's own.
     pub routing_key: String,
+    /// The exchange it was first published to, when known.
+    pub exchange: Option<String>,
     pub body: String,
 }
 
 pub fn dlq(args: &DlqArgs) -> Result<String, Failure> {
     let config = load_config()?;
+    let topology = Topology::for_config(&config);
+    let sources = dead_letter_sources(&topology, args.queue.as_deref())?;
+    if matches!(args.command, DlqCommand::Purge) && !args.yes {
+        return Err(Failure::usage(
+            "taskbot: dlq purge deletes dead letters for good; add --yes to confirm",
+        ));
+    }
     runtime()?.block_on(async {
         let (conn, publisher, topology) = publisher(&config).await?;
-        let sources = dead_letter_sources(&topology, &config.amqp.namespace, args.queue.as_deref());
         let broker = DlqBroker {
             conn: &conn,
             publisher: &publisher,
@@ -515,37 +545,57 @@ pub fn dlq(args: &DlqArgs) -> Result<String, Failure> {
             DlqCommand::List => broker.list(&sources, 0, args.json).await?,
             DlqCommand::Show => broker.list(&sources, args.limit, args.json).await?,
             DlqCommand::Retry => broker.retry(&sources, args.limit).await?,
-            DlqCommand::Purge => {
-                if !args.yes {
-                    return Err(Failure::input(
-                        "taskbot: dlq purge deletes dead letters for good; add --yes to confirm",
-                    ));
-                }
-                broker.purge(&sources).await?
-            }
+            DlqCommand::Purge => broker.purge(&sources).await?,
         };
         let _ = conn.close(0, "done").await;
         Ok(out)
     })
 }
 
-/// The queues of this namespace whose dead letters `dlq` looks at: every work and sink queue,
-/// and the bridges' (which have no queue of their own), or only `only` (a full queue name or one
-/// without the namespace).
-fn dead_letter_sources(topology: &Topology, namespace: &str, only: Option<&str>) -> Vec<String> {
+/// Every queue of this namespace whose dead letters `dlq` looks at: every work and sink queue,
+/// and the bridges' (which have no queue of their own).
+fn all_dead_letter_sources(topology: &Topology) -> Vec<String> {
     let mut sources: Vec<String> = topology
         .work_queues()
         .into_iter()
         .chain(topology.sink_queues(&taskbot::topology::Sink::ALL))
         .map(|q| q.name)
         .collect();
-    sources.insert(0, format!("{namespace}.fedmsg-bridge"));
+    sources.insert(0, topology.bridge_source());
     sources.insert(1, topology.fedora_messaging_bridge_source());
-    sources.retain(|source| match only {
-        Some(q) => source == q || *source == format!("{namespace}.{q}"),
-        None => true,
-    });
     sources
+}
+
+/// The sources `dlq` works on: all of them, or only `only` (a full queue name or one without the
+/// namespace). A name that is none of them is a usage error naming the valid ones: doing nothing
+/// with status 0 would look like "no dead letters".
+pub fn dead_letter_sources(
+    topology: &Topology,
+    only: Option<&str>,
+) -> Result<Vec<String>, Failure> {
+    let sources = all_dead_letter_sources(topology);
+    let Some(only) = only else {
+        return Ok(sources);
+    };
+    let prefix = format!("{}.", topology.namespace);
+    let only = only.trim();
+    let short = only.strip_prefix(&prefix).unwrap_or(only);
+    // The dead-letter queue's own name is understood too.
+    let short = short.strip_suffix(".dead").unwrap_or(short);
+    let wanted = format!("{prefix}{short}");
+    if sources.contains(&wanted) {
+        return Ok(vec![wanted]);
+    }
+    let names: Vec<&str> = sources
+        .iter()
+        .map(|s| s.strip_prefix(&prefix).unwrap_or(s))
+        .collect();
+    Err(Failure::usage(format!(
+        "taskbot dlq: --queue {only:?} is not a queue of namespace {:?}; \
+         the queues with dead letters are: {}",
+        topology.namespace,
+        names.join(", ")
+    )))
 }
 
 /// What `dlq` works with on the broker.
@@ -577,23 +627,20 @@ impl DlqBroker<'_> {
                 continue;
             };
             let letters = if limit > 0 {
-                dead_letters::peek(channel, &dead, limit)
+                dead_letters::peek_letters(channel, &dead, limit)
                     .await
                     .map_err(broker_failure)?
             } else {
                 Vec::new()
             };
+            let letters: Vec<DeadLetter> = letters.iter().map(|l| letter(&dead, l)).collect();
             listed.push((dead, count, letters));
         }
         Ok(if json {
             let json: Vec<Value> = listed
                 .iter()
                 .map(|(queue, count, letters)| {
-                    serde_json::json!({
-                        "queue": queue,
-                        "count": count,
-                        "messages": letters.iter().map(|l| letter(queue, l)).collect::<Vec<_>>(),
-                    })
+                    serde_json::json!({"queue": queue, "count": count, "messages": letters})
                 })
                 .collect();
             serde_json::to_string_pretty(&json).expect("JSON serialises") + "\n"
@@ -602,56 +649,70 @@ impl DlqBroker<'_> {
             for (queue, count, letters) in &listed {
                 let _ = writeln!(out, "{queue}: {count} dead letters");
                 for l in letters {
-                    let l = letter(queue, l);
-                    let _ = writeln!(
-                        out,
-                        "  - reason: {}\n    routing key: {}\n    body: {}",
-                        l.reason.as_deref().unwrap_or("(none given)"),
-                        l.routing_key,
-                        l.body
-                    );
+                    out.push_str(&letter_text(l));
                 }
             }
             out
         })
     }
 
-    /// `dlq retry`: up to `limit` dead letters of each queue back onto it.
+    /// `dlq retry`: up to `limit` dead letters of each queue back onto it, each once.
     async fn retry(&self, sources: &[String], limit: usize) -> Result<String, Failure> {
         let mut out = String::new();
         let mut total = 0;
         for source in sources {
-            if source.ends_with(".fedmsg-bridge") || source.ends_with(".fedora-messaging-bridge") {
-                continue; // a bridge has no queue to retry into: replay the bus message
-            }
-            if self.is_run_queue(source) {
-                // Runners honour run messages only from the provisioner's broker user, and a
-                // run message names a machine that may be gone: the job is re-requested instead.
-                let _ = writeln!(
-                    out,
-                    "{source}: not re-queued (runners take run messages only from the \
-                     provisioner); submit the job again with `taskbot submit`"
-                );
-                continue;
-            }
             let dead = self.topology.dead_letter_queue(source);
-            if self.count(&dead).await?.unwrap_or(0) == 0 {
+            let waiting = self.count(&dead).await?.unwrap_or(0);
+            if let Some(why) = self.not_retried(source) {
+                if waiting > 0 {
+                    let _ = writeln!(out, "{dead}: {waiting} not re-queued: {why}");
+                }
                 continue;
             }
-            let moved = dead_letters::move_to(
-                self.publisher.channel(),
-                self.publisher,
-                &dead,
-                source,
-                limit,
-            )
-            .await
-            .map_err(|e| broker_failure(format!("moving {dead} back to {source} stopped: {e}")))?;
+            if waiting == 0 {
+                continue;
+            }
+            let moved = dead_letters::move_to(self.conn, self.publisher, &dead, source, limit)
+                .await
+                .map_err(|e| {
+                    broker_failure(format!("moving {dead} back to {source} stopped: {e}"))
+                })?;
             total += moved;
-            let _ = writeln!(out, "{dead} → {source}: {moved} re-queued");
+            let left = waiting as usize - moved;
+            let _ = writeln!(
+                out,
+                "{dead} → {source}: {moved} re-queued{}",
+                if left > 0 {
+                    format!(", {left} left (raise --limit)")
+                } else {
+                    String::new()
+                }
+            );
         }
         let _ = writeln!(out, "{total} dead letters re-queued");
         Ok(out)
+    }
+
+    /// Why the dead letters of `source` are not put back, if they are not.
+    fn not_retried(&self, source: &str) -> Option<&'static str> {
+        if *source == self.topology.bridge_source()
+            || *source == self.topology.fedora_messaging_bridge_source()
+        {
+            // A malformed bus message has no queue to go back to.
+            return Some(
+                "a bridge has no queue to put them back on; fix the bus message and feed it \
+                 with `taskbot replay`",
+            );
+        }
+        if self.is_run_queue(source) {
+            // Runners honour run messages only from the provisioner's broker user, and a run
+            // message names a machine that may be gone: the job is re-requested instead.
+            return Some(
+                "runners take run messages only from the provisioner; submit the job again \
+                 with `taskbot submit`",
+            );
+        }
+        None
     }
 
     /// Whether `queue` is a runner's run queue.
@@ -677,25 +738,51 @@ impl DlqBroker<'_> {
     }
 }
 
-fn letter(queue: &str, l: &amqp::Incoming) -> DeadLetter {
+/// A dead letter for people: its reason, the route it was first published on and its body's start.
+fn letter(queue: &str, l: &dead_letters::Letter) -> DeadLetter {
     const SHOWN: usize = 300;
-    let body = String::from_utf8_lossy(&l.body);
+    let incoming = &l.incoming;
+    let body = String::from_utf8_lossy(&incoming.body);
     let body = if body.len() > SHOWN {
         let mut end = SHOWN;
         while !body.is_char_boundary(end) {
             end -= 1;
         }
-        format!("{}... ({} bytes)", &body[..end], l.body.len())
+        format!("{}... ({} bytes)", &body[..end], incoming.body.len())
     } else {
         body.into_owned()
     };
     DeadLetter {
         queue: queue.to_string(),
-        reason: l.header(REASON_HEADER).map(str::to_string),
-        source: l.header(SOURCE_HEADER).map(str::to_string),
-        routing_key: l.routing_key.clone(),
+        reason: incoming.header(REASON_HEADER).map(str::to_string),
+        source: incoming.header(SOURCE_HEADER).map(str::to_string),
+        routing_key: l
+            .route
+            .as_ref()
+            .map_or_else(|| incoming.routing_key.clone(), |r| r.routing_key.clone()),
+        exchange: l
+            .route
+            .as_ref()
+            .map(|r| r.exchange.clone())
+            .filter(|e| !e.is_empty()),
         body,
     }
+}
+
+/// The lines `dlq show` prints for one letter.
+pub fn letter_text(l: &DeadLetter) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "  - reason: {}",
+        l.reason.as_deref().unwrap_or("(none given)")
+    );
+    let _ = writeln!(out, "    routing key: {}", l.routing_key);
+    if let Some(exchange) = &l.exchange {
+        let _ = writeln!(out, "    exchange: {exchange}");
+    }
+    let _ = writeln!(out, "    body: {}", l.body);
+    out
 }
 
 #[cfg(test)]
@@ -705,6 +792,26 @@ mod tests {
 
     fn q(name: &str, ready: u64, consumers: u64) -> QueueStats {
         QueueStats::named(name, ready, consumers)
+    }
+
+    #[test]
+    fn submit_takes_only_the_deployments_arches() {
+        let deployment = ["x86_64".to_string(), "noarch".to_string()];
+        let arches = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert!(check_arches(&arches(&["x86_64", "noarch"]), &deployment).is_ok());
+        let refused = check_arches(&arches(&["x86_64", "s390x"]), &deployment).unwrap_err();
+        assert_eq!(refused.status, 2);
+        assert!(
+            refused.message.contains("\"s390x\"") && refused.message.contains("x86_64, noarch"),
+            "{}",
+            refused.message
+        );
+        assert!(
+            !refused.message.contains("\"x86_64\""),
+            "{}",
+            refused.message
+        );
+        assert!(check_arches(&arches(&[""]), &deployment).is_err());
     }
 
     #[test]

@@ -114,10 +114,26 @@ async fn results_and_job_read_the_api() {
     let page: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(page["data"][0]["outcome"], "CRASHED");
 
+    // An unknown outcome is a usage error, said before asking the api.
     let out = taskbot(&["results", "--api", &api.url, "--outcome", "GREAT"]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("400") && stderr(&out).contains("GREAT"),
+        stderr(&out).contains("\"GREAT\" is not an outcome") && stderr(&out).contains("PASSED"),
+        "{}",
+        stderr(&out)
+    );
+    // What the api refuses is an error with status 1 and the api's message.
+    let out = taskbot(&[
+        "results",
+        "--api",
+        &api.url,
+        "--testcase",
+        &"x".repeat(9000),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the api answered 4"),
         "{}",
         stderr(&out)
     );

@@ -261,7 +261,7 @@ async fn dead_letters_are_listed_shown_retried_and_purged_losing_none() {
 
     // `purge` needs --yes.
     let refused = taskbot(&broker, &["dlq", "purge", "--queue", "rules"]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
     assert_eq!(
         broker.depth(&t.dead_letter_queue(&t.rules_queue())).await,
@@ -330,7 +330,7 @@ async fn submit_schedules_one_job_per_arch_like_a_rule() {
             "submit", "--task", "t", "--repo", "r", "--item", "i", "--arg", "novalue",
         ],
     );
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not KEY=VALUE"));
     broker.cleanup().await;
 }

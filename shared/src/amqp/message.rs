@@ -34,6 +34,12 @@ pub struct Outgoing {
     pub bool_headers: Vec<(String, bool)>,
     /// AMQP `content_encoding` (fedora-messaging consumers expect `utf-8`).
     pub content_encoding: Option<String>,
+    /// Queues that also get the message, by name, whatever the exchange and routing key (sent as
+    /// RabbitMQ's `BCC` header, which the broker removes before delivery). With the default
+    /// exchange (`""`) this delivers to exactly these queues while the consumer still sees the
+    /// routing key given: how `taskbot dlq retry` puts a dead letter back on the one queue that
+    /// refused it under its original routing key.
+    pub bcc: Vec<String>,
 }
 
 impl Outgoing {
@@ -48,6 +54,7 @@ impl Outgoing {
             int_headers: Vec::new(),
             bool_headers: Vec::new(),
             content_encoding: None,
+            bcc: Vec::new(),
         }
     }
 
@@ -82,13 +89,20 @@ impl Outgoing {
     }
 
     /// A dead letter: the original body, routed to the dead-letter exchange under the name of the
-    /// queue it came from, with the reason in a header.
+    /// queue it came from, with the reason in a header, and the exchange and routing key it was
+    /// first published with (what `taskbot dlq retry` puts it back under). A message `dlq retry`
+    /// already put back came through the default exchange, carrying its first exchange in
+    /// [`EXCHANGE_HEADER`]: that one is kept.
     pub fn dead_letter(
         topology: &Topology,
         source: &str,
         incoming: &Incoming,
         reason: &str,
     ) -> Outgoing {
+        let exchange = match incoming.exchange.as_str() {
+            "" => incoming.header(EXCHANGE_HEADER).unwrap_or_default(),
+            exchange => exchange,
+        };
         Outgoing::new(
             topology.dead_letter_exchange(),
             source,
@@ -97,7 +111,7 @@ impl Outgoing {
         .with_header(REASON_HEADER, reason)
         .with_header(SOURCE_HEADER, source)
         .with_header(ROUTING_KEY_HEADER, incoming.routing_key.clone())
-        .with_header(EXCHANGE_HEADER, incoming.exchange.clone())
+        .with_header(EXCHANGE_HEADER, exchange.to_string())
         .with_header("x-taskbot-dead-at", Utc::now().to_rfc3339())
     }
 }
@@ -200,5 +214,30 @@ mod tests {
         assert!(out
             .headers
             .contains(&(ROUTING_KEY_HEADER.to_string(), "org.x".to_string())));
+    }
+
+    #[test]
+    fn a_retried_dead_letter_keeps_its_first_exchange() {
+        let t = Topology::new("tb", &[]);
+        let header = |out: &Outgoing, key: &str| {
+            out.headers
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let first = Incoming {
+            exchange: "tb.events".into(),
+            ..Incoming::new("org.x", b"{}".to_vec())
+        };
+        let out = Outgoing::dead_letter(&t, "tb.rules", &first, "no");
+        assert_eq!(header(&out, EXCHANGE_HEADER).as_deref(), Some("tb.events"));
+        // Put back by `dlq retry`: through the default exchange, the first one in a header.
+        let retried = Incoming {
+            headers: vec![(EXCHANGE_HEADER.into(), "tb.events".into())],
+            ..Incoming::new("org.x", b"{}".to_vec())
+        };
+        let out = Outgoing::dead_letter(&t, "tb.rules", &retried, "still no");
+        assert_eq!(header(&out, EXCHANGE_HEADER).as_deref(), Some("tb.events"));
+        assert_eq!(header(&out, ROUTING_KEY_HEADER).as_deref(), Some("org.x"));
     }
 }

@@ -84,6 +84,14 @@ impl Publisher {
         for (k, v) in &msg.bool_headers {
             headers.insert(k.as_str().into(), AMQPValue::Boolean(*v));
         }
+        if !msg.bcc.is_empty() {
+            let queues: Vec<AMQPValue> = msg
+                .bcc
+                .iter()
+                .map(|q| AMQPValue::LongString(q.as_str().into()))
+                .collect();
+            headers.insert("BCC".into(), AMQPValue::FieldArray(queues.into()));
+        }
         let mut props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)

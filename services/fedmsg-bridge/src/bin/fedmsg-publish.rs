@@ -20,7 +20,8 @@ use clap::Parser;
 #[command(version)]
 struct Cli {
     /// ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:4001.
-    #[arg(long, default_value = "tcp://127.0.0.1:4001")]
+    #[arg(long, default_value = "tcp://127.0.0.1:4001",
+          value_parser = |s: &str| taskbot_fedmsg_bridge::check_endpoint(s).map(|()| s.to_string()))]
     bind: String,
     /// Pause between two messages, in milliseconds.
     #[arg(long, default_value_t = 0)]
