@@ -39,6 +39,14 @@ bash scripts/build-tiny-vm-image.sh "$state/vm/tiny" >"$state/logs/tiny-vm.log" 
 # aarch64 VM jobs (kernel-tests on every arch) run too; it logs in with the same key (the seed's).
 bash scripts/build-tiny-vm-image.sh "$state/vm/tiny-aarch64" arm64 >"$state/logs/tiny-vm-aarch64.log" 2>&1
 [ -f "$state/vm/base.qcow2" ] || qemu-img create -q -f qcow2 "$state/vm/base.qcow2" 64M
+# A real distribution beside it: the Debian 12 image (debootstrap, systemd, openssh-server, the
+# real cloud-init; about 8 minutes the first time, then cached in /var/cache/taskbot/debian-vm,
+# shared with the tests). It is the image of the three upgrade-tests configurations, and an APT
+# repository of Debian 13's base-files is what they upgrade to (scripts/build-upgrade-repo.sh).
+debian_vm=/var/cache/taskbot/debian-vm
+log "building the Debian VM image (once; see .run/logs/debian-vm.log)"
+bash scripts/build-debian-vm-image.sh "$debian_vm" >"$state/logs/debian-vm.log" 2>&1
+bash scripts/build-upgrade-repo.sh "$state/upgrade-repo" trixie >"$state/logs/upgrade-repo.log" 2>&1
 
 # What is fed: the real samples, then the real-shaped messages of the seed rules' tests (one or
 # more per rule of deploy/rules.yaml, and near misses), so that every rule fires. Not the
@@ -66,6 +74,9 @@ for path in fixtures:
     if name.startswith("taskbot-"):
         continue
     message = renamed(json.load(open(path)))
+    if name == "bodhi-request-testing-fedup.json":
+        # The upgrade tests' target: Debian 13, the release the demo's upgrade repository has.
+        message["msg"]["update"]["release"]["version"] = "13"
     if name == "koji-build-complete-kernel.json":
         version, release = kernel_package.removeprefix("linux-image-").split("-")[:2]
         message["msg"].update(version=version, release=release)
@@ -86,6 +97,8 @@ log "building the demo Koji's RPMs (once)"
 python3 scripts/demo-koji.py "$state/demo-koji" x86_64="$state/vm/tiny" aarch64="$state/vm/tiny-aarch64" <"$state/jobs.json"
 koji_port=${TASKBOT_DEMO_KOJI_PORT:-4002}
 koji_url="http://127.0.0.1:$koji_port"
+# The upgrade repository, as the VMs reach the host's loopback (QEMU's user networking).
+upgrade_port=${TASKBOT_DEMO_UPGRADE_PORT:-4003}
 
 # The services' configuration: no administrator's credentials (each service logs in as its own
 # user, from the accounts below).
@@ -105,7 +118,7 @@ work_dir = "$state/work"
 artifacts_dir = "$state/artifacts"
 artifacts_url = "http://127.0.0.1:8080/artifacts"
 allowed_repos = ["file://$state/tasks/"]
-task_timeout_secs = 600
+task_timeout_secs = 2400
 vm_ssh_key = "$state/vm/tiny/id_ed25519"
 sandbox_read_only = ["$state/vm/tiny"]
 [runner.task_env]
@@ -113,14 +126,16 @@ KOJI_PKGS_URL = "$koji_url"
 DEPCHECK_REPO_URLS = "$koji_url/repos/{release}/{arch}/"
 UPGRADEPATH_REPO_URLS = "release=$koji_url/repos/{release}/{arch}/"
 INSTALLER_DIR = "$state/vm/tiny"
+UPGRADE_REPO_URL = "http://10.0.2.2:$upgrade_port"
+UPGRADE_APT_TRUSTED = "1"
 [provisioner.vm]
 koji_pkgs_url = "$koji_url"
 ssh_key = "$state/vm/tiny/id_ed25519"
 state_dir = "$state/vm/state"
-memory_mb = 384
-max_vms = 1
-boot_timeout_secs = 180
-lease_secs = 1200
+memory_mb = 768
+max_vms = 2
+boot_timeout_secs = 600
+lease_secs = 2400
 allowed_urls = ["http://127.0.0.1:8080/artifacts/"]
 [[provisioner.vm.images]]
 name = "tiny"
@@ -144,6 +159,23 @@ initrd = "$state/vm/tiny-aarch64/initrd.img"
 append = "console=ttyAMA0 quiet panic=-1"
 qemu = "qemu-system-aarch64"
 qemu_args = ["-M", "virt", "-cpu", "cortex-a57"]
+$(for config in n-1-minimal n-1-workstation n-2-server; do
+  # The demo's three configurations are the one Debian 12 image (production registers each
+  # configuration's own image at its older release).
+  cat <<IMAGE
+[[provisioner.vm.images]]
+name = "debian-12-$config"
+distro = "debian"
+release = "$(cut -d. -f1 "$debian_vm/version")"
+arch = "x86_64"
+flavour = "upgrade-$config"
+built = "$(cat "$debian_vm/built")"
+disk = "$debian_vm/disk.qcow2"
+kernel = "$debian_vm/vmlinuz"
+initrd = "$debian_vm/initrd.img"
+append = "root=/dev/vda rw console=ttyS0"
+IMAGE
+done)
 [reporter]
 jsonl_path = "$state/results.jsonl"
 [postgres]
@@ -180,6 +212,7 @@ start() { # name, command...
   log "started $name (pid $!), log: .run/logs/$name.log"
 }
 start demo-koji python3 -m http.server "$koji_port" --bind 127.0.0.1 --directory "$state/demo-koji"
+start upgrade-repo python3 -m http.server "$upgrade_port" --bind 127.0.0.1 --directory "$state/upgrade-repo"
 start reporter "$bin/reporter"
 start provisioner "$bin/provisioner"
 # Each runner on this host needs its own ops port (/healthz, /readyz, /metrics): 9190, 9191, ...
@@ -200,7 +233,7 @@ log "feeding $(wc -l <"$samples") real fedmsg messages and ${#fixtures[@]} real-
 # stored once), plus the installation test the ISO that build-iso announces asks for.
 expected=$(python3 -c 'import json, sys; print(1 + len({j["job_id"] for m in json.load(sys.stdin)["messages"] for j in m.get("jobs", [])}))' <"$state/jobs.json")
 log "waiting for the $expected jobs the rules ask for to finish"
-for _ in $(seq 1 900); do
+for _ in $(seq 1 2700); do
   n=$(psql -h 127.0.0.1 -U postgres -d taskbot -Atqc "select count(distinct job_id) from job_events where state in ('done', 'crashed') and at >= '$started_at'" 2>/dev/null || echo 0)
   [ "$n" -ge "$expected" ] && break
   sleep 1
@@ -227,7 +260,7 @@ Where to look:
   results           psql -h 127.0.0.1 -U postgres taskbot -c 'select * from results'
   api               http://127.0.0.1:8080/api/v2.0/results (ResultsDB-compatible), /api/v1/jobs,
                     /openapi.json; or: target/debug/taskbot results, target/debug/taskbot job <id>
-  dashboard         http://127.0.0.1:8080/dashboard (search by package or item, outcomes, item and job pages, logs by line; queues and runners)
+  dashboard         http://127.0.0.1:8080/dashboard (queues, runners, jobs; a job's page shows its log)
   queues            target/debug/taskbot status (or watch); dead letters: target/debug/taskbot dlq list
   broker users      .run/users.toml (one per service and runner arch, passwords in .run/secrets/, docs/security.md)
   health, metrics   http://127.0.0.1:PORT/healthz, /readyz, /metrics with PORT 9181 (bridge),

@@ -678,8 +678,23 @@ impl TaskResult {
         )
     }
 
+    /// The CRASHED results of a job that ended before its task could say what it reports: one
+    /// per testcase the rule declares (so none of them stays QUEUED, and gating sees each
+    /// crashed), else one under the task's name.
+    pub fn crashed_all(job: &JobRequest, reporter: &str, note: &str) -> Vec<TaskResult> {
+        let testcases = match job.known_testcases() {
+            known if known.is_empty() => vec![job.default_testcase()],
+            known => known,
+        };
+        testcases
+            .into_iter()
+            .map(|testcase| TaskResult::of_job(job, reporter, testcase, Outcome::Crashed, note))
+            .collect()
+    }
+
     /// A result of `job` that `reporter` gives itself (not read from a task's results file): a
-    /// CRASHED one, or the provisioner's FAILED verdict on a kernel that does not boot.
+    /// CRASHED one, or the provisioner's FAILED verdict on a kernel that does not boot. It
+    /// carries the rule's scenario, as every result of the job does.
     pub fn of_job(
         job: &JobRequest,
         reporter: &str,
@@ -703,7 +718,11 @@ impl TaskResult {
             arch: job.arch.clone(),
             note: Some(note.to_string()),
             log_url: None,
-            data: BTreeMap::new(),
+            data: job
+                .scenario
+                .iter()
+                .map(|scenario| ("scenario".to_string(), scenario.clone().into()))
+                .collect(),
             task: job.task.clone(),
             event_id: job.event_id.clone(),
             rule: job.rule.clone(),
@@ -817,6 +836,26 @@ mod tests {
             JobStatus::new(&j, JobState::Queued, "rules@a", None).status_id,
             "statuses of real repeats (a run again after a kill) stay apart"
         );
+    }
+
+    #[test]
+    fn a_job_that_ends_before_its_task_crashes_every_declared_testcase_in_its_scenario() {
+        let mut j = job();
+        let alone = TaskResult::crashed_all(&j, "provisioner@a", "no image");
+        assert_eq!(alone.len(), 1);
+        assert_eq!(alone[0].testcase, j.default_testcase());
+        assert!(alone[0].data.is_empty());
+        j.scenario = Some("n-1-minimal".into());
+        j.testcases = vec!["dist.a".into(), "dist.b".into()];
+        let crashed = TaskResult::crashed_all(&j, "provisioner@a", "no image");
+        let testcases: Vec<&str> = crashed.iter().map(|r| r.testcase.as_str()).collect();
+        assert_eq!(testcases, ["dist.a", "dist.b"]);
+        for r in &crashed {
+            assert_eq!(r.outcome, Outcome::Crashed);
+            assert_eq!(r.note.as_deref(), Some("no image"));
+            assert_eq!(r.data["scenario"], "n-1-minimal");
+        }
+        assert_ne!(crashed[0].result_id, crashed[1].result_id);
     }
 
     #[test]

@@ -21,7 +21,10 @@ case "$state" in
 esac
 ssh_unit=""
 for unit in ssh sshd; do
-  systemctl is-active --quiet "$unit" 2>/dev/null && ssh_unit=$unit
+  if systemctl is-active --quiet "$unit" 2>/dev/null; then
+    ssh_unit=$unit
+    break
+  fi
 done
 [ -n "$ssh_unit" ] || result FAILED "upgraded $from to $now: no SSH server unit is active"
 result PASSED "upgraded $from to $now and rebooted: systemd running, no failed unit, $ssh_unit active"

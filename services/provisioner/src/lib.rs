@@ -521,11 +521,15 @@ impl ProvisionerHandler {
         vec![result.outgoing(&self.topology), self.status(&status)]
     }
 
-    /// A CRASHED result and a `crashed` status: the job ends visibly.
+    /// CRASHED results (one per testcase the rule declares) and a `crashed` status: the job
+    /// ends visibly.
     fn crashed(&self, job: &JobRequest, reason: &str) -> Vec<Outgoing> {
-        let result = TaskResult::crashed(job, &self.instance, reason);
         let status = JobStatus::new(job, JobState::Crashed, &self.instance, Some(reason.into()));
-        vec![result.outgoing(&self.topology), self.status(&status)]
+        TaskResult::crashed_all(job, &self.instance, reason)
+            .iter()
+            .map(|result| result.outgoing(&self.topology))
+            .chain([self.status(&status)])
+            .collect()
     }
 }
 
