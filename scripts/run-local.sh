@@ -243,7 +243,8 @@ log "$n of $expected jobs finished"
 log "results stored in PostgreSQL (database taskbot, table results), and what each proved:"
 set +e
 psql -h 127.0.0.1 -U postgres -d taskbot -AtqF $'\t' -c \
-  "select testcase, outcome, item, arch, regexp_replace(coalesce(note, ''), '\s+', ' ', 'g')
+  "select testcase, outcome, item, arch || coalesce(', ' || (data->>'scenario'), ''),
+     regexp_replace(coalesce(note, ''), '\s+', ' ', 'g')
    from results where job_id in (select job_id from job_events where at >= '$started_at')" |
   python3 scripts/demo-summary.py "$state/demo-koji/demo.json"
 verdicts=$?

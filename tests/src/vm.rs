@@ -1,7 +1,8 @@
 //! A deployment whose provisioner has the VM backend (real QEMU under TCG, the tiny guest of
 //! scripts/build-tiny-vm-image.sh), for the tests of tasks in VMs.
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use taskbot::config::VmBackendConfig;
 
@@ -57,13 +58,27 @@ pub async fn world(
             .task_env
             .insert("INSTALLER_DIR".into(), image.display().to_string());
     });
-    d.start("reporter", "reporter", &[]);
     d.start("api", "api", &[]);
+    start_vm_pipeline(&mut d).await;
+    VmWorld {
+        d,
+        state_dir,
+        base,
+        base_sum,
+        _staging: staging,
+    }
+}
+
+/// Start the pipeline of a deployment whose provisioner has the VM backend (reporter,
+/// provisioner, rules, one x86_64 runner) and wait until each consumes its queues (the
+/// provisioner's finished-jobs queue too, which destroys the VMs).
+pub async fn start_vm_pipeline(d: &mut Deployment) {
+    d.start("reporter", "reporter", &[]);
     d.start("provisioner", "provisioner", &[]);
     d.start("rules", "rules", &[]);
     d.start("runner-x86_64", "runner", &["--arch", "x86_64"]);
     let t = d.broker.topology.clone();
-    let queues = vec![
+    let queues = [
         t.rules_queue(),
         t.provisioner_queue(),
         t.run_queue("x86_64"),
@@ -72,11 +87,29 @@ pub async fn world(
         t.provisioner_finished_queue(),
     ];
     d.wait_for_consumers(&queues, Duration::from_secs(60)).await;
-    VmWorld {
-        d,
-        state_dir,
-        base,
-        base_sum,
-        _staging: staging,
+}
+
+/// Wait until no VM under `state_dir` is left (no lease, no overlay, no QEMU process naming
+/// it), or fail with `logs()`.
+pub async fn no_vm_left(state_dir: &Path, within: Duration, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    let leases = state_dir.join("leases");
+    while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a VM was not destroyed\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Overlays, QMP sockets: nothing of a destroyed VM stays.
+    let overlays: Vec<_> = std::fs::read_dir(state_dir.join("overlays"))
+        .map(|dir| dir.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(overlays.is_empty(), "{overlays:?}");
+    let qemu = std::process::Command::new("pgrep")
+        .args(["-f", &state_dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(qemu.stdout.is_empty(), "QEMU still runs");
 }

@@ -64,20 +64,7 @@ async fn smoke_world(image_dir: &Path, image: VmImageConfig) -> SmokeWorld {
         config.runner.task_timeout_secs = 300;
         config.provisioner.vm = Some(vm);
     });
-    d.start("reporter", "reporter", &[]);
-    d.start("provisioner", "provisioner", &[]);
-    d.start("rules", "rules", &[]);
-    d.start("runner-x86_64", "runner", &["--arch", "x86_64"]);
-    let t = d.broker.topology.clone();
-    let queues = [
-        t.rules_queue(),
-        t.provisioner_queue(),
-        t.run_queue("x86_64"),
-        t.postgres_results_queue(),
-        t.postgres_status_queue(),
-        t.provisioner_finished_queue(),
-    ];
-    d.wait_for_consumers(&queues, Duration::from_secs(60)).await;
+    taskbot_tests::vm::start_vm_pipeline(&mut d).await;
     SmokeWorld {
         d,
         state_dir,
@@ -169,21 +156,7 @@ fn artifact(w: &SmokeWorld, run: &Run, name: &str) -> String {
 
 /// Wait until the world's VM is destroyed (no lease, no QEMU), or fail.
 async fn no_vm_left(w: &SmokeWorld) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let leases = w.state_dir.join("leases");
-    while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the VM was not destroyed\n{}",
-            w.d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let qemu = std::process::Command::new("pgrep")
-        .args(["-f", &w.state_dir.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(qemu.stdout.is_empty(), "QEMU still runs");
+    taskbot_tests::vm::no_vm_left(&w.state_dir, Duration::from_secs(60), || w.d.logs()).await;
 }
 
 /// The passing case: the Debian image's cloud-init applied the seed (the job's hostname, root's

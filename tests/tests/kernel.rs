@@ -183,20 +183,7 @@ async fn deployment(staging: &Path, koji: &str) -> Deployment {
         config.runner.vm_ssh_key = vm.ssh_key.clone();
         config.provisioner.vm = Some(vm);
     });
-    d.start("reporter", "reporter", &[]);
-    d.start("provisioner", "provisioner", &[]);
-    d.start("rules", "rules", &[]);
-    d.start("runner-x86_64", "runner", &["--arch", "x86_64"]);
-    let t = d.broker.topology.clone();
-    let queues = vec![
-        t.rules_queue(),
-        t.provisioner_queue(),
-        t.run_queue("x86_64"),
-        t.postgres_results_queue(),
-        t.postgres_status_queue(),
-        t.provisioner_finished_queue(),
-    ];
-    d.wait_for_consumers(&queues, Duration::from_secs(60)).await;
+    taskbot_tests::vm::start_vm_pipeline(&mut d).await;
     d
 }
 

@@ -4,7 +4,7 @@
 //! VM that is not back within the reboot step's timeout is FAILED; one that comes back with
 //! another host key, or a task asking for more reboots than `runner.vm_max_reboots`, is CRASHED.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use taskbot_tests::vm::{world, VmWorld};
 
@@ -155,7 +155,7 @@ async fn a_vm_task_reboots_and_goes_on_and_a_vm_that_does_not_come_back_as_itsel
         note.contains("step after asked for reboot number 3: a job may reboot its VM 2 times"),
         "{note}"
     );
-    no_vm_left(&w, Duration::from_secs(60)).await;
+    taskbot_tests::vm::no_vm_left(&w.state_dir, Duration::from_secs(60), || w.d.logs()).await;
     w.d.shutdown().await;
 }
 
@@ -191,23 +191,4 @@ async fn task_log(d: &taskbot_tests::Deployment, item: &str) -> String {
         .join(job_id.to_string())
         .join(taskbot::artifacts::TASK_LOG);
     std::fs::read_to_string(path).unwrap()
-}
-
-/// Wait until the world's VMs are all gone (leases, QEMU processes).
-async fn no_vm_left(w: &VmWorld, within: Duration) {
-    let deadline = Instant::now() + within;
-    let leases = w.state_dir.join("leases");
-    while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "a VM was not destroyed\n{}",
-            w.d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let qemu = std::process::Command::new("pgrep")
-        .args(["-f", &w.state_dir.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(qemu.stdout.is_empty(), "QEMU still runs");
 }

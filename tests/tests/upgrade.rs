@@ -62,19 +62,7 @@ async fn deployment(staging: &Path, repo_url: &str) -> Deployment {
             config.runner.task_env.insert(key.into(), value.into());
         }
     });
-    d.start("reporter", "reporter", &[]);
-    d.start("provisioner", "provisioner", &[]);
-    d.start("rules", "rules", &[]);
-    d.start("runner-x86_64", "runner", &["--arch", "x86_64"]);
-    let t = d.broker.topology.clone();
-    let queues = vec![
-        t.rules_queue(),
-        t.provisioner_queue(),
-        t.run_queue("x86_64"),
-        t.postgres_results_queue(),
-        t.postgres_status_queue(),
-    ];
-    d.wait_for_consumers(&queues, Duration::from_secs(60)).await;
+    taskbot_tests::vm::start_vm_pipeline(&mut d).await;
     d
 }
 

@@ -126,26 +126,7 @@ fn event(topic: &str, msg: serde_json::Value) -> Event {
 
 /// Wait until no VM of the world is left (no lease, no QEMU, no overlay), or fail.
 async fn no_vm_left(w: &VmWorld, within: Duration) {
-    let deadline = Instant::now() + within;
-    let leases = w.state_dir.join("leases");
-    while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the VM was not destroyed\n{}",
-            w.d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let overlays: Vec<_> = std::fs::read_dir(w.state_dir.join("overlays"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(overlays.is_empty(), "{overlays:?}");
-    let qemu = Command::new("pgrep")
-        .args(["-f", &w.state_dir.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(qemu.stdout.is_empty(), "QEMU still runs");
+    taskbot_tests::vm::no_vm_left(&w.state_dir, within, || w.d.logs()).await;
     assert_eq!(
         taskbot::testing::sha256_file(&w.base),
         w.base_sum,
