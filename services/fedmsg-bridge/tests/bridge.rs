@@ -174,9 +174,12 @@ async fn a_malformed_endpoint_is_refused_at_start() {
     let shutdown = Shutdown::new(std::future::pending());
     let err = taskbot_fedmsg_bridge::run(config, shutdown)
         .await
-        .expect_err("ZeroMQ refuses the endpoint");
+        .expect_err("the configuration refuses the endpoint before ZeroMQ sees it");
     assert!(
-        format!("{err:#}").contains("cannot subscribe to fedmsg endpoint \"not-an-endpoint\""),
+        format!("{err:#}").contains(
+            "bridge.endpoints (--endpoint): \"not-an-endpoint\" is not a ZeroMQ endpoint \
+             (TRANSPORT://ADDRESS"
+        ),
         "{err:#}"
     );
 
