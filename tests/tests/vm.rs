@@ -410,8 +410,10 @@ async fn an_iso_built_by_a_task_is_installed_into_a_blank_vm_and_the_installatio
         provisioning,
         "starting a VM: a blank 4096 MiB disk and the ISO"
     );
-    // The failing case: an ISO announced for another build (here, the same ISO, which installs
-    // this one) is installed, and install-tests finds the installed build is not its item.
+    // The failing case: a build-iso job of another build announces an ISO that installs this
+    // one (the event as the runner publishes it, stamped with that job), and install-tests finds
+    // the installed build is not its item. (An event without the runner's stamp triggers
+    // nothing: services/rules/tests/seed_rules.rs.)
     no_vm_left(&w, Duration::from_secs(60)).await;
     let other = "anaconda-31.0-1.fc31";
     let iso_url = format!(
@@ -424,6 +426,10 @@ async fn an_iso_built_by_a_task_is_installed_into_a_blank_vm_and_the_installatio
         serde_json::json!({
             "item": other, "arch": "x86_64", "job_id": iso_job.to_string(),
             "iso": { "url": iso_url, "sha256": iso_sum },
+            "taskbot": {
+                "task": "build-iso", "job_id": iso_job.to_string(), "item": other,
+                "item_type": "koji_build", "arch": "x86_64",
+            },
         }),
     )
     .await;
