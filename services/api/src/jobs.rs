@@ -318,6 +318,26 @@ pub async fn job_states(State(state): State<SharedState>) -> Result<Json<Value>,
 
 /// `GET /api/v1/jobs/<id>`: the job, every state it went through (oldest first), its results
 /// (ResultsDB-shaped) and its log links.
+/// One state of a job's history: state, time, service, detail.
+pub type HistoryRow = (String, DateTime<Utc>, String, Option<String>);
+
+/// A job's history, oldest first (the api's job and the dashboard's job page).
+pub async fn job_history(
+    client: &tokio_postgres::Client,
+    id: &Uuid,
+) -> Result<Vec<HistoryRow>, tokio_postgres::Error> {
+    client
+        .query(
+            "SELECT state, at, service, detail FROM job_events WHERE job_id = $1 \
+             ORDER BY at, status_id",
+            &[id],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect()
+}
+
 pub async fn get_job(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -332,23 +352,13 @@ pub async fn get_job(
     );
     let row = links::row_by_id(&client, &sql, &id, "Job not found").await?;
     let mut job = job_json(&row, &state, &base)?;
-    let history = client
-        .query(
-            "SELECT state, at, service, detail FROM job_events WHERE job_id = $1 \
-             ORDER BY at, status_id",
-            &[&id],
-        )
+    let history: Vec<Value> = job_history(&client, &id)
         .await?
-        .iter()
-        .map(|e| {
-            Ok(json!({
-                "state": e.try_get::<_, String>("state")?,
-                "at": e.try_get::<_, DateTime<Utc>>("at")?.to_rfc3339(),
-                "service": e.try_get::<_, String>("service")?,
-                "detail": e.try_get::<_, Option<String>>("detail")?,
-            }))
+        .into_iter()
+        .map(|(state, at, service, detail)| {
+            json!({"state": state, "at": at.to_rfc3339(), "service": service, "detail": detail})
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect();
     let results = client
         .query(
             &format!(

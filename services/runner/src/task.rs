@@ -329,6 +329,34 @@ impl TaskFile {
                 return Err("run: must not be empty".into());
             }
         }
+        self.validate_steps()?;
+        self.validate_downloads()?;
+        for (key, list) in [("item_types", &self.item_types), ("arches", &self.arches)] {
+            if list.iter().any(|v| v.trim().is_empty()) {
+                return Err(format!("{key}: entries must not be empty"));
+            }
+        }
+        for (i, glob) in self.artifacts.iter().enumerate() {
+            relative_inside(glob).map_err(|e| format!("artifacts[{i}]: {e}"))?;
+        }
+        if let Some(testcase) = &self.testcase {
+            check_testcase(testcase).map_err(|e| format!("testcase: {e}"))?;
+        }
+        for (i, testcase) in self.testcases.iter().enumerate() {
+            check_testcase(testcase).map_err(|e| format!("testcases[{i}]: {e}"))?;
+            if self.testcases[..i].contains(testcase) {
+                return Err(format!("testcases[{i}]: {testcase} is listed twice"));
+            }
+        }
+        if let Some(results) = &self.results {
+            relative_inside(results).map_err(|e| format!("results: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Each step of each phase: a command or a reboot (only for a task in a VM, never in
+    /// cleanup), a sane timeout and name, templates that render.
+    fn validate_steps(&self) -> Result<(), String> {
         for (phase, steps) in [
             ("prepare", self.prepare.clone()),
             ("run", self.run_steps_raw()),
@@ -363,6 +391,12 @@ impl TaskFile {
                 check_template(&step.run).map_err(|e| format!("{at}: {e}"))?;
             }
         }
+        Ok(())
+    }
+
+    /// Each download: an http(s) URL template, a SHA-256, a limit and a destination inside the
+    /// clone.
+    fn validate_downloads(&self) -> Result<(), String> {
         for (i, d) in self.downloads.iter().enumerate() {
             let at = format!("downloads[{i}]");
             if !(d.url.starts_with("http://") || d.url.starts_with("https://")) {
@@ -381,26 +415,6 @@ impl TaskFile {
                 check_template(dest).map_err(|e| format!("{at}.dest: {e}"))?;
                 relative_inside(dest).map_err(|e| format!("{at}.dest: {e}"))?;
             }
-        }
-        for (key, list) in [("item_types", &self.item_types), ("arches", &self.arches)] {
-            if list.iter().any(|v| v.trim().is_empty()) {
-                return Err(format!("{key}: entries must not be empty"));
-            }
-        }
-        for (i, glob) in self.artifacts.iter().enumerate() {
-            relative_inside(glob).map_err(|e| format!("artifacts[{i}]: {e}"))?;
-        }
-        if let Some(testcase) = &self.testcase {
-            check_testcase(testcase).map_err(|e| format!("testcase: {e}"))?;
-        }
-        for (i, testcase) in self.testcases.iter().enumerate() {
-            check_testcase(testcase).map_err(|e| format!("testcases[{i}]: {e}"))?;
-            if self.testcases[..i].contains(testcase) {
-                return Err(format!("testcases[{i}]: {testcase} is listed twice"));
-            }
-        }
-        if let Some(results) = &self.results {
-            relative_inside(results).map_err(|e| format!("results: {e}"))?;
         }
         Ok(())
     }

@@ -82,8 +82,7 @@ pub struct ResultRow {
     pub log_url: Option<String>,
 }
 
-/// One state of the job's history: state, time, service, detail.
-pub type HistoryRow = (String, DateTime<Utc>, String, Option<String>);
+pub use crate::jobs::HistoryRow;
 
 /// What a job's page shows.
 pub struct JobPage<'a> {
@@ -267,16 +266,7 @@ pub async fn job(
         return Err(PageError::not_found(format!("job {id} not found")));
     };
     let job = job_row(&row)?;
-    let history = client
-        .query(
-            "SELECT state, at, service, detail FROM job_events WHERE job_id = $1 \
-             ORDER BY at, status_id",
-            &[&id],
-        )
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    let history = crate::jobs::job_history(&client, &id).await?;
     let results = client
         .query(
             "SELECT testcase, outcome, note, finished_at, log_url FROM results \
